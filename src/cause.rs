@@ -1,0 +1,378 @@
+//! The one table of failure causes.
+//!
+//! Owns: the closed [`Cause`] enum and, for each cause, everything that
+//! reports it: the HTTP status, the RFC 9209 `Proxy-Status` error type, the
+//! phase, whether a retry is safe, the visitor's words and the operator's fix.
+//! This is the only module that knows RFC 9209 tokens.
+//!
+//! Must not: do I/O or decide policy. Classification of concrete errors
+//! happens in `upstream`; retry decisions in `proxy`; this module only
+//! answers "what does this cause mean".
+
+use std::fmt;
+
+/// Where in the exchange a failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Choosing a route and an upstream (nothing sent anywhere yet).
+    Route,
+    /// Resolving the upstream's host name.
+    Dns,
+    /// Opening the TCP or Unix-socket connection.
+    Connect,
+    /// The TLS handshake with the upstream.
+    Tls,
+    /// Sending the request head and body.
+    WriteRequest,
+    /// Waiting for and parsing the response head.
+    ReadHead,
+    /// Streaming the response body (the client already has the head).
+    ReadBody,
+}
+
+impl Phase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Route => "route",
+            Phase::Dns => "dns",
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::WriteRequest => "write_request",
+            Phase::ReadHead => "read_head",
+            Phase::ReadBody => "read_body",
+        }
+    }
+}
+
+/// Who is at fault, as far as a proxy can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+impl Side {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Gateway => "gateway",
+        }
+    }
+}
+
+/// Whether the failed attempt may be repeated on another server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing reached the upstream: safe for every method.
+    NothingSent,
+    /// The upstream may have seen the request; the proxy's replay rules
+    /// decide (method, reused connection, bytes received).
+    MaybeProcessed,
+    /// Retrying cannot help or is unsafe (the response already started, or
+    /// the upstream answered and the answer is the problem).
+    Never,
+}
+
+macro_rules! causes {
+    ($( $variant:ident {
+        id: $id:literal,
+        token: $token:literal,
+        status: $status:literal,
+        phase: $phase:ident,
+        side: $side:ident,
+        retry: $retry:ident,
+        title: $title:literal,
+        visitor: $visitor:literal,
+        seen: $seen:literal,
+        fix: $fix:literal $(,)?
+    } ),+ $(,)?) => {
+        /// Every reason baton may fail to deliver an upstream response.
+        ///
+        /// Closed and `Copy`: every report (status, `Proxy-Status`, metric
+        /// label, log field, error page, fix hint) is derived from it.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Cause { $($variant),+ }
+
+        impl Cause {
+            /// Every cause, in table order (used for docs and metrics).
+            pub const ALL: &'static [Cause] = &[$(Cause::$variant),+];
+
+            /// Stable identifier used in logs, metrics and JSON.
+            pub const fn id(self) -> &'static str { match self { $(Cause::$variant => $id),+ } }
+            /// RFC 9209 §2.3 error type for `Proxy-Status`.
+            pub const fn proxy_status(self) -> &'static str { match self { $(Cause::$variant => $token),+ } }
+            /// The status baton answers with (RFC 9209's recommendation).
+            pub const fn status(self) -> u16 { match self { $(Cause::$variant => $status),+ } }
+            pub const fn phase(self) -> Phase { match self { $(Cause::$variant => Phase::$phase),+ } }
+            pub const fn side(self) -> Side { match self { $(Cause::$variant => Side::$side),+ } }
+            pub const fn retry(self) -> Retry { match self { $(Cause::$variant => Retry::$retry),+ } }
+            /// Headline for the visitor, in plain words.
+            pub const fn title(self) -> &'static str { match self { $(Cause::$variant => $title),+ } }
+            /// One or two sentences for the visitor.
+            pub const fn visitor_text(self) -> &'static str { match self { $(Cause::$variant => $visitor),+ } }
+            /// What usually produces this in real deployments.
+            pub const fn seen_when(self) -> &'static str { match self { $(Cause::$variant => $seen),+ } }
+            /// What the operator should change.
+            pub const fn fix(self) -> &'static str { match self { $(Cause::$variant => $fix),+ } }
+        }
+    };
+}
+
+causes! {
+    NoRoute {
+        id: "no_route", token: "destination_not_found", status: 404, phase: Route, side: Client, retry: Never,
+        title: "There is nothing at this address",
+        visitor: "This gateway has no site configured for this host name and path.",
+        seen: "A request for a host or path that no [[routes]] entry matches: a typo in the host, a missing route after a deploy, or a scanner.",
+        fix: "Add a [[routes]] entry whose host and path match the request, or check the Host header the client sends.",
+    },
+    ProxyConfiguration {
+        id: "proxy_configuration", token: "proxy_configuration_error", status: 500, phase: Connect, side: Gateway, retry: NothingSent,
+        title: "The site's gateway is misconfigured",
+        visitor: "The gateway in front of this site is set up to send requests somewhere it cannot.",
+        seen: "An upstream address that is one of baton's own listeners (a loop), found at connect time, e.g. after DNS.",
+        fix: "Correct the upstream's servers list; `baton check` shows the offending key.",
+    },
+    DnsError {
+        id: "dns_error", token: "dns_error", status: 502, phase: Dns, side: Upstream, retry: NothingSent,
+        title: "The site's application could not be found",
+        visitor: "The gateway could not look up the address of the site's application.",
+        seen: "A misspelt upstream host name, a container or service that was removed (its name no longer resolves), NXDOMAIN or SERVFAIL from the resolver.",
+        fix: "Check the upstream host name (`dig NAME`), the resolver in [resolver], and that the service still exists.",
+    },
+    DnsTimeout {
+        id: "dns_timeout", token: "dns_timeout", status: 504, phase: Dns, side: Upstream, retry: NothingSent,
+        title: "The site's application could not be found in time",
+        visitor: "Looking up the address of the site's application took too long.",
+        seen: "A resolver that is down or unreachable, a firewall dropping port 53, a wrong nameserver address.",
+        fix: "Check that the nameservers in [resolver] (or /etc/resolv.conf) answer: `dig @NAMESERVER NAME`.",
+    },
+    ConnectionRefused {
+        id: "connection_refused", token: "connection_refused", status: 502, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site's application is not running",
+        visitor: "The site's application refused the connection. It is probably stopped or restarting.",
+        seen: "The app crashed or is restarting, listens on another port, or listens on 127.0.0.1 while baton dials ::1 (or the reverse).",
+        fix: "Start the application and check its port (`ss -ltnp`); make the servers list match the address it listens on.",
+    },
+    ConnectionTimeout {
+        id: "connection_timeout", token: "connection_timeout", status: 504, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site's application did not answer in time",
+        visitor: "The site's application did not accept the connection in time. It may be overloaded or unreachable.",
+        seen: "A firewall or security group dropping packets, a dead host, a stale IP address, or an accept queue that is full.",
+        fix: "Check reachability from the gateway host (`nc -vz HOST PORT`), firewalls, and the app's listen backlog; keep connect_timeout short.",
+    },
+    ConnectError {
+        id: "connect_error", token: "destination_ip_unroutable", status: 502, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site's application cannot be reached",
+        visitor: "The network path to the site's application is broken.",
+        seen: "No route to host or network unreachable (EHOSTUNREACH, ENETUNREACH), or no free local ports (EADDRNOTAVAIL).",
+        fix: "Check routing and the upstream address; for EADDRNOTAVAIL, keep upstream keep-alive on and widen net.ipv4.ip_local_port_range.",
+    },
+    SocketNotFound {
+        id: "socket_not_found", token: "destination_unavailable", status: 503, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site's application is not running",
+        visitor: "The site's application is not running right now, or is restarting.",
+        seen: "The Unix socket does not exist: the app (PHP-FPM, gunicorn) is stopped, or the path names another version (php7.4 vs php8.2).",
+        fix: "Start the application, and make the unix: path in servers match the socket it creates (PHP-FPM: the pool's `listen`).",
+    },
+    SocketPermission {
+        id: "socket_permission_denied", token: "destination_unavailable", status: 503, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site's application cannot be reached",
+        visitor: "The gateway is not allowed to talk to the site's application.",
+        seen: "The Unix socket's owner, group or mode (or a parent directory without +x) does not let baton's user connect; or SELinux.",
+        fix: "Give baton's user access: PHP-FPM `listen.owner`, `listen.group`, `listen.mode = 0660`; check parents with `namei -l PATH`.",
+    },
+    UpstreamBusy {
+        id: "upstream_busy", token: "connection_limit_reached", status: 503, phase: Connect, side: Upstream, retry: NothingSent,
+        title: "The site is too busy right now",
+        visitor: "The site's application has no free workers at the moment.",
+        seen: "A Unix socket whose accept queue is full (EAGAIN): every worker is busy, e.g. PHP-FPM at pm.max_children.",
+        fix: "Raise the app's worker count (pm.max_children) and listen backlog, or find what makes requests slow.",
+    },
+    TlsProtocol {
+        id: "tls_protocol_error", token: "tls_protocol_error", status: 502, phase: Tls, side: Upstream, retry: NothingSent,
+        title: "The site's application could not be reached securely",
+        visitor: "A secure connection to the site's application could not be set up.",
+        seen: "TLS to a plain-HTTP port, no common protocol version or cipher, a middlebox that breaks TLS.",
+        fix: "Check that the upstream port speaks TLS and supports TLS 1.2 or 1.3 (`openssl s_client -connect HOST:PORT -servername NAME`).",
+    },
+    TlsCertificate {
+        id: "tls_certificate_error", token: "tls_certificate_error", status: 502, phase: Tls, side: Upstream, retry: NothingSent,
+        title: "The site's application could not be reached securely",
+        visitor: "The site's application presented a certificate the gateway does not trust.",
+        seen: "An expired or self-signed certificate, a name that does not match the upstream host, a missing intermediate.",
+        fix: "Renew or fix the upstream certificate chain, or set the upstream's tls_server_name to the name on the certificate.",
+    },
+    TlsAlert {
+        id: "tls_alert_received", token: "tls_alert_received", status: 502, phase: Tls, side: Upstream, retry: NothingSent,
+        title: "The site's application could not be reached securely",
+        visitor: "The site's application refused the secure connection.",
+        seen: "The upstream rejected the handshake: no SNI or a wrong SNI, a required client certificate, an unsupported version.",
+        fix: "Check the upstream's TLS settings and the SNI baton sends (tls_server_name).",
+    },
+    ConnectionTerminated {
+        id: "connection_terminated", token: "connection_terminated", status: 502, phase: ReadHead, side: Upstream, retry: MaybeProcessed,
+        title: "The site's application stopped answering",
+        visitor: "The site's application closed the connection without sending an answer.",
+        seen: "The keep-alive race (the app closed an idle connection as baton reused it), a worker killed mid-request (OOM, gunicorn WORKER TIMEOUT, max-requests recycling), or a crash.",
+        fix: "Check the app's logs at that time for crashes or worker kills; make the app's keep-alive idle timeout longer than baton's keepalive_timeout.",
+    },
+    WriteTimeout {
+        id: "request_write_timeout", token: "connection_write_timeout", status: 504, phase: WriteRequest, side: Upstream, retry: Never,
+        title: "The site's application did not answer in time",
+        visitor: "The site's application stopped accepting the request.",
+        seen: "The app is not reading the request body (a stuck worker, a full pool), or the network stalled.",
+        fix: "Check the app's capacity and what it is blocked on; raise write_timeout only for slow uploads that need it.",
+    },
+    ResponseHeadTimeout {
+        id: "response_head_timeout", token: "http_response_timeout", status: 504, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application did not answer in time",
+        visitor: "The site's application took too long to answer.",
+        seen: "A slow database query or external call, a saturated worker pool queueing requests, a deadlock.",
+        fix: "Find the slow path in the app (its slow log); raise read_timeout only deliberately, and keep it below any outer load balancer's idle timeout.",
+    },
+    ProtocolError {
+        id: "http_protocol_error", token: "http_protocol_error", status: 502, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application sent an invalid answer",
+        visitor: "The site's application answered with something that is not valid HTTP.",
+        seen: "A service that does not speak HTTP on that port (a database, SSH), an app printing output before its headers, or a malformed status line.",
+        fix: "Check that the upstream port serves HTTP/1.1 (`curl -v http://HOST:PORT/`).",
+    },
+    UpstreamSpeaksHttp2 {
+        id: "upstream_speaks_http2", token: "http_protocol_error", status: 502, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application sent an invalid answer",
+        visitor: "The site's application speaks a different protocol than the gateway expects.",
+        seen: "An HTTP/2-only (h2c, gRPC) backend behind a gateway that speaks HTTP/1.1 to it.",
+        fix: "Enable HTTP/1.1 on the backend, or point the route at an HTTP/1.1 port.",
+    },
+    UpstreamSpeaksTls {
+        id: "upstream_speaks_tls", token: "http_protocol_error", status: 502, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application sent an invalid answer",
+        visitor: "The site's application expects a secure connection.",
+        seen: "A TLS port (443, 8443) listed as a plain-HTTP upstream.",
+        fix: "Enable tls on the upstream, or point it at its plain-HTTP port.",
+    },
+    ResponseHeaderTooLarge {
+        id: "response_header_too_large", token: "http_response_header_section_size", status: 502, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application sent an answer that is too large",
+        visitor: "The site's application sent response headers larger than the gateway accepts.",
+        seen: "Large Set-Cookie headers (OAuth/JWT sessions), many Link or CSP headers, debug headers.",
+        fix: "Shrink the app's response headers, or raise max_response_header_bytes on the upstream.",
+    },
+    ResponseIncomplete {
+        id: "response_incomplete", token: "http_response_incomplete", status: 502, phase: ReadBody, side: Upstream, retry: Never,
+        title: "The site's application stopped in the middle of its answer",
+        visitor: "The site's application stopped sending before the page was complete.",
+        seen: "The app crashed or was killed mid-response (OOM), a Content-Length that is larger than the body, a connection reset during the body.",
+        fix: "Check the app's logs and memory at that time; check compression or middleware that rewrites bodies without fixing Content-Length.",
+    },
+    ResponseBodyTimeout {
+        id: "response_body_timeout", token: "connection_read_timeout", status: 504, phase: ReadBody, side: Upstream, retry: Never,
+        title: "The site's application stopped in the middle of its answer",
+        visitor: "The site's application stopped sending part-way through its answer.",
+        seen: "An app that stalls after its headers (a stuck stream, a slow export), longer than read_timeout between two reads.",
+        fix: "Find why the app stalls mid-body; for deliberate long polls or streams raise read_timeout on that upstream.",
+    },
+    UpgradeFailed {
+        id: "upgrade_failed", token: "http_upgrade_failed", status: 502, phase: ReadHead, side: Upstream, retry: Never,
+        title: "The site's application refused the connection upgrade",
+        visitor: "The site's application could not switch to the requested protocol (for example WebSocket).",
+        seen: "The app answered 101 but the upgraded stream failed, or a WebSocket endpoint behind the wrong route.",
+        fix: "Check the app's WebSocket endpoint and that the route sends upgrades to it.",
+    },
+    Internal {
+        id: "internal_error", token: "proxy_internal_error", status: 500, phase: Route, side: Gateway, retry: Never,
+        title: "The site's gateway had an internal problem",
+        visitor: "Something went wrong inside the gateway in front of this site.",
+        seen: "A bug in baton, or an exhausted local resource (file descriptors).",
+        fix: "Look at baton's log line for this request ID; raise `ulimit -n` if it mentions too many open files; report a bug otherwise.",
+    },
+}
+
+impl Cause {
+    /// The metric and log label for the cause.
+    pub const fn as_str(self) -> &'static str {
+        self.id()
+    }
+
+    /// Whether a visitor retrying later may succeed (drives the error page's
+    /// automatic retry and `Retry-After`).
+    pub const fn transient(self) -> bool {
+        !matches!(
+            self,
+            Cause::NoRoute | Cause::ProxyConfiguration | Cause::Internal
+        )
+    }
+
+    /// The reason phrase for [`Cause::status`].
+    pub fn reason(self) -> &'static str {
+        http::StatusCode::from_u16(self.status())
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error")
+    }
+
+    /// The Markdown table published in `docs/errors.md`; a test keeps the
+    /// two identical.
+    pub fn markdown_table() -> String {
+        let mut out = String::from(
+            "| cause | status | Proxy-Status error | phase | retry | what usually causes it | fix |\n|---|---|---|---|---|---|---|\n",
+        );
+        for c in Cause::ALL {
+            let retry = match c.retry() {
+                Retry::NothingSent => "any method, next server",
+                Retry::MaybeProcessed => "replay rules",
+                Retry::Never => "never",
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | `{}` | {} | {} | {} | {} |\n",
+                c.id(),
+                c.status(),
+                c.proxy_status(),
+                c.phase().as_str(),
+                retry,
+                c.seen_when(),
+                c.fix()
+            ));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_rfc_9209_recommendations() {
+        for c in Cause::ALL {
+            let t = c.proxy_status();
+            let expected = match t {
+                _ if t.ends_with("_timeout") => 504,
+                "destination_unavailable" | "connection_limit_reached" => 503,
+                "proxy_internal_error" | "proxy_configuration_error" => 500,
+                // Deliberate deviation: a request no route matches is the
+                // client's problem, and users expect 404 (docs/errors.md).
+                "destination_not_found" => 404,
+                _ => 502,
+            };
+            assert_eq!(c.status(), expected, "{c}");
+        }
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let mut ids: Vec<_> = Cause::ALL.iter().map(|c| c.id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), Cause::ALL.len());
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: `baton serve`, `baton check`, `baton demo`.
+//!
+//! Owns: argument parsing, the tokio runtime, process signals and exit
+//! codes. The only module that uses `anyhow`-style reporting; everything
+//! below returns typed errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "A reverse-proxy gateway that prevents and explains 502s")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file; lists every problem with its line and fix.
+    Check {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Start the gateway with built-in demo origins on loopback.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Request every demo URL once, print what came back, and exit
+        /// (non-zero if anything differs from the table).
+        #[arg(long)]
+        self_test: bool,
+    },
+    /// Print the cause table (the one in docs/errors.md).
+    Causes,
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| "info".into()))
+        .try_init();
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener{}, {} upstream{}, {} route{})",
+                    config.display(),
+                    c.listen.len(),
+                    plural(c.listen.len()),
+                    c.upstreams.len(),
+                    plural(c.upstreams.len()),
+                    c.routes.len(),
+                    plural(c.routes.len())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Serve { config } => {
+            init_tracing();
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let rt = match runtime(cfg.workers) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("baton: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(async move {
+                let running = match crate::server::start(cfg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("baton: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                tracing::info!(listen = ?running.addrs, admin = ?running.admin, "baton serving");
+                wait_for_signal().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                running.shutdown(Duration::from_secs(30)).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Demo { listen, self_test } => {
+            let rt = match runtime(0) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("baton: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            rt.block_on(crate::demo::run(listen, self_test))
+        }
+        Cmd::Causes => {
+            print!("{}", crate::cause::Cause::markdown_table());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

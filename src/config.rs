@@ -1,0 +1,742 @@
+//! The one config loader.
+//!
+//! Owns: reading `baton.toml` and turning it into a validated [`Config`], the
+//! only configuration type the rest of baton sees. Two layers, as in river:
+//! a serde layer (`raw`) that mirrors the file with `deny_unknown_fields` and
+//! keeps spans, and a validation pass that reports *every* problem at once,
+//! each naming its key, line:column and a fix.
+//!
+//! Must not: panic on any input, touch the network, or start anything.
+//! `check`, `serve` and `demo` all go through [`parse`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    pub log: LogConfig,
+    pub resolver: ResolverConfig,
+    pub pages: PageTemplates,
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    Json,
+    /// The NCSA combined format, which GoAccess and most log tools read.
+    Combined,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub access: LogTarget,
+    pub access_format: AccessFormat,
+    pub errors: LogTarget,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// Empty means the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub attempts: usize,
+}
+
+/// Operator-supplied error page templates (file contents), if any.
+#[derive(Debug, Clone, Default)]
+pub struct PageTemplates {
+    pub html: Option<Arc<str>>,
+    pub json: Option<Arc<str>>,
+    pub text: Option<Arc<str>>,
+}
+
+/// Where an upstream server lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A host name, resolved with hickory when connecting.
+    Name { host: String, port: u16 },
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => write!(f, "{a}"),
+            ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: Arc<str>,
+    pub servers: Vec<ServerAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_response_header_bytes: usize,
+    pub retries: u32,
+    /// Pooled connections idle longer than this are closed before reuse.
+    pub keepalive_timeout: Duration,
+    pub max_idle_per_server: usize,
+    /// Request bodies up to this size are buffered so a retry can replay them.
+    pub replay_buffer_bytes: usize,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored with the dot).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: Option<HostMatch>,
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// The route's name in logs and metrics: `host/path`.
+    pub name: Arc<str>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    pub fix: String,
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(
+                f,
+                "{}:{}:{}: {}: {}\n    fix: {}",
+                self.file, e.line, e.col, e.key, e.message, e.fix
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// The serde layer: mirrors the file. Every leaf that validation may complain
+// about is `Spanned` so the error can name its line.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+        pub admin: Option<Spanned<String>>,
+        pub workers: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub access: Option<Spanned<String>>,
+        pub access_format: Option<Spanned<String>>,
+        pub errors: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Resolver {
+        pub nameservers: Option<Vec<Spanned<String>>>,
+        pub timeout: Option<Spanned<String>>,
+        pub attempts: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct ErrorPages {
+        pub html: Option<Spanned<String>>,
+        pub json: Option<Spanned<String>>,
+        pub text: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub servers: Spanned<Vec<Spanned<String>>>,
+        pub connect_timeout: Option<Spanned<String>>,
+        pub read_timeout: Option<Spanned<String>>,
+        pub write_timeout: Option<Spanned<String>>,
+        pub max_response_header_bytes: Option<Spanned<i64>>,
+        pub retries: Option<Spanned<i64>>,
+        pub keepalive_timeout: Option<Spanned<String>>,
+        pub max_idle_per_server: Option<Spanned<i64>>,
+        pub replay_buffer_bytes: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Route {
+        pub host: Option<Spanned<String>>,
+        pub path: Option<Spanned<String>>,
+        pub upstream: Spanned<String>,
+    }
+}
+
+/// Defaults, in one place (docs/config.md lists the same values).
+pub mod defaults {
+    use std::time::Duration;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+    // hyper cannot buffer less than 8 KiB; nginx's smallest default is 4 KiB,
+    // which is the usual source of "upstream sent too big header".
+    pub const MIN_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
+    pub const RETRIES: u32 = 1;
+    // Below Node's 5 s and Puma's 20 s default idle timeouts; gunicorn's 2 s
+    // is caught by the pool learning the observed idle close (upstream.rs).
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const MAX_IDLE_PER_SERVER: usize = 256;
+    pub const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
+    pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const RESOLVER_ATTEMPTS: usize = 2;
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => parse(&src, &name, path.parent()),
+        Err(e) => Err(ConfigErrors {
+            file: name,
+            errors: vec![ConfigError {
+                key: "(file)".into(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read the config file: {e}"),
+                fix: "pass an existing file with --config, or create baton.toml (see docs/config.md)"
+                    .into(),
+            }],
+        }),
+    }
+}
+
+/// Parses and validates config text. `base` resolves relative file paths.
+pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let mut v = Validator {
+        src,
+        base: base.map(Path::to_path_buf),
+        errors: Vec::new(),
+    };
+    let cfg = v.run();
+    if v.errors.is_empty()
+        && let Some(cfg) = cfg
+    {
+        return Ok(cfg);
+    }
+    v.errors.sort_by_key(|e| (e.line, e.col));
+    Err(ConfigErrors {
+        file: file.to_string(),
+        errors: v.errors,
+    })
+}
+
+struct Validator<'s> {
+    src: &'s str,
+    base: Option<PathBuf>,
+    errors: Vec<ConfigError>,
+}
+
+type Span = std::ops::Range<usize>;
+
+impl<'s> Validator<'s> {
+    fn pos(&self, offset: usize) -> (usize, usize) {
+        let before = &self.src[..offset.min(self.src.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        (line, col)
+    }
+
+    fn err(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
+        let (line, col) = self.pos(span.start);
+        self.errors.push(ConfigError {
+            key: key.into(),
+            line,
+            col,
+            message: message.into(),
+            fix: fix.to_string(),
+        });
+    }
+
+    /// Deserializes one section, turning a serde error into a located one.
+    fn section<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        key: &str,
+        value: Spanned<toml::de::DeValue<'s>>,
+    ) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(serde::de::IntoDeserializer::into_deserializer(value)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let span = e.span().unwrap_or(span);
+                let msg = e.message().trim().to_string();
+                let (key, fix) = explain_serde_error(key, &msg, &self.src[span.clone()]);
+                self.err(key, span, msg, &fix);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match parse_duration(v.get_ref()) {
+            Some(d) if !d.is_zero() => d,
+            Some(_) => {
+                self.err(key, v.span(), "a duration of zero disables nothing and breaks every request", "use a positive duration such as \"2s\"");
+                default
+            }
+            None => {
+                self.err(
+                    key,
+                    v.span(),
+                    format!("invalid duration {:?}", v.get_ref()),
+                    "write a number with a unit: \"500ms\", \"2s\", \"1m\", \"1h\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, v: &Option<Spanned<i64>>, min: i64, max: i64, default: i64, fix: &str) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min || n > max {
+            self.err(key, v.span(), format!("{n} is out of range ({min}..={max})"), fix);
+            return default;
+        }
+        n
+    }
+
+    fn socket_addr(&mut self, key: &str, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    key,
+                    v.span(),
+                    format!("{:?} is not an IP address with a port", v.get_ref()),
+                    "write \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn log_target(&mut self, key: &str, v: &Option<Spanned<String>>, default: LogTarget) -> LogTarget {
+        let Some(v) = v else { return default };
+        match v.get_ref().as_str() {
+            "off" => LogTarget::Off,
+            "stdout" => LogTarget::Stdout,
+            "stderr" => LogTarget::Stderr,
+            "" => {
+                self.err(key, v.span(), "empty log target", "use \"off\", \"stdout\", \"stderr\" or a file path");
+                default
+            }
+            p => LogTarget::File(self.path(p)),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        match &self.base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    }
+
+    fn template(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<Arc<str>> {
+        let v = v.as_ref()?;
+        let path = self.path(v.get_ref());
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Some(s.into()),
+            Err(e) => {
+                self.err(
+                    key,
+                    v.span(),
+                    format!("cannot read template {}: {e}", path.display()),
+                    "give a readable file; relative paths are relative to the config file",
+                );
+                None
+            }
+        }
+    }
+
+    fn run(&mut self) -> Option<Config> {
+        let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.src);
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            self.err("(syntax)", span, e.message().trim().to_string(), "fix the TOML syntax at this position");
+        }
+        let doc_span = doc.span();
+        let mut server = raw::Server::default();
+        let mut log = raw::Log::default();
+        let mut resolver = raw::Resolver::default();
+        let mut pages = raw::ErrorPages::default();
+        let mut upstream_tables: Vec<(Spanned<String>, raw::Upstream)> = Vec::new();
+        let mut raw_routes: Vec<raw::Route> = Vec::new();
+        let mut saw_routes = false;
+
+        for (k, v) in doc.into_inner() {
+            let key_span = k.span();
+            let key = k.into_inner();
+            match key.as_ref() {
+                "server" => server = self.section("server", v).unwrap_or_default(),
+                "log" => log = self.section("log", v).unwrap_or_default(),
+                "resolver" => resolver = self.section("resolver", v).unwrap_or_default(),
+                "error_pages" => pages = self.section("error_pages", v).unwrap_or_default(),
+                "upstreams" => {
+                    let span = v.span();
+                    match v.into_inner() {
+                        toml::de::DeValue::Table(t) => {
+                            for (name, uv) in t {
+                                let nspan = name.span();
+                                let name = name.into_inner().to_string();
+                                if let Some(u) = self.section(&format!("upstreams.{name}"), uv) {
+                                    upstream_tables.push((Spanned::new(nspan, name), u));
+                                }
+                            }
+                        }
+                        _ => self.err("upstreams", span, "upstreams must be a table of named upstreams", "write [upstreams.NAME] sections"),
+                    }
+                }
+                "routes" => {
+                    saw_routes = true;
+                    let span = v.span();
+                    match v.into_inner() {
+                        toml::de::DeValue::Array(a) => {
+                            for (i, rv) in a.into_iter().enumerate() {
+                                if let Some(r) = self.section(&format!("routes[{i}]"), rv) {
+                                    raw_routes.push(r);
+                                }
+                            }
+                        }
+                        _ => self.err("routes", span, "routes must be an array of tables", "write each route as a [[routes]] section"),
+                    }
+                }
+                other => {
+                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes"]) {
+                        Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes"),
+                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes".into(),
+                    };
+                    self.err(other.to_string(), key_span, format!("unknown section `{other}`"), &fix);
+                }
+            }
+        }
+
+        // [server]
+        let mut listen = Vec::new();
+        match &server.listen {
+            Some(l) if l.get_ref().is_empty() => self.err("server.listen", l.span(), "no listen address", "list at least one address, e.g. listen = [\"127.0.0.1:8080\"]"),
+            Some(l) => {
+                for a in l.get_ref() {
+                    if let Some(a) = self.socket_addr("server.listen", a) {
+                        listen.push(a);
+                    }
+                }
+            }
+            None => listen.push(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        }
+        let admin = server.admin.as_ref().and_then(|a| self.socket_addr("server.admin", a));
+        let workers = self.int("server.workers", &server.workers, 0, 1024, 0, "use 0 (one per core) up to 1024") as usize;
+
+        // [log]
+        let access_format = match &log.access_format {
+            None => AccessFormat::Json,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => AccessFormat::Json,
+                "combined" => AccessFormat::Combined,
+                other => {
+                    self.err("log.access_format", f.span(), format!("unknown access log format {other:?}"), "use \"json\" or \"combined\"");
+                    AccessFormat::Json
+                }
+            },
+        };
+        let log = LogConfig {
+            access: self.log_target("log.access", &log.access, LogTarget::Stdout),
+            access_format,
+            errors: self.log_target("log.errors", &log.errors, LogTarget::Stderr),
+        };
+
+        // [resolver]
+        let mut nameservers = Vec::new();
+        for ns in resolver.nameservers.iter().flatten() {
+            let s = ns.get_ref();
+            let parsed = s.parse::<SocketAddr>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Some(a) => nameservers.push(a),
+                None => self.err("resolver.nameservers", ns.span(), format!("{s:?} is not an IP address"), "write \"127.0.0.53\" or \"127.0.0.1:5353\""),
+            }
+        }
+        let resolver = ResolverConfig {
+            nameservers,
+            timeout: self.duration("resolver.timeout", &resolver.timeout, defaults::RESOLVER_TIMEOUT),
+            attempts: self.int("resolver.attempts", &resolver.attempts, 1, 10, defaults::RESOLVER_ATTEMPTS as i64, "use 1 to 10") as usize,
+        };
+
+        let pages = PageTemplates {
+            html: self.template("error_pages.html", &pages.html),
+            json: self.template("error_pages.json", &pages.json),
+            text: self.template("error_pages.text", &pages.text),
+        };
+
+        // [upstreams.*]
+        let mut upstreams = Vec::new();
+        let mut index = HashMap::new();
+        for (name, u) in &upstream_tables {
+            let n = name.get_ref();
+            let key = |k: &str| format!("upstreams.{n}.{k}");
+            let mut servers = Vec::new();
+            if u.servers.get_ref().is_empty() {
+                self.err(key("servers"), u.servers.span(), "an upstream needs at least one server", "list addresses: servers = [\"127.0.0.1:3000\"]");
+            }
+            for s in u.servers.get_ref() {
+                match parse_server(s.get_ref()) {
+                    Ok(a) => servers.push(a),
+                    Err(why) => self.err(key("servers"), s.span(), why, "write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\""),
+                }
+            }
+            let mrh = self.int(
+                &key("max_response_header_bytes"),
+                &u.max_response_header_bytes,
+                defaults::MIN_RESPONSE_HEADER_BYTES as i64,
+                16 * 1024 * 1024,
+                defaults::MAX_RESPONSE_HEADER_BYTES as i64,
+                "use 8192 or more (the default 65536 fits OAuth/JWT cookies)",
+            ) as usize;
+            let cfg = UpstreamConfig {
+                name: n.as_str().into(),
+                servers,
+                connect_timeout: self.duration(&key("connect_timeout"), &u.connect_timeout, defaults::CONNECT_TIMEOUT),
+                read_timeout: self.duration(&key("read_timeout"), &u.read_timeout, defaults::READ_TIMEOUT),
+                write_timeout: self.duration(&key("write_timeout"), &u.write_timeout, defaults::WRITE_TIMEOUT),
+                max_response_header_bytes: mrh,
+                retries: self.int(&key("retries"), &u.retries, 0, 16, defaults::RETRIES as i64, "use 0 (no retries) to 16") as u32,
+                keepalive_timeout: self.duration(&key("keepalive_timeout"), &u.keepalive_timeout, defaults::KEEPALIVE_TIMEOUT),
+                max_idle_per_server: self.int(&key("max_idle_per_server"), &u.max_idle_per_server, 0, 1 << 16, defaults::MAX_IDLE_PER_SERVER as i64, "use 0 (no pooling) to 65536") as usize,
+                replay_buffer_bytes: self.int(&key("replay_buffer_bytes"), &u.replay_buffer_bytes, 0, 64 << 20, defaults::REPLAY_BUFFER_BYTES as i64, "use 0 (never buffer) up to 64 MiB") as usize,
+            };
+            index.insert(n.clone(), upstreams.len());
+            upstreams.push(Arc::new(cfg));
+        }
+
+        // [[routes]]
+        if !saw_routes && self.errors.is_empty() {
+            self.err("routes", doc_span.clone(), "no routes: every request would get 404", "add a [[routes]] section with upstream = \"NAME\"");
+        }
+        let mut routes = Vec::new();
+        for r in &raw_routes {
+            let i = routes.len();
+            let up = r.upstream.get_ref();
+            let Some(&ui) = index.get(up) else {
+                let names: Vec<&str> = index.keys().map(String::as_str).collect();
+                let fix = match closest(up, &names) {
+                    Some(s) => format!("did you mean \"{s}\"?"),
+                    None if names.is_empty() => "define it with an [upstreams.NAME] section".into(),
+                    None => format!("use one of: {}", names.join(", ")),
+                };
+                self.err(format!("routes[{i}].upstream"), r.upstream.span(), format!("unknown upstream {up:?}"), &fix);
+                continue;
+            };
+            let host = match &r.host {
+                None => None,
+                Some(h) => {
+                    let s = h.get_ref().to_ascii_lowercase();
+                    if let Some(rest) = s.strip_prefix("*.") {
+                        if rest.is_empty() || rest.contains('*') {
+                            self.err(format!("routes[{i}].host"), h.span(), format!("invalid wildcard {s:?}"), "write \"*.example.com\"");
+                        }
+                        Some(HostMatch::Suffix(format!(".{rest}")))
+                    } else if s.is_empty() || s.contains('*') || s.contains('/') {
+                        self.err(format!("routes[{i}].host"), h.span(), format!("invalid host {s:?}"), "write \"example.com\" or \"*.example.com\" (no scheme, no path)");
+                        None
+                    } else {
+                        Some(HostMatch::Exact(s))
+                    }
+                }
+            };
+            let path = match &r.path {
+                None => "/".to_string(),
+                Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+                Some(p) => {
+                    self.err(format!("routes[{i}].path"), p.span(), format!("path {:?} does not start with /", p.get_ref()), "write a path prefix such as \"/api\"");
+                    continue;
+                }
+            };
+            let name = format!(
+                "{}{}",
+                r.host.as_ref().map_or("*", |h| h.get_ref().as_str()),
+                path
+            );
+            routes.push(Route { host, path, upstream: ui, name: name.into() });
+        }
+
+        Some(Config { listen, admin, workers, log, resolver, pages, upstreams, routes })
+    }
+}
+
+/// Turns a serde error into the key it concerns and a fix.
+fn explain_serde_error(section: &str, msg: &str, at: &str) -> (String, String) {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or(at);
+        let expected: Vec<&str> = msg
+            .split("expected ")
+            .nth(1)
+            .map(|e| e.split(['`', ',', ' ']).filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or").collect())
+            .unwrap_or_default();
+        let fix = match closest(field, &expected) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("remove it; valid keys here: {}", expected.join(", ")),
+        };
+        return (format!("{section}.{field}"), fix);
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        return (format!("{section}.{field}"), format!("add `{field} = ...` to this section (see docs/config.md)"));
+    }
+    if msg.starts_with("invalid type") {
+        return (section.to_string(), "check the value's type: durations are strings (\"2s\"), counts are integers, lists use [ ]".into());
+    }
+    (section.to_string(), "see docs/config.md for this section's keys".into())
+}
+
+/// The candidate within edit distance 2, if any (for "did you mean").
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Parses `"2s"`, `"500ms"`, `"1m"`, `"1h"`, `"1.5s"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Parses one entry of an upstream's `servers`.
+pub fn parse_server(s: &str) -> Result<ServerAddr, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if !p.starts_with('/') {
+            return Err(format!("unix socket path {p:?} must be absolute"));
+        }
+        return Ok(ServerAddr::Unix(PathBuf::from(p)));
+    }
+    if s.contains("://") {
+        return Err(format!("{s:?} has a scheme; servers are addresses"));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(ServerAddr::Tcp(a));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port"));
+    };
+    let port: u16 = port.parse().map_err(|_| format!("{s:?} has an invalid port"))?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !valid || port == 0 {
+        return Err(format!("{s:?} is not a valid host:port"));
+    }
+    Ok(ServerAddr::Name { host: host.to_ascii_lowercase(), port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("2x"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn servers() {
+        assert_eq!(parse_server("127.0.0.1:3000"), Ok(ServerAddr::Tcp("127.0.0.1:3000".parse().unwrap())));
+        assert_eq!(parse_server("[::1]:3000"), Ok(ServerAddr::Tcp("[::1]:3000".parse().unwrap())));
+        assert_eq!(parse_server("unix:/run/app.sock"), Ok(ServerAddr::Unix("/run/app.sock".into())));
+        assert_eq!(parse_server("App.internal:3000"), Ok(ServerAddr::Name { host: "app.internal".into(), port: 3000 }));
+        assert!(parse_server("http://x:1").is_err());
+        assert!(parse_server("x").is_err());
+        assert!(parse_server("unix:rel.sock").is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! Structured logs: one JSON line per failure, one access-log line per
+//! request (JSON or the combined format that GoAccess reads).
+//!
+//! Owns: log sinks and the line formats. Lines are handed to a writer thread
+//! through a bounded channel; when it is full the line is dropped and
+//! counted, so logging never blocks a request.
+//! Must not: decide what a failure is (records arrive classified).
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::config::{AccessFormat, LogConfig, LogTarget};
+
+const QUEUE_LINES: usize = 65_536;
+
+/// A destination for log lines, written by its own thread.
+pub struct Sink {
+    tx: Option<SyncSender<Vec<u8>>>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    pub fn open(target: &LogTarget) -> io::Result<Sink> {
+        let mut out: Box<dyn Write + Send> = match target {
+            LogTarget::Off => return Ok(Sink { tx: None, dropped: Arc::default() }),
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::Stderr => Box::new(io::stderr()),
+            LogTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        };
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        std::thread::Builder::new().name("baton-log".into()).spawn(move || {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            while let Ok(line) = rx.recv() {
+                buf.extend_from_slice(&line);
+                while buf.len() < 60 * 1024 {
+                    match rx.try_recv() {
+                        Ok(l) => buf.extend_from_slice(&l),
+                        Err(_) => break,
+                    }
+                }
+                let _ = out.write_all(&buf).and_then(|_| out.flush());
+                buf.clear();
+            }
+        })?;
+        Ok(Sink { tx: Some(tx), dropped: Arc::default() })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn write(&self, line: Vec<u8>) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(line)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Both logs of a running gateway.
+pub struct Logs {
+    pub access: Sink,
+    pub access_format: AccessFormat,
+    pub errors: Sink,
+}
+
+impl Logs {
+    pub fn open(cfg: &LogConfig) -> io::Result<Logs> {
+        Ok(Logs { access: Sink::open(&cfg.access)?, access_format: cfg.access_format, errors: Sink::open(&cfg.errors)? })
+    }
+
+    pub fn failure(&self, r: &FailureRecord<'_>) {
+        if self.errors.enabled() {
+            let mut v = serde_json::to_vec(r).unwrap_or_default();
+            v.push(b'\n');
+            self.errors.write(v);
+        }
+    }
+
+    pub fn access(&self, r: &AccessRecord<'_>) {
+        if !self.access.enabled() {
+            return;
+        }
+        let line = match self.access_format {
+            AccessFormat::Json => {
+                let mut v = serde_json::to_vec(r).unwrap_or_default();
+                v.push(b'\n');
+                v
+            }
+            AccessFormat::Combined => combined(r).into_bytes(),
+        };
+        self.access.write(line);
+    }
+}
+
+/// One failed attempt (or a failure of the response body).
+#[derive(Serialize)]
+pub struct FailureRecord<'a> {
+    pub time: String,
+    pub level: &'static str,
+    pub msg: &'static str,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub phase: &'static str,
+    pub cause: &'static str,
+    pub proxy_status: &'static str,
+    /// The status the client got; null when baton retried instead.
+    pub status: Option<u16>,
+    pub details: Option<&'a str>,
+    pub errno: Option<i32>,
+    pub reused: bool,
+    pub idle_ms: Option<u64>,
+    pub attempt: u32,
+    /// What baton did next: "next_server", "fresh_connection", or null.
+    pub retry: Option<&'static str>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct AccessRecord<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_ms: f64,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub attempts: u32,
+    pub cause: Option<&'static str>,
+    pub referer: &'a str,
+    pub user_agent: &'a str,
+}
+
+fn combined(r: &AccessRecord<'_>) -> String {
+    let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let bytes = if r.bytes == 0 { "-".to_string() } else { r.bytes.to_string() };
+    format!(
+        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
+        r.client,
+        clf_time(SystemTime::now()),
+        r.method,
+        q(r.path),
+        r.protocol,
+        r.status,
+        bytes,
+        q(if r.referer.is_empty() { "-" } else { r.referer }),
+        q(if r.user_agent.is_empty() { "-" } else { r.user_agent }),
+    )
+}
+
+// Civil date from days since 1970 (Howard Hinnant's algorithm). Written by
+// hand: two fixed formats, and a date crate would be a dependency for 20 lines.
+fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32, d.subsec_millis())
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s, ms) = civil(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}
+
+fn clf_time(t: SystemTime) -> String {
+    const M: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000", M[(mo - 1) as usize])
+}
+
+pub fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(clf_time(t), "14/Nov/2023:22:13:20 +0000");
+    }
+}

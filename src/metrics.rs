@@ -1,0 +1,89 @@
+//! Prometheus metrics served on the admin address.
+//!
+//! Owns: the registry and every metric family baton exports. Labels come
+//! from the cause enum (`cause`, `phase`) and the config (route, upstream).
+//! Must not: be read on the request path (only incremented).
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cause::Cause;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub upstream: Arc<str>,
+    pub cause: &'static str,
+    pub phase: &'static str,
+    pub proxy_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub upstream: Arc<str>,
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<RouteLabels, Histogram>,
+    pub upstream_failures: Family<FailureLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub log_dropped: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_failures = Family::<FailureLabels, Counter>::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let log_dropped = Counter::default();
+        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        registry.register("request_duration_seconds", "Time from request to the end of the response, by route", duration.clone());
+        registry.register("upstream_failures", "Failed upstream attempts, by upstream and cause", upstream_failures.clone());
+        registry.register("upstream_retries", "Attempts repeated after a failure, by reason", retries.clone());
+        registry.register("log_lines_dropped", "Log lines dropped because the log writer fell behind", log_dropped.clone());
+        Metrics { registry, requests, duration, upstream_failures, retries, log_dropped }
+    }
+
+    pub fn failure(&self, upstream: &Arc<str>, cause: Cause) {
+        self.upstream_failures
+            .get_or_create(&FailureLabels { upstream: upstream.clone(), cause: cause.id(), phase: cause.phase().as_str(), proxy_status: cause.proxy_status() })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

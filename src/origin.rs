@@ -1,0 +1,329 @@
+//! Scripted origins: small HTTP/1.1 servers that behave well or fail in one
+//! precise way. `baton demo` runs them, and the integration tests use them
+//! as deterministic fault injectors (real sockets, loopback only).
+//!
+//! Owns: the fault scripts and a minimal request reader.
+//! Must not: be used on the gateway's request path. Written on raw sockets,
+//! not hyper, because the faults (half a head, an RST, an HTTP/2 frame) are
+//! exactly what a correct HTTP library refuses to produce.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::task::JoinHandle;
+
+/// How an origin answers each request.
+#[derive(Clone, Debug)]
+pub enum Script {
+    /// `200 OK` with this body, keep-alive.
+    Ok(String),
+    /// `200 OK` with a JSON echo of the request head and body size.
+    Echo,
+    /// This status and body, as the application's own answer.
+    Status(u16, String),
+    /// Reads the request and never answers.
+    Stall,
+    /// Reads the request and resets the connection (RST).
+    Reset,
+    /// Reads the request and closes without a byte (FIN).
+    CloseBeforeHead,
+    /// Sends part of a head, then closes.
+    PartialHead,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Answers like an HTTP/2-only server: a SETTINGS frame.
+    Http2Only,
+    /// A response head of about this many bytes.
+    OversizedHead(usize),
+    /// Promises `Content-Length: 100`, sends 10 bytes, closes.
+    ShortBody,
+    /// Sends the head, then one byte every interval, for `len` bytes.
+    SlowBody { interval: Duration, len: usize },
+    /// Normal answers; closes a keep-alive connection idle this long.
+    IdleClose(Duration),
+    /// Accepts and never reads (the request write stalls once buffers fill).
+    NoRead,
+    /// Answers `101 Switching Protocols`, then echoes bytes.
+    Upgrade,
+}
+
+/// A running origin; it stops when dropped.
+pub struct Origin {
+    pub addr: SocketAddr,
+    /// Requests (or connections, for scripts that never read) seen.
+    pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    /// Starts an origin on `127.0.0.1:0`.
+    pub async fn start(script: Script) -> std::io::Result<Origin> {
+        Self::start_on("127.0.0.1:0".parse().expect("literal"), script).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, script: Script) -> std::io::Result<Origin> {
+        let l = TcpListener::bind(addr).await?;
+        let addr = l.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = l.accept().await {
+                let _ = s.set_nodelay(true);
+                c.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(serve(s, script.clone(), h.clone()));
+                while tasks.try_join_next().is_some() {}
+            }
+        });
+        Ok(Origin { addr, hits, conns, task })
+    }
+
+    /// Starts an origin on a Unix socket at `path`.
+    pub async fn start_unix(path: &Path, script: Script) -> std::io::Result<Origin> {
+        let l = UnixListener::bind(path)?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = l.accept().await {
+                c.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(serve(s, script.clone(), h.clone()));
+                while tasks.try_join_next().is_some() {}
+            }
+        });
+        Ok(Origin { addr: "0.0.0.0:0".parse().expect("literal"), hits, conns, task })
+    }
+}
+
+/// An address on loopback where nothing listens (connections are refused).
+pub fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    l.local_addr().expect("local addr")
+}
+
+/// A listener whose accept queue is full, so new connects hang (a connect
+/// timeout without netem): `listen(0)` and connections never accepted.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fill: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    pub fn new() -> std::io::Result<Blackhole> {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("literal").into())?;
+        s.listen(0)?;
+        let addr = s.local_addr()?.as_socket().expect("inet");
+        let mut fill = Vec::new();
+        // Fill the accept queue until a connect no longer completes.
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(c) => fill.push(c),
+                Err(_) => break,
+            }
+        }
+        Ok(Blackhole { addr, _listener: s, _fill: fill })
+    }
+}
+
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body_len: usize,
+}
+
+/// Reads one request (head and body, chunked or not). `None` on EOF.
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<Head> {
+    let end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut tmp = [0u8; 8192];
+        let n = s.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let text = String::from_utf8_lossy(&buf[..end]).to_string();
+    buf.drain(..end);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let mut body_len = 0;
+    if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                fill(s, buf).await?;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                fill(s, buf).await?;
+            }
+            buf.drain(..size + 2);
+            body_len += size;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while buf.len() < n {
+            fill(s, buf).await?;
+        }
+        buf.drain(..n);
+        body_len = n;
+    }
+    Some(Head { method, path, headers, body_len })
+}
+
+async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<()> {
+    let mut tmp = [0u8; 65536];
+    let n = s.read(&mut tmp).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Some(())
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: origin\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, script: Script, hits: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    if let Script::NoRead = script {
+        hits.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return;
+    }
+    loop {
+        let head = match &script {
+            Script::IdleClose(idle) => match tokio::time::timeout(*idle, read_request(&mut s, &mut buf)).await {
+                Ok(Some(h)) => h,
+                // Idle too long: close. Unread request bytes turn this into
+                // an RST, exactly as a real server's idle timer does.
+                _ => return,
+            },
+            _ => match read_request(&mut s, &mut buf).await {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        hits.fetch_add(1, Ordering::Relaxed);
+        let out: Vec<u8> = match &script {
+            Script::Ok(body) => response(200, "OK", body),
+            Script::IdleClose(_) => response(200, "OK", "ok\n"),
+            Script::Echo => {
+                let v = serde_json::json!({
+                    "method": head.method,
+                    "path": head.path,
+                    "headers": head.headers.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+                    "body_len": head.body_len,
+                });
+                let body = v.to_string();
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+            }
+            Script::Status(code, body) => response(*code, "Application Error", body),
+            Script::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Script::Reset => {
+                // SO_LINGER 0 makes close() send RST instead of FIN.
+                drop(buf);
+                return reset(s);
+            }
+            Script::CloseBeforeHead => return,
+            Script::PartialHead => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: te").await;
+                let _ = s.flush().await;
+                return;
+            }
+            Script::Garbage => {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+                return;
+            }
+            Script::Http2Only => {
+                // SETTINGS (empty) then GOAWAY(PROTOCOL_ERROR), as an h2c-only
+                // server answers an HTTP/1.1 request.
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).await;
+                return;
+            }
+            Script::OversizedHead(n) => {
+                let cookie = "a".repeat(*n);
+                format!("HTTP/1.1 200 OK\r\nSet-Cookie: session={cookie}\r\nContent-Length: 3\r\n\r\nok\n").into_bytes()
+            }
+            Script::ShortBody => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+                let _ = s.flush().await;
+                return;
+            }
+            Script::SlowBody { interval, len } => {
+                if s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..*len {
+                    tokio::time::sleep(*interval).await;
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Script::Upgrade => {
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+                let (mut r, mut w) = tokio::io::split(s);
+                if !buf.is_empty() {
+                    let _ = w.write_all(&buf).await;
+                }
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                return;
+            }
+            Script::NoRead => unreachable!(),
+        };
+        if s.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn reset<S: Send + 'static>(s: S) {
+    // Only TCP streams can reset; the generic stream is downcast through Any.
+    let any: Box<dyn std::any::Any + Send> = Box::new(s);
+    if let Ok(tcp) = any.downcast::<TcpStream>() {
+        let _ = tcp.set_zero_linger();
+    }
+}

@@ -1,0 +1,764 @@
+//! The request path: route, forward, retry safely, and answer for failures.
+//!
+//! Owns: routing, header rewriting (hop-by-hop removal, `Via`,
+//! `X-Forwarded-*`, request IDs), the attempt loop with its replay rules
+//! (the one place that decides whether to retry), `Proxy-Status`, and the
+//! response body wrapper that logs and returns connections to the pool.
+//! Must not: inspect raw errors (`upstream::classify_*` does), or know
+//! RFC 9209 tokens (`cause` does).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::cause::{Cause, Retry};
+use crate::config::{Config, HostMatch, UpstreamConfig};
+use crate::log::{self, AccessRecord, FailureRecord, Logs};
+use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
+use crate::pages::{self, Format, PageInfo};
+use crate::resolve::Resolver;
+use crate::upstream::{self, AttemptView, Conn, ConnInfo, Dialer, Failure, Server, TimedBody, UpBody, Upstream};
+
+/// Everything built from one config: swapped whole on reload, so a request
+/// finishes on the config it started with.
+pub struct Runtime {
+    pub config: Config,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub dialer: Dialer,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Result<Self, String> {
+        let resolver = Resolver::new(&config.resolver)?;
+        let upstreams = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone()))).collect();
+        let own = config.listen.clone();
+        Ok(Runtime { config, upstreams, dialer: Dialer { resolver, own } })
+    }
+
+    /// First route in file order whose host and path prefix match.
+    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+        self.config.routes.iter().position(|r| {
+            let host_ok = match &r.host {
+                None => true,
+                Some(HostMatch::Exact(h)) => h.eq_ignore_ascii_case(host),
+                Some(HostMatch::Suffix(s)) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
+            };
+            host_ok && path_matches(&r.path, path)
+        })
+    }
+}
+
+/// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`; a prefix
+/// ending in `/` matches everything under it.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// The running gateway shared by every connection.
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub logs: Logs,
+    pub metrics: Metrics,
+    ids: RequestIds,
+}
+
+impl Gateway {
+    pub fn new(rt: Runtime, logs: Logs) -> Self {
+        Gateway { runtime: ArcSwap::from_pointee(rt), logs, metrics: Metrics::new(), ids: RequestIds::new() }
+    }
+
+    /// Publishes log drops into the metric (called when metrics are read).
+    pub fn sync_counters(&self) {
+        let d = self.logs.access.dropped.load(Ordering::Relaxed) + self.logs.errors.dropped.load(Ordering::Relaxed);
+        let cur = self.metrics.log_dropped.get();
+        if d > cur {
+            self.metrics.log_dropped.inc_by(d - cur);
+        }
+    }
+}
+
+/// Request IDs: unique per process, not guessable across restarts.
+struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let seed = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ (&t as *const _ as u64);
+        RequestIds { seed, counter: AtomicU64::new(0) }
+    }
+    fn next(&self) -> HeaderValue {
+        // splitmix64 of seed + counter: a bijection, so IDs never repeat
+        // within a process.
+        let mut z = self.seed.wrapping_add(self.counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    }
+}
+
+/// An incoming `X-Request-Id` is kept when it is 1-128 safe characters.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named in
+/// `Connection`, and the well-known ones. `Upgrade` survives on an upgrade.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && *n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn via_value(v: Version) -> HeaderValue {
+    HeaderValue::from_static(match v {
+        Version::HTTP_2 => "2 baton",
+        Version::HTTP_10 => "1.0 baton",
+        _ => "1.1 baton",
+    })
+}
+
+fn append_via(h: &mut HeaderMap, v: Version) {
+    match h.get(header::VIA).and_then(|old| old.to_str().ok()) {
+        Some(old) => {
+            let joined = format!("{old}, {}", via_value(v).to_str().unwrap_or("1.1 baton"));
+            if let Ok(hv) = HeaderValue::from_str(&joined) {
+                h.insert(header::VIA, hv);
+            }
+        }
+        None => {
+            h.insert(header::VIA, via_value(v));
+        }
+    }
+}
+
+/// A `Proxy-Status` structured-field string: printable ASCII, escaped.
+fn sf_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+}
+
+/// `Proxy-Status: baton; error=<type>; next-hop="..."; details="..."`.
+pub fn proxy_status(cause: Cause, next_hop: Option<&str>, details: Option<&str>, received: Option<u16>) -> HeaderValue {
+    let mut s = String::with_capacity(96);
+    s.push_str("baton; error=");
+    s.push_str(cause.proxy_status());
+    if let Some(h) = next_hop {
+        s.push_str("; next-hop=");
+        sf_string(&mut s, h);
+    }
+    if let Some(r) = received {
+        s.push_str("; received-status=");
+        s.push_str(&r.to_string());
+    }
+    if let Some(d) = details {
+        s.push_str("; details=");
+        sf_string(&mut s, d);
+    }
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("baton; error=proxy_internal_error"))
+}
+
+/// The body baton sends to its client.
+pub enum RespBody {
+    Local(Option<Bytes>),
+    Proxied(Box<ProxiedBody>),
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = upstream::BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Proxied(p) => p.poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Local(b) => b.is_none(),
+            RespBody::Proxied(p) => p.body.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Proxied(p) => p.body.size_hint(),
+        }
+    }
+}
+
+/// What the logs need about a request, carried until its response ends.
+struct ReqLog {
+    gw: Arc<Gateway>,
+    id: HeaderValue,
+    method: Method,
+    uri: Uri,
+    host: String,
+    client: SocketAddr,
+    version: Version,
+    start: Instant,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    server: Option<Arc<str>>,
+    attempts: u32,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl ReqLog {
+    fn id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
+    }
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    fn failure(&self, f: &Failure, status: Option<u16>, a: Option<&AttemptLog>, retry: Option<&'static str>) {
+        let gw = &self.gw;
+        if let Some(u) = &self.upstream {
+            gw.metrics.failure(u, f.cause);
+        }
+        gw.logs.failure(&FailureRecord {
+            time: log::now(),
+            level: "error",
+            msg: "upstream failure",
+            request_id: self.id(),
+            method: self.method.as_str(),
+            host: &self.host,
+            path: self.path(),
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            server: a.map(|a| &*a.peer).or(self.server.as_deref()),
+            phase: f.cause.phase().as_str(),
+            cause: f.cause.id(),
+            proxy_status: f.cause.proxy_status(),
+            status,
+            details: f.details.as_deref(),
+            errno: f.errno,
+            reused: a.is_some_and(|a| a.idle_ms.is_some()),
+            idle_ms: a.and_then(|a| a.idle_ms),
+            attempt: self.attempts,
+            retry,
+            bytes_sent: a.map_or(0, |a| a.sent),
+            bytes_received: a.map_or(0, |a| a.received),
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+
+    fn finish(&self, status: u16, bytes: u64, cause: Option<Cause>) {
+        let gw = &self.gw;
+        let elapsed = self.start.elapsed();
+        let route: Arc<str> = self.route.clone().unwrap_or_else(|| Arc::from("(none)"));
+        gw.metrics.requests.get_or_create(&RequestLabels { route: route.clone(), status }).inc();
+        gw.metrics.duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        if !gw.logs.access.enabled() {
+            return;
+        }
+        let client = self.client.ip().to_string();
+        gw.logs.access(&AccessRecord {
+            time: log::now(),
+            request_id: self.id(),
+            client: &client,
+            method: self.method.as_str(),
+            host: &self.host,
+            path: self.path(),
+            protocol: match self.version {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            status,
+            bytes,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            server: self.server.as_deref(),
+            attempts: self.attempts,
+            cause: cause.map(Cause::id),
+            referer: self.referer.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        });
+    }
+}
+
+/// Per-attempt facts for the failure log.
+struct AttemptLog {
+    peer: Arc<str>,
+    idle_ms: Option<u64>,
+    sent: u64,
+    received: u64,
+}
+
+/// An upstream response body on its way to the client.
+pub struct ProxiedBody {
+    body: TimedBody,
+    log: ReqLog,
+    status: u16,
+    bytes: u64,
+    /// Where to return the connection once the body has been read to its end.
+    pool: Option<(Arc<Server>, Arc<UpstreamConfig>, hyper::client::conn::http1::SendRequest<UpBody>, Arc<ConnInfo>)>,
+    read_before: u64,
+    sent: u64,
+    failed: Option<Cause>,
+}
+
+impl ProxiedBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, upstream::BodyError>>> {
+        let r = self.body.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The head is already with the client: the only honest
+                // signal left is to abort its connection, which hyper does
+                // when a body yields an error. Log it as a failure.
+                let f = e.failure();
+                let a = self.pool.take().map(|(_, _, _, info)| {
+                    info.retired.store(true, Ordering::Relaxed);
+                    AttemptLog {
+                        peer: self.log.server.clone().unwrap_or_else(|| Arc::from("-")),
+                        idle_ms: None,
+                        sent: self.sent,
+                        received: info.stats.read.load(Ordering::Relaxed).saturating_sub(self.read_before),
+                    }
+                });
+                self.log.failure(&f, Some(self.status), a.as_ref(), None);
+                self.failed = Some(f.cause);
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl Drop for ProxiedBody {
+    fn drop(&mut self) {
+        if let Some((server, cfg, tx, info)) = self.pool.take()
+            && self.body.is_end_stream()
+        {
+            server.checkin(&cfg, tx, info);
+        }
+        self.log.finish(self.status, self.bytes, self.failed);
+    }
+}
+
+/// The host a request is for: `Host`, or the HTTP/2 `:authority`, without
+/// the port, lower-cased.
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str())).unwrap_or("");
+    let no_port = if raw.starts_with('[') {
+        raw.split_once(']').map_or(raw, |(h, _)| h).trim_start_matches('[')
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    no_port.to_ascii_lowercase()
+}
+
+/// Serves one request.
+pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+    let start = Instant::now();
+    let rt = gw.runtime.load_full();
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => gw.ids.next(),
+    };
+    let host = request_host(&req);
+    let combined = gw.logs.access.enabled() && gw.logs.access_format == crate::config::AccessFormat::Combined;
+    let mut log = ReqLog {
+        gw: gw.clone(),
+        id,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        host,
+        client,
+        version: req.version(),
+        start,
+        route: None,
+        upstream: None,
+        server: None,
+        attempts: 0,
+        referer: if combined { req.headers().get(header::REFERER).cloned() } else { None },
+        user_agent: if combined { req.headers().get(header::USER_AGENT).cloned() } else { None },
+    };
+    let format = Format::negotiate(req.headers().get(header::ACCEPT).map(|v| v.as_bytes()));
+
+    let Some(ri) = rt.route(&log.host, req.uri().path()) else {
+        let f = Failure::new(Cause::NoRoute);
+        return local_error(&rt, log, &f, None, format);
+    };
+    let route = &rt.config.routes[ri];
+    let up = rt.upstreams[route.upstream].clone();
+    let cfg = up.cfg.clone();
+    log.route = Some(route.name.clone());
+    log.upstream = Some(cfg.name.clone());
+
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+
+    // The upstream request head, built once.
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, upgrade);
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        headers.insert(header::HOST, v);
+    }
+    let ip = client.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(h) = headers.get(header::HOST).cloned() {
+        headers.insert(&X_FORWARDED_HOST, h);
+    }
+    append_via(&mut headers, parts.version);
+    headers.insert(&X_REQUEST_ID, log.id.clone());
+    let path = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
+    let method = parts.method;
+    let may_replay_unsafe = headers.contains_key(&IDEMPOTENCY_KEY);
+
+    // The body: buffered when small enough to replay, else streamed.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut stream: Option<Incoming> = None;
+    let replay: Option<Option<Bytes>> = if body.is_end_stream() || declared == Some(0) {
+        Some(None)
+    } else if declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
+        match tokio::time::timeout(cfg.read_timeout, body.collect()).await {
+            Ok(Ok(b)) => Some(Some(b.to_bytes())),
+            // The client went away or stalled while sending its body.
+            _ => {
+                let l = log;
+                l.finish(400, 0, None);
+                return plain(StatusCode::BAD_REQUEST, "incomplete request body\n", &l.id);
+            }
+        }
+    } else {
+        stream = Some(body);
+        None
+    };
+    let replayable = replay.is_some();
+    let make_body = |stream: &mut Option<Incoming>| -> UpBody {
+        match &replay {
+            Some(None) => UpBody::Empty,
+            Some(Some(b)) => UpBody::Full(Some(b.clone())),
+            None => stream.take().map_or(UpBody::Empty, UpBody::Stream),
+        }
+    };
+    let build = |body: UpBody| -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = method.clone();
+        *r.uri_mut() = path.clone();
+        *r.headers_mut() = headers.clone();
+        r
+    };
+
+    let start_idx = up.start_index();
+    let servers = up.servers.len();
+    let max_servers = (1 + cfg.retries as usize).min(servers).max(1);
+    let mut server_n = 0usize;
+    let mut fresh_only = false;
+    let mut race_retry_used = false;
+    let mut pending: Option<Request<UpBody>> = None;
+
+    loop {
+        log.attempts += 1;
+        let server = up.pick(start_idx, server_n).clone();
+        log.server = Some(server.label.clone());
+        let checked_out = if fresh_only { None } else { server.checkout(&cfg).await };
+        let mut conn: Conn = match checked_out {
+            Some(c) => c,
+            None => match server.connect(&cfg, &rt.dialer).await {
+                Ok(c) => c,
+                Err((f, peer)) => {
+                    let a = AttemptLog { peer: peer.clone(), idle_ms: None, sent: 0, received: 0 };
+                    // Nothing reached the upstream: any method may go to
+                    // the next server, if there is one left to try.
+                    let next = f.cause.retry() == Retry::NothingSent && server_n + 1 < max_servers && (replayable || pending.is_some() || stream.is_some());
+                    if next {
+                        log.failure(&f, None, Some(&a), Some("next_server"));
+                        retry_metric(&gw, &cfg, "next_server");
+                        server_n += 1;
+                        fresh_only = false;
+                        continue;
+                    }
+                    log.failure(&f, Some(f.cause.status()), Some(&a), None);
+                    log.server = Some(peer.clone());
+                    return local_error(&rt, log, &f, Some(&peer), format);
+                }
+            },
+        };
+        let reused = conn.reused;
+        let info = conn.info.clone();
+        let read_before = info.stats.read.load(Ordering::Relaxed);
+        let written_before = info.stats.written.load(Ordering::Relaxed);
+        let req = pending.take().unwrap_or_else(|| build(make_body(&mut stream)));
+        let fut = conn.tx.try_send_request(req);
+        let outcome = upstream::await_head(fut, &info, cfg.read_timeout).await;
+        let attempt_log = |info: &ConnInfo| AttemptLog {
+            peer: conn.peer.clone(),
+            idle_ms: reused.map(|d| d.as_millis() as u64),
+            sent: info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before),
+            received: info.stats.read.load(Ordering::Relaxed).saturating_sub(read_before),
+        };
+        let failure = match outcome {
+            Some(Ok(resp)) => {
+                return respond(resp, conn, server, cfg, log, client_upgrade, read_before, written_before);
+            }
+            None => {
+                info.retired.store(true, Ordering::Relaxed);
+                Failure::with(Cause::ResponseHeadTimeout, format!("no response head within {}s", cfg.read_timeout.as_secs_f32()))
+            }
+            Some(Err(mut e)) => {
+                if let Some(req) = e.take_message() {
+                    // hyper saw the connection close before writing a byte
+                    // of this request: resend it as is on a fresh one, for
+                    // any method (the upstream cannot have seen it).
+                    if !race_retry_used {
+                        race_retry_used = true;
+                        let f = Failure::with(Cause::ConnectionTerminated, "pooled connection closed before the request was sent");
+                        log.failure(&f, None, Some(&attempt_log(&info)), Some("fresh_connection"));
+                        retry_metric(&gw, &cfg, "fresh_connection");
+                        pending = Some(req);
+                        fresh_only = true;
+                        continue;
+                    }
+                }
+                let view = AttemptView { info: &info, reused: reused.is_some(), read_before, max_header_bytes: cfg.max_response_header_bytes };
+                upstream::classify_exchange(e.error(), &view)
+            }
+        };
+        info.retired.store(true, Ordering::Relaxed);
+        let a = attempt_log(&info);
+        // The keep-alive race: a reused connection that died with zero
+        // response bytes. Replay on a fresh connection when the request is
+        // idempotent (or carries Idempotency-Key) and its body is replayable.
+        let race = failure.cause.retry() == Retry::MaybeProcessed
+            && reused.is_some()
+            && a.received == 0
+            && replayable
+            && (idempotent(&method) || may_replay_unsafe)
+            && !race_retry_used;
+        if race {
+            race_retry_used = true;
+            log.failure(&failure, None, Some(&a), Some("fresh_connection"));
+            retry_metric(&gw, &cfg, "fresh_connection");
+            fresh_only = true;
+            continue;
+        }
+        log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
+        let peer = a.peer.clone();
+        return local_error(&rt, log, &failure, Some(&peer), format);
+    }
+}
+
+fn retry_metric(gw: &Gateway, cfg: &UpstreamConfig, reason: &'static str) {
+    gw.metrics.retries.get_or_create(&RetryLabels { upstream: cfg.name.clone(), reason }).inc();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    mut resp: Response<Incoming>,
+    conn: Conn,
+    server: Arc<Server>,
+    cfg: Arc<UpstreamConfig>,
+    mut log: ReqLog,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    read_before: u64,
+    written_before: u64,
+) -> Response<RespBody> {
+    let info = conn.info.clone();
+    log.server = Some(conn.peer.clone());
+    let status = resp.status();
+    if let Some(ms) = resp.headers().get(&KEEP_ALIVE).and_then(|v| upstream::keepalive_hint(v.as_bytes())) {
+        info.keepalive_hint_ms.store(ms, Ordering::Relaxed);
+    }
+    let closing = resp.headers().get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    if closing {
+        info.retired.store(true, Ordering::Relaxed);
+    }
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+    if upgraded {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let client_upgrade = client_upgrade.expect("checked above");
+        tokio::spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            }
+        });
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgraded);
+    append_via(&mut parts.headers, Version::HTTP_11);
+    parts.headers.insert(&X_REQUEST_ID, log.id.clone());
+    let sent = info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before);
+    let pool = (!upgraded).then(|| (server, cfg.clone(), conn.tx, info));
+    let body = ProxiedBody {
+        body: TimedBody::new(body, cfg.read_timeout),
+        status: status.as_u16(),
+        log,
+        bytes: 0,
+        pool,
+        read_before,
+        sent,
+        failed: None,
+    };
+    Response::from_parts(parts, RespBody::Proxied(Box::new(body)))
+}
+
+fn plain(status: StatusCode, msg: &'static str, id: &HeaderValue) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::Local(Some(Bytes::from_static(msg.as_bytes()))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(&X_REQUEST_ID, id.clone());
+    r
+}
+
+/// Seconds a client should wait before retrying a 503 (RFC 9110 §10.2.3).
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// baton's own answer for a failure: status from the cause, `Proxy-Status`,
+/// request ID, and a page in the format the client asked for.
+fn local_error(rt: &Runtime, log: ReqLog, f: &Failure, next_hop: Option<&str>, format: Format) -> Response<RespBody> {
+    let status = f.cause.status();
+    let retry_after = (status == 503).then_some(RETRY_AFTER_SECS);
+    let id = log.id.clone();
+    let body = pages::render(format, &PageInfo { cause: f.cause, status, details: f.details.as_deref(), request_id: log.id(), retry_after }, &rt.config.pages);
+    let len = body.len() as u64;
+    let mut r = Response::new(RespBody::Local(Some(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::SERVER, HeaderValue::from_static("baton"));
+    h.insert(&PROXY_STATUS, proxy_status(f.cause, next_hop, f.details.as_deref(), None));
+    h.insert(&X_REQUEST_ID, id);
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    log.finish(status, len, Some(f.cause));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_prefixes() {
+        assert!(path_matches("/", "/anything"));
+        assert!(path_matches("/api", "/api"));
+        assert!(path_matches("/api", "/api/v1"));
+        assert!(!path_matches("/api", "/apix"));
+        assert!(path_matches("/api/", "/api/x"));
+    }
+
+    #[test]
+    fn proxy_status_escapes() {
+        let v = proxy_status(Cause::ConnectionRefused, Some("127.0.0.1:1"), Some("say \"hi\"\n"), None);
+        assert_eq!(v.to_str().unwrap(), r#"baton; error=connection_refused; next-hop="127.0.0.1:1"; details="say \"hi\"?""#);
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_unique() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
+}

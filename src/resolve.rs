@@ -1,0 +1,81 @@
+//! Upstream host-name resolution with hickory (never the blocking system
+//! resolver on the request path).
+//!
+//! Owns: building the resolver from `[resolver]` and sorting its failures
+//! into the three outcomes baton reports (timeout, not found, other).
+//! Must not: decide what a failure means to the visitor (that is `cause`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::TokioResolver;
+
+use crate::config::ResolverConfig;
+
+#[derive(Debug)]
+pub enum ResolveError {
+    Timeout,
+    NotFound,
+    Other(String),
+}
+
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+    /// Bound on one whole lookup, whatever the resolver's own retries do.
+    deadline: Duration,
+}
+
+impl Resolver {
+    pub fn new(cfg: &ResolverConfig) -> Result<Self, String> {
+        let provider = TokioRuntimeProvider::default();
+        let mut builder = if cfg.nameservers.is_empty() {
+            match TokioResolver::builder(provider.clone()) {
+                Ok(b) => b,
+                // No /etc/resolv.conf: names still resolve from /etc/hosts.
+                Err(_) => TokioResolver::builder_with_config(HickoryConfig::from_name_servers(Vec::new()), provider),
+            }
+        } else {
+            let servers = cfg
+                .nameservers
+                .iter()
+                .map(|a| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = a.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = a.port();
+                    let mut ns = NameServerConfig::udp(a.ip());
+                    ns.connections = vec![udp, tcp];
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(HickoryConfig::from_name_servers(servers), provider)
+        };
+        let opts = builder.options_mut();
+        opts.timeout = cfg.timeout;
+        opts.attempts = cfg.attempts;
+        // `localhost` may be ::1 while the app listens on 127.0.0.1: ask for
+        // both families and let the connect loop try each address.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let inner = builder.build().map_err(|e| e.to_string())?;
+        Ok(Resolver { inner, deadline: cfg.timeout * cfg.attempts as u32 + Duration::from_millis(100) })
+    }
+
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        match tokio::time::timeout(self.deadline, self.inner.lookup_ip(host)).await {
+            Err(_) => Err(ResolveError::Timeout),
+            Ok(Ok(l)) => {
+                let v: Vec<IpAddr> = l.iter().collect();
+                if v.is_empty() { Err(ResolveError::NotFound) } else { Ok(v) }
+            }
+            Ok(Err(NetError::Timeout)) => Err(ResolveError::Timeout),
+            Ok(Err(NetError::Dns(DnsError::NoRecordsFound(_)))) => Err(ResolveError::NotFound),
+            Ok(Err(e)) => Err(ResolveError::Other(e.to_string())),
+        }
+    }
+}

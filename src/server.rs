@@ -1,0 +1,161 @@
+//! Listeners: accept client connections (HTTP/1.1 and HTTP/2 prior
+//! knowledge) and the admin endpoint, and drain on shutdown.
+//!
+//! Owns: binding, the accept loops, the per-connection hyper server, the
+//! admin routes (`/metrics`, `/healthz`), and graceful shutdown.
+//! Must not: make per-request decisions (that is `proxy`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::log::Logs;
+use crate::proxy::{self, Gateway, Runtime};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source} (is another process using the port? `ss -ltnp | grep {port}`)", port = addr.port())]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open a log file: {0}")]
+    Log(std::io::Error),
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(String),
+}
+
+/// A running gateway.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to `grace`), and
+    /// returns when every listener task has ended.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let all = futures_join(self.tasks);
+        let _ = tokio::time::timeout(grace + Duration::from_millis(100), all).await;
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Binds every listener, then serves until [`Running::shutdown`].
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let mut listeners = Vec::new();
+    for a in &config.listen {
+        let l = TcpListener::bind(a).await.map_err(|source| StartError::Bind { addr: *a, source })?;
+        listeners.push(l);
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let admin_listener = match config.admin {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| StartError::Bind { addr: a, source })?),
+        None => None,
+    };
+    let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let logs = Logs::open(&config.log).map_err(StartError::Log)?;
+    let mut rt = Runtime::new(config).map_err(StartError::Resolver)?;
+    rt.dialer.own = addrs.clone();
+    let gateway = Arc::new(Gateway::new(rt, logs));
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(accept_loop(l, gateway.clone(), rx.clone())));
+    }
+    if let Some(l) = admin_listener {
+        tasks.push(tokio::spawn(admin_loop(l, gateway.clone(), rx.clone())));
+    }
+    Ok(Running { addrs, admin, gateway, shutdown: tx, tasks })
+}
+
+async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            r = l.accept() => {
+                let (s, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = s.set_nodelay(true);
+                let gw = gw.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(l);
+    graceful.shutdown().await;
+}
+
+async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = l.accept() => {
+                let Ok((s, _)) = r else { continue };
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let gw = gw.clone();
+                        async move { Ok::<_, Infallible>(admin(&gw, &req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => {
+            gw.sync_counters();
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
+        }
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    r
+}

@@ -1,0 +1,663 @@
+//! Upstream connections: resolve, connect, pool, and classify what failed.
+//!
+//! Owns: the per-server keep-alive pool (HTTP/1.1 over TCP or Unix sockets),
+//! the metered I/O wrapper that counts bytes, keeps the first bytes for
+//! protocol sniffing and enforces the write timeout, and [`classify`], which
+//! turns an `io::Error`, a hickory error or a `hyper::Error` into exactly one
+//! [`Cause`]. Nothing else in baton inspects a raw error.
+//!
+//! Must not: decide whether to retry (that is `proxy`), or build responses.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Sleep;
+
+use crate::cause::Cause;
+use crate::config::{ServerAddr, UpstreamConfig};
+use crate::resolve::{Resolver, ResolveError};
+
+/// Why an attempt failed: one cause plus what the operator needs to see.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub cause: Cause,
+    /// Short, safe to show (goes into `Proxy-Status` `details`).
+    pub details: Option<String>,
+    pub errno: Option<i32>,
+}
+
+impl Failure {
+    pub fn new(cause: Cause) -> Self {
+        Failure { cause, details: None, errno: None }
+    }
+    pub fn with(cause: Cause, details: impl Into<String>) -> Self {
+        Failure { cause, details: Some(details.into()), errno: None }
+    }
+    fn errno(mut self, e: &io::Error) -> Self {
+        self.errno = e.raw_os_error();
+        self
+    }
+}
+
+/// The request body sent upstream: empty, buffered (replayable) or streamed.
+pub enum UpBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// Counters shared between a connection's I/O and the requests on it.
+#[derive(Default, Debug)]
+pub struct ConnStats {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+    /// The first (up to 8) bytes the upstream ever sent, big-endian packed,
+    /// and how many there are: enough to recognise TLS or HTTP/2 frames.
+    first: AtomicU64,
+    first_len: AtomicUsize,
+    /// Milliseconds since `ConnInfo::created` of the last write progress.
+    last_write_ms: AtomicU64,
+}
+
+impl ConnStats {
+    pub fn first_bytes(&self) -> ([u8; 8], usize) {
+        (self.first.load(Ordering::Relaxed).to_be_bytes(), self.first_len.load(Ordering::Relaxed))
+    }
+}
+
+/// One upstream connection's shared state.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub stats: ConnStats,
+    pub created: Instant,
+    /// Set when baton closes the connection itself (not the upstream).
+    pub retired: AtomicBool,
+    /// When it went idle, in ms since `created`; `u64::MAX` while in use.
+    idle_since_ms: AtomicU64,
+    /// From the upstream's `Keep-Alive: timeout=N`, in ms (0 = none).
+    pub keepalive_hint_ms: AtomicU64,
+}
+
+impl ConnInfo {
+    fn new() -> Self {
+        ConnInfo {
+            stats: ConnStats::default(),
+            created: Instant::now(),
+            retired: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(u64::MAX),
+            keepalive_hint_ms: AtomicU64::new(0),
+        }
+    }
+    fn ms_since_created(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64
+    }
+    /// Time of the last successful write to the upstream.
+    pub fn last_write(&self) -> Instant {
+        self.created + Duration::from_millis(self.stats.last_write_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The transport under a connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Wraps a stream: counts bytes, keeps the first bytes, times out stalled
+/// writes. The write timer only runs while a write is pending, so an idle
+/// pooled connection never times out here.
+pub struct Metered {
+    inner: Stream,
+    info: Arc<ConnInfo>,
+    write_timeout: Duration,
+    write_timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Marks the `io::Error` baton raises when a write stalls.
+#[derive(Debug)]
+pub struct WriteTimedOut;
+impl std::fmt::Display for WriteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("upstream write timed out")
+    }
+}
+impl std::error::Error for WriteTimedOut {}
+
+impl AsyncRead for Metered {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = match &mut this.inner {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = r {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                let stats = &this.info.stats;
+                let total = stats.read.fetch_add(new.len() as u64, Ordering::Relaxed);
+                if total < 8 {
+                    let mut first = stats.first.load(Ordering::Relaxed).to_be_bytes();
+                    let have = total as usize;
+                    let take = (8 - have).min(new.len());
+                    first[have..have + take].copy_from_slice(&new[..take]);
+                    stats.first.store(u64::from_be_bytes(first), Ordering::Relaxed);
+                    stats.first_len.store(have + take, Ordering::Relaxed);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl Metered {
+    fn track_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.write_timer = None;
+                self.info.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+                self.info.stats.last_write_ms.store(self.info.ms_since_created(), Ordering::Relaxed);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let wt = self.write_timeout;
+                let timer = self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wt)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteTimedOut))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        };
+        this.track_write(cx, r)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        };
+        this.track_write(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+struct Idle {
+    tx: SendRequest<UpBody>,
+    info: Arc<ConnInfo>,
+    since: Instant,
+}
+
+/// One server of an upstream, with its connection pool.
+pub struct Server {
+    pub addr: ServerAddr,
+    /// How the server appears in logs, metrics and `next-hop`.
+    pub label: Arc<str>,
+    idle: Mutex<Vec<Idle>>,
+    /// The shortest idle time after which this server was seen to close a
+    /// pooled connection by itself (ms; 0 = never seen). Only shrinks.
+    learned_idle_close_ms: AtomicU64,
+}
+
+/// A connection checked out for one request.
+pub struct Conn {
+    pub tx: SendRequest<UpBody>,
+    pub info: Arc<ConnInfo>,
+    /// `Some(idle time)` when the connection came from the pool.
+    pub reused: Option<Duration>,
+    /// The server's address actually dialled (after DNS), for logs.
+    pub peer: Arc<str>,
+}
+
+/// An upstream: its settings and servers.
+pub struct Upstream {
+    pub cfg: Arc<UpstreamConfig>,
+    pub servers: Vec<Arc<Server>>,
+    next: AtomicUsize,
+}
+
+/// What every connect needs besides the server.
+pub struct Dialer {
+    pub resolver: Resolver,
+    /// baton's own listeners: dialling one of them is a loop.
+    pub own: Vec<SocketAddr>,
+}
+
+impl Upstream {
+    pub fn new(cfg: Arc<UpstreamConfig>) -> Self {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|a| {
+                Arc::new(Server {
+                    label: a.to_string().into(),
+                    addr: a.clone(),
+                    idle: Mutex::new(Vec::new()),
+                    learned_idle_close_ms: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Upstream { cfg, servers, next: AtomicUsize::new(0) }
+    }
+
+    /// The server for attempt `n` (0-based) of a request: round robin for
+    /// the first, then the following servers, so a retry never lands on the
+    /// same server while another exists.
+    pub fn pick(&self, start: usize, attempt: usize) -> &Arc<Server> {
+        &self.servers[(start + attempt) % self.servers.len()]
+    }
+
+    pub fn start_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Server {
+    /// Idle time after which a pooled connection is not reused: the
+    /// configured keepalive_timeout, shortened to 3/4 of the upstream's
+    /// `Keep-Alive: timeout` hint and of its learned idle-close time, so baton
+    /// always closes first (the keep-alive race, docs/errors.md).
+    fn idle_limit(&self, cfg: &UpstreamConfig, info: &ConnInfo) -> Duration {
+        let mut limit = cfg.keepalive_timeout;
+        for ms in [info.keepalive_hint_ms.load(Ordering::Relaxed), self.learned_idle_close_ms.load(Ordering::Relaxed)] {
+            if ms > 0 {
+                limit = limit.min(Duration::from_millis(ms * 3 / 4));
+            }
+        }
+        limit
+    }
+
+    /// A pooled connection that is open, ready and young enough, if any.
+    pub async fn checkout(&self, cfg: &UpstreamConfig) -> Option<Conn> {
+        loop {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let age = idle.since.elapsed();
+            if idle.tx.is_closed() {
+                continue;
+            }
+            if age >= self.idle_limit(cfg, &idle.info) {
+                idle.info.retired.store(true, Ordering::Relaxed);
+                continue;
+            }
+            // The previous response has been read to its end; hyper flips
+            // the connection back to ready right after, or closes it.
+            if !idle.tx.is_ready() && idle.tx.ready().await.is_err() {
+                continue;
+            }
+            idle.info.idle_since_ms.store(u64::MAX, Ordering::Relaxed);
+            return Some(Conn { tx: idle.tx, info: idle.info, reused: Some(age), peer: self.label.clone() });
+        }
+    }
+
+    /// Returns a connection whose response was read completely.
+    pub fn checkin(&self, cfg: &UpstreamConfig, tx: SendRequest<UpBody>, info: Arc<ConnInfo>) {
+        if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= cfg.max_idle_per_server {
+            info.retired.store(true, Ordering::Relaxed);
+            return;
+        }
+        info.idle_since_ms.store(info.ms_since_created(), Ordering::Relaxed);
+        idle.push(Idle { tx, info, since: Instant::now() });
+    }
+
+    fn learn_idle_close(&self, idle: Duration) {
+        let ms = (idle.as_millis() as u64).max(1);
+        let _ = self.learned_idle_close_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| (cur == 0 || ms < cur).then_some(ms));
+    }
+
+    /// The learned idle-close time, for logs and `baton doctor`.
+    pub fn learned_idle_close(&self) -> Option<Duration> {
+        match self.learned_idle_close_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Drops every pooled connection (used on reload and shutdown).
+    pub fn clear(&self) {
+        for i in self.idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            i.info.retired.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens a new connection. `Err` carries the classified failure and the
+    /// address dialled.
+    pub async fn connect(self: &Arc<Self>, cfg: &UpstreamConfig, dialer: &Dialer) -> Result<Conn, (Failure, Arc<str>)> {
+        let (stream, peer) = match &self.addr {
+            ServerAddr::Tcp(a) => (connect_tcp(*a, cfg, dialer).await.map_err(|f| (f, self.label.clone()))?, self.label.clone()),
+            ServerAddr::Unix(p) => (connect_unix(p, cfg).await.map_err(|f| (f, self.label.clone()))?, self.label.clone()),
+            ServerAddr::Name { host, port } => {
+                let addrs = dialer.resolver.lookup(host).await.map_err(|e| (classify_dns(host, e), self.label.clone()))?;
+                let mut last = None;
+                let mut found = None;
+                for ip in addrs.iter() {
+                    let a = SocketAddr::new(*ip, *port);
+                    match connect_tcp(a, cfg, dialer).await {
+                        Ok(s) => {
+                            found = Some((s, Arc::<str>::from(format!("{a}"))));
+                            break;
+                        }
+                        Err(f) => last = Some((f, Arc::<str>::from(format!("{a}")))),
+                    }
+                }
+                match found {
+                    Some(x) => x,
+                    None => return Err(last.unwrap_or_else(|| (Failure::with(Cause::DnsError, format!("{host} has no addresses")), self.label.clone()))),
+                }
+            }
+        };
+        let info = Arc::new(ConnInfo::new());
+        let io = Metered { inner: stream, info: info.clone(), write_timeout: cfg.write_timeout, write_timer: None };
+        let mut b = http1::Builder::new();
+        b.max_header_size(cfg.max_response_header_bytes)
+            // hyper's read buffer must hold the whole head; leave room so the
+            // exact header limit above is the one that triggers.
+            .max_buf_size((cfg.max_response_header_bytes + 16 * 1024).max(400 * 1024));
+        let (tx, conn) = match b.handshake(TokioIo::new(io)).await {
+            Ok(x) => x,
+            Err(e) => return Err((Failure::with(Cause::Internal, format!("handshake: {e}")), peer)),
+        };
+        let server = self.clone();
+        let task_info = info.clone();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            // The connection ended. If it was idle in the pool and baton did
+            // not close it, the upstream closed it: remember after how long.
+            let since = task_info.idle_since_ms.load(Ordering::Relaxed);
+            if since != u64::MAX && !task_info.retired.load(Ordering::Relaxed) {
+                let idle = task_info.ms_since_created().saturating_sub(since);
+                server.learn_idle_close(Duration::from_millis(idle));
+            }
+        });
+        Ok(Conn { tx, info, reused: None, peer })
+    }
+}
+
+async fn connect_tcp(a: SocketAddr, cfg: &UpstreamConfig, dialer: &Dialer) -> Result<Stream, Failure> {
+    if dialer.own.iter().any(|own| *own == a || (own.ip().is_unspecified() && own.port() == a.port() && a.ip().is_loopback())) {
+        return Err(Failure::with(Cause::ProxyConfiguration, format!("{a} is one of baton's own listeners")));
+    }
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(a)).await {
+        Err(_) => Err(Failure::with(Cause::ConnectionTimeout, format!("no answer from {a} within {:?}", cfg.connect_timeout))),
+        Ok(Err(e)) => Err(classify_connect_io(&e, &a.to_string())),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(Stream::Tcp(s))
+        }
+    }
+}
+
+async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure> {
+    match tokio::time::timeout(cfg.connect_timeout, UnixStream::connect(p)).await {
+        Err(_) => Err(Failure::with(Cause::ConnectionTimeout, format!("no answer from unix:{} within {:?}", p.display(), cfg.connect_timeout))),
+        Ok(Err(e)) => Err(classify_connect_io(&e, &format!("unix:{}", p.display()))),
+        Ok(Ok(s)) => Ok(Stream::Unix(s)),
+    }
+}
+
+/// Classifies a failed connect by errno number (never by libc's wording).
+pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
+    let unix = to.starts_with("unix:");
+    let (cause, details) = match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) if unix => (Cause::ConnectionRefused, format!("nothing is listening on {to} (the socket file exists)")),
+        Some(libc::ECONNREFUSED) => (Cause::ConnectionRefused, format!("{to} refused the connection")),
+        Some(libc::ENOENT) => (Cause::SocketNotFound, format!("socket {} does not exist", &to[5.min(to.len())..])),
+        Some(libc::EACCES) | Some(libc::EPERM) if unix => (Cause::SocketPermission, format!("permission denied on socket {}", &to[5..])),
+        Some(libc::EAGAIN) => (Cause::UpstreamBusy, format!("accept queue of {to} is full")),
+        Some(libc::ETIMEDOUT) => (Cause::ConnectionTimeout, format!("connect to {to} timed out")),
+        Some(libc::EHOSTUNREACH) => (Cause::ConnectError, format!("no route to host {to}")),
+        Some(libc::ENETUNREACH) => (Cause::ConnectError, format!("network unreachable for {to}")),
+        Some(libc::EADDRNOTAVAIL) => (Cause::ConnectError, format!("no local address/port free to reach {to}")),
+        Some(libc::ENOTSOCK) | Some(libc::ECONNRESET) if unix => (Cause::SocketNotFound, format!("{to} is not a listening socket")),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => (Cause::Internal, "too many open files".to_string()),
+        _ => (Cause::ConnectError, format!("connect to {to} failed")),
+    };
+    Failure::with(cause, details).errno(e)
+}
+
+fn classify_dns(host: &str, e: ResolveError) -> Failure {
+    match e {
+        ResolveError::Timeout => Failure::with(Cause::DnsTimeout, format!("no DNS answer for {host}")),
+        ResolveError::NotFound => Failure::with(Cause::DnsError, format!("{host} does not resolve (NXDOMAIN or no records)")),
+        ResolveError::Other(why) => Failure::with(Cause::DnsError, format!("lookup of {host} failed: {why}")),
+    }
+}
+
+/// What baton knew about the attempt when hyper reported an error.
+pub struct AttemptView<'a> {
+    pub info: &'a ConnInfo,
+    pub reused: bool,
+    /// Bytes read on this connection before this request was sent.
+    pub read_before: u64,
+    pub max_header_bytes: usize,
+}
+
+/// Classifies an error from sending a request or reading its response head.
+pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
+    let received = v.info.stats.read.load(Ordering::Relaxed).saturating_sub(v.read_before);
+    if let Some(io) = find_io(e) {
+        if io.get_ref().is_some_and(|i| i.is::<WriteTimedOut>()) {
+            return Failure::with(Cause::WriteTimeout, "the upstream stopped reading the request").errno(io);
+        }
+        return match io.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted | io::ErrorKind::UnexpectedEof => {
+                Failure::with(Cause::ConnectionTerminated, terminated_details(v.reused, received, "reset")).errno(io)
+            }
+            io::ErrorKind::TimedOut => Failure::with(Cause::ResponseHeadTimeout, "timed out reading the response").errno(io),
+            _ => Failure::with(Cause::ConnectionTerminated, format!("I/O error: {}", io.kind())).errno(io),
+        };
+    }
+    if e.is_parse_too_large() {
+        if received as usize > v.max_header_bytes {
+            return Failure::with(Cause::ResponseHeaderTooLarge, format!("response head over {} bytes (limit {}; {received} bytes received)", v.max_header_bytes, v.max_header_bytes));
+        }
+        return Failure::with(Cause::ResponseHeaderTooLarge, format!("more than 100 header fields or a field over 64 KiB ({received} bytes received, limit {})", v.max_header_bytes));
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        let (first, n) = v.info.stats.first_bytes();
+        if !v.reused && n >= 4 && first[3] == 0x04 && first[0] == 0 {
+            return Failure::with(Cause::UpstreamSpeaksHttp2, "upstream sent an HTTP/2 SETTINGS frame: it speaks HTTP/2 only (h2c), baton sent HTTP/1.1");
+        }
+        if !v.reused && n >= 2 && (first[0] == 0x16 || first[0] == 0x15) && first[1] == 0x03 {
+            return Failure::with(Cause::UpstreamSpeaksTls, "upstream answered with a TLS record: the port expects TLS");
+        }
+        return Failure::with(Cause::ProtocolError, "invalid HTTP/1.1 response head");
+    }
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return Failure::with(Cause::ConnectionTerminated, terminated_details(v.reused, received, "closed"));
+    }
+    Failure::with(Cause::ProtocolError, format!("{e}"))
+}
+
+fn terminated_details(reused: bool, received: u64, how: &str) -> String {
+    let conn = if reused { "a reused" } else { "a new" };
+    if received == 0 {
+        format!("upstream {how} {conn} connection before sending any response")
+    } else {
+        format!("upstream {how} {conn} connection after {received} bytes of an incomplete response head")
+    }
+}
+
+/// Classifies an error while streaming the response body.
+pub fn classify_body(e: &hyper::Error) -> Failure {
+    let f = Failure::with(Cause::ResponseIncomplete, "upstream closed the connection before the end of the body");
+    match find_io(e) {
+        Some(io) => Failure { details: Some(format!("upstream connection failed mid-body ({})", io.kind())), ..f }.errno(io),
+        None => f,
+    }
+}
+
+fn find_io(e: &hyper::Error) -> Option<&io::Error> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// Parses `Keep-Alive: timeout=N` (seconds) into milliseconds.
+pub fn keepalive_hint(v: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(v).ok()?;
+    s.split(',').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("timeout") { v.trim().parse::<u64>().ok().map(|s| s * 1000) } else { None }
+    })
+}
+
+/// Polls a response-head future with the read timeout, restarting the clock
+/// while the request is still being written (a slow upload is not a slow
+/// upstream; a stalled one is caught by the write timeout).
+pub async fn await_head<F, T>(fut: F, info: &ConnInfo, read_timeout: Duration) -> Option<T>
+where
+    F: Future<Output = T>,
+{
+    let mut fut = std::pin::pin!(fut);
+    let mut deadline = tokio::time::Instant::now() + read_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, &mut fut).await {
+            Ok(t) => return Some(t),
+            Err(_) => {
+                let next = tokio::time::Instant::from_std(info.last_write()) + read_timeout;
+                if next > deadline {
+                    deadline = next;
+                    continue;
+                }
+                return None;
+            }
+        }
+    }
+}
+
+/// A response body from the upstream with the body read timeout applied.
+pub struct TimedBody {
+    inner: Incoming,
+    timeout: Duration,
+    // Created on the first read that has to wait: most small responses are
+    // complete in the first poll and never allocate a timer.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// The error a [`TimedBody`] yields.
+#[derive(Debug)]
+pub enum BodyError {
+    Upstream(hyper::Error),
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Upstream(e) => write!(f, "{e}"),
+            BodyError::TimedOut(d) => write!(f, "no body data for {d:?}"),
+        }
+    }
+}
+impl std::error::Error for BodyError {}
+
+impl BodyError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            BodyError::Upstream(e) => classify_body(e),
+            BodyError::TimedOut(d) => Failure::with(Cause::ResponseBodyTimeout, format!("no body data from the upstream for {}s", d.as_secs_f32())),
+        }
+    }
+}
+
+impl TimedBody {
+    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+        TimedBody { inner, timeout, timer: None }
+    }
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                if let Some(t) = self.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + self.timeout);
+                }
+                Poll::Ready(r.map(|r| r.map_err(BodyError::Upstream)))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyError::TimedOut(self.timeout))))
+            }
+        }
+    }
+    pub fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    pub fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
