@@ -50,6 +50,9 @@ pub enum Script {
     NoRead,
     /// Answers `101 Switching Protocols`, then echoes bytes.
     Upgrade,
+    /// Answers the first `n` requests on each connection, then resets it
+    /// when the next request arrives (a keep-alive connection dying).
+    ResetAfter(usize),
 }
 
 /// A running origin; it stops when dropped.
@@ -224,6 +227,7 @@ fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, script: Script, hits: Arc<AtomicUsize>) {
     let mut buf = Vec::new();
+    let mut served = 0usize;
     if let Script::NoRead = script {
         hits.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -246,6 +250,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, scr
         let out: Vec<u8> = match &script {
             Script::Ok(body) => response(200, "OK", body),
             Script::IdleClose(_) => response(200, "OK", "ok\n"),
+            Script::ResetAfter(n) if served >= *n => {
+                drop(buf);
+                return reset(s);
+            }
+            Script::ResetAfter(_) => response(200, "OK", "ok\n"),
             Script::Echo => {
                 let v = serde_json::json!({
                     "method": head.method,
@@ -314,6 +323,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, scr
             }
             Script::NoRead => unreachable!(),
         };
+        served += 1;
         if s.write_all(&out).await.is_err() {
             return;
         }

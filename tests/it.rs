@@ -1,0 +1,9 @@
+//! The one integration-test binary (see Cargo.toml `autotests = false`).
+
+mod support;
+
+mod causes;
+mod config_errors;
+mod docs;
+mod keepalive;
+mod proxying;

@@ -1,0 +1,259 @@
+//! Test harness: a gateway on loopback with its logs in a temporary
+//! directory, a small HTTP client, and a loopback DNS server.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub use baton::origin::{Blackhole, Origin, Script, refusing_addr};
+
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub errors_log: PathBuf,
+    pub access_log: PathBuf,
+    running: Option<baton::server::Running>,
+}
+
+impl Gw {
+    /// Starts baton with `body` (upstreams, routes, any extra sections)
+    /// plus a loopback listener, an admin address and file logs.
+    pub async fn start(body: &str) -> Gw {
+        Self::start_with(body, "127.0.0.1:0", "json").await
+    }
+
+    pub async fn start_with(body: &str, listen: &str, access_format: &str) -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let errors_log = dir.path().join("errors.log");
+        let access_log = dir.path().join("access.log");
+        let toml = format!(
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n{body}",
+            access_log.display(),
+            errors_log.display()
+        );
+        let cfg = match baton::config::parse(&toml, "test.toml", Some(dir.path())) {
+            Ok(c) => c,
+            Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
+        };
+        let running = baton::server::start(cfg).await.expect("gateway starts");
+        Gw { addr: running.addrs[0], admin: running.admin.unwrap(), dir, errors_log, access_log, running: Some(running) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The failure-log lines for a request ID (waits for the log writer).
+    pub async fn failures(&self, request_id: &str) -> Vec<Value> {
+        read_lines(&self.errors_log, request_id, true).await
+    }
+
+    /// The access-log line for a request ID.
+    pub async fn access(&self, request_id: &str) -> Value {
+        read_lines(&self.access_log, request_id, true).await.pop().expect("an access line")
+    }
+
+    pub async fn access_raw(&self) -> String {
+        for _ in 0..100 {
+            if let Ok(s) = std::fs::read_to_string(&self.access_log)
+                && !s.is_empty()
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        String::new()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = send(self.admin, get("/metrics")).await;
+        String::from_utf8(r.body.unwrap().to_vec()).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+async fn read_lines(path: &PathBuf, request_id: &str, wait: bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    for _ in 0..150 {
+        out = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["request_id"] == request_id)
+            .collect();
+        if !out.is_empty() || !wait {
+            // Give a second line of the same request a moment to land.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            return std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["request_id"] == request_id)
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out
+}
+
+/// A response as the test sees it. `body` is `Err` when the connection was
+/// aborted before the body completed.
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+    pub fn request_id(&self) -> String {
+        self.header("x-request-id").to_string()
+    }
+    /// The `error=` token of `Proxy-Status`.
+    pub fn proxy_error(&self) -> &str {
+        let ps = self.header("proxy-status");
+        ps.split("error=").nth(1).map_or("", |r| r.split(';').next().unwrap_or(""))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.body.as_ref().expect("complete body")).to_string()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(self.body.as_ref().expect("complete body")).expect("json body")
+    }
+}
+
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path).header("host", "test.local").body(Full::new(Bytes::new())).unwrap()
+}
+
+/// One request on a new HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.expect("response head");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
+    Resp { status, headers, body }
+}
+
+/// A keep-alive client: reuses one connection for its requests.
+pub struct Client {
+    tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        Client { tx }
+    }
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
+        self.tx.ready().await.unwrap();
+        let resp = self.tx.send_request(req).await.expect("response head");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
+        Resp { status, headers, body }
+    }
+}
+
+/// A DNS server on loopback UDP: names in `records` get an A record (TTL
+/// 1 s), others NXDOMAIN; AAAA questions get an empty answer. With
+/// `silent`, it never answers (a DNS timeout).
+pub struct Dns {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Dns {
+    pub async fn start(records: Vec<(&'static str, IpAddr)>, silent: bool) -> Dns {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+                if silent || n < 12 {
+                    continue;
+                }
+                let q = &buf[..n];
+                // Question: name labels from offset 12, then type and class.
+                let mut i = 12;
+                let mut labels = Vec::new();
+                while i < n && q[i] != 0 {
+                    let len = q[i] as usize;
+                    labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_ascii_lowercase());
+                    i += 1 + len;
+                }
+                let qend = i + 5;
+                if qend > n {
+                    continue;
+                }
+                let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+                let name = labels.join(".");
+                let found = records.iter().find(|(r, _)| *r == name).map(|(_, ip)| *ip);
+                let mut out = Vec::new();
+                out.extend_from_slice(&q[..2]);
+                let (rcode, answer) = match (found, qtype) {
+                    (None, _) => (3u8, None),
+                    (Some(IpAddr::V4(v4)), 1) => (0, Some(v4.octets().to_vec())),
+                    (Some(IpAddr::V6(v6)), 28) => (0, Some(v6.octets().to_vec())),
+                    (Some(_), _) => (0, None),
+                };
+                out.extend_from_slice(&[0x81, 0x80 | rcode]);
+                out.extend_from_slice(&[0, 1, 0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+                out.extend_from_slice(&q[12..qend]);
+                if let Some(rdata) = answer {
+                    out.extend_from_slice(&[0xc0, 0x0c]);
+                    out.extend_from_slice(&qtype.to_be_bytes());
+                    out.extend_from_slice(&[0, 1, 0, 0, 0, 1]);
+                    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                    out.extend_from_slice(&rdata);
+                }
+                let _ = sock.send_to(&out, from).await;
+            }
+        });
+        Dns { addr, task }
+    }
+}
+
+/// Asserts the whole failure contract for one response: status,
+/// `Proxy-Status` type, request ID, and the final failure-log line's cause.
+pub async fn assert_failure(gw: &Gw, r: &Resp, status: u16, proxy_error: &str, cause: &str) -> Value {
+    assert_eq!(r.status, status, "status; headers: {:?}", r.headers);
+    assert_eq!(r.proxy_error(), proxy_error, "Proxy-Status: {}", r.header("proxy-status"));
+    let id = r.request_id();
+    assert_eq!(id.len(), 16, "a generated request id");
+    let lines = gw.failures(&id).await;
+    let last = lines.last().unwrap_or_else(|| panic!("no failure log line for {id}"));
+    assert_eq!(last["cause"], cause, "log line: {last}");
+    assert_eq!(last["proxy_status"], proxy_error);
+    assert_eq!(last["status"], status);
+    assert!(r.text().contains(&id), "the request id is on the error page");
+    last.clone()
+}
