@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use crate::config;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "A reverse-proxy gateway that prevents and explains 502s")]
+#[command(
+    name = "baton",
+    version,
+    about = "A reverse-proxy gateway that prevents and explains 502s"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,7 +61,10 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .try_init();
 }
 

@@ -77,7 +77,10 @@ pub enum ServerAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
     /// A host name, resolved with hickory when connecting.
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
 }
 
 impl fmt::Display for ServerAddr {
@@ -255,8 +258,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 line: 0,
                 col: 0,
                 message: format!("cannot read the config file: {e}"),
-                fix: "pass an existing file with --config, or create baton.toml (see docs/config.md)"
-                    .into(),
+                fix:
+                    "pass an existing file with --config, or create baton.toml (see docs/config.md)"
+                        .into(),
             }],
         }),
     }
@@ -294,7 +298,10 @@ impl<'s> Validator<'s> {
     fn pos(&self, offset: usize) -> (usize, usize) {
         let before = &self.src[..offset.min(self.src.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
         (line, col)
     }
 
@@ -333,7 +340,12 @@ impl<'s> Validator<'s> {
         match parse_duration(v.get_ref()) {
             Some(d) if !d.is_zero() => d,
             Some(_) => {
-                self.err(key, v.span(), "a duration of zero disables nothing and breaks every request", "use a positive duration such as \"2s\"");
+                self.err(
+                    key,
+                    v.span(),
+                    "a duration of zero disables nothing and breaks every request",
+                    "use a positive duration such as \"2s\"",
+                );
                 default
             }
             None => {
@@ -348,11 +360,24 @@ impl<'s> Validator<'s> {
         }
     }
 
-    fn int(&mut self, key: &str, v: &Option<Spanned<i64>>, min: i64, max: i64, default: i64, fix: &str) -> i64 {
+    fn int(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<i64>>,
+        min: i64,
+        max: i64,
+        default: i64,
+        fix: &str,
+    ) -> i64 {
         let Some(v) = v else { return default };
         let n = *v.get_ref();
         if n < min || n > max {
-            self.err(key, v.span(), format!("{n} is out of range ({min}..={max})"), fix);
+            self.err(
+                key,
+                v.span(),
+                format!("{n} is out of range ({min}..={max})"),
+                fix,
+            );
             return default;
         }
         n
@@ -373,14 +398,24 @@ impl<'s> Validator<'s> {
         }
     }
 
-    fn log_target(&mut self, key: &str, v: &Option<Spanned<String>>, default: LogTarget) -> LogTarget {
+    fn log_target(
+        &mut self,
+        key: &str,
+        v: &Option<Spanned<String>>,
+        default: LogTarget,
+    ) -> LogTarget {
         let Some(v) = v else { return default };
         match v.get_ref().as_str() {
             "off" => LogTarget::Off,
             "stdout" => LogTarget::Stdout,
             "stderr" => LogTarget::Stderr,
             "" => {
-                self.err(key, v.span(), "empty log target", "use \"off\", \"stdout\", \"stderr\" or a file path");
+                self.err(
+                    key,
+                    v.span(),
+                    "empty log target",
+                    "use \"off\", \"stdout\", \"stderr\" or a file path",
+                );
                 default
             }
             p => LogTarget::File(self.path(p)),
@@ -416,7 +451,12 @@ impl<'s> Validator<'s> {
         let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.src);
         for e in syntax {
             let span = e.span().unwrap_or(0..0);
-            self.err("(syntax)", span, e.message().trim().to_string(), "fix the TOML syntax at this position");
+            self.err(
+                "(syntax)",
+                span,
+                e.message().trim().to_string(),
+                "fix the TOML syntax at this position",
+            );
         }
         let doc_span = doc.span();
         let mut server = raw::Server::default();
@@ -447,7 +487,12 @@ impl<'s> Validator<'s> {
                                 }
                             }
                         }
-                        _ => self.err("upstreams", span, "upstreams must be a table of named upstreams", "write [upstreams.NAME] sections"),
+                        _ => self.err(
+                            "upstreams",
+                            span,
+                            "upstreams must be a table of named upstreams",
+                            "write [upstreams.NAME] sections",
+                        ),
                     }
                 }
                 "routes" => {
@@ -461,7 +506,12 @@ impl<'s> Validator<'s> {
                                 }
                             }
                         }
-                        _ => self.err("routes", span, "routes must be an array of tables", "write each route as a [[routes]] section"),
+                        _ => self.err(
+                            "routes",
+                            span,
+                            "routes must be an array of tables",
+                            "write each route as a [[routes]] section",
+                        ),
                     }
                 }
                 other => {
@@ -469,7 +519,12 @@ impl<'s> Validator<'s> {
                         Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes"),
                         None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes".into(),
                     };
-                    self.err(other.to_string(), key_span, format!("unknown section `{other}`"), &fix);
+                    self.err(
+                        other.to_string(),
+                        key_span,
+                        format!("unknown section `{other}`"),
+                        &fix,
+                    );
                 }
             }
         }
@@ -477,7 +532,12 @@ impl<'s> Validator<'s> {
         // [server]
         let mut listen = Vec::new();
         match &server.listen {
-            Some(l) if l.get_ref().is_empty() => self.err("server.listen", l.span(), "no listen address", "list at least one address, e.g. listen = [\"127.0.0.1:8080\"]"),
+            Some(l) if l.get_ref().is_empty() => self.err(
+                "server.listen",
+                l.span(),
+                "no listen address",
+                "list at least one address, e.g. listen = [\"127.0.0.1:8080\"]",
+            ),
             Some(l) => {
                 for a in l.get_ref() {
                     if let Some(a) = self.socket_addr("server.listen", a) {
@@ -487,8 +547,18 @@ impl<'s> Validator<'s> {
             }
             None => listen.push(SocketAddr::from(([127, 0, 0, 1], 8080))),
         }
-        let admin = server.admin.as_ref().and_then(|a| self.socket_addr("server.admin", a));
-        let workers = self.int("server.workers", &server.workers, 0, 1024, 0, "use 0 (one per core) up to 1024") as usize;
+        let admin = server
+            .admin
+            .as_ref()
+            .and_then(|a| self.socket_addr("server.admin", a));
+        let workers = self.int(
+            "server.workers",
+            &server.workers,
+            0,
+            1024,
+            0,
+            "use 0 (one per core) up to 1024",
+        ) as usize;
 
         // [log]
         let access_format = match &log.access_format {
@@ -497,7 +567,12 @@ impl<'s> Validator<'s> {
                 "json" => AccessFormat::Json,
                 "combined" => AccessFormat::Combined,
                 other => {
-                    self.err("log.access_format", f.span(), format!("unknown access log format {other:?}"), "use \"json\" or \"combined\"");
+                    self.err(
+                        "log.access_format",
+                        f.span(),
+                        format!("unknown access log format {other:?}"),
+                        "use \"json\" or \"combined\"",
+                    );
                     AccessFormat::Json
                 }
             },
@@ -512,16 +587,36 @@ impl<'s> Validator<'s> {
         let mut nameservers = Vec::new();
         for ns in resolver.nameservers.iter().flatten() {
             let s = ns.get_ref();
-            let parsed = s.parse::<SocketAddr>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            let parsed = s.parse::<SocketAddr>().ok().or_else(|| {
+                s.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
             match parsed {
                 Some(a) => nameservers.push(a),
-                None => self.err("resolver.nameservers", ns.span(), format!("{s:?} is not an IP address"), "write \"127.0.0.53\" or \"127.0.0.1:5353\""),
+                None => self.err(
+                    "resolver.nameservers",
+                    ns.span(),
+                    format!("{s:?} is not an IP address"),
+                    "write \"127.0.0.53\" or \"127.0.0.1:5353\"",
+                ),
             }
         }
         let resolver = ResolverConfig {
             nameservers,
-            timeout: self.duration("resolver.timeout", &resolver.timeout, defaults::RESOLVER_TIMEOUT),
-            attempts: self.int("resolver.attempts", &resolver.attempts, 1, 10, defaults::RESOLVER_ATTEMPTS as i64, "use 1 to 10") as usize,
+            timeout: self.duration(
+                "resolver.timeout",
+                &resolver.timeout,
+                defaults::RESOLVER_TIMEOUT,
+            ),
+            attempts: self.int(
+                "resolver.attempts",
+                &resolver.attempts,
+                1,
+                10,
+                defaults::RESOLVER_ATTEMPTS as i64,
+                "use 1 to 10",
+            ) as usize,
         };
 
         let pages = PageTemplates {
@@ -538,7 +633,12 @@ impl<'s> Validator<'s> {
             let key = |k: &str| format!("upstreams.{n}.{k}");
             let mut servers = Vec::new();
             if u.servers.get_ref().is_empty() {
-                self.err(key("servers"), u.servers.span(), "an upstream needs at least one server", "list addresses: servers = [\"127.0.0.1:3000\"]");
+                self.err(
+                    key("servers"),
+                    u.servers.span(),
+                    "an upstream needs at least one server",
+                    "list addresses: servers = [\"127.0.0.1:3000\"]",
+                );
             }
             for s in u.servers.get_ref() {
                 match parse_server(s.get_ref()) {
@@ -557,14 +657,51 @@ impl<'s> Validator<'s> {
             let cfg = UpstreamConfig {
                 name: n.as_str().into(),
                 servers,
-                connect_timeout: self.duration(&key("connect_timeout"), &u.connect_timeout, defaults::CONNECT_TIMEOUT),
-                read_timeout: self.duration(&key("read_timeout"), &u.read_timeout, defaults::READ_TIMEOUT),
-                write_timeout: self.duration(&key("write_timeout"), &u.write_timeout, defaults::WRITE_TIMEOUT),
+                connect_timeout: self.duration(
+                    &key("connect_timeout"),
+                    &u.connect_timeout,
+                    defaults::CONNECT_TIMEOUT,
+                ),
+                read_timeout: self.duration(
+                    &key("read_timeout"),
+                    &u.read_timeout,
+                    defaults::READ_TIMEOUT,
+                ),
+                write_timeout: self.duration(
+                    &key("write_timeout"),
+                    &u.write_timeout,
+                    defaults::WRITE_TIMEOUT,
+                ),
                 max_response_header_bytes: mrh,
-                retries: self.int(&key("retries"), &u.retries, 0, 16, defaults::RETRIES as i64, "use 0 (no retries) to 16") as u32,
-                keepalive_timeout: self.duration(&key("keepalive_timeout"), &u.keepalive_timeout, defaults::KEEPALIVE_TIMEOUT),
-                max_idle_per_server: self.int(&key("max_idle_per_server"), &u.max_idle_per_server, 0, 1 << 16, defaults::MAX_IDLE_PER_SERVER as i64, "use 0 (no pooling) to 65536") as usize,
-                replay_buffer_bytes: self.int(&key("replay_buffer_bytes"), &u.replay_buffer_bytes, 0, 64 << 20, defaults::REPLAY_BUFFER_BYTES as i64, "use 0 (never buffer) up to 64 MiB") as usize,
+                retries: self.int(
+                    &key("retries"),
+                    &u.retries,
+                    0,
+                    16,
+                    defaults::RETRIES as i64,
+                    "use 0 (no retries) to 16",
+                ) as u32,
+                keepalive_timeout: self.duration(
+                    &key("keepalive_timeout"),
+                    &u.keepalive_timeout,
+                    defaults::KEEPALIVE_TIMEOUT,
+                ),
+                max_idle_per_server: self.int(
+                    &key("max_idle_per_server"),
+                    &u.max_idle_per_server,
+                    0,
+                    1 << 16,
+                    defaults::MAX_IDLE_PER_SERVER as i64,
+                    "use 0 (no pooling) to 65536",
+                ) as usize,
+                replay_buffer_bytes: self.int(
+                    &key("replay_buffer_bytes"),
+                    &u.replay_buffer_bytes,
+                    0,
+                    64 << 20,
+                    defaults::REPLAY_BUFFER_BYTES as i64,
+                    "use 0 (never buffer) up to 64 MiB",
+                ) as usize,
             };
             index.insert(n.clone(), upstreams.len());
             upstreams.push(Arc::new(cfg));
@@ -572,7 +709,12 @@ impl<'s> Validator<'s> {
 
         // [[routes]]
         if !saw_routes && self.errors.is_empty() {
-            self.err("routes", doc_span.clone(), "no routes: every request would get 404", "add a [[routes]] section with upstream = \"NAME\"");
+            self.err(
+                "routes",
+                doc_span.clone(),
+                "no routes: every request would get 404",
+                "add a [[routes]] section with upstream = \"NAME\"",
+            );
         }
         let mut routes = Vec::new();
         for r in &raw_routes {
@@ -585,7 +727,12 @@ impl<'s> Validator<'s> {
                     None if names.is_empty() => "define it with an [upstreams.NAME] section".into(),
                     None => format!("use one of: {}", names.join(", ")),
                 };
-                self.err(format!("routes[{i}].upstream"), r.upstream.span(), format!("unknown upstream {up:?}"), &fix);
+                self.err(
+                    format!("routes[{i}].upstream"),
+                    r.upstream.span(),
+                    format!("unknown upstream {up:?}"),
+                    &fix,
+                );
                 continue;
             };
             let host = match &r.host {
@@ -594,11 +741,21 @@ impl<'s> Validator<'s> {
                     let s = h.get_ref().to_ascii_lowercase();
                     if let Some(rest) = s.strip_prefix("*.") {
                         if rest.is_empty() || rest.contains('*') {
-                            self.err(format!("routes[{i}].host"), h.span(), format!("invalid wildcard {s:?}"), "write \"*.example.com\"");
+                            self.err(
+                                format!("routes[{i}].host"),
+                                h.span(),
+                                format!("invalid wildcard {s:?}"),
+                                "write \"*.example.com\"",
+                            );
                         }
                         Some(HostMatch::Suffix(format!(".{rest}")))
                     } else if s.is_empty() || s.contains('*') || s.contains('/') {
-                        self.err(format!("routes[{i}].host"), h.span(), format!("invalid host {s:?}"), "write \"example.com\" or \"*.example.com\" (no scheme, no path)");
+                        self.err(
+                            format!("routes[{i}].host"),
+                            h.span(),
+                            format!("invalid host {s:?}"),
+                            "write \"example.com\" or \"*.example.com\" (no scheme, no path)",
+                        );
                         None
                     } else {
                         Some(HostMatch::Exact(s))
@@ -609,7 +766,12 @@ impl<'s> Validator<'s> {
                 None => "/".to_string(),
                 Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
                 Some(p) => {
-                    self.err(format!("routes[{i}].path"), p.span(), format!("path {:?} does not start with /", p.get_ref()), "write a path prefix such as \"/api\"");
+                    self.err(
+                        format!("routes[{i}].path"),
+                        p.span(),
+                        format!("path {:?} does not start with /", p.get_ref()),
+                        "write a path prefix such as \"/api\"",
+                    );
                     continue;
                 }
             };
@@ -618,10 +780,24 @@ impl<'s> Validator<'s> {
                 r.host.as_ref().map_or("*", |h| h.get_ref().as_str()),
                 path
             );
-            routes.push(Route { host, path, upstream: ui, name: name.into() });
+            routes.push(Route {
+                host,
+                path,
+                upstream: ui,
+                name: name.into(),
+            });
         }
 
-        Some(Config { listen, admin, workers, log, resolver, pages, upstreams, routes })
+        Some(Config {
+            listen,
+            admin,
+            workers,
+            log,
+            resolver,
+            pages,
+            upstreams,
+            routes,
+        })
     }
 }
 
@@ -632,7 +808,11 @@ fn explain_serde_error(section: &str, msg: &str, at: &str) -> (String, String) {
         let expected: Vec<&str> = msg
             .split("expected ")
             .nth(1)
-            .map(|e| e.split(['`', ',', ' ']).filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or").collect())
+            .map(|e| {
+                e.split(['`', ',', ' '])
+                    .filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or")
+                    .collect()
+            })
             .unwrap_or_default();
         let fix = match closest(field, &expected) {
             Some(s) => format!("did you mean `{s}`?"),
@@ -642,12 +822,18 @@ fn explain_serde_error(section: &str, msg: &str, at: &str) -> (String, String) {
     }
     if let Some(rest) = msg.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or("");
-        return (format!("{section}.{field}"), format!("add `{field} = ...` to this section (see docs/config.md)"));
+        return (
+            format!("{section}.{field}"),
+            format!("add `{field} = ...` to this section (see docs/config.md)"),
+        );
     }
     if msg.starts_with("invalid type") {
         return (section.to_string(), "check the value's type: durations are strings (\"2s\"), counts are integers, lists use [ ]".into());
     }
-    (section.to_string(), "see docs/config.md for this section's keys".into())
+    (
+        section.to_string(),
+        "see docs/config.md for this section's keys".into(),
+    )
 }
 
 /// The candidate within edit distance 2, if any (for "did you mean").
@@ -658,7 +844,11 @@ fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         for (i, ca) in a.chars().enumerate() {
             let mut cur = vec![i + 1];
             for (j, cb) in b.iter().enumerate() {
-                cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
             }
             prev = cur;
         }
@@ -705,14 +895,23 @@ pub fn parse_server(s: &str) -> Result<ServerAddr, String> {
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} has no port"));
     };
-    let port: u16 = port.parse().map_err(|_| format!("{s:?} has an invalid port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid port"))?;
     let valid = !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !valid || port == 0 {
         return Err(format!("{s:?} is not a valid host:port"));
     }
-    Ok(ServerAddr::Name { host: host.to_ascii_lowercase(), port })
+    Ok(ServerAddr::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
 #[cfg(test)]
@@ -731,10 +930,25 @@ mod tests {
 
     #[test]
     fn servers() {
-        assert_eq!(parse_server("127.0.0.1:3000"), Ok(ServerAddr::Tcp("127.0.0.1:3000".parse().unwrap())));
-        assert_eq!(parse_server("[::1]:3000"), Ok(ServerAddr::Tcp("[::1]:3000".parse().unwrap())));
-        assert_eq!(parse_server("unix:/run/app.sock"), Ok(ServerAddr::Unix("/run/app.sock".into())));
-        assert_eq!(parse_server("App.internal:3000"), Ok(ServerAddr::Name { host: "app.internal".into(), port: 3000 }));
+        assert_eq!(
+            parse_server("127.0.0.1:3000"),
+            Ok(ServerAddr::Tcp("127.0.0.1:3000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_server("[::1]:3000"),
+            Ok(ServerAddr::Tcp("[::1]:3000".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_server("unix:/run/app.sock"),
+            Ok(ServerAddr::Unix("/run/app.sock".into()))
+        );
+        assert_eq!(
+            parse_server("App.internal:3000"),
+            Ok(ServerAddr::Name {
+                host: "app.internal".into(),
+                port: 3000
+            })
+        );
         assert!(parse_server("http://x:1").is_err());
         assert!(parse_server("x").is_err());
         assert!(parse_server("unix:rel.sock").is_err());

@@ -22,14 +22,54 @@ struct Row {
 }
 
 const ROWS: &[Row] = &[
-    Row { path: "/healthy", what: "a healthy app: 200 from the origin", status: 200, proxy_status: None },
-    Row { path: "/refused", what: "app not running: 502 connection_refused", status: 502, proxy_status: Some("connection_refused") },
-    Row { path: "/stall", what: "app never answers: 504 after read_timeout (2s)", status: 504, proxy_status: Some("http_response_timeout") },
-    Row { path: "/garbage", what: "app answers non-HTTP bytes: 502 http_protocol_error", status: 502, proxy_status: Some("http_protocol_error") },
-    Row { path: "/big-header", what: "app sends a 100 KB Set-Cookie: 502 with size and limit", status: 502, proxy_status: Some("http_response_header_section_size") },
-    Row { path: "/failover", what: "first server down, second up: 200 after one safe retry", status: 200, proxy_status: None },
-    Row { path: "/app-error", what: "the app's own 500 passes through untouched", status: 500, proxy_status: None },
-    Row { path: "/php", what: "PHP-FPM socket missing: 503 destination_unavailable", status: 503, proxy_status: Some("destination_unavailable") },
+    Row {
+        path: "/healthy",
+        what: "a healthy app: 200 from the origin",
+        status: 200,
+        proxy_status: None,
+    },
+    Row {
+        path: "/refused",
+        what: "app not running: 502 connection_refused",
+        status: 502,
+        proxy_status: Some("connection_refused"),
+    },
+    Row {
+        path: "/stall",
+        what: "app never answers: 504 after read_timeout (2s)",
+        status: 504,
+        proxy_status: Some("http_response_timeout"),
+    },
+    Row {
+        path: "/garbage",
+        what: "app answers non-HTTP bytes: 502 http_protocol_error",
+        status: 502,
+        proxy_status: Some("http_protocol_error"),
+    },
+    Row {
+        path: "/big-header",
+        what: "app sends a 100 KB Set-Cookie: 502 with size and limit",
+        status: 502,
+        proxy_status: Some("http_response_header_section_size"),
+    },
+    Row {
+        path: "/failover",
+        what: "first server down, second up: 200 after one safe retry",
+        status: 200,
+        proxy_status: None,
+    },
+    Row {
+        path: "/app-error",
+        what: "the app's own 500 passes through untouched",
+        status: 500,
+        proxy_status: None,
+    },
+    Row {
+        path: "/php",
+        what: "PHP-FPM socket missing: 503 destination_unavailable",
+        status: 503,
+        proxy_status: Some("destination_unavailable"),
+    },
 ];
 
 pub async fn run(listen: SocketAddr, self_test: bool) -> ExitCode {
@@ -44,13 +84,23 @@ pub async fn run(listen: SocketAddr, self_test: bool) -> ExitCode {
 
 async fn start(listen: SocketAddr, self_test: bool) -> Result<ExitCode, String> {
     let err = |e: std::io::Error| e.to_string();
-    let healthy = Origin::start(Script::Ok("hello from the healthy origin\n".into())).await.map_err(err)?;
+    let healthy = Origin::start(Script::Ok("hello from the healthy origin\n".into()))
+        .await
+        .map_err(err)?;
     let stall = Origin::start(Script::Stall).await.map_err(err)?;
     let garbage = Origin::start(Script::Garbage).await.map_err(err)?;
-    let big = Origin::start(Script::OversizedHead(100_000)).await.map_err(err)?;
-    let app_error = Origin::start(Script::Status(500, "{\"error\":\"the app's own error body\"}\n".into())).await.map_err(err)?;
+    let big = Origin::start(Script::OversizedHead(100_000))
+        .await
+        .map_err(err)?;
+    let app_error = Origin::start(Script::Status(
+        500,
+        "{\"error\":\"the app's own error body\"}\n".into(),
+    ))
+    .await
+    .map_err(err)?;
     let refused = refusing_addr();
-    let missing_sock = std::env::temp_dir().join(format!("baton-demo-{}/php8.2-fpm.sock", std::process::id()));
+    let missing_sock =
+        std::env::temp_dir().join(format!("baton-demo-{}/php8.2-fpm.sock", std::process::id()));
     let toml = format!(
         r#"
 [server]
@@ -115,22 +165,41 @@ upstream = "php"
     let running = crate::server::start(cfg).await.map_err(|e| e.to_string())?;
     let addr = running.addrs[0];
     println!("baton demo: gateway on http://{addr}  (failure log lines appear on stderr)\n");
-    println!("{:<52} {}", "try", "what it shows");
+    println!("{:<52} what it shows", "try");
     for r in ROWS {
-        println!("{:<52} {}", format!("curl -si http://{addr}{}", r.path), r.what);
+        println!(
+            "{:<52} {}",
+            format!("curl -si http://{addr}{}", r.path),
+            r.what
+        );
     }
-    println!("\nAlso: -H 'Accept: application/json' (problem+json), or open a failing URL in a browser (HTML page).");
+    println!(
+        "\nAlso: -H 'Accept: application/json' (problem+json), or open a failing URL in a browser (HTML page)."
+    );
     if self_test {
         let mut ok = true;
         for r in ROWS {
             let (status, ps) = get(addr, r.path).await.unwrap_or((0, None));
-            let got = ps.as_deref().and_then(|p| p.split("error=").nth(1)).map(|p| p.split(';').next().unwrap_or(""));
+            let got = ps
+                .as_deref()
+                .and_then(|p| p.split("error=").nth(1))
+                .map(|p| p.split(';').next().unwrap_or(""));
             let pass = status == r.status && got == r.proxy_status;
             ok &= pass;
-            println!("{} {:<12} {} {}", if pass { "ok  " } else { "FAIL" }, r.path, status, ps.unwrap_or_default());
+            println!(
+                "{} {:<12} {} {}",
+                if pass { "ok  " } else { "FAIL" },
+                r.path,
+                status,
+                ps.unwrap_or_default()
+            );
         }
         running.shutdown(Duration::from_secs(1)).await;
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     println!("\nCtrl-C to stop.");
     crate::cli::wait_for_signal().await;
@@ -140,12 +209,21 @@ upstream = "php"
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
     let s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.ok()?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .ok()?;
     tokio::spawn(conn);
-    let req = http::Request::get(path).header("host", "demo").body(Empty::<bytes::Bytes>::new()).ok()?;
+    let req = http::Request::get(path)
+        .header("host", "demo")
+        .body(Empty::<bytes::Bytes>::new())
+        .ok()?;
     let resp = tx.send_request(req).await.ok()?;
     let status = resp.status().as_u16();
-    let ps = resp.headers().get("proxy-status").and_then(|v| v.to_str().ok()).map(String::from);
+    let ps = resp
+        .headers()
+        .get("proxy-status")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let _ = resp.into_body().collect().await;
     Some((status, ps))
 }

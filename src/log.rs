@@ -28,27 +28,37 @@ pub struct Sink {
 impl Sink {
     pub fn open(target: &LogTarget) -> io::Result<Sink> {
         let mut out: Box<dyn Write + Send> = match target {
-            LogTarget::Off => return Ok(Sink { tx: None, dropped: Arc::default() }),
+            LogTarget::Off => {
+                return Ok(Sink {
+                    tx: None,
+                    dropped: Arc::default(),
+                });
+            }
             LogTarget::Stdout => Box::new(io::stdout()),
             LogTarget::Stderr => Box::new(io::stderr()),
             LogTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         };
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
-        std::thread::Builder::new().name("baton-log".into()).spawn(move || {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            while let Ok(line) = rx.recv() {
-                buf.extend_from_slice(&line);
-                while buf.len() < 60 * 1024 {
-                    match rx.try_recv() {
-                        Ok(l) => buf.extend_from_slice(&l),
-                        Err(_) => break,
+        std::thread::Builder::new()
+            .name("baton-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Ok(line) = rx.recv() {
+                    buf.extend_from_slice(&line);
+                    while buf.len() < 60 * 1024 {
+                        match rx.try_recv() {
+                            Ok(l) => buf.extend_from_slice(&l),
+                            Err(_) => break,
+                        }
                     }
+                    let _ = out.write_all(&buf).and_then(|_| out.flush());
+                    buf.clear();
                 }
-                let _ = out.write_all(&buf).and_then(|_| out.flush());
-                buf.clear();
-            }
-        })?;
-        Ok(Sink { tx: Some(tx), dropped: Arc::default() })
+            })?;
+        Ok(Sink {
+            tx: Some(tx),
+            dropped: Arc::default(),
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -73,7 +83,11 @@ pub struct Logs {
 
 impl Logs {
     pub fn open(cfg: &LogConfig) -> io::Result<Logs> {
-        Ok(Logs { access: Sink::open(&cfg.access)?, access_format: cfg.access_format, errors: Sink::open(&cfg.errors)? })
+        Ok(Logs {
+            access: Sink::open(&cfg.access)?,
+            access_format: cfg.access_format,
+            errors: Sink::open(&cfg.errors)?,
+        })
     }
 
     pub fn failure(&self, r: &FailureRecord<'_>) {
@@ -153,7 +167,11 @@ pub struct AccessRecord<'a> {
 
 fn combined(r: &AccessRecord<'_>) -> String {
     let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let bytes = if r.bytes == 0 { "-".to_string() } else { r.bytes.to_string() };
+    let bytes = if r.bytes == 0 {
+        "-".to_string()
+    } else {
+        r.bytes.to_string()
+    };
     format!(
         "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
         r.client,
@@ -164,7 +182,11 @@ fn combined(r: &AccessRecord<'_>) -> String {
         r.status,
         bytes,
         q(if r.referer.is_empty() { "-" } else { r.referer }),
-        q(if r.user_agent.is_empty() { "-" } else { r.user_agent }),
+        q(if r.user_agent.is_empty() {
+            "-"
+        } else {
+            r.user_agent
+        }),
     )
 }
 
@@ -183,7 +205,15 @@ fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32, d.subsec_millis())
+    (
+        year,
+        month,
+        day,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+        d.subsec_millis(),
+    )
 }
 
 /// RFC 3339 UTC with milliseconds.
@@ -193,9 +223,14 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 fn clf_time(t: SystemTime) -> String {
-    const M: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const M: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let (y, mo, d, h, mi, s, _) = civil(t);
-    format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000", M[(mo - 1) as usize])
+    format!(
+        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+        M[(mo - 1) as usize]
+    )
 }
 
 pub fn now() -> String {

@@ -57,21 +57,55 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("baton");
         let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let upstream_failures = Family::<FailureLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let log_dropped = Counter::default();
-        registry.register("requests", "Requests answered, by route and status", requests.clone());
-        registry.register("request_duration_seconds", "Time from request to the end of the response, by route", duration.clone());
-        registry.register("upstream_failures", "Failed upstream attempts, by upstream and cause", upstream_failures.clone());
-        registry.register("upstream_retries", "Attempts repeated after a failure, by reason", retries.clone());
-        registry.register("log_lines_dropped", "Log lines dropped because the log writer fell behind", log_dropped.clone());
-        Metrics { registry, requests, duration, upstream_failures, retries, log_dropped }
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response, by route",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Failed upstream attempts, by upstream and cause",
+            upstream_failures.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Attempts repeated after a failure, by reason",
+            retries.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer fell behind",
+            log_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_failures,
+            retries,
+            log_dropped,
+        }
     }
 
     pub fn failure(&self, upstream: &Arc<str>, cause: Cause) {
         self.upstream_failures
-            .get_or_create(&FailureLabels { upstream: upstream.clone(), cause: cause.id(), phase: cause.phase().as_str(), proxy_status: cause.proxy_status() })
+            .get_or_create(&FailureLabels {
+                upstream: upstream.clone(),
+                cause: cause.id(),
+                phase: cause.phase().as_str(),
+                proxy_status: cause.proxy_status(),
+            })
             .inc();
     }
 

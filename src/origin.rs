@@ -92,7 +92,12 @@ impl Origin {
                 while tasks.try_join_next().is_some() {}
             }
         });
-        Ok(Origin { addr, hits, conns, task })
+        Ok(Origin {
+            addr,
+            hits,
+            conns,
+            task,
+        })
     }
 
     /// Starts an origin on a Unix socket at `path`.
@@ -109,7 +114,12 @@ impl Origin {
                 while tasks.try_join_next().is_some() {}
             }
         });
-        Ok(Origin { addr: "0.0.0.0:0".parse().expect("literal"), hits, conns, task })
+        Ok(Origin {
+            addr: "0.0.0.0:0".parse().expect("literal"),
+            hits,
+            conns,
+            task,
+        })
     }
 }
 
@@ -142,7 +152,11 @@ impl Blackhole {
                 Err(_) => break,
             }
         }
-        Ok(Blackhole { addr, _listener: s, _fill: fill })
+        Ok(Blackhole {
+            addr,
+            _listener: s,
+            _fill: fill,
+        })
     }
 }
 
@@ -176,7 +190,12 @@ async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Opt
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
     let mut body_len = 0;
     if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         loop {
@@ -186,7 +205,14 @@ async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Opt
                 }
                 fill(s, buf).await?;
             };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).split(';').next()?.trim(), 16).ok()?;
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[..line_end])
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
             buf.drain(..line_end + 2);
             while buf.len() < size + 2 {
                 fill(s, buf).await?;
@@ -204,7 +230,12 @@ async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Opt
         buf.drain(..n);
         body_len = n;
     }
-    Some(Head { method, path, headers, body_len })
+    Some(Head {
+        method,
+        path,
+        headers,
+        body_len,
+    })
 }
 
 async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<()> {
@@ -225,7 +256,11 @@ fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
     format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: origin\r\n\r\n{body}", body.len()).into_bytes()
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, script: Script, hits: Arc<AtomicUsize>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut s: S,
+    script: Script,
+    hits: Arc<AtomicUsize>,
+) {
     let mut buf = Vec::new();
     let mut served = 0usize;
     if let Script::NoRead = script {
@@ -235,12 +270,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, scr
     }
     loop {
         let head = match &script {
-            Script::IdleClose(idle) => match tokio::time::timeout(*idle, read_request(&mut s, &mut buf)).await {
-                Ok(Some(h)) => h,
-                // Idle too long: close. Unread request bytes turn this into
-                // an RST, exactly as a real server's idle timer does.
-                _ => return,
-            },
+            Script::IdleClose(idle) => {
+                match tokio::time::timeout(*idle, read_request(&mut s, &mut buf)).await {
+                    Ok(Some(h)) => h,
+                    // Idle too long: close. Unread request bytes turn this into
+                    // an RST, exactly as a real server's idle timer does.
+                    _ => return,
+                }
+            }
             _ => match read_request(&mut s, &mut buf).await {
                 Some(h) => h,
                 None => return,
@@ -288,7 +325,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, scr
             Script::Http2Only => {
                 // SETTINGS (empty) then GOAWAY(PROTOCOL_ERROR), as an h2c-only
                 // server answers an HTTP/1.1 request.
-                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).await;
+                let _ = s
+                    .write_all(&[
+                        0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                    ])
+                    .await;
                 return;
             }
             Script::OversizedHead(n) => {
@@ -296,12 +337,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut s: S, scr
                 format!("HTTP/1.1 200 OK\r\nSet-Cookie: session={cookie}\r\nContent-Length: 3\r\n\r\nok\n").into_bytes()
             }
             Script::ShortBody => {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
                 let _ = s.flush().await;
                 return;
             }
             Script::SlowBody { interval, len } => {
-                if s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes()).await.is_err() {
+                if s.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+                )
+                .await
+                .is_err()
+                {
                     return;
                 }
                 for _ in 0..*len {

@@ -74,16 +74,24 @@ pub fn render(format: Format, p: &PageInfo<'_>, templates: &PageTemplates) -> By
 }
 
 fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
 }
 
 fn retry_words(p: &PageInfo<'_>) -> String {
     if !p.cause.transient() {
-        return "Trying again will not help until the site's operator changes its configuration.".into();
+        return "Trying again will not help until the site's operator changes its configuration."
+            .into();
     }
     match p.retry_after {
-        Some(s) => format!("It is worth trying again in about {s} seconds; this page will do so by itself."),
-        None => "It is worth trying again in a little while; this page will do so by itself.".into(),
+        Some(s) => format!(
+            "It is worth trying again in about {s} seconds; this page will do so by itself."
+        ),
+        None => {
+            "It is worth trying again in a little while; this page will do so by itself.".into()
+        }
     }
 }
 
@@ -96,7 +104,11 @@ fn text(p: &PageInfo<'_>) -> String {
         s.push_str(d);
         s.push('\n');
     }
-    s.push_str(&format!("proxy-status: {}\nrequest-id: {}\n", p.cause.proxy_status(), p.request_id));
+    s.push_str(&format!(
+        "proxy-status: {}\nrequest-id: {}\n",
+        p.cause.proxy_status(),
+        p.request_id
+    ));
     s
 }
 
@@ -233,15 +245,30 @@ mod tests {
     fn negotiation() {
         assert_eq!(Format::negotiate(None), Format::Text);
         assert_eq!(Format::negotiate(Some(b"*/*")), Format::Text);
-        assert_eq!(Format::negotiate(Some(b"text/html,application/xhtml+xml,*/*;q=0.8")), Format::Html);
+        assert_eq!(
+            Format::negotiate(Some(b"text/html,application/xhtml+xml,*/*;q=0.8")),
+            Format::Html
+        );
         assert_eq!(Format::negotiate(Some(b"application/json")), Format::Json);
         assert_eq!(Format::negotiate(Some(b"application/xml")), Format::Json);
     }
 
     #[test]
     fn templates_fill_and_escape() {
-        let p = PageInfo { cause: Cause::ConnectionRefused, status: 502, details: Some("<x>"), request_id: "abc", retry_after: None };
-        let t = PageTemplates { html: Some("{{status}} {{details}} {{request_id}} {{nope}}".into()), ..Default::default() };
-        assert_eq!(&render(Format::Html, &p, &t)[..], b"502 &lt;x&gt; abc {{nope}}");
+        let p = PageInfo {
+            cause: Cause::ConnectionRefused,
+            status: 502,
+            details: Some("<x>"),
+            request_id: "abc",
+            retry_after: None,
+        };
+        let t = PageTemplates {
+            html: Some("{{status}} {{details}} {{request_id}} {{nope}}".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            &render(Format::Html, &p, &t)[..],
+            b"502 &lt;x&gt; abc {{nope}}"
+        );
     }
 }

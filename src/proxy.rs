@@ -29,7 +29,9 @@ use crate::log::{self, AccessRecord, FailureRecord, Logs};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
 use crate::pages::{self, Format, PageInfo};
 use crate::resolve::Resolver;
-use crate::upstream::{self, AttemptView, Conn, ConnInfo, Dialer, Failure, Server, TimedBody, UpBody, Upstream};
+use crate::upstream::{
+    self, AttemptView, Conn, ConnInfo, Dialer, Failure, Server, TimedBody, UpBody, Upstream,
+};
 
 /// Everything built from one config: swapped whole on reload, so a request
 /// finishes on the config it started with.
@@ -42,9 +44,17 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config) -> Result<Self, String> {
         let resolver = Resolver::new(&config.resolver)?;
-        let upstreams = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone()))).collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u.clone())))
+            .collect();
         let own = config.listen.clone();
-        Ok(Runtime { config, upstreams, dialer: Dialer { resolver, own } })
+        Ok(Runtime {
+            config,
+            upstreams,
+            dialer: Dialer { resolver, own },
+        })
     }
 
     /// First route in file order whose host and path prefix match.
@@ -53,7 +63,9 @@ impl Runtime {
             let host_ok = match &r.host {
                 None => true,
                 Some(HostMatch::Exact(h)) => h.eq_ignore_ascii_case(host),
-                Some(HostMatch::Suffix(s)) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
+                Some(HostMatch::Suffix(s)) => {
+                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
             };
             host_ok && path_matches(&r.path, path)
         })
@@ -79,12 +91,18 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(rt: Runtime, logs: Logs) -> Self {
-        Gateway { runtime: ArcSwap::from_pointee(rt), logs, metrics: Metrics::new(), ids: RequestIds::new() }
+        Gateway {
+            runtime: ArcSwap::from_pointee(rt),
+            logs,
+            metrics: Metrics::new(),
+            ids: RequestIds::new(),
+        }
     }
 
     /// Publishes log drops into the metric (called when metrics are read).
     pub fn sync_counters(&self) {
-        let d = self.logs.access.dropped.load(Ordering::Relaxed) + self.logs.errors.dropped.load(Ordering::Relaxed);
+        let d = self.logs.access.dropped.load(Ordering::Relaxed)
+            + self.logs.errors.dropped.load(Ordering::Relaxed);
         let cur = self.metrics.log_dropped.get();
         if d > cur {
             self.metrics.log_dropped.inc_by(d - cur);
@@ -100,14 +118,24 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let seed = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ (&t as *const _ as u64);
-        RequestIds { seed, counter: AtomicU64::new(0) }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed =
+            (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ (&t as *const _ as u64);
+        RequestIds {
+            seed,
+            counter: AtomicU64::new(0),
+        }
     }
     fn next(&self) -> HeaderValue {
         // splitmix64 of seed + counter: a bijection, so IDs never repeat
         // within a process.
-        let mut z = self.seed.wrapping_add(self.counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = self.seed.wrapping_add(
+            self.counter
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -123,7 +151,10 @@ impl RequestIds {
 /// An incoming `X-Request-Id` is kept when it is 1-128 safe characters.
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
-    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -166,11 +197,19 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
 
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn via_value(v: Version) -> HeaderValue {
@@ -212,7 +251,12 @@ fn sf_string(out: &mut String, s: &str) {
 }
 
 /// `Proxy-Status: baton; error=<type>; next-hop="..."; details="..."`.
-pub fn proxy_status(cause: Cause, next_hop: Option<&str>, details: Option<&str>, received: Option<u16>) -> HeaderValue {
+pub fn proxy_status(
+    cause: Cause,
+    next_hop: Option<&str>,
+    details: Option<&str>,
+    received: Option<u16>,
+) -> HeaderValue {
     let mut s = String::with_capacity(96);
     s.push_str("baton; error=");
     s.push_str(cause.proxy_status());
@@ -228,7 +272,8 @@ pub fn proxy_status(cause: Cause, next_hop: Option<&str>, details: Option<&str>,
         s.push_str("; details=");
         sf_string(&mut s, d);
     }
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("baton; error=proxy_internal_error"))
+    HeaderValue::from_str(&s)
+        .unwrap_or_else(|_| HeaderValue::from_static("baton; error=proxy_internal_error"))
 }
 
 /// The body baton sends to its client.
@@ -241,7 +286,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = upstream::BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(p) => p.poll_frame(cx),
@@ -287,7 +335,13 @@ impl ReqLog {
         self.uri.path_and_query().map_or("/", |p| p.as_str())
     }
 
-    fn failure(&self, f: &Failure, status: Option<u16>, a: Option<&AttemptLog>, retry: Option<&'static str>) {
+    fn failure(
+        &self,
+        f: &Failure,
+        status: Option<u16>,
+        a: Option<&AttemptLog>,
+        retry: Option<&'static str>,
+    ) {
         let gw = &self.gw;
         if let Some(u) = &self.upstream {
             gw.metrics.failure(u, f.cause);
@@ -323,8 +377,17 @@ impl ReqLog {
         let gw = &self.gw;
         let elapsed = self.start.elapsed();
         let route: Arc<str> = self.route.clone().unwrap_or_else(|| Arc::from("(none)"));
-        gw.metrics.requests.get_or_create(&RequestLabels { route: route.clone(), status }).inc();
-        gw.metrics.duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+        gw.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        gw.metrics
+            .duration
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
         if !gw.logs.access.enabled() {
             return;
         }
@@ -349,8 +412,16 @@ impl ReqLog {
             server: self.server.as_deref(),
             attempts: self.attempts,
             cause: cause.map(Cause::id),
-            referer: self.referer.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-            user_agent: self.user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            referer: self
+                .referer
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            user_agent: self
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
         });
     }
 }
@@ -363,6 +434,14 @@ struct AttemptLog {
     received: u64,
 }
 
+/// Where a connection goes back once its response was read to the end.
+struct PoolReturn {
+    server: Arc<Server>,
+    cfg: Arc<UpstreamConfig>,
+    tx: hyper::client::conn::http1::SendRequest<UpBody>,
+    info: Arc<ConnInfo>,
+}
+
 /// An upstream response body on its way to the client.
 pub struct ProxiedBody {
     body: TimedBody,
@@ -370,14 +449,17 @@ pub struct ProxiedBody {
     status: u16,
     bytes: u64,
     /// Where to return the connection once the body has been read to its end.
-    pool: Option<(Arc<Server>, Arc<UpstreamConfig>, hyper::client::conn::http1::SendRequest<UpBody>, Arc<ConnInfo>)>,
+    pool: Option<PoolReturn>,
     read_before: u64,
     sent: u64,
     failed: Option<Cause>,
 }
 
 impl ProxiedBody {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, upstream::BodyError>>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, upstream::BodyError>>> {
         let r = self.body.poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -390,13 +472,17 @@ impl ProxiedBody {
                 // signal left is to abort its connection, which hyper does
                 // when a body yields an error. Log it as a failure.
                 let f = e.failure();
-                let a = self.pool.take().map(|(_, _, _, info)| {
+                let a = self.pool.take().map(|PoolReturn { info, .. }| {
                     info.retired.store(true, Ordering::Relaxed);
                     AttemptLog {
                         peer: self.log.server.clone().unwrap_or_else(|| Arc::from("-")),
                         idle_ms: None,
                         sent: self.sent,
-                        received: info.stats.read.load(Ordering::Relaxed).saturating_sub(self.read_before),
+                        received: info
+                            .stats
+                            .read
+                            .load(Ordering::Relaxed)
+                            .saturating_sub(self.read_before),
                     }
                 });
                 self.log.failure(&f, Some(self.status), a.as_ref(), None);
@@ -410,7 +496,12 @@ impl ProxiedBody {
 
 impl Drop for ProxiedBody {
     fn drop(&mut self) {
-        if let Some((server, cfg, tx, info)) = self.pool.take()
+        if let Some(PoolReturn {
+            server,
+            cfg,
+            tx,
+            info,
+        }) = self.pool.take()
             && self.body.is_end_stream()
         {
             server.checkin(&cfg, tx, info);
@@ -422,9 +513,16 @@ impl Drop for ProxiedBody {
 /// The host a request is for: `Host`, or the HTTP/2 `:authority`, without
 /// the port, lower-cased.
 fn request_host(req: &Request<Incoming>) -> String {
-    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str())).unwrap_or("");
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
     let no_port = if raw.starts_with('[') {
-        raw.split_once(']').map_or(raw, |(h, _)| h).trim_start_matches('[')
+        raw.split_once(']')
+            .map_or(raw, |(h, _)| h)
+            .trim_start_matches('[')
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
@@ -432,7 +530,11 @@ fn request_host(req: &Request<Incoming>) -> String {
 }
 
 /// Serves one request.
-pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: SocketAddr) -> Response<RespBody> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<RespBody> {
     let start = Instant::now();
     let rt = gw.runtime.load_full();
     let id = match req.headers().get(&X_REQUEST_ID) {
@@ -440,7 +542,8 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
         _ => gw.ids.next(),
     };
     let host = request_host(&req);
-    let combined = gw.logs.access.enabled() && gw.logs.access_format == crate::config::AccessFormat::Combined;
+    let combined =
+        gw.logs.access.enabled() && gw.logs.access_format == crate::config::AccessFormat::Combined;
     let mut log = ReqLog {
         gw: gw.clone(),
         id,
@@ -454,8 +557,16 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
         upstream: None,
         server: None,
         attempts: 0,
-        referer: if combined { req.headers().get(header::REFERER).cloned() } else { None },
-        user_agent: if combined { req.headers().get(header::USER_AGENT).cloned() } else { None },
+        referer: if combined {
+            req.headers().get(header::REFERER).cloned()
+        } else {
+            None
+        },
+        user_agent: if combined {
+            req.headers().get(header::USER_AGENT).cloned()
+        } else {
+            None
+        },
     };
     let format = Format::negotiate(req.headers().get(header::ACCEPT).map(|v| v.as_bytes()));
 
@@ -496,12 +607,18 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
     }
     append_via(&mut headers, parts.version);
     headers.insert(&X_REQUEST_ID, log.id.clone());
-    let path = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
+    let path = parts.uri.path_and_query().map_or_else(
+        || Uri::from_static("/"),
+        |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+    );
     let method = parts.method;
     let may_replay_unsafe = headers.contains_key(&IDEMPOTENCY_KEY);
 
     // The body: buffered when small enough to replay, else streamed.
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut stream: Option<Incoming> = None;
     let replay: Option<Option<Bytes>> = if body.is_end_stream() || declared == Some(0) {
         Some(None)
@@ -547,16 +664,27 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
         log.attempts += 1;
         let server = up.pick(start_idx, server_n).clone();
         log.server = Some(server.label.clone());
-        let checked_out = if fresh_only { None } else { server.checkout(&cfg).await };
+        let checked_out = if fresh_only {
+            None
+        } else {
+            server.checkout(&cfg).await
+        };
         let mut conn: Conn = match checked_out {
             Some(c) => c,
             None => match server.connect(&cfg, &rt.dialer).await {
                 Ok(c) => c,
                 Err((f, peer)) => {
-                    let a = AttemptLog { peer: peer.clone(), idle_ms: None, sent: 0, received: 0 };
+                    let a = AttemptLog {
+                        peer: peer.clone(),
+                        idle_ms: None,
+                        sent: 0,
+                        received: 0,
+                    };
                     // Nothing reached the upstream: any method may go to
                     // the next server, if there is one left to try.
-                    let next = f.cause.retry() == Retry::NothingSent && server_n + 1 < max_servers && (replayable || pending.is_some() || stream.is_some());
+                    let next = f.cause.retry() == Retry::NothingSent
+                        && server_n + 1 < max_servers
+                        && (replayable || pending.is_some() || stream.is_some());
                     if next {
                         log.failure(&f, None, Some(&a), Some("next_server"));
                         retry_metric(&gw, &cfg, "next_server");
@@ -574,22 +702,47 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
         let info = conn.info.clone();
         let read_before = info.stats.read.load(Ordering::Relaxed);
         let written_before = info.stats.written.load(Ordering::Relaxed);
-        let req = pending.take().unwrap_or_else(|| build(make_body(&mut stream)));
+        let req = pending
+            .take()
+            .unwrap_or_else(|| build(make_body(&mut stream)));
         let fut = conn.tx.try_send_request(req);
         let outcome = upstream::await_head(fut, &info, cfg.read_timeout).await;
         let attempt_log = |info: &ConnInfo| AttemptLog {
             peer: conn.peer.clone(),
             idle_ms: reused.map(|d| d.as_millis() as u64),
-            sent: info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before),
-            received: info.stats.read.load(Ordering::Relaxed).saturating_sub(read_before),
+            sent: info
+                .stats
+                .written
+                .load(Ordering::Relaxed)
+                .saturating_sub(written_before),
+            received: info
+                .stats
+                .read
+                .load(Ordering::Relaxed)
+                .saturating_sub(read_before),
         };
         let failure = match outcome {
             Some(Ok(resp)) => {
-                return respond(resp, conn, server, cfg, log, client_upgrade, read_before, written_before);
+                return respond(
+                    resp,
+                    conn,
+                    server,
+                    cfg,
+                    log,
+                    client_upgrade,
+                    read_before,
+                    written_before,
+                );
             }
             None => {
                 info.retired.store(true, Ordering::Relaxed);
-                Failure::with(Cause::ResponseHeadTimeout, format!("no response head within {}s", cfg.read_timeout.as_secs_f32()))
+                Failure::with(
+                    Cause::ResponseHeadTimeout,
+                    format!(
+                        "no response head within {}s",
+                        cfg.read_timeout.as_secs_f32()
+                    ),
+                )
             }
             Some(Err(mut e)) => {
                 if let Some(req) = e.take_message() {
@@ -598,15 +751,28 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
                     // any method (the upstream cannot have seen it).
                     if !race_retry_used {
                         race_retry_used = true;
-                        let f = Failure::with(Cause::ConnectionTerminated, "pooled connection closed before the request was sent");
-                        log.failure(&f, None, Some(&attempt_log(&info)), Some("fresh_connection"));
+                        let f = Failure::with(
+                            Cause::ConnectionTerminated,
+                            "pooled connection closed before the request was sent",
+                        );
+                        log.failure(
+                            &f,
+                            None,
+                            Some(&attempt_log(&info)),
+                            Some("fresh_connection"),
+                        );
                         retry_metric(&gw, &cfg, "fresh_connection");
                         pending = Some(req);
                         fresh_only = true;
                         continue;
                     }
                 }
-                let view = AttemptView { info: &info, reused: reused.is_some(), read_before, max_header_bytes: cfg.max_response_header_bytes };
+                let view = AttemptView {
+                    info: &info,
+                    reused: reused.is_some(),
+                    read_before,
+                    max_header_bytes: cfg.max_response_header_bytes,
+                };
                 upstream::classify_exchange(e.error(), &view)
             }
         };
@@ -635,7 +801,13 @@ pub async fn handle(gw: Arc<Gateway>, mut req: Request<Incoming>, client: Socket
 }
 
 fn retry_metric(gw: &Gateway, cfg: &UpstreamConfig, reason: &'static str) {
-    gw.metrics.retries.get_or_create(&RetryLabels { upstream: cfg.name.clone(), reason }).inc();
+    gw.metrics
+        .retries
+        .get_or_create(&RetryLabels {
+            upstream: cfg.name.clone(),
+            reason,
+        })
+        .inc();
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -652,10 +824,17 @@ fn respond(
     let info = conn.info.clone();
     log.server = Some(conn.peer.clone());
     let status = resp.status();
-    if let Some(ms) = resp.headers().get(&KEEP_ALIVE).and_then(|v| upstream::keepalive_hint(v.as_bytes())) {
+    if let Some(ms) = resp
+        .headers()
+        .get(&KEEP_ALIVE)
+        .and_then(|v| upstream::keepalive_hint(v.as_bytes()))
+    {
         info.keepalive_hint_ms.store(ms, Ordering::Relaxed);
     }
-    let closing = resp.headers().get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    let closing = resp.headers().get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    });
     if closing {
         info.retired.store(true, Ordering::Relaxed);
     }
@@ -665,7 +844,8 @@ fn respond(
         let client_upgrade = client_upgrade.expect("checked above");
         tokio::spawn(async move {
             if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
             }
         });
     }
@@ -673,8 +853,17 @@ fn respond(
     strip_hop_by_hop(&mut parts.headers, upgraded);
     append_via(&mut parts.headers, Version::HTTP_11);
     parts.headers.insert(&X_REQUEST_ID, log.id.clone());
-    let sent = info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before);
-    let pool = (!upgraded).then(|| (server, cfg.clone(), conn.tx, info));
+    let sent = info
+        .stats
+        .written
+        .load(Ordering::Relaxed)
+        .saturating_sub(written_before);
+    let pool = (!upgraded).then(|| PoolReturn {
+        server,
+        cfg: cfg.clone(),
+        tx: conn.tx,
+        info,
+    });
     let body = ProxiedBody {
         body: TimedBody::new(body, cfg.read_timeout),
         status: status.as_u16(),
@@ -691,7 +880,10 @@ fn respond(
 fn plain(status: StatusCode, msg: &'static str, id: &HeaderValue) -> Response<RespBody> {
     let mut r = Response::new(RespBody::Local(Some(Bytes::from_static(msg.as_bytes()))));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r.headers_mut().insert(&X_REQUEST_ID, id.clone());
     r
 }
@@ -701,19 +893,41 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 /// baton's own answer for a failure: status from the cause, `Proxy-Status`,
 /// request ID, and a page in the format the client asked for.
-fn local_error(rt: &Runtime, log: ReqLog, f: &Failure, next_hop: Option<&str>, format: Format) -> Response<RespBody> {
+fn local_error(
+    rt: &Runtime,
+    log: ReqLog,
+    f: &Failure,
+    next_hop: Option<&str>,
+    format: Format,
+) -> Response<RespBody> {
     let status = f.cause.status();
     let retry_after = (status == 503).then_some(RETRY_AFTER_SECS);
     let id = log.id.clone();
-    let body = pages::render(format, &PageInfo { cause: f.cause, status, details: f.details.as_deref(), request_id: log.id(), retry_after }, &rt.config.pages);
+    let body = pages::render(
+        format,
+        &PageInfo {
+            cause: f.cause,
+            status,
+            details: f.details.as_deref(),
+            request_id: log.id(),
+            retry_after,
+        },
+        &rt.config.pages,
+    );
     let len = body.len() as u64;
     let mut r = Response::new(RespBody::Local(Some(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::SERVER, HeaderValue::from_static("baton"));
-    h.insert(&PROXY_STATUS, proxy_status(f.cause, next_hop, f.details.as_deref(), None));
+    h.insert(
+        &PROXY_STATUS,
+        proxy_status(f.cause, next_hop, f.details.as_deref(), None),
+    );
     h.insert(&X_REQUEST_ID, id);
     if let Some(s) = retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -737,14 +951,25 @@ mod tests {
 
     #[test]
     fn proxy_status_escapes() {
-        let v = proxy_status(Cause::ConnectionRefused, Some("127.0.0.1:1"), Some("say \"hi\"\n"), None);
-        assert_eq!(v.to_str().unwrap(), r#"baton; error=connection_refused; next-hop="127.0.0.1:1"; details="say \"hi\"?""#);
+        let v = proxy_status(
+            Cause::ConnectionRefused,
+            Some("127.0.0.1:1"),
+            Some("say \"hi\"\n"),
+            None,
+        );
+        assert_eq!(
+            v.to_str().unwrap(),
+            r#"baton; error=connection_refused; next-hop="127.0.0.1:1"; details="say \"hi\"?""#
+        );
     }
 
     #[test]
     fn hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));

@@ -8,12 +8,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::TokioResolver;
 
 use crate::config::ResolverConfig;
 
@@ -38,7 +38,10 @@ impl Resolver {
             match TokioResolver::builder(provider.clone()) {
                 Ok(b) => b,
                 // No /etc/resolv.conf: names still resolve from /etc/hosts.
-                Err(_) => TokioResolver::builder_with_config(HickoryConfig::from_name_servers(Vec::new()), provider),
+                Err(_) => TokioResolver::builder_with_config(
+                    HickoryConfig::from_name_servers(Vec::new()),
+                    provider,
+                ),
             }
         } else {
             let servers = cfg
@@ -63,7 +66,10 @@ impl Resolver {
         // both families and let the connect loop try each address.
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let inner = builder.build().map_err(|e| e.to_string())?;
-        Ok(Resolver { inner, deadline: cfg.timeout * cfg.attempts as u32 + Duration::from_millis(100) })
+        Ok(Resolver {
+            inner,
+            deadline: cfg.timeout * cfg.attempts as u32 + Duration::from_millis(100),
+        })
     }
 
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
@@ -71,7 +77,11 @@ impl Resolver {
             Err(_) => Err(ResolveError::Timeout),
             Ok(Ok(l)) => {
                 let v: Vec<IpAddr> = l.iter().collect();
-                if v.is_empty() { Err(ResolveError::NotFound) } else { Ok(v) }
+                if v.is_empty() {
+                    Err(ResolveError::NotFound)
+                } else {
+                    Ok(v)
+                }
             }
             Ok(Err(NetError::Timeout)) => Err(ResolveError::Timeout),
             Ok(Err(NetError::Dns(DnsError::NoRecordsFound(_)))) => Err(ResolveError::NotFound),

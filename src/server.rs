@@ -30,7 +30,10 @@ use crate::proxy::{self, Gateway, Runtime};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source} (is another process using the port? `ss -ltnp | grep {port}`)", port = addr.port())]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open a log file: {0}")]
     Log(std::io::Error),
     #[error("cannot set up the DNS resolver: {0}")]
@@ -66,12 +69,21 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut listeners = Vec::new();
     for a in &config.listen {
-        let l = TcpListener::bind(a).await.map_err(|source| StartError::Bind { addr: *a, source })?;
+        let l = TcpListener::bind(a)
+            .await
+            .map_err(|source| StartError::Bind { addr: *a, source })?;
         listeners.push(l);
     }
-    let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let admin_listener = match config.admin {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|source| StartError::Bind { addr: a, source })?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind { addr: a, source })?,
+        ),
         None => None,
     };
     let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -87,12 +99,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin_loop(l, gateway.clone(), rx.clone())));
     }
-    Ok(Running { addrs, admin, gateway, shutdown: tx, tasks })
+    Ok(Running {
+        addrs,
+        admin,
+        gateway,
+        shutdown: tx,
+        tasks,
+    })
 }
 
 async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
@@ -149,13 +170,24 @@ fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/metrics" => {
             gw.sync_counters();
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                gw.metrics.encode(),
+            )
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     r
 }

@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 
 use crate::cause::Cause;
 use crate::config::{ServerAddr, UpstreamConfig};
-use crate::resolve::{Resolver, ResolveError};
+use crate::resolve::{ResolveError, Resolver};
 
 /// Why an attempt failed: one cause plus what the operator needs to see.
 #[derive(Debug, Clone)]
@@ -42,10 +42,18 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(cause: Cause) -> Self {
-        Failure { cause, details: None, errno: None }
+        Failure {
+            cause,
+            details: None,
+            errno: None,
+        }
     }
     pub fn with(cause: Cause, details: impl Into<String>) -> Self {
-        Failure { cause, details: Some(details.into()), errno: None }
+        Failure {
+            cause,
+            details: Some(details.into()),
+            errno: None,
+        }
     }
     fn errno(mut self, e: &io::Error) -> Self {
         self.errno = e.raw_os_error();
@@ -64,7 +72,10 @@ impl Body for UpBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -102,7 +113,10 @@ pub struct ConnStats {
 
 impl ConnStats {
     pub fn first_bytes(&self) -> ([u8; 8], usize) {
-        (self.first.load(Ordering::Relaxed).to_be_bytes(), self.first_len.load(Ordering::Relaxed))
+        (
+            self.first.load(Ordering::Relaxed).to_be_bytes(),
+            self.first_len.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -165,7 +179,11 @@ impl std::fmt::Display for WriteTimedOut {
 impl std::error::Error for WriteTimedOut {}
 
 impl AsyncRead for Metered {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = match &mut this.inner {
@@ -182,7 +200,9 @@ impl AsyncRead for Metered {
                     let have = total as usize;
                     let take = (8 - have).min(new.len());
                     first[have..have + take].copy_from_slice(&new[..take]);
-                    stats.first.store(u64::from_be_bytes(first), Ordering::Relaxed);
+                    stats
+                        .first
+                        .store(u64::from_be_bytes(first), Ordering::Relaxed);
                     stats.first_len.store(have + take, Ordering::Relaxed);
                 }
             }
@@ -192,19 +212,33 @@ impl AsyncRead for Metered {
 }
 
 impl Metered {
-    fn track_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn track_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match r {
             Poll::Ready(Ok(n)) => {
                 self.write_timer = None;
-                self.info.stats.written.fetch_add(n as u64, Ordering::Relaxed);
-                self.info.stats.last_write_ms.store(self.info.ms_since_created(), Ordering::Relaxed);
+                self.info
+                    .stats
+                    .written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.info
+                    .stats
+                    .last_write_ms
+                    .store(self.info.ms_since_created(), Ordering::Relaxed);
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
                 let wt = self.write_timeout;
-                let timer = self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wt)));
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wt)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteTimedOut))),
+                    Poll::Ready(()) => {
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteTimedOut)))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -214,7 +248,11 @@ impl Metered {
 }
 
 impl AsyncWrite for Metered {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = match &mut this.inner {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
@@ -222,7 +260,11 @@ impl AsyncWrite for Metered {
         };
         this.track_write(cx, r)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = match &mut this.inner {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -302,7 +344,11 @@ impl Upstream {
                 })
             })
             .collect();
-        Upstream { cfg, servers, next: AtomicUsize::new(0) }
+        Upstream {
+            cfg,
+            servers,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The server for attempt `n` (0-based) of a request: round robin for
@@ -324,7 +370,10 @@ impl Server {
     /// always closes first (the keep-alive race, docs/errors.md).
     fn idle_limit(&self, cfg: &UpstreamConfig, info: &ConnInfo) -> Duration {
         let mut limit = cfg.keepalive_timeout;
-        for ms in [info.keepalive_hint_ms.load(Ordering::Relaxed), self.learned_idle_close_ms.load(Ordering::Relaxed)] {
+        for ms in [
+            info.keepalive_hint_ms.load(Ordering::Relaxed),
+            self.learned_idle_close_ms.load(Ordering::Relaxed),
+        ] {
             if ms > 0 {
                 limit = limit.min(Duration::from_millis(ms * 3 / 4));
             }
@@ -350,7 +399,12 @@ impl Server {
                 continue;
             }
             idle.info.idle_since_ms.store(u64::MAX, Ordering::Relaxed);
-            return Some(Conn { tx: idle.tx, info: idle.info, reused: Some(age), peer: self.label.clone() });
+            return Some(Conn {
+                tx: idle.tx,
+                info: idle.info,
+                reused: Some(age),
+                peer: self.label.clone(),
+            });
         }
     }
 
@@ -364,13 +418,22 @@ impl Server {
             info.retired.store(true, Ordering::Relaxed);
             return;
         }
-        info.idle_since_ms.store(info.ms_since_created(), Ordering::Relaxed);
-        idle.push(Idle { tx, info, since: Instant::now() });
+        info.idle_since_ms
+            .store(info.ms_since_created(), Ordering::Relaxed);
+        idle.push(Idle {
+            tx,
+            info,
+            since: Instant::now(),
+        });
     }
 
     fn learn_idle_close(&self, idle: Duration) {
         let ms = (idle.as_millis() as u64).max(1);
-        let _ = self.learned_idle_close_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| (cur == 0 || ms < cur).then_some(ms));
+        let _ =
+            self.learned_idle_close_ms
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                    (cur == 0 || ms < cur).then_some(ms)
+                });
     }
 
     /// The learned idle-close time, for logs and `baton doctor`.
@@ -383,19 +446,42 @@ impl Server {
 
     /// Drops every pooled connection (used on reload and shutdown).
     pub fn clear(&self) {
-        for i in self.idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for i in self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             i.info.retired.store(true, Ordering::Relaxed);
         }
     }
 
     /// Opens a new connection. `Err` carries the classified failure and the
     /// address dialled.
-    pub async fn connect(self: &Arc<Self>, cfg: &UpstreamConfig, dialer: &Dialer) -> Result<Conn, (Failure, Arc<str>)> {
+    pub async fn connect(
+        self: &Arc<Self>,
+        cfg: &UpstreamConfig,
+        dialer: &Dialer,
+    ) -> Result<Conn, (Failure, Arc<str>)> {
         let (stream, peer) = match &self.addr {
-            ServerAddr::Tcp(a) => (connect_tcp(*a, cfg, dialer).await.map_err(|f| (f, self.label.clone()))?, self.label.clone()),
-            ServerAddr::Unix(p) => (connect_unix(p, cfg).await.map_err(|f| (f, self.label.clone()))?, self.label.clone()),
+            ServerAddr::Tcp(a) => (
+                connect_tcp(*a, cfg, dialer)
+                    .await
+                    .map_err(|f| (f, self.label.clone()))?,
+                self.label.clone(),
+            ),
+            ServerAddr::Unix(p) => (
+                connect_unix(p, cfg)
+                    .await
+                    .map_err(|f| (f, self.label.clone()))?,
+                self.label.clone(),
+            ),
             ServerAddr::Name { host, port } => {
-                let addrs = dialer.resolver.lookup(host).await.map_err(|e| (classify_dns(host, e), self.label.clone()))?;
+                let addrs = dialer
+                    .resolver
+                    .lookup(host)
+                    .await
+                    .map_err(|e| (classify_dns(host, e), self.label.clone()))?;
                 let mut last = None;
                 let mut found = None;
                 for ip in addrs.iter() {
@@ -410,12 +496,24 @@ impl Server {
                 }
                 match found {
                     Some(x) => x,
-                    None => return Err(last.unwrap_or_else(|| (Failure::with(Cause::DnsError, format!("{host} has no addresses")), self.label.clone()))),
+                    None => {
+                        return Err(last.unwrap_or_else(|| {
+                            (
+                                Failure::with(Cause::DnsError, format!("{host} has no addresses")),
+                                self.label.clone(),
+                            )
+                        }));
+                    }
                 }
             }
         };
         let info = Arc::new(ConnInfo::new());
-        let io = Metered { inner: stream, info: info.clone(), write_timeout: cfg.write_timeout, write_timer: None };
+        let io = Metered {
+            inner: stream,
+            info: info.clone(),
+            write_timeout: cfg.write_timeout,
+            write_timer: None,
+        };
         let mut b = http1::Builder::new();
         b.max_header_size(cfg.max_response_header_bytes)
             // hyper's read buffer must hold the whole head; leave room so the
@@ -423,7 +521,12 @@ impl Server {
             .max_buf_size((cfg.max_response_header_bytes + 16 * 1024).max(400 * 1024));
         let (tx, conn) = match b.handshake(TokioIo::new(io)).await {
             Ok(x) => x,
-            Err(e) => return Err((Failure::with(Cause::Internal, format!("handshake: {e}")), peer)),
+            Err(e) => {
+                return Err((
+                    Failure::with(Cause::Internal, format!("handshake: {e}")),
+                    peer,
+                ));
+            }
         };
         let server = self.clone();
         let task_info = info.clone();
@@ -437,16 +540,33 @@ impl Server {
                 server.learn_idle_close(Duration::from_millis(idle));
             }
         });
-        Ok(Conn { tx, info, reused: None, peer })
+        Ok(Conn {
+            tx,
+            info,
+            reused: None,
+            peer,
+        })
     }
 }
 
-async fn connect_tcp(a: SocketAddr, cfg: &UpstreamConfig, dialer: &Dialer) -> Result<Stream, Failure> {
-    if dialer.own.iter().any(|own| *own == a || (own.ip().is_unspecified() && own.port() == a.port() && a.ip().is_loopback())) {
-        return Err(Failure::with(Cause::ProxyConfiguration, format!("{a} is one of baton's own listeners")));
+async fn connect_tcp(
+    a: SocketAddr,
+    cfg: &UpstreamConfig,
+    dialer: &Dialer,
+) -> Result<Stream, Failure> {
+    if dialer.own.iter().any(|own| {
+        *own == a || (own.ip().is_unspecified() && own.port() == a.port() && a.ip().is_loopback())
+    }) {
+        return Err(Failure::with(
+            Cause::ProxyConfiguration,
+            format!("{a} is one of baton's own listeners"),
+        ));
     }
     match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(a)).await {
-        Err(_) => Err(Failure::with(Cause::ConnectionTimeout, format!("no answer from {a} within {:?}", cfg.connect_timeout))),
+        Err(_) => Err(Failure::with(
+            Cause::ConnectionTimeout,
+            format!("no answer from {a} within {:?}", cfg.connect_timeout),
+        )),
         Ok(Err(e)) => Err(classify_connect_io(&e, &a.to_string())),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
@@ -457,7 +577,14 @@ async fn connect_tcp(a: SocketAddr, cfg: &UpstreamConfig, dialer: &Dialer) -> Re
 
 async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure> {
     match tokio::time::timeout(cfg.connect_timeout, UnixStream::connect(p)).await {
-        Err(_) => Err(Failure::with(Cause::ConnectionTimeout, format!("no answer from unix:{} within {:?}", p.display(), cfg.connect_timeout))),
+        Err(_) => Err(Failure::with(
+            Cause::ConnectionTimeout,
+            format!(
+                "no answer from unix:{} within {:?}",
+                p.display(),
+                cfg.connect_timeout
+            ),
+        )),
         Ok(Err(e)) => Err(classify_connect_io(&e, &format!("unix:{}", p.display()))),
         Ok(Ok(s)) => Ok(Stream::Unix(s)),
     }
@@ -467,17 +594,40 @@ async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure>
 pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
     let unix = to.starts_with("unix:");
     let (cause, details) = match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) if unix => (Cause::ConnectionRefused, format!("nothing is listening on {to} (the socket file exists)")),
-        Some(libc::ECONNREFUSED) => (Cause::ConnectionRefused, format!("{to} refused the connection")),
-        Some(libc::ENOENT) => (Cause::SocketNotFound, format!("socket {} does not exist", &to[5.min(to.len())..])),
-        Some(libc::EACCES) | Some(libc::EPERM) if unix => (Cause::SocketPermission, format!("permission denied on socket {}", &to[5..])),
+        Some(libc::ECONNREFUSED) if unix => (
+            Cause::ConnectionRefused,
+            format!("nothing is listening on {to} (the socket file exists)"),
+        ),
+        Some(libc::ECONNREFUSED) => (
+            Cause::ConnectionRefused,
+            format!("{to} refused the connection"),
+        ),
+        Some(libc::ENOENT) => (
+            Cause::SocketNotFound,
+            format!("socket {} does not exist", &to[5.min(to.len())..]),
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) if unix => (
+            Cause::SocketPermission,
+            format!("permission denied on socket {}", &to[5..]),
+        ),
         Some(libc::EAGAIN) => (Cause::UpstreamBusy, format!("accept queue of {to} is full")),
-        Some(libc::ETIMEDOUT) => (Cause::ConnectionTimeout, format!("connect to {to} timed out")),
+        Some(libc::ETIMEDOUT) => (
+            Cause::ConnectionTimeout,
+            format!("connect to {to} timed out"),
+        ),
         Some(libc::EHOSTUNREACH) => (Cause::ConnectError, format!("no route to host {to}")),
         Some(libc::ENETUNREACH) => (Cause::ConnectError, format!("network unreachable for {to}")),
-        Some(libc::EADDRNOTAVAIL) => (Cause::ConnectError, format!("no local address/port free to reach {to}")),
-        Some(libc::ENOTSOCK) | Some(libc::ECONNRESET) if unix => (Cause::SocketNotFound, format!("{to} is not a listening socket")),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => (Cause::Internal, "too many open files".to_string()),
+        Some(libc::EADDRNOTAVAIL) => (
+            Cause::ConnectError,
+            format!("no local address/port free to reach {to}"),
+        ),
+        Some(libc::ENOTSOCK) | Some(libc::ECONNRESET) if unix => (
+            Cause::SocketNotFound,
+            format!("{to} is not a listening socket"),
+        ),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            (Cause::Internal, "too many open files".to_string())
+        }
         _ => (Cause::ConnectError, format!("connect to {to} failed")),
     };
     Failure::with(cause, details).errno(e)
@@ -485,9 +635,16 @@ pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
 
 fn classify_dns(host: &str, e: ResolveError) -> Failure {
     match e {
-        ResolveError::Timeout => Failure::with(Cause::DnsTimeout, format!("no DNS answer for {host}")),
-        ResolveError::NotFound => Failure::with(Cause::DnsError, format!("{host} does not resolve (NXDOMAIN or no records)")),
-        ResolveError::Other(why) => Failure::with(Cause::DnsError, format!("lookup of {host} failed: {why}")),
+        ResolveError::Timeout => {
+            Failure::with(Cause::DnsTimeout, format!("no DNS answer for {host}"))
+        }
+        ResolveError::NotFound => Failure::with(
+            Cause::DnsError,
+            format!("{host} does not resolve (NXDOMAIN or no records)"),
+        ),
+        ResolveError::Other(why) => {
+            Failure::with(Cause::DnsError, format!("lookup of {host} failed: {why}"))
+        }
     }
 }
 
@@ -502,37 +659,79 @@ pub struct AttemptView<'a> {
 
 /// Classifies an error from sending a request or reading its response head.
 pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
-    let received = v.info.stats.read.load(Ordering::Relaxed).saturating_sub(v.read_before);
+    let received = v
+        .info
+        .stats
+        .read
+        .load(Ordering::Relaxed)
+        .saturating_sub(v.read_before);
     if let Some(io) = find_io(e) {
         if io.get_ref().is_some_and(|i| i.is::<WriteTimedOut>()) {
-            return Failure::with(Cause::WriteTimeout, "the upstream stopped reading the request").errno(io);
+            return Failure::with(
+                Cause::WriteTimeout,
+                "the upstream stopped reading the request",
+            )
+            .errno(io);
         }
         return match io.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted | io::ErrorKind::UnexpectedEof => {
-                Failure::with(Cause::ConnectionTerminated, terminated_details(v.reused, received, "reset")).errno(io)
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof => Failure::with(
+                Cause::ConnectionTerminated,
+                terminated_details(v.reused, received, "reset"),
+            )
+            .errno(io),
+            io::ErrorKind::TimedOut => {
+                Failure::with(Cause::ResponseHeadTimeout, "timed out reading the response")
+                    .errno(io)
             }
-            io::ErrorKind::TimedOut => Failure::with(Cause::ResponseHeadTimeout, "timed out reading the response").errno(io),
-            _ => Failure::with(Cause::ConnectionTerminated, format!("I/O error: {}", io.kind())).errno(io),
+            _ => Failure::with(
+                Cause::ConnectionTerminated,
+                format!("I/O error: {}", io.kind()),
+            )
+            .errno(io),
         };
     }
     if e.is_parse_too_large() {
         if received as usize > v.max_header_bytes {
-            return Failure::with(Cause::ResponseHeaderTooLarge, format!("response head over {} bytes (limit {}; {received} bytes received)", v.max_header_bytes, v.max_header_bytes));
+            return Failure::with(
+                Cause::ResponseHeaderTooLarge,
+                format!(
+                    "response head over {} bytes (limit {}; {received} bytes received)",
+                    v.max_header_bytes, v.max_header_bytes
+                ),
+            );
         }
-        return Failure::with(Cause::ResponseHeaderTooLarge, format!("more than 100 header fields or a field over 64 KiB ({received} bytes received, limit {})", v.max_header_bytes));
+        return Failure::with(
+            Cause::ResponseHeaderTooLarge,
+            format!(
+                "more than 100 header fields or a field over 64 KiB ({received} bytes received, limit {})",
+                v.max_header_bytes
+            ),
+        );
     }
     if e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
         let (first, n) = v.info.stats.first_bytes();
         if !v.reused && n >= 4 && first[3] == 0x04 && first[0] == 0 {
-            return Failure::with(Cause::UpstreamSpeaksHttp2, "upstream sent an HTTP/2 SETTINGS frame: it speaks HTTP/2 only (h2c), baton sent HTTP/1.1");
+            return Failure::with(
+                Cause::UpstreamSpeaksHttp2,
+                "upstream sent an HTTP/2 SETTINGS frame: it speaks HTTP/2 only (h2c), baton sent HTTP/1.1",
+            );
         }
         if !v.reused && n >= 2 && (first[0] == 0x16 || first[0] == 0x15) && first[1] == 0x03 {
-            return Failure::with(Cause::UpstreamSpeaksTls, "upstream answered with a TLS record: the port expects TLS");
+            return Failure::with(
+                Cause::UpstreamSpeaksTls,
+                "upstream answered with a TLS record: the port expects TLS",
+            );
         }
         return Failure::with(Cause::ProtocolError, "invalid HTTP/1.1 response head");
     }
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        return Failure::with(Cause::ConnectionTerminated, terminated_details(v.reused, received, "closed"));
+        return Failure::with(
+            Cause::ConnectionTerminated,
+            terminated_details(v.reused, received, "closed"),
+        );
     }
     Failure::with(Cause::ProtocolError, format!("{e}"))
 }
@@ -542,15 +741,27 @@ fn terminated_details(reused: bool, received: u64, how: &str) -> String {
     if received == 0 {
         format!("upstream {how} {conn} connection before sending any response")
     } else {
-        format!("upstream {how} {conn} connection after {received} bytes of an incomplete response head")
+        format!(
+            "upstream {how} {conn} connection after {received} bytes of an incomplete response head"
+        )
     }
 }
 
 /// Classifies an error while streaming the response body.
 pub fn classify_body(e: &hyper::Error) -> Failure {
-    let f = Failure::with(Cause::ResponseIncomplete, "upstream closed the connection before the end of the body");
+    let f = Failure::with(
+        Cause::ResponseIncomplete,
+        "upstream closed the connection before the end of the body",
+    );
     match find_io(e) {
-        Some(io) => Failure { details: Some(format!("upstream connection failed mid-body ({})", io.kind())), ..f }.errno(io),
+        Some(io) => Failure {
+            details: Some(format!(
+                "upstream connection failed mid-body ({})",
+                io.kind()
+            )),
+            ..f
+        }
+        .errno(io),
         None => f,
     }
 }
@@ -571,7 +782,11 @@ pub fn keepalive_hint(v: &[u8]) -> Option<u64> {
     let s = std::str::from_utf8(v).ok()?;
     s.split(',').find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case("timeout") { v.trim().parse::<u64>().ok().map(|s| s * 1000) } else { None }
+        if k.trim().eq_ignore_ascii_case("timeout") {
+            v.trim().parse::<u64>().ok().map(|s| s * 1000)
+        } else {
+            None
+        }
     })
 }
 
@@ -629,16 +844,26 @@ impl BodyError {
     pub fn failure(&self) -> Failure {
         match self {
             BodyError::Upstream(e) => classify_body(e),
-            BodyError::TimedOut(d) => Failure::with(Cause::ResponseBodyTimeout, format!("no body data from the upstream for {}s", d.as_secs_f32())),
+            BodyError::TimedOut(d) => Failure::with(
+                Cause::ResponseBodyTimeout,
+                format!("no body data from the upstream for {}s", d.as_secs_f32()),
+            ),
         }
     }
 }
 
 impl TimedBody {
     pub fn new(inner: Incoming, timeout: Duration) -> Self {
-        TimedBody { inner, timeout, timer: None }
+        TimedBody {
+            inner,
+            timeout,
+            timer: None,
+        }
     }
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
                 if let Some(t) = self.timer.as_mut() {
@@ -648,7 +873,9 @@ impl TimedBody {
             }
             Poll::Pending => {
                 let timeout = self.timeout;
-                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Some(Err(BodyError::TimedOut(self.timeout))))
             }

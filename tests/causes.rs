@@ -10,7 +10,9 @@ use http_body_util::Full;
 use crate::support::*;
 
 fn one(name: &str, server: &str, extra: &str) -> String {
-    format!("[upstreams.{name}]\nservers = [\"{server}\"]\n{extra}\n[[routes]]\nupstream = \"{name}\"\n")
+    format!(
+        "[upstreams.{name}]\nservers = [\"{server}\"]\n{extra}\n[[routes]]\nupstream = \"{name}\"\n"
+    )
 }
 
 #[tokio::test]
@@ -19,7 +21,10 @@ async fn connection_refused_is_502_with_next_hop() {
     let gw = Gw::start(&one("app", &dead.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
     let line = assert_failure(&gw, &r, 502, "connection_refused", "connection_refused").await;
-    assert!(r.header("proxy-status").contains(&format!("next-hop=\"{dead}\"")));
+    assert!(
+        r.header("proxy-status")
+            .contains(&format!("next-hop=\"{dead}\""))
+    );
     assert_eq!(line["phase"], "connect");
     assert_eq!(line["errno"], 111);
     assert_eq!(line["bytes_sent"], 0);
@@ -28,7 +33,12 @@ async fn connection_refused_is_502_with_next_hop() {
 #[tokio::test]
 async fn connect_timeout_is_504() {
     let hole = Blackhole::new().unwrap();
-    let gw = Gw::start(&one("app", &hole.addr.to_string(), "connect_timeout = \"300ms\"")).await;
+    let gw = Gw::start(&one(
+        "app",
+        &hole.addr.to_string(),
+        "connect_timeout = \"300ms\"",
+    ))
+    .await;
     let r = send(gw.addr, get("/")).await;
     let line = assert_failure(&gw, &r, 504, "connection_timeout", "connection_timeout").await;
     assert_eq!(line["phase"], "connect");
@@ -37,7 +47,11 @@ async fn connect_timeout_is_504() {
 #[tokio::test]
 async fn dns_nxdomain_is_dns_error() {
     let dns = Dns::start(vec![], false).await;
-    let body = format!("[resolver]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n\n{}", dns.addr, one("app", "nope.test:80", ""));
+    let body = format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n\n{}",
+        dns.addr,
+        one("app", "nope.test:80", "")
+    );
     let gw = Gw::start(&body).await;
     let r = send(gw.addr, get("/")).await;
     let line = assert_failure(&gw, &r, 502, "dns_error", "dns_error").await;
@@ -47,7 +61,11 @@ async fn dns_nxdomain_is_dns_error() {
 #[tokio::test]
 async fn silent_nameserver_is_dns_timeout() {
     let dns = Dns::start(vec![], true).await;
-    let body = format!("[resolver]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n\n{}", dns.addr, one("app", "slow.test:80", ""));
+    let body = format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n\n{}",
+        dns.addr,
+        one("app", "slow.test:80", "")
+    );
     let gw = Gw::start(&body).await;
     let r = send(gw.addr, get("/")).await;
     assert_failure(&gw, &r, 504, "dns_timeout", "dns_timeout").await;
@@ -57,7 +75,11 @@ async fn silent_nameserver_is_dns_timeout() {
 async fn upstream_name_resolved_from_loopback_dns() {
     let origin = Origin::start(Script::Ok("named\n".into())).await.unwrap();
     let dns = Dns::start(vec![("app.test", "127.0.0.1".parse().unwrap())], false).await;
-    let body = format!("[resolver]\nnameservers = [\"{}\"]\n\n{}", dns.addr, one("app", &format!("app.test:{}", origin.addr.port()), ""));
+    let body = format!(
+        "[resolver]\nnameservers = [\"{}\"]\n\n{}",
+        dns.addr,
+        one("app", &format!("app.test:{}", origin.addr.port()), "")
+    );
     let gw = Gw::start(&body).await;
     let r = send(gw.addr, get("/")).await;
     assert_eq!(r.status, 200);
@@ -69,7 +91,14 @@ async fn reset_before_response_is_connection_terminated() {
     let o = Origin::start(Script::Reset).await.unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
-    let line = assert_failure(&gw, &r, 502, "connection_terminated", "connection_terminated").await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        502,
+        "connection_terminated",
+        "connection_terminated",
+    )
+    .await;
     assert_eq!(line["reused"], false);
     assert_eq!(line["bytes_received"], 0);
     assert_eq!(line["errno"], 104);
@@ -80,7 +109,14 @@ async fn close_before_head_is_connection_terminated() {
     let o = Origin::start(Script::CloseBeforeHead).await.unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
-    assert_failure(&gw, &r, 502, "connection_terminated", "connection_terminated").await;
+    assert_failure(
+        &gw,
+        &r,
+        502,
+        "connection_terminated",
+        "connection_terminated",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -88,8 +124,18 @@ async fn close_in_the_middle_of_the_head_is_connection_terminated() {
     let o = Origin::start(Script::PartialHead).await.unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
-    let line = assert_failure(&gw, &r, 502, "connection_terminated", "connection_terminated").await;
-    assert_eq!(line["bytes_received"], b"HTTP/1.1 200 OK\r\nContent-Type: te".len());
+    let line = assert_failure(
+        &gw,
+        &r,
+        502,
+        "connection_terminated",
+        "connection_terminated",
+    )
+    .await;
+    assert_eq!(
+        line["bytes_received"],
+        b"HTTP/1.1 200 OK\r\nContent-Type: te".len()
+    );
 }
 
 #[tokio::test]
@@ -97,19 +143,41 @@ async fn stalled_upstream_is_504_response_timeout() {
     let o = Origin::start(Script::Stall).await.unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "read_timeout = \"300ms\"")).await;
     let r = send(gw.addr, get("/")).await;
-    let line = assert_failure(&gw, &r, 504, "http_response_timeout", "response_head_timeout").await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        504,
+        "http_response_timeout",
+        "response_head_timeout",
+    )
+    .await;
     assert_eq!(line["phase"], "read_head");
 }
 
 #[tokio::test]
 async fn upstream_not_reading_is_write_timeout() {
     let o = Origin::start(Script::NoRead).await.unwrap();
-    let gw = Gw::start(&one("app", &o.addr.to_string(), "write_timeout = \"300ms\"\nread_timeout = \"20s\"")).await;
+    let gw = Gw::start(&one(
+        "app",
+        &o.addr.to_string(),
+        "write_timeout = \"300ms\"\nread_timeout = \"20s\"",
+    ))
+    .await;
     // 64 MiB is far beyond loopback socket buffers, so the write stalls.
     let body = Bytes::from(vec![b'x'; 64 << 20]);
-    let req = Request::post("/upload").header("host", "t").body(Full::new(body)).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "t")
+        .body(Full::new(body))
+        .unwrap();
     let r = send(gw.addr, req).await;
-    let line = assert_failure(&gw, &r, 504, "connection_write_timeout", "request_write_timeout").await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        504,
+        "connection_write_timeout",
+        "request_write_timeout",
+    )
+    .await;
     assert_eq!(line["phase"], "write_request");
 }
 
@@ -127,7 +195,11 @@ async fn http2_only_backend_is_named_in_details() {
     let gw = Gw::start(&one("app", &o.addr.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
     assert_failure(&gw, &r, 502, "http_protocol_error", "upstream_speaks_http2").await;
-    assert!(r.header("proxy-status").contains("HTTP/2"), "{}", r.header("proxy-status"));
+    assert!(
+        r.header("proxy-status").contains("HTTP/2"),
+        "{}",
+        r.header("proxy-status")
+    );
 }
 
 #[tokio::test]
@@ -135,15 +207,30 @@ async fn oversized_head_reports_size_and_limit() {
     let o = Origin::start(Script::OversizedHead(100_000)).await.unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "")).await;
     let r = send(gw.addr, get("/")).await;
-    assert_failure(&gw, &r, 502, "http_response_header_section_size", "response_header_too_large").await;
+    assert_failure(
+        &gw,
+        &r,
+        502,
+        "http_response_header_section_size",
+        "response_header_too_large",
+    )
+    .await;
     let ps = r.header("proxy-status");
-    assert!(ps.contains("limit 65536") && ps.contains("100063 bytes received"), "{ps}");
+    assert!(
+        ps.contains("limit 65536") && ps.contains("100063 bytes received"),
+        "{ps}"
+    );
 }
 
 #[tokio::test]
 async fn head_under_a_raised_limit_passes() {
     let o = Origin::start(Script::OversizedHead(100_000)).await.unwrap();
-    let gw = Gw::start(&one("app", &o.addr.to_string(), "max_response_header_bytes = 131072")).await;
+    let gw = Gw::start(&one(
+        "app",
+        &o.addr.to_string(),
+        "max_response_header_bytes = 131072",
+    ))
+    .await;
     let r = send(gw.addr, get("/")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok\n");
@@ -170,7 +257,12 @@ async fn short_body_aborts_the_client_and_is_logged() {
 
 #[tokio::test]
 async fn stalled_body_is_read_timeout_and_aborts() {
-    let o = Origin::start(Script::SlowBody { interval: Duration::from_secs(5), len: 3 }).await.unwrap();
+    let o = Origin::start(Script::SlowBody {
+        interval: Duration::from_secs(5),
+        len: 3,
+    })
+    .await
+    .unwrap();
     let gw = Gw::start(&one("app", &o.addr.to_string(), "read_timeout = \"300ms\"")).await;
     let r = send(gw.addr, get("/")).await;
     assert_eq!(r.status, 200);
@@ -230,16 +322,29 @@ async fn unreadable_unix_socket_is_permission_denied() {
     // Root bypasses file permissions, so the gateway runs as `nobody` in a
     // child process (`baton serve`) for this one.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let sock = dir.path().join("app.sock");
-    let _origin = Origin::start_unix(&sock, Script::Ok("hi".into())).await.unwrap();
+    let _origin = Origin::start_unix(&sock, Script::Ok("hi".into()))
+        .await
+        .unwrap();
     std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let port = refusing_addr().port();
     let cfg = dir.path().join("baton.toml");
     std::fs::write(&cfg, format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n{}", one("app", &format!("unix:{}", sock.display()), ""))).unwrap();
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", env!("CARGO_BIN_EXE_baton"), "serve", "--config"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_baton"),
+            "serve",
+            "--config",
+        ])
         .arg(&cfg)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -260,8 +365,16 @@ async fn unreadable_unix_socket_is_permission_denied() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(r.status, 503);
     assert_eq!(r.proxy_error(), "destination_unavailable");
-    assert!(r.header("proxy-status").contains("permission denied"), "{}", r.header("proxy-status"));
-    let line = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["request_id"] == r.request_id().as_str()).expect("failure line");
+    assert!(
+        r.header("proxy-status").contains("permission denied"),
+        "{}",
+        r.header("proxy-status")
+    );
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["request_id"] == r.request_id().as_str())
+        .expect("failure line");
     assert_eq!(line["cause"], "socket_permission_denied");
     assert_eq!(line["errno"], 13);
 }
@@ -272,7 +385,14 @@ async fn upstream_pointing_at_baton_itself_is_a_configuration_error() {
     let me = format!("127.0.0.1:{port}");
     let gw = Gw::start_with(&one("loop", &me, ""), &me, "json").await;
     let r = send(gw.addr, get("/")).await;
-    assert_failure(&gw, &r, 500, "proxy_configuration_error", "proxy_configuration").await;
+    assert_failure(
+        &gw,
+        &r,
+        500,
+        "proxy_configuration_error",
+        "proxy_configuration",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -6,7 +6,11 @@ fn check(toml: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("baton.toml");
     std::fs::write(&p, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baton")).args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     let name = p.display().to_string();
     let norm = |b: &[u8]| String::from_utf8_lossy(b).replace(&name, "baton.toml");
     (out.status.success(), norm(&out.stdout), norm(&out.stderr))
@@ -14,7 +18,9 @@ fn check(toml: &str) -> (bool, String, String) {
 
 #[test]
 fn valid_config_passes() {
-    let (ok, out, _) = check("[server]\nlisten = [\"127.0.0.1:8080\"]\nadmin = \"127.0.0.1:9901\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:3000\", \"unix:/run/app.sock\", \"app.internal:3000\"]\nconnect_timeout = \"2s\"\nread_timeout = \"30s\"\nwrite_timeout = \"30s\"\nmax_response_header_bytes = 65536\nretries = 1\n\n[[routes]]\nhost = \"example.com\"\npath = \"/api\"\nupstream = \"app\"\n");
+    let (ok, out, _) = check(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\nadmin = \"127.0.0.1:9901\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:3000\", \"unix:/run/app.sock\", \"app.internal:3000\"]\nconnect_timeout = \"2s\"\nread_timeout = \"30s\"\nwrite_timeout = \"30s\"\nmax_response_header_bytes = 65536\nretries = 1\n\n[[routes]]\nhost = \"example.com\"\npath = \"/api\"\nupstream = \"app\"\n",
+    );
     assert!(ok);
     assert_eq!(out, "baton.toml: ok (1 listener, 1 upstream, 1 route)\n");
 }
@@ -39,7 +45,12 @@ baton.toml:11:12: routes[0].upstream: unknown upstream \"ap\"\n    fix: did you 
 fn unknown_section_and_syntax_error() {
     let (ok, _, err) = check("[sever]\nlisten = 1\n");
     assert!(!ok);
-    assert!(err.contains("baton.toml:1:2: sever: unknown section `sever`\n    fix: did you mean `server`?"), "{err}");
+    assert!(
+        err.contains(
+            "baton.toml:1:2: sever: unknown section `sever`\n    fix: did you mean `server`?"
+        ),
+        "{err}"
+    );
     let (ok, _, err) = check("[server\nlisten = [\"127.0.0.1:8080\"]\n");
     assert!(!ok);
     assert!(err.contains("baton.toml:1:8: (syntax):"), "{err}");
@@ -47,15 +58,28 @@ fn unknown_section_and_syntax_error() {
 
 #[test]
 fn wrong_types_and_ranges() {
-    let (ok, _, err) = check("[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nretries = -1\nmax_response_header_bytes = 1024\n[[routes]]\nupstream = \"app\"\n");
+    let (ok, _, err) = check(
+        "[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nretries = -1\nmax_response_header_bytes = 1024\n[[routes]]\nupstream = \"app\"\n",
+    );
     assert!(!ok);
-    assert!(err.contains("baton.toml:3:11: upstreams.app.retries: -1 is out of range (0..=16)"), "{err}");
-    assert!(err.contains("baton.toml:4:29: upstreams.app.max_response_header_bytes: 1024 is out of range"), "{err}");
+    assert!(
+        err.contains("baton.toml:3:11: upstreams.app.retries: -1 is out of range (0..=16)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "baton.toml:4:29: upstreams.app.max_response_header_bytes: 1024 is out of range"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton")).args(["check", "--config", "/nonexistent/baton.toml"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", "--config", "/nonexistent/baton.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read the config file"), "{err}");

@@ -18,7 +18,9 @@ fn one(server: &str, extra: &str) -> String {
 /// jitter either side): some land just before its close, some just after.
 #[tokio::test]
 async fn keepalive_race_zero_errors_for_get_and_small_post() {
-    let o = Origin::start(Script::IdleClose(Duration::from_millis(200))).await.unwrap();
+    let o = Origin::start(Script::IdleClose(Duration::from_millis(200)))
+        .await
+        .unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
     let mut c = Client::connect(gw.addr).await;
     let mut failures = Vec::new();
@@ -28,7 +30,11 @@ async fn keepalive_race_zero_errors_for_get_and_small_post() {
         let req = if i % 2 == 0 {
             get("/race")
         } else {
-            Request::post("/race").header("host", "t").header("content-type", "application/x-www-form-urlencoded").body(Full::new(Bytes::from_static(b"n=1"))).unwrap()
+            Request::post("/race")
+                .header("host", "t")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from_static(b"n=1")))
+                .unwrap()
         };
         let r = c.send(req).await;
         if r.status != 200 {
@@ -36,7 +42,10 @@ async fn keepalive_race_zero_errors_for_get_and_small_post() {
         }
     }
     assert!(failures.is_empty(), "client-visible errors: {failures:?}");
-    assert!(o.conns.load(Ordering::Relaxed) > 5, "the upstream really closed idle connections");
+    assert!(
+        o.conns.load(Ordering::Relaxed) > 5,
+        "the upstream really closed idle connections"
+    );
 }
 
 #[tokio::test]
@@ -45,7 +54,10 @@ async fn reused_connection_reset_replays_get_on_a_fresh_connection() {
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
     assert_eq!(send(gw.addr, get("/1")).await.status, 200);
     let r = send(gw.addr, get("/2")).await;
-    assert_eq!(r.status, 200, "GET replayed after the pooled connection died");
+    assert_eq!(
+        r.status, 200,
+        "GET replayed after the pooled connection died"
+    );
     let lines = gw.failures(&r.request_id()).await;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["cause"], "connection_terminated");
@@ -60,12 +72,26 @@ async fn reused_connection_reset_does_not_replay_a_post() {
     let o = Origin::start(Script::ResetAfter(1)).await.unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
     assert_eq!(send(gw.addr, get("/1")).await.status, 200);
-    let post = Request::post("/pay").header("host", "t").body(Full::new(Bytes::from_static(b"amount=5"))).unwrap();
+    let post = Request::post("/pay")
+        .header("host", "t")
+        .body(Full::new(Bytes::from_static(b"amount=5")))
+        .unwrap();
     let r = send(gw.addr, post).await;
-    let line = assert_failure(&gw, &r, 502, "connection_terminated", "connection_terminated").await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        502,
+        "connection_terminated",
+        "connection_terminated",
+    )
+    .await;
     assert_eq!(line["reused"], true);
     assert_eq!(line["retry"], serde_json::Value::Null);
-    assert_eq!(o.hits.load(Ordering::Relaxed), 2, "the upstream read the POST exactly once");
+    assert_eq!(
+        o.hits.load(Ordering::Relaxed),
+        2,
+        "the upstream read the POST exactly once"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +99,11 @@ async fn idempotency_key_makes_a_post_replayable() {
     let o = Origin::start(Script::ResetAfter(1)).await.unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
     assert_eq!(send(gw.addr, get("/1")).await.status, 200);
-    let post = Request::post("/pay").header("host", "t").header("idempotency-key", "k-1").body(Full::new(Bytes::from_static(b"amount=5"))).unwrap();
+    let post = Request::post("/pay")
+        .header("host", "t")
+        .header("idempotency-key", "k-1")
+        .body(Full::new(Bytes::from_static(b"amount=5")))
+        .unwrap();
     let r = send(gw.addr, post).await;
     assert_eq!(r.status, 200);
 }

@@ -13,19 +13,28 @@ use crate::support::*;
 
 fn route(name: &str, servers: &[String], extra: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!("[upstreams.{name}]\nservers = [{}]\n{extra}\n[[routes]]\nupstream = \"{name}\"\n", list.join(", "))
+    format!(
+        "[upstreams.{name}]\nservers = [{}]\n{extra}\n[[routes]]\nupstream = \"{name}\"\n",
+        list.join(", ")
+    )
 }
 
 #[tokio::test]
 async fn application_error_bodies_pass_through_byte_for_byte() {
     for code in [500u16, 502, 503] {
         let body = format!("{{\"error\":\"app says {code}\"}}\n");
-        let o = Origin::start(Script::Status(code, body.clone())).await.unwrap();
+        let o = Origin::start(Script::Status(code, body.clone()))
+            .await
+            .unwrap();
         let gw = Gw::start(&route("app", &[o.addr.to_string()], "")).await;
         let r = send(gw.addr, get("/")).await;
         assert_eq!(r.status, code);
         assert_eq!(r.body.as_ref().unwrap(), body.as_bytes());
-        assert_eq!(r.header("proxy-status"), "", "baton never marks an application's own answer");
+        assert_eq!(
+            r.header("proxy-status"),
+            "",
+            "baton never marks an application's own answer"
+        );
         assert_eq!(r.header("server"), "origin");
         assert!(gw.failures(&r.request_id()).await.is_empty() || code != 500);
     }
@@ -46,11 +55,25 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
         .unwrap();
     let r = send(gw.addr, req).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.request_id(), "client-id-123", "a well-formed incoming id is kept");
+    assert_eq!(
+        r.request_id(),
+        "client-id-123",
+        "a well-formed incoming id is kept"
+    );
     assert_eq!(r.header("via"), "1.1 baton");
     let echo = r.json();
     assert_eq!(echo["path"], "/echo?q=1");
-    let h: Vec<(String, String)> = echo["headers"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string())).collect();
+    let h: Vec<(String, String)> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("host"), Some("shop.example"), "Host is kept");
     assert_eq!(get("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
@@ -58,7 +81,11 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
     assert_eq!(get("x-forwarded-host"), Some("shop.example"));
     assert_eq!(get("via"), Some("1.1 baton"));
     assert_eq!(get("x-request-id"), Some("client-id-123"));
-    assert_eq!(get("x-private"), None, "fields named in Connection are hop-by-hop");
+    assert_eq!(
+        get("x-private"),
+        None,
+        "fields named in Connection are hop-by-hop"
+    );
     assert_eq!(get("keep-alive"), None);
 }
 
@@ -66,7 +93,11 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
 async fn malformed_request_id_is_replaced() {
     let o = Origin::start(Script::Ok("ok".into())).await.unwrap();
     let gw = Gw::start(&route("app", &[o.addr.to_string()], "")).await;
-    let req = Request::get("/").header("host", "t").header("x-request-id", "bad id with spaces").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("/")
+        .header("host", "t")
+        .header("x-request-id", "bad id with spaces")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let r = send(gw.addr, req).await;
     assert_eq!(r.request_id().len(), 16);
 }
@@ -76,16 +107,36 @@ async fn error_formats_follow_accept() {
     let dead = refusing_addr();
     let gw = Gw::start(&route("app", &[dead.to_string()], "")).await;
 
-    let html = send(gw.addr, Request::get("/").header("accept", "text/html,application/xhtml+xml,*/*;q=0.8").body(Full::new(Bytes::new())).unwrap()).await;
+    let html = send(
+        gw.addr,
+        Request::get("/")
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(html.status, 502);
     assert_eq!(html.header("content-type"), "text/html; charset=utf-8");
     let page = html.text();
-    assert!(page.contains("The site&#39;s application is not running"), "{page}");
+    assert!(
+        page.contains("The site&#39;s application is not running"),
+        "{page}"
+    );
     assert!(page.contains("won't help"));
     assert!(page.contains(&html.request_id()));
-    assert!(page.contains("location.reload()") && page.contains("Math.pow(2, n)"), "retries by itself, with a growing delay");
+    assert!(
+        page.contains("location.reload()") && page.contains("Math.pow(2, n)"),
+        "retries by itself, with a growing delay"
+    );
 
-    let api = send(gw.addr, Request::get("/").header("accept", "application/json").body(Full::new(Bytes::new())).unwrap()).await;
+    let api = send(
+        gw.addr,
+        Request::get("/")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(api.header("content-type"), "application/problem+json");
     let j = api.json();
     assert_eq!(j["status"], 502);
@@ -94,9 +145,21 @@ async fn error_formats_follow_accept() {
     assert_eq!(j["request_id"], api.request_id().as_str());
     assert!(j["title"].as_str().unwrap().contains("not running"));
 
-    let curl = send(gw.addr, Request::get("/").header("accept", "*/*").body(Full::new(Bytes::new())).unwrap()).await;
+    let curl = send(
+        gw.addr,
+        Request::get("/")
+            .header("accept", "*/*")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(curl.header("content-type"), "text/plain; charset=utf-8");
-    assert!(curl.text().starts_with("502 Bad Gateway: The site's application is not running\n"), "{}", curl.text());
+    assert!(
+        curl.text()
+            .starts_with("502 Bad Gateway: The site's application is not running\n"),
+        "{}",
+        curl.text()
+    );
 }
 
 #[tokio::test]
@@ -104,22 +167,54 @@ async fn operator_templates_replace_the_pages() {
     let dead = refusing_addr();
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("error.html");
-    std::fs::write(&t, "<h1>Oops {{status}}</h1><p>{{cause}} {{request_id}}</p>").unwrap();
-    let body = format!("[error_pages]\nhtml = \"{}\"\n\n{}", t.display(), route("app", &[dead.to_string()], ""));
+    std::fs::write(
+        &t,
+        "<h1>Oops {{status}}</h1><p>{{cause}} {{request_id}}</p>",
+    )
+    .unwrap();
+    let body = format!(
+        "[error_pages]\nhtml = \"{}\"\n\n{}",
+        t.display(),
+        route("app", &[dead.to_string()], "")
+    );
     let gw = Gw::start(&body).await;
-    let r = send(gw.addr, Request::get("/").header("accept", "text/html").body(Full::new(Bytes::new())).unwrap()).await;
-    assert_eq!(r.text(), format!("<h1>Oops 502</h1><p>connection_refused {}</p>", r.request_id()));
+    let r = send(
+        gw.addr,
+        Request::get("/")
+            .header("accept", "text/html")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.text(),
+        format!(
+            "<h1>Oops 502</h1><p>connection_refused {}</p>",
+            r.request_id()
+        )
+    );
 }
 
 #[tokio::test]
 async fn connect_failure_fails_over_for_any_method() {
     let dead = refusing_addr();
     let o = Origin::start(Script::Echo).await.unwrap();
-    let gw = Gw::start(&route("app", &[dead.to_string(), o.addr.to_string()], "retries = 1")).await;
+    let gw = Gw::start(&route(
+        "app",
+        &[dead.to_string(), o.addr.to_string()],
+        "retries = 1",
+    ))
+    .await;
     for _ in 0..4 {
-        let req = Request::post("/form").header("host", "t").body(Full::new(Bytes::from_static(b"a=1"))).unwrap();
+        let req = Request::post("/form")
+            .header("host", "t")
+            .body(Full::new(Bytes::from_static(b"a=1")))
+            .unwrap();
         let r = send(gw.addr, req).await;
-        assert_eq!(r.status, 200, "POST failed over: nothing had been sent to the dead server");
+        assert_eq!(
+            r.status, 200,
+            "POST failed over: nothing had been sent to the dead server"
+        );
         assert_eq!(r.json()["body_len"], 3);
     }
     assert_eq!(o.hits.load(Ordering::Relaxed), 4);
@@ -129,7 +224,12 @@ async fn connect_failure_fails_over_for_any_method() {
 async fn without_retries_the_first_failure_is_final() {
     let dead = refusing_addr();
     let o = Origin::start(Script::Ok("ok".into())).await.unwrap();
-    let gw = Gw::start(&route("app", &[dead.to_string(), o.addr.to_string()], "retries = 0")).await;
+    let gw = Gw::start(&route(
+        "app",
+        &[dead.to_string(), o.addr.to_string()],
+        "retries = 0",
+    ))
+    .await;
     let mut statuses = Vec::new();
     for _ in 0..2 {
         statuses.push(send(gw.addr, get("/")).await.status);
@@ -143,7 +243,14 @@ async fn large_streamed_body_reaches_the_upstream() {
     let o = Origin::start(Script::Echo).await.unwrap();
     let gw = Gw::start(&route("app", &[o.addr.to_string()], "")).await;
     let body = Bytes::from(vec![b'z'; 5 << 20]);
-    let r = send(gw.addr, Request::put("/big").header("host", "t").body(Full::new(body)).unwrap()).await;
+    let r = send(
+        gw.addr,
+        Request::put("/big")
+            .header("host", "t")
+            .body(Full::new(body))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_len"], 5 << 20);
 }
@@ -153,9 +260,14 @@ async fn http2_prior_knowledge_client() {
     let o = Origin::start(Script::Echo).await.unwrap();
     let gw = Gw::start(&route("app", &[o.addr.to_string()], "")).await;
     let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s)).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let req = Request::get(format!("http://h2.example/over/h2")).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("http://h2.example/over/h2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["via"], "1.1 baton");
@@ -163,7 +275,10 @@ async fn http2_prior_knowledge_client() {
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["path"], "/over/h2");
     let h = echo["headers"].as_array().unwrap();
-    assert!(h.iter().any(|p| p[0] == "host" && p[1] == "h2.example"), "{h:?}");
+    assert!(
+        h.iter().any(|p| p[0] == "host" && p[1] == "h2.example"),
+        "{h:?}"
+    );
     assert!(h.iter().any(|p| p[0] == "via" && p[1] == "2 baton"));
 }
 
@@ -201,10 +316,19 @@ async fn metrics_count_requests_and_failures_by_cause() {
     assert_eq!(send(gw.addr, get("/bad")).await.status, 502);
     assert_eq!(send(gw.addr, get("/bad")).await.status, 502);
     let m = gw.metrics().await;
-    assert!(m.contains("baton_requests_total{route=\"*/\",status=\"200\"} 1"), "{m}");
-    assert!(m.contains("baton_requests_total{route=\"*/bad\",status=\"502\"} 2"), "{m}");
+    assert!(
+        m.contains("baton_requests_total{route=\"*/\",status=\"200\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("baton_requests_total{route=\"*/bad\",status=\"502\"} 2"),
+        "{m}"
+    );
     assert!(m.contains("baton_upstream_failures_total{upstream=\"bad\",cause=\"connection_refused\",phase=\"connect\",proxy_status=\"connection_refused\"} 2"), "{m}");
-    assert!(m.contains("baton_request_duration_seconds_bucket{le="), "{m}");
+    assert!(
+        m.contains("baton_request_duration_seconds_bucket{le="),
+        "{m}"
+    );
     let health = send(gw.admin, get("/healthz")).await;
     assert_eq!(health.status, 200);
 }
@@ -227,13 +351,26 @@ async fn access_log_json_line_per_request() {
 #[tokio::test]
 async fn access_log_combined_format() {
     let o = Origin::start(Script::Ok("hello".into())).await.unwrap();
-    let gw = Gw::start_with(&route("app", &[o.addr.to_string()], ""), "127.0.0.1:0", "combined").await;
-    let req = Request::get("/c").header("host", "t").header("user-agent", "curl/8.0").header("referer", "http://r/").body(Full::new(Bytes::new())).unwrap();
+    let gw = Gw::start_with(
+        &route("app", &[o.addr.to_string()], ""),
+        "127.0.0.1:0",
+        "combined",
+    )
+    .await;
+    let req = Request::get("/c")
+        .header("host", "t")
+        .header("user-agent", "curl/8.0")
+        .header("referer", "http://r/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     send(gw.addr, req).await;
     let line = gw.access_raw().await;
     let re = line.trim_end();
     assert!(re.starts_with("127.0.0.1 - - ["), "{re}");
-    assert!(re.ends_with("\"GET /c HTTP/1.1\" 200 5 \"http://r/\" \"curl/8.0\""), "{re}");
+    assert!(
+        re.ends_with("\"GET /c HTTP/1.1\" 200 5 \"http://r/\" \"curl/8.0\""),
+        "{re}"
+    );
 }
 
 #[tokio::test]
@@ -244,5 +381,9 @@ async fn keep_alive_pooling_reuses_upstream_connections() {
     for _ in 0..20 {
         assert_eq!(c.send(get("/")).await.status, 200);
     }
-    assert_eq!(o.conns.load(Ordering::Relaxed), 1, "one pooled upstream connection");
+    assert_eq!(
+        o.conns.load(Ordering::Relaxed),
+        1,
+        "one pooled upstream connection"
+    );
 }

@@ -45,7 +45,14 @@ impl Gw {
             Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
         };
         let running = baton::server::start(cfg).await.expect("gateway starts");
-        Gw { addr: running.addrs[0], admin: running.admin.unwrap(), dir, errors_log, access_log, running: Some(running) }
+        Gw {
+            addr: running.addrs[0],
+            admin: running.admin.unwrap(),
+            dir,
+            errors_log,
+            access_log,
+            running: Some(running),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -59,7 +66,10 @@ impl Gw {
 
     /// The access-log line for a request ID.
     pub async fn access(&self, request_id: &str) -> Value {
-        read_lines(&self.access_log, request_id, true).await.pop().expect("an access line")
+        read_lines(&self.access_log, request_id, true)
+            .await
+            .pop()
+            .expect("an access line")
     }
 
     pub async fn access_raw(&self) -> String {
@@ -120,7 +130,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
     pub fn request_id(&self) -> String {
         self.header("x-request-id").to_string()
@@ -128,7 +141,9 @@ impl Resp {
     /// The `error=` token of `Proxy-Status`.
     pub fn proxy_error(&self) -> &str {
         let ps = self.header("proxy-status");
-        ps.split("error=").nth(1).map_or("", |r| r.split(';').next().unwrap_or(""))
+        ps.split("error=")
+            .nth(1)
+            .map_or("", |r| r.split(';').next().unwrap_or(""))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(self.body.as_ref().expect("complete body")).to_string()
@@ -139,19 +154,33 @@ impl Resp {
 }
 
 pub fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path).header("host", "test.local").body(Full::new(Bytes::new())).unwrap()
+    Request::get(path)
+        .header("host", "test.local")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// One request on a new HTTP/1.1 connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = tx.send_request(req).await.expect("response head");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
-    Resp { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string());
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A keep-alive client: reuses one connection for its requests.
@@ -162,7 +191,9 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Client { tx }
     }
@@ -171,8 +202,17 @@ impl Client {
         let resp = self.tx.send_request(req).await.expect("response head");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
-        Resp { status, headers, body }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.to_string());
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -197,7 +237,9 @@ impl Dns {
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             loop {
-                let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    return;
+                };
                 if silent || n < 12 {
                     continue;
                 }
@@ -207,7 +249,8 @@ impl Dns {
                 let mut labels = Vec::new();
                 while i < n && q[i] != 0 {
                     let len = q[i] as usize;
-                    labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_ascii_lowercase());
+                    labels
+                        .push(String::from_utf8_lossy(&q[i + 1..i + 1 + len]).to_ascii_lowercase());
                     i += 1 + len;
                 }
                 let qend = i + 5;
@@ -244,16 +287,32 @@ impl Dns {
 
 /// Asserts the whole failure contract for one response: status,
 /// `Proxy-Status` type, request ID, and the final failure-log line's cause.
-pub async fn assert_failure(gw: &Gw, r: &Resp, status: u16, proxy_error: &str, cause: &str) -> Value {
+pub async fn assert_failure(
+    gw: &Gw,
+    r: &Resp,
+    status: u16,
+    proxy_error: &str,
+    cause: &str,
+) -> Value {
     assert_eq!(r.status, status, "status; headers: {:?}", r.headers);
-    assert_eq!(r.proxy_error(), proxy_error, "Proxy-Status: {}", r.header("proxy-status"));
+    assert_eq!(
+        r.proxy_error(),
+        proxy_error,
+        "Proxy-Status: {}",
+        r.header("proxy-status")
+    );
     let id = r.request_id();
     assert_eq!(id.len(), 16, "a generated request id");
     let lines = gw.failures(&id).await;
-    let last = lines.last().unwrap_or_else(|| panic!("no failure log line for {id}"));
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("no failure log line for {id}"));
     assert_eq!(last["cause"], cause, "log line: {last}");
     assert_eq!(last["proxy_status"], proxy_error);
     assert_eq!(last["status"], status);
-    assert!(r.text().contains(&id), "the request id is on the error page");
+    assert!(
+        r.text().contains(&id),
+        "the request id is on the error page"
+    );
     last.clone()
 }

@@ -1,0 +1,18 @@
+#!/bin/sh
+# The whole test suite, from a fresh Debian machine with a Rust toolchain.
+# Installs what the tests need, then runs format, lint and every test.
+set -eu
+cd "$(dirname "$0")/.."
+
+need=""
+command -v setpriv >/dev/null 2>&1 || need="$need util-linux"
+if [ -n "$need" ]; then
+    echo "installing:$need"
+    apt-get update -qq && apt-get install -y -qq $need
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
+cargo test --doc
