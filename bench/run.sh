@@ -1,0 +1,114 @@
+#!/bin/sh
+# baton vs nginx vs HAProxy as reverse proxies in front of the same nginx
+# backend, in one run, same worker count, same logging (off).
+# Usage: sh bench/run.sh [workers] [rounds] [seconds]
+# Recipe: ../shared/reference/rig.md (wrk -t2 -c64, 3 s warm-up, targets
+# alternated within each round, median and spread, ratios from this run).
+set -eu
+cd "$(dirname "$0")/.."
+WORKERS=${1:-1}
+ROUNDS=${2:-3}
+SECS=${3:-10}
+for p in nginx haproxy wrk; do
+    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
+done
+load=$(cut -d' ' -f1 /proc/loadavg)
+if [ "$(echo "$load > 1.0" | bc 2>/dev/null || python3 -c "print(int($load > 1.0))")" = "1" ]; then
+    echo "load average is $load: another job is running; refusing to benchmark" >&2
+    exit 1
+fi
+cargo build --release -q
+T=$(mktemp -d)
+trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+
+# Backend: one nginx worker answering "ok".
+cat > $T/backend.conf <<CONF
+worker_processes 1; daemon off; pid $T/backend.nginxpid; error_log $T/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18080 reuseport backlog=4096; location / { return 200 "ok\n"; } } }
+CONF
+nginx -c $T/backend.conf & echo $! > $T/backend.pid
+
+cat > $T/nginx.conf <<CONF
+worker_processes $WORKERS; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream be { server 127.0.0.1:18080; keepalive 128; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:18081 backlog=4096; keepalive_requests 1000000;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
+
+cat > $T/haproxy.cfg <<CONF
+global
+  nbthread $WORKERS
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18082
+  default_backend be
+backend be
+  server s1 127.0.0.1:18080
+CONF
+haproxy -f $T/haproxy.cfg & echo $! > $T/haproxy.pid
+
+cat > $T/baton.toml <<CONF
+[server]
+listen = ["127.0.0.1:18083"]
+workers = $WORKERS
+[log]
+access = "off"
+errors = "off"
+[upstreams.be]
+servers = ["127.0.0.1:18080"]
+[[routes]]
+upstream = "be"
+CONF
+./target/release/baton serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
+sleep 1
+
+bench() { # name port -> "rps p50_ms p99_ms"
+    wrk -t2 -c64 -d${SECS}s --latency http://127.0.0.1:$2/ > $T/wrk.out
+    python3 - "$T/wrk.out" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v, u): return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", t); p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
+err = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+print(rps, ms(*p50.groups()), ms(*p99.groups()), err.group(1) if err else 0)
+PY
+}
+for n in nginx:18081 haproxy:18082 baton:18083; do
+    wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
+done
+: > $T/results
+r=1
+while [ $r -le $ROUNDS ]; do
+    for n in nginx:18081 haproxy:18082 baton:18083; do
+        echo "${n%%:*} $(bench ${n%%:*} ${n#*:})" >> $T/results
+    done
+    r=$((r + 1))
+done
+python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" <<'PY'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for name, rps, p50, p99, errs in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
+def med(name, i): return st.median(v[i] for v in by[name])
+print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64")
+print(f"{'proxy':<8} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+for n in ("nginx", "haproxy", "baton"):
+    rs = [v[0] for v in by[n]]
+    spread = (max(rs) - min(rs)) / st.median(rs) * 100
+    print(f"{n:<8} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
+for peer in ("nginx", "haproxy"):
+    print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x")
+PY
