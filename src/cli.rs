@@ -50,8 +50,12 @@ enum Cmd {
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         b.worker_threads(workers);
     }
     b.enable_all().build()
@@ -99,7 +103,8 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let rt = match runtime(cfg.workers) {
+            // Worker 0 is this runtime; server::start adds the others.
+            let rt = match runtime(1) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("baton: cannot start the runtime: {e}");

@@ -47,37 +47,79 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Completion signals of the extra worker threads.
+    workers: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish (up to `grace`), and
-    /// returns when every listener task has ended.
+    /// returns when every listener has ended.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
-        let all = futures_join(self.tasks);
+        let all = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+            for w in self.workers {
+                let _ = w.await;
+            }
+        };
         let _ = tokio::time::timeout(grace + Duration::from_millis(100), all).await;
     }
 }
 
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
+/// How many worker threads `workers = N` means (0: one per core).
+pub fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
-/// Binds every listener, then serves until [`Running::shutdown`].
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    let mut listeners = Vec::new();
-    for a in &config.listen {
-        let l = TcpListener::bind(a)
-            .await
-            .map_err(|source| StartError::Bind { addr: *a, source })?;
-        listeners.push(l);
+/// A listening socket; with several workers each binds its own socket to
+/// the same address with SO_REUSEPORT and the kernel spreads connections.
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
     }
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Binds every listener, then serves until [`Running::shutdown`].
+///
+/// Worker 0 runs on the caller's runtime; each further worker is a thread
+/// with its own single-threaded runtime and its own listening sockets, like
+/// nginx's worker processes: no work stealing, no cross-thread wake-ups on
+/// the request path.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let n = worker_count(config.workers);
+    let reuse = n > 1;
+    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for a in &config.listen {
+        let first = bind(*a, reuse).map_err(|source| StartError::Bind { addr: *a, source })?;
+        // Port 0 in tests: the other workers join the port the first got.
+        let actual = first
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: *a, source })?;
+        addrs.push(actual);
+        sets[0].push(first);
+        for set in sets.iter_mut().skip(1) {
+            set.push(bind(actual, true).map_err(|source| StartError::Bind {
+                addr: actual,
+                source,
+            })?);
+        }
+    }
     let admin_listener = match config.admin {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -88,13 +130,43 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let logs = Logs::open(&config.log).map_err(StartError::Log)?;
-    let mut rt = Runtime::new(config).map_err(StartError::Resolver)?;
+    let mut rt = Runtime::new(config, n).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.clone();
     let gateway = Arc::new(Gateway::new(rt, logs));
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    for l in listeners {
+    let mut workers = Vec::new();
+    let mut sets = sets.into_iter();
+    for l in sets.next().unwrap_or_default() {
+        let l = TcpListener::from_std(l).map_err(StartError::Log)?;
         tasks.push(tokio::spawn(accept_loop(l, gateway.clone(), rx.clone())));
+    }
+    for (i, set) in sets.enumerate() {
+        let (gw, stop) = (gateway.clone(), rx.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Log)?;
+        std::thread::Builder::new()
+            .name(format!("baton-worker-{}", i + 1))
+            .spawn(move || {
+                crate::upstream::set_worker(i + 1);
+                rt.block_on(async move {
+                    let mut loops = Vec::new();
+                    for l in set {
+                        if let Ok(l) = TcpListener::from_std(l) {
+                            loops.push(tokio::spawn(accept_loop(l, gw.clone(), stop.clone())));
+                        }
+                    }
+                    for l in loops {
+                        let _ = l.await;
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(StartError::Log)?;
+        workers.push(done_rx);
     }
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin_loop(l, gateway.clone(), rx.clone())));
@@ -105,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway,
         shutdown: tx,
         tasks,
+        workers,
     })
 }
 

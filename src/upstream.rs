@@ -295,12 +295,23 @@ struct Idle {
     since: Instant,
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `id` (its own idle lists).
+pub fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
 /// One server of an upstream, with its connection pool.
 pub struct Server {
     pub addr: ServerAddr,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
-    idle: Mutex<Vec<Idle>>,
+    /// One idle list per worker thread, so a request reuses connections
+    /// driven by its own runtime (no cross-thread wake-ups).
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// The shortest idle time after which this server was seen to close a
     /// pooled connection by itself (ms; 0 = never seen). Only shrinks.
     learned_idle_close_ms: AtomicU64,
@@ -331,7 +342,7 @@ pub struct Dialer {
 }
 
 impl Upstream {
-    pub fn new(cfg: Arc<UpstreamConfig>) -> Self {
+    pub fn new(cfg: Arc<UpstreamConfig>, workers: usize) -> Self {
         let servers = cfg
             .servers
             .iter()
@@ -339,7 +350,9 @@ impl Upstream {
                 Arc::new(Server {
                     label: a.to_string().into(),
                     addr: a.clone(),
-                    idle: Mutex::new(Vec::new()),
+                    idle: (0..workers.max(1))
+                        .map(|_| Mutex::new(Vec::new()))
+                        .collect(),
                     learned_idle_close_ms: AtomicU64::new(0),
                 })
             })
@@ -384,7 +397,11 @@ impl Server {
     /// A pooled connection that is open, ready and young enough, if any.
     pub async fn checkout(&self, cfg: &UpstreamConfig) -> Option<Conn> {
         loop {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut idle = self
+                .my_idle()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()?;
             let age = idle.since.elapsed();
             if idle.tx.is_closed() {
                 continue;
@@ -413,7 +430,7 @@ impl Server {
         if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.my_idle().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= cfg.max_idle_per_server {
             info.retired.store(true, Ordering::Relaxed);
             return;
@@ -444,15 +461,16 @@ impl Server {
         }
     }
 
+    fn my_idle(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
+    }
+
     /// Drops every pooled connection (used on reload and shutdown).
     pub fn clear(&self) {
-        for i in self
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            i.info.retired.store(true, Ordering::Relaxed);
+        for list in self.idle.iter() {
+            for i in list.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                i.info.retired.store(true, Ordering::Relaxed);
+            }
         }
     }
 
