@@ -107,6 +107,18 @@ pub struct UpstreamConfig {
     pub max_idle_per_server: usize,
     /// Request bodies up to this size are buffered so a retry can replay them.
     pub replay_buffer_bytes: usize,
+    /// TLS to the servers, when enabled.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS settings of an upstream (certificates are always verified).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// SNI and the name the certificate must carry; default: the server's
+    /// host name or IP address.
+    pub server_name: Option<String>,
+    /// Extra trust anchors (PEM), on top of the Mozilla roots.
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// How a route matches the request's host.
@@ -215,6 +227,9 @@ mod raw {
         pub keepalive_timeout: Option<Spanned<String>>,
         pub max_idle_per_server: Option<Spanned<i64>>,
         pub replay_buffer_bytes: Option<Spanned<i64>>,
+        pub tls: Option<Spanned<bool>>,
+        pub tls_server_name: Option<Spanned<String>>,
+        pub tls_ca: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -447,6 +462,74 @@ impl<'s> Validator<'s> {
         }
     }
 
+    fn upstream_tls(
+        &mut self,
+        key: &dyn Fn(&str) -> String,
+        u: &raw::Upstream,
+        servers: &[ServerAddr],
+    ) -> Option<UpstreamTls> {
+        let on = u.tls.as_ref().is_some_and(|t| *t.get_ref());
+        if !on {
+            for (k, v) in [
+                ("tls_server_name", u.tls_server_name.as_ref()),
+                ("tls_ca", u.tls_ca.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    self.err(
+                        key(k),
+                        v.span(),
+                        format!("{k} is set but tls is not enabled"),
+                        "add `tls = true` to this upstream, or remove the key",
+                    );
+                }
+            }
+            return None;
+        }
+        let server_name = u.tls_server_name.as_ref().map(|n| n.get_ref().clone());
+        if let Some(n) = &u.tls_server_name
+            && rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err()
+        {
+            self.err(
+                key("tls_server_name"),
+                n.span(),
+                format!("{:?} is not a valid server name", n.get_ref()),
+                "use the DNS name on the upstream's certificate",
+            );
+        }
+        if server_name.is_none() && servers.iter().any(|s| matches!(s, ServerAddr::Unix(_))) {
+            let span = u.tls.as_ref().map_or(0..0, |t| t.span());
+            self.err(
+                key("tls"),
+                span,
+                "TLS over a Unix socket needs the name to verify",
+                "add tls_server_name = \"NAME ON THE CERTIFICATE\"",
+            );
+        }
+        let mut ca = Vec::new();
+        if let Some(c) = &u.tls_ca {
+            use rustls::pki_types::pem::PemObject;
+            let path = self.path(c.get_ref());
+            match rustls::pki_types::CertificateDer::pem_file_iter(&path)
+                .map(|it| it.collect::<Result<Vec<_>, _>>())
+            {
+                Ok(Ok(certs)) if !certs.is_empty() => ca = certs,
+                Ok(Ok(_)) => self.err(
+                    key("tls_ca"),
+                    c.span(),
+                    format!("no certificate in {}", path.display()),
+                    "give a PEM file with -----BEGIN CERTIFICATE----- blocks",
+                ),
+                Ok(Err(e)) | Err(e) => self.err(
+                    key("tls_ca"),
+                    c.span(),
+                    format!("cannot read certificates from {}: {e}", path.display()),
+                    "give a readable PEM file; relative paths are relative to the config file",
+                ),
+            }
+        }
+        Some(UpstreamTls { server_name, ca })
+    }
+
     fn run(&mut self) -> Option<Config> {
         let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.src);
         for e in syntax {
@@ -654,7 +737,9 @@ impl<'s> Validator<'s> {
                 defaults::MAX_RESPONSE_HEADER_BYTES as i64,
                 "use 8192 or more (the default 65536 fits OAuth/JWT cookies)",
             ) as usize;
+            let tls = self.upstream_tls(&key, u, &servers);
             let cfg = UpstreamConfig {
+                tls,
                 name: n.as_str().into(),
                 servers,
                 connect_timeout: self.duration(

@@ -100,6 +100,38 @@ impl Origin {
         })
     }
 
+    /// Starts an origin that speaks TLS with `tls` on `127.0.0.1:0`.
+    pub async fn start_tls(
+        script: Script,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Origin> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (hits.clone(), conns.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = l.accept().await {
+                c.fetch_add(1, Ordering::Relaxed);
+                let (acceptor, script, h) = (acceptor.clone(), script.clone(), h.clone());
+                tasks.spawn(async move {
+                    if let Ok(tls) = acceptor.accept(s).await {
+                        serve(tls, script, h).await;
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        });
+        Ok(Origin {
+            addr,
+            hits,
+            conns,
+            task,
+        })
+    }
+
     /// Starts an origin on a Unix socket at `path`.
     pub async fn start_unix(path: &Path, script: Script) -> std::io::Result<Origin> {
         let l = UnixListener::bind(path)?;
@@ -168,8 +200,19 @@ struct Head {
 }
 
 /// Reads one request (head and body, chunked or not). `None` on EOF.
-async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Option<Head> {
+async fn read_request<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Head> {
     let end = loop {
+        // Like real servers, answer bytes that cannot start a request line
+        // (a TLS ClientHello, binary junk) with 400 and close.
+        if buf.first().is_some_and(|b| !b.is_ascii_uppercase()) {
+            let _ = s
+                .write_all(&response(400, "Bad Request", "not HTTP\n"))
+                .await;
+            return None;
+        }
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }

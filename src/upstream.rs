@@ -30,6 +30,7 @@ use tokio::time::Sleep;
 use crate::cause::Cause;
 use crate::config::{ServerAddr, UpstreamConfig};
 use crate::resolve::{ResolveError, Resolver};
+use rustls::pki_types::ServerName;
 
 /// Why an attempt failed: one cause plus what the operator needs to see.
 #[derive(Debug, Clone)]
@@ -156,6 +157,20 @@ impl ConnInfo {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsUnix(Box<tokio_rustls::client::TlsStream<UnixStream>>),
+}
+
+/// Dispatches an I/O call to whichever transport is underneath.
+macro_rules! on_stream {
+    ($s:expr, $x:ident => $e:expr) => {
+        match $s {
+            Stream::Tcp($x) => $e,
+            Stream::Unix($x) => $e,
+            Stream::Tls($x) => $e,
+            Stream::TlsUnix($x) => $e,
+        }
+    };
 }
 
 /// Wraps a stream: counts bytes, keeps the first bytes, times out stalled
@@ -186,10 +201,7 @@ impl AsyncRead for Metered {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = match &mut this.inner {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        };
+        let r = on_stream!(&mut this.inner, s => Pin::new(s).poll_read(cx, buf));
         if let Poll::Ready(Ok(())) = r {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
@@ -254,10 +266,7 @@ impl AsyncWrite for Metered {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = match &mut this.inner {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        };
+        let r = on_stream!(&mut this.inner, s => Pin::new(s).poll_write(cx, buf));
         this.track_write(cx, r)
     }
     fn poll_write_vectored(
@@ -266,26 +275,17 @@ impl AsyncWrite for Metered {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = match &mut this.inner {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        };
+        let r = on_stream!(&mut this.inner, s => Pin::new(s).poll_write_vectored(cx, bufs));
         this.track_write(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         true
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        on_stream!(&mut self.get_mut().inner, s => Pin::new(s).poll_flush(cx))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        on_stream!(&mut self.get_mut().inner, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
@@ -315,6 +315,39 @@ pub struct Server {
     /// The shortest idle time after which this server was seen to close a
     /// pooled connection by itself (ms; 0 = never seen). Only shrinks.
     learned_idle_close_ms: AtomicU64,
+    /// TLS client and the name to verify, when the upstream speaks TLS.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// Builds the TLS client for an upstream: Mozilla's roots plus `tls_ca`,
+/// ring as the provider, ALPN http/1.1.
+fn tls_client(
+    tls: &crate::config::UpstreamTls,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in &tls.ca {
+        roots.add(c.clone())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+/// The name a server's certificate must carry.
+fn tls_name(tls: &crate::config::UpstreamTls, addr: &ServerAddr) -> Option<ServerName<'static>> {
+    let raw = match (&tls.server_name, addr) {
+        (Some(n), _) => n.clone(),
+        (None, ServerAddr::Name { host, .. }) => host.clone(),
+        (None, ServerAddr::Tcp(a)) => return Some(ServerName::IpAddress(a.ip().into())),
+        (None, ServerAddr::Unix(_)) => return None,
+    };
+    ServerName::try_from(raw).ok()
 }
 
 /// A connection checked out for one request.
@@ -343,6 +376,7 @@ pub struct Dialer {
 
 impl Upstream {
     pub fn new(cfg: Arc<UpstreamConfig>, workers: usize) -> Self {
+        let connector = cfg.tls.as_ref().and_then(|t| tls_client(t).ok());
         let servers = cfg
             .servers
             .iter()
@@ -354,6 +388,10 @@ impl Upstream {
                         .map(|_| Mutex::new(Vec::new()))
                         .collect(),
                     learned_idle_close_ms: AtomicU64::new(0),
+                    tls: match (&connector, &cfg.tls) {
+                        (Some(c), Some(t)) => tls_name(t, a).map(|n| (c.clone(), n)),
+                        _ => None,
+                    },
                 })
             })
             .collect();
@@ -525,6 +563,46 @@ impl Server {
                 }
             }
         };
+        let stream = match (&cfg.tls, &self.tls) {
+            (None, _) => stream,
+            (Some(_), None) => {
+                return Err((
+                    Failure::with(Cause::Internal, "TLS client could not be built"),
+                    peer,
+                ));
+            }
+            (Some(_), Some((connector, name))) => {
+                let hs = async {
+                    match stream {
+                        Stream::Tcp(t) => connector
+                            .connect(name.clone(), t)
+                            .await
+                            .map(|s| Stream::Tls(Box::new(s))),
+                        Stream::Unix(u) => connector
+                            .connect(name.clone(), u)
+                            .await
+                            .map(|s| Stream::TlsUnix(Box::new(s))),
+                        other => Ok(other),
+                    }
+                };
+                match tokio::time::timeout(cfg.connect_timeout, hs).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err((classify_tls(&e), peer)),
+                    Err(_) => {
+                        return Err((
+                            Failure::with(
+                                Cause::TlsProtocol,
+                                format!(
+                                    "TLS handshake not finished within {:?}",
+                                    cfg.connect_timeout
+                                ),
+                            ),
+                            peer,
+                        ));
+                    }
+                }
+            }
+        };
         let info = Arc::new(ConnInfo::new());
         let io = Metered {
             inner: stream,
@@ -651,6 +729,49 @@ pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
     Failure::with(cause, details).errno(e)
 }
 
+/// Classifies a failed TLS handshake from the rustls error inside it.
+pub fn classify_tls(e: &io::Error) -> Failure {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(t) => tls_failure(t),
+        None => Failure::with(
+            Cause::TlsProtocol,
+            format!("connection failed during the TLS handshake ({})", e.kind()),
+        )
+        .errno(e),
+    }
+}
+
+fn tls_failure(t: &rustls::Error) -> Failure {
+    use rustls::{CertificateError as C, Error as E};
+    match t {
+        E::InvalidCertificate(c) => {
+            let why = match c {
+                C::Expired | C::ExpiredContext { .. } => "certificate expired",
+                C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet",
+                C::UnknownIssuer => {
+                    "certificate issuer not trusted (self-signed or missing intermediate)"
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "certificate not valid for the server name"
+                }
+                C::Revoked => "certificate revoked",
+                _ => "certificate rejected",
+            };
+            Failure::with(Cause::TlsCertificate, why)
+        }
+        E::AlertReceived(a) => {
+            Failure::with(Cause::TlsAlert, format!("upstream sent TLS alert {a:?}"))
+        }
+        E::InvalidMessage(_)
+        | E::InappropriateHandshakeMessage { .. }
+        | E::InappropriateMessage { .. } => Failure::with(
+            Cause::TlsProtocol,
+            "upstream did not answer with TLS (a plain-HTTP port?)",
+        ),
+        other => Failure::with(Cause::TlsProtocol, format!("TLS handshake failed: {other}")),
+    }
+}
+
 fn classify_dns(host: &str, e: ResolveError) -> Failure {
     match e {
         ResolveError::Timeout => {
@@ -684,6 +805,9 @@ pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
         .load(Ordering::Relaxed)
         .saturating_sub(v.read_before);
     if let Some(io) = find_io(e) {
+        if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return tls_failure(t);
+        }
         if io.get_ref().is_some_and(|i| i.is::<WriteTimedOut>()) {
             return Failure::with(
                 Cause::WriteTimeout,

@@ -52,8 +52,11 @@ async fn keepalive_race_zero_errors_for_get_and_small_post() {
 async fn reused_connection_reset_replays_get_on_a_fresh_connection() {
     let o = Origin::start(Script::ResetAfter(1)).await.unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
-    assert_eq!(send(gw.addr, get("/1")).await.status, 200);
-    let r = send(gw.addr, get("/2")).await;
+    // One client connection: it stays on one worker, whose pool holds the
+    // upstream connection the first request left behind.
+    let mut c = Client::connect(gw.addr).await;
+    assert_eq!(c.send(get("/1")).await.status, 200);
+    let r = c.send(get("/2")).await;
     assert_eq!(
         r.status, 200,
         "GET replayed after the pooled connection died"
@@ -71,12 +74,13 @@ async fn reused_connection_reset_replays_get_on_a_fresh_connection() {
 async fn reused_connection_reset_does_not_replay_a_post() {
     let o = Origin::start(Script::ResetAfter(1)).await.unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
-    assert_eq!(send(gw.addr, get("/1")).await.status, 200);
+    let mut c = Client::connect(gw.addr).await;
+    assert_eq!(c.send(get("/1")).await.status, 200);
     let post = Request::post("/pay")
         .header("host", "t")
         .body(Full::new(Bytes::from_static(b"amount=5")))
         .unwrap();
-    let r = send(gw.addr, post).await;
+    let r = c.send(post).await;
     let line = assert_failure(
         &gw,
         &r,
@@ -98,12 +102,13 @@ async fn reused_connection_reset_does_not_replay_a_post() {
 async fn idempotency_key_makes_a_post_replayable() {
     let o = Origin::start(Script::ResetAfter(1)).await.unwrap();
     let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
-    assert_eq!(send(gw.addr, get("/1")).await.status, 200);
+    let mut c = Client::connect(gw.addr).await;
+    assert_eq!(c.send(get("/1")).await.status, 200);
     let post = Request::post("/pay")
         .header("host", "t")
         .header("idempotency-key", "k-1")
         .body(Full::new(Bytes::from_static(b"amount=5")))
         .unwrap();
-    let r = send(gw.addr, post).await;
+    let r = c.send(post).await;
     assert_eq!(r.status, 200);
 }
