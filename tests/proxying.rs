@@ -387,3 +387,14 @@ async fn keep_alive_pooling_reuses_upstream_connections() {
         "one pooled upstream connection"
     );
 }
+
+#[tokio::test]
+async fn ipv6_upstream_and_listener() {
+    let o = Origin::start_on("[::1]:0".parse().unwrap(), Script::Ok("v6\n".into())).await.unwrap();
+    let gw = Gw::start_with(&route("app", &[o.addr.to_string()], ""), "[::1]:0", "json").await;
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "v6\n");
+    let a = gw.access(&r.request_id()).await;
+    assert_eq!(a["client"], "::1");
+}
