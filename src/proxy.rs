@@ -622,11 +622,12 @@ pub async fn handle(
             None
         },
     };
-    let format = Format::negotiate(req.headers().get(header::ACCEPT).map(|v| v.as_bytes()));
+    // Negotiated only if baton has to answer itself (the failure path).
+    let accept = req.headers().get(header::ACCEPT).cloned();
 
     let Some(ri) = rt.route(log.host(), req.uri().path()) else {
         let f = Failure::new(Cause::NoRoute);
-        return local_error(&rt, log, &f, None, format);
+        return local_error(&rt, log, &f, None, accept.as_ref());
     };
     let route = &rt.config.routes[ri];
     let up = rt.upstreams[route.upstream].clone();
@@ -742,7 +743,7 @@ pub async fn handle(
                     }
                     log.failure(&f, Some(f.cause.status()), Some(&a), None);
                     log.server = Some(peer.clone());
-                    return local_error(&rt, log, &f, Some(&peer), format);
+                    return local_error(&rt, log, &f, Some(&peer), accept.as_ref());
                 }
             },
         };
@@ -844,7 +845,7 @@ pub async fn handle(
         }
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
         let peer = a.peer.clone();
-        return local_error(&rt, log, &failure, Some(&peer), format);
+        return local_error(&rt, log, &failure, Some(&peer), accept.as_ref());
     }
 }
 
@@ -946,8 +947,9 @@ fn local_error(
     log: ReqLog,
     f: &Failure,
     next_hop: Option<&str>,
-    format: Format,
+    accept: Option<&HeaderValue>,
 ) -> Response<RespBody> {
+    let format = Format::negotiate(accept.map(|v| v.as_bytes()));
     let status = f.cause.status();
     let retry_after = (status == 503).then_some(RETRY_AFTER_SECS);
     let id = log.id.clone();
