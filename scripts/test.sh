@@ -5,7 +5,8 @@ set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-command -v setpriv >/dev/null 2>&1 || need="$need util-linux"
+command -v setpriv >/dev/null 2>&1 || need="$need util-linux"   # a test runs baton as nobody
+command -v chromium >/dev/null 2>&1 || need="$need chromium"    # error pages in a real browser
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

@@ -134,6 +134,8 @@ pub struct FailureRecord<'a> {
     pub status: Option<u16>,
     pub details: Option<&'a str>,
     pub errno: Option<i32>,
+    /// The status line the upstream sent before failing, if any.
+    pub received_status: Option<u16>,
     pub reused: bool,
     pub idle_ms: Option<u64>,
     pub attempt: u32,

@@ -50,6 +50,8 @@ pub enum Script {
     NoRead,
     /// Answers `101 Switching Protocols`, then echoes bytes.
     Upgrade,
+    /// `200 OK` with `Keep-Alive: timeout=N` (seconds), keep-alive.
+    KeepAliveHint(u64),
     /// Answers the first `n` requests on each connection, then resets it
     /// when the next request arrives (a keep-alive connection dying).
     ResetAfter(usize),
@@ -330,6 +332,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let out: Vec<u8> = match &script {
             Script::Ok(body) => response(200, "OK", body),
             Script::IdleClose(_) => response(200, "OK", "ok\n"),
+            Script::KeepAliveHint(secs) => format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout={secs}\r\n\r\nok\n"
+            )
+            .into_bytes(),
             Script::ResetAfter(n) if served >= *n => {
                 drop(buf);
                 return reset(s);

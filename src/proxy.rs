@@ -428,6 +428,7 @@ impl ReqLog {
             status,
             details: f.details.as_deref(),
             errno: f.errno,
+            received_status: f.received_status,
             reused: a.is_some_and(|a| a.idle_ms.is_some()),
             idle_ms: a.and_then(|a| a.idle_ms),
             attempt: self.attempts,
@@ -976,7 +977,7 @@ fn local_error(
     h.insert(header::SERVER, HeaderValue::from_static("baton"));
     h.insert(
         &PROXY_STATUS,
-        proxy_status(f.cause, next_hop, f.details.as_deref(), None),
+        proxy_status(f.cause, next_hop, f.details.as_deref(), f.received_status),
     );
     h.insert(&X_REQUEST_ID, id);
     if let Some(s) = retry_after {

@@ -39,6 +39,8 @@ pub struct Failure {
     /// Short, safe to show (goes into `Proxy-Status` `details`).
     pub details: Option<String>,
     pub errno: Option<i32>,
+    /// The status the upstream sent, when it sent one before failing.
+    pub received_status: Option<u16>,
 }
 
 impl Failure {
@@ -47,6 +49,7 @@ impl Failure {
             cause,
             details: None,
             errno: None,
+            received_status: None,
         }
     }
     pub fn with(cause: Cause, details: impl Into<String>) -> Self {
@@ -54,6 +57,7 @@ impl Failure {
             cause,
             details: Some(details.into()),
             errno: None,
+            received_status: None,
         }
     }
     fn errno(mut self, e: &io::Error) -> Self {
@@ -104,20 +108,68 @@ impl Body for UpBody {
 pub struct ConnStats {
     pub read: AtomicU64,
     pub written: AtomicU64,
-    /// The first (up to 8) bytes the upstream ever sent, big-endian packed,
-    /// and how many there are: enough to recognise TLS or HTTP/2 frames.
-    first: AtomicU64,
-    first_len: AtomicUsize,
+    /// The first (up to 16) bytes of the current response, packed, and how
+    /// many there are: enough to recognise TLS or HTTP/2 frames, or to read
+    /// the status of a head hyper then rejected.
+    head: [AtomicU64; 2],
+    head_len: AtomicUsize,
+    /// `read` when the current request was sent (where its response starts).
+    mark: AtomicU64,
     /// Milliseconds since `ConnInfo::created` of the last write progress.
     last_write_ms: AtomicU64,
 }
 
 impl ConnStats {
-    pub fn first_bytes(&self) -> ([u8; 8], usize) {
-        (
-            self.first.load(Ordering::Relaxed).to_be_bytes(),
-            self.first_len.load(Ordering::Relaxed),
-        )
+    /// The first bytes of the current response.
+    pub fn first_bytes(&self) -> ([u8; 16], usize) {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.head[0].load(Ordering::Relaxed).to_be_bytes());
+        b[8..].copy_from_slice(&self.head[1].load(Ordering::Relaxed).to_be_bytes());
+        (b, self.head_len.load(Ordering::Relaxed))
+    }
+
+    /// Marks the start of a new response (called before each request).
+    pub fn begin_response(&self) {
+        self.mark
+            .store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.head_len.store(0, Ordering::Relaxed);
+    }
+
+    /// Records bytes read at offset `at` of the current response.
+    fn capture(&self, at: u64, new: &[u8]) {
+        let Some(off) = at.checked_sub(self.mark.load(Ordering::Relaxed)) else {
+            return;
+        };
+        if off >= 16 {
+            return;
+        }
+        let (mut b, _) = self.first_bytes();
+        let off = off as usize;
+        let take = (16 - off).min(new.len());
+        b[off..off + take].copy_from_slice(&new[..take]);
+        self.head[0].store(
+            u64::from_be_bytes(b[..8].try_into().unwrap_or_default()),
+            Ordering::Relaxed,
+        );
+        self.head[1].store(
+            u64::from_be_bytes(b[8..].try_into().unwrap_or_default()),
+            Ordering::Relaxed,
+        );
+        self.head_len.store(off + take, Ordering::Relaxed);
+    }
+
+    /// The status code of the current response's status line, if its first
+    /// bytes are `HTTP/1.x NNN`.
+    pub fn received_status(&self) -> Option<u16> {
+        let (b, n) = self.first_bytes();
+        if n < 12 || !b.starts_with(b"HTTP/1.") || b[8] != b' ' {
+            return None;
+        }
+        std::str::from_utf8(&b[9..12])
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|s| (100..600).contains(s))
     }
 }
 
@@ -207,15 +259,8 @@ impl AsyncRead for Metered {
             if !new.is_empty() {
                 let stats = &this.info.stats;
                 let total = stats.read.fetch_add(new.len() as u64, Ordering::Relaxed);
-                if total < 8 {
-                    let mut first = stats.first.load(Ordering::Relaxed).to_be_bytes();
-                    let have = total as usize;
-                    let take = (8 - have).min(new.len());
-                    first[have..have + take].copy_from_slice(&new[..take]);
-                    stats
-                        .first
-                        .store(u64::from_be_bytes(first), Ordering::Relaxed);
-                    stats.first_len.store(have + take, Ordering::Relaxed);
+                if total < stats.mark.load(Ordering::Relaxed) + 16 {
+                    stats.capture(total, new);
                 }
             }
         }
@@ -798,6 +843,14 @@ pub struct AttemptView<'a> {
 
 /// Classifies an error from sending a request or reading its response head.
 pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
+    let mut f = classify_exchange_inner(e, v);
+    if f.cause.phase() == crate::cause::Phase::ReadHead {
+        f.received_status = v.info.stats.received_status();
+    }
+    f
+}
+
+fn classify_exchange_inner(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
     let received = v
         .info
         .stats

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod browser;
 mod causes;
 mod config_errors;
 mod docs;

@@ -112,3 +112,19 @@ async fn idempotency_key_makes_a_post_replayable() {
     let r = c.send(post).await;
     assert_eq!(r.status, 200);
 }
+
+/// `Keep-Alive: timeout=1` makes baton retire a pooled connection after
+/// 3/4 of a second of idleness, before the upstream would close it.
+#[tokio::test]
+async fn keep_alive_timeout_hint_is_honoured() {
+    let hinted = Origin::start(Script::KeepAliveHint(1)).await.unwrap();
+    let plain = Origin::start(Script::Ok("ok\n".into())).await.unwrap();
+    for (o, expected_conns) in [(&hinted, 2), (&plain, 1)] {
+        let gw = Gw::start(&one(&o.addr.to_string(), "")).await;
+        let mut c = Client::connect(gw.addr).await;
+        assert_eq!(c.send(get("/a")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(850)).await;
+        assert_eq!(c.send(get("/b")).await.status, 200);
+        assert_eq!(o.conns.load(Ordering::Relaxed), expected_conns);
+    }
+}

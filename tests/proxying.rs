@@ -390,7 +390,9 @@ async fn keep_alive_pooling_reuses_upstream_connections() {
 
 #[tokio::test]
 async fn ipv6_upstream_and_listener() {
-    let o = Origin::start_on("[::1]:0".parse().unwrap(), Script::Ok("v6\n".into())).await.unwrap();
+    let o = Origin::start_on("[::1]:0".parse().unwrap(), Script::Ok("v6\n".into()))
+        .await
+        .unwrap();
     let gw = Gw::start_with(&route("app", &[o.addr.to_string()], ""), "[::1]:0", "json").await;
     let r = send(gw.addr, get("/")).await;
     assert_eq!(r.status, 200);
