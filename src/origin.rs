@@ -7,6 +7,7 @@
 //! not hyper, because the faults (half a head, an RST, an HTTP/2 frame) are
 //! exactly what a correct HTTP library refuses to produce.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,24 +83,9 @@ impl Origin {
     pub async fn start_on(addr: SocketAddr, script: Script) -> std::io::Result<Origin> {
         let l = TcpListener::bind(addr).await?;
         let addr = l.local_addr()?;
-        let hits = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (hits.clone(), conns.clone());
-        let task = tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            while let Ok((s, _)) = l.accept().await {
-                let _ = s.set_nodelay(true);
-                c.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(serve(s, script.clone(), h.clone()));
-                while tasks.try_join_next().is_some() {}
-            }
-        });
-        Ok(Origin {
-            addr,
-            hits,
-            conns,
-            task,
-        })
+        Ok(launch(l, addr, move |s, hits| {
+            serve(s, script.clone(), hits)
+        }))
     }
 
     /// Starts an origin that speaks TLS with `tls` on `127.0.0.1:0`.
@@ -109,51 +95,72 @@ impl Origin {
     ) -> std::io::Result<Origin> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
-        let hits = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (hits.clone(), conns.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let task = tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            while let Ok((s, _)) = l.accept().await {
-                c.fetch_add(1, Ordering::Relaxed);
-                let (acceptor, script, h) = (acceptor.clone(), script.clone(), h.clone());
-                tasks.spawn(async move {
-                    if let Ok(tls) = acceptor.accept(s).await {
-                        serve(tls, script, h).await;
-                    }
-                });
-                while tasks.try_join_next().is_some() {}
+        Ok(launch(l, addr, move |s, hits| {
+            let (acceptor, script) = (acceptor.clone(), script.clone());
+            async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    serve(tls, script, hits).await;
+                }
             }
-        });
-        Ok(Origin {
-            addr,
-            hits,
-            conns,
-            task,
-        })
+        }))
     }
 
     /// Starts an origin on a Unix socket at `path`.
     pub async fn start_unix(path: &Path, script: Script) -> std::io::Result<Origin> {
         let l = UnixListener::bind(path)?;
-        let hits = Arc::new(AtomicUsize::new(0));
-        let conns = Arc::new(AtomicUsize::new(0));
-        let (h, c) = (hits.clone(), conns.clone());
-        let task = tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            while let Ok((s, _)) = l.accept().await {
-                c.fetch_add(1, Ordering::Relaxed);
-                tasks.spawn(serve(s, script.clone(), h.clone()));
-                while tasks.try_join_next().is_some() {}
-            }
-        });
-        Ok(Origin {
-            addr: "0.0.0.0:0".parse().expect("literal"),
-            hits,
-            conns,
-            task,
-        })
+        let addr = "0.0.0.0:0".parse().expect("literal");
+        Ok(launch(l, addr, move |s, hits| {
+            serve(s, script.clone(), hits)
+        }))
+    }
+}
+
+/// A listening socket the origins accept from.
+trait Listen: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn next(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listen for TcpListener {
+    type Stream = TcpStream;
+    async fn next(&self) -> std::io::Result<TcpStream> {
+        let (s, _) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Listen for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Accepts connections and serves each with `handle`, counting both.
+fn launch<L, H, F>(l: L, addr: SocketAddr, handle: H) -> Origin
+where
+    L: Listen,
+    H: Fn(L::Stream, Arc<AtomicUsize>) -> F + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let hits = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (h, c) = (hits.clone(), conns.clone());
+    let task = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Ok(s) = l.next().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(handle(s, h.clone()));
+            while tasks.try_join_next().is_some() {}
+        }
+    });
+    Origin {
+        addr,
+        hits,
+        conns,
+        task,
     }
 }
 

@@ -167,7 +167,11 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let resp = tx.send_request(req).await.expect("response head");
+    read(tx.send_request(req).await.expect("response head")).await
+}
+
+/// Reads a whole response; an aborted body becomes `Err`.
+async fn read(resp: http::Response<hyper::body::Incoming>) -> Resp {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
@@ -199,20 +203,7 @@ impl Client {
     }
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
         self.tx.ready().await.unwrap();
-        let resp = self.tx.send_request(req).await.expect("response head");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| e.to_string());
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        read(self.tx.send_request(req).await.expect("response head")).await
     }
 }
 
