@@ -135,6 +135,20 @@ causes! {
         seen: "An upstream address that is one of baton's own listeners (a loop), found at connect time, e.g. after DNS.",
         fix: "Correct the upstream's servers list; `baton check` shows the offending key.",
     },
+    NoHealthyServer {
+        id: "no_healthy_server", token: "destination_unavailable", status: 503, phase: Route, side: Upstream, retry: Never,
+        title: "The site's application is not available right now",
+        visitor: "Every server of the site's application is failing its health checks or was taken out after errors. The gateway will send traffic again as soon as one recovers.",
+        seen: "All servers down (a deploy that stopped them all, a shared dependency such as the database failing), or health checks on a path that does not answer 2xx/3xx.",
+        fix: "Look at the failure log lines before this one (they name the first cause), check the servers' health path by hand, and `baton check` for a health path that 404s.",
+    },
+    ConcurrencyLimit {
+        id: "concurrency_limit", token: "connection_limit_reached", status: 503, phase: Route, side: Gateway, retry: Never,
+        title: "The site is too busy right now",
+        visitor: "The site is receiving more requests than it can handle at the moment. Trying again in a few seconds usually works.",
+        seen: "More requests in flight to the upstream than its max_concurrent, and the queue full or waited on for longer than queue_timeout: a traffic spike, or a slow upstream holding slots.",
+        fix: "Raise max_concurrent or queue if the app has capacity; otherwise find what makes requests slow. Baton sheds load here instead of letting the app collapse.",
+    },
     DnsError {
         id: "dns_error", token: "dns_error", status: 502, phase: Dns, side: Upstream, retry: NothingSent,
         title: "The site's application could not be found",
@@ -295,6 +309,14 @@ impl Cause {
     /// The metric and log label for the cause.
     pub const fn as_str(self) -> &'static str {
         self.id()
+    }
+
+    /// Whether this failure says something about the server itself, so it
+    /// counts towards passive ejection. The application's own answers (big
+    /// headers, a 500) do not, nor does baton's own state.
+    pub const fn counts_against_server(self) -> bool {
+        matches!(self.side(), Side::Upstream)
+            && !matches!(self, Cause::ResponseHeaderTooLarge | Cause::UpgradeFailed | Cause::NoHealthyServer)
     }
 
     /// Whether a visitor retrying later may succeed (drives the error page's

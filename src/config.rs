@@ -96,7 +96,17 @@ impl fmt::Display for ServerAddr {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: Arc<str>,
-    pub servers: Vec<ServerAddr>,
+    pub servers: Vec<ServerSpec>,
+    pub balance: Balance,
+    /// Active health checks, when configured.
+    pub health: Option<HealthConfig>,
+    /// Passive outlier ejection (on by default).
+    pub outlier: OutlierConfig,
+    /// At most this many requests in flight to the upstream (None: no limit).
+    pub max_concurrent: Option<usize>,
+    /// Requests that may wait for a free slot beyond `max_concurrent`.
+    pub queue: usize,
+    pub queue_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -109,6 +119,76 @@ pub struct UpstreamConfig {
     pub replay_buffer_bytes: usize,
     /// TLS to the servers, when enabled.
     pub tls: Option<UpstreamTls>,
+}
+
+/// One entry of `servers`: `"ADDRESS [weight=N] [backup]"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub addr: ServerAddr,
+    pub weight: u32,
+    /// Gets traffic only when no primary server is usable.
+    pub backup: bool,
+}
+
+/// How an upstream spreads requests over its usable servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Power of two choices on requests in flight.
+    LeastRequest,
+    /// Consistent hashing on a request key; few keys move when a server
+    /// comes or goes.
+    Hash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+/// `[upstreams.NAME.health]`: active checks.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// `Some(path)`: HTTP GET; `None`: a TCP connect.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Passes in a row before a server gets traffic (at start and after failing).
+    pub rise: u32,
+    /// Failures in a row before it stops getting traffic.
+    pub fall: u32,
+    /// Accepted statuses, inclusive.
+    pub expect: (u16, u16),
+    /// A returning server's share ramps up over this window.
+    pub slow_start: Duration,
+}
+
+/// `[upstreams.NAME.outlier]`: passive ejection.
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject a server (0 disables ejection).
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the pool (percent).
+    pub max_ejected_percent: u32,
+    /// Also count the application's own 5xx answers as failures.
+    pub count_5xx: bool,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+            count_5xx: false,
+        }
+    }
 }
 
 /// TLS settings of an upstream (certificates are always verified).
@@ -230,6 +310,36 @@ mod raw {
         pub tls: Option<Spanned<bool>>,
         pub tls_server_name: Option<Spanned<String>>,
         pub tls_ca: Option<Spanned<String>>,
+        pub balance: Option<Spanned<String>>,
+        pub hash_key: Option<Spanned<String>>,
+        pub health: Option<Health>,
+        pub outlier: Option<Outlier>,
+        pub max_concurrent: Option<Spanned<i64>>,
+        pub queue: Option<Spanned<i64>>,
+        pub queue_timeout: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Health {
+        pub path: Option<Spanned<String>>,
+        pub tcp: Option<bool>,
+        pub interval: Option<Spanned<String>>,
+        pub timeout: Option<Spanned<String>>,
+        pub rise: Option<Spanned<i64>>,
+        pub fall: Option<Spanned<i64>>,
+        pub expect: Option<Spanned<String>>,
+        pub slow_start: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Outlier {
+        pub consecutive_failures: Option<Spanned<i64>>,
+        pub base_ejection: Option<Spanned<String>>,
+        pub max_ejection: Option<Spanned<String>>,
+        pub max_ejected_percent: Option<Spanned<i64>>,
+        pub count_5xx: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -530,6 +640,99 @@ impl<'s> Validator<'s> {
         Some(UpstreamTls { server_name, ca })
     }
 
+    fn balance(&mut self, key: &dyn Fn(&str) -> String, u: &raw::Upstream) -> Balance {
+        let Some(b) = &u.balance else {
+            if let Some(h) = &u.hash_key {
+                self.err(key("hash_key"), h.span(), "hash_key is set but balance is not \"hash\"", "add balance = \"hash\"");
+            }
+            return Balance::RoundRobin;
+        };
+        match b.get_ref().as_str() {
+            "round_robin" => Balance::RoundRobin,
+            "least_request" => Balance::LeastRequest,
+            "hash" => {
+                let Some(h) = &u.hash_key else {
+                    self.err(key("balance"), b.span(), "balance = \"hash\" needs a hash_key", "add hash_key = \"header:X-User-Id\", \"cookie:session\" or \"client_ip\"");
+                    return Balance::RoundRobin;
+                };
+                let v = h.get_ref();
+                let k = if v == "client_ip" {
+                    Some(HashKey::ClientIp)
+                } else if let Some(name) = v.strip_prefix("header:") {
+                    http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header)
+                } else {
+                    v.strip_prefix("cookie:").filter(|c| !c.trim().is_empty()).map(|c| HashKey::Cookie(c.trim().to_string()))
+                };
+                match k {
+                    Some(k) => Balance::Hash(k),
+                    None => {
+                        self.err(key("hash_key"), h.span(), format!("invalid hash key {v:?}"), "use \"header:NAME\", \"cookie:NAME\" or \"client_ip\"");
+                        Balance::RoundRobin
+                    }
+                }
+            }
+            other => {
+                self.err(key("balance"), b.span(), format!("unknown balance {other:?}"), "use \"round_robin\", \"least_request\" or \"hash\"");
+                Balance::RoundRobin
+            }
+        }
+    }
+
+    fn health(&mut self, key: &dyn Fn(&str) -> String, h: &raw::Health) -> HealthConfig {
+        let k = |x: &str| key(&format!("health.{x}"));
+        let path = match (&h.path, h.tcp) {
+            (Some(p), Some(true)) => {
+                self.err(k("tcp"), p.span(), "both path and tcp = true", "use path for an HTTP check or tcp = true for a connect check, not both");
+                None
+            }
+            (Some(p), _) if !p.get_ref().starts_with('/') => {
+                self.err(k("path"), p.span(), format!("path {:?} does not start with /", p.get_ref()), "write path = \"/healthz\"");
+                None
+            }
+            (Some(p), _) => Some(p.get_ref().clone()),
+            (None, _) => None,
+        };
+        let expect = match &h.expect {
+            None => (200, 399),
+            Some(e) => {
+                let v = e.get_ref();
+                let parsed = match v.split_once('-') {
+                    Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                    None => v.trim().parse().ok().map(|x| (x, x)),
+                };
+                match parsed {
+                    Some((a, b)) if (100..600).contains(&a) && (a..600).contains(&b) => (a, b),
+                    _ => {
+                        self.err(k("expect"), e.span(), format!("invalid status range {v:?}"), "write \"200-399\" or \"204\"");
+                        (200, 399)
+                    }
+                }
+            }
+        };
+        HealthConfig {
+            path,
+            interval: self.duration(&k("interval"), &h.interval, Duration::from_secs(2)),
+            timeout: self.duration(&k("timeout"), &h.timeout, Duration::from_secs(1)),
+            rise: self.int(&k("rise"), &h.rise, 1, 100, 2, "use 1 to 100") as u32,
+            fall: self.int(&k("fall"), &h.fall, 1, 100, 3, "use 1 to 100") as u32,
+            expect,
+            slow_start: h.slow_start.as_ref().map_or(Duration::ZERO, |_| self.duration(&k("slow_start"), &h.slow_start, Duration::ZERO)),
+        }
+    }
+
+    fn outlier(&mut self, key: &dyn Fn(&str) -> String, o: Option<&raw::Outlier>) -> OutlierConfig {
+        let d = OutlierConfig::default();
+        let Some(o) = o else { return d };
+        let k = |x: &str| key(&format!("outlier.{x}"));
+        OutlierConfig {
+            consecutive_failures: self.int(&k("consecutive_failures"), &o.consecutive_failures, 0, 1000, d.consecutive_failures as i64, "use 0 (off) to 1000") as u32,
+            base_ejection: self.duration(&k("base_ejection"), &o.base_ejection, d.base_ejection),
+            max_ejection: self.duration(&k("max_ejection"), &o.max_ejection, d.max_ejection),
+            max_ejected_percent: self.int(&k("max_ejected_percent"), &o.max_ejected_percent, 0, 100, d.max_ejected_percent as i64, "use 0 to 100") as u32,
+            count_5xx: o.count_5xx.unwrap_or(false),
+        }
+    }
+
     fn run(&mut self) -> Option<Config> {
         let (doc, syntax) = toml::de::DeTable::parse_recoverable(self.src);
         for e in syntax {
@@ -724,7 +927,7 @@ impl<'s> Validator<'s> {
                 );
             }
             for s in u.servers.get_ref() {
-                match parse_server(s.get_ref()) {
+                match parse_server_spec(s.get_ref()) {
                     Ok(a) => servers.push(a),
                     Err(why) => self.err(key("servers"), s.span(), why, "write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\""),
                 }
@@ -737,8 +940,24 @@ impl<'s> Validator<'s> {
                 defaults::MAX_RESPONSE_HEADER_BYTES as i64,
                 "use 8192 or more (the default 65536 fits OAuth/JWT cookies)",
             ) as usize;
-            let tls = self.upstream_tls(&key, u, &servers);
+            let addrs: Vec<ServerAddr> = servers.iter().map(|s| s.addr.clone()).collect();
+            let tls = self.upstream_tls(&key, u, &addrs);
+            if !servers.is_empty() && servers.iter().all(|s| s.backup) {
+                self.err(key("servers"), u.servers.span(), "every server is a backup: none would ever get traffic", "remove `backup` from at least one server");
+            }
+            let balance = self.balance(&key, u);
+            let health = u.health.as_ref().map(|h| self.health(&key, h));
+            let outlier = self.outlier(&key, u.outlier.as_ref());
+            let max_concurrent = u.max_concurrent.as_ref().map(|_| self.int(&key("max_concurrent"), &u.max_concurrent, 1, 1 << 20, 1, "use 1 or more") as usize);
+            let queue = self.int(&key("queue"), &u.queue, 0, 1 << 20, 0, "use 0 (no queue) or more") as usize;
+            let queue_timeout = self.duration(&key("queue_timeout"), &u.queue_timeout, Duration::from_secs(1));
             let cfg = UpstreamConfig {
+                balance,
+                health,
+                outlier,
+                max_concurrent,
+                queue,
+                queue_timeout,
                 tls,
                 name: n.as_str().into(),
                 servers,
@@ -961,6 +1180,23 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     (secs.is_finite() && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Parses `"ADDRESS [weight=N] [backup]"`.
+pub fn parse_server_spec(s: &str) -> Result<ServerSpec, String> {
+    let mut parts = s.split_whitespace();
+    let addr = parse_server(parts.next().unwrap_or(""))?;
+    let mut spec = ServerSpec { addr, weight: 1, backup: false };
+    for p in parts {
+        if p == "backup" {
+            spec.backup = true;
+        } else if let Some(w) = p.strip_prefix("weight=") {
+            spec.weight = w.parse().ok().filter(|w| (1..=1000).contains(w)).ok_or_else(|| format!("weight {w:?} must be 1 to 1000"))?;
+        } else {
+            return Err(format!("unknown server option {p:?} (known: weight=N, backup)"));
+        }
+    }
+    Ok(spec)
 }
 
 /// Parses one entry of an upstream's `servers`.

@@ -12,6 +12,9 @@
 //!   rules, `Proxy-Status`, and the response body that logs and pools.
 //! - [`upstream`]: connecting (TCP, Unix, DNS names), the keep-alive pool,
 //!   and the classifier that maps any raw error to one [`cause::Cause`].
+//! - [`health`]: per-server state (active checks, passive ejection, slow
+//!   start); [`balance`]: which usable server gets an attempt, and the
+//!   concurrency limit.
 //! - [`resolve`]: hickory-based DNS for upstream names.
 //! - [`cause`]: the closed table of failure causes: status, RFC 9209 type,
 //!   phase, retry safety, visitor text and operator fix.
@@ -22,10 +25,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod log;
 pub mod metrics;
 pub mod origin;

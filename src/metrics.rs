@@ -39,7 +39,29 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub upstream: Arc<str>,
+    pub server: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    pub upstream: Arc<str>,
+    pub server: Arc<str>,
+    /// "up", "down", "ejected", "returned"
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub upstream: Arc<str>,
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
+    pub health: Family<HealthLabels, Counter>,
+    pub shed: Family<ShedLabels, Counter>,
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteLabels, Histogram>,
@@ -63,6 +85,10 @@ impl Metrics {
         let upstream_failures = Family::<FailureLabels, Counter>::default();
         let retries = Family::<RetryLabels, Counter>::default();
         let log_dropped = Counter::default();
+        let health = Family::<HealthLabels, Counter>::default();
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register("upstream_health_transitions", "Server state changes: active checks up/down, passive ejected/returned", health.clone());
+        registry.register("upstream_shed", "Requests answered 503 without trying a server: no usable server, queue full, queue timeout", shed.clone());
         registry.register(
             "requests",
             "Requests answered, by route and status",
@@ -89,6 +115,8 @@ impl Metrics {
             log_dropped.clone(),
         );
         Metrics {
+            health,
+            shed,
             registry,
             requests,
             duration,
@@ -96,6 +124,14 @@ impl Metrics {
             retries,
             log_dropped,
         }
+    }
+
+    pub fn transition(&self, upstream: &Arc<str>, server: &Arc<str>, to: &'static str) {
+        self.health.get_or_create(&HealthLabels { upstream: upstream.clone(), server: server.clone(), to }).inc();
+    }
+
+    pub fn shed(&self, upstream: &Arc<str>, reason: &'static str) {
+        self.shed.get_or_create(&ShedLabels { upstream: upstream.clone(), reason }).inc();
     }
 
     pub fn failure(&self, upstream: &Arc<str>, cause: Cause) {

@@ -24,7 +24,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::cause::{Cause, Retry};
-use crate::config::{Config, HostMatch, UpstreamConfig};
+use crate::config::{Balance, Config, HashKey, HostMatch, UpstreamConfig};
+use crate::health;
 use crate::log::{self, AccessRecord, FailureRecord, Logs};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
 use crate::pages::{self, Format, PageInfo};
@@ -39,11 +40,12 @@ pub struct Runtime {
     pub config: Config,
     pub upstreams: Vec<Arc<Upstream>>,
     pub dialer: Dialer,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
     /// `workers` is the number of worker threads (one idle list each).
-    pub fn new(config: Config, workers: usize) -> Result<Self, String> {
+    pub fn new(config: Config, workers: usize, metrics: Arc<Metrics>) -> Result<Self, String> {
         let resolver = Resolver::new(&config.resolver)?;
         let upstreams = config
             .upstreams
@@ -55,7 +57,16 @@ impl Runtime {
             config,
             upstreams,
             dialer: Dialer { resolver, own },
+            metrics,
         })
+    }
+
+    /// An active check changed a server's verdict: log and count it.
+    pub fn note_health(&self, up: &Upstream, server: &Server, why: Option<(Option<Cause>, String)>) {
+        let to = if server.health.active() == health::Active::Up { "up" } else { "down" };
+        self.metrics.transition(&up.cfg.name, &server.label, to);
+        let (cause, details) = why.map_or((None, String::new()), |(c, d)| (c.map(Cause::id), d));
+        tracing::warn!(target: "baton::health", upstream = %up.cfg.name, server = %server.label, to, cause, details, "health check: server {to}");
     }
 
     /// First route in file order whose host and path prefix match.
@@ -86,18 +97,30 @@ fn path_matches(prefix: &str, path: &str) -> bool {
 pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
     pub logs: Logs,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     ids: RequestIds,
 }
 
 impl Gateway {
+    /// Starts serving `rt` (and its health checkers).
     pub fn new(rt: Runtime, logs: Logs) -> Self {
+        let rt = Arc::new(rt);
+        health::spawn_checkers(&rt);
         Gateway {
-            runtime: ArcSwap::from_pointee(rt),
+            metrics: rt.metrics.clone(),
+            runtime: ArcSwap::new(rt),
             logs,
-            metrics: Metrics::new(),
             ids: RequestIds::new(),
         }
+    }
+
+    /// Replaces the running config. In-flight requests finish on the old
+    /// one; its pooled connections close when the last of them ends, and
+    /// its health checkers stop.
+    pub fn swap(&self, rt: Runtime) {
+        let rt = Arc::new(rt);
+        health::spawn_checkers(&rt);
+        self.runtime.store(rt);
     }
 
     /// Publishes log drops into the metric (called when metrics are read).
@@ -519,6 +542,8 @@ pub struct ProxiedBody {
     read_before: u64,
     sent: u64,
     failed: Option<Cause>,
+    /// Released when the response ends.
+    _held: Held,
 }
 
 impl ProxiedBody {
@@ -628,7 +653,7 @@ pub async fn handle(
 
     let Some(ri) = rt.route(log.host(), req.uri().path()) else {
         let f = Failure::new(Cause::NoRoute);
-        return local_error(&rt, log, &f, None, accept.as_ref());
+        return local_error(&rt, log, &f, None, accept.as_ref(), None);
     };
     let route = &rt.config.routes[ri];
     let up = rt.upstreams[route.upstream].clone();
@@ -702,49 +727,78 @@ pub async fn handle(
         r
     };
 
-    let start_idx = up.start_index();
-    let servers = up.servers.len();
-    let max_servers = (1 + cfg.retries as usize).min(servers).max(1);
-    let mut server_n = 0usize;
-    let mut fresh_only = false;
+    let key = hash_key(&cfg.balance, &headers, client);
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // Set for a keep-alive-race replay: same server, fresh connection.
+    let mut again: Option<usize> = None;
     let mut race_retry_used = false;
     let mut pending: Option<Request<UpBody>> = None;
 
+    // The upstream's concurrency limit: a slot, or shed with 503.
+    let permit = match &up.slots {
+        None => None,
+        Some(slots) => match slots.acquire(cfg.queue_timeout).await {
+            Ok(p) => Some(p),
+            Err(why) => {
+                let reason = match why {
+                    crate::balance::Shed::QueueFull => "queue_full",
+                    crate::balance::Shed::QueueTimeout => "queue_timeout",
+                };
+                gw.metrics.shed(&cfg.name, reason);
+                let f = Failure::with(
+                    Cause::ConcurrencyLimit,
+                    format!("{} requests in flight to {} and {reason}", cfg.max_concurrent.unwrap_or(0), cfg.name),
+                );
+                let secs = cfg.queue_timeout.as_secs().max(1);
+                log.failure(&f, Some(f.cause.status()), None, None);
+                return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+            }
+        },
+    };
+
     loop {
-        log.attempts += 1;
-        let server = up.pick(start_idx, server_n).clone();
-        log.server = Some(server.label.clone());
-        let checked_out = if fresh_only {
-            None
-        } else {
-            server.checkout(&cfg).await
+        let now = health::now_ms();
+        let fresh_only = again.is_some();
+        let si = match again.take().or_else(|| up.choose(&tried, key, now)) {
+            Some(i) => i,
+            None => {
+                // Only reachable on the first attempt: a retry is only
+                // taken when `choose` found another server.
+                gw.metrics.shed(&cfg.name, "no_healthy_server");
+                let f = Failure::with(Cause::NoHealthyServer, format!("none of the {} servers of {} is usable", up.servers.len(), cfg.name));
+                log.failure(&f, Some(f.cause.status()), None, None);
+                return local_error(&rt, log, &f, None, accept.as_ref(), Some(up.retry_after(now)));
+            }
         };
+        if !tried.contains(&si) {
+            tried.push(si);
+        }
+        log.attempts += 1;
+        let server = up.servers[si].clone();
+        log.server = Some(server.label.clone());
+        let busy = InFlight::new(server.clone());
+        let checked_out = if fresh_only { None } else { server.checkout(&cfg).await };
         let mut conn: Conn = match checked_out {
             Some(c) => c,
             None => match server.connect(&cfg, &rt.dialer).await {
                 Ok(c) => c,
                 Err((f, peer)) => {
-                    let a = AttemptLog {
-                        peer: peer.clone(),
-                        idle_ms: None,
-                        sent: 0,
-                        received: 0,
-                    };
+                    let a = AttemptLog { peer: peer.clone(), idle_ms: None, sent: 0, received: 0 };
+                    passive_failure(&gw, &up, &server, f.cause.counts_against_server());
                     // Nothing reached the upstream: any method may go to
-                    // the next server, if there is one left to try.
+                    // another server, if one is left to try.
                     let next = f.cause.retry() == Retry::NothingSent
-                        && server_n + 1 < max_servers
-                        && (replayable || pending.is_some() || stream.is_some());
+                        && tried.len() <= cfg.retries as usize
+                        && (replayable || pending.is_some() || stream.is_some())
+                        && up.choose(&tried, key, health::now_ms()).is_some();
                     if next {
                         log.failure(&f, None, Some(&a), Some("next_server"));
                         retry_metric(&gw, &cfg, "next_server");
-                        server_n += 1;
-                        fresh_only = false;
                         continue;
                     }
                     log.failure(&f, Some(f.cause.status()), Some(&a), None);
                     log.server = Some(peer.clone());
-                    return local_error(&rt, log, &f, Some(&peer), accept.as_ref());
+                    return local_error(&rt, log, &f, Some(&peer), accept.as_ref(), None);
                 }
             },
         };
@@ -752,47 +806,30 @@ pub async fn handle(
         let info = conn.info.clone();
         let read_before = info.stats.read.load(Ordering::Relaxed);
         let written_before = info.stats.written.load(Ordering::Relaxed);
-        let req = pending
-            .take()
-            .unwrap_or_else(|| build(make_body(&mut stream)));
+        let req = pending.take().unwrap_or_else(|| build(make_body(&mut stream)));
+        info.stats.begin_response();
         let fut = conn.tx.try_send_request(req);
         let outcome = upstream::await_head(fut, &info, cfg.read_timeout).await;
         let attempt_log = |info: &ConnInfo| AttemptLog {
             peer: conn.peer.clone(),
             idle_ms: reused.map(|d| d.as_millis() as u64),
-            sent: info
-                .stats
-                .written
-                .load(Ordering::Relaxed)
-                .saturating_sub(written_before),
-            received: info
-                .stats
-                .read
-                .load(Ordering::Relaxed)
-                .saturating_sub(read_before),
+            sent: info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before),
+            received: info.stats.read.load(Ordering::Relaxed).saturating_sub(read_before),
         };
         let failure = match outcome {
             Some(Ok(resp)) => {
-                return respond(
-                    resp,
-                    conn,
-                    server,
-                    cfg,
-                    log,
-                    client_upgrade,
-                    read_before,
-                    written_before,
-                );
+                let app_error = cfg.outlier.count_5xx && resp.status().is_server_error();
+                if app_error {
+                    passive_failure(&gw, &up, &server, true);
+                } else if server.health.record_success(health::now_ms()) == health::Transition::Returned {
+                    note_transition(&gw, &cfg, &server, "returned", None);
+                }
+                let ctx = Held { busy, permit };
+                return respond(resp, conn, server, cfg, log, client_upgrade, read_before, written_before, ctx);
             }
             None => {
                 info.retired.store(true, Ordering::Relaxed);
-                Failure::with(
-                    Cause::ResponseHeadTimeout,
-                    format!(
-                        "no response head within {}s",
-                        cfg.read_timeout.as_secs_f32()
-                    ),
-                )
+                Failure::with(Cause::ResponseHeadTimeout, format!("no response head within {}s", cfg.read_timeout.as_secs_f32()))
             }
             Some(Err(mut e)) => {
                 if let Some(req) = e.take_message() {
@@ -801,28 +838,15 @@ pub async fn handle(
                     // any method (the upstream cannot have seen it).
                     if !race_retry_used {
                         race_retry_used = true;
-                        let f = Failure::with(
-                            Cause::ConnectionTerminated,
-                            "pooled connection closed before the request was sent",
-                        );
-                        log.failure(
-                            &f,
-                            None,
-                            Some(&attempt_log(&info)),
-                            Some("fresh_connection"),
-                        );
+                        let f = Failure::with(Cause::ConnectionTerminated, "pooled connection closed before the request was sent");
+                        log.failure(&f, None, Some(&attempt_log(&info)), Some("fresh_connection"));
                         retry_metric(&gw, &cfg, "fresh_connection");
                         pending = Some(req);
-                        fresh_only = true;
+                        again = Some(si);
                         continue;
                     }
                 }
-                let view = AttemptView {
-                    info: &info,
-                    reused: reused.is_some(),
-                    read_before,
-                    max_header_bytes: cfg.max_response_header_bytes,
-                };
+                let view = AttemptView { info: &info, reused: reused.is_some(), read_before, max_header_bytes: cfg.max_response_header_bytes };
                 upstream::classify_exchange(e.error(), &view)
             }
         };
@@ -831,6 +855,7 @@ pub async fn handle(
         // The keep-alive race: a reused connection that died with zero
         // response bytes. Replay on a fresh connection when the request is
         // idempotent (or carries Idempotency-Key) and its body is replayable.
+        // Not counted against the server: idle closes are normal.
         let race = failure.cause.retry() == Retry::MaybeProcessed
             && reused.is_some()
             && a.received == 0
@@ -841,13 +866,68 @@ pub async fn handle(
             race_retry_used = true;
             log.failure(&failure, None, Some(&a), Some("fresh_connection"));
             retry_metric(&gw, &cfg, "fresh_connection");
-            fresh_only = true;
+            again = Some(si);
             continue;
         }
+        passive_failure(&gw, &up, &server, failure.cause.counts_against_server());
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
         let peer = a.peer.clone();
-        return local_error(&rt, log, &failure, Some(&peer), accept.as_ref());
+        return local_error(&rt, log, &failure, Some(&peer), accept.as_ref(), None);
     }
+}
+
+/// The request's consistent-hash key, when the upstream hashes.
+fn hash_key(balance: &Balance, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
+    let Balance::Hash(k) = balance else { return None };
+    match k {
+        HashKey::ClientIp => Some(crate::balance::fnv1a(client.ip().to_string().as_bytes())),
+        HashKey::Header(name) => headers.get(name).map(|v| crate::balance::fnv1a(v.as_bytes())),
+        HashKey::Cookie(name) => headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then(|| crate::balance::fnv1a(v.as_bytes()))
+        }),
+    }
+}
+
+/// A failed attempt on `server`: passive ejection, logged and counted.
+fn passive_failure(gw: &Gateway, up: &Upstream, server: &Arc<Server>, counts: bool) {
+    if !counts {
+        return;
+    }
+    let now = health::now_ms();
+    if let health::Transition::Ejected(d) = server.health.record_failure(&up.cfg.outlier, now, up.ejected(now), up.servers.len()) {
+        note_transition(gw, &up.cfg, server, "ejected", Some(d));
+    }
+}
+
+fn note_transition(gw: &Gateway, cfg: &UpstreamConfig, server: &Arc<Server>, to: &'static str, ejected_for: Option<std::time::Duration>) {
+    gw.metrics.transition(&cfg.name, &server.label, to);
+    tracing::warn!(target: "baton::health", upstream = %cfg.name, server = %server.label, to, ejected_for_ms = ejected_for.map(|d| d.as_millis() as u64), "server {to}");
+}
+
+/// A request in flight on a server (for least_request); dropped when its
+/// response ends or the attempt fails.
+pub struct InFlight(Arc<Server>);
+
+impl InFlight {
+    fn new(s: Arc<Server>) -> Self {
+        s.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a response holds until it ends: its in-flight mark and its slot.
+struct Held {
+    #[allow(dead_code)]
+    busy: InFlight,
+    #[allow(dead_code)]
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn retry_metric(gw: &Gateway, cfg: &UpstreamConfig, reason: &'static str) {
@@ -870,6 +950,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     read_before: u64,
     written_before: u64,
+    held: Held,
 ) -> Response<RespBody> {
     let info = conn.info.clone();
     log.server = Some(conn.peer.clone());
@@ -923,6 +1004,7 @@ fn respond(
         read_before,
         sent,
         failed: None,
+        _held: held,
     };
     Response::from_parts(parts, RespBody::Proxied(Box::new(body)))
 }
@@ -949,10 +1031,11 @@ fn local_error(
     f: &Failure,
     next_hop: Option<&str>,
     accept: Option<&HeaderValue>,
+    retry_after: Option<u64>,
 ) -> Response<RespBody> {
     let format = Format::negotiate(accept.map(|v| v.as_bytes()));
     let status = f.cause.status();
-    let retry_after = (status == 503).then_some(RETRY_AFTER_SECS);
+    let retry_after = retry_after.or((status == 503).then_some(RETRY_AFTER_SECS));
     let id = log.id.clone();
     let body = pages::render(
         format,

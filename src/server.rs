@@ -130,7 +130,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let logs = Logs::open(&config.log).map_err(StartError::Log)?;
-    let mut rt = Runtime::new(config, n).map_err(StartError::Resolver)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.clone();
     let gateway = Arc::new(Gateway::new(rt, logs));
     let (tx, rx) = watch::channel(false);

@@ -352,6 +352,11 @@ pub fn set_worker(id: usize) {
 /// One server of an upstream, with its connection pool.
 pub struct Server {
     pub addr: ServerAddr,
+    pub weight: u32,
+    pub backup: bool,
+    pub health: crate::health::Health,
+    /// Requests in flight on this server (for least_request).
+    pub inflight: AtomicUsize,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
     /// One idle list per worker thread, so a request reuses connections
@@ -409,7 +414,12 @@ pub struct Conn {
 pub struct Upstream {
     pub cfg: Arc<UpstreamConfig>,
     pub servers: Vec<Arc<Server>>,
-    next: AtomicUsize,
+    pub(crate) next: AtomicUsize,
+    /// Consistent-hash ring: (point, server index), sorted by point.
+    pub(crate) ring: Vec<(u64, usize)>,
+    /// Requests in flight to the whole upstream and the queue, when
+    /// `max_concurrent` is set.
+    pub(crate) slots: Option<crate::balance::Slots>,
 }
 
 /// What every connect needs besides the server.
@@ -422,13 +432,18 @@ pub struct Dialer {
 impl Upstream {
     pub fn new(cfg: Arc<UpstreamConfig>, workers: usize) -> Self {
         let connector = cfg.tls.as_ref().and_then(|t| tls_client(t).ok());
-        let servers = cfg
+        let servers: Vec<Arc<Server>> = cfg
             .servers
             .iter()
-            .map(|a| {
+            .map(|spec| {
+                let a = &spec.addr;
                 Arc::new(Server {
                     label: a.to_string().into(),
                     addr: a.clone(),
+                    weight: spec.weight,
+                    backup: spec.backup,
+                    health: crate::health::Health::new(cfg.health.is_some()),
+                    inflight: AtomicUsize::new(0),
                     idle: (0..workers.max(1))
                         .map(|_| Mutex::new(Vec::new()))
                         .collect(),
@@ -440,23 +455,17 @@ impl Upstream {
                 })
             })
             .collect();
+        let ring = crate::balance::ring(&servers);
+        let slots = cfg.max_concurrent.map(|n| crate::balance::Slots::new(n, cfg.queue));
         Upstream {
             cfg,
             servers,
             next: AtomicUsize::new(0),
+            ring,
+            slots,
         }
     }
 
-    /// The server for attempt `n` (0-based) of a request: round robin for
-    /// the first, then the following servers, so a retry never lands on the
-    /// same server while another exists.
-    pub fn pick(&self, start: usize, attempt: usize) -> &Arc<Server> {
-        &self.servers[(start + attempt) % self.servers.len()]
-    }
-
-    pub fn start_index(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 impl Server {

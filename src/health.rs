@@ -1,0 +1,318 @@
+//! Who is healthy: the per-server state machine fed by active checks and by
+//! the outcome of real requests (passive outlier ejection).
+//!
+//! Owns: [`Health`] (named states, ejection with a growing duration, slow
+//! start) and the active checker tasks. Must not: choose servers (that is
+//! `balance`) or decide retries (`proxy`). Only atomics on the request path.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+
+use crate::cause::Cause;
+use crate::config::{HealthConfig, OutlierConfig};
+use crate::proxy::Runtime;
+use crate::upstream::{Server, UpBody, Upstream};
+
+/// Milliseconds since the process's clock base (cheap to store in atomics).
+pub fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// The active-check verdict on a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Active {
+    /// Not yet passed a check (at start, or after failing): no traffic.
+    Down = 0,
+    Up = 1,
+}
+
+/// A server's health, shared by the checker, the balancer and the proxy.
+#[derive(Debug)]
+pub struct Health {
+    active: AtomicU8,
+    /// Checks passed / failed in a row (written only by the checker).
+    passes: AtomicU32,
+    fails: AtomicU32,
+    /// Request failures in a row (passive).
+    consecutive: AtomicU32,
+    /// Times ejected; the next ejection lasts base * 2^(ejections).
+    ejections: AtomicU32,
+    /// While now < this, the server is ejected (ms, `now_ms` clock).
+    ejected_until: AtomicU64,
+    /// When it last became usable (for slow start).
+    up_since: AtomicU64,
+    /// When the next active check is due (for `Retry-After`).
+    next_check: AtomicU64,
+}
+
+/// What a recorded outcome changed, for logs and metrics.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Ejected(Duration),
+    Returned,
+}
+
+impl Health {
+    /// With active checks a server starts `Down` until its first pass.
+    pub fn new(active_checks: bool) -> Self {
+        Health {
+            active: AtomicU8::new(if active_checks { Active::Down as u8 } else { Active::Up as u8 }),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            consecutive: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            up_since: AtomicU64::new(0),
+            next_check: AtomicU64::new(0),
+        }
+    }
+
+    pub fn active(&self) -> Active {
+        if self.active.load(Ordering::Relaxed) == Active::Up as u8 { Active::Up } else { Active::Down }
+    }
+
+    pub fn ejected(&self, now: u64) -> bool {
+        now < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// May receive traffic now.
+    pub fn usable(&self, now: u64) -> bool {
+        self.active() == Active::Up && !self.ejected(now)
+    }
+
+    /// When this server could next become usable (ms), for `Retry-After`.
+    pub fn back_at(&self, now: u64) -> u64 {
+        let mut t = now;
+        if self.ejected(now) {
+            t = t.max(self.ejected_until.load(Ordering::Relaxed));
+        }
+        if self.active() == Active::Down {
+            t = t.max(self.next_check.load(Ordering::Relaxed));
+        }
+        t
+    }
+
+    /// Weight multiplier in 1/1000 during slow start after coming back.
+    pub fn ramp(&self, now: u64, slow_start: Duration) -> u64 {
+        let window = slow_start.as_millis() as u64;
+        if window == 0 {
+            return 1000;
+        }
+        let since = self.up_since.load(Ordering::Relaxed).max(self.ejected_until.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(since);
+        (elapsed * 1000 / window).clamp(50, 1000)
+    }
+
+    /// An active check result. Returns true when the verdict changed.
+    pub fn check_result(&self, ok: bool, cfg: &HealthConfig, first: bool) -> bool {
+        let now = now_ms();
+        self.next_check.store(now + cfg.interval.as_millis() as u64, Ordering::Relaxed);
+        if ok {
+            self.fails.store(0, Ordering::Relaxed);
+            let p = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            // At start one pass is enough; after failing, `rise` in a row.
+            if self.active() == Active::Down && (p >= cfg.rise || first) {
+                self.active.store(Active::Up as u8, Ordering::Relaxed);
+                self.up_since.store(now, Ordering::Relaxed);
+                return true;
+            }
+        } else {
+            self.passes.store(0, Ordering::Relaxed);
+            let f = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.active() == Active::Up && f >= cfg.fall {
+                self.active.store(Active::Down as u8, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A request succeeded on this server.
+    pub fn record_success(&self, now: u64) -> Transition {
+        self.consecutive.store(0, Ordering::Relaxed);
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until != 0 && now >= until {
+            // First success after an ejection ended: it is back. The next
+            // ejection still lasts longer (ejections is kept), so a flapping
+            // server is kept out for longer each time.
+            if self.ejected_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                self.up_since.store(until, Ordering::Relaxed);
+                return Transition::Returned;
+            }
+        }
+        Transition::None
+    }
+
+    /// A request failed on this server in a way that counts against it
+    /// (`Cause::counts_against_server`, or an app 5xx with `count_5xx`).
+    /// `ejected_peers` and `pool` bound how much of the pool may be out.
+    pub fn record_failure(&self, cfg: &OutlierConfig, now: u64, ejected_peers: usize, pool: usize) -> Transition {
+        if cfg.consecutive_failures == 0 || self.ejected(now) {
+            return Transition::None;
+        }
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < cfg.consecutive_failures {
+            return Transition::None;
+        }
+        if (ejected_peers + 1) * 100 > cfg.max_ejected_percent as usize * pool {
+            return Transition::None;
+        }
+        self.consecutive.store(0, Ordering::Relaxed);
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let d = cfg.base_ejection.saturating_mul(1 << k).min(cfg.max_ejection);
+        self.ejected_until.store(now + d.as_millis() as u64, Ordering::Relaxed);
+        Transition::Ejected(d)
+    }
+}
+
+/// Starts the active checkers of every upstream that has `[health]`. They
+/// stop by themselves when `rt` is replaced (reload) and dropped.
+pub fn spawn_checkers(rt: &Arc<Runtime>) {
+    for (i, up) in rt.upstreams.iter().enumerate() {
+        if up.cfg.health.is_some() {
+            tokio::spawn(checker(Arc::downgrade(rt), i));
+        }
+    }
+}
+
+async fn checker(rt: Weak<Runtime>, index: usize) {
+    let mut first = true;
+    loop {
+        let interval = {
+            let Some(rt) = rt.upgrade() else { return };
+            let up = rt.upstreams[index].clone();
+            let Some(cfg) = up.cfg.health.clone() else { return };
+            let probes = up.servers.iter().map(|s| probe(&rt, &up, s.clone(), &cfg));
+            for (server, result) in up.servers.iter().zip(futures_join_all(probes).await) {
+                let ok = result.is_ok();
+                if server.health.check_result(ok, &cfg, first) {
+                    rt.note_health(&up, server, result.err());
+                }
+            }
+            cfg.interval
+        };
+        first = false;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+// Written by hand: the checker needs "run these few futures concurrently",
+// and a futures crate dependency for one join would be heavier than this.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out.extend(results.into_iter().map(|r| r.expect("every future completed")));
+    out
+}
+
+/// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.
+async fn probe(rt: &Runtime, up: &Upstream, server: Arc<Server>, cfg: &HealthConfig) -> Result<(), (Option<Cause>, String)> {
+    let work = async {
+        let mut conn = server.connect(&up.cfg, &rt.dialer).await.map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
+        let Some(path) = &cfg.path else { return Ok(()) };
+        let host = server.label.rsplit_once(':').map_or(&*server.label, |(h, _)| h).to_string();
+        let req = Request::get(path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "baton-health-check")
+            .body(UpBody::Empty)
+            .map_err(|e| (None, e.to_string()))?;
+        let resp = conn.tx.send_request(req).await.map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_else(|_| Bytes::new());
+        if (cfg.expect.0..=cfg.expect.1).contains(&status) {
+            Ok(())
+        } else {
+            Err((None, format!("GET {path} answered {status}, expected {}-{}", cfg.expect.0, cfg.expect.1)))
+        }
+    };
+    match tokio::time::timeout(cfg.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err((None, format!("no answer within {:?}", cfg.timeout))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outlier() -> OutlierConfig {
+        OutlierConfig { consecutive_failures: 3, base_ejection: Duration::from_secs(10), max_ejection: Duration::from_secs(25), max_ejected_percent: 50, count_5xx: false }
+    }
+
+    #[test]
+    fn ejection_grows_and_is_capped() {
+        let h = Health::new(false);
+        let c = outlier();
+        let mut now = 1000;
+        let mut durations = Vec::new();
+        for _ in 0..3 {
+            let mut t = Transition::None;
+            for _ in 0..3 {
+                t = h.record_failure(&c, now, 0, 4);
+            }
+            let Transition::Ejected(d) = t else { panic!("{t:?}") };
+            durations.push(d.as_secs());
+            assert!(!h.usable(now));
+            now += d.as_millis() as u64;
+            assert!(h.usable(now));
+            assert_eq!(h.record_success(now), Transition::Returned);
+        }
+        assert_eq!(durations, vec![10, 20, 25]);
+    }
+
+    #[test]
+    fn never_ejects_more_than_the_share() {
+        let h = Health::new(false);
+        let c = outlier();
+        for _ in 0..10 {
+            assert_eq!(h.record_failure(&c, 1000, 0, 1), Transition::None, "a one-server pool is never ejected at 50%");
+        }
+        assert_eq!(h.record_failure(&c, 1000, 1, 2), Transition::None);
+    }
+
+    #[test]
+    fn application_errors_do_not_count() {
+        assert!(Cause::ConnectionRefused.counts_against_server());
+        assert!(Cause::ConnectionTerminated.counts_against_server());
+        assert!(!Cause::ResponseHeaderTooLarge.counts_against_server());
+        assert!(!Cause::ConcurrencyLimit.counts_against_server());
+        assert!(!Cause::NoRoute.counts_against_server());
+    }
+
+    #[test]
+    fn active_rise_and_fall() {
+        let cfg = HealthConfig { path: None, interval: Duration::from_secs(1), timeout: Duration::from_secs(1), rise: 2, fall: 2, expect: (200, 399), slow_start: Duration::ZERO };
+        let h = Health::new(true);
+        assert_eq!(h.active(), Active::Down);
+        assert!(h.check_result(true, &cfg, true), "one pass at start");
+        assert!(!h.check_result(false, &cfg, false));
+        assert!(h.check_result(false, &cfg, false), "down after `fall`");
+        assert!(!h.check_result(true, &cfg, false));
+        assert!(h.check_result(true, &cfg, false), "up after `rise`");
+    }
+}
