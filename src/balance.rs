@@ -68,8 +68,13 @@ impl Upstream {
 
     /// Weighted round robin over the candidates, with slow-start ramps.
     fn round_robin(&self, now: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
-        let slow = self.cfg.health.as_ref().map_or(Duration::ZERO, |h| h.slow_start);
-        let weight = |i: usize| u64::from(self.servers[i].weight) * self.servers[i].health.ramp(now, slow);
+        let slow = self
+            .cfg
+            .health
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.slow_start);
+        let weight =
+            |i: usize| u64::from(self.servers[i].weight) * self.servers[i].health.ramp(now, slow);
         let total: u64 = (0..self.servers.len()).filter(|&i| ok(i)).map(weight).sum();
         if total == 0 {
             return None;
@@ -99,7 +104,10 @@ impl Upstream {
                 if b == a {
                     b = c[n - 1];
                 }
-                let load = |i: usize| self.servers[i].inflight.load(Ordering::Relaxed) * 1000 / self.servers[i].weight as usize;
+                let load = |i: usize| {
+                    self.servers[i].inflight.load(Ordering::Relaxed) * 1000
+                        / self.servers[i].weight as usize
+                };
                 Some(if load(b) < load(a) { b } else { a })
             }
         }
@@ -111,17 +119,27 @@ impl Upstream {
             return None;
         }
         let start = self.ring.partition_point(|(p, _)| *p < key);
-        (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1).find(|&i| ok(i))
+        (0..self.ring.len())
+            .map(|k| self.ring[(start + k) % self.ring.len()].1)
+            .find(|&i| ok(i))
     }
 
     /// Servers currently ejected (for the max-ejected share).
     pub fn ejected(&self, now: u64) -> usize {
-        self.servers.iter().filter(|s| s.health.ejected(now)).count()
+        self.servers
+            .iter()
+            .filter(|s| s.health.ejected(now))
+            .count()
     }
 
     /// Seconds until a server could be usable again (at least 1).
     pub fn retry_after(&self, now: u64) -> u64 {
-        let soonest = self.servers.iter().map(|s| s.health.back_at(now)).min().unwrap_or(now);
+        let soonest = self
+            .servers
+            .iter()
+            .map(|s| s.health.back_at(now))
+            .min()
+            .unwrap_or(now);
         soonest.saturating_sub(now).div_ceil(1000).max(1)
     }
 }
@@ -143,11 +161,18 @@ pub enum Shed {
 
 impl Slots {
     pub fn new(max: usize, queue: usize) -> Self {
-        Slots { sem: Arc::new(Semaphore::new(max)), waiting: AtomicUsize::new(0), queue }
+        Slots {
+            sem: Arc::new(Semaphore::new(max)),
+            waiting: AtomicUsize::new(0),
+            queue,
+        }
     }
 
     /// A slot, waiting in the queue for at most `timeout`.
-    pub async fn acquire(&self, timeout: Duration) -> Result<tokio::sync::OwnedSemaphorePermit, Shed> {
+    pub async fn acquire(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Shed> {
         if let Ok(p) = self.sem.clone().try_acquire_owned() {
             return Ok(p);
         }

@@ -316,7 +316,10 @@ impl Cause {
     /// headers, a 500) do not, nor does baton's own state.
     pub const fn counts_against_server(self) -> bool {
         matches!(self.side(), Side::Upstream)
-            && !matches!(self, Cause::ResponseHeaderTooLarge | Cause::UpgradeFailed | Cause::NoHealthyServer)
+            && !matches!(
+                self,
+                Cause::ResponseHeaderTooLarge | Cause::UpgradeFailed | Cause::NoHealthyServer
+            )
     }
 
     /// Whether a visitor retrying later may succeed (drives the error page's

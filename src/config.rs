@@ -643,7 +643,12 @@ impl<'s> Validator<'s> {
     fn balance(&mut self, key: &dyn Fn(&str) -> String, u: &raw::Upstream) -> Balance {
         let Some(b) = &u.balance else {
             if let Some(h) = &u.hash_key {
-                self.err(key("hash_key"), h.span(), "hash_key is set but balance is not \"hash\"", "add balance = \"hash\"");
+                self.err(
+                    key("hash_key"),
+                    h.span(),
+                    "hash_key is set but balance is not \"hash\"",
+                    "add balance = \"hash\"",
+                );
             }
             return Balance::RoundRobin;
         };
@@ -652,27 +657,46 @@ impl<'s> Validator<'s> {
             "least_request" => Balance::LeastRequest,
             "hash" => {
                 let Some(h) = &u.hash_key else {
-                    self.err(key("balance"), b.span(), "balance = \"hash\" needs a hash_key", "add hash_key = \"header:X-User-Id\", \"cookie:session\" or \"client_ip\"");
+                    self.err(
+                        key("balance"),
+                        b.span(),
+                        "balance = \"hash\" needs a hash_key",
+                        "add hash_key = \"header:X-User-Id\", \"cookie:session\" or \"client_ip\"",
+                    );
                     return Balance::RoundRobin;
                 };
                 let v = h.get_ref();
                 let k = if v == "client_ip" {
                     Some(HashKey::ClientIp)
                 } else if let Some(name) = v.strip_prefix("header:") {
-                    http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(HashKey::Header)
+                    http::HeaderName::from_bytes(name.trim().as_bytes())
+                        .ok()
+                        .map(HashKey::Header)
                 } else {
-                    v.strip_prefix("cookie:").filter(|c| !c.trim().is_empty()).map(|c| HashKey::Cookie(c.trim().to_string()))
+                    v.strip_prefix("cookie:")
+                        .filter(|c| !c.trim().is_empty())
+                        .map(|c| HashKey::Cookie(c.trim().to_string()))
                 };
                 match k {
                     Some(k) => Balance::Hash(k),
                     None => {
-                        self.err(key("hash_key"), h.span(), format!("invalid hash key {v:?}"), "use \"header:NAME\", \"cookie:NAME\" or \"client_ip\"");
+                        self.err(
+                            key("hash_key"),
+                            h.span(),
+                            format!("invalid hash key {v:?}"),
+                            "use \"header:NAME\", \"cookie:NAME\" or \"client_ip\"",
+                        );
                         Balance::RoundRobin
                     }
                 }
             }
             other => {
-                self.err(key("balance"), b.span(), format!("unknown balance {other:?}"), "use \"round_robin\", \"least_request\" or \"hash\"");
+                self.err(
+                    key("balance"),
+                    b.span(),
+                    format!("unknown balance {other:?}"),
+                    "use \"round_robin\", \"least_request\" or \"hash\"",
+                );
                 Balance::RoundRobin
             }
         }
@@ -682,11 +706,21 @@ impl<'s> Validator<'s> {
         let k = |x: &str| key(&format!("health.{x}"));
         let path = match (&h.path, h.tcp) {
             (Some(p), Some(true)) => {
-                self.err(k("tcp"), p.span(), "both path and tcp = true", "use path for an HTTP check or tcp = true for a connect check, not both");
+                self.err(
+                    k("tcp"),
+                    p.span(),
+                    "both path and tcp = true",
+                    "use path for an HTTP check or tcp = true for a connect check, not both",
+                );
                 None
             }
             (Some(p), _) if !p.get_ref().starts_with('/') => {
-                self.err(k("path"), p.span(), format!("path {:?} does not start with /", p.get_ref()), "write path = \"/healthz\"");
+                self.err(
+                    k("path"),
+                    p.span(),
+                    format!("path {:?} does not start with /", p.get_ref()),
+                    "write path = \"/healthz\"",
+                );
                 None
             }
             (Some(p), _) => Some(p.get_ref().clone()),
@@ -703,7 +737,12 @@ impl<'s> Validator<'s> {
                 match parsed {
                     Some((a, b)) if (100..600).contains(&a) && (a..600).contains(&b) => (a, b),
                     _ => {
-                        self.err(k("expect"), e.span(), format!("invalid status range {v:?}"), "write \"200-399\" or \"204\"");
+                        self.err(
+                            k("expect"),
+                            e.span(),
+                            format!("invalid status range {v:?}"),
+                            "write \"200-399\" or \"204\"",
+                        );
                         (200, 399)
                     }
                 }
@@ -716,7 +755,9 @@ impl<'s> Validator<'s> {
             rise: self.int(&k("rise"), &h.rise, 1, 100, 2, "use 1 to 100") as u32,
             fall: self.int(&k("fall"), &h.fall, 1, 100, 3, "use 1 to 100") as u32,
             expect,
-            slow_start: h.slow_start.as_ref().map_or(Duration::ZERO, |_| self.duration(&k("slow_start"), &h.slow_start, Duration::ZERO)),
+            slow_start: h.slow_start.as_ref().map_or(Duration::ZERO, |_| {
+                self.duration(&k("slow_start"), &h.slow_start, Duration::ZERO)
+            }),
         }
     }
 
@@ -725,10 +766,24 @@ impl<'s> Validator<'s> {
         let Some(o) = o else { return d };
         let k = |x: &str| key(&format!("outlier.{x}"));
         OutlierConfig {
-            consecutive_failures: self.int(&k("consecutive_failures"), &o.consecutive_failures, 0, 1000, d.consecutive_failures as i64, "use 0 (off) to 1000") as u32,
+            consecutive_failures: self.int(
+                &k("consecutive_failures"),
+                &o.consecutive_failures,
+                0,
+                1000,
+                d.consecutive_failures as i64,
+                "use 0 (off) to 1000",
+            ) as u32,
             base_ejection: self.duration(&k("base_ejection"), &o.base_ejection, d.base_ejection),
             max_ejection: self.duration(&k("max_ejection"), &o.max_ejection, d.max_ejection),
-            max_ejected_percent: self.int(&k("max_ejected_percent"), &o.max_ejected_percent, 0, 100, d.max_ejected_percent as i64, "use 0 to 100") as u32,
+            max_ejected_percent: self.int(
+                &k("max_ejected_percent"),
+                &o.max_ejected_percent,
+                0,
+                100,
+                d.max_ejected_percent as i64,
+                "use 0 to 100",
+            ) as u32,
             count_5xx: o.count_5xx.unwrap_or(false),
         }
     }
@@ -943,14 +998,39 @@ impl<'s> Validator<'s> {
             let addrs: Vec<ServerAddr> = servers.iter().map(|s| s.addr.clone()).collect();
             let tls = self.upstream_tls(&key, u, &addrs);
             if !servers.is_empty() && servers.iter().all(|s| s.backup) {
-                self.err(key("servers"), u.servers.span(), "every server is a backup: none would ever get traffic", "remove `backup` from at least one server");
+                self.err(
+                    key("servers"),
+                    u.servers.span(),
+                    "every server is a backup: none would ever get traffic",
+                    "remove `backup` from at least one server",
+                );
             }
             let balance = self.balance(&key, u);
             let health = u.health.as_ref().map(|h| self.health(&key, h));
             let outlier = self.outlier(&key, u.outlier.as_ref());
-            let max_concurrent = u.max_concurrent.as_ref().map(|_| self.int(&key("max_concurrent"), &u.max_concurrent, 1, 1 << 20, 1, "use 1 or more") as usize);
-            let queue = self.int(&key("queue"), &u.queue, 0, 1 << 20, 0, "use 0 (no queue) or more") as usize;
-            let queue_timeout = self.duration(&key("queue_timeout"), &u.queue_timeout, Duration::from_secs(1));
+            let max_concurrent = u.max_concurrent.as_ref().map(|_| {
+                self.int(
+                    &key("max_concurrent"),
+                    &u.max_concurrent,
+                    1,
+                    1 << 20,
+                    1,
+                    "use 1 or more",
+                ) as usize
+            });
+            let queue = self.int(
+                &key("queue"),
+                &u.queue,
+                0,
+                1 << 20,
+                0,
+                "use 0 (no queue) or more",
+            ) as usize;
+            let queue_timeout = self.duration(
+                &key("queue_timeout"),
+                &u.queue_timeout,
+                Duration::from_secs(1),
+            );
             let cfg = UpstreamConfig {
                 balance,
                 health,
@@ -1186,14 +1266,24 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 pub fn parse_server_spec(s: &str) -> Result<ServerSpec, String> {
     let mut parts = s.split_whitespace();
     let addr = parse_server(parts.next().unwrap_or(""))?;
-    let mut spec = ServerSpec { addr, weight: 1, backup: false };
+    let mut spec = ServerSpec {
+        addr,
+        weight: 1,
+        backup: false,
+    };
     for p in parts {
         if p == "backup" {
             spec.backup = true;
         } else if let Some(w) = p.strip_prefix("weight=") {
-            spec.weight = w.parse().ok().filter(|w| (1..=1000).contains(w)).ok_or_else(|| format!("weight {w:?} must be 1 to 1000"))?;
+            spec.weight = w
+                .parse()
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| format!("weight {w:?} must be 1 to 1000"))?;
         } else {
-            return Err(format!("unknown server option {p:?} (known: weight=N, backup)"));
+            return Err(format!(
+                "unknown server option {p:?} (known: weight=N, backup)"
+            ));
         }
     }
     Ok(spec)

@@ -5,7 +5,7 @@
 //! start) and the active checker tasks. Must not: choose servers (that is
 //! `balance`) or decide retries (`proxy`). Only atomics on the request path.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,11 @@ impl Health {
     /// With active checks a server starts `Down` until its first pass.
     pub fn new(active_checks: bool) -> Self {
         Health {
-            active: AtomicU8::new(if active_checks { Active::Down as u8 } else { Active::Up as u8 }),
+            active: AtomicU8::new(if active_checks {
+                Active::Down as u8
+            } else {
+                Active::Up as u8
+            }),
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             consecutive: AtomicU32::new(0),
@@ -75,7 +79,11 @@ impl Health {
     }
 
     pub fn active(&self) -> Active {
-        if self.active.load(Ordering::Relaxed) == Active::Up as u8 { Active::Up } else { Active::Down }
+        if self.active.load(Ordering::Relaxed) == Active::Up as u8 {
+            Active::Up
+        } else {
+            Active::Down
+        }
     }
 
     pub fn ejected(&self, now: u64) -> bool {
@@ -105,7 +113,10 @@ impl Health {
         if window == 0 {
             return 1000;
         }
-        let since = self.up_since.load(Ordering::Relaxed).max(self.ejected_until.load(Ordering::Relaxed));
+        let since = self
+            .up_since
+            .load(Ordering::Relaxed)
+            .max(self.ejected_until.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(since);
         (elapsed * 1000 / window).clamp(50, 1000)
     }
@@ -113,7 +124,8 @@ impl Health {
     /// An active check result. Returns true when the verdict changed.
     pub fn check_result(&self, ok: bool, cfg: &HealthConfig, first: bool) -> bool {
         let now = now_ms();
-        self.next_check.store(now + cfg.interval.as_millis() as u64, Ordering::Relaxed);
+        self.next_check
+            .store(now + cfg.interval.as_millis() as u64, Ordering::Relaxed);
         if ok {
             self.fails.store(0, Ordering::Relaxed);
             let p = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -142,7 +154,11 @@ impl Health {
             // First success after an ejection ended: it is back. The next
             // ejection still lasts longer (ejections is kept), so a flapping
             // server is kept out for longer each time.
-            if self.ejected_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            if self
+                .ejected_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.up_since.store(until, Ordering::Relaxed);
                 return Transition::Returned;
             }
@@ -153,7 +169,13 @@ impl Health {
     /// A request failed on this server in a way that counts against it
     /// (`Cause::counts_against_server`, or an app 5xx with `count_5xx`).
     /// `ejected_peers` and `pool` bound how much of the pool may be out.
-    pub fn record_failure(&self, cfg: &OutlierConfig, now: u64, ejected_peers: usize, pool: usize) -> Transition {
+    pub fn record_failure(
+        &self,
+        cfg: &OutlierConfig,
+        now: u64,
+        ejected_peers: usize,
+        pool: usize,
+    ) -> Transition {
         if cfg.consecutive_failures == 0 || self.ejected(now) {
             return Transition::None;
         }
@@ -166,8 +188,12 @@ impl Health {
         }
         self.consecutive.store(0, Ordering::Relaxed);
         let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
-        let d = cfg.base_ejection.saturating_mul(1 << k).min(cfg.max_ejection);
-        self.ejected_until.store(now + d.as_millis() as u64, Ordering::Relaxed);
+        let d = cfg
+            .base_ejection
+            .saturating_mul(1 << k)
+            .min(cfg.max_ejection);
+        self.ejected_until
+            .store(now + d.as_millis() as u64, Ordering::Relaxed);
         Transition::Ejected(d)
     }
 }
@@ -188,7 +214,9 @@ async fn checker(rt: Weak<Runtime>, index: usize) {
         let interval = {
             let Some(rt) = rt.upgrade() else { return };
             let up = rt.upstreams[index].clone();
-            let Some(cfg) = up.cfg.health.clone() else { return };
+            let Some(cfg) = up.cfg.health.clone() else {
+                return;
+            };
             let probes = up.servers.iter().map(|s| probe(&rt, &up, s.clone(), &cfg));
             for (server, result) in up.servers.iter().zip(futures_join_all(probes).await) {
                 let ok = result.is_ok();
@@ -223,31 +251,66 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
                 }
             }
         }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
-    out.extend(results.into_iter().map(|r| r.expect("every future completed")));
+    out.extend(
+        results
+            .into_iter()
+            .map(|r| r.expect("every future completed")),
+    );
     out
 }
 
 /// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.
-async fn probe(rt: &Runtime, up: &Upstream, server: Arc<Server>, cfg: &HealthConfig) -> Result<(), (Option<Cause>, String)> {
+async fn probe(
+    rt: &Runtime,
+    up: &Upstream,
+    server: Arc<Server>,
+    cfg: &HealthConfig,
+) -> Result<(), (Option<Cause>, String)> {
     let work = async {
-        let mut conn = server.connect(&up.cfg, &rt.dialer).await.map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
+        let mut conn = server
+            .connect(&up.cfg, &rt.dialer)
+            .await
+            .map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
         let Some(path) = &cfg.path else { return Ok(()) };
-        let host = server.label.rsplit_once(':').map_or(&*server.label, |(h, _)| h).to_string();
+        let host = server
+            .label
+            .rsplit_once(':')
+            .map_or(&*server.label, |(h, _)| h)
+            .to_string();
         let req = Request::get(path.as_str())
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "baton-health-check")
             .body(UpBody::Empty)
             .map_err(|e| (None, e.to_string()))?;
-        let resp = conn.tx.send_request(req).await.map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
+        let resp = conn
+            .tx
+            .send_request(req)
+            .await
+            .map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
         let status = resp.status().as_u16();
-        let _ = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_else(|_| Bytes::new());
+        let _ = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_else(|_| Bytes::new());
         if (cfg.expect.0..=cfg.expect.1).contains(&status) {
             Ok(())
         } else {
-            Err((None, format!("GET {path} answered {status}, expected {}-{}", cfg.expect.0, cfg.expect.1)))
+            Err((
+                None,
+                format!(
+                    "GET {path} answered {status}, expected {}-{}",
+                    cfg.expect.0, cfg.expect.1
+                ),
+            ))
         }
     };
     match tokio::time::timeout(cfg.timeout, work).await {
@@ -261,7 +324,13 @@ mod tests {
     use super::*;
 
     fn outlier() -> OutlierConfig {
-        OutlierConfig { consecutive_failures: 3, base_ejection: Duration::from_secs(10), max_ejection: Duration::from_secs(25), max_ejected_percent: 50, count_5xx: false }
+        OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: 50,
+            count_5xx: false,
+        }
     }
 
     #[test]
@@ -275,7 +344,9 @@ mod tests {
             for _ in 0..3 {
                 t = h.record_failure(&c, now, 0, 4);
             }
-            let Transition::Ejected(d) = t else { panic!("{t:?}") };
+            let Transition::Ejected(d) = t else {
+                panic!("{t:?}")
+            };
             durations.push(d.as_secs());
             assert!(!h.usable(now));
             now += d.as_millis() as u64;
@@ -290,7 +361,11 @@ mod tests {
         let h = Health::new(false);
         let c = outlier();
         for _ in 0..10 {
-            assert_eq!(h.record_failure(&c, 1000, 0, 1), Transition::None, "a one-server pool is never ejected at 50%");
+            assert_eq!(
+                h.record_failure(&c, 1000, 0, 1),
+                Transition::None,
+                "a one-server pool is never ejected at 50%"
+            );
         }
         assert_eq!(h.record_failure(&c, 1000, 1, 2), Transition::None);
     }
@@ -306,7 +381,15 @@ mod tests {
 
     #[test]
     fn active_rise_and_fall() {
-        let cfg = HealthConfig { path: None, interval: Duration::from_secs(1), timeout: Duration::from_secs(1), rise: 2, fall: 2, expect: (200, 399), slow_start: Duration::ZERO };
+        let cfg = HealthConfig {
+            path: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+            expect: (200, 399),
+            slow_start: Duration::ZERO,
+        };
         let h = Health::new(true);
         assert_eq!(h.active(), Active::Down);
         assert!(h.check_result(true, &cfg, true), "one pass at start");

@@ -87,7 +87,11 @@ impl Metrics {
         let log_dropped = Counter::default();
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
-        registry.register("upstream_health_transitions", "Server state changes: active checks up/down, passive ejected/returned", health.clone());
+        registry.register(
+            "upstream_health_transitions",
+            "Server state changes: active checks up/down, passive ejected/returned",
+            health.clone(),
+        );
         registry.register("upstream_shed", "Requests answered 503 without trying a server: no usable server, queue full, queue timeout", shed.clone());
         registry.register(
             "requests",
@@ -127,11 +131,22 @@ impl Metrics {
     }
 
     pub fn transition(&self, upstream: &Arc<str>, server: &Arc<str>, to: &'static str) {
-        self.health.get_or_create(&HealthLabels { upstream: upstream.clone(), server: server.clone(), to }).inc();
+        self.health
+            .get_or_create(&HealthLabels {
+                upstream: upstream.clone(),
+                server: server.clone(),
+                to,
+            })
+            .inc();
     }
 
     pub fn shed(&self, upstream: &Arc<str>, reason: &'static str) {
-        self.shed.get_or_create(&ShedLabels { upstream: upstream.clone(), reason }).inc();
+        self.shed
+            .get_or_create(&ShedLabels {
+                upstream: upstream.clone(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn failure(&self, upstream: &Arc<str>, cause: Cause) {

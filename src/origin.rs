@@ -51,6 +51,8 @@ pub enum Script {
     NoRead,
     /// Answers `101 Switching Protocols`, then echoes bytes.
     Upgrade,
+    /// `200 OK` with this body after a delay (a slow application).
+    Delay(Duration, String),
     /// `200 OK` with `Keep-Alive: timeout=N` (seconds), keep-alive.
     KeepAliveHint(u64),
     /// Answers the first `n` requests on each connection, then resets it
@@ -338,6 +340,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         hits.fetch_add(1, Ordering::Relaxed);
         let out: Vec<u8> = match &script {
             Script::Ok(body) => response(200, "OK", body),
+            Script::Delay(d, body) => {
+                tokio::time::sleep(*d).await;
+                response(200, "OK", body)
+            }
             Script::IdleClose(_) => response(200, "OK", "ok\n"),
             Script::KeepAliveHint(secs) => format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nKeep-Alive: timeout={secs}\r\n\r\nok\n"

@@ -62,8 +62,17 @@ impl Runtime {
     }
 
     /// An active check changed a server's verdict: log and count it.
-    pub fn note_health(&self, up: &Upstream, server: &Server, why: Option<(Option<Cause>, String)>) {
-        let to = if server.health.active() == health::Active::Up { "up" } else { "down" };
+    pub fn note_health(
+        &self,
+        up: &Upstream,
+        server: &Server,
+        why: Option<(Option<Cause>, String)>,
+    ) {
+        let to = if server.health.active() == health::Active::Up {
+            "up"
+        } else {
+            "down"
+        };
         self.metrics.transition(&up.cfg.name, &server.label, to);
         let (cause, details) = why.map_or((None, String::new()), |(c, d)| (c.map(Cause::id), d));
         tracing::warn!(target: "baton::health", upstream = %up.cfg.name, server = %server.label, to, cause, details, "health check: server {to}");
@@ -747,7 +756,11 @@ pub async fn handle(
                 gw.metrics.shed(&cfg.name, reason);
                 let f = Failure::with(
                     Cause::ConcurrencyLimit,
-                    format!("{} requests in flight to {} and {reason}", cfg.max_concurrent.unwrap_or(0), cfg.name),
+                    format!(
+                        "{} requests in flight to {} and {reason}",
+                        cfg.max_concurrent.unwrap_or(0),
+                        cfg.name
+                    ),
                 );
                 let secs = cfg.queue_timeout.as_secs().max(1);
                 log.failure(&f, Some(f.cause.status()), None, None);
@@ -765,9 +778,23 @@ pub async fn handle(
                 // Only reachable on the first attempt: a retry is only
                 // taken when `choose` found another server.
                 gw.metrics.shed(&cfg.name, "no_healthy_server");
-                let f = Failure::with(Cause::NoHealthyServer, format!("none of the {} servers of {} is usable", up.servers.len(), cfg.name));
+                let f = Failure::with(
+                    Cause::NoHealthyServer,
+                    format!(
+                        "none of the {} servers of {} is usable",
+                        up.servers.len(),
+                        cfg.name
+                    ),
+                );
                 log.failure(&f, Some(f.cause.status()), None, None);
-                return local_error(&rt, log, &f, None, accept.as_ref(), Some(up.retry_after(now)));
+                return local_error(
+                    &rt,
+                    log,
+                    &f,
+                    None,
+                    accept.as_ref(),
+                    Some(up.retry_after(now)),
+                );
             }
         };
         if !tried.contains(&si) {
@@ -777,13 +804,22 @@ pub async fn handle(
         let server = up.servers[si].clone();
         log.server = Some(server.label.clone());
         let busy = InFlight::new(server.clone());
-        let checked_out = if fresh_only { None } else { server.checkout(&cfg).await };
+        let checked_out = if fresh_only {
+            None
+        } else {
+            server.checkout(&cfg).await
+        };
         let mut conn: Conn = match checked_out {
             Some(c) => c,
             None => match server.connect(&cfg, &rt.dialer).await {
                 Ok(c) => c,
                 Err((f, peer)) => {
-                    let a = AttemptLog { peer: peer.clone(), idle_ms: None, sent: 0, received: 0 };
+                    let a = AttemptLog {
+                        peer: peer.clone(),
+                        idle_ms: None,
+                        sent: 0,
+                        received: 0,
+                    };
                     passive_failure(&gw, &up, &server, f.cause.counts_against_server());
                     // Nothing reached the upstream: any method may go to
                     // another server, if one is left to try.
@@ -806,30 +842,58 @@ pub async fn handle(
         let info = conn.info.clone();
         let read_before = info.stats.read.load(Ordering::Relaxed);
         let written_before = info.stats.written.load(Ordering::Relaxed);
-        let req = pending.take().unwrap_or_else(|| build(make_body(&mut stream)));
+        let req = pending
+            .take()
+            .unwrap_or_else(|| build(make_body(&mut stream)));
         info.stats.begin_response();
         let fut = conn.tx.try_send_request(req);
         let outcome = upstream::await_head(fut, &info, cfg.read_timeout).await;
         let attempt_log = |info: &ConnInfo| AttemptLog {
             peer: conn.peer.clone(),
             idle_ms: reused.map(|d| d.as_millis() as u64),
-            sent: info.stats.written.load(Ordering::Relaxed).saturating_sub(written_before),
-            received: info.stats.read.load(Ordering::Relaxed).saturating_sub(read_before),
+            sent: info
+                .stats
+                .written
+                .load(Ordering::Relaxed)
+                .saturating_sub(written_before),
+            received: info
+                .stats
+                .read
+                .load(Ordering::Relaxed)
+                .saturating_sub(read_before),
         };
         let failure = match outcome {
             Some(Ok(resp)) => {
                 let app_error = cfg.outlier.count_5xx && resp.status().is_server_error();
                 if app_error {
                     passive_failure(&gw, &up, &server, true);
-                } else if server.health.record_success(health::now_ms()) == health::Transition::Returned {
+                } else if server.health.record_success(health::now_ms())
+                    == health::Transition::Returned
+                {
                     note_transition(&gw, &cfg, &server, "returned", None);
                 }
                 let ctx = Held { busy, permit };
-                return respond(resp, conn, server, cfg, log, client_upgrade, read_before, written_before, ctx);
+                return respond(
+                    resp,
+                    conn,
+                    server,
+                    cfg,
+                    log,
+                    client_upgrade,
+                    read_before,
+                    written_before,
+                    ctx,
+                );
             }
             None => {
                 info.retired.store(true, Ordering::Relaxed);
-                Failure::with(Cause::ResponseHeadTimeout, format!("no response head within {}s", cfg.read_timeout.as_secs_f32()))
+                Failure::with(
+                    Cause::ResponseHeadTimeout,
+                    format!(
+                        "no response head within {}s",
+                        cfg.read_timeout.as_secs_f32()
+                    ),
+                )
             }
             Some(Err(mut e)) => {
                 if let Some(req) = e.take_message() {
@@ -838,15 +902,28 @@ pub async fn handle(
                     // any method (the upstream cannot have seen it).
                     if !race_retry_used {
                         race_retry_used = true;
-                        let f = Failure::with(Cause::ConnectionTerminated, "pooled connection closed before the request was sent");
-                        log.failure(&f, None, Some(&attempt_log(&info)), Some("fresh_connection"));
+                        let f = Failure::with(
+                            Cause::ConnectionTerminated,
+                            "pooled connection closed before the request was sent",
+                        );
+                        log.failure(
+                            &f,
+                            None,
+                            Some(&attempt_log(&info)),
+                            Some("fresh_connection"),
+                        );
                         retry_metric(&gw, &cfg, "fresh_connection");
                         pending = Some(req);
                         again = Some(si);
                         continue;
                     }
                 }
-                let view = AttemptView { info: &info, reused: reused.is_some(), read_before, max_header_bytes: cfg.max_response_header_bytes };
+                let view = AttemptView {
+                    info: &info,
+                    reused: reused.is_some(),
+                    read_before,
+                    max_header_bytes: cfg.max_response_header_bytes,
+                };
                 upstream::classify_exchange(e.error(), &view)
             }
         };
@@ -870,6 +947,20 @@ pub async fn handle(
             continue;
         }
         passive_failure(&gw, &up, &server, failure.cause.counts_against_server());
+        // The upstream may have seen the request but sent nothing back: an
+        // idempotent request (or one with Idempotency-Key) with a
+        // replayable body goes to another server, within `retries`.
+        let next = failure.cause.retry() == Retry::MaybeProcessed
+            && a.received == 0
+            && replayable
+            && (idempotent(&method) || may_replay_unsafe)
+            && tried.len() <= cfg.retries as usize
+            && up.choose(&tried, key, health::now_ms()).is_some();
+        if next {
+            log.failure(&failure, None, Some(&a), Some("next_server"));
+            retry_metric(&gw, &cfg, "next_server");
+            continue;
+        }
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
         let peer = a.peer.clone();
         return local_error(&rt, log, &failure, Some(&peer), accept.as_ref(), None);
@@ -878,14 +969,23 @@ pub async fn handle(
 
 /// The request's consistent-hash key, when the upstream hashes.
 fn hash_key(balance: &Balance, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
-    let Balance::Hash(k) = balance else { return None };
+    let Balance::Hash(k) = balance else {
+        return None;
+    };
     match k {
         HashKey::ClientIp => Some(crate::balance::fnv1a(client.ip().to_string().as_bytes())),
-        HashKey::Header(name) => headers.get(name).map(|v| crate::balance::fnv1a(v.as_bytes())),
-        HashKey::Cookie(name) => headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then(|| crate::balance::fnv1a(v.as_bytes()))
-        }),
+        HashKey::Header(name) => headers
+            .get(name)
+            .map(|v| crate::balance::fnv1a(v.as_bytes())),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| crate::balance::fnv1a(v.as_bytes()))
+            }),
     }
 }
 
@@ -895,12 +995,22 @@ fn passive_failure(gw: &Gateway, up: &Upstream, server: &Arc<Server>, counts: bo
         return;
     }
     let now = health::now_ms();
-    if let health::Transition::Ejected(d) = server.health.record_failure(&up.cfg.outlier, now, up.ejected(now), up.servers.len()) {
+    if let health::Transition::Ejected(d) =
+        server
+            .health
+            .record_failure(&up.cfg.outlier, now, up.ejected(now), up.servers.len())
+    {
         note_transition(gw, &up.cfg, server, "ejected", Some(d));
     }
 }
 
-fn note_transition(gw: &Gateway, cfg: &UpstreamConfig, server: &Arc<Server>, to: &'static str, ejected_for: Option<std::time::Duration>) {
+fn note_transition(
+    gw: &Gateway,
+    cfg: &UpstreamConfig,
+    server: &Arc<Server>,
+    to: &'static str,
+    ejected_for: Option<std::time::Duration>,
+) {
     gw.metrics.transition(&cfg.name, &server.label, to);
     tracing::warn!(target: "baton::health", upstream = %cfg.name, server = %server.label, to, ejected_for_ms = ejected_for.map(|d| d.as_millis() as u64), "server {to}");
 }

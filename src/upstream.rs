@@ -456,7 +456,9 @@ impl Upstream {
             })
             .collect();
         let ring = crate::balance::ring(&servers);
-        let slots = cfg.max_concurrent.map(|n| crate::balance::Slots::new(n, cfg.queue));
+        let slots = cfg
+            .max_concurrent
+            .map(|n| crate::balance::Slots::new(n, cfg.queue));
         Upstream {
             cfg,
             servers,
@@ -465,7 +467,6 @@ impl Upstream {
             slots,
         }
     }
-
 }
 
 impl Server {

@@ -8,4 +8,5 @@ mod config_errors;
 mod docs;
 mod keepalive;
 mod proxying;
+mod resilience;
 mod tls;

@@ -1,0 +1,314 @@
+//! Resilience under load: failover, health checks, ejection, backups,
+//! hashing and load shedding, against real sockets on loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn upstream(servers: &[String], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[upstreams.app]\nservers = [{}]\n{extra}\n[[routes]]\nupstream = \"app\"\n",
+        list.join(", ")
+    )
+}
+
+/// Runs `clients` keep-alive clients sending GETs for `dur`; returns the
+/// statuses that were not 200 (with their Proxy-Status) and the count.
+async fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    dur: Duration,
+) -> (Vec<(u16, String)>, usize) {
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (bad, total) = (bad.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let end = Instant::now() + dur;
+            while Instant::now() < end {
+                let r = c.send(get("/")).await;
+                total.fetch_add(1, Ordering::Relaxed);
+                if r.status != 200 || r.body.is_err() {
+                    bad.lock()
+                        .unwrap()
+                        .push((r.status, r.header("proxy-status").to_string()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let b = bad.lock().unwrap().clone();
+    (b, total.load(Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_killed_under_load_zero_get_errors() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let c = Origin::start(Script::Ok("c".into())).await.unwrap();
+    let servers = [a.addr.to_string(), b.addr.to_string(), c.addr.to_string()];
+    let gw = Gw::start(&upstream(&servers, "retries = 2")).await;
+    let addr = gw.addr;
+    let run = tokio::spawn(load(addr, 8, Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(b); // killed: listener and every connection gone
+    let (bad, total) = run.await.unwrap();
+    assert!(total > 200, "load ran: {total}");
+    assert!(
+        bad.is_empty(),
+        "{} of {total} failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let m = gw.metrics().await;
+    assert!(m.contains(&format!("baton_upstream_health_transitions_total{{upstream=\"app\",server=\"{}\",to=\"ejected\"}} 1", servers[1])), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_zero_get_errors() {
+    let mut origins = Vec::new();
+    for _ in 0..3 {
+        origins.push(Some(Origin::start(Script::Ok("ok".into())).await.unwrap()));
+    }
+    let addrs: Vec<std::net::SocketAddr> =
+        origins.iter().map(|o| o.as_ref().unwrap().addr).collect();
+    let servers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let gw = Gw::start(&upstream(&servers, "retries = 2")).await;
+    let run = tokio::spawn(load(gw.addr, 8, Duration::from_millis(2600)));
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        origins[i] = None; // stop
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        origins[i] = Some(
+            Origin::start_on(addrs[i], Script::Ok("ok".into()))
+                .await
+                .unwrap(),
+        ); // back on the same port
+    }
+    let (bad, total) = run.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {total} failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[tokio::test]
+async fn failing_health_check_keeps_traffic_away() {
+    let good = Origin::start(Script::Ok("good".into())).await.unwrap();
+    let sick = Origin::start(Script::Status(503, "sick".into()))
+        .await
+        .unwrap();
+    let gw = Gw::start(&upstream(
+        &[good.addr.to_string(), sick.addr.to_string()],
+        "[upstreams.app.health]\npath = \"/healthz\"\ninterval = \"200ms\"",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        let r = send(gw.addr, get("/")).await;
+        assert_eq!((r.status, r.text()), (200, "good".to_string()));
+    }
+}
+
+#[tokio::test]
+async fn no_usable_server_is_503_with_retry_after_never_502() {
+    let sick = Origin::start(Script::Status(500, "sick".into()))
+        .await
+        .unwrap();
+    let gw = Gw::start(&upstream(
+        &[sick.addr.to_string()],
+        "[upstreams.app.health]\npath = \"/healthz\"\ninterval = \"3s\"",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = send(gw.addr, get("/")).await;
+    assert_failure(&gw, &r, 503, "destination_unavailable", "no_healthy_server").await;
+    let ra: u64 = r.header("retry-after").parse().unwrap();
+    assert!(
+        (1..=3).contains(&ra),
+        "Retry-After {ra} comes from the next check"
+    );
+}
+
+#[tokio::test]
+async fn server_comes_back_after_passing_checks() {
+    let dir_addr = refusing_addr();
+    let gw = Gw::start(&upstream(
+        &[dir_addr.to_string()],
+        "[upstreams.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 2",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(send(gw.addr, get("/")).await.status, 503);
+    let _o = Origin::start_on(dir_addr, Script::Ok("back".into()))
+        .await
+        .unwrap();
+    let mut status = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = send(gw.addr, get("/")).await.status;
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200);
+    let m = gw.metrics().await;
+    assert!(m.contains("to=\"up\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn backup_only_when_no_primary_is_usable() {
+    let primary = Origin::start(Script::Ok("primary".into())).await.unwrap();
+    let backup = Origin::start(Script::Ok("backup".into())).await.unwrap();
+    let gw = Gw::start(&upstream(
+        &[primary.addr.to_string(), format!("{} backup", backup.addr)],
+        "",
+    ))
+    .await;
+    for _ in 0..6 {
+        assert_eq!(send(gw.addr, get("/")).await.text(), "primary");
+    }
+    assert_eq!(backup.hits.load(Ordering::Relaxed), 0);
+    drop(primary);
+    for _ in 0..6 {
+        let r = send(gw.addr, get("/")).await;
+        assert_eq!((r.status, r.text()), (200, "backup".to_string()));
+    }
+}
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let gw = Gw::start(&upstream(
+        &[format!("{} weight=3", a.addr), b.addr.to_string()],
+        "",
+    ))
+    .await;
+    for _ in 0..40 {
+        send(gw.addr, get("/")).await;
+    }
+    assert_eq!(
+        (
+            a.hits.load(Ordering::Relaxed),
+            b.hits.load(Ordering::Relaxed)
+        ),
+        (30, 10)
+    );
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_key_on_one_server() {
+    let mut origins = Vec::new();
+    for n in ["a", "b", "c"] {
+        origins.push(Origin::start(Script::Ok(n.into())).await.unwrap());
+    }
+    let servers: Vec<String> = origins.iter().map(|o| o.addr.to_string()).collect();
+    let gw = Gw::start(&upstream(
+        &servers,
+        "balance = \"hash\"\nhash_key = \"header:X-User\"",
+    ))
+    .await;
+    let user = |u: usize| {
+        http::Request::get("/")
+            .header("host", "t")
+            .header("x-user", format!("user-{u}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let mut first = Vec::new();
+    for u in 0..30 {
+        first.push(send(gw.addr, user(u)).await.text());
+    }
+    for (u, expected) in first.iter().enumerate() {
+        assert_eq!(
+            &send(gw.addr, user(u)).await.text(),
+            expected,
+            "user-{u} moved"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = first.iter().collect();
+    assert_eq!(distinct.len(), 3, "keys spread over all servers: {first:?}");
+}
+
+#[tokio::test]
+async fn least_request_avoids_the_slow_server() {
+    let slow = Origin::start(Script::Delay(Duration::from_millis(400), "slow".into()))
+        .await
+        .unwrap();
+    let fast = Origin::start(Script::Ok("fast".into())).await.unwrap();
+    let gw = Gw::start(&upstream(
+        &[slow.addr.to_string(), fast.addr.to_string()],
+        "balance = \"least_request\"",
+    ))
+    .await;
+    // Four requests hold the slow server busy; the fast one should take
+    // nearly everything else.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::spawn(send(gw.addr, get("/"))));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut fast_answers = 0;
+    for _ in 0..20 {
+        if send(gw.addr, get("/")).await.text() == "fast" {
+            fast_answers += 1;
+        }
+    }
+    assert!(
+        fast_answers >= 19,
+        "{fast_answers}/20 went to the idle server"
+    );
+    for h in held {
+        h.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_503_with_retry_after_never_502() {
+    let slow = Origin::start(Script::Delay(Duration::from_millis(800), "slow".into()))
+        .await
+        .unwrap();
+    let gw = Gw::start(&upstream(
+        &[slow.addr.to_string()],
+        "max_concurrent = 2\nqueue = 1\nqueue_timeout = \"200ms\"",
+    ))
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(send(gw.addr, get("/"))));
+    }
+    let mut ok = 0;
+    let mut shed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.proxy_error(), "connection_limit_reached");
+                assert_eq!(r.header("retry-after"), "1");
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.header("proxy-status")),
+        }
+    }
+    assert_eq!((ok, shed), (2, 6));
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_upstream_shed_total{upstream=\"app\",reason=\"queue_full\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("baton_upstream_shed_total{upstream=\"app\",reason=\"queue_timeout\"} 1"),
+        "{m}"
+    );
+}
