@@ -120,7 +120,21 @@ pub fn run() -> ExitCode {
                     }
                 };
                 tracing::info!(listen = ?running.addrs, admin = ?running.admin, "baton serving");
-                wait_for_signal().await;
+                let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+                let stop = wait_for_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                            // A bad file is refused with its full error list;
+                            // the running config keeps serving.
+                            if let Err(e) = running.gateway.reload() {
+                                tracing::error!(errors = %e, "reload refused: the running config keeps serving");
+                            }
+                        }
+                    }
+                }
                 tracing::info!("shutting down: finishing in-flight requests");
                 running.shutdown(Duration::from_secs(30)).await;
                 ExitCode::SUCCESS

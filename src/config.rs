@@ -31,6 +31,8 @@ pub struct Config {
     pub pages: PageTemplates,
     pub upstreams: Vec<Arc<UpstreamConfig>>,
     pub routes: Vec<Route>,
+    /// The file this came from (reload reads it again).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +377,10 @@ pub mod defaults {
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(src) => parse(&src, &name, path.parent()),
+        Ok(src) => parse(&src, &name, path.parent()).map(|mut c| {
+            c.source = Some(path.to_path_buf());
+            c
+        }),
         Err(e) => Err(ConfigErrors {
             file: name,
             errors: vec![ConfigError {
@@ -1181,6 +1186,7 @@ impl<'s> Validator<'s> {
             pages,
             upstreams,
             routes,
+            source: None,
         })
     }
 }

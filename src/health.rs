@@ -49,6 +49,8 @@ pub struct Health {
     up_since: AtomicU64,
     /// When the next active check is due (for `Retry-After`).
     next_check: AtomicU64,
+    /// Set by the admin drain call: no new requests, in-flight ones finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What a recorded outcome changed, for logs and metrics.
@@ -75,6 +77,7 @@ impl Health {
             ejected_until: AtomicU64::new(0),
             up_since: AtomicU64::new(0),
             next_check: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -92,7 +95,7 @@ impl Health {
 
     /// May receive traffic now.
     pub fn usable(&self, now: u64) -> bool {
-        self.active() == Active::Up && !self.ejected(now)
+        self.active() == Active::Up && !self.ejected(now) && !self.draining.load(Ordering::Relaxed)
     }
 
     /// When this server could next become usable (ms), for `Retry-After`.

@@ -123,13 +123,54 @@ impl Gateway {
         }
     }
 
-    /// Replaces the running config. In-flight requests finish on the old
-    /// one; its pooled connections close when the last of them ends, and
-    /// its health checkers stop.
-    pub fn swap(&self, rt: Runtime) {
+    /// Re-reads the config file and swaps it in. A bad file changes
+    /// nothing: the old config keeps serving and the errors are returned.
+    /// In-flight requests finish on the old config; its pooled connections
+    /// close when the last of them ends, and its health checkers stop.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let old = self.runtime.load_full();
+        let Some(path) = old.config.source.clone() else {
+            return Err("this gateway was not started from a config file".into());
+        };
+        let cfg = crate::config::load(&path).map_err(|e| e.to_string())?;
+        let mut notes = Vec::new();
+        let c = &old.config;
+        if cfg.listen != c.listen || cfg.admin != c.admin || cfg.workers != c.workers {
+            notes.push("listen, admin and workers changes take effect after a restart".to_string());
+        }
+        if cfg.log.access != c.log.access
+            || cfg.log.errors != c.log.errors
+            || cfg.log.access_format != c.log.access_format
+        {
+            notes.push("[log] changes take effect after a restart".to_string());
+        }
+        let workers = old.upstreams.first().map_or(1, |u| u.workers());
+        let mut rt = Runtime::new(cfg, workers, self.metrics.clone())?;
+        rt.dialer.own = old.dialer.own.clone();
         let rt = Arc::new(rt);
         health::spawn_checkers(&rt);
         self.runtime.store(rt);
+        tracing::info!(file = %path.display(), ?notes, "config reloaded");
+        Ok(notes)
+    }
+
+    /// Starts (`Some(true)`) or stops draining the server labelled `label`,
+    /// or just reports; returns (draining, requests in flight), or `None`
+    /// if no upstream has that server.
+    pub fn drain(&self, label: &str, on: Option<bool>) -> Option<(bool, usize)> {
+        let rt = self.runtime.load();
+        let mut found: Option<(bool, usize)> = None;
+        for up in &rt.upstreams {
+            for s in up.servers.iter().filter(|s| &*s.label == label) {
+                if let Some(on) = on {
+                    s.health.draining.store(on, Ordering::Relaxed);
+                }
+                let f = found.get_or_insert((false, 0));
+                f.0 |= s.health.draining.load(Ordering::Relaxed);
+                f.1 += s.inflight.load(Ordering::Relaxed);
+            }
+        }
+        found
     }
 
     /// Publishes log drops into the metric (called when metrics are read).

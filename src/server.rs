@@ -241,21 +241,37 @@ async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<
 }
 
 fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => {
+    use http::Method;
+    let query = req.uri().query().unwrap_or("");
+    let server = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("server="))
+        .map(|v| v.replace("%3A", ":").replace("%3a", ":"));
+    let json = |status: StatusCode, v: serde_json::Value| {
+        (status, "application/json", v.to_string() + "\n")
+    };
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (_, "/metrics") => {
             gw.sync_counters();
-            (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                gw.metrics.encode(),
-            )
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
         }
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics or /healthz\n".to_string(),
-        ),
+        (_, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (&Method::POST, "/reload") => match gw.reload() {
+            Ok(notes) => json(StatusCode::OK, serde_json::json!({"reloaded": true, "notes": notes})),
+            Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({"reloaded": false, "error": e})),
+        },
+        (m, p @ ("/drain" | "/undrain")) => {
+            let on = match (m, p) {
+                (&Method::POST, "/drain") => Some(true),
+                (&Method::POST, _) => Some(false),
+                _ => None,
+            };
+            match server.as_deref().and_then(|s| gw.drain(s, on).map(|d| (s, d))) {
+                Some((s, (draining, n))) => json(StatusCode::OK, serde_json::json!({"server": s, "draining": draining, "inflight": n, "drained": draining && n == 0})),
+                None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such server; pass ?server=ADDRESS as written in servers"})),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /metrics, GET /healthz, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

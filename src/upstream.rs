@@ -469,6 +469,13 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// How many worker idle lists its servers have.
+    pub fn workers(&self) -> usize {
+        self.servers.first().map_or(1, |s| s.idle.len())
+    }
+}
+
 impl Server {
     /// Idle time after which a pooled connection is not reused: the
     /// configured keepalive_timeout, shortened to 3/4 of the upstream's

@@ -312,3 +312,132 @@ async fn overload_is_503_with_retry_after_never_502() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_zero_failed_requests() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let gw = Gw::start(&upstream(&[a.addr.to_string()], "")).await;
+    let run = tokio::spawn(load(gw.addr, 8, Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = gw.reload_with(&upstream(&[b.addr.to_string()], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["reloaded"], true);
+    let (bad, total) = run.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {total} failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert_eq!(
+        send(gw.addr, get("/")).await.text(),
+        "b",
+        "the new config serves"
+    );
+    assert!(b.hits.load(Ordering::Relaxed) > 0 && a.hits.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn bad_reload_keeps_the_old_config_serving() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let gw = Gw::start(&upstream(&[a.addr.to_string()], "")).await;
+    let r = gw.reload_with("[upstreams.app]\nservers = [\"127.0.0.1:1\"]\nconect_timeout = \"1s\"\n[[routes]]\nupstream = \"nope\"\n").await;
+    assert_eq!(r.status, 400);
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("2 problems"), "{err}");
+    assert!(
+        err.contains("upstreams.app.conect_timeout: unknown field `conect_timeout`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `connect_timeout`?"), "{err}");
+    assert!(
+        err.contains("routes[0].upstream: unknown upstream \"nope\""),
+        "{err}"
+    );
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!((r.status, r.text()), (200, "a".to_string()));
+}
+
+#[tokio::test]
+async fn drained_server_gets_no_new_requests() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let gw = Gw::start(&upstream(&[a.addr.to_string(), b.addr.to_string()], "")).await;
+    let drain = |m: http::Method| {
+        http::Request::builder()
+            .method(m)
+            .uri(format!("/drain?server={}", a.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = send(gw.admin, drain(http::Method::POST)).await;
+    assert_eq!(r.json()["draining"], true);
+    for _ in 0..6 {
+        assert_eq!(send(gw.addr, get("/")).await.text(), "b");
+    }
+    let r = send(gw.admin, drain(http::Method::GET)).await;
+    assert_eq!(
+        (r.json()["inflight"].as_u64(), r.json()["drained"].as_bool()),
+        (Some(0), Some(true))
+    );
+    let undrain = http::Request::post(format!("/undrain?server={}", a.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gw.admin, undrain).await.json()["draining"], false);
+    let mut seen_a = false;
+    for _ in 0..4 {
+        seen_a |= send(gw.addr, get("/")).await.text() == "a";
+    }
+    assert!(seen_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_cuts_no_request() {
+    let slow = Origin::start(Script::Delay(Duration::from_millis(600), "done".into()))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = refusing_addr().port();
+    let cfg = dir.path().join("baton.toml");
+    std::fs::write(&cfg, format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n{}", upstream(&[slow.addr.to_string()], ""))).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        tasks.push(tokio::spawn(send(addr, get("/"))));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "done".to_string()),
+            "in-flight request finished"
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("baton exits after draining")
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

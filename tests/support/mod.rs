@@ -36,11 +36,14 @@ impl Gw {
         let errors_log = dir.path().join("errors.log");
         let access_log = dir.path().join("access.log");
         let toml = format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n{body}",
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
             access_log.display(),
             errors_log.display()
         );
-        let cfg = match baton::config::parse(&toml, "test.toml", Some(dir.path())) {
+        // Through a file, as `baton serve` does, so that reload works.
+        let file = dir.path().join("baton.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let cfg = match baton::config::load(&file) {
             Ok(c) => c,
             Err(e) => panic!("test config invalid:\n{e}\n{toml}"),
         };
@@ -53,6 +56,22 @@ impl Gw {
             access_log,
             running: Some(running),
         }
+    }
+
+    /// Replaces the config file's body (keeping server and log sections)
+    /// and asks the admin endpoint to reload; returns its answer.
+    pub async fn reload_with(&self, body: &str) -> Resp {
+        let file = self.dir.path().join("baton.toml");
+        let old = std::fs::read_to_string(&file).unwrap();
+        let head = &old[..old.find("# body\n").unwrap()];
+        std::fs::write(&file, format!("{head}# body\n{body}")).unwrap();
+        send(
+            self.admin,
+            http::Request::post("/reload")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
