@@ -135,6 +135,27 @@ causes! {
         seen: "An upstream address that is one of baton's own listeners (a loop), found at connect time, e.g. after DNS.",
         fix: "Correct the upstream's servers list; `baton check` shows the offending key.",
     },
+    Maintenance {
+        id: "maintenance", token: "destination_unavailable", status: 503, phase: Route, side: Gateway, retry: Never,
+        title: "The site is down for maintenance",
+        visitor: "The site's operator has taken this part of the site down for planned maintenance.",
+        seen: "A route with `maintenance` set: planned downtime announced the way search engines want it (503 with Retry-After).",
+        fix: "Remove `maintenance` from the route and reload when the work is done.",
+    },
+    RateLimited {
+        id: "rate_limited", token: "http_request_denied", status: 429, phase: Route, side: Client, retry: Never,
+        title: "Too many requests",
+        visitor: "You are sending requests faster than this site allows. Wait a moment before trying again.",
+        seen: "A client above the route's rate_limit: a script or crawler, a retry loop, or many users behind one address.",
+        fix: "If legitimate, raise the route's rate_limit or rate_limit_burst, or key it on an API key header instead of the client IP.",
+    },
+    BodyTooLarge {
+        id: "request_body_too_large", token: "http_request_error", status: 413, phase: Route, side: Client, retry: Never,
+        title: "The request is too large",
+        visitor: "The file or form you sent is larger than this site accepts.",
+        seen: "An upload whose Content-Length is above server.max_body_bytes.",
+        fix: "Raise server.max_body_bytes if such uploads are expected.",
+    },
     NoHealthyServer {
         id: "no_healthy_server", token: "destination_unavailable", status: 503, phase: Route, side: Upstream, retry: Never,
         title: "The site's application is not available right now",
@@ -327,7 +348,7 @@ impl Cause {
     pub const fn transient(self) -> bool {
         !matches!(
             self,
-            Cause::NoRoute | Cause::ProxyConfiguration | Cause::Internal
+            Cause::NoRoute | Cause::ProxyConfiguration | Cause::Internal | Cause::BodyTooLarge
         )
     }
 
@@ -384,9 +405,13 @@ mod tests {
                 _ if t.ends_with("_timeout") => 504,
                 "destination_unavailable" | "connection_limit_reached" => 503,
                 "proxy_internal_error" | "proxy_configuration_error" => 500,
-                // Deliberate deviation: a request no route matches is the
-                // client's problem, and users expect 404 (docs/errors.md).
+                // Deliberate deviations (docs/errors.md): a request no
+                // route matches is the client's problem, and users expect
+                // 404; a client over its rate limit gets 429; RFC 9209 fixes
+                // no status for http_request_error, 413 says what is wrong.
                 "destination_not_found" => 404,
+                "http_request_denied" => 429,
+                "http_request_error" => 413,
                 _ => 502,
             };
             assert_eq!(c.status(), expected, "{c}");

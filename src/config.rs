@@ -26,6 +26,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
+    pub limits: ClientLimits,
     pub log: LogConfig,
     pub resolver: ResolverConfig,
     pub pages: PageTemplates,
@@ -33,6 +34,19 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The file this came from (reload reads it again).
     pub source: Option<PathBuf>,
+}
+
+/// Protection against clients: slowloris, huge heads and bodies, floods.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Time to receive a request head (and between keep-alive requests).
+    pub header_read_timeout: Duration,
+    /// Largest request head; larger gets 431.
+    pub max_request_header_bytes: usize,
+    /// Largest request body by `Content-Length`; larger gets 413.
+    pub max_body_bytes: Option<u64>,
+    /// Client connections per worker beyond which new ones are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +233,31 @@ pub struct Route {
     pub upstream: usize,
     /// The route's name in logs and metrics: `host/path`.
     pub name: Arc<str>,
+    /// Planned downtime: answer 503 with this message and `Retry-After`.
+    pub maintenance: Option<Maintenance>,
+    /// Per-client rate limit.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    pub message: String,
+    pub retry_after: Duration,
+}
+
+/// GCRA: `rate` requests per `per`, with bursts up to `burst`.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    Header(http::HeaderName),
 }
 
 /// One problem in a config file.
@@ -271,6 +310,10 @@ mod raw {
         pub listen: Option<Spanned<Vec<Spanned<String>>>>,
         pub admin: Option<Spanned<String>>,
         pub workers: Option<Spanned<i64>>,
+        pub header_read_timeout: Option<Spanned<String>>,
+        pub max_request_header_bytes: Option<Spanned<i64>>,
+        pub max_body_bytes: Option<Spanned<i64>>,
+        pub max_connections: Option<Spanned<i64>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -350,6 +393,11 @@ mod raw {
         pub host: Option<Spanned<String>>,
         pub path: Option<Spanned<String>>,
         pub upstream: Spanned<String>,
+        pub maintenance: Option<Spanned<String>>,
+        pub maintenance_retry_after: Option<Spanned<String>>,
+        pub rate_limit: Option<Spanned<String>>,
+        pub rate_limit_burst: Option<Spanned<i64>>,
+        pub rate_limit_key: Option<Spanned<String>>,
     }
 }
 
@@ -645,6 +693,63 @@ impl<'s> Validator<'s> {
         Some(UpstreamTls { server_name, ca })
     }
 
+    fn rate_limit(&mut self, i: usize, r: &raw::Route) -> Option<RateLimit> {
+        let spec = r.rate_limit.as_ref()?;
+        let key = format!("routes[{i}].rate_limit");
+        let parsed = spec.get_ref().split_once('/').and_then(|(n, per)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let per = match per.trim() {
+                "s" => Duration::from_secs(1),
+                "m" => Duration::from_secs(60),
+                "h" => Duration::from_secs(3600),
+                _ => return None,
+            };
+            Some((n, per))
+        });
+        let Some((rate, per)) = parsed else {
+            self.err(
+                key,
+                spec.span(),
+                format!("invalid rate {:?}", spec.get_ref()),
+                "write \"10/s\", \"600/m\" or \"1000/h\"",
+            );
+            return None;
+        };
+        let burst = self.int(
+            &format!("routes[{i}].rate_limit_burst"),
+            &r.rate_limit_burst,
+            1,
+            1_000_000,
+            i64::from(rate),
+            "use 1 or more",
+        ) as u32;
+        let rk = match r.rate_limit_key.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("client_ip") => RateKey::ClientIp,
+            Some(k) => match k
+                .strip_prefix("header:")
+                .and_then(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            {
+                Some(h) => RateKey::Header(h),
+                None => {
+                    let span = r.rate_limit_key.as_ref().map_or(0..0, |k| k.span());
+                    self.err(
+                        format!("routes[{i}].rate_limit_key"),
+                        span,
+                        format!("invalid key {k:?}"),
+                        "use \"client_ip\" or \"header:NAME\"",
+                    );
+                    RateKey::ClientIp
+                }
+            },
+        };
+        Some(RateLimit {
+            rate,
+            per,
+            burst,
+            key: rk,
+        })
+    }
+
     fn balance(&mut self, key: &dyn Fn(&str) -> String, u: &raw::Upstream) -> Balance {
         let Some(b) = &u.balance else {
             if let Some(h) = &u.hash_key {
@@ -905,6 +1010,39 @@ impl<'s> Validator<'s> {
             0,
             "use 0 (one per core) up to 1024",
         ) as usize;
+        let limits = ClientLimits {
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                &server.header_read_timeout,
+                Duration::from_secs(30),
+            ),
+            max_request_header_bytes: self.int(
+                "server.max_request_header_bytes",
+                &server.max_request_header_bytes,
+                8192,
+                16 << 20,
+                64 * 1024,
+                "use 8192 or more",
+            ) as usize,
+            max_body_bytes: server.max_body_bytes.as_ref().map(|_| {
+                self.int(
+                    "server.max_body_bytes",
+                    &server.max_body_bytes,
+                    0,
+                    i64::MAX,
+                    0,
+                    "use a size in bytes",
+                ) as u64
+            }),
+            max_connections: self.int(
+                "server.max_connections",
+                &server.max_connections,
+                1,
+                10_000_000,
+                100_000,
+                "use 1 or more",
+            ) as usize,
+        };
 
         // [log]
         let access_format = match &log.access_format {
@@ -1169,11 +1307,22 @@ impl<'s> Validator<'s> {
                 r.host.as_ref().map_or("*", |h| h.get_ref().as_str()),
                 path
             );
+            let maintenance = r.maintenance.as_ref().map(|m| Maintenance {
+                message: m.get_ref().clone(),
+                retry_after: self.duration(
+                    &format!("routes[{i}].maintenance_retry_after"),
+                    &r.maintenance_retry_after,
+                    Duration::from_secs(600),
+                ),
+            });
+            let rate_limit = self.rate_limit(i, r);
             routes.push(Route {
                 host,
                 path,
                 upstream: ui,
                 name: name.into(),
+                maintenance,
+                rate_limit,
             });
         }
 
@@ -1181,6 +1330,7 @@ impl<'s> Validator<'s> {
             listen,
             admin,
             workers,
+            limits,
             log,
             resolver,
             pages,

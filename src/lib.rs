@@ -15,6 +15,7 @@
 //! - [`health`]: per-server state (active checks, passive ejection, slow
 //!   start); [`balance`]: which usable server gets an attempt, and the
 //!   concurrency limit.
+//! - [`limit`]: per-client rate limits (GCRA).
 //! - [`resolve`]: hickory-based DNS for upstream names.
 //! - [`cause`]: the closed table of failure causes: status, RFC 9209 type,
 //!   phase, retry safety, visitor text and operator fix.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod limit;
 pub mod log;
 pub mod metrics;
 pub mod origin;

@@ -60,6 +60,7 @@ pub struct ShedLabels {
 }
 
 pub struct Metrics {
+    pub connections_refused: Counter,
     pub health: Family<HealthLabels, Counter>,
     pub shed: Family<ShedLabels, Counter>,
     pub registry: Registry,
@@ -87,6 +88,12 @@ impl Metrics {
         let log_dropped = Counter::default();
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because max_connections was reached",
+            connections_refused.clone(),
+        );
         registry.register(
             "upstream_health_transitions",
             "Server state changes: active checks up/down, passive ejected/returned",
@@ -119,6 +126,7 @@ impl Metrics {
             log_dropped.clone(),
         );
         Metrics {
+            connections_refused,
             health,
             shed,
             registry,

@@ -39,6 +39,8 @@ use crate::upstream::{
 pub struct Runtime {
     pub config: Config,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// One per route (`None` where the route has no rate_limit).
+    pub limiters: Vec<Option<crate::limit::Limiter>>,
     pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
 }
@@ -53,9 +55,15 @@ impl Runtime {
             .map(|u| Arc::new(Upstream::new(u.clone(), workers)))
             .collect();
         let own = config.listen.clone();
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| r.rate_limit.clone().map(crate::limit::Limiter::new))
+            .collect();
         Ok(Runtime {
             config,
             upstreams,
+            limiters,
             dialer: Dialer { resolver, own },
             metrics,
         })
@@ -710,6 +718,58 @@ pub async fn handle(
     let cfg = up.cfg.clone();
     log.route = Some(route.name.clone());
     log.upstream = Some(cfg.name.clone());
+    if let Some(m) = &route.maintenance {
+        let f = Failure::with(Cause::Maintenance, m.message.clone());
+        return local_error(
+            &rt,
+            log,
+            &f,
+            None,
+            accept.as_ref(),
+            Some(m.retry_after.as_secs().max(1)),
+        );
+    }
+    let mut rate_headers = None;
+    if let Some(limiter) = &rt.limiters[ri] {
+        let key = match &limiter.config().key {
+            crate::config::RateKey::ClientIp => {
+                crate::balance::fnv1a(client.ip().to_string().as_bytes())
+            }
+            crate::config::RateKey::Header(h) => {
+                crate::balance::fnv1a(req.headers().get(h).map_or(&b""[..], |v| v.as_bytes()))
+            }
+        };
+        let v = limiter.check(key, health::now_ms() * 1000);
+        let hv = (
+            HeaderValue::from_str(&limiter.policy()).ok(),
+            HeaderValue::from_str(&crate::limit::Limiter::header(&v)).ok(),
+        );
+        if !v.allowed {
+            let f = Failure::with(
+                Cause::RateLimited,
+                format!(
+                    "over {}/{}s for this client",
+                    limiter.config().rate,
+                    limiter.config().per.as_secs()
+                ),
+            );
+            let mut r = local_error(&rt, log, &f, None, accept.as_ref(), Some(v.reset_secs));
+            add_rate_headers(r.headers_mut(), hv);
+            return r;
+        }
+        rate_headers = Some(hv);
+    }
+    if let Some(max) = rt.config.limits.max_body_bytes
+        && let Some(n) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        && n > max
+    {
+        let f = Failure::with(Cause::BodyTooLarge, format!("{n} bytes, limit {max}"));
+        return local_error(&rt, log, &f, None, accept.as_ref(), None);
+    }
 
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -914,7 +974,7 @@ pub async fn handle(
                     note_transition(&gw, &cfg, &server, "returned", None);
                 }
                 let ctx = Held { busy, permit };
-                return respond(
+                let mut r = respond(
                     resp,
                     conn,
                     server,
@@ -925,6 +985,10 @@ pub async fn handle(
                     written_before,
                     ctx,
                 );
+                if let Some(hv) = rate_headers {
+                    add_rate_headers(r.headers_mut(), hv);
+                }
+                return r;
             }
             None => {
                 info.retired.store(true, Ordering::Relaxed);
@@ -1005,6 +1069,18 @@ pub async fn handle(
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
         let peer = a.peer.clone();
         return local_error(&rt, log, &failure, Some(&peer), accept.as_ref(), None);
+    }
+}
+
+fn add_rate_headers(
+    h: &mut HeaderMap,
+    (policy, state): (Option<HeaderValue>, Option<HeaderValue>),
+) {
+    if let Some(p) = policy {
+        h.insert(HeaderName::from_static("ratelimit-policy"), p);
+    }
+    if let Some(s) = state {
+        h.insert(HeaderName::from_static("ratelimit"), s);
     }
 }
 

@@ -183,12 +183,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    // Client limits are read once: changing them needs a restart.
+    let limits = gw.runtime.load().config.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.header_read_timeout)
+        // A head larger than this gets 431 from hyper.
+        .max_buf_size(limits.max_request_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_request_header_bytes as u32);
     let builder = Arc::new(builder);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -202,8 +211,16 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                         continue;
                     }
                 };
+                if open.load(std::sync::atomic::Ordering::Relaxed) >= limits.max_connections {
+                    // Over max_connections: close at once rather than let a
+                    // flood exhaust file descriptors for everyone.
+                    gw.metrics.connections_refused.inc();
+                    drop(s);
+                    continue;
+                }
                 let _ = s.set_nodelay(true);
                 let gw = gw.clone();
+                let guard = ConnCount::new(open.clone());
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
@@ -212,6 +229,7 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(guard);
                 });
             }
             _ = stop.changed() => break,
@@ -219,6 +237,22 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
     }
     drop(l);
     graceful.shutdown().await;
+}
+
+/// One open client connection, counted for max_connections.
+struct ConnCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ConnCount {
+    fn new(n: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnCount(n)
+    }
+}
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {

@@ -7,6 +7,7 @@ mod causes;
 mod config_errors;
 mod docs;
 mod keepalive;
+mod limits;
 mod proxying;
 mod resilience;
 mod tls;

@@ -1,0 +1,170 @@
+//! Protection: maintenance mode, rate limits, request size limits, the
+//! slowloris timeout and the connection cap.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+fn app(o: &Origin, route_extra: &str) -> String {
+    format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n{route_extra}\n",
+        o.addr
+    )
+}
+
+#[tokio::test]
+async fn maintenance_is_503_with_retry_after_and_the_message() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let gw = Gw::start(&app(&o, "maintenance = \"Upgrading the database, back at 14:00 UTC\"\nmaintenance_retry_after = \"30m\"")).await;
+    let r = send(
+        gw.addr,
+        Request::get("/")
+            .header("accept", "text/html")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.proxy_error(), "destination_unavailable");
+    assert_eq!(r.header("retry-after"), "1800");
+    assert!(
+        r.text().contains("down for maintenance")
+            && r.text()
+                .contains("Upgrading the database, back at 14:00 UTC"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn rate_limit_is_429_with_ratelimit_headers() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let gw = Gw::start(&app(
+        &o,
+        "rate_limit = \"2/s\"\nrate_limit_burst = 3\nrate_limit_key = \"header:X-Api-Key\"",
+    ))
+    .await;
+    let req = |k: &str| {
+        Request::get("/")
+            .header("host", "t")
+            .header("x-api-key", k)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(gw.addr, req("alice")).await.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let r = send(gw.addr, req("alice")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.proxy_error(), "http_request_denied");
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.header("ratelimit-policy"), "\"baton\";q=3;w=1");
+    assert_eq!(r.header("ratelimit"), "\"baton\";r=0;t=1");
+    assert_eq!(
+        send(gw.addr, req("bob")).await.status,
+        200,
+        "keys are separate"
+    );
+    let a = gw.access(&r.request_id()).await;
+    assert_eq!(a["cause"], "rate_limited");
+}
+
+#[tokio::test]
+async fn body_over_max_body_bytes_is_413() {
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let running = start_with_server(&o, "max_body_bytes = 1000").await;
+    let addr = running.addrs[0];
+    let big = Request::post("/up")
+        .header("host", "t")
+        .body(Full::new(Bytes::from(vec![b'x'; 1001])))
+        .unwrap();
+    let r = send(addr, big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.proxy_error(), "http_request_error");
+    let ok = Request::post("/up")
+        .header("host", "t")
+        .body(Full::new(Bytes::from(vec![b'x'; 1000])))
+        .unwrap();
+    assert_eq!(send(addr, ok).await.status, 200);
+}
+
+async fn start_with_server(o: &Origin, server: &str) -> baton::server::Running {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.toml");
+    std::fs::write(&f, format!("[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server}\n[log]\naccess = \"off\"\nerrors = \"off\"\n{}", app(o, ""))).unwrap();
+    baton::server::start(baton::config::load(&f).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let running = start_with_server(&o, "max_request_header_bytes = 8192").await;
+    let r = send(
+        running.addrs[0],
+        Request::get("/")
+            .header("host", "t")
+            .header("cookie", "a".repeat(10_000))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn slowloris_connection_is_closed_after_header_read_timeout() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let running = start_with_server(&o, "header_read_timeout = \"300ms\"").await;
+    let mut s = tokio::net::TcpStream::connect(running.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "baton closed the connection");
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408") || buf.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let running = start_with_server(&o, "max_connections = 2").await;
+    let addr = running.addrs[0];
+    let mut a = Client::connect(addr).await;
+    let mut b = Client::connect(addr).await;
+    assert_eq!(a.send(get("/")).await.status, 200);
+    assert_eq!(b.send(get("/")).await.status, 200);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(
+        n.is_err() || buf.is_empty(),
+        "the third connection got no answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(
+        a.send(get("/")).await.status,
+        200,
+        "existing connections keep working"
+    );
+}
