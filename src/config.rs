@@ -77,6 +77,9 @@ pub struct ResolverConfig {
     pub nameservers: Vec<SocketAddr>,
     pub timeout: Duration,
     pub attempts: usize,
+    /// Answers are cached for their TTL, clamped to [min_ttl, max_ttl].
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 /// Operator-supplied error page templates (file contents), if any.
@@ -330,6 +333,8 @@ mod raw {
         pub nameservers: Option<Vec<Spanned<String>>>,
         pub timeout: Option<Spanned<String>>,
         pub attempts: Option<Spanned<i64>>,
+        pub min_ttl: Option<Spanned<String>>,
+        pub max_ttl: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -1087,6 +1092,19 @@ impl<'s> Validator<'s> {
             }
         }
         let resolver = ResolverConfig {
+            min_ttl: match &resolver.min_ttl {
+                None => Duration::from_secs(1),
+                Some(_) => self.duration(
+                    "resolver.min_ttl",
+                    &resolver.min_ttl,
+                    Duration::from_secs(1),
+                ),
+            },
+            max_ttl: self.duration(
+                "resolver.max_ttl",
+                &resolver.max_ttl,
+                Duration::from_secs(300),
+            ),
             nameservers,
             timeout: self.duration(
                 "resolver.timeout",

@@ -908,7 +908,7 @@ pub async fn handle(
         let checked_out = if fresh_only {
             None
         } else {
-            server.checkout(&cfg).await
+            server.checkout(&cfg, &rt.dialer).await
         };
         let mut conn: Conn = match checked_out {
             Some(c) => c,

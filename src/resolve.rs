@@ -29,6 +29,15 @@ pub struct Resolver {
     inner: TokioResolver,
     /// Bound on one whole lookup, whatever the resolver's own retries do.
     deadline: Duration,
+    /// The last good answer per name, served (and flagged) when the
+    /// resolver fails, so a DNS outage does not become a site outage.
+    last_good: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>>,
+}
+
+/// A lookup's addresses, and whether they are a stale last-good answer.
+pub struct Answer {
+    pub addrs: Vec<IpAddr>,
+    pub stale: bool,
 }
 
 impl Resolver {
@@ -65,14 +74,49 @@ impl Resolver {
         // `localhost` may be ::1 while the app listens on 127.0.0.1: ask for
         // both families and let the connect loop try each address.
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.positive_min_ttl = Some(cfg.min_ttl);
+        opts.positive_max_ttl = Some(cfg.max_ttl);
+        opts.negative_max_ttl = Some(cfg.min_ttl);
         let inner = builder.build().map_err(|e| e.to_string())?;
         Ok(Resolver {
             inner,
             deadline: cfg.timeout * cfg.attempts as u32 + Duration::from_millis(100),
+            last_good: Default::default(),
         })
     }
 
-    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    /// Resolves `host`; on failure, the last good answer if there is one.
+    pub async fn resolve(&self, host: &str) -> Result<Answer, ResolveError> {
+        match self.lookup(host).await {
+            Ok(addrs) => {
+                self.last_good
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(host.to_string(), addrs.clone());
+                Ok(Answer {
+                    addrs,
+                    stale: false,
+                })
+            }
+            Err(e) => match self
+                .last_good
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(host)
+            {
+                Some(addrs) => {
+                    tracing::warn!(target: "baton::dns", host, error = ?e, "resolver failed; using the last good answer");
+                    Ok(Answer {
+                        addrs: addrs.clone(),
+                        stale: true,
+                    })
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         match tokio::time::timeout(self.deadline, self.inner.lookup_ip(host)).await {
             Err(_) => Err(ResolveError::Timeout),
             Ok(Ok(l)) => {

@@ -367,6 +367,9 @@ pub struct Server {
     learned_idle_close_ms: AtomicU64,
     /// TLS client and the name to verify, when the upstream speaks TLS.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// For a named server: when its name was last resolved (ms) and the
+    /// addresses it had, to notice a DNS change.
+    resolved: Mutex<(u64, Vec<std::net::IpAddr>)>,
 }
 
 /// Builds the TLS client for an upstream: Mozilla's roots plus `tls_ca`,
@@ -444,6 +447,7 @@ impl Upstream {
                     backup: spec.backup,
                     health: crate::health::Health::new(cfg.health.is_some()),
                     inflight: AtomicUsize::new(0),
+                    resolved: Mutex::new((0, Vec::new())),
                     idle: (0..workers.max(1))
                         .map(|_| Mutex::new(Vec::new()))
                         .collect(),
@@ -494,8 +498,43 @@ impl Server {
         limit
     }
 
+    /// Records the addresses a name resolved to. When they changed, pooled
+    /// connections (to the old addresses) are dropped so new requests go
+    /// where DNS now points.
+    fn note_addrs(&self, addrs: &[std::net::IpAddr]) {
+        let mut sorted = addrs.to_vec();
+        sorted.sort();
+        let mut r = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        r.0 = crate::health::now_ms();
+        if r.1 != sorted {
+            let changed = !r.1.is_empty();
+            r.1 = sorted;
+            drop(r);
+            if changed {
+                tracing::info!(target: "baton::dns", server = %self.label, "DNS answer changed; closing pooled connections");
+                self.clear();
+            }
+        }
+    }
+
+    /// For a named server, re-resolves (from the cache, honouring TTLs) at
+    /// most once a second, so a record change is noticed while pooled
+    /// connections keep it from reconnecting.
+    async fn refresh_name(&self, dialer: &Dialer) {
+        let ServerAddr::Name { host, .. } = &self.addr else {
+            return;
+        };
+        let stale = crate::health::now_ms()
+            .saturating_sub(self.resolved.lock().unwrap_or_else(|e| e.into_inner()).0)
+            > 1000;
+        if stale && let Ok(a) = dialer.resolver.resolve(host).await {
+            self.note_addrs(&a.addrs);
+        }
+    }
+
     /// A pooled connection that is open, ready and young enough, if any.
-    pub async fn checkout(&self, cfg: &UpstreamConfig) -> Option<Conn> {
+    pub async fn checkout(&self, cfg: &UpstreamConfig, dialer: &Dialer) -> Option<Conn> {
+        self.refresh_name(dialer).await;
         loop {
             let mut idle = self
                 .my_idle()
@@ -595,11 +634,13 @@ impl Server {
                 self.label.clone(),
             ),
             ServerAddr::Name { host, port } => {
-                let addrs = dialer
+                let answer = dialer
                     .resolver
-                    .lookup(host)
+                    .resolve(host)
                     .await
                     .map_err(|e| (classify_dns(host, e), self.label.clone()))?;
+                self.note_addrs(&answer.addrs);
+                let addrs = answer.addrs;
                 let mut last = None;
                 let mut found = None;
                 for ip in addrs.iter() {

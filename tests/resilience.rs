@@ -441,3 +441,44 @@ async fn sigterm_under_load_cuts_no_request() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn dns_change_is_picked_up_and_last_good_answer_survives_a_resolver_outage() {
+    let b = Origin::start_on("127.0.0.2:0".parse().unwrap(), Script::Ok("b".into()))
+        .await
+        .unwrap();
+    let port = b.addr.port();
+    let a = Origin::start_on(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Script::Ok("a".into()),
+    )
+    .await
+    .unwrap();
+    let dns = Dns::start(vec![("app.test", "127.0.0.1".parse().unwrap())], false).await;
+    let body = format!(
+        "[resolver]\nnameservers = [\"{}\"]\ntimeout = \"200ms\"\nattempts = 1\n\n{}",
+        dns.addr,
+        upstream(&[format!("app.test:{port}")], "")
+    );
+    let gw = Gw::start(&body).await;
+    let mut c = Client::connect(gw.addr).await;
+    assert_eq!(c.send(get("/")).await.text(), "a");
+    dns.set("app.test", "127.0.0.2".parse().unwrap());
+    let mut got = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = c.send(get("/")).await.text();
+        if got == "b" {
+            break;
+        }
+    }
+    assert_eq!(got, "b", "the new record is used without a restart");
+    // The resolver goes silent: the last good answer keeps the site up.
+    dns.set_silent(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let r = send(gw.addr, get("/")).await;
+        assert_eq!((r.status, r.text()), (200, "b".to_string()));
+    }
+    drop(a);
+}

@@ -231,6 +231,8 @@ impl Client {
 /// `silent`, it never answers (a DNS timeout).
 pub struct Dns {
     pub addr: SocketAddr,
+    records: std::sync::Arc<std::sync::Mutex<Vec<(String, IpAddr)>>>,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -241,16 +243,36 @@ impl Drop for Dns {
 }
 
 impl Dns {
+    /// Points `name` at `ip` from now on.
+    pub fn set(&self, name: &str, ip: IpAddr) {
+        let mut r = self.records.lock().unwrap();
+        r.retain(|(n, _)| n != name);
+        r.push((name.to_string(), ip));
+    }
+
+    /// Stops (or resumes) answering.
+    pub fn set_silent(&self, on: bool) {
+        self.silent.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn start(records: Vec<(&'static str, IpAddr)>, silent: bool) -> Dns {
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
+        let records = std::sync::Arc::new(std::sync::Mutex::new(
+            records
+                .into_iter()
+                .map(|(n, ip)| (n.to_string(), ip))
+                .collect::<Vec<_>>(),
+        ));
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(silent));
+        let (recs, quiet) = (records.clone(), silent.clone());
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 1500];
             loop {
                 let Ok((n, from)) = sock.recv_from(&mut buf).await else {
                     return;
                 };
-                if silent || n < 12 {
+                if quiet.load(std::sync::atomic::Ordering::Relaxed) || n < 12 {
                     continue;
                 }
                 let q = &buf[..n];
@@ -269,7 +291,12 @@ impl Dns {
                 }
                 let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
                 let name = labels.join(".");
-                let found = records.iter().find(|(r, _)| *r == name).map(|(_, ip)| *ip);
+                let found = recs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(r, _)| *r == name)
+                    .map(|(_, ip)| *ip);
                 let mut out = Vec::new();
                 out.extend_from_slice(&q[..2]);
                 let (rcode, answer) = match (found, qtype) {
@@ -291,7 +318,12 @@ impl Dns {
                 let _ = sock.send_to(&out, from).await;
             }
         });
-        Dns { addr, task }
+        Dns {
+            addr,
+            records,
+            silent,
+            task,
+        }
     }
 }
 
