@@ -66,6 +66,15 @@ impl Upstream {
         None
     }
 
+    /// Whether another server could take an attempt (does not advance the
+    /// round robin: asking must not change whose turn it is).
+    pub fn has_candidate(&self, tried: &[usize], now: u64) -> bool {
+        self.servers
+            .iter()
+            .enumerate()
+            .any(|(i, s)| !tried.contains(&i) && s.health.usable(now))
+    }
+
     /// Weighted round robin over the candidates, with slow-start ramps.
     fn round_robin(&self, now: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
         let slow = self
@@ -186,5 +195,93 @@ impl Slots {
             Ok(Ok(p)) => Ok(p),
             _ => Err(Shed::QueueTimeout),
         }
+    }
+}
+
+/// Keeps retries to a share of requests, so retries never multiply an
+/// outage: over a 10 s window, retries <= max(percent of requests, min/s).
+#[derive(Default)]
+pub struct RetryBudget {
+    window_start: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
+    retries: std::sync::atomic::AtomicU64,
+}
+
+const BUDGET_WINDOW_MS: u64 = 10_000;
+
+impl RetryBudget {
+    fn roll(&self, now: u64) {
+        let start = self.window_start.load(Ordering::Relaxed);
+        if now.saturating_sub(start) >= BUDGET_WINDOW_MS
+            && self
+                .window_start
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.requests.store(0, Ordering::Relaxed);
+            self.retries.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn request(&self, now: u64) {
+        self.roll(now);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    pub fn try_retry(&self, now: u64, percent: u32, min_per_sec: u32) -> bool {
+        self.roll(now);
+        let allowed = (self.requests.load(Ordering::Relaxed) * u64::from(percent) / 100)
+            .max(u64::from(min_per_sec) * BUDGET_WINDOW_MS / 1000);
+        if self.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            true
+        } else {
+            self.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Full-jitter exponential backoff: a random wait in [0, base * 2^n],
+/// capped at 1 s.
+pub fn backoff(base: Duration, attempt: u32, seed: u64) -> Duration {
+    if base.is_zero() {
+        return Duration::ZERO;
+    }
+    let cap = base
+        .saturating_mul(1 << attempt.min(10))
+        .min(Duration::from_secs(1));
+    let r = fnv1a(&seed.to_le_bytes()) % (cap.as_micros() as u64 + 1);
+    Duration::from_micros(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_the_floor_then_the_share() {
+        let b = RetryBudget::default();
+        let now = 1;
+        for _ in 0..1000 {
+            b.request(now);
+        }
+        let granted = (0..500).filter(|_| b.try_retry(now, 20, 3)).count();
+        assert_eq!(granted, 200, "20% of 1000 requests");
+        let quiet = RetryBudget::default();
+        quiet.request(now);
+        assert_eq!(
+            (0..100).filter(|_| quiet.try_retry(now, 20, 3)).count(),
+            30,
+            "3/s floor over 10 s"
+        );
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for n in 0..20 {
+            assert!(backoff(Duration::from_millis(25), n, n as u64) <= Duration::from_secs(1));
+        }
+        assert_eq!(backoff(Duration::ZERO, 3, 1), Duration::ZERO);
     }
 }

@@ -240,6 +240,25 @@ pub struct Route {
     pub maintenance: Option<Maintenance>,
     /// Per-client rate limit.
     pub rate_limit: Option<RateLimit>,
+    pub retry: RetryPolicy,
+}
+
+/// How a route retries (on top of the upstream's `retries`).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Overrides the upstream's `retries` for this route.
+    pub retries: Option<u32>,
+    /// Bound on waiting for one attempt's response head; an idempotent
+    /// request that hits it goes to another server.
+    pub per_try_timeout: Option<Duration>,
+    /// Bound on the whole request, retries included.
+    pub deadline: Option<Duration>,
+    /// Base of the jittered exponential backoff between attempts.
+    pub backoff: Duration,
+    /// Retries may be at most this percentage of requests (per upstream,
+    /// over 10 s), never fewer than `budget_min` per second.
+    pub budget_percent: u32,
+    pub budget_min: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -403,6 +422,12 @@ mod raw {
         pub rate_limit: Option<Spanned<String>>,
         pub rate_limit_burst: Option<Spanned<i64>>,
         pub rate_limit_key: Option<Spanned<String>>,
+        pub retries: Option<Spanned<i64>>,
+        pub per_try_timeout: Option<Spanned<String>>,
+        pub deadline: Option<Spanned<String>>,
+        pub retry_backoff: Option<Spanned<String>>,
+        pub retry_budget_percent: Option<Spanned<i64>>,
+        pub retry_budget_min: Option<Spanned<i64>>,
     }
 }
 
@@ -1334,7 +1359,48 @@ impl<'s> Validator<'s> {
                 ),
             });
             let rate_limit = self.rate_limit(i, r);
+            let k = |x: &str| format!("routes[{i}].{x}");
+            let retry = RetryPolicy {
+                retries: r
+                    .retries
+                    .as_ref()
+                    .map(|_| self.int(&k("retries"), &r.retries, 0, 16, 1, "use 0 to 16") as u32),
+                per_try_timeout: r.per_try_timeout.as_ref().map(|_| {
+                    self.duration(
+                        &k("per_try_timeout"),
+                        &r.per_try_timeout,
+                        Duration::from_secs(1),
+                    )
+                }),
+                deadline: r
+                    .deadline
+                    .as_ref()
+                    .map(|_| self.duration(&k("deadline"), &r.deadline, Duration::from_secs(1))),
+                // Off by default: a retry goes to another server, which
+                // does not need the first one to recover.
+                backoff: match &r.retry_backoff {
+                    None => Duration::ZERO,
+                    Some(_) => self.duration(&k("retry_backoff"), &r.retry_backoff, Duration::ZERO),
+                },
+                budget_percent: self.int(
+                    &k("retry_budget_percent"),
+                    &r.retry_budget_percent,
+                    0,
+                    100,
+                    20,
+                    "use 0 to 100",
+                ) as u32,
+                budget_min: self.int(
+                    &k("retry_budget_min"),
+                    &r.retry_budget_min,
+                    0,
+                    100_000,
+                    3,
+                    "use 0 or more retries per second",
+                ) as u32,
+            };
             routes.push(Route {
+                retry,
                 host,
                 path,
                 upstream: ui,

@@ -838,6 +838,28 @@ pub async fn handle(
     };
 
     let key = hash_key(&cfg.balance, &headers, client);
+    let policy = &route.retry;
+    let retries = policy.retries.unwrap_or(cfg.retries) as usize;
+    let deadline = policy.deadline.map(|d| start + d);
+    up.budget.request(health::now_ms());
+    // Whether a retry that may repeat work at the upstream (it may have
+    // seen the request) may start: the deadline has not passed and the
+    // upstream's retry budget has room. Retries after a failed connect are
+    // not budgeted: nothing reached the app, so they add no work to it,
+    // and they are what carries traffic past a server that is down.
+    let may_retry = |gw: &Gateway| -> bool {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if !up
+            .budget
+            .try_retry(health::now_ms(), policy.budget_percent, policy.budget_min)
+        {
+            retry_metric(gw, &cfg, "budget_exhausted");
+            return false;
+        }
+        true
+    };
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     // Set for a keep-alive-race replay: same server, fresh connection.
     let mut again: Option<usize> = None;
@@ -925,12 +947,19 @@ pub async fn handle(
                     // Nothing reached the upstream: any method may go to
                     // another server, if one is left to try.
                     let next = f.cause.retry() == Retry::NothingSent
-                        && tried.len() <= cfg.retries as usize
+                        && tried.len() <= retries
                         && (replayable || pending.is_some() || stream.is_some())
-                        && up.choose(&tried, key, health::now_ms()).is_some();
+                        && up.has_candidate(&tried, health::now_ms())
+                        && deadline.is_none_or(|d| Instant::now() < d);
                     if next {
                         log.failure(&f, None, Some(&a), Some("next_server"));
                         retry_metric(&gw, &cfg, "next_server");
+                        tokio::time::sleep(crate::balance::backoff(
+                            policy.backoff,
+                            log.attempts,
+                            start.elapsed().as_nanos() as u64,
+                        ))
+                        .await;
                         continue;
                     }
                     log.failure(&f, Some(f.cause.status()), Some(&a), None);
@@ -948,7 +977,16 @@ pub async fn handle(
             .unwrap_or_else(|| build(make_body(&mut stream)));
         info.stats.begin_response();
         let fut = conn.tx.try_send_request(req);
-        let outcome = upstream::await_head(fut, &info, cfg.read_timeout).await;
+        // The head wait: read_timeout, shortened by the route's per-try
+        // timeout and by what is left of its deadline.
+        let mut head_wait = cfg.read_timeout;
+        if let Some(p) = policy.per_try_timeout {
+            head_wait = head_wait.min(p);
+        }
+        if let Some(d) = deadline {
+            head_wait = head_wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        let outcome = upstream::await_head(fut, &info, head_wait).await;
         let attempt_log = |info: &ConnInfo| AttemptLog {
             peer: conn.peer.clone(),
             idle_ms: reused.map(|d| d.as_millis() as u64),
@@ -963,6 +1001,7 @@ pub async fn handle(
                 .load(Ordering::Relaxed)
                 .saturating_sub(read_before),
         };
+        let mut per_try_expired = false;
         let failure = match outcome {
             Some(Ok(resp)) => {
                 let app_error = cfg.outlier.count_5xx && resp.status().is_server_error();
@@ -992,12 +1031,10 @@ pub async fn handle(
             }
             None => {
                 info.retired.store(true, Ordering::Relaxed);
+                per_try_expired = head_wait < cfg.read_timeout;
                 Failure::with(
                     Cause::ResponseHeadTimeout,
-                    format!(
-                        "no response head within {}s",
-                        cfg.read_timeout.as_secs_f32()
-                    ),
+                    format!("no response head within {}s", head_wait.as_secs_f32()),
                 )
             }
             Some(Err(mut e)) => {
@@ -1055,15 +1092,24 @@ pub async fn handle(
         // The upstream may have seen the request but sent nothing back: an
         // idempotent request (or one with Idempotency-Key) with a
         // replayable body goes to another server, within `retries`.
-        let next = failure.cause.retry() == Retry::MaybeProcessed
+        // A per-try timeout counts the same way: the point of it is to try
+        // another server sooner.
+        let next = (failure.cause.retry() == Retry::MaybeProcessed || per_try_expired)
             && a.received == 0
             && replayable
             && (idempotent(&method) || may_replay_unsafe)
-            && tried.len() <= cfg.retries as usize
-            && up.choose(&tried, key, health::now_ms()).is_some();
+            && tried.len() <= retries
+            && up.has_candidate(&tried, health::now_ms())
+            && may_retry(&gw);
         if next {
             log.failure(&failure, None, Some(&a), Some("next_server"));
             retry_metric(&gw, &cfg, "next_server");
+            tokio::time::sleep(crate::balance::backoff(
+                policy.backoff,
+                log.attempts,
+                start.elapsed().as_nanos() as u64,
+            ))
+            .await;
             continue;
         }
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
@@ -1112,11 +1158,13 @@ fn passive_failure(gw: &Gateway, up: &Upstream, server: &Arc<Server>, counts: bo
         return;
     }
     let now = health::now_ms();
-    if let health::Transition::Ejected(d) =
+    let t = {
+        let _one_at_a_time = up.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
         server
             .health
             .record_failure(&up.cfg.outlier, now, up.ejected(now), up.servers.len())
-    {
+    };
+    if let health::Transition::Ejected(d) = t {
         note_transition(gw, &up.cfg, server, "ejected", Some(d));
     }
 }

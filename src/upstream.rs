@@ -423,6 +423,10 @@ pub struct Upstream {
     /// Requests in flight to the whole upstream and the queue, when
     /// `max_concurrent` is set.
     pub(crate) slots: Option<crate::balance::Slots>,
+    pub(crate) budget: crate::balance::RetryBudget,
+    /// Serialises ejection decisions so concurrent failures cannot eject
+    /// more than max_ejected_percent of the pool between them.
+    pub(crate) eject_lock: Mutex<()>,
 }
 
 /// What every connect needs besides the server.
@@ -469,6 +473,8 @@ impl Upstream {
             next: AtomicUsize::new(0),
             ring,
             slots,
+            budget: Default::default(),
+            eject_lock: Mutex::new(()),
         }
     }
 }

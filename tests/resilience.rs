@@ -34,9 +34,10 @@ async fn load(
                 let r = c.send(get("/")).await;
                 total.fetch_add(1, Ordering::Relaxed);
                 if r.status != 200 || r.body.is_err() {
-                    bad.lock()
-                        .unwrap()
-                        .push((r.status, r.header("proxy-status").to_string()));
+                    bad.lock().unwrap().push((
+                        r.status,
+                        format!("{} id={}", r.header("proxy-status"), r.request_id()),
+                    ));
                 }
             }
         }));
@@ -93,12 +94,20 @@ async fn rolling_restart_under_load_zero_get_errors() {
         ); // back on the same port
     }
     let (bad, total) = run.await.unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} of {total} failed: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    if let Some((_, ps)) = bad.first() {
+        let id = ps.rsplit("id=").next().unwrap();
+        let m = gw.metrics().await;
+        let m: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains("transitions_total{") || l.contains("retries_total{"))
+            .collect();
+        panic!(
+            "{} of {total} failed: {:?}\nlog: {:#?}\n{m:#?}",
+            bad.len(),
+            &bad[..bad.len().min(3)],
+            gw.failures(id).await
+        );
+    }
 }
 
 #[tokio::test]
@@ -481,4 +490,84 @@ async fn dns_change_is_picked_up_and_last_good_answer_survives_a_resolver_outage
         assert_eq!((r.status, r.text()), (200, "b".to_string()));
     }
     drop(a);
+}
+
+fn with_route(servers: &[String], upstream_extra: &str, route_extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[upstreams.app]\nservers = [{}]\n{upstream_extra}\n[[routes]]\nupstream = \"app\"\n{route_extra}\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn per_try_timeout_moves_an_idempotent_request_to_another_server() {
+    let stall = Origin::start(Script::Stall).await.unwrap();
+    let ok = Origin::start(Script::Ok("ok".into())).await.unwrap();
+    let gw = Gw::start(&with_route(
+        &[stall.addr.to_string(), ok.addr.to_string()],
+        "",
+        "per_try_timeout = \"200ms\"",
+    ))
+    .await;
+    let t = Instant::now();
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!((r.status, r.text()), (200, "ok".to_string()));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // It went to the stalled server first (round robin starts there).
+    let lines = gw.failures(&r.request_id()).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["cause"], "response_head_timeout");
+    assert_eq!(lines[0]["retry"], "next_server");
+    assert_eq!(stall.hits.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn deadline_bounds_the_whole_request() {
+    let s1 = Origin::start(Script::Stall).await.unwrap();
+    let s2 = Origin::start(Script::Stall).await.unwrap();
+    let gw = Gw::start(&with_route(
+        &[s1.addr.to_string(), s2.addr.to_string()],
+        "",
+        "per_try_timeout = \"300ms\"\ndeadline = \"450ms\"",
+    ))
+    .await;
+    let t = Instant::now();
+    let r = send(gw.addr, get("/")).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.proxy_error(), "http_response_timeout");
+    assert!(
+        took >= Duration::from_millis(440) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retry_budget_stops_retries() {
+    // The app reads each request and resets: it may have acted on it, so a
+    // retry could repeat work, and is budgeted.
+    let reset = Origin::start(Script::Reset).await.unwrap();
+    let ok = Origin::start(Script::Ok("ok".into())).await.unwrap();
+    let gw = Gw::start(&with_route(
+        &[reset.addr.to_string(), ok.addr.to_string()],
+        "[upstreams.app.outlier]\nconsecutive_failures = 0",
+        "retry_budget_percent = 0\nretry_budget_min = 0",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(gw.addr, get("/")).await.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 502, 502],
+        "no budget: the reset attempts are not retried"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_upstream_retries_total{upstream=\"app\",reason=\"budget_exhausted\"} 2"),
+        "{m}"
+    );
 }
