@@ -135,7 +135,10 @@ impl Health {
             // At start one pass is enough; after failing, `rise` in a row.
             if self.active() == Active::Down && (p >= cfg.rise || first) {
                 self.active.store(Active::Up as u8, Ordering::Relaxed);
-                self.up_since.store(now, Ordering::Relaxed);
+                // Slow start is for servers coming back, not for the first
+                // pass at start, when every server would ramp together.
+                self.up_since
+                    .store(if first { 0 } else { now }, Ordering::Relaxed);
                 return true;
             }
         } else {

@@ -61,6 +61,9 @@ pub struct ShedLabels {
 
 pub struct Metrics {
     pub connections_refused: Counter,
+    /// Lookups answered from the last good answer (shared by every
+    /// resolver, across reloads).
+    pub dns_stale: Counter,
     pub health: Family<HealthLabels, Counter>,
     pub shed: Family<ShedLabels, Counter>,
     pub registry: Registry,
@@ -125,7 +128,14 @@ impl Metrics {
             "Log lines dropped because the log writer fell behind",
             log_dropped.clone(),
         );
+        let dns_stale = Counter::default();
+        registry.register(
+            "dns_stale_answers",
+            "Lookups answered with the last good answer because the resolver failed",
+            dns_stale.clone(),
+        );
         Metrics {
+            dns_stale,
             connections_refused,
             health,
             shed,

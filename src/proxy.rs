@@ -48,7 +48,7 @@ pub struct Runtime {
 impl Runtime {
     /// `workers` is the number of worker threads (one idle list each).
     pub fn new(config: Config, workers: usize, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let resolver = Resolver::new(&config.resolver)?;
+        let resolver = Resolver::new(&config.resolver, metrics.dns_stale.clone())?;
         let upstreams = config
             .upstreams
             .iter()

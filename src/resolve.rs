@@ -32,6 +32,8 @@ pub struct Resolver {
     /// The last good answer per name, served (and flagged) when the
     /// resolver fails, so a DNS outage does not become a site outage.
     last_good: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<IpAddr>>>>,
+    /// Lookups answered from `last_good` because the resolver failed.
+    pub stale_answers: prometheus_client::metrics::counter::Counter,
 }
 
 /// A lookup's addresses, and whether they are a stale last-good answer.
@@ -41,7 +43,11 @@ pub struct Answer {
 }
 
 impl Resolver {
-    pub fn new(cfg: &ResolverConfig) -> Result<Self, String> {
+    /// `stale_answers` counts lookups answered from the last good answer.
+    pub fn new(
+        cfg: &ResolverConfig,
+        stale_answers: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, String> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if cfg.nameservers.is_empty() {
             match TokioResolver::builder(provider.clone()) {
@@ -82,6 +88,7 @@ impl Resolver {
             inner,
             deadline: cfg.timeout * cfg.attempts as u32 + Duration::from_millis(100),
             last_good: Default::default(),
+            stale_answers,
         })
     }
 
@@ -105,6 +112,7 @@ impl Resolver {
                 .get(host)
             {
                 Some(addrs) => {
+                    self.stale_answers.inc();
                     tracing::warn!(target: "baton::dns", host, error = ?e, "resolver failed; using the last good answer");
                     Ok(Answer {
                         addrs: addrs.clone(),

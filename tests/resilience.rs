@@ -489,6 +489,15 @@ async fn dns_change_is_picked_up_and_last_good_answer_survives_a_resolver_outage
         let r = send(gw.addr, get("/")).await;
         assert_eq!((r.status, r.text()), (200, "b".to_string()));
     }
+    let m = gw.metrics().await;
+    let stale: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_dns_stale_answers_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(stale >= 1, "stale answers are counted: {stale}");
     drop(a);
 }
 
@@ -570,4 +579,83 @@ async fn exhausted_retry_budget_stops_retries() {
         m.contains("baton_upstream_retries_total{upstream=\"app\",reason=\"budget_exhausted\"} 2"),
         "{m}"
     );
+}
+
+/// A server that goes down and up repeatedly is ejected for longer each
+/// time, while clients see no errors (there is another server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_server_is_ejected_for_longer_each_time() {
+    let steady = Origin::start(Script::Ok("steady".into())).await.unwrap();
+    let flap_addr = refusing_addr();
+    let gw = Gw::start(&with_route(
+        &[steady.addr.to_string(), flap_addr.to_string()],
+        "retries = 1\n[upstreams.app.outlier]\nconsecutive_failures = 2\nbase_ejection = \"200ms\"",
+        "",
+    ))
+    .await;
+    let run = tokio::spawn(load(gw.addr, 4, Duration::from_millis(2400)));
+    let mut flap = None;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        flap = if i % 2 == 0 {
+            Some(
+                Origin::start_on(flap_addr, Script::Ok("flap".into()))
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
+    }
+    drop(flap);
+    let (bad, total) = run.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {total} failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
+    let m = gw.metrics().await;
+    let ejected: u64 = m
+        .lines()
+        .find(|l| l.contains("to=\"ejected\"") && l.contains(&flap_addr.to_string()))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(ejected >= 2, "ejected repeatedly: {m}");
+}
+
+#[tokio::test]
+async fn tcp_health_check_and_slow_start() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b_addr = refusing_addr();
+    let gw = Gw::start(&with_route(
+        &[a.addr.to_string(), b_addr.to_string()],
+        "[upstreams.app.health]\ntcp = true\ninterval = \"100ms\"\nrise = 1\nslow_start = \"10s\"",
+        "",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for _ in 0..6 {
+        assert_eq!(
+            send(gw.addr, get("/")).await.text(),
+            "a",
+            "b fails its TCP check"
+        );
+    }
+    let b = Origin::start_on(b_addr, Script::Ok("b".into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Just back: b gets a small share (slow start), not half.
+    let mut to_b = 0;
+    for _ in 0..40 {
+        if send(gw.addr, get("/")).await.text() == "b" {
+            to_b += 1;
+        }
+    }
+    assert!(
+        (1..=10).contains(&to_b),
+        "{to_b}/40 to the returning server"
+    );
+    drop(b);
 }
