@@ -842,20 +842,26 @@ pub async fn handle(
     let retries = policy.retries.unwrap_or(cfg.retries) as usize;
     let deadline = policy.deadline.map(|d| start + d);
     up.budget.request(health::now_ms());
-    // Whether a retry that may repeat work at the upstream (it may have
-    // seen the request) may start: the deadline has not passed and the
-    // upstream's retry budget has room. Retries after a failed connect are
-    // not budgeted: nothing reached the app, so they add no work to it,
-    // and they are what carries traffic past a server that is down.
-    let may_retry = |gw: &Gateway| -> bool {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+    // Whether another server may take this request: retries and servers
+    // are left, the deadline has not passed, and, for a retry that may
+    // repeat work at the upstream (`budgeted`: it may have seen the
+    // request), the upstream's retry budget has room. Retries after a failed
+    // connect are not budgeted: nothing reached the app, so they add no
+    // work to it, and they are what carries traffic past a server that is
+    // down.
+    let another_server = |tried: &[usize], budgeted: bool| -> bool {
+        if tried.len() > retries
+            || !up.has_candidate(tried, health::now_ms())
+            || deadline.is_some_and(|d| Instant::now() >= d)
+        {
             return false;
         }
-        if !up
-            .budget
-            .try_retry(health::now_ms(), policy.budget_percent, policy.budget_min)
+        if budgeted
+            && !up
+                .budget
+                .try_retry(health::now_ms(), policy.budget_percent, policy.budget_min)
         {
-            retry_metric(gw, &cfg, "budget_exhausted");
+            retry_metric(&gw, &cfg, "budget_exhausted");
             return false;
         }
         true
@@ -947,19 +953,12 @@ pub async fn handle(
                     // Nothing reached the upstream: any method may go to
                     // another server, if one is left to try.
                     let next = f.cause.retry() == Retry::NothingSent
-                        && tried.len() <= retries
                         && (replayable || pending.is_some() || stream.is_some())
-                        && up.has_candidate(&tried, health::now_ms())
-                        && deadline.is_none_or(|d| Instant::now() < d);
+                        && another_server(&tried, false);
                     if next {
                         log.failure(&f, None, Some(&a), Some("next_server"));
                         retry_metric(&gw, &cfg, "next_server");
-                        tokio::time::sleep(crate::balance::backoff(
-                            policy.backoff,
-                            log.attempts,
-                            start.elapsed().as_nanos() as u64,
-                        ))
-                        .await;
+                        pause(policy.backoff, log.attempts, start).await;
                         continue;
                     }
                     log.failure(&f, Some(f.cause.status()), Some(&a), None);
@@ -1098,18 +1097,11 @@ pub async fn handle(
             && a.received == 0
             && replayable
             && (idempotent(&method) || may_replay_unsafe)
-            && tried.len() <= retries
-            && up.has_candidate(&tried, health::now_ms())
-            && may_retry(&gw);
+            && another_server(&tried, true);
         if next {
             log.failure(&failure, None, Some(&a), Some("next_server"));
             retry_metric(&gw, &cfg, "next_server");
-            tokio::time::sleep(crate::balance::backoff(
-                policy.backoff,
-                log.attempts,
-                start.elapsed().as_nanos() as u64,
-            ))
-            .await;
+            pause(policy.backoff, log.attempts, start).await;
             continue;
         }
         log.failure(&failure, Some(failure.cause.status()), Some(&a), None);
@@ -1203,6 +1195,14 @@ struct Held {
     busy: InFlight,
     #[allow(dead_code)]
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The route's backoff before the next attempt (none by default).
+async fn pause(base: std::time::Duration, attempt: u32, start: Instant) {
+    let d = crate::balance::backoff(base, attempt, start.elapsed().as_nanos() as u64);
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 fn retry_metric(gw: &Gateway, cfg: &UpstreamConfig, reason: &'static str) {
