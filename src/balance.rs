@@ -153,12 +153,27 @@ impl Upstream {
     }
 }
 
-/// The concurrency limit of an upstream: `max` slots, at most `queue`
-/// requests waiting for one.
+/// The concurrency limit of an upstream: `max` slots (or an adaptive limit
+/// within [min, max]), at most `queue` requests waiting for one.
 pub struct Slots {
     sem: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
+    /// Permits to retire as slots come back (when the adaptive limit fell
+    /// while they were in use).
+    debt: Arc<AtomicUsize>,
+    aimd: Option<Aimd>,
+}
+
+/// Additive increase, multiplicative decrease on response-head latency.
+struct Aimd {
+    target: Duration,
+    min: usize,
+    max: usize,
+    limit: AtomicUsize,
+    /// Fast answers since the last increase.
+    good: AtomicUsize,
+    last_decrease: std::sync::atomic::AtomicU64,
 }
 
 /// Why no slot was given.
@@ -168,22 +183,56 @@ pub enum Shed {
     QueueTimeout,
 }
 
+/// A slot in use; returned (or retired, if the limit fell) when dropped.
+pub struct Slot {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    debt: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take()
+            && self
+                .debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+                .is_ok()
+        {
+            p.forget();
+        }
+    }
+}
+
 impl Slots {
-    pub fn new(max: usize, queue: usize) -> Self {
+    pub fn new(max: usize, queue: usize, adaptive: Option<&crate::config::Adaptive>) -> Self {
         Slots {
             sem: Arc::new(Semaphore::new(max)),
             waiting: AtomicUsize::new(0),
             queue,
+            debt: Arc::new(AtomicUsize::new(0)),
+            aimd: adaptive.map(|a| Aimd {
+                target: a.target,
+                min: a.min,
+                max,
+                limit: AtomicUsize::new(max),
+                good: AtomicUsize::new(0),
+                last_decrease: Default::default(),
+            }),
         }
     }
 
+    /// The current limit.
+    pub fn limit(&self) -> Option<usize> {
+        self.aimd.as_ref().map(|a| a.limit.load(Ordering::Relaxed))
+    }
+
     /// A slot, waiting in the queue for at most `timeout`.
-    pub async fn acquire(
-        &self,
-        timeout: Duration,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Shed> {
+    pub async fn acquire(&self, timeout: Duration) -> Result<Slot, Shed> {
+        let slot = |p| Slot {
+            permit: Some(p),
+            debt: self.debt.clone(),
+        };
         if let Ok(p) = self.sem.clone().try_acquire_owned() {
-            return Ok(p);
+            return Ok(slot(p));
         }
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -192,9 +241,52 @@ impl Slots {
         let r = tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match r {
-            Ok(Ok(p)) => Ok(p),
+            Ok(Ok(p)) => Ok(slot(p)),
             _ => Err(Shed::QueueTimeout),
         }
+    }
+
+    /// Feeds the adaptive limit one response-head latency (`None`: the
+    /// attempt timed out). Returns the new limit when it changed.
+    pub fn observe(&self, latency: Option<Duration>, now_ms: u64) -> Option<usize> {
+        let a = self.aimd.as_ref()?;
+        let limit = a.limit.load(Ordering::Relaxed);
+        if latency.is_some_and(|l| l <= a.target) {
+            if a.good.fetch_add(1, Ordering::Relaxed) + 1 < limit || limit >= a.max {
+                return None;
+            }
+            a.good.store(0, Ordering::Relaxed);
+            a.limit.store(limit + 1, Ordering::Relaxed);
+            // Pay back a retired permit before adding a new one.
+            if self
+                .debt
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+                .is_err()
+            {
+                self.sem.add_permits(1);
+            }
+            return Some(limit + 1);
+        }
+        // Slow: shrink by a quarter, at most once per target interval (one
+        // slow burst is one signal, not many).
+        let last = a.last_decrease.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < a.target.as_millis() as u64
+            || a.last_decrease
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let new = (limit * 3 / 4).max(a.min);
+        if new == limit {
+            return None;
+        }
+        a.limit.store(new, Ordering::Relaxed);
+        a.good.store(0, Ordering::Relaxed);
+        let cut = limit - new;
+        let forgotten = self.sem.forget_permits(cut);
+        self.debt.fetch_add(cut - forgotten, Ordering::Relaxed);
+        Some(new)
     }
 }
 
@@ -275,6 +367,34 @@ mod tests {
             30,
             "3/s floor over 10 s"
         );
+    }
+
+    #[test]
+    fn aimd_shrinks_on_slow_answers_and_grows_on_fast_ones() {
+        let a = crate::config::Adaptive {
+            target: Duration::from_millis(20),
+            min: 2,
+        };
+        let s = Slots::new(8, 0, Some(&a));
+        let slow = Some(Duration::from_millis(100));
+        assert_eq!(s.observe(slow, 1000), Some(6));
+        assert_eq!(
+            s.observe(slow, 1010),
+            None,
+            "at most once per target interval"
+        );
+        assert_eq!(s.observe(None, 1030), Some(4), "a timeout is slow");
+        assert_eq!(s.observe(slow, 1060), Some(3));
+        assert_eq!(s.observe(slow, 1090), Some(2));
+        assert_eq!(s.observe(slow, 1120), None, "never below min");
+        let fast = Some(Duration::from_millis(5));
+        assert_eq!(s.observe(fast, 1200), None);
+        assert_eq!(
+            s.observe(fast, 1201),
+            Some(3),
+            "one more per `limit` fast answers"
+        );
+        assert_eq!(s.sem.available_permits(), 3);
     }
 
     #[test]

@@ -123,8 +123,13 @@ pub struct UpstreamConfig {
     pub outlier: OutlierConfig,
     /// At most this many requests in flight to the upstream (None: no limit).
     pub max_concurrent: Option<usize>,
+    /// Planned downtime of the whole upstream (as a route's `maintenance`).
+    pub maintenance: Option<Maintenance>,
     /// Requests that may wait for a free slot beyond `max_concurrent`.
     pub queue: usize,
+    /// Adaptive concurrency (AIMD on response-head latency), within
+    /// [min, max_concurrent].
+    pub adaptive: Option<Adaptive>,
     pub queue_timeout: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -138,6 +143,14 @@ pub struct UpstreamConfig {
     pub replay_buffer_bytes: usize,
     /// TLS to the servers, when enabled.
     pub tls: Option<UpstreamTls>,
+}
+
+/// AIMD: the limit grows by one per `limit` answers faster than `target`
+/// and shrinks by a quarter on a slower one (at most once per `target`).
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    pub target: Duration,
+    pub min: usize,
 }
 
 /// One entry of `servers`: `"ADDRESS [weight=N] [backup]"`.
@@ -384,6 +397,10 @@ mod raw {
         pub health: Option<Health>,
         pub outlier: Option<Outlier>,
         pub max_concurrent: Option<Spanned<i64>>,
+        pub adaptive_latency: Option<Spanned<String>>,
+        pub adaptive_min: Option<Spanned<i64>>,
+        pub maintenance: Option<Spanned<String>>,
+        pub maintenance_retry_after: Option<Spanned<String>>,
         pub queue: Option<Spanned<i64>>,
         pub queue_timeout: Option<Spanned<String>>,
     }
@@ -1212,12 +1229,49 @@ impl<'s> Validator<'s> {
                 0,
                 "use 0 (no queue) or more",
             ) as usize;
+            let adaptive = match (&u.adaptive_latency, max_concurrent) {
+                (None, _) => None,
+                (Some(a), None) => {
+                    self.err(
+                        key("adaptive_latency"),
+                        a.span(),
+                        "adaptive concurrency needs max_concurrent as its ceiling",
+                        "add max_concurrent = 100 (or the most the app can take)",
+                    );
+                    None
+                }
+                (Some(_), Some(max)) => Some(Adaptive {
+                    target: self.duration(
+                        &key("adaptive_latency"),
+                        &u.adaptive_latency,
+                        Duration::from_millis(100),
+                    ),
+                    min: self.int(
+                        &key("adaptive_min"),
+                        &u.adaptive_min,
+                        1,
+                        max as i64,
+                        1.max((max as i64 / 10).min(4)),
+                        "use 1 up to max_concurrent",
+                    ) as usize,
+                }),
+            };
+            let maintenance = u.maintenance.as_ref().map(|m| Maintenance {
+                message: m.get_ref().clone(),
+                retry_after: self.duration(
+                    &key("maintenance_retry_after"),
+                    &u.maintenance_retry_after,
+                    Duration::from_secs(600),
+                ),
+            });
             let queue_timeout = self.duration(
                 &key("queue_timeout"),
                 &u.queue_timeout,
                 Duration::from_secs(1),
             );
             let cfg = UpstreamConfig {
+                adaptive,
+                maintenance,
                 balance,
                 health,
                 outlier,

@@ -59,7 +59,14 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Arc<str>,
+}
+
 pub struct Metrics {
+    /// The adaptive concurrency limit of each upstream that has one.
+    pub concurrency_limit: Family<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>,
     pub connections_refused: Counter,
     /// Lookups answered from the last good answer (shared by every
     /// resolver, across reloads).
@@ -92,6 +99,13 @@ impl Metrics {
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
         let connections_refused = Counter::default();
+        let concurrency_limit =
+            Family::<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "upstream_concurrency_limit",
+            "The adaptive concurrency limit (adaptive_latency upstreams)",
+            concurrency_limit.clone(),
+        );
         registry.register(
             "connections_refused",
             "Client connections closed at once because max_connections was reached",
@@ -135,6 +149,7 @@ impl Metrics {
             dns_stale.clone(),
         );
         Metrics {
+            concurrency_limit,
             dns_stale,
             connections_refused,
             health,

@@ -718,7 +718,7 @@ pub async fn handle(
     let cfg = up.cfg.clone();
     log.route = Some(route.name.clone());
     log.upstream = Some(cfg.name.clone());
-    if let Some(m) = &route.maintenance {
+    if let Some(m) = route.maintenance.as_ref().or(cfg.maintenance.as_ref()) {
         let f = Failure::with(Cause::Maintenance, m.message.clone());
         return local_error(
             &rt,
@@ -822,11 +822,20 @@ pub async fn handle(
         None
     };
     let replayable = replay.is_some();
+    // A body without a Content-Length is held to max_body_bytes as it streams.
+    let body_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body_limit = rt
+        .config
+        .limits
+        .max_body_bytes
+        .map(|m| (m, body_over.clone()));
     let make_body = |stream: &mut Option<Incoming>| -> UpBody {
         match &replay {
             Some(None) => UpBody::Empty,
             Some(Some(b)) => UpBody::Full(Some(b.clone())),
-            None => stream.take().map_or(UpBody::Empty, UpBody::Stream),
+            None => stream
+                .take()
+                .map_or(UpBody::Empty, |b| UpBody::Stream(b, body_limit.clone())),
         }
     };
     let build = |body: UpBody| -> Request<UpBody> {
@@ -985,7 +994,19 @@ pub async fn handle(
         if let Some(d) = deadline {
             head_wait = head_wait.min(d.saturating_duration_since(Instant::now()));
         }
+        let sent_at = Instant::now();
         let outcome = upstream::await_head(fut, &info, head_wait).await;
+        if let Some(slots) = &up.slots {
+            let latency = matches!(outcome, Some(Ok(_))).then(|| sent_at.elapsed());
+            if let Some(limit) = slots.observe(latency, health::now_ms()) {
+                gw.metrics
+                    .concurrency_limit
+                    .get_or_create(&crate::metrics::UpstreamLabels {
+                        upstream: cfg.name.clone(),
+                    })
+                    .set(limit as i64);
+            }
+        }
         let attempt_log = |info: &ConnInfo| AttemptLog {
             peer: conn.peer.clone(),
             idle_ms: reused.map(|d| d.as_millis() as u64),
@@ -1069,6 +1090,17 @@ pub async fn handle(
             }
         };
         info.retired.store(true, Ordering::Relaxed);
+        let failure = if body_over.load(Ordering::Relaxed) {
+            Failure::with(
+                Cause::BodyTooLarge,
+                format!(
+                    "the streamed body passed {} bytes",
+                    rt.config.limits.max_body_bytes.unwrap_or(0)
+                ),
+            )
+        } else {
+            failure
+        };
         let a = attempt_log(&info);
         // The keep-alive race: a reused connection that died with zero
         // response bytes. Replay on a fresh connection when the request is
@@ -1194,7 +1226,7 @@ struct Held {
     #[allow(dead_code)]
     busy: InFlight,
     #[allow(dead_code)]
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<crate::balance::Slot>,
 }
 
 /// The route's backoff before the next attempt (none by default).

@@ -70,35 +70,58 @@ impl Failure {
 pub enum UpBody {
     Empty,
     Full(Option<Bytes>),
-    Stream(Incoming),
+    /// Streamed from the client, with what is left of `max_body_bytes`
+    /// (for bodies without a Content-Length) and the flag set when it ran out.
+    Stream(Incoming, Option<(u64, Arc<AtomicBool>)>),
 }
+
+/// The client's body passed `max_body_bytes` while streaming.
+#[derive(Debug)]
+pub struct BodyTooLarge;
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body larger than max_body_bytes")
+    }
+}
+impl std::error::Error for BodyTooLarge {}
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            UpBody::Stream(s, limit) => {
+                let r = ready!(Pin::new(s).poll_frame(cx));
+                if let (Some(Ok(f)), Some((left, over))) = (&r, limit.as_mut()) {
+                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                    if n > *left {
+                        over.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *left -= n;
+                }
+                Poll::Ready(r.map(|r| r.map_err(Into::into)))
+            }
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Empty => true,
             UpBody::Full(b) => b.is_none(),
-            UpBody::Stream(s) => s.is_end_stream(),
+            UpBody::Stream(s, _) => s.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream(s) => s.size_hint(),
+            UpBody::Stream(s, _) => s.size_hint(),
         }
     }
 }
@@ -466,7 +489,7 @@ impl Upstream {
         let ring = crate::balance::ring(&servers);
         let slots = cfg
             .max_concurrent
-            .map(|n| crate::balance::Slots::new(n, cfg.queue));
+            .map(|n| crate::balance::Slots::new(n, cfg.queue, cfg.adaptive.as_ref()));
         Upstream {
             cfg,
             servers,

@@ -168,3 +168,76 @@ async fn connections_over_max_connections_are_closed() {
         "existing connections keep working"
     );
 }
+
+#[tokio::test]
+async fn chunked_body_over_max_body_bytes_is_413() {
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let running = start_with_server(&o, "max_body_bytes = 1000").await;
+    let mut s = tokio::net::TcpStream::connect(running.addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("258\r\n{}\r\n", "x".repeat(600));
+    for _ in 0..3 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("error=http_request_error"), "{head}");
+}
+
+#[tokio::test]
+async fn upstream_maintenance_covers_every_route() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let gw = Gw::start(&format!("[upstreams.app]\nservers = [\"{}\"]\nmaintenance = \"Moving to a new host\"\nmaintenance_retry_after = \"5m\"\n[[routes]]\npath = \"/a\"\nupstream = \"app\"\n[[routes]]\nupstream = \"app\"\n", o.addr)).await;
+    for p in ["/a", "/b"] {
+        let r = send(gw.addr, get(p)).await;
+        assert_eq!((r.status, r.header("retry-after")), (503, "300"));
+        assert!(r.header("proxy-status").contains("Moving to a new host"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_concurrency_finds_a_lower_limit_when_latency_rises() {
+    let slow = Origin::start(Script::Delay(Duration::from_millis(80), "slow".into()))
+        .await
+        .unwrap();
+    let gw = Gw::start(&format!("[upstreams.app]\nservers = [\"{}\"]\nmax_concurrent = 20\nadaptive_latency = \"20ms\"\nadaptive_min = 2\n[[routes]]\nupstream = \"app\"\n", slow.addr)).await;
+    // A load step: answers now take 80 ms against a 20 ms target.
+    for _ in 0..10 {
+        assert_eq!(send(gw.addr, get("/")).await.status, 200);
+    }
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_upstream_concurrency_limit{upstream=\"app\"} 2"),
+        "{m}"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(send(gw.addr, get("/"))));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            assert_eq!(r.proxy_error(), "connection_limit_reached");
+        }
+        statuses.push(r.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 503, 503, 503, 503],
+        "two slots at the adapted limit"
+    );
+}
