@@ -34,6 +34,12 @@ use crate::upstream::{
     self, AttemptView, Conn, ConnInfo, Dialer, Failure, Server, TimedBody, UpBody, Upstream,
 };
 
+/// A route's metric handles (the same series as the labelled families).
+pub struct RouteMetrics {
+    ok: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
+}
+
 /// Everything built from one config: swapped whole on reload, so a request
 /// finishes on the config it started with.
 pub struct Runtime {
@@ -41,6 +47,8 @@ pub struct Runtime {
     pub upstreams: Vec<Arc<Upstream>>,
     /// One per route (`None` where the route has no rate_limit).
     pub limiters: Vec<Option<crate::limit::Limiter>>,
+    /// One per route.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
 }
@@ -60,10 +68,32 @@ impl Runtime {
             .iter()
             .map(|r| r.rate_limit.clone().map(crate::limit::Limiter::new))
             .collect();
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(RouteMetrics {
+                    ok: metrics
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            route: r.name.clone(),
+                            status: 200,
+                        })
+                        .clone(),
+                    duration: metrics
+                        .duration
+                        .get_or_create(&RouteLabels {
+                            route: r.name.clone(),
+                        })
+                        .clone(),
+                })
+            })
+            .collect();
         Ok(Runtime {
             config,
             upstreams,
             limiters,
+            route_metrics,
             dialer: Dialer { resolver, own },
             metrics,
         })
@@ -458,6 +488,8 @@ struct ReqLog {
     version: Version,
     start: Instant,
     route: Option<Arc<str>>,
+    /// The route's metric handles, looked up once per config (not per request).
+    route_metrics: Option<Arc<RouteMetrics>>,
     upstream: Option<Arc<str>>,
     server: Option<Arc<str>>,
     attempts: u32,
@@ -523,18 +555,27 @@ impl ReqLog {
     fn finish(&self, status: u16, bytes: u64, cause: Option<Cause>) {
         let gw = &self.gw;
         let elapsed = self.start.elapsed();
-        let route: Arc<str> = self.route.clone().unwrap_or_else(|| Arc::from("(none)"));
-        gw.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status,
-            })
-            .inc();
-        gw.metrics
-            .duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        match &self.route_metrics {
+            // The common case without a label lookup (a RwLock and a hash).
+            Some(m) if status == 200 => {
+                m.ok.inc();
+                m.duration.observe(elapsed.as_secs_f64());
+            }
+            _ => {
+                let route: Arc<str> = self.route.clone().unwrap_or_else(|| Arc::from("(none)"));
+                gw.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: route.clone(),
+                        status,
+                    })
+                    .inc();
+                gw.metrics
+                    .duration
+                    .get_or_create(&RouteLabels { route })
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if !gw.logs.access.enabled() {
             return;
         }
@@ -692,6 +733,7 @@ pub async fn handle(
         version: req.version(),
         start,
         route: None,
+        route_metrics: None,
         upstream: None,
         server: None,
         attempts: 0,
@@ -717,6 +759,7 @@ pub async fn handle(
     let up = rt.upstreams[route.upstream].clone();
     let cfg = up.cfg.clone();
     log.route = Some(route.name.clone());
+    log.route_metrics = Some(rt.route_metrics[ri].clone());
     log.upstream = Some(cfg.name.clone());
     if let Some(m) = route.maintenance.as_ref().or(cfg.maintenance.as_ref()) {
         let f = Failure::with(Cause::Maintenance, m.message.clone());
