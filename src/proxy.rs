@@ -293,11 +293,21 @@ fn hop_by_hop_fields() -> [&'static HeaderName; 7] {
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named in
 /// `Connection`, and the well-known ones. `Upgrade` survives on an upgrade.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+/// What the hop-by-hop fields said about the connection they came on.
+#[derive(Default)]
+struct Hop {
+    /// `Connection: close`.
+    close: bool,
+    /// `Keep-Alive: timeout=N`, in ms.
+    keepalive_ms: Option<u64>,
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
     // One pass over the (few) names, noting which hop-by-hop fields are
     // present: removing by name costs a hash each, and most messages carry
     // at most `Connection: keep-alive`.
     let fields = hop_by_hop_fields();
+    let mut hop = Hop::default();
     let mut present = 0u8;
     for k in h.keys() {
         if let Some(i) = fields.iter().position(|f| *f == k) {
@@ -309,6 +319,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         for v in h.get_all(header::CONNECTION) {
             for t in v.to_str().unwrap_or("").split(',') {
                 let t = t.trim();
+                hop.close |= t.eq_ignore_ascii_case("close");
                 // The usual tokens name no other field.
                 if t.is_empty()
                     || ["keep-alive", "close", "upgrade", "te"]
@@ -329,12 +340,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     for (i, f) in fields.iter().enumerate() {
         let keep = upgrade && **f == header::UPGRADE;
         if present & (1 << i) != 0 && !keep {
-            h.remove(*f);
+            let removed = h.remove(*f);
+            if **f == KEEP_ALIVE {
+                hop.keepalive_ms = removed.and_then(|v| upstream::keepalive_hint(v.as_bytes()));
+            }
         }
     }
     if upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    hop
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -820,27 +835,33 @@ pub async fn handle(
 
     // The upstream request head, built once.
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers, upgrade);
-    if !headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        headers.insert(header::HOST, v);
-    }
+    let _ = strip_hop_by_hop(&mut headers, upgrade);
+    // `Host` as received (kept), or HTTP/2's :authority as `Host`.
+    let host = log.host_field.clone().or_else(|| {
+        let v = HeaderValue::from_str(parts.uri.authority()?.as_str()).ok()?;
+        headers.insert(header::HOST, v.clone());
+        Some(v)
+    });
     let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), client.ip());
     headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(h) = headers.get(header::HOST).cloned() {
+    if let Some(h) = host {
         headers.insert(&X_FORWARDED_HOST, h);
     }
     append_via(&mut headers, parts.version);
     headers.insert(&X_REQUEST_ID, log.id.clone());
-    let path = parts.uri.path_and_query().map_or_else(
-        || Uri::from_static("/"),
-        |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-    );
+    // The origin-form target, reusing the parsed path (no re-parse).
+    let path = match parts.uri.path_and_query() {
+        Some(pq) => {
+            let mut up = http::uri::Parts::default();
+            up.path_and_query = Some(pq.clone());
+            Uri::from_parts(up).unwrap_or_else(|_| Uri::from_static("/"))
+        }
+        None => Uri::from_static("/"),
+    };
     let method = parts.method;
-    let may_replay_unsafe = headers.contains_key(&IDEMPOTENCY_KEY);
+    // Looked up only when a replay is being decided (failures).
+    let may_replay_unsafe = || headers.contains_key(&IDEMPOTENCY_KEY);
 
     // The body: buffered when small enough to replay, else streamed.
     let declared = headers
@@ -1153,7 +1174,7 @@ pub async fn handle(
             && reused.is_some()
             && a.received == 0
             && replayable
-            && (idempotent(&method) || may_replay_unsafe)
+            && (idempotent(&method) || may_replay_unsafe())
             && !race_retry_used;
         if race {
             race_retry_used = true;
@@ -1171,7 +1192,7 @@ pub async fn handle(
         let next = (failure.cause.retry() == Retry::MaybeProcessed || per_try_expired)
             && a.received == 0
             && replayable
-            && (idempotent(&method) || may_replay_unsafe)
+            && (idempotent(&method) || may_replay_unsafe())
             && another_server(&tried, true);
         if next {
             log.failure(&failure, None, Some(&a), Some("next_server"));
@@ -1305,20 +1326,6 @@ fn respond(
     let info = conn.info.clone();
     log.server = Some(conn.peer.clone());
     let status = resp.status();
-    if let Some(ms) = resp
-        .headers()
-        .get(&KEEP_ALIVE)
-        .and_then(|v| upstream::keepalive_hint(v.as_bytes()))
-    {
-        info.keepalive_hint_ms.store(ms, Ordering::Relaxed);
-    }
-    let closing = resp.headers().get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-    });
-    if closing {
-        info.retired.store(true, Ordering::Relaxed);
-    }
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     if upgraded {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -1331,7 +1338,14 @@ fn respond(
         });
     }
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgraded);
+    let hop = strip_hop_by_hop(&mut parts.headers, upgraded);
+    if let Some(ms) = hop.keepalive_ms {
+        info.keepalive_hint_ms.store(ms, Ordering::Relaxed);
+    }
+    if hop.close {
+        // Never pooled, and not mistaken for an idle close (learning).
+        info.retired.store(true, Ordering::Relaxed);
+    }
     append_via(&mut parts.headers, Version::HTTP_11);
     parts.headers.insert(&X_REQUEST_ID, log.id.clone());
     let sent = info
