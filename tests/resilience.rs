@@ -428,8 +428,9 @@ async fn sigterm_under_load_cuts_no_request() {
         tasks.push(tokio::spawn(send(addr, get("/"))));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
+    // The shell's builtin `kill`: no dependency on procps.
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id().unwrap())])
         .status()
         .unwrap();
     for t in tasks {
