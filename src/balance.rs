@@ -53,6 +53,11 @@ impl Upstream {
             let s = &self.servers[i];
             s.backup == backup && !tried.contains(&i) && s.health.usable(now)
         };
+        if self.servers.len() == 1 {
+            // The common single-server upstream (never a backup: config
+            // refuses an all-backup list).
+            return ok(0, false).then_some(0);
+        }
         for backup in [false, true] {
             let pick = match (&self.cfg.balance, key) {
                 (Balance::Hash(_), Some(k)) => self.by_hash(k, |i| ok(i, backup)),

@@ -914,7 +914,9 @@ pub async fn handle(
     let policy = &route.retry;
     let retries = policy.retries.unwrap_or(cfg.retries) as usize;
     let deadline = policy.deadline.map(|d| start + d);
-    up.budget.request(health::now_ms());
+    // One clock read serves the first attempt (budget, choice, success).
+    let mut now = health::now_ms();
+    up.budget.request(now);
     // Whether another server may take this request: retries and servers
     // are left, the deadline has not passed, and, for a retry that may
     // repeat work at the upstream (`budgeted`: it may have seen the
@@ -972,7 +974,9 @@ pub async fn handle(
     };
 
     loop {
-        let now = health::now_ms();
+        if log.attempts > 0 {
+            now = health::now_ms();
+        }
         let fresh_only = again.is_some();
         let si = match again.take().or_else(|| up.choose(&tried, key, now)) {
             Some(i) => i,
@@ -1091,9 +1095,7 @@ pub async fn handle(
                 let app_error = cfg.outlier.count_5xx && resp.status().is_server_error();
                 if app_error {
                     passive_failure(&gw, &up, &server, true);
-                } else if server.health.record_success(health::now_ms())
-                    == health::Transition::Returned
-                {
+                } else if server.health.record_success(now) == health::Transition::Returned {
                     note_transition(&gw, &cfg, &server, "returned", None);
                 }
                 let ctx = Held { busy, permit };
