@@ -52,16 +52,6 @@ pub enum Side {
     Gateway,
 }
 
-impl Side {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Upstream => "upstream",
-            Side::Gateway => "gateway",
-        }
-    }
-}
-
 /// Whether the failed attempt may be repeated on another server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retry {
@@ -327,11 +317,6 @@ causes! {
 }
 
 impl Cause {
-    /// The metric and log label for the cause.
-    pub const fn as_str(self) -> &'static str {
-        self.id()
-    }
-
     /// Whether this failure says something about the server itself, so it
     /// counts towards passive ejection. The application's own answers (big
     /// headers, a 500) do not, nor does baton's own state.
@@ -350,14 +335,6 @@ impl Cause {
             self,
             Cause::NoRoute | Cause::ProxyConfiguration | Cause::Internal | Cause::BodyTooLarge
         )
-    }
-
-    /// The reason phrase for [`Cause::status`].
-    pub fn reason(self) -> &'static str {
-        http::StatusCode::from_u16(self.status())
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error")
     }
 
     /// The Markdown table published in `docs/errors.md`; a test keeps the

@@ -223,10 +223,15 @@ async fn checker(rt: Weak<Runtime>, index: usize) {
             let Some(cfg) = up.cfg.health.clone() else {
                 return;
             };
-            let probes = up.servers.iter().map(|s| probe(&rt, &up, s.clone(), &cfg));
-            for (server, result) in up.servers.iter().zip(futures_join_all(probes).await) {
-                let ok = result.is_ok();
-                if server.health.check_result(ok, &cfg, first) {
+            // All servers at once: a slow one must not delay the others.
+            let mut probes = tokio::task::JoinSet::new();
+            for (i, s) in up.servers.iter().enumerate() {
+                let (rt, up, s, cfg) = (rt.clone(), up.clone(), s.clone(), cfg.clone());
+                probes.spawn(async move { (i, probe(&rt, &up, s, &cfg).await) });
+            }
+            while let Some(Ok((i, result))) = probes.join_next().await {
+                let server = &up.servers[i];
+                if server.health.check_result(result.is_ok(), &cfg, first) {
                     rt.note_health(&up, server, result.err());
                 }
             }
@@ -235,41 +240,6 @@ async fn checker(rt: Weak<Runtime>, index: usize) {
         first = false;
         tokio::time::sleep(interval).await;
     }
-}
-
-// Written by hand: the checker needs "run these few futures concurrently",
-// and a futures crate dependency for one join would be heavier than this.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    let mut pending: Vec<_> = handles.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(
-        results
-            .into_iter()
-            .map(|r| r.expect("every future completed")),
-    );
-    out
 }
 
 /// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.

@@ -790,9 +790,7 @@ pub async fn handle(
     let mut rate_headers = None;
     if let Some(limiter) = &rt.limiters[ri] {
         let key = match &limiter.config().key {
-            crate::config::RateKey::ClientIp => {
-                crate::balance::fnv1a(client.ip().to_string().as_bytes())
-            }
+            crate::config::RateKey::ClientIp => client_key(client),
             crate::config::RateKey::Header(h) => {
                 crate::balance::fnv1a(req.headers().get(h).map_or(&b""[..], |v| v.as_bytes()))
             }
@@ -1098,7 +1096,10 @@ pub async fn handle(
                 } else if server.health.record_success(now) == health::Transition::Returned {
                     note_transition(&gw, &cfg, &server, "returned", None);
                 }
-                let ctx = Held { busy, permit };
+                let ctx = Held {
+                    _busy: busy,
+                    _permit: permit,
+                };
                 let mut r = respond(
                     resp,
                     conn,
@@ -1220,13 +1221,18 @@ fn add_rate_headers(
     }
 }
 
+/// The key of a client's address, for client-IP hashing and rate limits.
+fn client_key(client: SocketAddr) -> u64 {
+    crate::balance::fnv1a(client.ip().to_string().as_bytes())
+}
+
 /// The request's consistent-hash key, when the upstream hashes.
 fn hash_key(balance: &Balance, headers: &HeaderMap, client: SocketAddr) -> Option<u64> {
     let Balance::Hash(k) = balance else {
         return None;
     };
     match k {
-        HashKey::ClientIp => Some(crate::balance::fnv1a(client.ip().to_string().as_bytes())),
+        HashKey::ClientIp => Some(client_key(client)),
         HashKey::Header(name) => headers
             .get(name)
             .map(|v| crate::balance::fnv1a(v.as_bytes())),
@@ -1289,10 +1295,9 @@ impl Drop for InFlight {
 
 /// What a response holds until it ends: its in-flight mark and its slot.
 struct Held {
-    #[allow(dead_code)]
-    busy: InFlight,
-    #[allow(dead_code)]
-    permit: Option<crate::balance::Slot>,
+    // Never read: they act when dropped, with the response.
+    _busy: InFlight,
+    _permit: Option<crate::balance::Slot>,
 }
 
 /// The route's backoff before the next attempt (none by default).

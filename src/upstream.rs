@@ -621,14 +621,6 @@ impl Server {
                 });
     }
 
-    /// The learned idle-close time, for logs and `baton doctor`.
-    pub fn learned_idle_close(&self) -> Option<Duration> {
-        match self.learned_idle_close_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-
     fn my_idle(&self) -> &Mutex<Vec<Idle>> {
         &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
     }
