@@ -118,6 +118,20 @@ causes! {
         seen: "A request for a host or path that no [[routes]] entry matches: a typo in the host, a missing route after a deploy, or a scanner.",
         fix: "Add a [[routes]] entry whose host and path match the request, or check the Host header the client sends.",
     },
+    FileNotFound {
+        id: "file_not_found", token: "destination_not_found", status: 404, phase: Route, side: Client, retry: Never,
+        title: "There is nothing at this address",
+        visitor: "There is no page or file at this address on this site.",
+        seen: "A FastCGI upstream's try_files found no file, directory index or front controller for the path: a broken link, a removed file, or a scanner probing for /wp-login.php.",
+        fix: "Nothing, if the link is wrong; otherwise check the upstream's root and try_files (WordPress and Laravel need the front controller, \"/index.php?$args\", last).",
+    },
+    Forbidden {
+        id: "path_forbidden", token: "http_request_denied", status: 403, phase: Route, side: Client, retry: Never,
+        title: "This address is not available",
+        visitor: "This site does not serve this address.",
+        seen: "A request for a hidden file (.env, .git, .htaccess), a path with `..` or a NUL byte, or a symbolic link out of a FastCGI upstream's root: almost always a scanner.",
+        fix: "Nothing to fix: baton never serves these from a document root. Move files that must be public out of hidden directories.",
+    },
     ProxyConfiguration {
         id: "proxy_configuration", token: "proxy_configuration_error", status: 500, phase: Connect, side: Gateway, retry: NothingSent,
         title: "The site's gateway is misconfigured",
@@ -145,6 +159,20 @@ causes! {
         visitor: "The file or form you sent is larger than this site accepts.",
         seen: "An upload whose Content-Length is above server.max_body_bytes.",
         fix: "Raise server.max_body_bytes if such uploads are expected.",
+    },
+    RequestBodyIncomplete {
+        id: "request_body_incomplete", token: "http_request_error", status: 400, phase: WriteRequest, side: Client, retry: Never,
+        title: "The request was incomplete",
+        visitor: "Your browser stopped sending the request before it was complete.",
+        seen: "A client that closed the connection or stalled during an upload (a cancelled upload, a flaky mobile network).",
+        fix: "Nothing on the server, unless many clients do it: then look for a network problem or a body limit in front of baton.",
+    },
+    BackendRestarting {
+        id: "backend_restarting", token: "destination_unavailable", status: 503, phase: Route, side: Upstream, retry: Never,
+        title: "The site's application is restarting",
+        visitor: "The site's application is being restarted. This usually takes a few seconds.",
+        seen: "A supervised backend ([upstreams.NAME.process]) that exited or crashed and is being started again, and did not become ready within the upstream's start_wait.",
+        fix: "Read the backend's own output in baton's log (tagged with the upstream) and its exit code; a crash loop means the app fails at start (config, missing dependency, port in use).",
     },
     NoHealthyServer {
         id: "no_healthy_server", token: "destination_unavailable", status: 503, phase: Route, side: Upstream, retry: Never,
@@ -244,6 +272,20 @@ causes! {
         seen: "The keep-alive race (the app closed an idle connection as baton reused it), a worker killed mid-request (OOM, gunicorn WORKER TIMEOUT, max-requests recycling), or a crash.",
         fix: "Check the app's logs at that time for crashes or worker kills; make the app's keep-alive idle timeout longer than baton's keepalive_timeout.",
     },
+    FastCgiNoResponse {
+        id: "fastcgi_no_response", token: "connection_terminated", status: 502, phase: ReadHead, side: Upstream, retry: MaybeProcessed,
+        title: "The site's application stopped answering",
+        visitor: "The site's application ended without sending an answer.",
+        seen: "A PHP-FPM worker that died mid-request (segfault in an extension, killed by request_terminate_timeout or the OOM killer, recycled by pm.max_requests) or a script that ended without output: nginx's \"upstream prematurely closed FastCGI stdout\".",
+        fix: "Look in PHP-FPM's log for \"exited on signal\" or \"execution timed out\" at that time; raise memory_limit or request_terminate_timeout deliberately; disable the crashing extension.",
+    },
+    ScriptNotFound {
+        id: "script_not_found", token: "destination_not_found", status: 404, phase: ReadHead, side: Gateway, retry: Never,
+        title: "There is nothing at this address",
+        visitor: "The page's script could not be found by the site's application.",
+        seen: "PHP-FPM's \"Primary script unknown\": SCRIPT_FILENAME names a file PHP-FPM cannot open, because it runs in another container or chroot, or its user cannot read the document root.",
+        fix: "Make the upstream's root the path as PHP-FPM sees it (mount the same path in both containers), and let the pool's user read it (`namei -l FILE`).",
+    },
     WriteTimeout {
         id: "request_write_timeout", token: "connection_write_timeout", status: 504, phase: WriteRequest, side: Upstream, retry: Never,
         title: "The site's application did not answer in time",
@@ -333,7 +375,14 @@ impl Cause {
     pub const fn transient(self) -> bool {
         !matches!(
             self,
-            Cause::NoRoute | Cause::ProxyConfiguration | Cause::Internal | Cause::BodyTooLarge
+            Cause::NoRoute
+                | Cause::FileNotFound
+                | Cause::Forbidden
+                | Cause::ScriptNotFound
+                | Cause::ProxyConfiguration
+                | Cause::Internal
+                | Cause::BodyTooLarge
+                | Cause::RequestBodyIncomplete
         )
     }
 
@@ -387,8 +436,13 @@ mod tests {
                 // 404; a client over its rate limit gets 429; RFC 9209 fixes
                 // no status for http_request_error, 413 says what is wrong.
                 "destination_not_found" => 404,
+                // A hidden file or `..` under a FastCGI root: 403.
+                "http_request_denied" if c.status() == 403 => 403,
                 "http_request_denied" => 429,
-                "http_request_error" => 413,
+                "http_request_error" => {
+                    assert!([400, 413].contains(&c.status()), "{c}");
+                    c.status()
+                }
                 _ => 502,
             };
             assert_eq!(c.status(), expected, "{c}");

@@ -87,7 +87,20 @@ pub fn run() -> ExitCode {
                     c.routes.len(),
                     plural(c.routes.len())
                 );
-                ExitCode::SUCCESS
+                // Unix sockets: missing ones may just be stopped apps
+                // (a warning); a socket baton may not open is an error.
+                let mut bad = false;
+                for (key, p) in crate::upstream::socket_findings(&c, false) {
+                    let level = match p {
+                        crate::upstream::SocketProblem::Missing(_) => "warning",
+                        _ => {
+                            bad = true;
+                            "error"
+                        }
+                    };
+                    println!("{level}: {key}: {}", p.message());
+                }
+                if bad { ExitCode::from(1) } else { ExitCode::SUCCESS }
             }
             Err(e) => {
                 eprint!("{e}");

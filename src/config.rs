@@ -143,6 +143,79 @@ pub struct UpstreamConfig {
     pub replay_buffer_bytes: usize,
     /// TLS to the servers, when enabled.
     pub tls: Option<UpstreamTls>,
+    /// `protocol = "fastcgi"`: the document root, try_files and params.
+    pub fastcgi: Option<Arc<FastCgiConfig>>,
+    /// `[upstreams.NAME.process]`: a backend baton starts and supervises.
+    pub process: Option<Arc<ProcessConfig>>,
+}
+
+/// A FastCGI upstream (PHP-FPM): where scripts and static files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastCgiConfig {
+    /// Document root: SCRIPT_FILENAME and static files (absolute).
+    pub root: PathBuf,
+    /// Directory index (`index.php`).
+    pub index: String,
+    /// nginx-style list: `$uri`, `$uri/`, and a last entry that is a
+    /// fallback URI (`/index.php?$args`) or `=404`.
+    pub try_files: Vec<String>,
+    /// Paths ending in this (or followed by `/`) are scripts.
+    pub script_ext: String,
+    /// Extra parameters (`fastcgi_param`), sent after the standard ones.
+    pub params: Vec<(String, String)>,
+    /// `Cache-Control: max-age` for static files (0: `no-cache`).
+    pub static_max_age: Duration,
+}
+
+/// `[upstreams.NAME.process]`: a supervised backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    /// Run as this user (and its groups) when baton runs as root.
+    pub user: Option<RunAs>,
+    pub ready: Readiness,
+    /// How long a start may take to become ready before it counts as failed.
+    pub ready_timeout: Duration,
+    pub restart: RestartPolicy,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// This many exits within `crash_loop_window` is a crash loop.
+    pub crash_loop_exits: u32,
+    pub crash_loop_window: Duration,
+    /// How long requests wait for a (re)starting backend before 503.
+    pub start_wait: Duration,
+    /// Signal asking the process to stop (PHP-FPM: QUIT is graceful).
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    /// Restart when every server has failed its health checks this long.
+    pub unhealthy_restart: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// The Unix socket exists and accepts a connection.
+    Socket(PathBuf),
+    /// The TCP port accepts a connection.
+    Port(SocketAddr),
+    /// The upstream's active health check passes.
+    Health,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
 }
 
 /// AIMD: the limit grows by one per `limit` answers faster than `target`
@@ -403,6 +476,35 @@ mod raw {
         pub maintenance_retry_after: Option<Spanned<String>>,
         pub queue: Option<Spanned<i64>>,
         pub queue_timeout: Option<Spanned<String>>,
+        pub protocol: Option<Spanned<String>>,
+        pub root: Option<Spanned<String>>,
+        pub index: Option<Spanned<String>>,
+        pub try_files: Option<Spanned<Vec<Spanned<String>>>>,
+        pub script_ext: Option<Spanned<String>>,
+        pub params: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+        pub static_max_age: Option<Spanned<String>>,
+        pub process: Option<Spanned<Process>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Process {
+        pub command: Spanned<String>,
+        pub args: Option<Vec<String>>,
+        pub env: Option<std::collections::BTreeMap<String, String>>,
+        pub cwd: Option<Spanned<String>>,
+        pub user: Option<Spanned<String>>,
+        pub ready: Option<Spanned<String>>,
+        pub ready_timeout: Option<Spanned<String>>,
+        pub restart: Option<Spanned<String>>,
+        pub backoff: Option<Spanned<String>>,
+        pub backoff_max: Option<Spanned<String>>,
+        pub crash_loop_exits: Option<Spanned<i64>>,
+        pub crash_loop_window: Option<Spanned<String>>,
+        pub start_wait: Option<Spanned<String>>,
+        pub stop_signal: Option<Spanned<String>>,
+        pub stop_timeout: Option<Spanned<String>>,
+        pub unhealthy_restart: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -466,6 +568,31 @@ pub mod defaults {
     pub const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
     pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
     pub const RESOLVER_ATTEMPTS: usize = 2;
+}
+
+/// Looks a user up in the password database.
+pub fn lookup_user(name: &str) -> Option<RunAs> {
+    let u = nix::unistd::User::from_name(name).ok()??;
+    Some(RunAs {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    })
+}
+
+/// `TERM`, `SIGTERM` or a number.
+pub fn signal_number(s: &str) -> Option<i32> {
+    let n = s.trim().trim_start_matches("SIG");
+    Some(match n {
+        "TERM" => libc::SIGTERM,
+        "QUIT" => libc::SIGQUIT,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        other => other.parse().ok().filter(|n| (1..32).contains(n))?,
+    })
 }
 
 /// Reads and validates a config file.
@@ -738,6 +865,305 @@ impl<'s> Validator<'s> {
             }
         }
         Some(UpstreamTls { server_name, ca })
+    }
+
+    /// `protocol`, and for FastCGI its root, index, try_files and params.
+    fn fastcgi(
+        &mut self,
+        key: &dyn Fn(&str) -> String,
+        u: &raw::Upstream,
+        tls: &Option<UpstreamTls>,
+    ) -> Option<Arc<FastCgiConfig>> {
+        let fcgi = match &u.protocol {
+            None => false,
+            Some(p) => match p.get_ref().as_str() {
+                "http" => false,
+                "fastcgi" => true,
+                other => {
+                    self.err(
+                        key("protocol"),
+                        p.span(),
+                        format!("unknown protocol {other:?}"),
+                        "use \"http\" (the default) or \"fastcgi\" (PHP-FPM)",
+                    );
+                    false
+                }
+            },
+        };
+        if !fcgi {
+            let only: [(&str, Option<Span>); 6] = [
+                ("root", u.root.as_ref().map(|v| v.span())),
+                ("index", u.index.as_ref().map(|v| v.span())),
+                ("try_files", u.try_files.as_ref().map(|v| v.span())),
+                ("script_ext", u.script_ext.as_ref().map(|v| v.span())),
+                ("params", u.params.as_ref().map(|v| v.span())),
+                ("static_max_age", u.static_max_age.as_ref().map(|v| v.span())),
+            ];
+            for (k, span) in only {
+                if let Some(span) = span {
+                    self.err(
+                        key(k),
+                        span,
+                        format!("{k} only applies to FastCGI upstreams"),
+                        "add protocol = \"fastcgi\" to this upstream, or remove the key",
+                    );
+                }
+            }
+            return None;
+        }
+        if let Some(t) = &u.tls
+            && tls.is_some()
+        {
+            self.err(
+                key("tls"),
+                t.span(),
+                "FastCGI over TLS is not supported",
+                "remove tls; PHP-FPM listens on a Unix socket or a local port",
+            );
+        }
+        let root = match &u.root {
+            None => {
+                let span = u.protocol.as_ref().map_or(0..0, |p| p.span());
+                self.err(
+                    key("root"),
+                    span,
+                    "a FastCGI upstream needs its document root",
+                    "add root = \"/var/www/html\" (the path PHP-FPM sees, for SCRIPT_FILENAME)",
+                );
+                PathBuf::new()
+            }
+            Some(r) => {
+                let p = self.path(r.get_ref());
+                if !p.is_dir() {
+                    self.err(
+                        key("root"),
+                        r.span(),
+                        format!("{} is not a directory", p.display()),
+                        "give the site's document root (where index.php is)",
+                    );
+                }
+                p
+            }
+        };
+        let index = u
+            .index
+            .as_ref()
+            .map_or_else(|| "index.php".to_string(), |i| i.get_ref().clone());
+        if index.contains('/') || index.is_empty() {
+            let span = u.index.as_ref().map_or(0..0, |i| i.span());
+            self.err(
+                key("index"),
+                span,
+                format!("index {index:?} must be a file name"),
+                "write index = \"index.php\"",
+            );
+        }
+        let try_files = match &u.try_files {
+            None => vec![
+                "$uri".to_string(),
+                "$uri/".to_string(),
+                format!("/{index}?$args"),
+            ],
+            Some(list) => {
+                let v: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
+                for (i, e) in list.get_ref().iter().enumerate() {
+                    let s = e.get_ref();
+                    let last = i + 1 == v.len();
+                    let ok = if s.starts_with('=') {
+                        last && s[1..].parse::<u16>().is_ok_and(|c| (400..600).contains(&c))
+                    } else {
+                        s.starts_with('/') || s.starts_with("$uri")
+                    };
+                    if !ok {
+                        self.err(
+                            key("try_files"),
+                            e.span(),
+                            format!("invalid try_files entry {s:?}"),
+                            "entries are \"$uri\", \"$uri/\" or a path; the last may be \"/index.php?$args\" or \"=404\"",
+                        );
+                    }
+                }
+                if v.is_empty() {
+                    self.err(
+                        key("try_files"),
+                        list.span(),
+                        "try_files is empty",
+                        "write try_files = [\"$uri\", \"$uri/\", \"/index.php?$args\"]",
+                    );
+                }
+                v
+            }
+        };
+        let script_ext = u
+            .script_ext
+            .as_ref()
+            .map_or_else(|| ".php".to_string(), |e| e.get_ref().clone());
+        if !script_ext.starts_with('.') || script_ext.len() < 2 {
+            let span = u.script_ext.as_ref().map_or(0..0, |e| e.span());
+            self.err(
+                key("script_ext"),
+                span,
+                format!("{script_ext:?} is not a file extension"),
+                "write script_ext = \".php\"",
+            );
+        }
+        let params = u.params.as_ref().map_or_else(Vec::new, |p| {
+            p.get_ref()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        });
+        let static_max_age = self.duration(
+            &key("static_max_age"),
+            &u.static_max_age,
+            Duration::from_secs(3600),
+        );
+        Some(Arc::new(FastCgiConfig {
+            root,
+            index,
+            try_files,
+            script_ext,
+            params,
+            static_max_age,
+        }))
+    }
+
+    /// `[upstreams.NAME.process]`.
+    fn process(
+        &mut self,
+        key: &dyn Fn(&str) -> String,
+        p: &Spanned<raw::Process>,
+        servers: &[ServerSpec],
+        has_health: bool,
+    ) -> Option<Arc<ProcessConfig>> {
+        let k = |x: &str| key(&format!("process.{x}"));
+        let raw = p.get_ref();
+        let command = raw.command.get_ref().clone();
+        if command.trim().is_empty() {
+            self.err(
+                k("command"),
+                raw.command.span(),
+                "empty command",
+                "give the program to run, e.g. command = \"/usr/sbin/php-fpm8.2\"",
+            );
+        }
+        let user = raw.user.as_ref().and_then(|u| match lookup_user(u.get_ref()) {
+            Some(r) => Some(r),
+            None => {
+                self.err(
+                    k("user"),
+                    u.span(),
+                    format!("no user named {:?} on this machine", u.get_ref()),
+                    "give an existing user (`getent passwd NAME`), e.g. \"www-data\"",
+                );
+                None
+            }
+        });
+        let first = servers.first().map(|s| &s.addr);
+        let ready = match raw.ready.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("connect", _)) => match first {
+                Some(ServerAddr::Unix(p)) => Some(Readiness::Socket(p.clone())),
+                Some(ServerAddr::Tcp(a)) => Some(Readiness::Port(*a)),
+                _ => None,
+            },
+            Some(("health", span)) => {
+                if !has_health {
+                    self.err(
+                        k("ready"),
+                        span,
+                        "ready = \"health\" needs a [health] check on this upstream",
+                        "add [upstreams.NAME.health] with a path, or use ready = \"connect\"",
+                    );
+                }
+                Some(Readiness::Health)
+            }
+            Some((other, span)) => {
+                self.err(
+                    k("ready"),
+                    span,
+                    format!("unknown readiness {other:?}"),
+                    "use \"connect\" (the socket or port accepts) or \"health\"",
+                );
+                None
+            }
+        };
+        let ready = ready.unwrap_or_else(|| {
+            if servers.len() != 1 || !matches!(first, Some(ServerAddr::Unix(_) | ServerAddr::Tcp(_))) {
+                self.err(
+                    key("servers"),
+                    p.span(),
+                    "a supervised process needs exactly one server: the socket or IP:port it listens on",
+                    "list the process's own address, e.g. servers = [\"unix:/run/app.sock\"]",
+                );
+            }
+            Readiness::Health
+        });
+        let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("always", _)) => RestartPolicy::Always,
+            Some(("on-failure", _)) => RestartPolicy::OnFailure,
+            Some(("never", _)) => RestartPolicy::Never,
+            Some((other, span)) => {
+                self.err(
+                    k("restart"),
+                    span,
+                    format!("unknown restart policy {other:?}"),
+                    "use \"always\", \"on-failure\" or \"never\"",
+                );
+                RestartPolicy::Always
+            }
+        };
+        let stop_signal = match raw.stop_signal.as_ref() {
+            None => libc::SIGTERM,
+            Some(s) => match signal_number(s.get_ref()) {
+                Some(n) => n,
+                None => {
+                    self.err(
+                        k("stop_signal"),
+                        s.span(),
+                        format!("unknown signal {:?}", s.get_ref()),
+                        "use TERM, QUIT (PHP-FPM's graceful stop), INT or HUP",
+                    );
+                    libc::SIGTERM
+                }
+            },
+        };
+        let cwd = raw.cwd.as_ref().map(|c| {
+            let p = self.path(c.get_ref());
+            if !p.is_dir() {
+                self.err(
+                    k("cwd"),
+                    c.span(),
+                    format!("{} is not a directory", p.display()),
+                    "give an existing directory",
+                );
+            }
+            p
+        });
+        let backoff = self.duration(&k("backoff"), &raw.backoff, Duration::from_millis(500));
+        let backoff_max = self.duration(&k("backoff_max"), &raw.backoff_max, Duration::from_secs(30));
+        Some(Arc::new(ProcessConfig {
+            command,
+            args: raw.args.clone().unwrap_or_default(),
+            env: raw
+                .env
+                .as_ref()
+                .map_or_else(Vec::new, |e| e.iter().map(|(a, b)| (a.clone(), b.clone())).collect()),
+            cwd,
+            user,
+            ready,
+            ready_timeout: self.duration(&k("ready_timeout"), &raw.ready_timeout, Duration::from_secs(30)),
+            restart,
+            backoff,
+            backoff_max: backoff_max.max(backoff),
+            crash_loop_exits: self.int(&k("crash_loop_exits"), &raw.crash_loop_exits, 2, 1000, 5, "use 2 or more") as u32,
+            crash_loop_window: self.duration(&k("crash_loop_window"), &raw.crash_loop_window, Duration::from_secs(60)),
+            start_wait: self.duration(&k("start_wait"), &raw.start_wait, Duration::from_secs(10)),
+            stop_signal,
+            stop_timeout: self.duration(&k("stop_timeout"), &raw.stop_timeout, Duration::from_secs(10)),
+            unhealthy_restart: raw.unhealthy_restart.as_ref().map(|_| {
+                self.duration(&k("unhealthy_restart"), &raw.unhealthy_restart, Duration::from_secs(30))
+            }),
+        }))
     }
 
     fn rate_limit(&mut self, i: usize, r: &raw::Route) -> Option<RateLimit> {
@@ -1269,7 +1695,14 @@ impl<'s> Validator<'s> {
                 &u.queue_timeout,
                 Duration::from_secs(1),
             );
+            let fastcgi = self.fastcgi(&key, u, &tls);
+            let process = u
+                .process
+                .as_ref()
+                .and_then(|p| self.process(&key, p, &servers, health.is_some()));
             let cfg = UpstreamConfig {
+                fastcgi,
+                process,
                 adaptive,
                 maintenance,
                 balance,

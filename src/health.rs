@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 
@@ -265,18 +264,41 @@ async fn probe(
             .header(http::header::USER_AGENT, "baton-health-check")
             .body(UpBody::Empty)
             .map_err(|e| (None, e.to_string()))?;
-        let resp = conn
-            .tx
-            .send_request(req)
-            .await
-            .map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
-        let status = resp.status().as_u16();
-        let _ = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_else(|_| Bytes::new());
+        let status = match conn.tx.take() {
+            Some(crate::upstream::Link::Http(mut tx)) => {
+                let resp = tx
+                    .send_request(req)
+                    .await
+                    .map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+            Some(crate::upstream::Link::Fcgi(wire)) => {
+                // GET path as a FastCGI request (PHP-FPM's ping.path).
+                let fc = up.cfg.fastcgi.as_deref().ok_or((None, String::new()))?;
+                let head = crate::fastcgi::health_request(fc, path);
+                let tag = crate::fastcgi::LogTag {
+                    upstream: up.cfg.name.clone(),
+                    server: server.label.clone(),
+                    request_id: http::HeaderValue::from_static("health-check"),
+                };
+                match crate::fastcgi::exchange(wire, &head, UpBody::Empty, up.cfg.max_response_header_bytes, &tag).await {
+                    crate::fastcgi::Sent::Head(resp) => {
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        status
+                    }
+                    crate::fastcgi::Sent::Failed(f) => {
+                        return Err((Some(f.cause), f.details.unwrap_or_default()));
+                    }
+                    crate::fastcgi::Sent::Unsent(_) => {
+                        return Err((Some(Cause::ConnectionTerminated), "closed".into()));
+                    }
+                }
+            }
+            None => return Err((None, "no connection".into())),
+        };
         if (cfg.expect.0..=cfg.expect.1).contains(&status) {
             Ok(())
         } else {

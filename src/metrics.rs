@@ -64,7 +64,16 @@ pub struct UpstreamLabels {
     pub upstream: Arc<str>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub upstream: Arc<str>,
+    pub state: &'static str,
+}
+
 pub struct Metrics {
+    /// 1 for a supervised backend's current state, 0 for the others.
+    pub backend_state: Family<BackendLabels, prometheus_client::metrics::gauge::Gauge>,
+    pub backend_restarts: Family<UpstreamLabels, Counter>,
     /// The adaptive concurrency limit of each upstream that has one.
     pub concurrency_limit: Family<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>,
     pub connections_refused: Counter,
@@ -99,6 +108,19 @@ impl Metrics {
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
         let connections_refused = Counter::default();
+        let backend_state =
+            Family::<BackendLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        let backend_restarts = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "backend_state",
+            "Supervised backends: 1 for the state each is in (starting, running, backoff, stopped)",
+            backend_state.clone(),
+        );
+        registry.register(
+            "backend_restarts",
+            "Supervised backends restarted after an exit, a failed start or failing health checks",
+            backend_restarts.clone(),
+        );
         let concurrency_limit =
             Family::<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>::default();
         registry.register(
@@ -149,6 +171,8 @@ impl Metrics {
             dns_stale.clone(),
         );
         Metrics {
+            backend_state,
+            backend_restarts,
             concurrency_limit,
             dns_stale,
             connections_refused,

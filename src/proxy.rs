@@ -30,8 +30,11 @@ use crate::log::{self, AccessRecord, FailureRecord, Logs};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
 use crate::pages::{self, Format, PageInfo};
 use crate::resolve::Resolver;
+use crate::supervise::Supervisor;
+use crate::fastcgi::{self, Target};
 use crate::upstream::{
-    self, AttemptView, Conn, ConnInfo, Dialer, Failure, Server, TimedBody, UpBody, Upstream,
+    self, AttemptView, Conn, ConnInfo, Dialer, Failure, Link, Server, TimedBody, UpBody,
+    UpIncoming, Upstream,
 };
 
 /// A route's metric handles (the same series as the labelled families).
@@ -146,6 +149,9 @@ pub struct Gateway {
     pub logs: Logs,
     pub metrics: Arc<Metrics>,
     ids: RequestIds,
+    /// Supervised backends by upstream name; they outlive reloads that
+    /// leave their `[process]` unchanged.
+    supervisors: ArcSwap<std::collections::HashMap<Arc<str>, Arc<Supervisor>>>,
 }
 
 impl Gateway {
@@ -158,6 +164,76 @@ impl Gateway {
             runtime: ArcSwap::new(rt),
             logs,
             ids: RequestIds::new(),
+            supervisors: ArcSwap::from_pointee(Default::default()),
+        }
+    }
+
+    /// The supervisor of an upstream's backend, if it has one.
+    pub fn supervisor(&self, upstream: &str) -> Option<Arc<Supervisor>> {
+        self.supervisors.load().get(upstream).cloned()
+    }
+
+    /// Every supervisor, by upstream name.
+    pub fn supervisors(&self) -> Vec<Arc<Supervisor>> {
+        let mut v: Vec<_> = self.supervisors.load().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Starts a supervisor for each upstream with `[process]` in the
+    /// running config, keeps those whose `[process]` did not change,
+    /// restarts changed ones and stops removed ones.
+    pub fn sync_supervisors(self: &Arc<Self>) {
+        let rt = self.runtime.load_full();
+        let old = self.supervisors.load_full();
+        let mut next = std::collections::HashMap::new();
+        for u in &rt.upstreams {
+            let Some(pc) = &u.cfg.process else { continue };
+            let name = u.cfg.name.clone();
+            let sup = match old.get(&name) {
+                Some(s) if *s.cfg == **pc => s.clone(),
+                prev => {
+                    let weak = Arc::downgrade(self);
+                    let probe_name = name.clone();
+                    let probe: crate::supervise::HealthProbe = Arc::new(move || {
+                        let gw = weak.upgrade()?;
+                        let rt = gw.runtime.load();
+                        let up = rt.upstreams.iter().find(|u| u.cfg.name == probe_name)?;
+                        up.cfg.health.as_ref()?;
+                        Some(
+                            up.servers
+                                .iter()
+                                .any(|s| s.health.active() == health::Active::Up),
+                        )
+                    });
+                    Supervisor::spawn(name.clone(), pc.clone(), probe, prev.cloned())
+                }
+            };
+            next.insert(name, sup);
+        }
+        for (name, s) in old.iter() {
+            if !next.contains_key(name) {
+                let s = s.clone();
+                tokio::spawn(async move { s.stop().await });
+            }
+        }
+        self.supervisors.store(Arc::new(next));
+    }
+
+    /// Waits (each at most its start_wait) for the supervised backends to
+    /// be ready, so the first requests do not wait.
+    pub async fn backends_ready(&self) {
+        for s in self.supervisors() {
+            let _ = s.wait_ready(None).await;
+        }
+    }
+
+    /// Stops every supervised backend gracefully.
+    pub async fn stop_supervisors(&self) {
+        let all = self.supervisors();
+        self.supervisors.store(Arc::new(Default::default()));
+        for s in all {
+            s.stop().await;
         }
     }
 
@@ -165,7 +241,7 @@ impl Gateway {
     /// nothing: the old config keeps serving and the errors are returned.
     /// In-flight requests finish on the old config; its pooled connections
     /// close when the last of them ends, and its health checkers stop.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
+    pub fn reload(self: &Arc<Self>) -> Result<Vec<String>, String> {
         let old = self.runtime.load_full();
         let Some(path) = old.config.source.clone() else {
             return Err("this gateway was not started from a config file".into());
@@ -187,7 +263,11 @@ impl Gateway {
         rt.dialer.own = old.dialer.own.clone();
         let rt = Arc::new(rt);
         health::spawn_checkers(&rt);
+        for (key, problem) in crate::upstream::socket_findings(&rt.config, true) {
+            notes.push(format!("{key}: {}", problem.message()));
+        }
         self.runtime.store(rt);
+        self.sync_supervisors();
         tracing::info!(file = %path.display(), ?notes, "config reloaded");
         Ok(notes)
     }
@@ -213,6 +293,32 @@ impl Gateway {
 
     /// Publishes log drops into the metric (called when metrics are read).
     pub fn sync_counters(&self) {
+        for sup in self.supervisors() {
+            let st = sup.status();
+            for state in [
+                crate::supervise::State::Starting,
+                crate::supervise::State::Running,
+                crate::supervise::State::Backoff,
+                crate::supervise::State::Stopped,
+            ] {
+                self.metrics
+                    .backend_state
+                    .get_or_create(&crate::metrics::BackendLabels {
+                        upstream: sup.name.clone(),
+                        state: state.as_str(),
+                    })
+                    .set((st.state == state) as i64);
+            }
+            let c = self
+                .metrics
+                .backend_restarts
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    upstream: sup.name.clone(),
+                });
+            if st.restarts > c.get() {
+                c.inc_by(st.restarts - c.get());
+            }
+        }
         let d = self.logs.access.dropped.load(Ordering::Relaxed)
             + self.logs.errors.dropped.load(Ordering::Relaxed);
         let cur = self.metrics.log_dropped.get();
@@ -462,6 +568,7 @@ pub fn proxy_status(
 pub enum RespBody {
     Local(Option<Bytes>),
     Proxied(Box<ProxiedBody>),
+    File(Box<crate::files::FileBody>),
 }
 
 impl Body for RespBody {
@@ -475,18 +582,30 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(p) => p.poll_frame(cx),
+            RespBody::File(f) => f.poll_chunk(cx).map(|c| {
+                c.map(|r| {
+                    r.map(Frame::data).map_err(|e| {
+                        upstream::BodyError::Failed(Failure::with(
+                            Cause::Internal,
+                            format!("reading a static file: {}", e.kind()),
+                        ))
+                    })
+                })
+            }),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Local(b) => b.is_none(),
             RespBody::Proxied(p) => p.body.is_end_stream(),
+            RespBody::File(f) => f.is_end(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Proxied(p) => p.body.size_hint(),
+            RespBody::File(_) => SizeHint::default(),
         }
     }
 }
@@ -641,7 +760,8 @@ struct AttemptLog {
 struct PoolReturn {
     server: Arc<Server>,
     cfg: Arc<UpstreamConfig>,
-    tx: hyper::client::conn::http1::SendRequest<UpBody>,
+    /// `None` for FastCGI: its wire is in the body until the end.
+    tx: Option<Link>,
     info: Arc<ConnInfo>,
 }
 
@@ -708,8 +828,9 @@ impl Drop for ProxiedBody {
             info,
         }) = self.pool.take()
             && self.body.is_end_stream()
+            && let Some(link) = tx.or_else(|| self.body.take_wire().map(Link::Fcgi))
         {
-            server.checkin(&cfg, tx, info);
+            server.checkin(&cfg, link, info);
         }
         self.log.finish(self.status, self.bytes, self.failed);
     }
@@ -729,6 +850,7 @@ pub async fn handle(
     gw: Arc<Gateway>,
     mut req: Request<Incoming>,
     client: SocketAddr,
+    local: SocketAddr,
 ) -> Response<RespBody> {
     let start = Instant::now();
     let rt = gw.runtime.load_full();
@@ -827,7 +949,27 @@ pub async fn handle(
         return local_error(&rt, log, &f, None, accept.as_ref(), None);
     }
 
-    let upgrade = is_upgrade(req.headers());
+    // A FastCGI upstream: map the path under the document root first.
+    let mut script = None;
+    if let Some(fc) = &cfg.fastcgi {
+        match fastcgi::resolve(fc, req.uri().path(), req.uri().query().unwrap_or("")) {
+            Target::Script(s) => script = Some(s),
+            Target::Static(p) => return serve_file(&rt, log, &p, &req, fc, accept.as_ref()).await,
+            Target::NotFound => {
+                let f = Failure::with(
+                    Cause::FileNotFound,
+                    format!("nothing under {} for this path", fc.root.display()),
+                );
+                return local_error(&rt, log, &f, None, accept.as_ref(), None);
+            }
+            Target::Forbidden => {
+                let f = Failure::new(Cause::Forbidden);
+                return local_error(&rt, log, &f, None, accept.as_ref(), None);
+            }
+        }
+    }
+
+    let upgrade = is_upgrade(req.headers()) && script.is_none();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
 
@@ -867,11 +1009,27 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut stream: Option<Incoming> = None;
+    // CGI needs CONTENT_LENGTH: a FastCGI request body without one is
+    // buffered (up to max_body_bytes, else 64 MiB), as nginx does.
+    let must_buffer = script.is_some() && declared.is_none() && !body.is_end_stream();
     let replay: Option<Option<Bytes>> = if body.is_end_stream() || declared == Some(0) {
         Some(None)
-    } else if declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
-        match tokio::time::timeout(cfg.read_timeout, body.collect()).await {
+    } else if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
+        let limit = match rt.config.limits.max_body_bytes {
+            Some(m) if must_buffer => m as usize,
+            None if must_buffer => FASTCGI_BUFFER_MAX,
+            _ => usize::MAX,
+        };
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(cfg.read_timeout, limited.collect()).await {
             Ok(Ok(b)) => Some(Some(b.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                let f = Failure::with(
+                    Cause::BodyTooLarge,
+                    format!("a body without Content-Length over {limit} bytes"),
+                );
+                return local_error(&rt, log, &f, None, accept.as_ref(), None);
+            }
             // The client went away or stalled while sending its body.
             _ => {
                 let l = log;
@@ -908,6 +1066,38 @@ pub async fn handle(
         r
     };
 
+    // FastCGI: BEGIN_REQUEST and the CGI parameters, built once.
+    let fcgi_head = match (&script, &cfg.fastcgi) {
+        (Some(sc), Some(fc)) => {
+            let content_length = declared.or(match &replay {
+                Some(Some(b)) => Some(b.len() as u64),
+                _ => None,
+            });
+            let request_uri = log.path().to_string();
+            Some(fastcgi::request_head(
+                fc,
+                sc,
+                &fastcgi::RequestInfo {
+                    method: method.as_str(),
+                    request_uri: &request_uri,
+                    headers: &headers,
+                    content_length,
+                    protocol: match log.version {
+                        Version::HTTP_2 => "HTTP/2.0",
+                        Version::HTTP_10 => "HTTP/1.0",
+                        _ => "HTTP/1.1",
+                    },
+                    client,
+                    local,
+                    server_name: log.host(),
+                    https: false,
+                },
+            ))
+        }
+        _ => None,
+    };
+    let supervisor = cfg.process.as_ref().and_then(|_| gw.supervisor(&cfg.name));
+
     let key = hash_key(&cfg.balance, &headers, client);
     let policy = &route.retry;
     let retries = policy.retries.unwrap_or(cfg.retries) as usize;
@@ -943,6 +1133,7 @@ pub async fn handle(
     // Set for a keep-alive-race replay: same server, fresh connection.
     let mut again: Option<usize> = None;
     let mut race_retry_used = false;
+    let mut restart_replay_used = false;
     let mut pending: Option<Request<UpBody>> = None;
 
     // The upstream's concurrency limit: a slot, or shed with 503.
@@ -970,6 +1161,15 @@ pub async fn handle(
             }
         },
     };
+
+    // A supervised backend that is (re)starting: hold the request briefly.
+    if let Some(sup) = &supervisor
+        && let Err(f) = sup.wait_ready(None).await
+    {
+        let secs = sup.retry_after_secs();
+        log.failure(&f, Some(f.cause.status()), None, None);
+        return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+    }
 
     loop {
         if log.attempts > 0 {
@@ -1005,6 +1205,7 @@ pub async fn handle(
             tried.push(si);
         }
         log.attempts += 1;
+        let gen_at_start = supervisor.as_ref().map_or(0, |s| s.generation());
         let server = up.servers[si].clone();
         log.server = Some(server.label.clone());
         let busy = InFlight::new(server.clone());
@@ -1024,6 +1225,25 @@ pub async fn handle(
                         sent: 0,
                         received: 0,
                     };
+                    // A supervised backend that just died: wait for its
+                    // restart and try it again (nothing reached it).
+                    if let Some(sup) = &supervisor
+                        && f.cause.retry() == Retry::NothingSent
+                        && !restart_replay_used
+                        && (replayable || pending.is_some() || stream.is_some())
+                        && sup.restarting_since(gen_at_start).await
+                    {
+                        restart_replay_used = true;
+                        log.failure(&f, None, Some(&a), Some("backend_restart"));
+                        retry_metric(&gw, &cfg, "backend_restart");
+                        if let Err(f) = sup.wait_ready(Some(gen_at_start)).await {
+                            let secs = sup.retry_after_secs();
+                            log.failure(&f, Some(f.cause.status()), None, None);
+                            return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+                        }
+                        again = Some(si);
+                        continue;
+                    }
                     passive_failure(&gw, &up, &server, f.cause.counts_against_server());
                     // Nothing reached the upstream: any method may go to
                     // another server, if one is left to try.
@@ -1050,7 +1270,6 @@ pub async fn handle(
             .take()
             .unwrap_or_else(|| build(make_body(&mut stream)));
         info.stats.begin_response();
-        let fut = conn.tx.try_send_request(req);
         // The head wait: read_timeout, shortened by the route's per-try
         // timeout and by what is left of its deadline.
         let mut head_wait = cfg.read_timeout;
@@ -1061,9 +1280,62 @@ pub async fn handle(
             head_wait = head_wait.min(d.saturating_duration_since(Instant::now()));
         }
         let sent_at = Instant::now();
-        let outcome = upstream::await_head(fut, &info, head_wait).await;
+        let outcome = match conn.tx.take() {
+            Some(Link::Http(mut tx)) => {
+                let fut = tx.try_send_request(req);
+                conn.tx = Some(Link::Http(tx));
+                match upstream::await_head(fut, &info, head_wait).await {
+                    None => Outcome::TimedOut,
+                    Some(Ok(mut resp)) => {
+                        let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && client_upgrade.is_some())
+                        .then(|| hyper::upgrade::on(&mut resp));
+                        Outcome::Head(resp.map(UpIncoming::Http), up_upgrade)
+                    }
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(req) => Outcome::Unsent(req),
+                        None => {
+                            let view = AttemptView {
+                                info: &info,
+                                reused: reused.is_some(),
+                                read_before,
+                                max_header_bytes: cfg.max_response_header_bytes,
+                            };
+                            Outcome::Failed(upstream::classify_exchange(e.error(), &view))
+                        }
+                    },
+                }
+            }
+            Some(Link::Fcgi(wire)) => {
+                let _waiting = reused.is_none().then(|| Waiting::new(&server));
+                let tag = fastcgi::LogTag {
+                    upstream: cfg.name.clone(),
+                    server: conn.peer.clone(),
+                    request_id: log.id.clone(),
+                };
+                let (parts, body) = req.into_parts();
+                let fut = fastcgi::exchange(
+                    wire,
+                    fcgi_head.as_deref().unwrap_or_default(),
+                    body,
+                    cfg.max_response_header_bytes,
+                    &tag,
+                );
+                match upstream::await_head(fut, &info, head_wait).await {
+                    None => Outcome::TimedOut,
+                    Some(fastcgi::Sent::Head(resp)) => {
+                        Outcome::Head(resp.map(UpIncoming::Fcgi), None)
+                    }
+                    Some(fastcgi::Sent::Unsent(body)) => {
+                        Outcome::Unsent(Request::from_parts(parts, body))
+                    }
+                    Some(fastcgi::Sent::Failed(f)) => Outcome::Failed(f),
+                }
+            }
+            None => Outcome::Failed(Failure::with(Cause::Internal, "connection without a link")),
+        };
         if let Some(slots) = &up.slots {
-            let latency = matches!(outcome, Some(Ok(_))).then(|| sent_at.elapsed());
+            let latency = matches!(outcome, Outcome::Head(..)).then(|| sent_at.elapsed());
             if let Some(limit) = slots.observe(latency, health::now_ms()) {
                 gw.metrics
                     .concurrency_limit
@@ -1089,7 +1361,7 @@ pub async fn handle(
         };
         let mut per_try_expired = false;
         let failure = match outcome {
-            Some(Ok(resp)) => {
+            Outcome::Head(resp, up_upgrade) => {
                 let app_error = cfg.outlier.count_5xx && resp.status().is_server_error();
                 if app_error {
                     passive_failure(&gw, &up, &server, true);
@@ -1106,7 +1378,7 @@ pub async fn handle(
                     server,
                     cfg,
                     log,
-                    client_upgrade,
+                    client_upgrade.zip(up_upgrade),
                     read_before,
                     written_before,
                     ctx,
@@ -1116,7 +1388,7 @@ pub async fn handle(
                 }
                 return r;
             }
-            None => {
+            Outcome::TimedOut => {
                 info.retired.store(true, Ordering::Relaxed);
                 per_try_expired = head_wait < cfg.read_timeout;
                 Failure::with(
@@ -1124,11 +1396,11 @@ pub async fn handle(
                     format!("no response head within {}s", head_wait.as_secs_f32()),
                 )
             }
-            Some(Err(mut e)) => {
-                if let Some(req) = e.take_message() {
-                    // hyper saw the connection close before writing a byte
-                    // of this request: resend it as is on a fresh one, for
-                    // any method (the upstream cannot have seen it).
+            Outcome::Unsent(req) => {
+                // The connection was closed before a byte of this request
+                // was written: resend it as is on a fresh one, for any
+                // method (the upstream cannot have seen it).
+                {
                     if !race_retry_used {
                         race_retry_used = true;
                         let f = Failure::with(
@@ -1147,14 +1419,12 @@ pub async fn handle(
                         continue;
                     }
                 }
-                let view = AttemptView {
-                    info: &info,
-                    reused: reused.is_some(),
-                    read_before,
-                    max_header_bytes: cfg.max_response_header_bytes,
-                };
-                upstream::classify_exchange(e.error(), &view)
+                Failure::with(
+                    Cause::ConnectionTerminated,
+                    "a fresh connection closed before the request was sent",
+                )
             }
+            Outcome::Failed(f) => f,
         };
         info.retired.store(true, Ordering::Relaxed);
         let failure = if body_over.load(Ordering::Relaxed) {
@@ -1183,6 +1453,28 @@ pub async fn handle(
             race_retry_used = true;
             log.failure(&failure, None, Some(&a), Some("fresh_connection"));
             retry_metric(&gw, &cfg, "fresh_connection");
+            again = Some(si);
+            continue;
+        }
+        // A supervised backend that died under this request (killed,
+        // crashed): an idempotent request with nothing received is replayed
+        // once on the restarted backend.
+        if let Some(sup) = &supervisor
+            && failure.cause.retry() == Retry::MaybeProcessed
+            && a.received == 0
+            && replayable
+            && (idempotent(&method) || may_replay_unsafe())
+            && !restart_replay_used
+            && sup.restarting_since(gen_at_start).await
+        {
+            restart_replay_used = true;
+            log.failure(&failure, None, Some(&a), Some("backend_restart"));
+            retry_metric(&gw, &cfg, "backend_restart");
+            if let Err(f) = sup.wait_ready(Some(gen_at_start)).await {
+                let secs = sup.retry_after_secs();
+                log.failure(&f, Some(f.cause.status()), None, None);
+                return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+            }
             again = Some(si);
             continue;
         }
@@ -1276,6 +1568,73 @@ fn note_transition(
     tracing::warn!(target: "baton::health", upstream = %cfg.name, server = %server.label, to, ejected_for_ms = ejected_for.map(|d| d.as_millis() as u64), "server {to}");
 }
 
+/// What one attempt came to.
+enum Outcome {
+    /// A response head (and the upstream's side of a protocol upgrade).
+    Head(Response<UpIncoming>, Option<hyper::upgrade::OnUpgrade>),
+    /// The response head did not come within the head wait.
+    TimedOut,
+    /// The connection was dead before a byte was written: the request,
+    /// intact, to resend.
+    Unsent(Request<UpBody>),
+    Failed(Failure),
+}
+
+/// Marks a FastCGI request on a fresh connection as waiting for its head
+/// (perhaps in the server's accept queue), see `Server::checkin`.
+struct Waiting(Arc<Server>);
+
+impl Waiting {
+    fn new(s: &Arc<Server>) -> Self {
+        s.fresh_waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(s.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fresh_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Largest FastCGI request body without a Content-Length that is buffered
+/// when server.max_body_bytes is not set.
+const FASTCGI_BUFFER_MAX: usize = 64 << 20;
+
+/// A static file from a FastCGI upstream's root.
+async fn serve_file(
+    rt: &Runtime,
+    log: ReqLog,
+    path: &std::path::Path,
+    req: &Request<Incoming>,
+    fc: &crate::config::FastCgiConfig,
+    accept: Option<&HeaderValue>,
+) -> Response<RespBody> {
+    match crate::files::answer(path, req.method(), req.headers(), fc.static_max_age).await {
+        Ok(a) => {
+            let len = a.body.as_ref().map_or(0, |b| b.1);
+            let mut r = Response::new(match a.body {
+                Some((f, n)) => RespBody::File(Box::new(crate::files::FileBody::new(f, n))),
+                None => RespBody::Local(None),
+            });
+            *r.status_mut() = a.status;
+            *r.headers_mut() = a.headers;
+            r.headers_mut().insert(&X_REQUEST_ID, log.id.clone());
+            log.finish(a.status.as_u16(), len, None);
+            r
+        }
+        Err(e) => {
+            let cause = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Cause::Forbidden
+            } else {
+                Cause::FileNotFound
+            };
+            let f = Failure::with(cause, format!("cannot open the file: {}", e.kind()));
+            local_error(rt, log, &f, None, accept, None)
+        }
+    }
+}
+
 /// A request in flight on a server (for least_request); dropped when its
 /// response ends or the attempt fails.
 pub struct InFlight(Arc<Server>);
@@ -1320,12 +1679,12 @@ fn retry_metric(gw: &Gateway, cfg: &UpstreamConfig, reason: &'static str) {
 
 #[allow(clippy::too_many_arguments)]
 fn respond(
-    mut resp: Response<Incoming>,
+    resp: Response<UpIncoming>,
     conn: Conn,
     server: Arc<Server>,
     cfg: Arc<UpstreamConfig>,
     mut log: ReqLog,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrades: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
     read_before: u64,
     written_before: u64,
     held: Held,
@@ -1333,10 +1692,8 @@ fn respond(
     let info = conn.info.clone();
     log.server = Some(conn.peer.clone());
     let status = resp.status();
-    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
-    if upgraded {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let client_upgrade = client_upgrade.expect("checked above");
+    let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && upgrades.is_some();
+    if let Some((client_upgrade, upstream_upgrade)) = upgrades.filter(|_| upgraded) {
         tokio::spawn(async move {
             if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                 let _ =

@@ -65,6 +65,7 @@ impl Running {
             }
         };
         let _ = tokio::time::timeout(grace + Duration::from_millis(100), all).await;
+        self.gateway.stop_supervisors().await;
     }
 }
 
@@ -134,6 +135,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.clone();
     let gateway = Arc::new(Gateway::new(rt, logs));
+    for (key, problem) in
+        crate::upstream::socket_findings(&gateway.runtime.load().config, false)
+    {
+        tracing::error!(target: "baton::sockets", key, "{}", problem.message());
+    }
+    // Supervised backends start before the listeners accept (connections
+    // wait in the accept queue meanwhile; each start is bounded).
+    gateway.sync_supervisors();
+    gateway.backends_ready().await;
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut workers = Vec::new();
@@ -197,6 +207,7 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_request_header_bytes as u32);
     let builder = Arc::new(builder);
+    let local = l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     loop {
@@ -223,7 +234,7 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                 let guard = ConnCount::new(open.clone());
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+                    async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, local).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -274,7 +285,7 @@ async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<
     }
 }
 
-fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     use http::Method;
     let query = req.uri().query().unwrap_or("");
     let server = query
@@ -290,6 +301,24 @@ fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
         }
         (_, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (_, "/processes") => {
+            let list: Vec<serde_json::Value> = gw.supervisors().iter().map(|s| {
+                let st = s.status();
+                serde_json::json!({
+                    "upstream": &*s.name,
+                    "command": s.cfg.command,
+                    "state": st.state.as_str(),
+                    "pid": st.pid,
+                    "attempt": st.attempt,
+                    "restarts": st.restarts,
+                    "ready_count": st.generation,
+                    "crash_loop": st.crash_loop,
+                    "last_exit": st.last_exit,
+                    "next_start_in_ms": st.next_start.map(|t| t.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
+                })
+            }).collect();
+            json(StatusCode::OK, serde_json::json!({"processes": list}))
+        }
         (&Method::POST, "/reload") => match gw.reload() {
             Ok(notes) => json(StatusCode::OK, serde_json::json!({"reloaded": true, "notes": notes})),
             Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({"reloaded": false, "error": e})),
@@ -305,7 +334,7 @@ fn admin(gw: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such server; pass ?server=ADDRESS as written in servers"})),
             }
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /metrics, GET /healthz, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /metrics, GET /healthz, GET /processes, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

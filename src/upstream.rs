@@ -292,6 +292,22 @@ impl AsyncRead for Metered {
 }
 
 impl Metered {
+    /// Moves the socket to the current thread's runtime (deregisters it
+    /// from the reactor it was created on, registers it here).
+    pub fn rebind(self) -> io::Result<Self> {
+        let inner = match self.inner {
+            Stream::Unix(u) => Stream::Unix(UnixStream::from_std(u.into_std()?)?),
+            Stream::Tcp(t) => Stream::Tcp(TcpStream::from_std(t.into_std()?)?),
+            tls => tls,
+        };
+        Ok(Metered {
+            inner,
+            info: self.info,
+            write_timeout: self.write_timeout,
+            write_timer: None,
+        })
+    }
+
     fn track_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -358,7 +374,7 @@ impl AsyncWrite for Metered {
 }
 
 struct Idle {
-    tx: SendRequest<UpBody>,
+    tx: Link,
     info: Arc<ConnInfo>,
     since: Instant,
 }
@@ -380,6 +396,9 @@ pub struct Server {
     pub health: crate::health::Health,
     /// Requests in flight on this server (for least_request).
     pub inflight: AtomicUsize,
+    /// FastCGI requests on new connections still waiting for their
+    /// response head (possibly in the server's accept queue).
+    pub fresh_waiting: AtomicUsize,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
     /// One idle list per worker thread, so a request reuses connections
@@ -426,9 +445,26 @@ fn tls_name(tls: &crate::config::UpstreamTls, addr: &ServerAddr) -> Option<Serve
     ServerName::try_from(raw).ok()
 }
 
+/// What a request is sent over: hyper's HTTP/1.1 client connection (driven
+/// by its own task), or a FastCGI wire (driven by the request itself).
+pub enum Link {
+    Http(SendRequest<UpBody>),
+    Fcgi(Box<crate::fastcgi::Wire>),
+}
+
+impl Link {
+    fn is_closed(&mut self) -> bool {
+        match self {
+            Link::Http(tx) => tx.is_closed(),
+            Link::Fcgi(w) => !w.is_open(),
+        }
+    }
+}
+
 /// A connection checked out for one request.
 pub struct Conn {
-    pub tx: SendRequest<UpBody>,
+    /// `None` once a FastCGI wire moved into its response body.
+    pub tx: Option<Link>,
     pub info: Arc<ConnInfo>,
     /// `Some(idle time)` when the connection came from the pool.
     pub reused: Option<Duration>,
@@ -474,6 +510,7 @@ impl Upstream {
                     backup: spec.backup,
                     health: crate::health::Health::new(cfg.health.is_some()),
                     inflight: AtomicUsize::new(0),
+                    fresh_waiting: AtomicUsize::new(0),
                     resolved: Mutex::new((0, Vec::new())),
                     idle: (0..workers.max(1))
                         .map(|_| Mutex::new(Vec::new()))
@@ -565,11 +602,10 @@ impl Server {
     pub async fn checkout(&self, cfg: &UpstreamConfig, dialer: &Dialer) -> Option<Conn> {
         self.refresh_name(dialer).await;
         loop {
-            let mut idle = self
-                .my_idle()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()?;
+            let mut idle = match self.pop_idle(cfg) {
+                Some(i) => i,
+                None => return None,
+            };
             let age = idle.since.elapsed();
             if idle.tx.is_closed() {
                 continue;
@@ -580,12 +616,15 @@ impl Server {
             }
             // The previous response has been read to its end; hyper flips
             // the connection back to ready right after, or closes it.
-            if !idle.tx.is_ready() && idle.tx.ready().await.is_err() {
+            if let Link::Http(tx) = &mut idle.tx
+                && !tx.is_ready()
+                && tx.ready().await.is_err()
+            {
                 continue;
             }
             idle.info.idle_since_ms.store(u64::MAX, Ordering::Relaxed);
             return Some(Conn {
-                tx: idle.tx,
+                tx: Some(idle.tx),
                 info: idle.info,
                 reused: Some(age),
                 peer: self.label.clone(),
@@ -593,9 +632,47 @@ impl Server {
         }
     }
 
+    /// The most recently idled connection of this worker. A FastCGI
+    /// upstream also takes one from another worker (moving its socket to
+    /// this worker's reactor): each idle FastCGI connection holds a whole
+    /// PHP-FPM worker, so a new connection while one sits idle elsewhere
+    /// would wait in the accept queue behind it.
+    fn pop_idle(&self, cfg: &UpstreamConfig) -> Option<Idle> {
+        let mine = WORKER.with(|w| w.get()) % self.idle.len();
+        if let Some(i) = self.idle[mine].lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Some(i);
+        }
+        if cfg.fastcgi.is_none() {
+            return None;
+        }
+        for (n, list) in self.idle.iter().enumerate() {
+            if n == mine {
+                continue;
+            }
+            let taken = list.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some(mut i) = taken {
+                let Link::Fcgi(w) = i.tx else { continue };
+                match w.rebind() {
+                    Ok(w) => {
+                        i.tx = Link::Fcgi(w);
+                        return Some(i);
+                    }
+                    Err(_) => continue,
+                }
+            }
+        }
+        None
+    }
+
     /// Returns a connection whose response was read completely.
-    pub fn checkin(&self, cfg: &UpstreamConfig, tx: SendRequest<UpBody>, info: Arc<ConnInfo>) {
+    pub fn checkin(&self, cfg: &UpstreamConfig, mut tx: Link, info: Arc<ConnInfo>) {
         if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        // Requests are waiting in a FastCGI server's accept queue: an idle
+        // connection would keep the worker they wait for. Close it instead.
+        if matches!(tx, Link::Fcgi(_)) && self.fresh_waiting.load(Ordering::Relaxed) > 0 {
+            info.retired.store(true, Ordering::Relaxed);
             return;
         }
         let mut idle = self.my_idle().lock().unwrap_or_else(|e| e.into_inner());
@@ -734,6 +811,14 @@ impl Server {
             write_timeout: cfg.write_timeout,
             write_timer: None,
         };
+        if cfg.fastcgi.is_some() {
+            return Ok(Conn {
+                tx: Some(Link::Fcgi(Box::new(crate::fastcgi::Wire::new(io)))),
+                info,
+                reused: None,
+                peer,
+            });
+        }
         let mut b = http1::Builder::new();
         b.max_header_size(cfg.max_response_header_bytes)
             // hyper's read buffer must hold the whole head; leave room so the
@@ -761,7 +846,7 @@ impl Server {
             }
         });
         Ok(Conn {
-            tx,
+            tx: Some(Link::Http(tx)),
             info,
             reused: None,
             peer,
@@ -795,18 +880,46 @@ async fn connect_tcp(
     }
 }
 
+/// Connects to a Unix socket. A full accept queue (EAGAIN: every PHP-FPM
+/// worker busy) is waited out, polling with a growing pause, for up to
+/// connect_timeout, as the kernel does for a TCP connect whose SYN was
+/// dropped; only then is it `upstream_busy` (503), never a 502.
 async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure> {
-    match tokio::time::timeout(cfg.connect_timeout, UnixStream::connect(p)).await {
-        Err(_) => Err(Failure::with(
-            Cause::ConnectionTimeout,
-            format!(
-                "no answer from unix:{} within {:?}",
-                p.display(),
-                cfg.connect_timeout
-            ),
-        )),
-        Ok(Err(e)) => Err(classify_connect_io(&e, &format!("unix:{}", p.display()))),
-        Ok(Ok(s)) => Ok(Stream::Unix(s)),
+    let give_up = tokio::time::Instant::now() + cfg.connect_timeout;
+    let mut pause = Duration::from_millis(2);
+    let mut waited = false;
+    loop {
+        match tokio::time::timeout_at(give_up, UnixStream::connect(p)).await {
+            Err(_) => {
+                return Err(Failure::with(
+                    Cause::ConnectionTimeout,
+                    format!(
+                        "no answer from unix:{} within {:?}",
+                        p.display(),
+                        cfg.connect_timeout
+                    ),
+                ));
+            }
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let now = tokio::time::Instant::now();
+                if now + pause >= give_up {
+                    let mut f = classify_connect_io(&e, &format!("unix:{}", p.display()));
+                    if waited {
+                        f.details = Some(format!(
+                            "accept queue of unix:{} stayed full for {:?} (every worker busy)",
+                            p.display(),
+                            cfg.connect_timeout
+                        ));
+                    }
+                    return Err(f);
+                }
+                waited = true;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Ok(Err(e)) => return Err(classify_connect_io(&e, &format!("unix:{}", p.display()))),
+            Ok(Ok(s)) => return Ok(Stream::Unix(s)),
+        }
     }
 }
 
@@ -828,7 +941,10 @@ pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
         ),
         Some(libc::EACCES) | Some(libc::EPERM) if unix => (
             Cause::SocketPermission,
-            format!("permission denied on socket {}", &to[5..]),
+            match socket_problem(Path::new(&to[5..])) {
+                Some(SocketProblem::Permission(m)) => m,
+                _ => format!("permission denied on socket {} for {}", &to[5..], whoami()),
+            },
         ),
         Some(libc::EAGAIN) => (Cause::UpstreamBusy, format!("accept queue of {to} is full")),
         Some(libc::ETIMEDOUT) => (
@@ -1088,9 +1204,15 @@ where
     }
 }
 
+/// A response body as it comes from the upstream.
+pub enum UpIncoming {
+    Http(Incoming),
+    Fcgi(crate::fastcgi::FcgiBody),
+}
+
 /// A response body from the upstream with the body read timeout applied.
 pub struct TimedBody {
-    inner: Incoming,
+    inner: UpIncoming,
     timeout: Duration,
     // Created on the first read that has to wait: most small responses are
     // complete in the first poll and never allocate a timer.
@@ -1101,6 +1223,8 @@ pub struct TimedBody {
 #[derive(Debug)]
 pub enum BodyError {
     Upstream(hyper::Error),
+    /// Already classified (FastCGI).
+    Failed(Failure),
     TimedOut(Duration),
 }
 
@@ -1108,6 +1232,7 @@ impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BodyError::Upstream(e) => write!(f, "{e}"),
+            BodyError::Failed(e) => write!(f, "{e}"),
             BodyError::TimedOut(d) => write!(f, "no body data for {d:?}"),
         }
     }
@@ -1118,6 +1243,7 @@ impl BodyError {
     pub fn failure(&self) -> Failure {
         match self {
             BodyError::Upstream(e) => classify_body(e),
+            BodyError::Failed(f) => f.clone(),
             BodyError::TimedOut(d) => Failure::with(
                 Cause::ResponseBodyTimeout,
                 format!("no body data from the upstream for {}s", d.as_secs_f32()),
@@ -1127,7 +1253,7 @@ impl BodyError {
 }
 
 impl TimedBody {
-    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+    pub fn new(inner: UpIncoming, timeout: Duration) -> Self {
         TimedBody {
             inner,
             timeout,
@@ -1138,12 +1264,20 @@ impl TimedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match &mut self.inner {
+            UpIncoming::Http(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(BodyError::Upstream))),
+            UpIncoming::Fcgi(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(BodyError::Failed))),
+        };
+        match polled {
             Poll::Ready(r) => {
                 if let Some(t) = self.timer.as_mut() {
                     t.as_mut().reset(tokio::time::Instant::now() + self.timeout);
                 }
-                Poll::Ready(r.map(|r| r.map_err(BodyError::Upstream)))
+                Poll::Ready(r)
             }
             Poll::Pending => {
                 let timeout = self.timeout;
@@ -1156,9 +1290,146 @@ impl TimedBody {
         }
     }
     pub fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            UpIncoming::Http(b) => b.is_end_stream(),
+            UpIncoming::Fcgi(b) => b.is_end_stream(),
+        }
     }
     pub fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            UpIncoming::Http(b) => b.size_hint(),
+            UpIncoming::Fcgi(b) => b.size_hint(),
+        }
     }
+    /// A FastCGI connection whose response ended cleanly, for the pool.
+    pub fn take_wire(&mut self) -> Option<Box<crate::fastcgi::Wire>> {
+        match &mut self.inner {
+            UpIncoming::Fcgi(b) => b.take_wire(),
+            UpIncoming::Http(_) => None,
+        }
+    }
+}
+
+/// What stops baton's user from connecting to a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketProblem {
+    /// The path (or its directory) does not exist.
+    Missing(String),
+    /// Something else is at the path.
+    NotSocket(String),
+    /// baton's user may not connect (the socket's mode, or a directory).
+    Permission(String),
+}
+
+impl SocketProblem {
+    pub fn message(&self) -> &str {
+        match self {
+            SocketProblem::Missing(m) | SocketProblem::NotSocket(m) | SocketProblem::Permission(m) => m,
+        }
+    }
+}
+
+/// Checks that the Unix socket `p` exists, is a socket, and that baton's
+/// user may connect to it (write permission on the socket, search
+/// permission on every directory above it); says what to change if not.
+pub fn socket_problem(p: &Path) -> Option<SocketProblem> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = whoami();
+    // A directory on the way that baton may not search.
+    for dir in p.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+        let Ok(md) = std::fs::metadata(dir) else { continue };
+        if !may_access(dir, nix::unistd::AccessFlags::X_OK) {
+            return Some(SocketProblem::Permission(format!(
+                "baton runs as {me} and may not enter {} (owner {}:{}, mode {:04o}): give it search permission (`chmod o+x {}`, or add {me} to group {})",
+                dir.display(),
+                user_name(md.uid()),
+                group_name(md.gid()),
+                md.mode() & 0o7777,
+                dir.display(),
+                group_name(md.gid()),
+            )));
+        }
+    }
+    let md = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(_) => {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            return Some(SocketProblem::Missing(if dir.is_dir() {
+                format!(
+                    "socket {} does not exist: is the app running? (PHP-FPM creates it from the pool's `listen`; check the version in the path, e.g. php8.2-fpm)",
+                    p.display()
+                )
+            } else {
+                format!(
+                    "socket {} does not exist, nor its directory {}: is the app installed and running?",
+                    p.display(),
+                    dir.display()
+                )
+            }));
+        }
+    };
+    if !md.file_type().is_socket() {
+        return Some(SocketProblem::NotSocket(format!(
+            "{} is not a socket: point servers at the socket the app creates",
+            p.display()
+        )));
+    }
+    if !may_access(p, nix::unistd::AccessFlags::W_OK) {
+        let (owner, group) = (user_name(md.uid()), group_name(md.gid()));
+        return Some(SocketProblem::Permission(format!(
+            "baton runs as {me} but socket {} is {owner}:{group} mode {:04o}: in the PHP-FPM pool set listen.owner = {}, or listen.group = {} with listen.mode = 0660 (or add {} to group {group}), then restart PHP-FPM",
+            p.display(),
+            md.mode() & 0o7777,
+            me.split(' ').next().unwrap_or(&me),
+            my_group(),
+            me.split(' ').next().unwrap_or(&me),
+        )));
+    }
+    None
+}
+
+fn may_access(p: &Path, mode: nix::unistd::AccessFlags) -> bool {
+    nix::unistd::access(p, mode).is_ok()
+}
+
+/// "name (uid N)" of the user baton runs as.
+pub fn whoami() -> String {
+    let uid = nix::unistd::geteuid();
+    format!("{} (uid {uid})", user_name(uid.as_raw()))
+}
+
+fn my_group() -> String {
+    group_name(nix::unistd::getegid().as_raw())
+}
+
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+fn group_name(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(gid.into()) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}
+
+/// Every Unix-socket server of a config with a problem, as
+/// `upstreams.NAME: message`. Sockets of supervised backends that are not
+/// there yet are skipped (baton creates them by starting the backend).
+pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(String, SocketProblem)> {
+    let mut out = Vec::new();
+    for u in &cfg.upstreams {
+        for s in &u.servers {
+            let ServerAddr::Unix(p) = &s.addr else { continue };
+            match socket_problem(p) {
+                Some(SocketProblem::Missing(_)) if u.process.is_some() && !started => {}
+                Some(pb) => out.push((format!("upstreams.{}.servers", u.name), pb)),
+                None => {}
+            }
+        }
+    }
+    out
 }

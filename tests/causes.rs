@@ -311,10 +311,22 @@ async fn full_unix_accept_queue_is_503_connection_limit_reached() {
         }
         fill.push(c);
     }
-    let gw = Gw::start(&one("php", &format!("unix:{}", path.display()), "")).await;
+    // The full queue is waited out for connect_timeout, then 503.
+    let gw = Gw::start(&one(
+        "php",
+        &format!("unix:{}", path.display()),
+        "connect_timeout = \"300ms\"\n",
+    ))
+    .await;
     let r = send(gw.addr, get("/")).await;
     let line = assert_failure(&gw, &r, 503, "connection_limit_reached", "upstream_busy").await;
     assert_eq!(line["errno"], 11);
+    assert!(
+        r.header("proxy-status")
+            .contains("stayed full for 300ms (every worker busy)"),
+        "{}",
+        r.header("proxy-status")
+    );
 }
 
 #[tokio::test]
@@ -365,10 +377,13 @@ async fn unreadable_unix_socket_is_permission_denied() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(r.status, 503);
     assert_eq!(r.proxy_error(), "destination_unavailable");
+    // The details name the user, the socket's owner and mode, and the fix.
+    let ps = r.header("proxy-status");
     assert!(
-        r.header("proxy-status").contains("permission denied"),
-        "{}",
-        r.header("proxy-status")
+        ps.contains("baton runs as nobody (uid 65534) but socket")
+            && ps.contains("app.sock is root:root mode 0600")
+            && ps.contains("listen.owner = nobody"),
+        "{ps}"
     );
     let line = log
         .lines()

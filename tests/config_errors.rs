@@ -22,7 +22,11 @@ fn valid_config_passes() {
         "[server]\nlisten = [\"127.0.0.1:8080\"]\nadmin = \"127.0.0.1:9901\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:3000\", \"unix:/run/app.sock\", \"app.internal:3000\"]\nconnect_timeout = \"2s\"\nread_timeout = \"30s\"\nwrite_timeout = \"30s\"\nmax_response_header_bytes = 65536\nretries = 1\n\n[[routes]]\nhost = \"example.com\"\npath = \"/api\"\nupstream = \"app\"\n",
     );
     assert!(ok);
-    assert_eq!(out, "baton.toml: ok (1 listener, 1 upstream, 1 route)\n");
+    // A missing Unix socket is a warning (the app may just be stopped).
+    assert_eq!(
+        out,
+        "baton.toml: ok (1 listener, 1 upstream, 1 route)\nwarning: upstreams.app.servers: socket /run/app.sock does not exist: is the app running? (PHP-FPM creates it from the pool's `listen`; check the version in the path, e.g. php8.2-fpm)\n"
+    );
 }
 
 #[test]

@@ -1,0 +1,161 @@
+//! Static files from a FastCGI upstream's document root.
+//!
+//! Owns: answering GET and HEAD for a file `fastcgi::resolve` found under
+//! the root: `Content-Type` from the extension, `Last-Modified` and a weak
+//! `ETag` (size and modification time, as nginx), `304` for
+//! `If-None-Match`/`If-Modified-Since`, `Cache-Control: max-age`, and the
+//! body streamed in 64 KiB reads.
+//!
+//! Must not: map paths (that is `fastcgi::resolve`, which keeps them under
+//! the root) or serve scripts.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+
+/// The answer for a static file: the head, and the file to stream (none
+/// for HEAD, 304 and 405).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Option<(tokio::fs::File, u64)>,
+}
+
+/// Opens `path` and builds the answer to `method` with the request's
+/// conditional headers.
+pub async fn answer(
+    path: &Path,
+    method: &Method,
+    req: &HeaderMap,
+    max_age: Duration,
+) -> io::Result<Answer> {
+    let mut headers = HeaderMap::new();
+    if method != Method::GET && method != Method::HEAD {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(Answer {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            headers,
+            body: None,
+        });
+    }
+    let file = tokio::fs::File::open(path).await?;
+    let meta = file.metadata().await?;
+    let len = meta.len();
+    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let secs = mtime
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let etag = format!("W/\"{secs:x}-{len:x}\"");
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    let cc = if max_age.is_zero() {
+        "no-cache".to_string()
+    } else {
+        format!("public, max-age={}", max_age.as_secs())
+    };
+    if let Ok(v) = HeaderValue::from_str(&cc) {
+        headers.insert(header::CACHE_CONTROL, v);
+    }
+    let not_modified = match req.get(header::IF_NONE_MATCH) {
+        // RFC 9110 §13.1.2: weak comparison; If-None-Match wins over
+        // If-Modified-Since.
+        Some(inm) => inm.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
+            })
+        }),
+        None => req
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| {
+                since
+                    .duration_since(UNIX_EPOCH)
+                    .is_ok_and(|s| s.as_secs() >= secs)
+            }),
+    };
+    if not_modified {
+        return Ok(Answer {
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            body: None,
+        });
+    }
+    let ctype = mime_guess::from_path(path).first_or_octet_stream();
+    let ctype = match ctype.type_() {
+        mime_guess::mime::TEXT | mime_guess::mime::APPLICATION
+            if ctype.get_param("charset").is_none()
+                && (ctype.type_() == mime_guess::mime::TEXT
+                    || ctype.subtype() == mime_guess::mime::JAVASCRIPT
+                    || ctype.subtype() == mime_guess::mime::JSON) =>
+        {
+            format!("{ctype}; charset=utf-8")
+        }
+        _ => ctype.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&ctype) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    Ok(Answer {
+        status: StatusCode::OK,
+        headers,
+        body: (method == Method::GET).then_some((file, len)),
+    })
+}
+
+/// A file's bytes, read in 64 KiB chunks.
+pub struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+    buf: BytesMut,
+}
+
+impl FileBody {
+    pub fn new(file: tokio::fs::File, len: u64) -> Self {
+        FileBody {
+            file,
+            left: len,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let want = self.left.min(64 * 1024) as usize;
+        if self.buf.capacity() < want {
+            self.buf.reserve(want);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.file),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == 0 {
+            // The file shrank while being served.
+            self.left = 0;
+            return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+        }
+        let take = (self.buf.len() as u64).min(self.left) as usize;
+        self.left -= take as u64;
+        Poll::Ready(Some(Ok(self.buf.split_to(take).freeze())))
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.left == 0
+    }
+}
