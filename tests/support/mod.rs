@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod php;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;

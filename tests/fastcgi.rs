@@ -1,0 +1,193 @@
+//! FastCGI upstreams against a real PHP-FPM (Debian's php8.2-fpm).
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::php::{self, Fpm};
+
+use crate::support::*;
+
+async fn site(extra: &str) -> (Fpm, Gw) {
+    let fpm = php::start("").await;
+    let gw = Gw::start(&fpm.upstream(extra)).await;
+    (fpm, gw)
+}
+
+fn with_header(path: &str, k: &str, v: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "test.local")
+        .header(k, v)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn php_page_gets_the_cgi_parameters_nginx_sends() {
+    let (fpm, gw) = site("params = { APP_ENV = \"test\" }\n").await;
+    let r = send(gw.addr, get("/hello.php")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello from PHP 8.2");
+
+    let mut req = with_header("/index.php?a=1&b=two", "x-custom", "yes");
+    req.headers_mut().insert("proxy", "http://evil:1".parse().unwrap());
+    let r = send(gw.addr, req).await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let root = fpm.root.display().to_string();
+    assert_eq!(v["SCRIPT_FILENAME"], format!("{root}/index.php"));
+    assert_eq!(v["SCRIPT_NAME"], "/index.php");
+    assert_eq!(v["QUERY_STRING"], "a=1&b=two");
+    assert_eq!(v["REQUEST_METHOD"], "GET");
+    assert_eq!(v["REQUEST_URI"], "/index.php?a=1&b=two");
+    assert_eq!(v["DOCUMENT_ROOT"], root);
+    assert_eq!(v["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(v["SERVER_NAME"], "test.local");
+    assert_eq!(v["SERVER_PORT"], gw.addr.port().to_string());
+    assert_eq!(v["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(v["GATEWAY_INTERFACE"], "CGI/1.1");
+    assert_eq!(v["HTTP_HOST"], "test.local");
+    assert_eq!(v["HTTP_X_CUSTOM"], "yes");
+    assert_eq!(v["APP_ENV"], "test");
+    // httpoxy: the Proxy header never becomes HTTP_PROXY.
+    assert_eq!(v["HTTP_PROXY"], serde_json::Value::Null);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("x-request-id").len(), 16);
+}
+
+#[tokio::test]
+async fn front_controller_path_info_and_directory_index() {
+    let (_fpm, gw) = site("").await;
+    // WordPress pretty permalink: no such file, so /index.php?$args.
+    let v = send(gw.addr, get("/blog/hello-world?x=1")).await.json();
+    assert_eq!(v["SCRIPT_NAME"], "/index.php");
+    assert_eq!(v["REQUEST_URI"], "/blog/hello-world?x=1");
+    assert_eq!(v["QUERY_STRING"], "x=1");
+    // /index.php/extra: PATH_INFO split as fastcgi_split_path_info.
+    let v = send(gw.addr, get("/index.php/extra/path")).await.json();
+    assert_eq!(v["SCRIPT_NAME"], "/index.php");
+    assert_eq!(v["PATH_INFO"], "/extra/path");
+    assert_eq!(v["DOCUMENT_URI"], "/index.php/extra/path");
+    // A directory with an index.
+    let r = send(gw.addr, get("/sub/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "sub index"));
+    // The app's own status and headers pass through.
+    let r = send(gw.addr, get("/status.php")).await;
+    assert_eq!((r.status, r.text().as_str()), (418, "teapot"));
+    assert_eq!(r.header("x-app"), "yes");
+}
+
+#[tokio::test]
+async fn post_bodies_reach_php_with_and_without_content_length() {
+    let (_fpm, gw) = site("").await;
+    let form = "name=baton&x=1";
+    let r = send(
+        gw.addr,
+        Request::post("/post.php")
+            .header("host", "test.local")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), format!("14 {} baton", md5(form.as_bytes())));
+    // 1 MiB: streamed to PHP-FPM (above replay_buffer_bytes).
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    let r = send(
+        gw.addr,
+        Request::post("/post.php")
+            .header("host", "test.local")
+            .body(Full::new(Bytes::from(big.clone())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.text(), format!("1048576 {} -", md5(&big)));
+    // Chunked (no Content-Length): buffered so CONTENT_LENGTH is exact.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"POST /post.php HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nhello \r\n8\r\nchunked \r\n5\r\nworld\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(
+        raw.contains(&format!("19 {} -", md5(b"hello chunked world"))),
+        "{raw}"
+    );
+}
+
+#[tokio::test]
+async fn large_response_arrives_whole() {
+    let (_fpm, gw) = site("").await;
+    let r = send(gw.addr, get("/big.php")).await;
+    assert_eq!(r.status, 200);
+    let body = r.body.as_ref().unwrap();
+    assert_eq!(body.len(), 500 * 102_400);
+    assert!(body.chunks(10).all(|c| c == b"abcdefghij"));
+}
+
+#[tokio::test]
+async fn slow_script_is_504_response_head_timeout() {
+    let (_fpm, gw) = site("read_timeout = \"1s\"\n").await;
+    let r = send(gw.addr, get("/slow.php?ms=3000")).await;
+    let line = assert_failure(&gw, &r, 504, "http_response_timeout", "response_head_timeout").await;
+    assert_eq!(line["phase"], "read_head");
+    // The pool is fine afterwards.
+    let r = send(gw.addr, get("/hello.php")).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn static_files_are_served_from_the_root_with_cache_headers() {
+    let (_fpm, gw) = site("static_max_age = \"10m\"\n").await;
+    let r = send(gw.addr, get("/style.css")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "body { color: #333; }\n");
+    assert_eq!(r.header("content-type"), "text/css; charset=utf-8");
+    assert_eq!(r.header("cache-control"), "public, max-age=600");
+    assert_eq!(r.header("content-length"), "22");
+    let etag = r.header("etag").to_string();
+    assert!(etag.starts_with("W/\""), "{etag}");
+    assert!(!r.header("last-modified").is_empty());
+    let r = send(gw.addr, with_header("/style.css", "if-none-match", &etag)).await;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.body.as_ref().unwrap().len(), 0);
+    let r = send(
+        gw.addr,
+        Request::post("/style.css")
+            .header("host", "test.local")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), "GET, HEAD");
+}
+
+#[tokio::test]
+async fn paths_never_leave_the_root() {
+    let (fpm, gw) = site("try_files = [\"$uri\", \"=404\"]\n").await;
+    std::fs::write(fpm.root.join(".env"), "SECRET=1").unwrap();
+    for path in ["/.env", "/%2e%2e/php-fpm.conf", "/sub/%2E%2E/%2E%2E/php-fpm.conf", "/.git/config"] {
+        let r = send(gw.addr, get(path)).await;
+        assert_eq!(r.status, 403, "{path}");
+        assert_eq!(r.proxy_error(), "http_request_denied", "{path}");
+        assert!(!r.text().contains("SECRET"), "{path}");
+    }
+    // A symbolic link out of the root is refused too.
+    std::os::unix::fs::symlink(&fpm.conf, fpm.root.join("conf.txt")).unwrap();
+    let r = send(gw.addr, get("/conf.txt")).await;
+    assert_eq!(r.status, 403);
+    // try_files ending in =404: a missing file is baton's 404.
+    let r = send(gw.addr, get("/missing.css")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.proxy_error(), "destination_not_found");
+}
+
+/// Hex MD5, as PHP's md5() prints it.
+fn md5(b: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
