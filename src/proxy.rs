@@ -159,6 +159,7 @@ impl Gateway {
     pub fn new(rt: Runtime, logs: Logs) -> Self {
         let rt = Arc::new(rt);
         health::spawn_checkers(&rt);
+        upstream::spawn_reapers(&rt.upstreams);
         Gateway {
             metrics: rt.metrics.clone(),
             runtime: ArcSwap::new(rt),
@@ -263,6 +264,7 @@ impl Gateway {
         rt.dialer.own = old.dialer.own.clone();
         let rt = Arc::new(rt);
         health::spawn_checkers(&rt);
+        upstream::spawn_reapers(&rt.upstreams);
         for (key, problem) in crate::upstream::socket_findings(&rt.config, true) {
             notes.push(format!("{key}: {}", problem.message()));
         }
@@ -1214,6 +1216,10 @@ pub async fn handle(
         } else {
             server.checkout(&cfg, &rt.dialer).await
         };
+        // A FastCGI request opening a connection waits for a server worker
+        // (perhaps in its accept queue) until its head arrives.
+        let waiting = (checked_out.is_none() && cfg.fastcgi.is_some())
+            .then(|| Waiting::new(&server));
         let mut conn: Conn = match checked_out {
             Some(c) => c,
             None => match server.connect(&cfg, &rt.dialer).await {
@@ -1307,7 +1313,6 @@ pub async fn handle(
                 }
             }
             Some(Link::Fcgi(wire)) => {
-                let _waiting = reused.is_none().then(|| Waiting::new(&server));
                 let tag = fastcgi::LogTag {
                     upstream: cfg.name.clone(),
                     server: conn.peer.clone(),
@@ -1334,6 +1339,7 @@ pub async fn handle(
             }
             None => Outcome::Failed(Failure::with(Cause::Internal, "connection without a link")),
         };
+        drop(waiting);
         if let Some(slots) = &up.slots {
             let latency = matches!(outcome, Outcome::Head(..)).then(|| sent_at.elapsed());
             if let Some(limit) = slots.observe(latency, health::now_ms()) {
@@ -1580,8 +1586,10 @@ enum Outcome {
     Failed(Failure),
 }
 
-/// Marks a FastCGI request on a fresh connection as waiting for its head
-/// (perhaps in the server's accept queue), see `Server::checkin`.
+/// Marks a FastCGI request on a new connection as waiting for a server
+/// worker: connecting (the accept queue may be full) or waiting for its
+/// head. While any does, `Server::checkin` closes finished connections
+/// instead of keeping them idle, since each holds a worker.
 struct Waiting(Arc<Server>);
 
 impl Waiting {

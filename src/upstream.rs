@@ -539,6 +539,24 @@ impl Upstream {
     }
 }
 
+/// For each FastCGI upstream, a task that closes idle connections once
+/// they pass keepalive_timeout (it ends when the upstream is dropped).
+pub fn spawn_reapers(upstreams: &[Arc<Upstream>]) {
+    for up in upstreams.iter().filter(|u| u.cfg.fastcgi.is_some()) {
+        let weak = Arc::downgrade(up);
+        let every = (up.cfg.keepalive_timeout / 4).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(up) = weak.upgrade() else { return };
+                for s in &up.servers {
+                    s.reap(&up.cfg);
+                }
+            }
+        });
+    }
+}
+
 impl Upstream {
     /// How many worker idle lists its servers have.
     pub fn workers(&self) -> usize {
@@ -696,6 +714,21 @@ impl Server {
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
                     (cur == 0 || ms < cur).then_some(ms)
                 });
+    }
+
+    /// Closes idle connections past their idle limit now, not at the next
+    /// checkout (FastCGI: an idle connection holds a PHP-FPM worker that
+    /// other clients of the pool may be queued for).
+    fn reap(&self, cfg: &UpstreamConfig) {
+        for list in self.idle.iter() {
+            list.lock().unwrap_or_else(|e| e.into_inner()).retain(|i| {
+                let keep = i.since.elapsed() < self.idle_limit(cfg, &i.info);
+                if !keep {
+                    i.info.retired.store(true, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
     }
 
     fn my_idle(&self) -> &Mutex<Vec<Idle>> {

@@ -191,3 +191,64 @@ fn md5(b: &[u8]) -> String {
     use md5::Digest;
     md5::Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Twelve one-second requests at once to a pool with one worker and a
+/// backlog of one: the classic PHP-FPM 502 (EAGAIN on the socket).
+async fn burst(addr: std::net::SocketAddr, n: usize, path: &str) -> Vec<Resp> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let path = path.to_string();
+        set.spawn(async move {
+            let t = std::time::Instant::now();
+            let r = send(addr, get(&path)).await;
+            if std::env::var("BURST_DEBUG").is_ok() {
+                println!("req {i}: {} after {:?}", r.status, t.elapsed());
+            }
+            (i, r)
+        });
+    }
+    let mut out: Vec<(usize, Resp)> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+const SATURATED: &str = "pm = static\npm.max_children = 1\nlisten.backlog = 1\n";
+
+#[tokio::test]
+async fn saturated_pool_nginx_502s_baton_serves_everyone() {
+    let fpm = php::start(SATURATED).await;
+    // nginx in front of the pool: EAGAIN on connect is a 502 at once.
+    let nginx = php::nginx_for(&fpm).await;
+    let rs = burst(nginx.addr, 12, "/slow.php?ms=1000").await;
+    let bad = rs.iter().filter(|r| r.status == 502).count();
+    println!("nginx: {bad} of 12 answered 502");
+    drop(nginx);
+    // Baton waits out the full accept queue (within connect_timeout).
+    let gw = Gw::start(&fpm.upstream("connect_timeout = \"20s\"\n")).await;
+    let rs = burst(gw.addr, 12, "/slow.php?ms=1000").await;
+    let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200; 12], "baton");
+    assert!(rs.iter().all(|r| r.text() == "slept"));
+    assert!(bad >= 1, "nginx returned no 502: the pool is not saturated");
+}
+
+#[tokio::test]
+async fn saturated_pool_past_connect_timeout_is_503_with_retry_after_never_502() {
+    let fpm = php::start(SATURATED).await;
+    let gw = Gw::start(&fpm.upstream("connect_timeout = \"1500ms\"\n")).await;
+    let rs = burst(gw.addr, 12, "/slow.php?ms=1000").await;
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<&Resp> = rs.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + busy.len(), 12, "only 200 and 503");
+    assert!(ok >= 1 && !busy.is_empty(), "{ok} ok, {} busy", busy.len());
+    for r in busy {
+        assert_eq!(r.proxy_error(), "connection_limit_reached");
+        assert_eq!(r.header("retry-after"), "5");
+        let line = gw.failures(&r.request_id()).await.pop().unwrap();
+        assert_eq!(line["cause"], "upstream_busy");
+        assert_eq!(line["errno"], 11);
+    }
+}
