@@ -100,7 +100,11 @@ pub fn run() -> ExitCode {
                     };
                     println!("{level}: {key}: {}", p.message());
                 }
-                if bad { ExitCode::from(1) } else { ExitCode::SUCCESS }
+                if bad {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => {
                 eprint!("{e}");

@@ -897,7 +897,10 @@ impl<'s> Validator<'s> {
                 ("try_files", u.try_files.as_ref().map(|v| v.span())),
                 ("script_ext", u.script_ext.as_ref().map(|v| v.span())),
                 ("params", u.params.as_ref().map(|v| v.span())),
-                ("static_max_age", u.static_max_age.as_ref().map(|v| v.span())),
+                (
+                    "static_max_age",
+                    u.static_max_age.as_ref().map(|v| v.span()),
+                ),
             ];
             for (k, span) in only {
                 if let Some(span) = span {
@@ -969,8 +972,8 @@ impl<'s> Validator<'s> {
                 for (i, e) in list.get_ref().iter().enumerate() {
                     let s = e.get_ref();
                     let last = i + 1 == v.len();
-                    let ok = if s.starts_with('=') {
-                        last && s[1..].parse::<u16>().is_ok_and(|c| (400..600).contains(&c))
+                    let ok = if let Some(code) = s.strip_prefix('=') {
+                        last && code.parse::<u16>().is_ok_and(|c| (400..600).contains(&c))
                     } else {
                         s.starts_with('/') || s.starts_with("$uri")
                     };
@@ -1047,18 +1050,21 @@ impl<'s> Validator<'s> {
                 "give the program to run, e.g. command = \"/usr/sbin/php-fpm8.2\"",
             );
         }
-        let user = raw.user.as_ref().and_then(|u| match lookup_user(u.get_ref()) {
-            Some(r) => Some(r),
-            None => {
-                self.err(
-                    k("user"),
-                    u.span(),
-                    format!("no user named {:?} on this machine", u.get_ref()),
-                    "give an existing user (`getent passwd NAME`), e.g. \"www-data\"",
-                );
-                None
-            }
-        });
+        let user = raw
+            .user
+            .as_ref()
+            .and_then(|u| match lookup_user(u.get_ref()) {
+                Some(r) => Some(r),
+                None => {
+                    self.err(
+                        k("user"),
+                        u.span(),
+                        format!("no user named {:?} on this machine", u.get_ref()),
+                        "give an existing user (`getent passwd NAME`), e.g. \"www-data\"",
+                    );
+                    None
+                }
+            });
         let first = servers.first().map(|s| &s.addr);
         let ready = match raw.ready.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
             None | Some(("connect", _)) => match first {
@@ -1098,7 +1104,11 @@ impl<'s> Validator<'s> {
             }
             Readiness::Health
         });
-        let restart = match raw.restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+        let restart = match raw
+            .restart
+            .as_ref()
+            .map(|r| (r.get_ref().as_str(), r.span()))
+        {
             None | Some(("always", _)) => RestartPolicy::Always,
             Some(("on-failure", _)) => RestartPolicy::OnFailure,
             Some(("never", _)) => RestartPolicy::Never,
@@ -1140,28 +1150,51 @@ impl<'s> Validator<'s> {
             p
         });
         let backoff = self.duration(&k("backoff"), &raw.backoff, Duration::from_millis(500));
-        let backoff_max = self.duration(&k("backoff_max"), &raw.backoff_max, Duration::from_secs(30));
+        let backoff_max =
+            self.duration(&k("backoff_max"), &raw.backoff_max, Duration::from_secs(30));
         Some(Arc::new(ProcessConfig {
             command,
             args: raw.args.clone().unwrap_or_default(),
-            env: raw
-                .env
-                .as_ref()
-                .map_or_else(Vec::new, |e| e.iter().map(|(a, b)| (a.clone(), b.clone())).collect()),
+            env: raw.env.as_ref().map_or_else(Vec::new, |e| {
+                e.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
+            }),
             cwd,
             user,
             ready,
-            ready_timeout: self.duration(&k("ready_timeout"), &raw.ready_timeout, Duration::from_secs(30)),
+            ready_timeout: self.duration(
+                &k("ready_timeout"),
+                &raw.ready_timeout,
+                Duration::from_secs(30),
+            ),
             restart,
             backoff,
             backoff_max: backoff_max.max(backoff),
-            crash_loop_exits: self.int(&k("crash_loop_exits"), &raw.crash_loop_exits, 2, 1000, 5, "use 2 or more") as u32,
-            crash_loop_window: self.duration(&k("crash_loop_window"), &raw.crash_loop_window, Duration::from_secs(60)),
+            crash_loop_exits: self.int(
+                &k("crash_loop_exits"),
+                &raw.crash_loop_exits,
+                2,
+                1000,
+                5,
+                "use 2 or more",
+            ) as u32,
+            crash_loop_window: self.duration(
+                &k("crash_loop_window"),
+                &raw.crash_loop_window,
+                Duration::from_secs(60),
+            ),
             start_wait: self.duration(&k("start_wait"), &raw.start_wait, Duration::from_secs(10)),
             stop_signal,
-            stop_timeout: self.duration(&k("stop_timeout"), &raw.stop_timeout, Duration::from_secs(10)),
+            stop_timeout: self.duration(
+                &k("stop_timeout"),
+                &raw.stop_timeout,
+                Duration::from_secs(10),
+            ),
             unhealthy_restart: raw.unhealthy_restart.as_ref().map(|_| {
-                self.duration(&k("unhealthy_restart"), &raw.unhealthy_restart, Duration::from_secs(30))
+                self.duration(
+                    &k("unhealthy_restart"),
+                    &raw.unhealthy_restart,
+                    Duration::from_secs(30),
+                )
             }),
         }))
     }

@@ -132,7 +132,10 @@ pub fn push_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Decodes name-value pairs (GET_VALUES_RESULT, and the tests' check of
 /// what baton sends).
-pub fn parse_pairs(mut b: &[u8]) -> Result<Vec<(&[u8], &[u8])>, CodecError> {
+/// Name-value pairs, borrowed from the record content.
+pub type Pairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+pub fn parse_pairs(mut b: &[u8]) -> Result<Pairs<'_>, CodecError> {
     fn len(b: &mut &[u8]) -> Result<usize, CodecError> {
         let first = *b.first().ok_or(CodecError::BadPair)?;
         if first < 128 {
@@ -164,7 +167,10 @@ pub fn parse_pairs(mut b: &[u8]) -> Result<Vec<(&[u8], &[u8])>, CodecError> {
 pub enum Record {
     Stdout(Bytes),
     Stderr(Bytes),
-    End { app_status: u32, protocol_status: u8 },
+    End {
+        app_status: u32,
+        protocol_status: u8,
+    },
     /// GET_VALUES_RESULT content (name-value pairs).
     Values(Bytes),
     /// Anything else (ignored, as the specification asks).
@@ -452,7 +458,11 @@ pub fn request_head(cfg: &FastCgiConfig, s: &Script, r: &RequestInfo<'_>) -> Vec
         match vals.next() {
             None => pair(&name, first),
             Some(second) => {
-                let sep: &[u8] = if k == http::header::COOKIE { b"; " } else { b", " };
+                let sep: &[u8] = if k == http::header::COOKIE {
+                    b"; "
+                } else {
+                    b", "
+                };
                 let mut joined = first.to_vec();
                 for v in std::iter::once(second).chain(vals) {
                     joined.extend_from_slice(sep);
@@ -539,12 +549,11 @@ impl Wire {
     }
 
     /// Moves the connection to the current thread's runtime.
-    pub fn rebind(self: Box<Self>) -> io::Result<Box<Self>> {
-        let w = *self;
-        Ok(Box::new(Wire {
-            io: w.io.rebind()?,
-            buf: w.buf,
-        }))
+    pub fn rebind(self) -> io::Result<Self> {
+        Ok(Wire {
+            io: self.io.rebind()?,
+            buf: self.buf,
+        })
     }
 
     async fn record(&mut self) -> Result<Record, WireError> {
@@ -747,7 +756,10 @@ impl StderrLog {
 /// Parses the CGI response head (RFC 3875 §6): header lines up to a blank
 /// line, `Status:` for the status, `Location:` alone meaning 302.
 /// `Ok(None)` while incomplete.
-fn parse_head(buf: &[u8], max: usize) -> Result<Option<((StatusCode, HeaderMap), usize)>, Failure> {
+/// A parsed CGI head and how many bytes it took.
+type Head = ((StatusCode, HeaderMap), usize);
+
+fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, Failure> {
     let mut raw = [httparse::EMPTY_HEADER; 128];
     match httparse::parse_headers(buf, &mut raw) {
         Ok(httparse::Status::Partial) => {
@@ -879,7 +891,9 @@ fn classify_read(e: &WireError, started: bool) -> Failure {
                 format!("the server answered like {what}"),
             )
         }
-        WireError::Codec(c) => Failure::with(Cause::ProtocolError, format!("bad FastCGI record: {c:?}")),
+        WireError::Codec(c) => {
+            Failure::with(Cause::ProtocolError, format!("bad FastCGI record: {c:?}"))
+        }
         WireError::Io(io) => {
             let mut f = Failure::with(
                 Cause::FastCgiNoResponse,
@@ -1038,7 +1052,10 @@ mod tests {
         assert_eq!(out[0], 1);
         assert_eq!(&out[5..9], &(0x8000_0000u32 | 300).to_be_bytes());
         let pairs = parse_pairs(&out).unwrap();
-        assert_eq!(pairs, vec![(&b"A"[..], &b"b"[..]), (&b"LONG"[..], &long[..])]);
+        assert_eq!(
+            pairs,
+            vec![(&b"A"[..], &b"b"[..]), (&b"LONG"[..], &long[..])]
+        );
         assert_eq!(parse_pairs(&out[..out.len() - 1]), Err(CodecError::BadPair));
     }
 
@@ -1053,9 +1070,12 @@ mod tests {
 
     #[test]
     fn cgi_heads() {
-        let ((s, h), used) = parse_head(b"Status: 404 Not Found\r\nContent-type: text/html\r\n\r\nbody", 1024)
-            .unwrap()
-            .unwrap();
+        let ((s, h), used) = parse_head(
+            b"Status: 404 Not Found\r\nContent-type: text/html\r\n\r\nbody",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(s, 404);
         assert_eq!(h["content-type"], "text/html");
         assert_eq!(used, 50);

@@ -47,9 +47,7 @@ pub async fn answer(
     let meta = file.metadata().await?;
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-    let secs = mtime
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let etag = format!("W/\"{secs:x}-{len:x}\"");
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
     if let Ok(v) = HeaderValue::from_str(&etag) {

@@ -283,7 +283,15 @@ async fn probe(
                     server: server.label.clone(),
                     request_id: http::HeaderValue::from_static("health-check"),
                 };
-                match crate::fastcgi::exchange(wire, &head, UpBody::Empty, up.cfg.max_response_header_bytes, &tag).await {
+                match crate::fastcgi::exchange(
+                    wire,
+                    &head,
+                    UpBody::Empty,
+                    up.cfg.max_response_header_bytes,
+                    &tag,
+                )
+                .await
+                {
                     crate::fastcgi::Sent::Head(resp) => {
                         let status = resp.status().as_u16();
                         let _ = resp.into_body().collect().await;

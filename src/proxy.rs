@@ -25,13 +25,13 @@ use hyper_util::rt::TokioIo;
 
 use crate::cause::{Cause, Retry};
 use crate::config::{Balance, Config, HashKey, HostMatch, UpstreamConfig};
+use crate::fastcgi::{self, Target};
 use crate::health;
 use crate::log::{self, AccessRecord, FailureRecord, Logs};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
 use crate::pages::{self, Format, PageInfo};
 use crate::resolve::Resolver;
 use crate::supervise::Supervisor;
-use crate::fastcgi::{self, Target};
 use crate::upstream::{
     self, AttemptView, Conn, ConnInfo, Dialer, Failure, Link, Server, TimedBody, UpBody,
     UpIncoming, Upstream,
@@ -1218,8 +1218,8 @@ pub async fn handle(
         };
         // A FastCGI request opening a connection waits for a server worker
         // (perhaps in its accept queue) until its head arrives.
-        let waiting = (checked_out.is_none() && cfg.fastcgi.is_some())
-            .then(|| Waiting::new(&server));
+        let waiting =
+            (checked_out.is_none() && cfg.fastcgi.is_some()).then(|| Waiting::new(&server));
         let mut conn: Conn = match checked_out {
             Some(c) => c,
             None => match server.connect(&cfg, &rt.dialer).await {

@@ -135,9 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.clone();
     let gateway = Arc::new(Gateway::new(rt, logs));
-    for (key, problem) in
-        crate::upstream::socket_findings(&gateway.runtime.load().config, false)
-    {
+    for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());
     }
     // Supervised backends start before the listeners accept (connections
@@ -207,7 +205,9 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_request_header_bytes as u32);
     let builder = Arc::new(builder);
-    let local = l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = l
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     loop {

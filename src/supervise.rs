@@ -191,9 +191,9 @@ impl Supervisor {
     /// Seconds until the backend is expected back (for `Retry-After`).
     pub fn retry_after_secs(&self) -> u64 {
         let s = self.status.borrow();
-        let until = s
-            .next_start
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+        let until = s.next_start.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
         (until + Duration::from_secs(1)).as_secs().clamp(1, 300)
     }
 
@@ -326,10 +326,7 @@ impl Supervisor {
         let mut child = match self.command().spawn() {
             Ok(c) => c,
             Err(e) => {
-                return Some((
-                    format!("cannot start {:?}: {e}", self.cfg.command),
-                    false,
-                ));
+                return Some((format!("cannot start {:?}: {e}", self.cfg.command), false));
             }
         };
         let pid = child.id();
@@ -526,7 +523,10 @@ fn group_rss(pgid: i32) -> u64 {
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
             continue;
         };
-        let pgrp = rest.split_whitespace().nth(2).and_then(|v| v.parse::<i32>().ok());
+        let pgrp = rest
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse::<i32>().ok());
         if pgrp != Some(pgid) {
             continue;
         }
@@ -650,10 +650,7 @@ mod tests {
         );
         let killed = describe_exit(&std::process::ExitStatus::from_raw(libc::SIGKILL), &m);
         assert!(killed.contains("likely killed for memory"), "{killed}");
-        let small = MemorySample {
-            rss: 10 << 20,
-            ..m
-        };
+        let small = MemorySample { rss: 10 << 20, ..m };
         let outside = describe_exit(&std::process::ExitStatus::from_raw(libc::SIGKILL), &small);
         assert!(outside.contains("from outside baton"), "{outside}");
     }

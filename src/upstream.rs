@@ -657,12 +657,14 @@ impl Server {
     /// would wait in the accept queue behind it.
     fn pop_idle(&self, cfg: &UpstreamConfig) -> Option<Idle> {
         let mine = WORKER.with(|w| w.get()) % self.idle.len();
-        if let Some(i) = self.idle[mine].lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(i) = self.idle[mine]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
             return Some(i);
         }
-        if cfg.fastcgi.is_none() {
-            return None;
-        }
+        cfg.fastcgi.as_ref()?;
         for (n, list) in self.idle.iter().enumerate() {
             if n == mine {
                 continue;
@@ -670,9 +672,10 @@ impl Server {
             let taken = list.lock().unwrap_or_else(|e| e.into_inner()).pop();
             if let Some(mut i) = taken {
                 let Link::Fcgi(w) = i.tx else { continue };
+                let w = *w;
                 match w.rebind() {
                     Ok(w) => {
-                        i.tx = Link::Fcgi(w);
+                        i.tx = Link::Fcgi(Box::new(w));
                         return Some(i);
                     }
                     Err(_) => continue,
@@ -1357,7 +1360,9 @@ pub enum SocketProblem {
 impl SocketProblem {
     pub fn message(&self) -> &str {
         match self {
-            SocketProblem::Missing(m) | SocketProblem::NotSocket(m) | SocketProblem::Permission(m) => m,
+            SocketProblem::Missing(m)
+            | SocketProblem::NotSocket(m)
+            | SocketProblem::Permission(m) => m,
         }
     }
 }
@@ -1370,7 +1375,9 @@ pub fn socket_problem(p: &Path) -> Option<SocketProblem> {
     let me = whoami();
     // A directory on the way that baton may not search.
     for dir in p.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
-        let Ok(md) = std::fs::metadata(dir) else { continue };
+        let Ok(md) = std::fs::metadata(dir) else {
+            continue;
+        };
         if !may_access(dir, nix::unistd::AccessFlags::X_OK) {
             return Some(SocketProblem::Permission(format!(
                 "baton runs as {me} and may not enter {} (owner {}:{}, mode {:04o}): give it search permission (`chmod o+x {}`, or add {me} to group {})",
@@ -1456,7 +1463,9 @@ pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(Strin
     let mut out = Vec::new();
     for u in &cfg.upstreams {
         for s in &u.servers {
-            let ServerAddr::Unix(p) = &s.addr else { continue };
+            let ServerAddr::Unix(p) = &s.addr else {
+                continue;
+            };
             match socket_problem(p) {
                 Some(SocketProblem::Missing(_)) if u.process.is_some() && !started => {}
                 Some(pb) => out.push((format!("upstreams.{}.servers", u.name), pb)),

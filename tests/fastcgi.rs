@@ -30,7 +30,8 @@ async fn php_page_gets_the_cgi_parameters_nginx_sends() {
     assert_eq!(r.text(), "hello from PHP 8.2");
 
     let mut req = with_header("/index.php?a=1&b=two", "x-custom", "yes");
-    req.headers_mut().insert("proxy", "http://evil:1".parse().unwrap());
+    req.headers_mut()
+        .insert("proxy", "http://evil:1".parse().unwrap());
     let r = send(gw.addr, req).await;
     assert_eq!(r.status, 200);
     let v = r.json();
@@ -132,7 +133,14 @@ async fn large_response_arrives_whole() {
 async fn slow_script_is_504_response_head_timeout() {
     let (_fpm, gw) = site("read_timeout = \"1s\"\n").await;
     let r = send(gw.addr, get("/slow.php?ms=3000")).await;
-    let line = assert_failure(&gw, &r, 504, "http_response_timeout", "response_head_timeout").await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        504,
+        "http_response_timeout",
+        "response_head_timeout",
+    )
+    .await;
     assert_eq!(line["phase"], "read_head");
     // The pool is fine afterwards.
     let r = send(gw.addr, get("/hello.php")).await;
@@ -170,7 +178,12 @@ async fn static_files_are_served_from_the_root_with_cache_headers() {
 async fn paths_never_leave_the_root() {
     let (fpm, gw) = site("try_files = [\"$uri\", \"=404\"]\n").await;
     std::fs::write(fpm.root.join(".env"), "SECRET=1").unwrap();
-    for path in ["/.env", "/%2e%2e/php-fpm.conf", "/sub/%2E%2E/%2E%2E/php-fpm.conf", "/.git/config"] {
+    for path in [
+        "/.env",
+        "/%2e%2e/php-fpm.conf",
+        "/sub/%2E%2E/%2E%2E/php-fpm.conf",
+        "/.git/config",
+    ] {
         let r = send(gw.addr, get(path)).await;
         assert_eq!(r.status, 403, "{path}");
         assert_eq!(r.proxy_error(), "http_request_denied", "{path}");
@@ -189,7 +202,10 @@ async fn paths_never_leave_the_root() {
 /// Hex MD5, as PHP's md5() prints it.
 fn md5(b: &[u8]) -> String {
     use md5::Digest;
-    md5::Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    md5::Md5::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// Twelve one-second requests at once to a pool with one worker and a

@@ -20,16 +20,31 @@ $out['pid'] = getmypid();
 echo json_encode($out);
 "#,
     ),
-    ("hello.php", "<?php echo 'hello from PHP ' . PHP_MAJOR_VERSION . '.' . PHP_MINOR_VERSION;\n"),
+    (
+        "hello.php",
+        "<?php echo 'hello from PHP ' . PHP_MAJOR_VERSION . '.' . PHP_MINOR_VERSION;\n",
+    ),
     (
         "post.php",
         "<?php $b = file_get_contents('php://input'); header('Content-Type: text/plain'); echo strlen($b), ' ', md5($b), ' ', $_POST['name'] ?? '-';\n",
     ),
-    ("big.php", "<?php $chunk = str_repeat('abcdefghij', 10240); for ($i = 0; $i < 500; $i++) { echo $chunk; }\n"),
-    ("slow.php", "<?php usleep((int)($_GET['ms'] ?? 3000) * 1000); echo 'slept';\n"),
-    ("status.php", "<?php http_response_code(418); header('X-App: yes'); echo 'teapot';\n"),
+    (
+        "big.php",
+        "<?php $chunk = str_repeat('abcdefghij', 10240); for ($i = 0; $i < 500; $i++) { echo $chunk; }\n",
+    ),
+    (
+        "slow.php",
+        "<?php usleep((int)($_GET['ms'] ?? 3000) * 1000); echo 'slept';\n",
+    ),
+    (
+        "status.php",
+        "<?php http_response_code(418); header('X-App: yes'); echo 'teapot';\n",
+    ),
     ("style.css", "body { color: #333; }\n"),
-    ("warn.php", "<?php error_log('boom from php'); echo 'warned';\n"),
+    (
+        "warn.php",
+        "<?php error_log('boom from php'); echo 'warned';\n",
+    ),
     ("sub/index.php", "<?php echo 'sub index';\n"),
 ];
 
@@ -156,7 +171,7 @@ pub async fn nginx_for(fpm: &Fpm) -> Nginx {
         ),
     )
     .unwrap();
-    let child = Command::new("nginx")
+    let mut child = Command::new("nginx")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
@@ -174,6 +189,8 @@ pub async fn nginx_for(fpm: &Fpm) -> Nginx {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("nginx did not start");
 }
 
