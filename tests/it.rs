@@ -11,4 +11,5 @@ mod keepalive;
 mod limits;
 mod proxying;
 mod resilience;
+mod supervise;
 mod tls;

@@ -1,0 +1,177 @@
+//! Supervised backends: PHP-FPM and a Python app started, restarted and
+//! stopped by baton.
+
+use std::time::{Duration, Instant};
+
+use crate::support::php;
+use crate::support::*;
+
+async fn processes(gw: &Gw) -> serde_json::Value {
+    send(gw.admin, get("/processes")).await.json()["processes"][0].clone()
+}
+
+fn sigkill(pid: u64) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+fn alive(pid: u64) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+fn supervised_fpm(fpm: &php::Fpm, extra: &str) -> String {
+    fpm.upstream(&format!(
+        "[upstreams.php.process]\ncommand = \"{}\"\nargs = [\"-F\", \"-O\", \"-y\", \"{}\"]\nstop_signal = \"QUIT\"\nbackoff = \"100ms\"\n{extra}",
+        php::FPM,
+        fpm.conf.display()
+    ))
+}
+
+#[tokio::test]
+async fn php_fpm_killed_under_load_is_restarted_and_no_request_fails() {
+    let fpm = php::prepare("");
+    let gw = Gw::start(&supervised_fpm(&fpm, "")).await;
+    // Started before serving: the first request just works.
+    let r = send(gw.addr, get("/hello.php")).await;
+    assert_eq!(r.status, 200);
+    let p = processes(&gw).await;
+    assert_eq!(p["state"], "running");
+    let pid = p["pid"].as_u64().unwrap();
+
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let addr = gw.addr;
+        load.spawn(async move {
+            let mut statuses = Vec::new();
+            while Instant::now() < stop_at {
+                let r = send(addr, get("/slow.php?ms=20")).await;
+                statuses.push((r.status, r.header("proxy-status").to_string()));
+            }
+            statuses
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sigkill(pid);
+    let mut all = Vec::new();
+    while let Some(s) = load.join_next().await {
+        all.extend(s.unwrap());
+    }
+    let failed: Vec<_> = all.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(all.len() > 100, "{} requests", all.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        all.len()
+    );
+
+    let p = processes(&gw).await;
+    assert_eq!(p["state"], "running");
+    assert_eq!(p["restarts"], 1);
+    assert_ne!(p["pid"].as_u64().unwrap(), pid);
+    let exit = p["last_exit"].as_str().unwrap();
+    assert!(exit.starts_with("killed by signal 9 (SIGKILL)"), "{exit}");
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_backend_restarts_total{upstream=\"php\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("baton_backend_state{upstream=\"php\",state=\"running\"} 1"),
+        "{m}"
+    );
+    let new_pid = p["pid"].as_u64().unwrap();
+    gw.stop().await;
+    // Stopped gracefully with baton.
+    assert!(!alive(new_pid), "php-fpm still running after baton stopped");
+}
+
+#[tokio::test]
+async fn supervised_python_app_comes_back_and_requests_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from python\n").unwrap();
+    let port = refusing_addr().port();
+    let gw = Gw::start(&format!(
+        "[upstreams.py]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.py.process]\ncommand = \"python3\"\nargs = [\"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]\ncwd = \"{}\"\nbackoff = \"200ms\"\n\n[[routes]]\nupstream = \"py\"\n",
+        dir.path().display()
+    ))
+    .await;
+    let r = send(gw.addr, get("/hello.txt")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from python\n"));
+    let pid = processes(&gw).await["pid"].as_u64().unwrap();
+    sigkill(pid);
+    // Right after the kill: held until the app is back, then served.
+    let r = send(gw.addr, get("/hello.txt")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from python\n"));
+    let p = processes(&gw).await;
+    assert_eq!(p["restarts"], 1);
+    assert_eq!(p["state"], "running");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn crash_loop_is_detected_and_requests_get_503_backend_restarting() {
+    let port = refusing_addr().port();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"echo fatal: cannot read config >&2; exit 3\"]\nbackoff = \"20ms\"\nbackoff_max = \"3s\"\ncrash_loop_exits = 3\nstart_wait = \"300ms\"\n\n[[routes]]\nupstream = \"app\"\n"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes(&gw).await["crash_loop"] != true {
+        assert!(Instant::now() < deadline, "no crash loop detected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = processes(&gw).await;
+    assert_eq!(p["last_exit"], "exited with code 3");
+    assert_eq!(p["state"], "backoff");
+    let r = send(gw.addr, get("/")).await;
+    let line = assert_failure(
+        &gw,
+        &r,
+        503,
+        "destination_unavailable",
+        "backend_restarting",
+    )
+    .await;
+    let ps = r.header("proxy-status");
+    assert!(
+        ps.contains("backend in a crash loop, next start in"),
+        "{ps}"
+    );
+    let secs: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=4).contains(&secs), "{secs}");
+    assert_eq!(line["phase"], "route");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn restart_never_leaves_it_stopped_and_says_so() {
+    let port = refusing_addr().port();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 0\"]\nrestart = \"never\"\nstart_wait = \"200ms\"\n\n[[routes]]\nupstream = \"app\"\n"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes(&gw).await["state"] != "stopped" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = send(gw.addr, get("/")).await;
+    assert_failure(
+        &gw,
+        &r,
+        503,
+        "destination_unavailable",
+        "backend_restarting",
+    )
+    .await;
+    assert_eq!(
+        r.header("proxy-status"),
+        "baton; error=destination_unavailable; details=\"backend stopped (exited with code 0)\""
+    );
+    gw.stop().await;
+}
