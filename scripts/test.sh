@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need=""
 command -v setpriv >/dev/null 2>&1 || need="$need util-linux"   # a test runs baton as nobody
 command -v chromium >/dev/null 2>&1 || need="$need chromium"    # error pages in a real browser
+command -v php-fpm8.2 >/dev/null 2>&1 || need="$need php8.2-fpm" # FastCGI upstreams and the supervisor
+command -v nginx >/dev/null 2>&1 || need="$need nginx"           # side by side with PHP-FPM
+command -v python3 >/dev/null 2>&1 || need="$need python3"       # a supervised Python app
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

@@ -268,3 +268,157 @@ async fn saturated_pool_past_connect_timeout_is_503_with_retry_after_never_502()
         assert_eq!(line["errno"], 11);
     }
 }
+
+/// `setpriv` runs baton as nobody (root may open any socket).
+fn as_nobody(args: &[&str], cfg: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        env!("CARGO_BIN_EXE_baton"),
+    ])
+    .args(args)
+    .arg(cfg);
+    c
+}
+
+#[tokio::test]
+async fn socket_baton_may_not_open_is_explained_by_check_and_at_start() {
+    let fpm = php::start("").await;
+    let port = refusing_addr().port();
+    let cfg = fpm.dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n{}",
+            fpm.upstream("")
+        ),
+    )
+    .unwrap();
+    php::set_mode(&cfg, 0o644);
+    let expected = format!(
+        "upstreams.php.servers: baton runs as nobody (uid 65534) but socket {} is www-data:www-data mode 0660: in the PHP-FPM pool set listen.owner = nobody, or listen.group = nogroup with listen.mode = 0660 (or add nobody to group www-data), then restart PHP-FPM",
+        fpm.sock.display()
+    );
+    let out = as_nobody(&["check", "--config"], &cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!("\nerror: {expected}\n")),
+        "{stdout}"
+    );
+    // `baton serve` says the same when it starts, and keeps serving.
+    let mut child = as_nobody(&["serve", "--config"], &cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = send(addr, get("/hello.php")).await;
+    child.kill().unwrap();
+    let log = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).to_string();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.proxy_error(), "destination_unavailable");
+    let start = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "baton::sockets")
+        .expect("a socket line at start");
+    assert_eq!(
+        format!(
+            "{}: {}",
+            start["fields"]["key"].as_str().unwrap(),
+            start["fields"]["message"].as_str().unwrap()
+        ),
+        expected
+    );
+}
+
+#[tokio::test]
+async fn php_stderr_and_backend_output_are_in_batons_log() {
+    let fpm = php::prepare("");
+    let port = refusing_addr().port();
+    let cfg = fpm.dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n{}[upstreams.php.process]\ncommand = \"{}\"\nargs = [\"-F\", \"-O\", \"-y\", \"{}\"]\nstop_signal = \"QUIT\"\n",
+            fpm.upstream(""),
+            php::FPM,
+            fpm.conf.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut r = None;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            r = Some(send(addr, get("/warn.php")).await);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = r.expect("baton serves");
+    assert_eq!((r.status, r.text().as_str()), (200, "warned"));
+    // SIGTERM: baton drains, then stops PHP-FPM gracefully.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let stderr_line = lines
+        .iter()
+        .find(|v| v["target"] == "baton::fastcgi")
+        .expect("the FastCGI stderr record is logged");
+    assert_eq!(stderr_line["fields"]["upstream"], "php");
+    assert_eq!(stderr_line["fields"]["request_id"], r.request_id().as_str());
+    assert!(
+        stderr_line["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("boom from php"),
+        "{stderr_line}"
+    );
+    // PHP-FPM's own output, tagged with its upstream.
+    let notices: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["target"] == "baton::process" && v["fields"]["upstream"] == "php")
+        .filter_map(|v| v["fields"]["message"].as_str())
+        .collect();
+    assert!(
+        notices.iter().any(|m| m.contains("fpm is running")),
+        "{notices:?}"
+    );
+    assert!(notices.contains(&"backend stopped"), "{notices:?}");
+}
+
+#[tokio::test]
+async fn primary_script_unknown_is_404_not_502() {
+    // A pool chrooted elsewhere: SCRIPT_FILENAME names a file PHP-FPM
+    // cannot see, as when PHP-FPM runs in another container.
+    let jail = tempfile::tempdir().unwrap();
+    php::set_mode(jail.path(), 0o755);
+    let fpm = php::start(&format!("chroot = {}\n", jail.path().display())).await;
+    let gw = Gw::start(&fpm.upstream("")).await;
+    let r = send(gw.addr, get("/hello.php")).await;
+    let line = assert_failure(&gw, &r, 404, "destination_not_found", "script_not_found").await;
+    assert_eq!(line["details"], "PHP-FPM: Primary script unknown");
+}
