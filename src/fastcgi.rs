@@ -16,7 +16,7 @@
 //! Must not: decide retries (that is `proxy`) or touch the pool (`upstream`).
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -225,15 +225,16 @@ fn not_fastcgi(buf: &[u8]) -> CodecError {
 // try_files and the script's name
 
 /// Where a request goes under a FastCGI upstream.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Target {
-    /// A file under the root, served by baton itself.
-    Static(PathBuf),
+    /// A file under the root, opened, served by baton itself.
+    Static(std::fs::File, String),
     /// A script for the FastCGI server.
     Script(Script),
     /// Nothing under the root matches and there is no fallback.
     NotFound,
-    /// A path baton refuses to map: `..`, NUL, a hidden file.
+    /// A path baton refuses to map: `..`, NUL, a hidden file, a symbolic
+    /// link out of the root.
     Forbidden,
 }
 
@@ -268,23 +269,55 @@ fn decoded_path(path: &str) -> Option<String> {
     Some(d)
 }
 
-/// `root` joined with a decoded URL path, lexically (no `..` can remain).
-fn under_root(root: &Path, path: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in Path::new(path).components() {
-        if let Component::Normal(s) = c {
-            p.push(s);
-        }
-    }
-    p
+/// The document root, held open: every lookup is one `openat2` with
+/// `RESOLVE_BENEATH`, so the kernel refuses any path (`..`, a symbolic
+/// link) that would leave the root, and nothing is re-walked from `/`.
+#[derive(Debug)]
+pub struct DocRoot {
+    dir: std::os::fd::OwnedFd,
 }
 
-/// Whether `p` (which exists) is still under `root` once symbolic links
-/// are followed.
-fn stays_in(root: &Path, p: &Path) -> bool {
-    match (root.canonicalize(), p.canonicalize()) {
-        (Ok(r), Ok(p)) => p.starts_with(r),
-        _ => false,
+/// What a path under the root is.
+enum Kind {
+    File(std::os::fd::OwnedFd),
+    Dir,
+    Missing,
+    Escapes,
+}
+
+impl DocRoot {
+    pub fn open(path: &Path) -> io::Result<DocRoot> {
+        use nix::fcntl::OFlag;
+        let dir = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(DocRoot { dir })
+    }
+
+    fn lookup(&self, path: &str, read: bool) -> Kind {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+        let rel = path.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        // openat2 refuses O_PATH with any flag but O_CLOEXEC (EINVAL).
+        let flags = if read {
+            OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK
+        } else {
+            OFlag::O_PATH
+        };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match nix::fcntl::openat2(&self.dir, rel, how) {
+            Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Kind::File(fd),
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Kind::Dir,
+                _ => Kind::Missing,
+            },
+            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => Kind::Escapes,
+            Err(_) => Kind::Missing,
+        }
     }
 }
 
@@ -292,7 +325,7 @@ fn stays_in(root: &Path, p: &Path) -> bool {
 /// does for `try_files $uri $uri/ /index.php?$args` followed by a
 /// `location ~ \.php$` with `fastcgi_split_path_info ^(.+?\.php)(/.*)$`
 /// and `try_files $fastcgi_script_name =404`.
-pub fn resolve(cfg: &FastCgiConfig, raw_path: &str, query: &str) -> Target {
+pub fn resolve(cfg: &FastCgiConfig, root: &DocRoot, raw_path: &str, query: &str) -> Target {
     let Some(path) = decoded_path(raw_path) else {
         return Target::Forbidden;
     };
@@ -309,21 +342,23 @@ pub fn resolve(cfg: &FastCgiConfig, raw_path: &str, query: &str) -> Target {
         };
         if last {
             // The fallback: an internal redirect to a script (or a file).
-            return script_or_file(cfg, &epath, &equery);
+            return script_or_file(cfg, root, &epath, &equery);
         }
         if epath.ends_with('/') {
             // `$uri/`: a directory with an index file.
             let dir = epath.trim_end_matches('/');
-            if under_root(&cfg.root, dir).is_dir() {
+            if matches!(root.lookup(dir, false), Kind::Dir) {
                 let index = format!("{dir}/{}", cfg.index);
-                if under_root(&cfg.root, &index).is_file() {
-                    return script_or_file(cfg, &index, &equery);
+                if let t @ (Target::Script(_) | Target::Static(..) | Target::Forbidden) =
+                    script_or_file(cfg, root, &index, &equery)
+                {
+                    return t;
                 }
             }
             continue;
         }
         // `$uri`: a file, or a script with PATH_INFO after it.
-        match script_or_file(cfg, &epath, &equery) {
+        match script_or_file(cfg, root, &epath, &equery) {
             Target::NotFound => continue,
             t => return t,
         }
@@ -333,7 +368,7 @@ pub fn resolve(cfg: &FastCgiConfig, raw_path: &str, query: &str) -> Target {
 
 /// Maps a path to a script (split at the script extension) or a static
 /// file, if it exists.
-fn script_or_file(cfg: &FastCgiConfig, path: &str, query: &str) -> Target {
+fn script_or_file(cfg: &FastCgiConfig, root: &DocRoot, path: &str, query: &str) -> Target {
     let ext = &cfg.script_ext;
     let split = path
         .match_indices(ext.as_str())
@@ -342,31 +377,34 @@ fn script_or_file(cfg: &FastCgiConfig, path: &str, query: &str) -> Target {
     match split {
         Some(end) => {
             let name = &path[..end];
-            let f = under_root(&cfg.root, name);
-            if !f.is_file() {
-                return Target::NotFound;
+            match root.lookup(name, false) {
+                Kind::File(_) => Target::Script(Script {
+                    name: name.to_string(),
+                    path_info: path[end..].to_string(),
+                    filename: script_filename(cfg, name),
+                    query: query.to_string(),
+                }),
+                Kind::Escapes => Target::Forbidden,
+                Kind::Dir | Kind::Missing => Target::NotFound,
             }
-            if !stays_in(&cfg.root, &f) {
-                return Target::Forbidden;
-            }
-            Target::Script(Script {
-                name: name.to_string(),
-                path_info: path[end..].to_string(),
-                filename: f,
-                query: query.to_string(),
-            })
         }
-        None => {
-            let f = under_root(&cfg.root, path);
-            if !f.is_file() {
-                return Target::NotFound;
-            }
-            if !stays_in(&cfg.root, &f) {
-                return Target::Forbidden;
-            }
-            Target::Static(f)
-        }
+        None => match root.lookup(path, true) {
+            Kind::File(fd) => Target::Static(std::fs::File::from(fd), path.to_string()),
+            Kind::Escapes => Target::Forbidden,
+            Kind::Dir | Kind::Missing => Target::NotFound,
+        },
     }
+}
+
+/// SCRIPT_FILENAME: the configured root (as PHP-FPM sees it) + the name.
+fn script_filename(cfg: &FastCgiConfig, name: &str) -> PathBuf {
+    let mut f = cfg.root.as_os_str().to_owned();
+    if cfg.root.as_os_str().as_encoded_bytes().last() == Some(&b'/') {
+        f.push(name.trim_start_matches('/'));
+    } else {
+        f.push(name);
+    }
+    PathBuf::from(f)
 }
 
 // ---------------------------------------------------------------------------
@@ -488,7 +526,7 @@ pub fn health_request(cfg: &FastCgiConfig, path: &str) -> Vec<u8> {
     let script = Script {
         name: path.to_string(),
         path_info: String::new(),
-        filename: under_root(&cfg.root, path),
+        filename: script_filename(cfg, path),
         query: String::new(),
     };
     let headers = HeaderMap::new();

@@ -10,7 +10,6 @@
 //! the root) or serve scripts.
 
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, UNIX_EPOCH};
@@ -26,27 +25,28 @@ pub struct Answer {
     pub body: Option<(tokio::fs::File, u64)>,
 }
 
-/// Opens `path` and builds the answer to `method` with the request's
-/// conditional headers.
-pub async fn answer(
-    path: &Path,
+/// Builds the answer to `method` for an open file (`name`: its URL path,
+/// for the type), with the request's conditional headers.
+pub fn answer(
+    file: std::fs::File,
+    name: &str,
     method: &Method,
     req: &HeaderMap,
     max_age: Duration,
-) -> io::Result<Answer> {
+) -> Answer {
     let mut headers = HeaderMap::new();
     if method != Method::GET && method != Method::HEAD {
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(Answer {
+        return Answer {
             status: StatusCode::METHOD_NOT_ALLOWED,
             headers,
             body: None,
-        });
+        };
     }
-    let file = tokio::fs::File::open(path).await?;
-    let meta = file.metadata().await?;
-    let len = meta.len();
-    let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+    let (len, mtime) = match file.metadata() {
+        Ok(m) => (m.len(), m.modified().unwrap_or(UNIX_EPOCH)),
+        Err(_) => (0, UNIX_EPOCH),
+    };
     let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let etag = format!("W/\"{secs:x}-{len:x}\"");
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
@@ -84,13 +84,13 @@ pub async fn answer(
             }),
     };
     if not_modified {
-        return Ok(Answer {
+        return Answer {
             status: StatusCode::NOT_MODIFIED,
             headers,
             body: None,
-        });
+        };
     }
-    let ctype = mime_guess::from_path(path).first_or_octet_stream();
+    let ctype = mime_guess::from_path(name).first_or_octet_stream();
     let ctype = match ctype.type_() {
         mime_guess::mime::TEXT | mime_guess::mime::APPLICATION
             if ctype.get_param("charset").is_none()
@@ -107,11 +107,11 @@ pub async fn answer(
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-    Ok(Answer {
+    Answer {
         status: StatusCode::OK,
         headers,
-        body: (method == Method::GET).then_some((file, len)),
-    })
+        body: (method == Method::GET).then(|| (tokio::fs::File::from_std(file), len)),
+    }
 }
 
 /// A file's bytes, read in 64 KiB chunks.

@@ -954,9 +954,17 @@ pub async fn handle(
     // A FastCGI upstream: map the path under the document root first.
     let mut script = None;
     if let Some(fc) = &cfg.fastcgi {
-        match fastcgi::resolve(fc, req.uri().path(), req.uri().query().unwrap_or("")) {
+        let target = match &up.docroot {
+            Some(root) => {
+                fastcgi::resolve(fc, root, req.uri().path(), req.uri().query().unwrap_or(""))
+            }
+            None => Target::NotFound,
+        };
+        match target {
             Target::Script(s) => script = Some(s),
-            Target::Static(p) => return serve_file(&rt, log, &p, &req, fc, accept.as_ref()).await,
+            Target::Static(f, name) => {
+                return serve_file(&rt, log, f, &name, &req, fc);
+            }
             Target::NotFound => {
                 let f = Failure::with(
                     Cause::FileNotFound,
@@ -1609,38 +1617,26 @@ impl Drop for Waiting {
 /// when server.max_body_bytes is not set.
 const FASTCGI_BUFFER_MAX: usize = 64 << 20;
 
-/// A static file from a FastCGI upstream's root.
-async fn serve_file(
-    rt: &Runtime,
+/// A static file from a FastCGI upstream's root (already open).
+fn serve_file(
+    _rt: &Runtime,
     log: ReqLog,
-    path: &std::path::Path,
+    file: std::fs::File,
+    name: &str,
     req: &Request<Incoming>,
     fc: &crate::config::FastCgiConfig,
-    accept: Option<&HeaderValue>,
 ) -> Response<RespBody> {
-    match crate::files::answer(path, req.method(), req.headers(), fc.static_max_age).await {
-        Ok(a) => {
-            let len = a.body.as_ref().map_or(0, |b| b.1);
-            let mut r = Response::new(match a.body {
-                Some((f, n)) => RespBody::File(Box::new(crate::files::FileBody::new(f, n))),
-                None => RespBody::Local(None),
-            });
-            *r.status_mut() = a.status;
-            *r.headers_mut() = a.headers;
-            r.headers_mut().insert(&X_REQUEST_ID, log.id.clone());
-            log.finish(a.status.as_u16(), len, None);
-            r
-        }
-        Err(e) => {
-            let cause = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Cause::Forbidden
-            } else {
-                Cause::FileNotFound
-            };
-            let f = Failure::with(cause, format!("cannot open the file: {}", e.kind()));
-            local_error(rt, log, &f, None, accept, None)
-        }
-    }
+    let a = crate::files::answer(file, name, req.method(), req.headers(), fc.static_max_age);
+    let len = a.body.as_ref().map_or(0, |b| b.1);
+    let mut r = Response::new(match a.body {
+        Some((f, n)) => RespBody::File(Box::new(crate::files::FileBody::new(f, n))),
+        None => RespBody::Local(None),
+    });
+    *r.status_mut() = a.status;
+    *r.headers_mut() = a.headers;
+    r.headers_mut().insert(&X_REQUEST_ID, log.id.clone());
+    log.finish(a.status.as_u16(), len, None);
+    r
 }
 
 /// A request in flight on a server (for least_request); dropped when its

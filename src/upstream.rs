@@ -486,6 +486,9 @@ pub struct Upstream {
     /// Serialises ejection decisions so concurrent failures cannot eject
     /// more than max_ejected_percent of the pool between them.
     pub(crate) eject_lock: Mutex<()>,
+    /// A FastCGI upstream's document root, held open (`None` if it could
+    /// not be opened; requests then get 404 with the reason logged).
+    pub docroot: Option<crate::fastcgi::DocRoot>,
 }
 
 /// What every connect needs besides the server.
@@ -527,7 +530,15 @@ impl Upstream {
         let slots = cfg
             .max_concurrent
             .map(|n| crate::balance::Slots::new(n, cfg.queue, cfg.adaptive.as_ref()));
+        let docroot = cfg.fastcgi.as_ref().and_then(|f| {
+            crate::fastcgi::DocRoot::open(&f.root)
+                .map_err(|e| {
+                    tracing::error!(upstream = %cfg.name, root = %f.root.display(), error = %e, "cannot open the document root");
+                })
+                .ok()
+        });
         Upstream {
+            docroot,
             cfg,
             servers,
             next: AtomicUsize::new(0),

@@ -309,10 +309,12 @@ async fn socket_baton_may_not_open_is_explained_by_check_and_at_start() {
         "{stdout}"
     );
     // `baton serve` says the same when it starts, and keeps serving.
-    let mut child = as_nobody(&["serve", "--config"], &cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(Some(
+        as_nobody(&["serve", "--config"], &cfg)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -321,6 +323,7 @@ async fn socket_baton_may_not_open_is_explained_by_check_and_at_start() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let r = send(addr, get("/hello.php")).await;
+    let mut child = child.take();
     child.kill().unwrap();
     let log = String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).to_string();
     assert_eq!(r.status, 503);
@@ -355,12 +358,14 @@ async fn php_stderr_and_backend_output_are_in_batons_log() {
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut r = None;
     for _ in 0..100 {
@@ -378,7 +383,7 @@ async fn php_stderr_and_backend_output_are_in_batons_log() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.take().wait_with_output().unwrap();
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
         .lines()

@@ -360,3 +360,25 @@ pub async fn assert_failure(
     );
     last.clone()
 }
+
+/// Kills a child process if the test ends (or panics) while it runs, so a
+/// failed test never leaves a baton or PHP-FPM behind holding its pipes.
+pub struct Reap(pub Option<std::process::Child>);
+
+impl Reap {
+    pub fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("child already taken")
+    }
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
