@@ -175,3 +175,53 @@ async fn restart_never_leaves_it_stopped_and_says_so() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn failing_health_checks_restart_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = refusing_addr().port();
+    // The app runs, but its health path 404s: restarted after 1 s of that.
+    let gw = Gw::start(&format!(
+        "[upstreams.py]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.py.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nfall = 1\n[upstreams.py.process]\ncommand = \"python3\"\nargs = [\"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]\ncwd = \"{}\"\nbackoff = \"100ms\"\nunhealthy_restart = \"1s\"\n\n[[routes]]\nupstream = \"py\"\n",
+        dir.path().display()
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = processes(&gw).await;
+        if p["restarts"].as_u64().unwrap_or(0) >= 1 {
+            assert_eq!(p["last_exit"], "health checks failing");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reload_reports_socket_problems_and_keeps_an_unchanged_backend() {
+    let fpm = php::prepare("");
+    let gw = Gw::start(&supervised_fpm(&fpm, "")).await;
+    let pid = processes(&gw).await["pid"].as_u64().unwrap();
+    // Same [process], plus an upstream whose socket is missing.
+    let body = format!(
+        "{}[upstreams.gone]\nservers = [\"unix:{}/nope.sock\"]\n",
+        supervised_fpm(&fpm, ""),
+        fpm.dir.path().display()
+    );
+    let r = gw.reload_with(&body).await;
+    assert_eq!(r.status, 200);
+    let notes = r.json()["notes"].to_string();
+    assert!(
+        notes.contains("upstreams.gone.servers: socket")
+            && notes.contains("nope.sock does not exist"),
+        "{notes}"
+    );
+    // The backend was not restarted by the reload.
+    let p = processes(&gw).await;
+    assert_eq!(p["pid"].as_u64().unwrap(), pid);
+    assert_eq!(p["restarts"], 0);
+    assert_eq!(send(gw.addr, get("/hello.php")).await.status, 200);
+    gw.stop().await;
+}
