@@ -1176,9 +1176,7 @@ pub async fn handle(
     if let Some(sup) = &supervisor
         && let Err(f) = sup.wait_ready(None).await
     {
-        let secs = sup.retry_after_secs();
-        log.failure(&f, Some(f.cause.status()), None, None);
-        return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+        return backend_unavailable(&rt, log, sup, &f, accept.as_ref());
     }
 
     loop {
@@ -1224,8 +1222,8 @@ pub async fn handle(
         } else {
             server.checkout(&cfg, &rt.dialer).await
         };
-        // A FastCGI request opening a connection waits for a server worker
-        // (perhaps in its accept queue) until its head arrives.
+        // A FastCGI request opening a connection (perhaps waiting out a
+        // full accept queue): finished connections are closed meanwhile.
         let waiting =
             (checked_out.is_none() && cfg.fastcgi.is_some()).then(|| Waiting::new(&server));
         let mut conn: Conn = match checked_out {
@@ -1248,12 +1246,10 @@ pub async fn handle(
                         && sup.restarting_since(gen_at_start).await
                     {
                         restart_replay_used = true;
-                        log.failure(&f, None, Some(&a), Some("backend_restart"));
-                        retry_metric(&gw, &cfg, "backend_restart");
-                        if let Err(f) = sup.wait_ready(Some(gen_at_start)).await {
-                            let secs = sup.retry_after_secs();
-                            log.failure(&f, Some(f.cause.status()), None, None);
-                            return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+                        if let Err(f) =
+                            await_restart(&gw, &cfg, sup, gen_at_start, &log, &f, &a).await
+                        {
+                            return backend_unavailable(&rt, log, sup, &f, accept.as_ref());
                         }
                         again = Some(si);
                         continue;
@@ -1276,6 +1272,7 @@ pub async fn handle(
                 }
             },
         };
+        drop(waiting);
         let reused = conn.reused;
         let info = conn.info.clone();
         let read_before = info.stats.read.load(Ordering::Relaxed);
@@ -1334,7 +1331,22 @@ pub async fn handle(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                match upstream::await_head(fut, &info, head_wait).await {
+                // On a new connection, no head yet may mean this request
+                // sits in the accept queue behind workers that baton's own
+                // idle connections hold: close those, every 50 ms it waits.
+                let poked = async {
+                    if reused.is_some() {
+                        return fut.await;
+                    }
+                    let mut fut = std::pin::pin!(fut);
+                    loop {
+                        tokio::select! {
+                            r = &mut fut => return r,
+                            _ = tokio::time::sleep(FASTCGI_POKE) => server.clear(),
+                        }
+                    }
+                };
+                match upstream::await_head(poked, &info, head_wait).await {
                     None => Outcome::TimedOut,
                     Some(fastcgi::Sent::Head(resp)) => {
                         Outcome::Head(resp.map(UpIncoming::Fcgi), None)
@@ -1347,7 +1359,6 @@ pub async fn handle(
             }
             None => Outcome::Failed(Failure::with(Cause::Internal, "connection without a link")),
         };
-        drop(waiting);
         if let Some(slots) = &up.slots {
             let latency = matches!(outcome, Outcome::Head(..)).then(|| sent_at.elapsed());
             if let Some(limit) = slots.observe(latency, health::now_ms()) {
@@ -1482,12 +1493,8 @@ pub async fn handle(
             && sup.restarting_since(gen_at_start).await
         {
             restart_replay_used = true;
-            log.failure(&failure, None, Some(&a), Some("backend_restart"));
-            retry_metric(&gw, &cfg, "backend_restart");
-            if let Err(f) = sup.wait_ready(Some(gen_at_start)).await {
-                let secs = sup.retry_after_secs();
-                log.failure(&f, Some(f.cause.status()), None, None);
-                return local_error(&rt, log, &f, None, accept.as_ref(), Some(secs));
+            if let Err(f) = await_restart(&gw, &cfg, sup, gen_at_start, &log, &failure, &a).await {
+                return backend_unavailable(&rt, log, sup, &f, accept.as_ref());
             }
             again = Some(si);
             continue;
@@ -1582,6 +1589,34 @@ fn note_transition(
     tracing::warn!(target: "baton::health", upstream = %cfg.name, server = %server.label, to, ejected_for_ms = ejected_for.map(|d| d.as_millis() as u64), "server {to}");
 }
 
+/// A supervised backend died under this attempt: log the failed attempt,
+/// then wait for the restart. `Err`: it was not back within start_wait.
+async fn await_restart(
+    gw: &Gateway,
+    cfg: &UpstreamConfig,
+    sup: &Supervisor,
+    generation: u64,
+    log: &ReqLog,
+    f: &Failure,
+    a: &AttemptLog,
+) -> Result<(), Failure> {
+    log.failure(f, None, Some(a), Some("backend_restart"));
+    retry_metric(gw, cfg, "backend_restart");
+    sup.wait_ready(Some(generation)).await
+}
+
+/// `503 backend_restarting` with the supervisor's `Retry-After`.
+fn backend_unavailable(
+    rt: &Runtime,
+    log: ReqLog,
+    sup: &Supervisor,
+    f: &Failure,
+    accept: Option<&HeaderValue>,
+) -> Response<RespBody> {
+    log.failure(f, Some(f.cause.status()), None, None);
+    local_error(rt, log, f, None, accept, Some(sup.retry_after_secs()))
+}
+
 /// What one attempt came to.
 enum Outcome {
     /// A response head (and the upstream's side of a protocol upgrade).
@@ -1594,10 +1629,9 @@ enum Outcome {
     Failed(Failure),
 }
 
-/// Marks a FastCGI request on a new connection as waiting for a server
-/// worker: connecting (the accept queue may be full) or waiting for its
-/// head. While any does, `Server::checkin` closes finished connections
-/// instead of keeping them idle, since each holds a worker.
+/// Marks a FastCGI request as connecting (perhaps waiting out a full
+/// accept queue). While any is, `Server::checkin` closes finished
+/// connections instead of keeping them idle, since each holds a worker.
 struct Waiting(Arc<Server>);
 
 impl Waiting {
@@ -1612,6 +1646,10 @@ impl Drop for Waiting {
         self.0.fresh_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How long a FastCGI request on a new connection waits for its head
+/// before closing the server's idle connections (see the attempt loop).
+const FASTCGI_POKE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Largest FastCGI request body without a Content-Length that is buffered
 /// when server.max_body_bytes is not set.

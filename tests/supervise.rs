@@ -10,6 +10,24 @@ async fn processes(gw: &Gw) -> serde_json::Value {
     send(gw.admin, get("/processes")).await.json()["processes"][0].clone()
 }
 
+/// Polls /processes until `done` holds for the (only) backend, for up to
+/// ten seconds; returns its entry.
+async fn until(
+    gw: &Gw,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = processes(gw).await;
+        if done(&p) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "{what}: {p}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn sigkill(pid: u64) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -120,12 +138,7 @@ async fn crash_loop_is_detected_and_requests_get_503_backend_restarting() {
         "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"echo fatal: cannot read config >&2; exit 3\"]\nbackoff = \"20ms\"\nbackoff_max = \"3s\"\ncrash_loop_exits = 3\nstart_wait = \"300ms\"\n\n[[routes]]\nupstream = \"app\"\n"
     ))
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while processes(&gw).await["crash_loop"] != true {
-        assert!(Instant::now() < deadline, "no crash loop detected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let p = processes(&gw).await;
+    let p = until(&gw, "no crash loop detected", |p| p["crash_loop"] == true).await;
     assert_eq!(p["last_exit"], "exited with code 3");
     assert_eq!(p["state"], "backoff");
     let r = send(gw.addr, get("/")).await;
@@ -155,11 +168,7 @@ async fn restart_never_leaves_it_stopped_and_says_so() {
         "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 0\"]\nrestart = \"never\"\nstart_wait = \"200ms\"\n\n[[routes]]\nupstream = \"app\"\n"
     ))
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while processes(&gw).await["state"] != "stopped" {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(&gw, "not stopped", |p| p["state"] == "stopped").await;
     let r = send(gw.addr, get("/")).await;
     assert_failure(
         &gw,
@@ -186,16 +195,8 @@ async fn failing_health_checks_restart_the_backend() {
         dir.path().display()
     ))
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let p = processes(&gw).await;
-        if p["restarts"].as_u64().unwrap_or(0) >= 1 {
-            assert_eq!(p["last_exit"], "health checks failing");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not restarted: {p}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let p = until(&gw, "not restarted", |p| p["restarts"].as_u64() >= Some(1)).await;
+    assert_eq!(p["last_exit"], "health checks failing");
     gw.stop().await;
 }
 
