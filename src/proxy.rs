@@ -1331,20 +1331,23 @@ pub async fn handle(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                // On a new connection, no head yet may mean this request
-                // sits in the accept queue behind workers that baton's own
-                // idle connections hold: close those, every 50 ms it waits.
+                // On a new connection, no head after 10 ms may mean this
+                // request sits in the accept queue behind workers that
+                // baton's own idle connections hold: from then on it counts
+                // as waiting (finished connections close instead of
+                // idling), and the idle ones close now.
                 let poked = async {
                     if reused.is_some() {
                         return fut.await;
                     }
                     let mut fut = std::pin::pin!(fut);
-                    loop {
-                        tokio::select! {
-                            r = &mut fut => return r,
-                            _ = tokio::time::sleep(FASTCGI_POKE) => server.clear(),
-                        }
+                    tokio::select! {
+                        r = &mut fut => return r,
+                        _ = tokio::time::sleep(FASTCGI_POKE) => {}
                     }
+                    let _queued = Waiting::new(&server);
+                    server.clear();
+                    fut.await
                 };
                 match upstream::await_head(poked, &info, head_wait).await {
                     None => Outcome::TimedOut,
@@ -1629,9 +1632,11 @@ enum Outcome {
     Failed(Failure),
 }
 
-/// Marks a FastCGI request as connecting (perhaps waiting out a full
-/// accept queue). While any is, `Server::checkin` closes finished
-/// connections instead of keeping them idle, since each holds a worker.
+/// Marks a FastCGI request as waiting for a server worker: connecting
+/// (perhaps waiting out a full accept queue), or on a new connection
+/// without a head after `FASTCGI_POKE`. While any is, `Server::checkin`
+/// closes finished connections instead of keeping them idle, since each
+/// holds a worker.
 struct Waiting(Arc<Server>);
 
 impl Waiting {
@@ -1648,8 +1653,9 @@ impl Drop for Waiting {
 }
 
 /// How long a FastCGI request on a new connection waits for its head
-/// before closing the server's idle connections (see the attempt loop).
-const FASTCGI_POKE: std::time::Duration = std::time::Duration::from_millis(50);
+/// before it counts as queued and closes the server's idle connections
+/// (see the attempt loop).
+const FASTCGI_POKE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Largest FastCGI request body without a Content-Length that is buffered
 /// when server.max_body_bytes is not set.

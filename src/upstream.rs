@@ -396,8 +396,8 @@ pub struct Server {
     pub health: crate::health::Health,
     /// Requests in flight on this server (for least_request).
     pub inflight: AtomicUsize,
-    /// FastCGI requests connecting to this server (perhaps waiting out a
-    /// full accept queue).
+    /// FastCGI requests waiting for a worker of this server: connecting,
+    /// or queued on a new connection (see `proxy::Waiting`).
     pub fresh_waiting: AtomicUsize,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
@@ -701,7 +701,7 @@ impl Server {
         if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
             return;
         }
-        // Requests are waiting to connect to a FastCGI server: an idle
+        // Requests are waiting for a worker of this FastCGI server: an idle
         // connection would keep the worker they wait for. Close it instead.
         if matches!(tx, Link::Fcgi(_)) && self.fresh_waiting.load(Ordering::Relaxed) > 0 {
             info.retired.store(true, Ordering::Relaxed);
