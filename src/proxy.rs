@@ -1331,7 +1331,7 @@ pub async fn handle(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                // On a new connection, no head after 10 ms may mean this
+                // On a new connection, no head after 2 ms may mean this
                 // request sits in the accept queue behind workers that
                 // baton's own idle connections hold: from then on it counts
                 // as waiting (finished connections close instead of
@@ -1655,7 +1655,7 @@ impl Drop for Waiting {
 /// How long a FastCGI request on a new connection waits for its head
 /// before it counts as queued and closes the server's idle connections
 /// (see the attempt loop).
-const FASTCGI_POKE: std::time::Duration = std::time::Duration::from_millis(10);
+const FASTCGI_POKE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Largest FastCGI request body without a Content-Length that is buffered
 /// when server.max_body_bytes is not set.
