@@ -647,29 +647,20 @@ pub async fn exchange(
     // BEGIN_REQUEST + PARAMS, and with a buffered body everything in one write.
     let mut first = Vec::with_capacity(head.len() + 64);
     first.extend_from_slice(head);
-    let streamed = match body {
-        UpBody::Empty => {
-            push_record(&mut first, kind::STDIN, &[]);
-            None
-        }
-        UpBody::Full(Some(ref b)) => {
-            push_stream(&mut first, kind::STDIN, b);
-            push_record(&mut first, kind::STDIN, &[]);
-            None
-        }
-        UpBody::Full(None) => {
-            push_record(&mut first, kind::STDIN, &[]);
-            None
-        }
-        UpBody::Stream(..) => Some(()),
-    };
+    let streamed = matches!(body, UpBody::Stream(..));
+    if let UpBody::Full(Some(b)) = &body {
+        push_stream(&mut first, kind::STDIN, b);
+    }
+    if !streamed {
+        push_record(&mut first, kind::STDIN, &[]);
+    }
     if let Err(e) = wire.io.write_all(&first).await {
         if is_dead_peer(&e) {
             return Sent::Unsent(body);
         }
         return Sent::Failed(classify_write(&e));
     }
-    if streamed.is_some() {
+    if streamed {
         let mut body = body;
         let mut rec = Vec::with_capacity(MAX_CONTENT + 16);
         loop {

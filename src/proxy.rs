@@ -963,7 +963,7 @@ pub async fn handle(
         match target {
             Target::Script(s) => script = Some(s),
             Target::Static(f, name) => {
-                return serve_file(&rt, log, f, &name, &req, fc);
+                return serve_file(log, f, &name, &req, fc);
             }
             Target::NotFound => {
                 let f = Failure::with(
@@ -1641,14 +1641,14 @@ struct Waiting(Arc<Server>);
 
 impl Waiting {
     fn new(s: &Arc<Server>) -> Self {
-        s.fresh_waiting.fetch_add(1, Ordering::Relaxed);
+        s.awaiting_worker.fetch_add(1, Ordering::Relaxed);
         Waiting(s.clone())
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.fresh_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.awaiting_worker.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1663,7 +1663,6 @@ const FASTCGI_BUFFER_MAX: usize = 64 << 20;
 
 /// A static file from a FastCGI upstream's root (already open).
 fn serve_file(
-    _rt: &Runtime,
     log: ReqLog,
     file: std::fs::File,
     name: &str,

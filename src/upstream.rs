@@ -398,7 +398,7 @@ pub struct Server {
     pub inflight: AtomicUsize,
     /// FastCGI requests waiting for a worker of this server: connecting,
     /// or queued on a new connection (see `proxy::Waiting`).
-    pub fresh_waiting: AtomicUsize,
+    pub awaiting_worker: AtomicUsize,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
     /// One idle list per worker thread, so a request reuses connections
@@ -513,7 +513,7 @@ impl Upstream {
                     backup: spec.backup,
                     health: crate::health::Health::new(cfg.health.is_some()),
                     inflight: AtomicUsize::new(0),
-                    fresh_waiting: AtomicUsize::new(0),
+                    awaiting_worker: AtomicUsize::new(0),
                     resolved: Mutex::new((0, Vec::new())),
                     idle: (0..workers.max(1))
                         .map(|_| Mutex::new(Vec::new()))
@@ -631,10 +631,7 @@ impl Server {
     pub async fn checkout(&self, cfg: &UpstreamConfig, dialer: &Dialer) -> Option<Conn> {
         self.refresh_name(dialer).await;
         loop {
-            let mut idle = match self.pop_idle(cfg) {
-                Some(i) => i,
-                None => return None,
-            };
+            let mut idle = self.pop_idle(cfg)?;
             let age = idle.since.elapsed();
             if idle.tx.is_closed() {
                 continue;
@@ -667,17 +664,13 @@ impl Server {
     /// PHP-FPM worker, so a new connection while one sits idle elsewhere
     /// would wait in the accept queue behind it.
     fn pop_idle(&self, cfg: &UpstreamConfig) -> Option<Idle> {
-        let mine = WORKER.with(|w| w.get()) % self.idle.len();
-        if let Some(i) = self.idle[mine]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-        {
+        let mine = self.my_idle();
+        if let Some(i) = mine.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Some(i);
         }
         cfg.fastcgi.as_ref()?;
-        for (n, list) in self.idle.iter().enumerate() {
-            if n == mine {
+        for list in self.idle.iter() {
+            if std::ptr::eq(list, mine) {
                 continue;
             }
             let taken = list.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -703,7 +696,7 @@ impl Server {
         }
         // Requests are waiting for a worker of this FastCGI server: an idle
         // connection would keep the worker they wait for. Close it instead.
-        if matches!(tx, Link::Fcgi(_)) && self.fresh_waiting.load(Ordering::Relaxed) > 0 {
+        if matches!(tx, Link::Fcgi(_)) && self.awaiting_worker.load(Ordering::Relaxed) > 0 {
             info.retired.store(true, Ordering::Relaxed);
             return;
         }
