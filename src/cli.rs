@@ -47,6 +47,18 @@ enum Cmd {
     },
     /// Print the cause table (the one in docs/errors.md).
     Causes,
+    /// Walk an upstream step by step (socket, DNS, connect, TLS, HTTP) and
+    /// say what is wrong and how to fix it. Exit 0: nothing wrong, 1: a
+    /// problem found, 2: could not run.
+    Doctor {
+        /// `https://host/path`, `host:port` or `unix:/path/to.sock`.
+        target: String,
+        #[arg(long)]
+        json: bool,
+        /// Per step.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -166,6 +178,37 @@ pub fn run() -> ExitCode {
                 }
             };
             rt.block_on(crate::demo::run(listen, self_test))
+        }
+        Cmd::Doctor {
+            target,
+            json,
+            timeout,
+        } => {
+            let Some(timeout) = config::parse_duration(&timeout) else {
+                eprintln!("baton doctor: invalid --timeout {timeout:?}: write \"5s\" or \"500ms\"");
+                return ExitCode::from(2);
+            };
+            let rt = match runtime(1) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("baton: cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(crate::doctor::run(&target, timeout)) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", r.json());
+                    } else {
+                        print!("{}", r.text());
+                    }
+                    ExitCode::from(r.exit_code())
+                }
+                Err(e) => {
+                    eprintln!("baton doctor: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Causes => {
             print!("{}", crate::cause::Cause::markdown_table());

@@ -31,6 +31,7 @@ pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod fastcgi;
 pub mod files;
 pub mod health;

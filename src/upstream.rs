@@ -1052,7 +1052,7 @@ fn tls_failure(t: &rustls::Error) -> Failure {
     }
 }
 
-fn classify_dns(host: &str, e: ResolveError) -> Failure {
+pub fn classify_dns(host: &str, e: ResolveError) -> Failure {
     match e {
         ResolveError::Timeout => {
             Failure::with(Cause::DnsTimeout, format!("no DNS answer for {host}"))

@@ -1,0 +1,428 @@
+//! `baton doctor TARGET`: walks one upstream step by step (socket, DNS,
+//! connect with TLS, HTTP request) through the gateway's own connect and
+//! exchange code, so every failure is classified by the same classifiers
+//! into the same [`Cause`] as a proxied request; prints each step with its
+//! timing and a verdict with the fix.
+//!
+//! Must not: classify anything itself (`upstream` does) or need a running
+//! gateway. First slice of issue 5: no TLS certificate details, keep-alive
+//! measurement, protocol sniff, FastCGI ping or `--config` yet.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, header};
+
+use crate::cause::Cause;
+use crate::config::ServerAddr;
+use crate::upstream::{self, AttemptView, Failure, Link, UpBody};
+
+/// One step of the walk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub name: &'static str,
+    pub ok: bool,
+    pub ms: f64,
+    pub detail: String,
+}
+
+/// What the walk found.
+#[derive(Debug)]
+pub struct Report {
+    pub target: String,
+    pub steps: Vec<Step>,
+    /// The failure, classified; `None` when every step passed.
+    pub failure: Option<Failure>,
+    /// The status the target answered, when it answered.
+    pub status: Option<u16>,
+    /// For a 5xx without Proxy-Status: the proxy whose error page it is.
+    pub hop: Option<&'static str>,
+}
+
+/// A target as the user wrote it: `http(s)://host[:port]/path`,
+/// `host:port` or `unix:/path`.
+struct Target {
+    server: String,
+    tls_name: Option<String>,
+    host: String,
+    path: String,
+}
+
+fn parse_target(t: &str) -> Result<Target, String> {
+    if t.starts_with("unix:") {
+        return Ok(Target {
+            server: t.to_string(),
+            tls_name: None,
+            host: "localhost".into(),
+            path: "/".into(),
+        });
+    }
+    let (tls, rest) = match t.split_once("://") {
+        Some(("https", r)) => (true, r),
+        Some(("http", r)) => (false, r),
+        Some((s, _)) => {
+            return Err(format!(
+                "unsupported scheme {s:?}: use http, https or unix:"
+            ));
+        }
+        None => (false, t),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !authority.ends_with(']'));
+    let server = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let host = authority
+        .rsplit_once(':')
+        .filter(|_| has_port)
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if host.is_empty() {
+        return Err(format!("no host in {t:?}"));
+    }
+    Ok(Target {
+        server,
+        tls_name: tls.then(|| host.clone()),
+        host,
+        path: path.to_string(),
+    })
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+/// Walks `target`. `Err` only when the walk could not run at all.
+pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
+    let t = parse_target(target)?;
+    let secs = timeout.as_secs_f64();
+    let tls = match &t.tls_name {
+        Some(n) if n.parse::<std::net::IpAddr>().is_err() => {
+            format!("tls = true\ntls_server_name = \"{n}\"\n")
+        }
+        Some(_) => "tls = true\n".to_string(),
+        None => String::new(),
+    };
+    let toml = format!(
+        "[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.target]\nservers = [\"{}\"]\nconnect_timeout = \"{secs}s\"\nread_timeout = \"{secs}s\"\nretries = 0\n{tls}[upstreams.target.outlier]\nconsecutive_failures = 0\n[[routes]]\nupstream = \"target\"\n",
+        t.server.replace('"', "")
+    );
+    let cfg = crate::config::parse(&toml, "(doctor)", None).map_err(|e| e.to_string())?;
+    let mut rt = crate::proxy::Runtime::new(cfg, 1, Arc::new(crate::metrics::Metrics::new()))?;
+    // No listener here: any address may be diagnosed.
+    rt.dialer.own.clear();
+    let up = rt.upstreams[0].clone();
+    let server = up.servers[0].clone();
+    let mut steps = Vec::new();
+    let report = |steps: Vec<Step>, failure: Option<Failure>, status: Option<u16>| Report {
+        target: target.to_string(),
+        steps,
+        failure,
+        status,
+        hop: None,
+    };
+
+    // The socket itself, for unix: targets.
+    if let ServerAddr::Unix(p) = &server.addr {
+        let start = Instant::now();
+        match upstream::socket_problem(p) {
+            None => steps.push(Step {
+                name: "socket",
+                ok: true,
+                ms: ms(start),
+                detail: format!(
+                    "{} exists, is a socket, and this user may connect",
+                    p.display()
+                ),
+            }),
+            Some(pb) => {
+                let cause = match pb {
+                    upstream::SocketProblem::Permission(_) => Cause::SocketPermission,
+                    _ => Cause::SocketNotFound,
+                };
+                steps.push(Step {
+                    name: "socket",
+                    ok: false,
+                    ms: ms(start),
+                    detail: pb.message().to_string(),
+                });
+                let f = Failure::with(cause, pb.message());
+                return Ok(report(steps, Some(f), None));
+            }
+        }
+    }
+    // DNS, for names.
+    if let ServerAddr::Name { host, .. } = &server.addr {
+        let start = Instant::now();
+        match rt.dialer.resolver.resolve(host).await {
+            Ok(a) => {
+                let v4: Vec<String> = a
+                    .addrs
+                    .iter()
+                    .filter(|a| a.is_ipv4())
+                    .map(|a| a.to_string())
+                    .collect();
+                let v6: Vec<String> = a
+                    .addrs
+                    .iter()
+                    .filter(|a| a.is_ipv6())
+                    .map(|a| a.to_string())
+                    .collect();
+                steps.push(Step {
+                    name: "dns",
+                    ok: true,
+                    ms: ms(start),
+                    detail: format!("A: {}; AAAA: {}", list(&v4), list(&v6)),
+                });
+            }
+            Err(e) => {
+                let f = upstream::classify_dns(host, e);
+                steps.push(Step {
+                    name: "dns",
+                    ok: false,
+                    ms: ms(start),
+                    detail: f.details.clone().unwrap_or_default(),
+                });
+                return Ok(report(steps, Some(f), None));
+            }
+        }
+    }
+    // Connect (and the TLS handshake), through the gateway's own dialler.
+    let start = Instant::now();
+    let mut conn = match server.connect(&up.cfg, &rt.dialer).await {
+        Ok(c) => {
+            steps.push(Step {
+                name: if t.tls_name.is_some() {
+                    "connect+tls"
+                } else {
+                    "connect"
+                },
+                ok: true,
+                ms: ms(start),
+                detail: format!("connected to {}", c.peer),
+            });
+            c
+        }
+        Err((f, peer)) => {
+            steps.push(Step {
+                name: if t.tls_name.is_some() {
+                    "connect+tls"
+                } else {
+                    "connect"
+                },
+                ok: false,
+                ms: ms(start),
+                detail: format!("{peer}: {}", f.details.clone().unwrap_or_default()),
+            });
+            return Ok(report(steps, Some(f), None));
+        }
+    };
+    // One GET, classified as a proxied request would be.
+    let start = Instant::now();
+    let req = Request::get(t.path.as_str())
+        .header(header::HOST, t.host.as_str())
+        .header(
+            header::USER_AGENT,
+            concat!("baton-doctor/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(UpBody::Empty)
+        .map_err(|e| e.to_string())?;
+    let info = conn.info.clone();
+    info.stats.begin_response();
+    let Some(Link::Http(mut tx)) = conn.tx.take() else {
+        return Err("no HTTP connection".into());
+    };
+    let outcome = upstream::await_head(tx.send_request(req), &info, timeout).await;
+    let mut hop = None;
+    let (ok, detail, failure, status) = match outcome {
+        None => {
+            let f = Failure::with(
+                Cause::ResponseHeadTimeout,
+                format!("no response head within {secs}s"),
+            );
+            (false, f.details.clone().unwrap_or_default(), Some(f), None)
+        }
+        Some(Err(e)) => {
+            let view = AttemptView {
+                info: &info,
+                reused: false,
+                read_before: 0,
+                max_header_bytes: up.cfg.max_response_header_bytes,
+            };
+            let f = upstream::classify_exchange(&e, &view);
+            (false, f.details.clone().unwrap_or_default(), Some(f), None)
+        }
+        Some(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let head_bytes = info.stats.read.load(std::sync::atomic::Ordering::Relaxed);
+            let h = resp.headers();
+            let mut detail = format!("HTTP {status}, response head about {head_bytes} bytes");
+            for name in ["server", "via", "proxy-status", "cf-ray", "x-request-id"] {
+                if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
+                    detail.push_str(&format!("; {name}: {v}"));
+                }
+            }
+            if head_bytes > 4096 {
+                detail.push_str("; larger than nginx's default 4 KiB proxy_buffer_size (\"upstream sent too big header\")");
+            }
+            // A 5xx: who produced it? A Proxy-Status names the hop and its cause.
+            let failure = (status >= 500)
+                .then(|| {
+                    let token = h
+                        .get("proxy-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.split("error=").nth(1))
+                        .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
+                    let cause = token
+                        .and_then(|tk| Cause::ALL.iter().copied().find(|c| c.proxy_status() == tk));
+                    cause.map(|c| {
+                        Failure::with(
+                            c,
+                            format!(
+                                "a proxy on the way answered {status} with Proxy-Status {}",
+                                c.proxy_status()
+                            ),
+                        )
+                    })
+                })
+                .flatten();
+            if status >= 500 && failure.is_none() {
+                let server_field = h
+                    .get(header::SERVER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                let body = tokio::time::timeout(
+                    timeout,
+                    http_body_util::BodyExt::collect(resp.into_body()),
+                )
+                .await
+                .ok()
+                .and_then(|b| b.ok())
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+                hop = proxy_page(&server_field, &body[..body.len().min(8192)]);
+            }
+            (status < 500, detail, failure, Some(status))
+        }
+    };
+    steps.push(Step {
+        name: "http",
+        ok,
+        ms: ms(start),
+        detail,
+    });
+    let mut r = report(steps, failure, status);
+    r.hop = hop;
+    Ok(r)
+}
+
+/// Whose error page a 5xx body is, from the `Server` field and the page
+/// each proxy writes by default.
+fn proxy_page(server: &str, body: &[u8]) -> Option<&'static str> {
+    let b = String::from_utf8_lossy(body).to_ascii_lowercase();
+    let signs: [(&str, &[&str]); 6] = [
+        ("nginx", &["<center>nginx", "nginx</center>"]),
+        ("Cloudflare", &["cloudflare", "cf-error"]),
+        ("HAProxy", &["haproxy"]),
+        ("Apache", &["proxy error", "apache/"]),
+        ("Caddy", &["caddy"]),
+        ("Envoy", &["upstream connect error", "no healthy upstream"]),
+    ];
+    signs
+        .iter()
+        .find(|(name, marks)| {
+            server.contains(&name.to_ascii_lowercase())
+                && (b.is_empty() || marks.iter().any(|m| b.contains(m)))
+                || marks.iter().any(|m| b.contains(m))
+        })
+        .map(|(name, _)| *name)
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+impl Report {
+    /// The verdict when no step failed on the way.
+    fn clean_summary(&self) -> String {
+        match self.status {
+            Some(s) if s >= 500 => match self.hop {
+                Some(p) => format!(
+                    "{p}'s own {s} error page: the proxy at this address could not get an answer from the upstream behind it; run baton doctor against that upstream, and baton logs on {p}'s error log"
+                ),
+                None => format!(
+                    "the target itself answered {s} (no Proxy-Status, not a known proxy's error page): the application's own error; read its log"
+                ),
+            },
+            Some(s) => format!("no problem found (HTTP {s})"),
+            None => "no problem found".into(),
+        }
+    }
+
+    /// Exit code: 0 nothing wrong, 1 a problem found.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.failure.is_some() || self.status.is_some_and(|s| s >= 500))
+    }
+
+    /// The JSON contract of issue 5.
+    pub fn json(&self) -> serde_json::Value {
+        let verdict = match &self.failure {
+            None => serde_json::json!({
+                "proxy_status": null,
+                "cause": null,
+                "summary": self.clean_summary(),
+                "fix": null,
+            }),
+            Some(f) => serde_json::json!({
+                "proxy_status": f.cause.proxy_status(),
+                "cause": f.cause.id(),
+                "status": f.cause.status(),
+                "summary": format!("{}: {}", f.cause.title(), f.details.clone().unwrap_or_default()),
+                "fix": f.cause.fix(),
+            }),
+        };
+        serde_json::json!({"target": self.target, "steps": self.steps, "verdict": verdict})
+    }
+
+    /// Plain text for a terminal.
+    pub fn text(&self) -> String {
+        let mut out = format!("baton doctor {}\n", self.target);
+        for s in &self.steps {
+            out.push_str(&format!(
+                "  {} {:<12} {:>8.2} ms  {}\n",
+                if s.ok { "ok  " } else { "FAIL" },
+                s.name,
+                s.ms,
+                s.detail
+            ));
+        }
+        match &self.failure {
+            None => out.push_str(&format!("verdict: {}\n", self.clean_summary())),
+            Some(f) => out.push_str(&format!(
+                "verdict: {} ({}, Proxy-Status {}, a gateway would answer {})\n  evidence: {}\n  fix: {}\n",
+                f.cause.title(),
+                f.cause.id(),
+                f.cause.proxy_status(),
+                f.cause.status(),
+                f.details.clone().unwrap_or_default(),
+                f.cause.fix()
+            )),
+        }
+        out
+    }
+}

@@ -1,0 +1,155 @@
+//! `baton doctor`: each failure gets the gateway's own verdict.
+
+use crate::support::*;
+
+fn doctor(target: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["doctor", "--json", "--timeout", "500ms"])
+        .args(extra)
+        .arg(target)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap(), v)
+}
+
+fn verdict(v: &serde_json::Value) -> (String, String) {
+    (
+        v["verdict"]["cause"].as_str().unwrap_or("none").to_string(),
+        v["verdict"]["proxy_status"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn healthy_origin_is_no_problem() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let (code, v) =
+        tokio::task::spawn_blocking(move || doctor(&format!("http://{}/x", o.addr), &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{v}");
+    let names: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["connect", "http"]);
+    assert!(
+        v["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 200"),
+        "{v}"
+    );
+    assert_eq!(v["verdict"]["summary"], "no problem found (HTTP 200)");
+}
+
+#[tokio::test]
+async fn each_failure_gets_the_gateways_cause() {
+    let stall = Origin::start(Script::Stall).await.unwrap();
+    let garbage = Origin::start(Script::Garbage).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = vec![
+        (
+            refusing_addr().to_string(),
+            "connection_refused",
+            "connection_refused",
+        ),
+        (
+            format!("unix:{}/none.sock", dir.path().display()),
+            "socket_not_found",
+            "destination_unavailable",
+        ),
+        (
+            stall.addr.to_string(),
+            "response_head_timeout",
+            "http_response_timeout",
+        ),
+        (
+            garbage.addr.to_string(),
+            "http_protocol_error",
+            "http_protocol_error",
+        ),
+    ];
+    for (target, cause, token) in cases {
+        let (code, v) = tokio::task::spawn_blocking(move || doctor(&target, &[]))
+            .await
+            .unwrap();
+        assert_eq!(code, 1, "{v}");
+        assert_eq!(verdict(&v), (cause.to_string(), token.to_string()), "{v}");
+        assert!(!v["verdict"]["fix"].as_str().unwrap().is_empty());
+        assert_eq!(v["steps"].as_array().unwrap().last().unwrap()["ok"], false);
+    }
+}
+
+#[tokio::test]
+async fn a_proxys_502_is_attributed_to_the_hop_that_made_it() {
+    // baton in front of a refused upstream: its Proxy-Status names the cause.
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        refusing_addr()
+    ))
+    .await;
+    let addr = gw.addr;
+    let (code, v) = tokio::task::spawn_blocking(move || doctor(&format!("http://{addr}/"), &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(
+        verdict(&v),
+        ("connection_refused".into(), "connection_refused".into()),
+        "{v}"
+    );
+    assert!(
+        v["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("proxy-status: baton; error=connection_refused")
+    );
+    // Real nginx in front of a dead upstream: its own 502 page, no Proxy-Status.
+    let dir = tempfile::tempdir().unwrap();
+    let port = refusing_addr().port();
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/n.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{}; }} }} }}\n",
+            refusing_addr()
+        ),
+    )
+    .unwrap();
+    let _nginx = Reap(Some(
+        std::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, v) =
+        tokio::task::spawn_blocking(move || doctor(&format!("http://127.0.0.1:{port}/"), &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["verdict"]["cause"], serde_json::Value::Null);
+    let summary = v["verdict"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("nginx's own 502 error page"),
+        "{summary}"
+    );
+}
