@@ -37,6 +37,113 @@ pub struct Report {
     pub status: Option<u16>,
     /// For a 5xx without Proxy-Status: the proxy whose error page it is.
     pub hop: Option<&'static str>,
+    /// The target speaks FastCGI (PHP-FPM): no HTTP step.
+    pub fastcgi: bool,
+}
+
+/// What the first bytes back say the server speaks.
+enum Spoken {
+    /// FastCGI, with the values it reported (FCGI_MAX_CONNS and friends).
+    FastCgi(Vec<(String, String)>),
+    Http1,
+    Http2,
+    Tls,
+    /// Bytes that are none of these.
+    Other([u8; 8]),
+    /// Nothing within the timeout.
+    Silent,
+    /// The connection closed at once.
+    Closed,
+}
+
+impl Spoken {
+    fn describe(&self) -> String {
+        match self {
+            Spoken::FastCgi(v) if v.is_empty() => "FastCGI (answered GET_VALUES)".into(),
+            Spoken::FastCgi(v) => format!(
+                "FastCGI: {}",
+                v.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Spoken::Http1 => "HTTP/1.x".into(),
+            Spoken::Http2 => "HTTP/2 only (answered with a SETTINGS frame)".into(),
+            Spoken::Tls => "TLS".into(),
+            Spoken::Other(b) => format!("unknown protocol: first bytes {b:02x?}"),
+            Spoken::Silent => "nothing sent back (a server waiting for its own protocol)".into(),
+            Spoken::Closed => "closed the connection at once".into(),
+        }
+    }
+}
+
+/// Sends FCGI_GET_VALUES on a fresh connection and reads what comes back.
+async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut probe = Vec::new();
+    let mut pairs = Vec::new();
+    for k in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
+        crate::fastcgi::push_pair(&mut pairs, k.as_bytes(), b"");
+    }
+    crate::fastcgi::push_management(&mut probe, crate::fastcgi::kind::GET_VALUES, &pairs);
+    let mut buf = vec![0u8; 512];
+    let work = async {
+        let n = match addr {
+            ServerAddr::Unix(p) => {
+                let mut s = tokio::net::UnixStream::connect(p).await.ok()?;
+                s.write_all(&probe).await.ok()?;
+                s.read(&mut buf).await.ok()?
+            }
+            ServerAddr::Tcp(a) => {
+                let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
+                s.write_all(&probe).await.ok()?;
+                s.read(&mut buf).await.ok()?
+            }
+            ServerAddr::Name { host, port } => {
+                let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .ok()?;
+                s.write_all(&probe).await.ok()?;
+                s.read(&mut buf).await.ok()?
+            }
+        };
+        Some(n)
+    };
+    let n = match tokio::time::timeout(timeout, work).await {
+        Err(_) => return Spoken::Silent,
+        Ok(None) | Ok(Some(0)) => return Spoken::Closed,
+        Ok(Some(n)) => n,
+    };
+    let b = &buf[..n];
+    if b.starts_with(b"HTTP/") {
+        return Spoken::Http1;
+    }
+    if b.len() >= 2 && (b[0] == 0x16 || b[0] == 0x15) && b[1] == 0x03 {
+        return Spoken::Tls;
+    }
+    if b.len() >= 4 && b[0] == 0 && b[3] == 0x04 {
+        return Spoken::Http2;
+    }
+    let mut bm = bytes::BytesMut::from(b);
+    if let Ok(Some(crate::fastcgi::Record::Values(v))) = crate::fastcgi::take_record(&mut bm) {
+        let vals = crate::fastcgi::parse_pairs(&v)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        return Spoken::FastCgi(vals);
+    }
+    if b.first() == Some(&1) {
+        return Spoken::FastCgi(Vec::new());
+    }
+    let mut first = [0u8; 8];
+    first[..n.min(8)].copy_from_slice(&b[..n.min(8)]);
+    Spoken::Other(first)
 }
 
 /// A target as the user wrote it: `http(s)://host[:port]/path`,
@@ -130,6 +237,7 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
         failure,
         status,
         hop: None,
+        fastcgi: false,
     };
 
     // The socket itself, for unix: targets.
@@ -199,7 +307,7 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
     }
     // Connect (and the TLS handshake), through the gateway's own dialler.
     let start = Instant::now();
-    let mut conn = match server.connect(&up.cfg, &rt.dialer).await {
+    let conn = match server.connect(&up.cfg, &rt.dialer).await {
         Ok(c) => {
             steps.push(Step {
                 name: if t.tls_name.is_some() {
@@ -226,6 +334,50 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
             });
             return Ok(report(steps, Some(f), None));
         }
+    };
+    // What the server speaks: one FastCGI GET_VALUES record, and its first
+    // bytes back (PHP-FPM answers GET_VALUES_RESULT, an HTTP server a 400).
+    // The address actually dialled (after DNS), or the socket.
+    let dialled = match &server.addr {
+        ServerAddr::Name { .. } => conn
+            .peer
+            .parse()
+            .map(ServerAddr::Tcp)
+            .unwrap_or_else(|_| server.addr.clone()),
+        other => other.clone(),
+    };
+    drop(conn);
+    let start = Instant::now();
+    let spoken = sniff(&dialled, timeout).await;
+    steps.push(Step {
+        name: "sniff",
+        ok: true,
+        ms: ms(start),
+        detail: spoken.describe(),
+    });
+    let tls = t.tls_name.is_some();
+    let wrong = match &spoken {
+        Spoken::FastCgi(_) => {
+            let mut r = report(steps, None, None);
+            r.fastcgi = true;
+            return Ok(r);
+        }
+        Spoken::Tls if !tls => Some(Failure::with(
+            Cause::UpstreamSpeaksTls,
+            "the port answered with a TLS record: use https://",
+        )),
+        Spoken::Http2 => Some(Failure::with(
+            Cause::UpstreamSpeaksHttp2,
+            "the port speaks HTTP/2 only (h2c or gRPC)",
+        )),
+        _ => None,
+    };
+    if let Some(f) = wrong {
+        return Ok(report(steps, Some(f), None));
+    }
+    let mut conn = match server.connect(&up.cfg, &rt.dialer).await {
+        Ok(c) => c,
+        Err((f, _)) => return Ok(report(steps, Some(f), None)),
     };
     // One GET, classified as a proxied request would be.
     let start = Instant::now();
@@ -370,6 +522,7 @@ impl Report {
                 ),
             },
             Some(s) => format!("no problem found (HTTP {s})"),
+            None if self.fastcgi => "a FastCGI server (PHP-FPM?) answers here: point a proxy at it with protocol = \"fastcgi\" (nginx: fastcgi_pass), not HTTP".into(),
             None => "no problem found".into(),
         }
     }

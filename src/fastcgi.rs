@@ -87,6 +87,15 @@ pub fn push_record(out: &mut Vec<u8>, kind: u8, content: &[u8]) {
     out.extend_from_slice(&[0u8; 8][..pad]);
 }
 
+/// Appends a management record (request id 0), e.g. FCGI_GET_VALUES.
+pub fn push_management(out: &mut Vec<u8>, kind: u8, content: &[u8]) {
+    push_record(out, kind, content);
+    // push_record writes request id 1; management records carry 0.
+    let at = out.len() - content.len() - (8 - content.len() % 8) % 8 - HEADER_LEN;
+    out[at + 2] = 0;
+    out[at + 3] = 0;
+}
+
 /// Appends a stream's data as records of at most 65535 bytes (no
 /// terminator: an empty record ends a stream, see [`push_record`]).
 pub fn push_stream(out: &mut Vec<u8>, kind: u8, data: &[u8]) {

@@ -38,9 +38,9 @@ async fn healthy_origin_is_no_problem() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["connect", "http"]);
+    assert_eq!(names, ["connect", "sniff", "http"]);
     assert!(
-        v["steps"][1]["detail"]
+        v["steps"][2]["detail"]
             .as_str()
             .unwrap()
             .starts_with("HTTP 200"),
@@ -106,7 +106,7 @@ async fn a_proxys_502_is_attributed_to_the_hop_that_made_it() {
         "{v}"
     );
     assert!(
-        v["steps"][1]["detail"]
+        v["steps"][2]["detail"]
             .as_str()
             .unwrap()
             .contains("proxy-status: baton; error=connection_refused")
@@ -152,4 +152,33 @@ async fn a_proxys_502_is_attributed_to_the_hop_that_made_it() {
         summary.starts_with("nginx's own 502 error page"),
         "{summary}"
     );
+}
+
+#[tokio::test]
+async fn php_fpm_socket_is_recognised_as_fastcgi() {
+    let fpm = crate::support::php::start("").await;
+    let sock = format!("unix:{}", fpm.sock.display());
+    let (code, v) = tokio::task::spawn_blocking(move || doctor(&sock, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{v}");
+    let sniff = &v["steps"][2];
+    assert_eq!(sniff["name"], "sniff");
+    assert!(
+        sniff["detail"].as_str().unwrap().starts_with("FastCGI"),
+        "{v}"
+    );
+    assert!(
+        v["verdict"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("protocol = \"fastcgi\""),
+        "{v}"
+    );
+    // An HTTP origin sniffs as HTTP/1.x.
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let (_, v) = tokio::task::spawn_blocking(move || doctor(&o.addr.to_string(), &[]))
+        .await
+        .unwrap();
+    assert_eq!(v["steps"][1]["detail"], "HTTP/1.x");
 }
