@@ -58,6 +58,10 @@ enum Cmd {
         /// Per step.
         #[arg(long, default_value = "5s")]
         timeout: String,
+        /// How long to watch an idle kept-alive connection for the server
+        /// closing it ("0s" skips the step).
+        #[arg(long, default_value = "6s")]
+        idle_wait: String,
     },
 }
 
@@ -183,9 +187,15 @@ pub fn run() -> ExitCode {
             target,
             json,
             timeout,
+            idle_wait,
         } => {
-            let Some(timeout) = config::parse_duration(&timeout) else {
-                eprintln!("baton doctor: invalid --timeout {timeout:?}: write \"5s\" or \"500ms\"");
+            let (Some(timeout), Some(idle_wait)) = (
+                config::parse_duration(&timeout),
+                config::parse_duration(&idle_wait),
+            ) else {
+                eprintln!(
+                    "baton doctor: invalid --timeout or --idle-wait: write \"5s\" or \"500ms\""
+                );
                 return ExitCode::from(2);
             };
             let rt = match runtime(1) {
@@ -195,7 +205,7 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(crate::doctor::run(&target, timeout)) {
+            match rt.block_on(crate::doctor::run(&target, timeout, idle_wait)) {
                 Ok(r) => {
                     if json {
                         println!("{}", r.json());

@@ -210,7 +210,9 @@ fn ms(since: Instant) -> f64 {
 }
 
 /// Walks `target`. `Err` only when the walk could not run at all.
-pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
+/// `idle_wait`: how long to watch an idle kept-alive connection for the
+/// server closing it (zero: skip the step).
+pub async fn run(target: &str, timeout: Duration, idle_wait: Duration) -> Result<Report, String> {
     let t = parse_target(target)?;
     let secs = timeout.as_secs_f64();
     let tls = match &t.tls_name {
@@ -396,6 +398,7 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
     };
     let outcome = upstream::await_head(tx.send_request(req), &info, timeout).await;
     let mut hop = None;
+    let mut read_whole = false;
     let (ok, detail, failure, status) = match outcome {
         None => {
             let f = Failure::with(
@@ -448,22 +451,23 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
                     })
                 })
                 .flatten();
+            let server_field = h
+                .get(header::SERVER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let body =
+                tokio::time::timeout(timeout, http_body_util::BodyExt::collect(resp.into_body()))
+                    .await
+                    .ok()
+                    .and_then(|b| b.ok())
+                    .map(|b| b.to_bytes());
             if status >= 500 && failure.is_none() {
-                let server_field = h
-                    .get(header::SERVER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                let body = tokio::time::timeout(
-                    timeout,
-                    http_body_util::BodyExt::collect(resp.into_body()),
-                )
-                .await
-                .ok()
-                .and_then(|b| b.ok())
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+                let body = body.clone().unwrap_or_default();
                 hop = proxy_page(&server_field, &body[..body.len().min(8192)]);
+            }
+            if body.is_some() {
+                read_whole = true;
             }
             (status < 500, detail, failure, Some(status))
         }
@@ -474,6 +478,35 @@ pub async fn run(target: &str, timeout: Duration) -> Result<Report, String> {
         ms: ms(start),
         detail,
     });
+    // How long the server keeps an idle kept-alive connection: the pool's
+    // own learning (the connection's task notes an upstream idle close).
+    if read_whole && !idle_wait.is_zero() && !tx.is_closed() {
+        let start = Instant::now();
+        server.checkin(&up.cfg, Link::Http(tx), info.clone());
+        let mut closed = None;
+        while start.elapsed() < idle_wait {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(d) = server.learned_idle_close() {
+                closed = Some(d);
+                break;
+            }
+        }
+        steps.push(Step {
+            name: "keepalive",
+            ok: true,
+            ms: ms(start),
+            detail: match closed {
+                Some(d) => format!(
+                    "the server closed an idle kept-alive connection after {:.1}s: a proxy in front must close idle connections sooner (baton learns this; nginx: keepalive_timeout in the upstream block, HAProxy: timeout http-keep-alive)",
+                    d.as_secs_f64()
+                ),
+                None => format!(
+                    "an idle kept-alive connection stayed open for the {:.0}s watched",
+                    idle_wait.as_secs_f64()
+                ),
+            },
+        });
+    }
     let mut r = report(steps, failure, status);
     r.hop = hop;
     Ok(r)

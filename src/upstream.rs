@@ -714,6 +714,15 @@ impl Server {
         });
     }
 
+    /// The shortest idle time after which this server closed a pooled
+    /// connection by itself, once seen.
+    pub fn learned_idle_close(&self) -> Option<Duration> {
+        match self.learned_idle_close_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
     fn learn_idle_close(&self, idle: Duration) {
         let ms = (idle.as_millis() as u64).max(1);
         let _ =

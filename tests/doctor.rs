@@ -5,7 +5,11 @@ use crate::support::*;
 fn doctor(target: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["doctor", "--json", "--timeout", "500ms"])
-        .args(extra)
+        .args(if extra.is_empty() {
+            &["--idle-wait", "0s"][..]
+        } else {
+            extra
+        })
         .arg(target)
         .output()
         .unwrap();
@@ -181,4 +185,26 @@ async fn php_fpm_socket_is_recognised_as_fastcgi() {
         .await
         .unwrap();
     assert_eq!(v["steps"][1]["detail"], "HTTP/1.x");
+}
+
+#[tokio::test]
+async fn idle_keepalive_close_is_measured() {
+    // The origin closes a kept-alive connection idle for 1.5 s (like
+    // gunicorn's 2 s): the proxy in front must close sooner.
+    let o = Origin::start(Script::IdleClose(std::time::Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let (code, v) =
+        tokio::task::spawn_blocking(move || doctor(&o.addr.to_string(), &["--idle-wait", "4s"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{v}");
+    let step = &v["steps"][3];
+    assert_eq!(step["name"], "keepalive");
+    let d = step["detail"].as_str().unwrap();
+    assert!(
+        d.starts_with("the server closed an idle kept-alive connection after 1.5s")
+            || d.starts_with("the server closed an idle kept-alive connection after 1.6s"),
+        "{d}"
+    );
 }
