@@ -62,6 +62,9 @@ enum Cmd {
         /// closing it ("0s" skips the step).
         #[arg(long, default_value = "6s")]
         idle_wait: String,
+        /// Walk N times (intermittent failures) and summarise what varied.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
 }
 
@@ -188,6 +191,7 @@ pub fn run() -> ExitCode {
             json,
             timeout,
             idle_wait,
+            repeat,
         } => {
             let (Some(timeout), Some(idle_wait)) = (
                 config::parse_duration(&timeout),
@@ -205,20 +209,38 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(crate::doctor::run(&target, timeout, idle_wait)) {
-                Ok(r) => {
-                    if json {
-                        println!("{}", r.json());
-                    } else {
-                        print!("{}", r.text());
+            let mut runs = Vec::new();
+            for i in 0..repeat.max(1) {
+                // The idle keep-alive watch once is enough.
+                let wait = if i == 0 { idle_wait } else { Duration::ZERO };
+                match rt.block_on(crate::doctor::run(&target, timeout, wait)) {
+                    Ok(r) => {
+                        if !json {
+                            print!("{}", r.text());
+                        }
+                        runs.push(r);
                     }
-                    ExitCode::from(r.exit_code())
-                }
-                Err(e) => {
-                    eprintln!("baton doctor: {e}");
-                    ExitCode::from(2)
+                    Err(e) => {
+                        eprintln!("baton doctor: {e}");
+                        return ExitCode::from(2);
+                    }
                 }
             }
+            if json {
+                let v = if runs.len() == 1 {
+                    runs[0].json()
+                } else {
+                    serde_json::json!({
+                        "target": target,
+                        "runs": runs.iter().map(|r| r.json()).collect::<Vec<_>>(),
+                        "summary": crate::doctor::summary(&runs),
+                    })
+                };
+                println!("{v}");
+            } else if runs.len() > 1 {
+                print!("{}", crate::doctor::summary_text(&runs));
+            }
+            ExitCode::from(runs.iter().map(|r| r.exit_code()).max().unwrap_or(0))
         }
         Cmd::Causes => {
             print!("{}", crate::cause::Cause::markdown_table());

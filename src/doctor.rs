@@ -612,3 +612,55 @@ impl Report {
         out
     }
 }
+
+/// `--repeat N`: what varied between the runs.
+pub fn summary(runs: &[Report]) -> serde_json::Value {
+    let mut verdicts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut times: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
+    for r in runs {
+        let v = match (&r.failure, r.status) {
+            (Some(f), _) => f.cause.id().to_string(),
+            (None, Some(s)) if s >= 500 => format!("http_{s}"),
+            _ => "ok".to_string(),
+        };
+        *verdicts.entry(v).or_default() += 1;
+        for st in &r.steps {
+            times.entry(st.name).or_default().push(st.ms);
+        }
+    }
+    let steps: serde_json::Map<String, serde_json::Value> = times
+        .into_iter()
+        .map(|(name, mut t)| {
+            t.sort_by(f64::total_cmp);
+            (
+                name.to_string(),
+                serde_json::json!({"min_ms": t[0], "median_ms": t[t.len() / 2], "max_ms": t[t.len() - 1], "runs": t.len()}),
+            )
+        })
+        .collect();
+    serde_json::json!({"runs": runs.len(), "verdicts": verdicts, "steps": steps})
+}
+
+/// `--repeat N` as text: the verdict counts and each step's spread.
+pub fn summary_text(runs: &[Report]) -> String {
+    let s = summary(runs);
+    let mut out = format!("{} runs:", runs.len());
+    if let Some(v) = s["verdicts"].as_object() {
+        for (k, n) in v {
+            out.push_str(&format!(" {k} x{n}"));
+        }
+    }
+    out.push('\n');
+    if let Some(st) = s["steps"].as_object() {
+        for (k, t) in st {
+            out.push_str(&format!(
+                "  {k:<12} min {:.2} ms, median {:.2} ms, max {:.2} ms ({} runs)\n",
+                t["min_ms"].as_f64().unwrap_or(0.0),
+                t["median_ms"].as_f64().unwrap_or(0.0),
+                t["max_ms"].as_f64().unwrap_or(0.0),
+                t["runs"]
+            ));
+        }
+    }
+    out
+}

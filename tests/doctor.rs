@@ -57,6 +57,7 @@ async fn healthy_origin_is_no_problem() {
 async fn each_failure_gets_the_gateways_cause() {
     let stall = Origin::start(Script::Stall).await.unwrap();
     let garbage = Origin::start(Script::Garbage).await.unwrap();
+    let h2 = Origin::start(Script::Http2Only).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cases = vec![
         (
@@ -73,6 +74,11 @@ async fn each_failure_gets_the_gateways_cause() {
             stall.addr.to_string(),
             "response_head_timeout",
             "http_response_timeout",
+        ),
+        (
+            h2.addr.to_string(),
+            "upstream_speaks_http2",
+            "http_protocol_error",
         ),
         (
             garbage.addr.to_string(),
@@ -207,4 +213,18 @@ async fn idle_keepalive_close_is_measured() {
             || d.starts_with("the server closed an idle kept-alive connection after 1.6s"),
         "{d}"
     );
+}
+
+#[tokio::test]
+async fn repeat_summarises_what_varied() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let (code, v) = tokio::task::spawn_blocking(move || {
+        doctor(&o.addr.to_string(), &["--repeat", "3", "--idle-wait", "0s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["runs"].as_array().unwrap().len(), 3);
+    assert_eq!(v["summary"]["verdicts"], serde_json::json!({"ok": 3}));
+    assert_eq!(v["summary"]["steps"]["http"]["runs"], 3);
 }
