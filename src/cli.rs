@@ -52,7 +52,11 @@ enum Cmd {
     /// problem found, 2: could not run.
     Doctor {
         /// `https://host/path`, `host:port` or `unix:/path/to.sock`.
-        target: String,
+        #[arg(required_unless_present = "config")]
+        target: Option<String>,
+        /// Walk every server of every upstream in this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         /// Per step.
@@ -192,6 +196,7 @@ pub fn run() -> ExitCode {
             timeout,
             idle_wait,
             repeat,
+            config: config_file,
         } => {
             let (Some(timeout), Some(idle_wait)) = (
                 config::parse_duration(&timeout),
@@ -208,6 +213,61 @@ pub fn run() -> ExitCode {
                     eprintln!("baton: cannot start the runtime: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            if let Some(file) = config_file {
+                let cfg = match config::load(&file) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let mut worst = 0;
+                let mut all = Vec::new();
+                for t in crate::doctor::config_targets(&cfg) {
+                    let r = match rt.block_on(crate::doctor::run(&t.target, timeout, idle_wait)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("baton doctor: {}: {e}", t.target);
+                            worst = 2;
+                            continue;
+                        }
+                    };
+                    let mut findings = crate::doctor::config_findings(&t, &r);
+                    // A FastCGI upstream is meant to speak FastCGI.
+                    let code = if t.fastcgi && r.fastcgi {
+                        0
+                    } else {
+                        r.exit_code()
+                    };
+                    if !findings.is_empty() {
+                        worst = worst.max(1);
+                    }
+                    worst = worst.max(code);
+                    if json {
+                        let mut v = r.json();
+                        v["upstream"] = serde_json::json!(t.upstream);
+                        v["findings"] = serde_json::json!(findings);
+                        all.push(v);
+                    } else {
+                        println!("[upstreams.{}]", t.upstream);
+                        print!("{}", r.text());
+                        for f in findings.drain(..) {
+                            println!("finding: {f}");
+                        }
+                    }
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"config": file.display().to_string(), "servers": all})
+                    );
+                }
+                return ExitCode::from(worst);
+            }
+            let Some(target) = target else {
+                eprintln!("baton doctor: give a target or --config");
+                return ExitCode::from(2);
             };
             let mut runs = Vec::new();
             for i in 0..repeat.max(1) {

@@ -664,3 +664,75 @@ pub fn summary_text(runs: &[Report]) -> String {
     }
     out
 }
+
+/// `baton doctor --config FILE`: every server of every upstream, as targets
+/// for [`run`], with what the config expects of each.
+pub struct ConfigTarget {
+    pub upstream: String,
+    pub target: String,
+    pub fastcgi: bool,
+    pub keepalive_timeout: Duration,
+}
+
+pub fn config_targets(cfg: &crate::config::Config) -> Vec<ConfigTarget> {
+    let mut out = Vec::new();
+    for u in &cfg.upstreams {
+        let path = u
+            .health
+            .as_ref()
+            .and_then(|h| h.path.clone())
+            .unwrap_or_else(|| "/".into());
+        for s in &u.servers {
+            let target = match (&s.addr, &u.tls) {
+                (ServerAddr::Unix(p), _) => format!("unix:{}", p.display()),
+                (a, Some(_)) => format!("https://{a}{path}"),
+                (a, None) => format!("http://{a}{path}"),
+            };
+            out.push(ConfigTarget {
+                upstream: u.name.to_string(),
+                target,
+                fastcgi: u.fastcgi.is_some(),
+                keepalive_timeout: u.keepalive_timeout,
+            });
+        }
+    }
+    out
+}
+
+/// What the walk found that the config gets wrong for this server.
+pub fn config_findings(t: &ConfigTarget, r: &Report) -> Vec<String> {
+    let mut f = Vec::new();
+    if r.fastcgi && !t.fastcgi {
+        f.push(format!(
+            "upstreams.{}: {} speaks FastCGI but the upstream is HTTP: add protocol = \"fastcgi\" and root",
+            t.upstream, t.target
+        ));
+    }
+    let spoke_http = r
+        .steps
+        .iter()
+        .any(|s| s.name == "sniff" && s.detail == "HTTP/1.x");
+    if t.fastcgi && spoke_http {
+        f.push(format!(
+            "upstreams.{}: {} speaks HTTP but the upstream has protocol = \"fastcgi\": remove it",
+            t.upstream, t.target
+        ));
+    }
+    if let Some(step) = r.steps.iter().find(|s| s.name == "keepalive")
+        && let Some(secs) = step
+            .detail
+            .strip_prefix("the server closed an idle kept-alive connection after ")
+            .and_then(|d| d.split('s').next())
+            .and_then(|d| d.parse::<f64>().ok())
+        && t.keepalive_timeout.as_secs_f64() >= secs
+    {
+        f.push(format!(
+            "upstreams.{}: keepalive_timeout {:?} is not shorter than the {secs}s after which {} closes idle connections: set keepalive_timeout = \"{}ms\" (baton also learns this, but only after a first race)",
+            t.upstream,
+            t.keepalive_timeout,
+            t.target,
+            (secs * 750.0) as u64
+        ));
+    }
+    f
+}

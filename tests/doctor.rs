@@ -228,3 +228,61 @@ async fn repeat_summarises_what_varied() {
     assert_eq!(v["summary"]["verdicts"], serde_json::json!({"ok": 3}));
     assert_eq!(v["summary"]["steps"]["http"]["runs"], 3);
 }
+
+#[tokio::test]
+async fn config_mode_checks_every_server_against_its_settings() {
+    let fpm = crate::support::php::start("").await;
+    let idle = Origin::start(Script::IdleClose(std::time::Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let cfg = fpm.dir.path().join("doctor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[upstreams.wrong]\nservers = [\"unix:{}\"]\n[upstreams.app]\nservers = [\"{}\"]\nkeepalive_timeout = \"4s\"\n",
+            fpm.upstream(""),
+            fpm.sock.display(),
+            idle.addr
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([
+                "doctor",
+                "--json",
+                "--timeout",
+                "500ms",
+                "--idle-wait",
+                "3s",
+                "--config",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by = |name: &str| {
+        v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["upstream"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("php")["findings"], serde_json::json!([]));
+    let wrong = by("wrong")["findings"][0].as_str().unwrap().to_string();
+    assert!(
+        wrong.contains("speaks FastCGI but the upstream is HTTP: add protocol = \"fastcgi\""),
+        "{wrong}"
+    );
+    let app = by("app")["findings"][0].as_str().unwrap().to_string();
+    assert!(
+        app.starts_with("upstreams.app: keepalive_timeout 4s is not shorter than the 1."),
+        "{app}"
+    );
+}
