@@ -110,6 +110,18 @@ pub fn run() -> ExitCode {
                     c.routes.len(),
                     plural(c.routes.len())
                 );
+                // Valid, but likely to cause 502s.
+                for w in &c.warnings {
+                    println!(
+                        "warning: {}:{}:{}: {}: {}\n    fix: {}",
+                        config.display(),
+                        w.line,
+                        w.col,
+                        w.key,
+                        w.message,
+                        w.fix
+                    );
+                }
                 // Unix sockets: missing ones may just be stopped apps
                 // (a warning); a socket baton may not open is an error.
                 let mut bad = false;

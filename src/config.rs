@@ -34,6 +34,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The file this came from (reload reads it again).
     pub source: Option<PathBuf>,
+    /// Valid, but likely to cause 502s: shadowed routes, small header
+    /// limits, timeouts that never fire (`baton check` lists them).
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Protection against clients: slowloris, huge heads and bodies, floods.
@@ -570,6 +573,11 @@ pub mod defaults {
     pub const RESOLVER_ATTEMPTS: usize = 2;
 }
 
+/// Whether route prefix `a` matches every path prefix `b` matches.
+fn path_prefix_covers(a: &str, b: &str) -> bool {
+    b.starts_with(a) && (a.ends_with('/') || b.len() == a.len() || b[a.len()..].starts_with('/'))
+}
+
 /// Looks a user up in the password database.
 pub fn lookup_user(name: &str) -> Option<RunAs> {
     let u = nix::unistd::User::from_name(name).ok()??;
@@ -624,6 +632,7 @@ pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, Confi
         src,
         base: base.map(Path::to_path_buf),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let cfg = v.run();
     if v.errors.is_empty()
@@ -642,6 +651,8 @@ struct Validator<'s> {
     src: &'s str,
     base: Option<PathBuf>,
     errors: Vec<ConfigError>,
+    /// Valid but likely to cause 502s (`baton check` prints them).
+    warnings: Vec<ConfigError>,
 }
 
 type Span = std::ops::Range<usize>;
@@ -655,6 +666,17 @@ impl<'s> Validator<'s> {
             .map_or(before.len(), |i| before.len() - i - 1)
             + 1;
         (line, col)
+    }
+
+    fn warn(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
+        let (line, col) = self.pos(span.start);
+        self.warnings.push(ConfigError {
+            key: key.into(),
+            line,
+            col,
+            message: message.into(),
+            fix: fix.to_string(),
+        });
     }
 
     fn err(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
@@ -1649,6 +1671,17 @@ impl<'s> Validator<'s> {
                     Err(why) => self.err(key("servers"), s.span(), why, "write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\""),
                 }
             }
+            if let Some(m) = &u.max_response_header_bytes
+                && *m.get_ref() < 16 * 1024
+                && *m.get_ref() >= defaults::MIN_RESPONSE_HEADER_BYTES as i64
+            {
+                self.warn(
+                    key("max_response_header_bytes"),
+                    m.span(),
+                    format!("{} bytes is under 16 KiB: large Set-Cookie (OAuth, JWT sessions) or CSP headers overflow it and become 502 response_header_too_large", m.get_ref()),
+                    "keep the default 65536 unless memory is tight",
+                );
+            }
             let mrh = self.int(
                 &key("max_response_header_bytes"),
                 &u.max_response_header_bytes,
@@ -1919,6 +1952,37 @@ impl<'s> Validator<'s> {
                     "use 0 or more retries per second",
                 ) as u32,
             };
+            // Never matched: an earlier route takes every request it would.
+            let span = r.path.as_ref().map_or(r.upstream.span(), |p| p.span());
+            if let Some(earlier) = routes.iter().find(|e: &&Route| {
+                let host_covers = match (&e.host, &host) {
+                    (None, _) => true,
+                    (Some(a), Some(b)) => a == b,
+                    (Some(_), None) => false,
+                };
+                host_covers && path_prefix_covers(&e.path, &path)
+            }) {
+                self.warn(
+                    format!("routes[{i}]"),
+                    span.clone(),
+                    format!("never matches: the earlier route {} takes every request it would (routes match in file order)", earlier.name),
+                    "move this route above the broader one, or narrow the earlier route's host or path",
+                );
+            }
+            if let (Some(p), Some(t)) = (retry.per_try_timeout, r.per_try_timeout.as_ref())
+                && p >= upstreams[ui].read_timeout
+            {
+                self.warn(
+                    format!("routes[{i}].per_try_timeout"),
+                    t.span(),
+                    format!(
+                        "per_try_timeout {p:?} is not shorter than upstream {}'s read_timeout {:?}: it never fires",
+                        upstreams[ui].name,
+                        upstreams[ui].read_timeout
+                    ),
+                    "make per_try_timeout shorter than read_timeout, or remove it",
+                );
+            }
             routes.push(Route {
                 retry,
                 host,
@@ -1941,6 +2005,7 @@ impl<'s> Validator<'s> {
             upstreams,
             routes,
             source: None,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 }

@@ -88,3 +88,18 @@ fn missing_file_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read the config file"), "{err}");
 }
+
+#[test]
+fn likely_502_causes_are_warnings_with_line_and_fix() {
+    let (ok, out, _) = check(
+        "[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nread_timeout = \"30s\"\nmax_response_header_bytes = 8192\n\n[[routes]]\nupstream = \"app\"\n\n[[routes]]\npath = \"/api\"\nupstream = \"app\"\nper_try_timeout = \"40s\"\n",
+    );
+    assert!(ok, "warnings do not fail the check");
+    assert_eq!(
+        out,
+        "baton.toml: ok (1 listener, 1 upstream, 2 routes)\n\
+warning: baton.toml:4:29: upstreams.app.max_response_header_bytes: 8192 bytes is under 16 KiB: large Set-Cookie (OAuth, JWT sessions) or CSP headers overflow it and become 502 response_header_too_large\n    fix: keep the default 65536 unless memory is tight\n\
+warning: baton.toml:10:8: routes[1]: never matches: the earlier route */ takes every request it would (routes match in file order)\n    fix: move this route above the broader one, or narrow the earlier route's host or path\n\
+warning: baton.toml:12:19: routes[1].per_try_timeout: per_try_timeout 40s is not shorter than upstream app's read_timeout 30s: it never fires\n    fix: make per_try_timeout shorter than read_timeout, or remove it\n"
+    );
+}
