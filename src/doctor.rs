@@ -294,6 +294,45 @@ pub async fn run(target: &str, timeout: Duration, idle_wait: Duration) -> Result
                     ms: ms(start),
                     detail: format!("A: {}; AAAA: {}", list(&v4), list(&v6)),
                 });
+                // Every address on its own: an app listening on 127.0.0.1
+                // only refuses whoever picks ::1 (and the reverse).
+                if a.addrs.len() > 1
+                    && let ServerAddr::Name { port, .. } = &server.addr
+                {
+                    let start = Instant::now();
+                    let mut results = Vec::new();
+                    let mut all_ok = true;
+                    for ip in &a.addrs {
+                        let sa = std::net::SocketAddr::new(*ip, *port);
+                        let r =
+                            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(sa)).await;
+                        let what = match r {
+                            Ok(Ok(_)) => "ok".to_string(),
+                            Ok(Err(e)) => {
+                                all_ok = false;
+                                upstream::classify_connect_io(&e, &sa.to_string())
+                                    .cause
+                                    .id()
+                                    .to_string()
+                            }
+                            Err(_) => {
+                                all_ok = false;
+                                "connection_timeout".to_string()
+                            }
+                        };
+                        results.push(format!("{sa} {what}"));
+                    }
+                    let mut detail = results.join("; ");
+                    if !all_ok {
+                        detail.push_str(": not every address answers; a client or proxy that picks a failing one gets a 502 (make the app listen on every address the name has, or remove the record)");
+                    }
+                    steps.push(Step {
+                        name: "addresses",
+                        ok: all_ok,
+                        ms: ms(start),
+                        detail,
+                    });
+                }
             }
             Err(e) => {
                 let f = upstream::classify_dns(host, e);

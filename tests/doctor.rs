@@ -286,3 +286,29 @@ async fn config_mode_checks_every_server_against_its_settings() {
         "{app}"
     );
 }
+
+#[tokio::test]
+async fn an_app_on_127_0_0_1_only_is_caught_for_its_ipv6_address() {
+    // "localhost" has 127.0.0.1 and ::1 (from /etc/hosts, no query off the
+    // machine); the origin listens on 127.0.0.1 only.
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let port = o.addr.port();
+    let (_, v) = tokio::task::spawn_blocking(move || doctor(&format!("localhost:{port}"), &[]))
+        .await
+        .unwrap();
+    let step = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "addresses")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(step["ok"], false);
+    let d = step["detail"].as_str().unwrap();
+    assert!(
+        d.starts_with(&format!(
+            "127.0.0.1:{port} ok; [::1]:{port} connection_refused"
+        )),
+        "{d}"
+    );
+}
