@@ -69,6 +69,9 @@ enum Cmd {
         /// Walk N times (intermittent failures) and summarise what varied.
         #[arg(long, default_value_t = 1)]
         repeat: u32,
+        /// The path requested from a FastCGI server (PHP-FPM's ping.path).
+        #[arg(long, default_value = "/ping")]
+        fcgi_ping: String,
     },
 }
 
@@ -209,6 +212,7 @@ pub fn run() -> ExitCode {
             idle_wait,
             repeat,
             config: config_file,
+            fcgi_ping,
         } => {
             let (Some(timeout), Some(idle_wait)) = (
                 config::parse_duration(&timeout),
@@ -237,7 +241,9 @@ pub fn run() -> ExitCode {
                 let mut worst = 0;
                 let mut all = Vec::new();
                 for t in crate::doctor::config_targets(&cfg) {
-                    let r = match rt.block_on(crate::doctor::run(&t.target, timeout, idle_wait)) {
+                    let r = match rt.block_on(crate::doctor::run(
+                        &t.target, timeout, idle_wait, &fcgi_ping,
+                    )) {
                         Ok(r) => r,
                         Err(e) => {
                             eprintln!("baton doctor: {}: {e}", t.target);
@@ -285,7 +291,7 @@ pub fn run() -> ExitCode {
             for i in 0..repeat.max(1) {
                 // The idle keep-alive watch once is enough.
                 let wait = if i == 0 { idle_wait } else { Duration::ZERO };
-                match rt.block_on(crate::doctor::run(&target, timeout, wait)) {
+                match rt.block_on(crate::doctor::run(&target, timeout, wait, &fcgi_ping)) {
                     Ok(r) => {
                         if !json {
                             print!("{}", r.text());

@@ -77,6 +77,83 @@ impl Spoken {
     }
 }
 
+/// A FastCGI `GET ping_path` through the gateway's own FastCGI exchange
+/// (PHP-FPM answers its `ping.path` itself, with "pong").
+async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
+    let start = Instant::now();
+    let step = |ok: bool, detail: String| Step {
+        name: "fastcgi-ping",
+        ok,
+        ms: ms(start),
+        detail,
+    };
+    let toml = format!(
+        "[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.t]\nservers = [\"{}\"]\nprotocol = \"fastcgi\"\nroot = \"/\"\nconnect_timeout = \"{s}s\"\nread_timeout = \"{s}s\"\n[[routes]]\nupstream = \"t\"\n",
+        server.replace('"', ""),
+        s = timeout.as_secs_f64()
+    );
+    let built = crate::config::parse(&toml, "(doctor)", None)
+        .map_err(|e| e.to_string())
+        .and_then(|c| crate::proxy::Runtime::new(c, 1, Arc::new(crate::metrics::Metrics::new())));
+    let rt = match built {
+        Ok(mut rt) => {
+            rt.dialer.own.clear();
+            rt
+        }
+        Err(e) => return step(false, e),
+    };
+    let up = &rt.upstreams[0];
+    let Some(fc) = up.cfg.fastcgi.as_deref() else {
+        return step(false, "no FastCGI settings".into());
+    };
+    let conn = match up.servers[0].connect(&up.cfg, &rt.dialer).await {
+        Ok(c) => c,
+        Err((f, _)) => return step(false, f.details.unwrap_or_default()),
+    };
+    let Some(Link::Fcgi(wire)) = conn.tx else {
+        return step(false, "not a FastCGI connection".into());
+    };
+    let head = crate::fastcgi::health_request(fc, path);
+    let tag = crate::fastcgi::LogTag {
+        upstream: up.cfg.name.clone(),
+        server: conn.peer.clone(),
+        request_id: http::HeaderValue::from_static("doctor"),
+    };
+    let ex = crate::fastcgi::exchange(wire, &head, UpBody::Empty, 65536, &tag);
+    match tokio::time::timeout(timeout, ex).await {
+        Err(_) => step(
+            false,
+            format!("no answer to GET {path} within {:?}", timeout),
+        ),
+        Ok(crate::fastcgi::Sent::Head(resp)) => {
+            let status = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body[..body.len().min(80)])
+                .trim()
+                .to_string();
+            step(status == 200, format!("GET {path}: {status} {text:?}"))
+        }
+        Ok(crate::fastcgi::Sent::Failed(f)) if f.cause == Cause::ScriptNotFound => step(
+            false,
+            format!(
+                "GET {path}: Primary script unknown: the pool has no ping.path {path} (add `ping.path = {path}` to the pool for health checks)"
+            ),
+        ),
+        Ok(crate::fastcgi::Sent::Failed(f)) => step(
+            false,
+            format!(
+                "GET {path}: {} ({})",
+                f.cause.id(),
+                f.details.unwrap_or_default()
+            ),
+        ),
+        Ok(crate::fastcgi::Sent::Unsent(_)) => step(false, "the connection closed at once".into()),
+    }
+}
+
 /// Sends FCGI_GET_VALUES on a fresh connection and reads what comes back.
 async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -212,7 +289,14 @@ fn ms(since: Instant) -> f64 {
 /// Walks `target`. `Err` only when the walk could not run at all.
 /// `idle_wait`: how long to watch an idle kept-alive connection for the
 /// server closing it (zero: skip the step).
-pub async fn run(target: &str, timeout: Duration, idle_wait: Duration) -> Result<Report, String> {
+/// `ping_path`: the FastCGI request sent to a FastCGI server (PHP-FPM's
+/// `ping.path`).
+pub async fn run(
+    target: &str,
+    timeout: Duration,
+    idle_wait: Duration,
+    ping_path: &str,
+) -> Result<Report, String> {
     let t = parse_target(target)?;
     let secs = timeout.as_secs_f64();
     let tls = match &t.tls_name {
@@ -399,6 +483,7 @@ pub async fn run(target: &str, timeout: Duration, idle_wait: Duration) -> Result
     let tls = t.tls_name.is_some();
     let wrong = match &spoken {
         Spoken::FastCgi(_) => {
+            steps.push(fastcgi_ping(&t.server, timeout, ping_path).await);
             let mut r = report(steps, None, None);
             r.fastcgi = true;
             return Ok(r);

@@ -185,6 +185,28 @@ async fn php_fpm_socket_is_recognised_as_fastcgi() {
             .contains("protocol = \"fastcgi\""),
         "{v}"
     );
+    // No ping.path /ping in this pool: said so, with the setting to add.
+    let ping = &v["steps"][3];
+    assert_eq!(ping["name"], "fastcgi-ping");
+    assert_eq!(ping["ok"], false);
+    assert!(
+        ping["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the pool has no ping.path /ping"),
+        "{v}"
+    );
+    // Its real ping.path answers "pong" through baton's FastCGI exchange.
+    let sock = format!("unix:{}", fpm.sock.display());
+    let (code, v) =
+        tokio::task::spawn_blocking(move || doctor(&sock, &["--fcgi-ping", "/fpm-ping"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        v["steps"][3]["detail"], "GET /fpm-ping: 200 \"pong\"",
+        "{v}"
+    );
     // An HTTP origin sniffs as HTTP/1.x.
     let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
     let (_, v) = tokio::task::spawn_blocking(move || doctor(&o.addr.to_string(), &[]))
