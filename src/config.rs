@@ -668,26 +668,25 @@ impl<'s> Validator<'s> {
         (line, col)
     }
 
-    fn warn(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
+    fn located(&self, key: String, span: Span, message: String, fix: &str) -> ConfigError {
         let (line, col) = self.pos(span.start);
-        self.warnings.push(ConfigError {
-            key: key.into(),
+        ConfigError {
+            key,
             line,
             col,
-            message: message.into(),
+            message,
             fix: fix.to_string(),
-        });
+        }
+    }
+
+    fn warn(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
+        let w = self.located(key.into(), span, message.into(), fix);
+        self.warnings.push(w);
     }
 
     fn err(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
-        let (line, col) = self.pos(span.start);
-        self.errors.push(ConfigError {
-            key: key.into(),
-            line,
-            col,
-            message: message.into(),
-            fix: fix.to_string(),
-        });
+        let e = self.located(key.into(), span, message.into(), fix);
+        self.errors.push(e);
     }
 
     /// Deserializes one section, turning a serde error into a located one.

@@ -92,14 +92,8 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
         server.replace('"', ""),
         s = timeout.as_secs_f64()
     );
-    let built = crate::config::parse(&toml, "(doctor)", None)
-        .map_err(|e| e.to_string())
-        .and_then(|c| crate::proxy::Runtime::new(c, 1, Arc::new(crate::metrics::Metrics::new())));
-    let rt = match built {
-        Ok(mut rt) => {
-            rt.dialer.own.clear();
-            rt
-        }
+    let rt = match probe_runtime(&toml) {
+        Ok(rt) => rt,
         Err(e) => return step(false, e),
     };
     let up = &rt.upstreams[0];
@@ -282,6 +276,15 @@ fn parse_target(t: &str) -> Result<Target, String> {
     })
 }
 
+/// The gateway's runtime for a one-upstream config, without listeners (so
+/// any address may be diagnosed, even one baton could listen on).
+fn probe_runtime(toml: &str) -> Result<crate::proxy::Runtime, String> {
+    let cfg = crate::config::parse(toml, "(doctor)", None).map_err(|e| e.to_string())?;
+    let mut rt = crate::proxy::Runtime::new(cfg, 1, Arc::new(crate::metrics::Metrics::new()))?;
+    rt.dialer.own.clear();
+    Ok(rt)
+}
+
 fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
@@ -310,10 +313,7 @@ pub async fn run(
         "[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.target]\nservers = [\"{}\"]\nconnect_timeout = \"{secs}s\"\nread_timeout = \"{secs}s\"\nretries = 0\n{tls}[upstreams.target.outlier]\nconsecutive_failures = 0\n[[routes]]\nupstream = \"target\"\n",
         t.server.replace('"', "")
     );
-    let cfg = crate::config::parse(&toml, "(doctor)", None).map_err(|e| e.to_string())?;
-    let mut rt = crate::proxy::Runtime::new(cfg, 1, Arc::new(crate::metrics::Metrics::new()))?;
-    // No listener here: any address may be diagnosed.
-    rt.dialer.own.clear();
+    let rt = probe_runtime(&toml)?;
     let up = rt.upstreams[0].clone();
     let server = up.servers[0].clone();
     let mut steps = Vec::new();
@@ -432,14 +432,15 @@ pub async fn run(
     }
     // Connect (and the TLS handshake), through the gateway's own dialler.
     let start = Instant::now();
+    let name = if t.tls_name.is_some() {
+        "connect+tls"
+    } else {
+        "connect"
+    };
     let conn = match server.connect(&up.cfg, &rt.dialer).await {
         Ok(c) => {
             steps.push(Step {
-                name: if t.tls_name.is_some() {
-                    "connect+tls"
-                } else {
-                    "connect"
-                },
+                name,
                 ok: true,
                 ms: ms(start),
                 detail: format!("connected to {}", c.peer),
@@ -448,11 +449,7 @@ pub async fn run(
         }
         Err((f, peer)) => {
             steps.push(Step {
-                name: if t.tls_name.is_some() {
-                    "connect+tls"
-                } else {
-                    "connect"
-                },
+                name,
                 ok: false,
                 ms: ms(start),
                 detail: format!("{peer}: {}", f.details.clone().unwrap_or_default()),
