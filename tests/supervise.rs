@@ -28,6 +28,16 @@ async fn until(
     }
 }
 
+/// A gateway whose one upstream's backend is `sh -c SCRIPT` (never
+/// listening on its port), with extra `[process]` keys.
+async fn sh_backend(script: &str, process: &str) -> Gw {
+    let port = refusing_addr().port();
+    Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"{script}\"]\n{process}\n[[routes]]\nupstream = \"app\"\n"
+    ))
+    .await
+}
+
 fn sigkill(pid: u64) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -133,10 +143,10 @@ async fn supervised_python_app_comes_back_and_requests_wait_for_it() {
 
 #[tokio::test]
 async fn crash_loop_is_detected_and_requests_get_503_backend_restarting() {
-    let port = refusing_addr().port();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"echo fatal: cannot read config >&2; exit 3\"]\nbackoff = \"20ms\"\nbackoff_max = \"3s\"\ncrash_loop_exits = 3\nstart_wait = \"300ms\"\n\n[[routes]]\nupstream = \"app\"\n"
-    ))
+    let gw = sh_backend(
+        "echo fatal: cannot read config >&2; exit 3",
+        "backoff = \"20ms\"\nbackoff_max = \"3s\"\ncrash_loop_exits = 3\nstart_wait = \"300ms\"\n",
+    )
     .await;
     let p = until(&gw, "no crash loop detected", |p| p["crash_loop"] == true).await;
     assert_eq!(p["last_exit"], "exited with code 3");
@@ -163,11 +173,7 @@ async fn crash_loop_is_detected_and_requests_get_503_backend_restarting() {
 
 #[tokio::test]
 async fn restart_never_leaves_it_stopped_and_says_so() {
-    let port = refusing_addr().port();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\n[upstreams.app.process]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 0\"]\nrestart = \"never\"\nstart_wait = \"200ms\"\n\n[[routes]]\nupstream = \"app\"\n"
-    ))
-    .await;
+    let gw = sh_backend("exit 0", "restart = \"never\"\nstart_wait = \"200ms\"\n").await;
     until(&gw, "not stopped", |p| p["state"] == "stopped").await;
     let r = send(gw.addr, get("/")).await;
     assert_failure(
