@@ -386,6 +386,49 @@ impl Cause {
         )
     }
 
+    /// The cause of a failed socket operation, from its errno number and the
+    /// phase it happened in. The one errno table: the gateway's connect
+    /// classifier and `baton logs` (nginx's `(111: ...)`, Apache's `(111)`)
+    /// both use it, by number, because libc's wording differs (glibc, musl).
+    pub fn from_errno(errno: i32, phase: Phase, unix: bool) -> Cause {
+        use libc::*;
+        match phase {
+            Phase::Route | Phase::Dns | Phase::Connect => match errno {
+                ECONNREFUSED => Cause::ConnectionRefused,
+                ENOENT => Cause::SocketNotFound,
+                EACCES | EPERM if unix => Cause::SocketPermission,
+                ENOTSOCK | ECONNRESET if unix => Cause::SocketNotFound,
+                EAGAIN => Cause::UpstreamBusy,
+                ETIMEDOUT => Cause::ConnectionTimeout,
+                EMFILE | ENFILE => Cause::Internal,
+                // EHOSTUNREACH, ENETUNREACH, EADDRNOTAVAIL, SELinux's EACCES
+                // on TCP: the path to the server is broken.
+                _ => Cause::ConnectError,
+            },
+            Phase::Tls => match errno {
+                ETIMEDOUT => Cause::ConnectionTimeout,
+                _ => Cause::TlsProtocol,
+            },
+            Phase::WriteRequest => match errno {
+                ETIMEDOUT => Cause::WriteTimeout,
+                _ => Cause::ConnectionTerminated,
+            },
+            Phase::ReadHead => match errno {
+                ETIMEDOUT => Cause::ResponseHeadTimeout,
+                _ => Cause::ConnectionTerminated,
+            },
+            Phase::ReadBody => match errno {
+                ETIMEDOUT => Cause::ResponseBodyTimeout,
+                _ => Cause::ResponseIncomplete,
+            },
+        }
+    }
+
+    /// The cause with this stable id (`connection_refused`).
+    pub fn from_id(id: &str) -> Option<Cause> {
+        Cause::ALL.iter().copied().find(|c| c.id() == id)
+    }
+
     /// The Markdown table published in `docs/errors.md`; a test keeps the
     /// two identical.
     pub fn markdown_table() -> String {

@@ -73,6 +73,24 @@ enum Cmd {
         #[arg(long, default_value = "/ping")]
         fcgi_ping: String,
     },
+    /// Read nginx, Apache, HAProxy, Envoy, Caddy, Traefik, php-fpm,
+    /// gunicorn or baton logs (any mix, any number of files) and say what
+    /// broke, since when, how often, and the fix. Exit 0: no failure found,
+    /// 1: failures found, 2: could not read an input.
+    Logs {
+        /// Log files (`.gz` too); `-` or none for stdin.
+        files: Vec<String>,
+        /// One JSON document instead of text (with --follow: one JSON
+        /// object per new line).
+        #[arg(long)]
+        json: bool,
+        /// Also write an escalation report in Markdown.
+        #[arg(long, value_name = "FILE.md")]
+        report: Option<PathBuf>,
+        /// After the summary, print each new failure as it is written.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -205,6 +223,17 @@ pub fn run() -> ExitCode {
             };
             rt.block_on(crate::demo::run(listen, self_test))
         }
+        Cmd::Logs {
+            files,
+            json,
+            report,
+            follow,
+        } => ExitCode::from(crate::logs::run(&crate::logs::Options {
+            files,
+            json,
+            report,
+            follow,
+        })),
         Cmd::Doctor {
             target,
             json,

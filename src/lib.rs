@@ -23,6 +23,9 @@
 //! - [`log`], [`metrics`]: the structured logs and Prometheus metrics.
 //! - [`origin`]: scripted fault origins for the demo and the tests.
 //! - [`demo`]: `baton demo`.
+//! - [`doctor`], [`logs`]: the 502 toolkit for any stack: walk an upstream
+//!   step by step; read any proxy's logs into the one cause table.
+//! - [`term`]: colour (respecting `NO_COLOR`) and progress for people.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +40,7 @@ pub mod files;
 pub mod health;
 pub mod limit;
 pub mod log;
+pub mod logs;
 pub mod metrics;
 pub mod origin;
 pub mod pages;
@@ -44,4 +48,5 @@ pub mod proxy;
 pub mod resolve;
 pub mod server;
 pub mod supervise;
+pub mod term;
 pub mod upstream;

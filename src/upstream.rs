@@ -975,45 +975,30 @@ async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure>
 /// Classifies a failed connect by errno number (never by libc's wording).
 pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
     let unix = to.starts_with("unix:");
-    let (cause, details) = match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) if unix => (
-            Cause::ConnectionRefused,
-            format!("nothing is listening on {to} (the socket file exists)"),
-        ),
-        Some(libc::ECONNREFUSED) => (
-            Cause::ConnectionRefused,
-            format!("{to} refused the connection"),
-        ),
-        Some(libc::ENOENT) => (
-            Cause::SocketNotFound,
-            format!("socket {} does not exist", &to[5.min(to.len())..]),
-        ),
-        Some(libc::EACCES) | Some(libc::EPERM) if unix => (
-            Cause::SocketPermission,
-            match socket_problem(Path::new(&to[5..])) {
-                Some(SocketProblem::Permission(m)) => m,
-                _ => format!("permission denied on socket {} for {}", &to[5..], whoami()),
-            },
-        ),
-        Some(libc::EAGAIN) => (Cause::UpstreamBusy, format!("accept queue of {to} is full")),
-        Some(libc::ETIMEDOUT) => (
-            Cause::ConnectionTimeout,
-            format!("connect to {to} timed out"),
-        ),
-        Some(libc::EHOSTUNREACH) => (Cause::ConnectError, format!("no route to host {to}")),
-        Some(libc::ENETUNREACH) => (Cause::ConnectError, format!("network unreachable for {to}")),
-        Some(libc::EADDRNOTAVAIL) => (
-            Cause::ConnectError,
-            format!("no local address/port free to reach {to}"),
-        ),
-        Some(libc::ENOTSOCK) | Some(libc::ECONNRESET) if unix => (
-            Cause::SocketNotFound,
-            format!("{to} is not a listening socket"),
-        ),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            (Cause::Internal, "too many open files".to_string())
+    let errno = e.raw_os_error().unwrap_or(0);
+    let cause = Cause::from_errno(errno, crate::cause::Phase::Connect, unix);
+    let details = match cause {
+        Cause::ConnectionRefused if unix => {
+            format!("nothing is listening on {to} (the socket file exists)")
         }
-        _ => (Cause::ConnectError, format!("connect to {to} failed")),
+        Cause::ConnectionRefused => format!("{to} refused the connection"),
+        Cause::SocketNotFound if errno == libc::ENOENT => {
+            format!("socket {} does not exist", &to[5.min(to.len())..])
+        }
+        Cause::SocketNotFound => format!("{to} is not a listening socket"),
+        Cause::SocketPermission => match socket_problem(Path::new(&to[5..])) {
+            Some(SocketProblem::Permission(m)) => m,
+            _ => format!("permission denied on socket {} for {}", &to[5..], whoami()),
+        },
+        Cause::UpstreamBusy => format!("accept queue of {to} is full"),
+        Cause::ConnectionTimeout => format!("connect to {to} timed out"),
+        Cause::Internal => "too many open files".to_string(),
+        _ => match errno {
+            libc::EHOSTUNREACH => format!("no route to host {to}"),
+            libc::ENETUNREACH => format!("network unreachable for {to}"),
+            libc::EADDRNOTAVAIL => format!("no local address/port free to reach {to}"),
+            _ => format!("connect to {to} failed"),
+        },
     };
     Failure::with(cause, details).errno(e)
 }

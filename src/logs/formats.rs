@@ -1,0 +1,1291 @@
+//! Reading one log line of any supported format into a [`Parsed`] line.
+//!
+//! Owns: format detection (line by line: concatenated logs are normal) and
+//! the mapping of each peer's failure messages onto the one [`Cause`] enum.
+//! Matches errno numbers (via [`Cause::from_errno`], the gateway's own
+//! table), nginx's `while <action>` phase, Apache's `AHnnnnn` ids, HAProxy's
+//! termination state and Envoy's response flags; never libc's wording, which
+//! differs between glibc and musl.
+//! Must not: aggregate or print (that is `logs`).
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::cause::{Cause, Phase};
+
+/// Who wrote a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Nginx,
+    Apache,
+    Haproxy,
+    Envoy,
+    Caddy,
+    Traefik,
+    PhpFpm,
+    Gunicorn,
+    Baton,
+    /// The kernel (dmesg, journal): the OOM killer.
+    Kernel,
+    /// A line in no known format that still names a known failure.
+    Other,
+}
+
+impl Source {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Nginx => "nginx",
+            Source::Apache => "apache",
+            Source::Haproxy => "haproxy",
+            Source::Envoy => "envoy",
+            Source::Caddy => "caddy",
+            Source::Traefik => "traefik",
+            Source::PhpFpm => "php-fpm",
+            Source::Gunicorn => "gunicorn",
+            Source::Baton => "baton",
+            Source::Kernel => "kernel",
+            Source::Other => "other",
+        }
+    }
+}
+
+/// Something that changed: what an escalation report lists around the
+/// start of a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    Start,
+    Reload,
+    Stop,
+    /// A worker or backend process (re)started.
+    WorkerStart,
+    ServerDown,
+    ServerUp,
+    /// The kernel killed a process for memory.
+    OomKill,
+    /// The application logged its own error (its own 500, passed through).
+    AppError,
+}
+
+impl Event {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::Reload => "reload",
+            Event::Stop => "stop",
+            Event::WorkerStart => "worker_start",
+            Event::ServerDown => "server_down",
+            Event::ServerUp => "server_up",
+            Event::OomKill => "oom_kill",
+            Event::AppError => "app_error",
+        }
+    }
+}
+
+/// What a line says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// Recognised; nothing wrong (a 200 in an access log, an info line).
+    Fine,
+    /// A failure. `cause` is `None` when the line says something failed
+    /// but not why (a 502 in an access log, an unknown error message).
+    Failure {
+        cause: Option<Cause>,
+        /// The line reports a failure another line of the same peer
+        /// explains (an access-log 502, Apache's AH00898 after AH01102):
+        /// joined to that line instead of counted twice.
+        weak: bool,
+    },
+    /// The upstream application answered with its own 5xx, passed through
+    /// by the proxy: not a gateway failure.
+    AppAnswer,
+    Event(Event),
+}
+
+/// One recognised line.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub source: Source,
+    /// Unix seconds. Times without a zone (nginx, Apache, php-fpm) are
+    /// read as UTC.
+    pub time: Option<i64>,
+    pub kind: Kind,
+    pub status: Option<u16>,
+    pub upstream: Option<String>,
+    pub path: Option<String>,
+    pub request_id: Option<String>,
+    /// The identifier the classification rests on (`while reading response
+    /// header from upstream`, `AH01102`, `SH--`, `UF`), for the evidence.
+    pub marker: Option<String>,
+}
+
+impl Parsed {
+    fn new(source: Source, time: Option<i64>, kind: Kind) -> Parsed {
+        Parsed {
+            source,
+            time,
+            kind,
+            status: None,
+            upstream: None,
+            path: None,
+            request_id: None,
+            marker: None,
+        }
+    }
+
+    fn failure(source: Source, time: Option<i64>, cause: Option<Cause>) -> Parsed {
+        Parsed::new(source, time, Kind::Failure { cause, weak: false })
+    }
+
+    pub fn cause(&self) -> Option<Cause> {
+        match self.kind {
+            Kind::Failure { cause, .. } => cause,
+            _ => None,
+        }
+    }
+}
+
+/// Reads one line. `hint` is the source a bare access-log line (the
+/// combined format nginx, Apache and baton all write) is attributed to,
+/// from the file name. `None`: the line is in no known format.
+pub fn parse(line: &str, hint: Source) -> Option<Parsed> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let t = line.trim_start();
+    if t.starts_with('{')
+        && let Ok(v) = serde_json::from_str::<Value>(t)
+    {
+        return json_line(&v);
+    }
+    nginx_error(line)
+        .or_else(|| apache_error(line))
+        .or_else(|| haproxy(line))
+        .or_else(|| envoy(line))
+        .or_else(|| php_fpm(line))
+        .or_else(|| gunicorn(line))
+        .or_else(|| traefik_text(line))
+        .or_else(|| access(line, hint))
+        .or_else(|| other(line))
+}
+
+macro_rules! re {
+    ($name:ident, $re:literal) => {
+        static $name: LazyLock<Regex> = LazyLock::new(|| Regex::new($re).expect($re));
+    };
+}
+
+// ---------------------------------------------------------------- nginx
+
+re!(
+    NGINX,
+    r"^(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*)$"
+);
+re!(ERRNO, r"\((\d+): [^)]*\)");
+re!(NGX_UPSTREAM, r#", upstream: "([^"]*)""#);
+re!(NGX_REQUEST, r#", request: "(\S+) (\S+)"#);
+re!(NGX_RESOLVE, r"could not be resolved \((\d+):");
+
+fn nginx_error(line: &str) -> Option<Parsed> {
+    let c = NGINX.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6));
+    let level = &c[7];
+    let rest = &c[8];
+    let (msg, ctx) = rest.split_once(", client: ").unwrap_or((rest, ""));
+    let (head, action) = match msg.rfind(" while ") {
+        Some(i) => (&msg[..i], Some(&msg[i + 7..])),
+        None => (msg, None),
+    };
+    let phase = action.and_then(nginx_phase);
+    let upstream = NGX_UPSTREAM.captures(ctx).map(|c| c[1].to_string());
+    let unix = upstream.as_deref().is_some_and(|u| u.contains("unix:")) || head.contains("unix:");
+    let errno = ERRNO.captures(head).and_then(|c| c[1].parse::<i32>().ok());
+    let kind = nginx_kind(level, head, phase, errno, unix);
+    let mut p = Parsed::new(Source::Nginx, time, kind);
+    p.upstream = upstream.map(|u| upstream_addr(&u));
+    p.path = NGX_REQUEST.captures(ctx).map(|c| c[2].to_string());
+    p.marker = match (errno, action) {
+        (Some(e), Some(a)) => Some(format!("errno {e} while {a}")),
+        (None, Some(a)) => Some(format!("while {a}")),
+        (Some(e), None) => Some(format!("errno {e}")),
+        _ => None,
+    };
+    Some(p)
+}
+
+/// `http://[::1]:3000/api` -> `[::1]:3000`;
+/// `fastcgi://unix:/run/php.sock:` -> `unix:/run/php.sock`.
+fn upstream_addr(u: &str) -> String {
+    let rest = u.split_once("://").map_or(u, |(_, r)| r);
+    if let Some(path) = rest.strip_prefix("unix:") {
+        let path = path.split(':').next().unwrap_or(path);
+        return format!("unix:{path}");
+    }
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+/// nginx's log action names the phase (ngx_http_upstream.c).
+fn nginx_phase(action: &str) -> Option<Phase> {
+    Some(if action.starts_with("connecting to upstream") {
+        Phase::Connect
+    } else if action.starts_with("SSL handshaking") {
+        Phase::Tls
+    } else if action.starts_with("sending request to upstream")
+        || action.starts_with("sending to upstream")
+    {
+        Phase::WriteRequest
+    } else if action.starts_with("reading response header from upstream") {
+        Phase::ReadHead
+    } else if action.starts_with("reading upstream")
+        || action.starts_with("proxying")
+        || action.starts_with("reading from upstream")
+    {
+        Phase::ReadBody
+    } else {
+        return None;
+    })
+}
+
+fn nginx_kind(
+    level: &str,
+    msg: &str,
+    phase: Option<Phase>,
+    errno: Option<i32>,
+    unix: bool,
+) -> Kind {
+    let fail = |c: Cause| Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    };
+    if msg.contains("client intended to send too large body") {
+        return fail(Cause::BodyTooLarge);
+    }
+    if msg.contains("client prematurely closed")
+        || msg.contains("client closed")
+        || msg.contains("client timed out")
+    {
+        // A client abort (499) or a slow client (408): not an upstream fault.
+        return Kind::Fine;
+    }
+    if msg.contains("upstream server temporarily disabled") {
+        return Kind::Event(Event::ServerDown);
+    }
+    if msg.contains("no live upstreams") {
+        return fail(Cause::NoHealthyServer);
+    }
+    if let Some(c) = NGX_RESOLVE.captures(msg) {
+        // ngx_resolver_strerror: 110 is the resolver's own timeout.
+        return fail(if &c[1] == "110" {
+            Cause::DnsTimeout
+        } else {
+            Cause::DnsError
+        });
+    }
+    if msg.contains("no resolver defined") || msg.contains("host not found in upstream") {
+        return fail(Cause::DnsError);
+    }
+    if msg.contains("FastCGI sent in stderr") {
+        if msg.contains("Primary script unknown") {
+            return fail(Cause::ScriptNotFound);
+        }
+        return Kind::Event(Event::AppError);
+    }
+    if msg.contains("prematurely closed FastCGI") {
+        return fail(if phase == Some(Phase::ReadBody) {
+            Cause::ResponseIncomplete
+        } else {
+            Cause::FastCgiNoResponse
+        });
+    }
+    if msg.contains("upstream prematurely closed") {
+        return fail(if phase == Some(Phase::ReadBody) {
+            Cause::ResponseIncomplete
+        } else {
+            Cause::ConnectionTerminated
+        });
+    }
+    if msg.contains("upstream sent too big header") {
+        return fail(Cause::ResponseHeaderTooLarge);
+    }
+    if msg.starts_with("upstream sent ") || msg.contains(" upstream sent ") {
+        return fail(sniffed(msg).unwrap_or(Cause::ProtocolError));
+    }
+    if (phase == Some(Phase::Tls)
+        || msg.contains("SSL_do_handshake")
+        || msg.contains("SSL certificate"))
+        && let Some(c) = tls_text(msg)
+    {
+        return fail(c);
+    }
+    if msg.starts_with("open()") || msg.starts_with("stat()") || msg.contains("is not found") {
+        match errno {
+            Some(2) | Some(20) => return fail(Cause::FileNotFound),
+            Some(13) => return fail(Cause::Forbidden),
+            _ => {}
+        }
+        if msg.contains("is not found") {
+            return fail(Cause::FileNotFound);
+        }
+    }
+    if msg.contains("directory index of") && msg.contains("is forbidden") {
+        return fail(Cause::Forbidden);
+    }
+    if let Some(phase) = phase {
+        if msg.contains("timed out") {
+            return fail(Cause::from_errno(libc::ETIMEDOUT, phase, unix));
+        }
+        if let Some(e) = errno {
+            return fail(Cause::from_errno(e, phase, unix));
+        }
+    }
+    match level {
+        "error" | "crit" | "alert" | "emerg" => Kind::Failure {
+            cause: None,
+            weak: false,
+        },
+        _ => nginx_event(msg).map_or(Kind::Fine, Kind::Event),
+    }
+}
+
+fn nginx_event(msg: &str) -> Option<Event> {
+    Some(
+        if msg.starts_with("reconfiguring") || msg.starts_with("signal process started") {
+            Event::Reload
+        } else if msg.starts_with("start worker process")
+            && !msg.starts_with("start worker processes")
+        {
+            Event::WorkerStart
+        } else if msg.starts_with("using the ") && msg.contains("event method") {
+            Event::Start
+        } else if msg.starts_with("gracefully shutting down") || msg.starts_with("exiting") {
+            return None;
+        } else if msg.contains("exited on signal") {
+            Event::WorkerStart
+        } else {
+            return None;
+        },
+    )
+}
+
+/// A TLS failure from OpenSSL's or Go's wording (stable identifiers: alert
+/// names and numbers, `wrong version number`, `certificate`).
+fn tls_text(msg: &str) -> Option<Cause> {
+    let m = msg.to_ascii_lowercase();
+    Some(
+        if m.contains("certificate verify")
+            || m.contains("certificate does not match")
+            || m.contains("x509")
+            || m.contains("failed to verify certificate")
+            || m.contains("certificate has expired")
+            || m.contains("self signed")
+            || m.contains("self-signed")
+        {
+            Cause::TlsCertificate
+        } else if m.contains("alert number")
+            || m.contains("remote error: tls")
+            || m.contains("alert")
+        {
+            Cause::TlsAlert
+        } else if m.contains("wrong version number")
+            || m.contains("unknown protocol")
+            || m.contains("packet length too long")
+            || m.contains("record layer failure")
+            || m.contains("does not look like a tls handshake")
+            || m.contains("peer closed connection in ssl handshake")
+            || m.contains("ssl_do_handshake")
+            || m.contains("tls handshake")
+        {
+            Cause::TlsProtocol
+        } else {
+            return None;
+        },
+    )
+}
+
+/// What an invalid response's logged bytes show: an HTTP/2 SETTINGS frame
+/// or a TLS record, escaped as nginx and Go print them.
+fn sniffed(msg: &str) -> Option<Cause> {
+    if msg.contains(r"\x00\x00") && (msg.contains(r"\x04") || msg.contains("PRI * HTTP/2")) {
+        Some(Cause::UpstreamSpeaksHttp2)
+    } else if msg.contains(r"\x15\x03") || msg.contains(r"\x16\x03") {
+        Some(Cause::UpstreamSpeaksTls)
+    } else {
+        None
+    }
+}
+
+// --------------------------------------------------------------- Apache
+
+re!(
+    APACHE,
+    r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? (\d{4})\] \[(?:([\w.-]+):)?(\w+)\] (?:\[pid \d+(?::tid \d+)?\] )?(.*)$"
+);
+re!(APACHE_ERRNO, r"^\((\d+)\)[^:]*: ");
+re!(AH, r"AH(\d{5}): (.*)$");
+re!(
+    APACHE_TARGET,
+    r"(?:to|for|server|backend:?) \(?([\w.:\[\]*/-]+:\d+|unix:[^ )|]+)"
+);
+
+fn apache_error(line: &str) -> Option<Parsed> {
+    let c = APACHE.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(6), month(&c[1])?, n(2), n(3), n(4), n(5));
+    let module = c.get(7).map_or("", |m| m.as_str());
+    let level = &c[8];
+    let body = &c[9];
+    let errno = APACHE_ERRNO
+        .captures(body)
+        .and_then(|c| c[1].parse::<i32>().ok());
+    let (id, msg) = match AH.captures(body) {
+        Some(a) => (Some(a[1].to_string()), a.get(2).map_or("", |m| m.as_str())),
+        None => (None, body),
+    };
+    let kind = apache_kind(id.as_deref(), module, level, msg, errno);
+    let mut p = Parsed::new(Source::Apache, time, kind);
+    p.upstream = APACHE_TARGET.captures(msg).map(|c| c[1].to_string());
+    if let Some(i) = msg.find("returned by /") {
+        p.path = msg[i + 12..].split_whitespace().next().map(str::to_string);
+    }
+    p.marker = match (id, errno) {
+        (Some(id), Some(e)) => Some(format!("AH{id} ({e})")),
+        (Some(id), None) => Some(format!("AH{id}")),
+        (None, Some(e)) => Some(format!("({e})")),
+        _ => None,
+    };
+    Some(p)
+}
+
+/// APR status codes (70007 = APR_TIMEUP, 70014 = APR_EOF) onto errno.
+fn apr_errno(e: i32) -> i32 {
+    match e {
+        70007 => libc::ETIMEDOUT,
+        70014 => libc::ECONNRESET,
+        e => e,
+    }
+}
+
+fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Option<i32>) -> Kind {
+    let fail = |c: Cause| Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    };
+    let weak = |c: Option<Cause>| Kind::Failure {
+        cause: c,
+        weak: true,
+    };
+    let timed_out = errno == Some(70007);
+    let unix = msg.contains("Unix domain socket") || msg.contains("unix:");
+    match id.unwrap_or("") {
+        // error reading status line from remote server
+        "01102" => fail(if timed_out {
+            Cause::ResponseHeadTimeout
+        } else {
+            Cause::ConnectionTerminated
+        }),
+        // "Error reading from remote server" / "Timeout on 100-Continue":
+        // the companion of AH01102 that names the URL.
+        "00898" => weak(Some(if msg.contains("Timeout") {
+            Cause::ResponseHeadTimeout
+        } else {
+            Cause::ConnectionTerminated
+        })),
+        // attempt to connect to HOST (or a Unix socket) failed
+        "00957" | "02454" => fail(Cause::from_errno(
+            apr_errno(errno.unwrap_or(libc::ECONNREFUSED)),
+            Phase::Connect,
+            unix,
+        )),
+        // failed to make connection to backend (companion of AH00957)
+        "01114" | "01079" => weak(None),
+        "00959" => Kind::Event(Event::ServerDown),
+        // the worker is in error state: every request gets 503 until `retry`
+        "00940" => fail(Cause::NoHealthyServer),
+        "01067" => fail(Cause::FastCgiNoResponse),
+        "01075" => {
+            if timed_out {
+                fail(Cause::ResponseHeadTimeout)
+            } else {
+                weak(Some(Cause::FastCgiNoResponse))
+            }
+        }
+        "01097" => fail(Cause::from_errno(
+            apr_errno(errno.unwrap_or(libc::ECONNRESET)),
+            Phase::WriteRequest,
+            unix,
+        )),
+        "01106" | "01107" | "02429" | "01104" => fail(Cause::ProtocolError),
+        "01110" | "01111" => fail(Cause::ResponseIncomplete),
+        "01071" if msg.contains("Primary script unknown") => fail(Cause::ScriptNotFound),
+        "01071" => Kind::Event(Event::AppError),
+        "00128" | "00132" => fail(Cause::FileNotFound),
+        "01630" | "01797" | "00035" => fail(Cause::Forbidden),
+        "00489" | "00163" => Kind::Event(Event::Start),
+        "00493" | "00494" | "00497" => Kind::Event(Event::Reload),
+        "00491" | "00492" => Kind::Event(Event::Stop),
+        _ if module.starts_with("proxy") && errno.is_some() => fail(Cause::from_errno(
+            apr_errno(errno.unwrap_or(0)),
+            Phase::ReadHead,
+            unix,
+        )),
+        _ if msg.contains("SSL") || module == "ssl" => match tls_text(msg) {
+            Some(c) if module.starts_with("proxy") || msg.contains("proxy") => fail(c),
+            _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::Failure {
+                cause: None,
+                weak: false,
+            },
+            _ => Kind::Fine,
+        },
+        _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::Failure {
+            cause: None,
+            weak: false,
+        },
+        _ => Kind::Fine,
+    }
+}
+
+// -------------------------------------------------------------- HAProxy
+
+re!(
+    HAPROXY,
+    r#"(?:^|\s)\[?([\w.:\[\]-]+):(\d+)\]? \[(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)?\] (\S+) ([^/\s]+)/(\S+) (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/\+?(-?\d+) (-?\d+) \+?(\d+) \S+ \S+ ([A-Za-z-]{4}) .*?"(\S+) (\S+)"#
+);
+re!(
+    SYSLOG_TIME,
+    r"^(?:<\d+>)?(\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) \S+ haproxy\[\d+\]: (.*)$"
+);
+re!(
+    ISO_TIME,
+    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,]\d+)?\s?(Z|[+-]\d\d:?\d\d)?"
+);
+
+fn haproxy(line: &str) -> Option<Parsed> {
+    if let Some(c) = HAPROXY.captures(line) {
+        let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+        let time = epoch(n(5), month(&c[4])?, n(3), n(6), n(7), n(8));
+        let server = &c[11];
+        let status = c[17].parse::<i32>().ok();
+        let term = &c[19];
+        let kind = haproxy_kind(term, server, status);
+        let mut p = Parsed::new(Source::Haproxy, time, kind);
+        p.status = status.and_then(|s| u16::try_from(s).ok());
+        if server != "<NOSRV>" {
+            p.upstream = Some(format!("{}/{}", &c[10], server));
+        }
+        p.path = Some(c[21].to_string());
+        p.marker = Some(term.to_string());
+        return Some(p);
+    }
+    // HAProxy's own messages, usually through syslog.
+    let c = SYSLOG_TIME.captures(line)?;
+    let msg = &c[6];
+    let kind = if msg.contains(" is DOWN") || msg.contains("has no server available") {
+        Kind::Event(Event::ServerDown)
+    } else if msg.contains(" is UP") {
+        Kind::Event(Event::ServerUp)
+    } else if msg.contains("started.") {
+        Kind::Event(Event::Start)
+    } else if msg.contains("Reexecuting") || msg.contains("reload") {
+        Kind::Event(Event::Reload)
+    } else if msg.contains("stopped") || msg.contains("Stopping") {
+        Kind::Event(Event::Stop)
+    } else {
+        Kind::Fine
+    };
+    Some(Parsed::new(Source::Haproxy, syslog_time(line), kind))
+}
+
+/// HAProxy's termination state (doc/configuration.txt, "Session state at
+/// disconnection"): who ended the session, and in which phase.
+fn haproxy_kind(term: &str, server: &str, status: Option<i32>) -> Kind {
+    let b = term.as_bytes();
+    let fail = |c: Cause| Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    };
+    if server == "<NOSRV>" && status == Some(503) {
+        return fail(Cause::NoHealthyServer);
+    }
+    let cause = match (b[0], b[1]) {
+        (b'C' | b'c', _) => return Kind::Fine,
+        (b'L', _) => return Kind::Fine,
+        (b'S', b'C') => Some(Cause::ConnectionRefused),
+        (b's', b'C') => Some(Cause::ConnectionTimeout),
+        (b'S', b'H') => Some(Cause::ConnectionTerminated),
+        (b's', b'H') => Some(Cause::ResponseHeadTimeout),
+        (b'S', b'D' | b'L') => Some(Cause::ResponseIncomplete),
+        (b's', b'D' | b'L') => Some(Cause::ResponseBodyTimeout),
+        (b's' | b'S', b'Q') => Some(Cause::ConcurrencyLimit),
+        (b'P', b'H' | b'D') => Some(Cause::ProtocolError),
+        (b'R', _) => Some(Cause::ConnectError),
+        (b'I', _) => Some(Cause::Internal),
+        (b'D', _) => Some(Cause::NoHealthyServer),
+        _ => None,
+    };
+    match (cause, status) {
+        (Some(c), _) => fail(c),
+        (None, Some(s)) if s >= 500 && b[0] == b'-' => Kind::AppAnswer,
+        (None, Some(s)) if s >= 500 => Kind::Failure {
+            cause: None,
+            weak: false,
+        },
+        _ => Kind::Fine,
+    }
+}
+
+// ---------------------------------------------------------------- Envoy
+
+re!(
+    ENVOY,
+    r#"^\[(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d+)?Z?\] "(\S+) (\S+) [^"]*" (\d+) (\S+) \d+ \d+ \d+ \S+ "[^"]*" "[^"]*" "([^"]*)" "[^"]*" "([^"]*)""#
+);
+re!(
+    ENVOY_APP,
+    r"^\[(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)\.\d+\]\[\d+\]\[(\w+)\]\[(\w+)\] (.*)$"
+);
+
+fn envoy(line: &str) -> Option<Parsed> {
+    if let Some(c) = ENVOY.captures(line) {
+        let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+        let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6));
+        let status = c[9].parse::<u16>().ok();
+        let kind = envoy_kind(&c[10], status, line);
+        let mut p = Parsed::new(Source::Envoy, time, kind);
+        p.status = status;
+        p.path = Some(c[8].to_string());
+        p.request_id = Some(c[11].to_string()).filter(|s| s != "-" && !s.is_empty());
+        p.upstream = Some(c[12].to_string()).filter(|s| s != "-" && !s.is_empty());
+        p.marker = Some(c[10].to_string());
+        return Some(p);
+    }
+    let c = ENVOY_APP.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6));
+    let msg = &c[9];
+    let kind = if msg.contains("starting main dispatch loop") {
+        Kind::Event(Event::Start)
+    } else if msg.contains("shutting down") {
+        Kind::Event(Event::Stop)
+    } else if let Some(c) = reset_reason(msg) {
+        Kind::Failure {
+            cause: Some(c),
+            weak: false,
+        }
+    } else if matches!(&c[7], "error" | "critical") {
+        Kind::Failure {
+            cause: None,
+            weak: false,
+        }
+    } else {
+        Kind::Fine
+    };
+    Some(Parsed::new(Source::Envoy, time, kind))
+}
+
+/// Envoy's response flags (docs: access log, %RESPONSE_FLAGS%).
+fn envoy_kind(flags: &str, status: Option<u16>, line: &str) -> Kind {
+    let mut cause = None;
+    for f in flags.split(',') {
+        let c = match f {
+            "UF" | "URX" if line.contains("timeout") => Cause::ConnectionTimeout,
+            "UF" | "URX" => Cause::ConnectionRefused,
+            "UO" => Cause::ConcurrencyLimit,
+            "NR" => Cause::NoRoute,
+            "UH" => Cause::NoHealthyServer,
+            "UT" => Cause::ResponseHeadTimeout,
+            "UC" | "UR" => Cause::ConnectionTerminated,
+            "UPE" => Cause::ProtocolError,
+            "RL" => Cause::RateLimited,
+            "SI" | "UMSDR" => Cause::ResponseBodyTimeout,
+            "DF" => Cause::DnsError,
+            _ => continue,
+        };
+        // URX accompanies the flag that says why; keep the specific one.
+        if cause.is_none() || f != "URX" {
+            cause = Some(c);
+        }
+    }
+    match cause {
+        Some(c) => Kind::Failure {
+            cause: Some(c),
+            weak: false,
+        },
+        None if status.is_some_and(|s| s >= 500) && flags == "-" => Kind::AppAnswer,
+        None if status.is_some_and(|s| s >= 500) => Kind::Failure {
+            cause: None,
+            weak: false,
+        },
+        None => Kind::Fine,
+    }
+}
+
+/// Envoy's "upstream connect error or disconnect/reset before headers.
+/// reset reason: ..." text, in bodies and logs.
+fn reset_reason(msg: &str) -> Option<Cause> {
+    let r = &msg[msg.find("reset reason: ")? + 14..];
+    Some(if r.starts_with("connection timeout") {
+        Cause::ConnectionTimeout
+    } else if r.starts_with("remote connection failure") || r.starts_with("connection failure") {
+        if msg.contains("TLS") || msg.contains("CERTIFICATE") {
+            Cause::TlsCertificate
+        } else {
+            Cause::ConnectionRefused
+        }
+    } else if r.starts_with("connection termination") || r.starts_with("remote reset") {
+        Cause::ConnectionTerminated
+    } else if r.starts_with("overflow") {
+        Cause::ConcurrencyLimit
+    } else if r.starts_with("protocol error") {
+        Cause::ProtocolError
+    } else {
+        Cause::ConnectionTerminated
+    })
+}
+
+// ------------------------------------------------------ php-fpm, gunicorn
+
+re!(
+    FPM,
+    r"^\[(\d\d)-(\w{3})-(\d{4}) (\d\d):(\d\d):(\d\d)(?:\.\d+)?\] (\w+): (?:\[pool ([^\]]+)\] )?(.*)$"
+);
+
+fn php_fpm(line: &str) -> Option<Parsed> {
+    let c = FPM.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(3), month(&c[2])?, n(1), n(4), n(5), n(6));
+    let level = &c[7];
+    let msg = &c[9];
+    let fail = |c: Cause| Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    };
+    let kind = if msg.contains("exited on signal") {
+        // SIGTERM/SIGQUIT are FPM's own stops and reloads.
+        if msg.contains("SIGTERM") || msg.contains("SIGQUIT") || msg.contains("(signal 15)") {
+            Kind::Fine
+        } else {
+            fail(Cause::FastCgiNoResponse)
+        }
+    } else if msg.contains("execution timed out") {
+        fail(Cause::FastCgiNoResponse)
+    } else if msg.contains("max_children") || msg.contains("seems busy") {
+        fail(Cause::UpstreamBusy)
+    } else if msg.contains("ready to handle connections") || msg.contains("fpm is running") {
+        Kind::Event(Event::Start)
+    } else if msg.contains("Reloading in progress") {
+        Kind::Event(Event::Reload)
+    } else if msg.starts_with("Terminating") || msg.contains("exiting, bye-bye") {
+        Kind::Event(Event::Stop)
+    } else if matches!(level, "ERROR" | "ALERT" | "EMERGENCY") {
+        Kind::Failure {
+            cause: None,
+            weak: false,
+        }
+    } else {
+        Kind::Fine
+    };
+    let mut p = Parsed::new(Source::PhpFpm, time, kind);
+    p.upstream = c.get(8).map(|m| format!("pool {}", m.as_str()));
+    if let Some(i) = msg.find("(request: \"") {
+        p.path = msg[i + 11..]
+            .split_whitespace()
+            .nth(1)
+            .map(|s| s.trim_end_matches(['"', ')']).to_string());
+    }
+    Some(p)
+}
+
+re!(
+    GUNICORN,
+    r"^\[(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) ([+-]\d{4})\] \[\d+\] \[(\w+)\] (.*)$"
+);
+
+fn gunicorn(line: &str) -> Option<Parsed> {
+    let c = GUNICORN.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6)).map(|t| t - offset(&c[7]));
+    let msg = &c[9];
+    let fail = |c: Cause| Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    };
+    // A killed worker drops its connection: the proxy sees a close, so
+    // gunicorn's WORKER TIMEOUT shows up as a 502, not a 504.
+    let kind = if msg.contains("WORKER TIMEOUT")
+        || msg.contains("was sent SIGKILL")
+        || msg.contains("was sent code 9")
+    {
+        fail(Cause::ConnectionTerminated)
+    } else if msg.contains("Worker failed to boot") || msg.contains("App failed to load") {
+        fail(Cause::ConnectionRefused)
+    } else if msg.contains("Booting worker") {
+        Kind::Event(Event::WorkerStart)
+    } else if msg.contains("Handling signal: hup") {
+        Kind::Event(Event::Reload)
+    } else if msg.starts_with("Starting gunicorn") {
+        Kind::Event(Event::Start)
+    } else if msg.starts_with("Shutting down") {
+        Kind::Event(Event::Stop)
+    } else if msg.starts_with("Error handling request") || msg.starts_with("Exception in worker") {
+        Kind::Event(Event::AppError)
+    } else if matches!(&c[8], "ERROR" | "CRITICAL") {
+        Kind::Failure {
+            cause: None,
+            weak: false,
+        }
+    } else {
+        Kind::Fine
+    };
+    Some(Parsed::new(Source::Gunicorn, time, kind))
+}
+
+// -------------------------------------------------------------- Traefik
+
+re!(
+    TRAEFIK_LOGRUS,
+    r#"^time="([^"]+)" level=(\w+) msg="((?:[^"\\]|\\.)*)""#
+);
+re!(
+    TRAEFIK_ZEROLOG,
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S*) (TRC|DBG|INF|WRN|ERR|FTL) (.*)$"
+);
+
+fn traefik_text(line: &str) -> Option<Parsed> {
+    let (time, level, msg) = if let Some(c) = TRAEFIK_LOGRUS.captures(line) {
+        (
+            iso_time(&c[1]),
+            c[2].to_string(),
+            c[3].replace("\\\"", "\""),
+        )
+    } else if let Some(c) = TRAEFIK_ZEROLOG.captures(line) {
+        (iso_time(&c[1]), c[2].to_ascii_lowercase(), c[3].to_string())
+    } else {
+        return None;
+    };
+    let kind = traefik_kind(&level, &msg);
+    Some(Parsed::new(Source::Traefik, time, kind))
+}
+
+fn traefik_kind(level: &str, msg: &str) -> Kind {
+    if let Some(c) = go_error(msg) {
+        // Traefik logs its proxy errors ("'502 Bad Gateway' caused by: ...",
+        // "502 Bad Gateway error=...") at debug level.
+        return Kind::Failure {
+            cause: Some(c),
+            weak: false,
+        };
+    }
+    if msg.contains("Configuration loaded") || msg.contains("configuration received") {
+        Kind::Event(Event::Reload)
+    } else if msg.contains("Starting provider") || msg.contains("Traefik version") {
+        Kind::Event(Event::Start)
+    } else if matches!(level, "error" | "err" | "fatal" | "ftl") {
+        Kind::Failure {
+            cause: None,
+            weak: false,
+        }
+    } else {
+        Kind::Fine
+    }
+}
+
+/// A Go net/http, net or crypto/tls error (Caddy, Traefik, any Go proxy),
+/// by its stable parts.
+pub fn go_error(msg: &str) -> Option<Cause> {
+    let m = msg;
+    Some(if m.contains("no such host") {
+        Cause::DnsError
+    } else if m.contains("lookup ") && (m.contains("i/o timeout") || m.contains("timeout")) {
+        Cause::DnsTimeout
+    } else if m.contains("lookup ") && m.contains("server misbehaving") {
+        Cause::DnsError
+    } else if m.contains("dial unix") && m.contains("no such file or directory") {
+        Cause::SocketNotFound
+    } else if m.contains("dial unix") && m.contains("permission denied") {
+        Cause::SocketPermission
+    } else if m.contains("resource temporarily unavailable") {
+        Cause::UpstreamBusy
+    } else if m.contains("connection refused") {
+        Cause::ConnectionRefused
+    } else if m.contains("dial tcp") && m.contains("timeout") {
+        Cause::ConnectionTimeout
+    } else if m.contains("no route to host")
+        || m.contains("network is unreachable")
+        || m.contains("cannot assign requested address")
+    {
+        Cause::ConnectError
+    } else if m.contains("timeout awaiting response headers") {
+        Cause::ResponseHeadTimeout
+    } else if m.contains("response headers exceeded") || m.contains("header too large") {
+        Cause::ResponseHeaderTooLarge
+    } else if m.contains("malformed HTTP") {
+        sniffed(m).unwrap_or(Cause::ProtocolError)
+    } else if m.contains("x509:") || m.contains("tls:") || m.contains("remote error") {
+        tls_text(m).unwrap_or(Cause::TlsProtocol)
+    } else if m.contains("no upstreams available") {
+        Cause::NoHealthyServer
+    } else if m.contains("unexpected EOF") && m.contains("body") {
+        Cause::ResponseIncomplete
+    } else if m.contains("connection reset by peer")
+        || m.contains("broken pipe")
+        || m.contains("EOF")
+        || m.contains("server closed idle connection")
+        || m.contains("transport connection broken")
+    {
+        Cause::ConnectionTerminated
+    } else if m.contains("context deadline exceeded") {
+        Cause::ResponseHeadTimeout
+    } else {
+        reset_reason(m)?
+    })
+}
+
+// ----------------------------------------------------------- JSON lines
+
+fn json_line(v: &Value) -> Option<Parsed> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str);
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+    };
+    // baton's failure record and JSON access log.
+    if s("proxy_status").is_some() && v.get("attempt").is_some() {
+        let mut p = Parsed::failure(
+            Source::Baton,
+            s("time").and_then(iso_time),
+            s("cause").and_then(Cause::from_id),
+        );
+        p.status = num("status");
+        p.upstream = s("server").or(s("upstream")).map(str::to_string);
+        p.path = s("path").map(str::to_string);
+        p.request_id = s("request_id").map(str::to_string);
+        p.marker = s("details").map(str::to_string);
+        return Some(p);
+    }
+    if v.get("attempts").is_some() && v.get("request_id").is_some() {
+        let status = num("status");
+        let cause = s("cause").and_then(Cause::from_id);
+        let kind = match (status, cause) {
+            (_, Some(c)) => Kind::Failure {
+                cause: Some(c),
+                weak: true,
+            },
+            (Some(s), None) if s >= 500 => Kind::AppAnswer,
+            _ => Kind::Fine,
+        };
+        let mut p = Parsed::new(Source::Baton, s("time").and_then(iso_time), kind);
+        p.status = status;
+        p.upstream = s("server").or(s("upstream")).map(str::to_string);
+        p.path = s("path").map(str::to_string);
+        p.request_id = s("request_id").map(str::to_string);
+        return Some(p);
+    }
+    // baton's own events (tracing JSON).
+    if v.get("target")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.starts_with("baton"))
+    {
+        let msg = v
+            .pointer("/fields/message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let kind = if msg == "config reloaded" {
+            Kind::Event(Event::Reload)
+        } else if msg == "baton serving" {
+            Kind::Event(Event::Start)
+        } else if msg.starts_with("shutting down") {
+            Kind::Event(Event::Stop)
+        } else if msg == "backend started" {
+            Kind::Event(Event::WorkerStart)
+        } else if msg.starts_with("backend exited")
+            || msg.contains("crash loop")
+            || msg.starts_with("health check: server down")
+            || msg == "server ejected"
+        {
+            Kind::Event(Event::ServerDown)
+        } else if msg.starts_with("health check: server up") {
+            Kind::Event(Event::ServerUp)
+        } else {
+            Kind::Fine
+        };
+        let mut p = Parsed::new(Source::Baton, s("timestamp").and_then(iso_time), kind);
+        p.upstream = v
+            .pointer("/fields/upstream")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        return Some(p);
+    }
+    // Caddy: {"level","ts","logger","msg",...}.
+    if let Some(logger) = s("logger").filter(|l| l.starts_with("http") || l.starts_with("tls")) {
+        let time = v.get("ts").and_then(|t| {
+            t.as_f64()
+                .map(|f| f as i64)
+                .or_else(|| t.as_str().and_then(iso_time))
+        });
+        let status = num("status");
+        let msg = s("msg").unwrap_or("");
+        let err = s("error").unwrap_or(msg);
+        let kind = if logger.starts_with("http.log.access") {
+            match status {
+                Some(x) if x >= 500 => Kind::Failure {
+                    cause: None,
+                    weak: true,
+                },
+                _ => Kind::Fine,
+            }
+        } else if msg == "aborting with incomplete response" {
+            Kind::Failure {
+                cause: Some(Cause::ResponseIncomplete),
+                weak: false,
+            }
+        } else if s("level").is_some_and(|l| l == "error") {
+            // http.log.error is the one line per failed request; the
+            // reverse_proxy handler's own line about it is its companion.
+            Kind::Failure {
+                cause: go_error(err),
+                weak: logger.starts_with("http.handlers"),
+            }
+        } else if msg.contains("server running") || msg.contains("serving initial configuration") {
+            Kind::Event(Event::Start)
+        } else if msg.contains("load complete") {
+            Kind::Event(Event::Reload)
+        } else {
+            Kind::Fine
+        };
+        let mut p = Parsed::new(Source::Caddy, time, kind);
+        p.status = status;
+        p.upstream = s("upstream").map(str::to_string);
+        p.path = v
+            .pointer("/request/uri")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        p.request_id = v
+            .pointer("/request/headers/X-Request-Id/0")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        p.marker = Some(err.to_string()).filter(|e| !e.is_empty());
+        return Some(p);
+    }
+    // Traefik's JSON access log.
+    if let Some(down) = num("DownstreamStatus") {
+        let origin = num("OriginStatus").unwrap_or(0);
+        let kind = if down >= 500 {
+            // Traefik reports its own 502s as OriginStatus too (traefik
+            // #13609), so the app's log line, when there is one, decides.
+            Kind::Failure {
+                cause: None,
+                weak: true,
+            }
+        } else {
+            Kind::Fine
+        };
+        let mut p = Parsed::new(
+            Source::Traefik,
+            s("StartUTC").or(s("time")).and_then(iso_time),
+            kind,
+        );
+        p.status = Some(down);
+        p.upstream = s("ServiceURL").or(s("ServiceAddr")).map(str::to_string);
+        p.path = s("RequestPath").map(str::to_string);
+        p.request_id = s("request_X-Request-Id").map(str::to_string);
+        p.marker = Some(format!("OriginStatus {origin}"));
+        return Some(p);
+    }
+    // Traefik's JSON log: {"level","error","time","message"}.
+    if s("level").is_some() && (s("message").is_some() || s("msg").is_some()) {
+        let msg = format!(
+            "{} {}",
+            s("message").or(s("msg")).unwrap_or(""),
+            s("error").unwrap_or("")
+        );
+        let kind = traefik_kind(s("level").unwrap_or(""), &msg);
+        return Some(Parsed::new(
+            Source::Traefik,
+            s("time").and_then(iso_time),
+            kind,
+        ));
+    }
+    // Envoy's JSON access log (field names as in its docs' examples).
+    if let Some(flags) = s("response_flags") {
+        let status = num("response_code");
+        let mut p = Parsed::new(
+            Source::Envoy,
+            s("start_time").and_then(iso_time),
+            envoy_kind(flags, status, &v.to_string()),
+        );
+        p.status = status;
+        p.upstream = s("upstream_host").map(str::to_string);
+        p.path = s("path").map(str::to_string);
+        p.request_id = s("x_request_id").or(s("request_id")).map(str::to_string);
+        p.marker = Some(flags.to_string());
+        return Some(p);
+    }
+    None
+}
+
+// ------------------------------------------------ access logs, fallback
+
+re!(
+    ACCESS,
+    r#"^(\S+) \S+ \S+ \[(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?: ([+-]\d{4}))?\] "(?:(\S+) (\S+)[^"]*|[^"]*)" (\d{3}) (\S+)(.*)$"#
+);
+re!(
+    TRAEFIK_CLF_TAIL,
+    r#"^ "[^"]*" "[^"]*" \d+ "([^"]*)" "([^"]*)" \d+ms"#
+);
+re!(
+    UPSTREAM_ADDR,
+    r"(?:^|\s)((?:\d{1,3}\.){3}\d{1,3}:\d+|\[[0-9a-f:]+\]:\d+|unix:\S+)"
+);
+
+/// The common and combined formats (nginx, Apache, baton, Traefik's CLF
+/// with its router and service appended).
+fn access(line: &str, hint: Source) -> Option<Parsed> {
+    let c = ACCESS.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let time = epoch(n(4), month(&c[3])?, n(2), n(5), n(6), n(7))
+        .map(|t| t - c.get(8).map_or(0, |o| offset(o.as_str())));
+    let status = c[11].parse::<u16>().ok();
+    let tail = c.get(13).map_or("", |m| m.as_str());
+    let traefik = TRAEFIK_CLF_TAIL.captures(tail);
+    let source = if traefik.is_some() {
+        Source::Traefik
+    } else {
+        hint
+    };
+    let kind = match status {
+        Some(s) if s >= 500 => Kind::Failure {
+            cause: None,
+            weak: true,
+        },
+        _ => Kind::Fine,
+    };
+    let mut p = Parsed::new(source, time, kind);
+    p.status = status;
+    p.path = c.get(10).map(|m| m.as_str().to_string());
+    p.upstream = match traefik {
+        Some(t) => Some(t[2].to_string()),
+        // ingress-nginx and many custom formats append $upstream_addr.
+        None => UPSTREAM_ADDR.captures(tail).map(|u| u[1].to_string()),
+    };
+    Some(p)
+}
+
+re!(OS_ERROR, r"os error (\d+)");
+re!(
+    CONNECTING,
+    r"connecting|connect\(|connect:|connect to|\bdial"
+);
+re!(
+    OOM,
+    r"Out of memory: Killed process \d+ \(([^)]+)\)|oom-kill:.*task=([^,\s]+)"
+);
+
+/// A line in no known format: still classified when it carries a known
+/// failure (a Go or Rust proxy's error, nginx-style wording in another
+/// product's log). `None` when it does not.
+fn other(line: &str) -> Option<Parsed> {
+    let time = iso_time(line);
+    if let Some(c) = OOM.captures(line) {
+        // The kernel's OOM killer: the usual reason a worker vanished.
+        let mut p = Parsed::new(
+            Source::Kernel,
+            time.or_else(|| syslog_time(line)),
+            Kind::Event(Event::OomKill),
+        );
+        p.upstream = c.get(1).or(c.get(2)).map(|m| m.as_str().to_string());
+        return Some(p);
+    }
+    let cause = go_error(line).or_else(|| {
+        let errno = OS_ERROR
+            .captures(line)
+            .or_else(|| ERRNO.captures(line))
+            .and_then(|c| c[1].parse::<i32>().ok())?;
+        let l = line.to_ascii_lowercase();
+        let phase = if CONNECTING.is_match(&l) {
+            Phase::Connect
+        } else if l.contains("body") {
+            Phase::ReadBody
+        } else if l.contains("write") || l.contains("send") {
+            Phase::WriteRequest
+        } else {
+            Phase::ReadHead
+        };
+        Some(Cause::from_errno(errno, phase, l.contains("unix")))
+    })?;
+    let mut p = Parsed::failure(Source::Other, time, Some(cause));
+    p.upstream = UPSTREAM_ADDR.captures(line).map(|u| u[1].to_string());
+    Some(p)
+}
+
+// ----------------------------------------------------------------- time
+
+fn month(m: &str) -> Option<i64> {
+    const M: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    M.iter().position(|x| *x == m).map(|i| i as i64 + 1)
+}
+
+/// `+0100` or `+01:00` in seconds.
+fn offset(o: &str) -> i64 {
+    let d: String = o.chars().filter(char::is_ascii_digit).collect();
+    let v = d.parse::<i64>().unwrap_or(0);
+    let secs = (v / 100) * 3600 + (v % 100) * 60;
+    if o.starts_with('-') { -secs } else { secs }
+}
+
+/// RFC 3339 / ISO 8601 anywhere in `s`, to Unix seconds.
+pub fn iso_time(s: &str) -> Option<i64> {
+    let c = ISO_TIME.captures(s)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let t = epoch(n(1), n(2), n(3), n(4), n(5), n(6))?;
+    Some(match c.get(7).map(|m| m.as_str()) {
+        Some("Z") | None => t,
+        Some(o) => t - offset(o),
+    })
+}
+
+/// Unix seconds of a civil UTC time (Howard Hinnant's days_from_civil; by
+/// hand for the same reason as `log::civil`).
+pub fn epoch(y: i64, m: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+re!(
+    SYSLOG,
+    r"^(?:<\d+>)?(\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) "
+);
+
+/// A syslog line's time (`Nov 20 10:02:07`), in this year: syslog lines
+/// carry none.
+fn syslog_time(line: &str) -> Option<i64> {
+    let c = SYSLOG.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    let year = crate::log::now()[..4].parse().unwrap_or(1970);
+    epoch(year, month(&c[1])?, n(2), n(3), n(4), n(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_matches_the_log_writer() {
+        assert_eq!(epoch(2023, 11, 14, 22, 13, 20), Some(1_700_000_000));
+        assert_eq!(iso_time("2023-11-14T23:13:20+01:00"), Some(1_700_000_000));
+        assert_eq!(epoch(1970, 1, 1, 0, 0, 0), Some(0));
+        assert_eq!(epoch(2024, 2, 29, 0, 0, 0), Some(1_709_164_800));
+    }
+}

@@ -1,0 +1,1261 @@
+//! `baton logs`: what broke, since when, how often, and the fix, read from
+//! any proxy's logs.
+//!
+//! Owns: reading files (plain, `.gz`, stdin, `--follow`), joining the lines
+//! that report one failure twice (an nginx error line and its access-log
+//! 502; Apache's AH01102 and AH00898; baton's failure record and access
+//! line), the summary, and its three renderings (text, `--json`,
+//! `--report FILE.md`).
+//! Must not: classify (that is [`formats`], onto the one [`Cause`] enum).
+
+pub mod formats;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cause::Cause;
+use crate::term::{Paint, Progress};
+pub use formats::{Event, Kind, Parsed, Source};
+
+/// One line worth reporting: a failure, an application's own error answer,
+/// or an event.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub file: usize,
+    pub line: usize,
+    pub text: String,
+    pub p: Parsed,
+    /// For a line joined to the one that explains the same failure: that
+    /// line's index in `entries`.
+    pub joined: Option<usize>,
+}
+
+impl Entry {
+    fn is_failure(&self) -> bool {
+        matches!(self.p.kind, Kind::Failure { .. })
+    }
+    fn weak(&self) -> bool {
+        matches!(self.p.kind, Kind::Failure { weak: true, .. })
+    }
+}
+
+/// Everything read, ready to summarise.
+#[derive(Default)]
+pub struct Analysis {
+    pub files: Vec<String>,
+    pub lines: usize,
+    pub entries: Vec<Entry>,
+    /// Lines in no known format.
+    pub unrecognised: usize,
+    pub unrecognised_samples: Vec<(usize, usize, String)>,
+}
+
+const SAMPLE_CHARS: usize = 400;
+
+fn clip(s: &str) -> String {
+    if s.len() <= SAMPLE_CHARS {
+        return s.to_string();
+    }
+    let mut end = SAMPLE_CHARS;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The source a bare combined-format access line is attributed to.
+pub fn hint_for(name: &str) -> Source {
+    let n = name.to_ascii_lowercase();
+    if n.contains("apache") || n.contains("httpd") {
+        Source::Apache
+    } else if n.contains("traefik") {
+        Source::Traefik
+    } else if n.contains("baton") {
+        Source::Baton
+    } else {
+        Source::Nginx
+    }
+}
+
+impl Analysis {
+    /// Reads one line of file number `file`.
+    pub fn add(&mut self, file: usize, line: usize, text: &str, hint: Source) -> Option<&Entry> {
+        self.lines += 1;
+        if text.trim().is_empty() {
+            return None;
+        }
+        match formats::parse(text, hint) {
+            None => {
+                self.unrecognised += 1;
+                if self.unrecognised_samples.len() < 10 {
+                    self.unrecognised_samples.push((file, line, clip(text)));
+                }
+                None
+            }
+            Some(p) if p.kind == Kind::Fine => None,
+            Some(p) => {
+                self.entries.push(Entry {
+                    file,
+                    line,
+                    text: clip(text.trim_end()),
+                    p,
+                    joined: None,
+                });
+                self.entries.last()
+            }
+        }
+    }
+
+    /// Joins each weak line (an access-log 5xx, a companion line) to the
+    /// line of the same peer that explains the same failure: the same
+    /// request ID, or within two seconds and for the same path. A joined
+    /// line is not counted again; the explaining line takes its status.
+    pub fn join(&mut self) {
+        let strong: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].is_failure() && !self.entries[i].weak())
+            .collect();
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for &i in &strong {
+            if let Some(id) = &self.entries[i].p.request_id {
+                by_id.entry(id.as_str()).or_insert(i);
+            }
+        }
+        // Each strong line takes at most one access line (with a status)
+        // and one companion (without).
+        let mut taken: HashMap<(usize, bool), ()> = HashMap::new();
+        let mut links = Vec::new();
+        for w in 0..self.entries.len() {
+            let e = &self.entries[w];
+            if !e.weak() {
+                continue;
+            }
+            let with_status = e.p.status.is_some();
+            let by_request =
+                e.p.request_id
+                    .as_deref()
+                    .and_then(|id| by_id.get(id).copied());
+            let found = by_request.or_else(|| {
+                let t = e.p.time?;
+                strong
+                    .iter()
+                    .copied()
+                    .filter(|&s| {
+                        let c = &self.entries[s];
+                        c.p.source == e.p.source
+                            && !taken.contains_key(&(s, with_status))
+                            && c.p.time.is_some_and(|ct| (ct - t).abs() <= 2)
+                            && match (&c.p.path, &e.p.path) {
+                                (Some(a), Some(b)) => a == b,
+                                _ => true,
+                            }
+                    })
+                    .min_by_key(|&s| (self.entries[s].p.time.unwrap_or(0) - t).abs())
+            });
+            if let Some(s) = found {
+                taken.insert((s, with_status), ());
+                links.push((w, s));
+            }
+        }
+        for (w, s) in links {
+            let weak = self.entries[w].p.clone();
+            let e = &mut self.entries[s];
+            e.p.status = e.p.status.or(weak.status);
+            e.p.path = e.p.path.take().or(weak.path);
+            e.p.upstream = e.p.upstream.take().or(weak.upstream);
+            e.p.request_id = e.p.request_id.take().or(weak.request_id);
+            self.entries[w].joined = Some(s);
+        }
+    }
+
+    /// Failure lines that count (not joined to another), by group.
+    pub fn groups(&self) -> Vec<Group> {
+        let mut map: HashMap<GroupKey, Group> = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.joined.is_some() {
+                continue;
+            }
+            let key = match e.p.kind {
+                Kind::Failure { cause, .. } => GroupKey::Cause(cause),
+                Kind::AppAnswer => GroupKey::App,
+                Kind::Event(_) | Kind::Fine => continue,
+            };
+            map.entry(key).or_insert_with(|| Group::new(key)).add(i, e);
+        }
+        let mut v: Vec<Group> = map.into_values().collect();
+        // Ranked by count; the unclassified and the application's own
+        // answers after the gateway causes of the same count.
+        v.sort_by_key(|g| (std::cmp::Reverse(g.count), g.key.rank(), g.first));
+        v
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = (&Entry, Event)> {
+        self.entries.iter().filter_map(|e| match e.p.kind {
+            Kind::Event(ev) if ev != Event::AppError => Some((e, ev)),
+            _ => None,
+        })
+    }
+
+    pub fn unclassified(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.joined.is_none() && matches!(e.p.kind, Kind::Failure { cause: None, .. }))
+            .count()
+    }
+
+    pub fn failures(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.joined.is_none() && e.is_failure())
+            .count()
+    }
+
+    fn span(&self) -> Option<(i64, i64)> {
+        let times = self
+            .entries
+            .iter()
+            .filter(|e| e.joined.is_none() && e.is_failure())
+            .filter_map(|e| e.p.time);
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for t in times {
+            lo = lo.min(t);
+            hi = hi.max(t);
+        }
+        (lo <= hi).then_some((lo, hi))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupKey {
+    Cause(Option<Cause>),
+    App,
+}
+
+impl GroupKey {
+    fn rank(self) -> u8 {
+        match self {
+            GroupKey::Cause(Some(_)) => 0,
+            GroupKey::Cause(None) => 1,
+            GroupKey::App => 2,
+        }
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            GroupKey::Cause(Some(c)) => c.id(),
+            GroupKey::Cause(None) => "unclassified",
+            GroupKey::App => "application_error",
+        }
+    }
+}
+
+/// The lines of one cause.
+pub struct Group {
+    pub key: GroupKey,
+    pub count: usize,
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    pub times: Vec<i64>,
+    pub sources: Vec<(Source, usize)>,
+    pub statuses: Vec<(u16, usize)>,
+    pub upstreams: Vec<(String, usize)>,
+    pub paths: Vec<(String, usize)>,
+    pub samples: Vec<usize>,
+}
+
+fn bump<K: PartialEq>(v: &mut Vec<(K, usize)>, k: K) {
+    match v.iter_mut().find(|(x, _)| *x == k) {
+        Some((_, n)) => *n += 1,
+        None => v.push((k, 1)),
+    }
+}
+
+impl Group {
+    fn new(key: GroupKey) -> Group {
+        Group {
+            key,
+            count: 0,
+            first: None,
+            last: None,
+            times: Vec::new(),
+            sources: Vec::new(),
+            statuses: Vec::new(),
+            upstreams: Vec::new(),
+            paths: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, i: usize, e: &Entry) {
+        self.count += 1;
+        if let Some(t) = e.p.time {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+            self.times.push(t);
+        }
+        bump(&mut self.sources, e.p.source);
+        if let Some(s) = e.p.status {
+            bump(&mut self.statuses, s);
+        }
+        if let Some(u) = &e.p.upstream {
+            bump(&mut self.upstreams, u.clone());
+        }
+        if let Some(p) = &e.p.path {
+            bump(&mut self.paths, p.clone());
+        }
+        // The first two and the latest.
+        if self.samples.len() < 3 {
+            self.samples.push(i);
+        } else {
+            self.samples[2] = i;
+        }
+    }
+
+    fn finish(&mut self) {
+        for v in [&mut self.upstreams, &mut self.paths] {
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
+        self.sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+        self.statuses.sort_by_key(|s| std::cmp::Reverse(s.1));
+    }
+
+    pub fn cause(&self) -> Option<Cause> {
+        match self.key {
+            GroupKey::Cause(c) => c,
+            GroupKey::App => None,
+        }
+    }
+
+    /// The fix in the words of the peer that logged most of the lines.
+    pub fn fix(&self) -> String {
+        let source = self.sources.first().map(|s| s.0);
+        match (self.key, source) {
+            (GroupKey::Cause(Some(c)), Some(s)) => fix_for(s, c).to_string(),
+            (GroupKey::Cause(None), _) => "Read the sample lines: baton does not know this message yet. The proxy's error log at the same time (or its debug log) usually names the cause.".into(),
+            (GroupKey::App, _) => "The application answered with this error itself and the proxy passed it through: read the application's own log at these times.".into(),
+            (GroupKey::Cause(Some(c)), None) => c.fix().to_string(),
+        }
+    }
+
+    pub fn title(&self) -> String {
+        match self.key {
+            GroupKey::Cause(Some(c)) => c.title().to_string(),
+            GroupKey::Cause(None) => "A failure baton cannot classify".into(),
+            GroupKey::App => "The application's own error answers".into(),
+        }
+    }
+
+    pub fn why(&self) -> &'static str {
+        match self.key {
+            GroupKey::Cause(Some(c)) => c.seen_when(),
+            GroupKey::Cause(None) => {
+                "The line reports a failure (an error level, a 5xx status) in words baton has no rule for."
+            }
+            GroupKey::App => {
+                "The upstream answered; the error page or JSON is the application's own."
+            }
+        }
+    }
+}
+
+/// The cause's fix, in the configuration words of the peer that logged it
+/// (an nginx user needs `proxy_buffer_size`, not baton's key). Falls back
+/// to the cause's own fix.
+pub fn fix_for(source: Source, c: Cause) -> &'static str {
+    use Cause::*;
+    use Source::*;
+    match (source, c) {
+        (Nginx, ResponseHeaderTooLarge) => {
+            "Raise proxy_buffer_size together with proxy_buffers and proxy_busy_buffers_size (e.g. 16k; 8 16k; 32k), or fastcgi_buffer_size/fastcgi_buffers for PHP; or shrink the app's cookies and headers."
+        }
+        (Nginx, ConnectionTerminated) => {
+            "If the connection was reused: keep nginx's upstream keepalive_timeout shorter than the app's idle timeout (Node 5s, gunicorn 2s). Otherwise the app dropped it: look for killed or crashed workers in the app's log at the same time."
+        }
+        (Nginx, ResponseHeadTimeout) => {
+            "Find the slow request in the app (its slow log). Raise proxy_read_timeout (fastcgi_read_timeout) only deliberately, and keep it below any outer load balancer's idle timeout."
+        }
+        (Nginx, DnsError) | (Nginx, DnsTimeout) => {
+            "nginx resolves a proxy_pass name once at start: add `resolver` and put the name in a variable, or `server NAME resolve;` in the upstream block (nginx 1.27.3+); check the name with `dig NAME`."
+        }
+        (Nginx, NoHealthyServer) => {
+            "nginx marked every server failed after earlier errors (max_fails, fail_timeout): fix the first error before these lines; avoid a lone server with max_fails."
+        }
+        (Nginx, SocketPermission) => {
+            "Let nginx's user connect: the PHP-FPM pool's listen.owner and listen.group = www-data (nginx's user), listen.mode = 0660; check parent directories with `namei -l SOCKET`; on SELinux, the audit log."
+        }
+        (Nginx, SocketNotFound) => {
+            "Make fastcgi_pass/proxy_pass name the socket the pool really creates (its `listen`, e.g. /run/php/php8.2-fpm.sock after a PHP upgrade), and start the service."
+        }
+        (Nginx, ConnectError) => {
+            "Errno 99: no free local ports; turn on `keepalive` in the upstream block. Errno 13 on TCP: SELinux, `setsebool -P httpd_can_network_connect 1`. 113/101: routing to the upstream."
+        }
+        (Nginx, TlsAlert) => {
+            "The upstream wants SNI: `proxy_ssl_server_name on;` and `proxy_ssl_name HOST;`."
+        }
+        (Nginx, TlsCertificate) => {
+            "Fix the upstream's certificate chain, or make proxy_ssl_name the name on the certificate (and proxy_ssl_trusted_certificate its CA)."
+        }
+        (Nginx, UpstreamBusy) | (PhpFpm, UpstreamBusy) => {
+            "Every PHP-FPM worker is busy: raise pm.max_children (each child's memory x max_children must fit), listen.backlog and net.core.somaxconn, or find what makes requests slow (request_slowlog_timeout)."
+        }
+        (Apache, ConnectionTerminated) => {
+            "Keep the backend's keep-alive timeout longer than Apache's, or add disablereuse=On (or ping=) to the ProxyPass worker; look for crashes in the backend's log at the same time."
+        }
+        (Apache, NoHealthyServer) => {
+            "Apache put the worker in error state after one failure and refuses requests until `retry` expires: add retry=0 to ProxyPass, or use mod_proxy_hcheck."
+        }
+        (Apache, ResponseHeadTimeout) => {
+            "Find the slow request in the backend; raise ProxyTimeout (or timeout= on ProxyPass) only deliberately."
+        }
+        (Haproxy, ConnectionTerminated) => {
+            "Keep `timeout http-keep-alive`/`timeout server` below the backend's idle timeout; `retry-on conn-failure empty-response` with `option redispatch` replays safe requests."
+        }
+        (Haproxy, NoHealthyServer) => {
+            "No server of the backend is UP: read HAProxy's \"is DOWN, reason: ...\" lines, then the servers themselves."
+        }
+        (Haproxy, ConcurrencyLimit) => {
+            "Requests waited in the queue longer than `timeout queue`: raise the servers' maxconn if they have capacity, or add servers."
+        }
+        (Envoy, ConnectionTerminated) => {
+            "Set the cluster's idle_timeout (common_http_protocol_options) below the backend's keep-alive timeout, and `retry_on: reset` for idempotent routes."
+        }
+        (Envoy, ConcurrencyLimit) => {
+            "The cluster's circuit breaker overflowed (max_connections, max_pending_requests, max_requests): raise it if the backend has capacity."
+        }
+        (Gunicorn, ConnectionTerminated) => {
+            "WORKER TIMEOUT: the handler ran longer than gunicorn's --timeout (30s); fix the slow handler or raise --timeout above the proxy's read timeout. SIGKILL / \"out of memory\": give the app memory or run fewer workers."
+        }
+        (Caddy | Traefik, ConnectionTerminated) => {
+            "If the connection was reused: make the backend's idle timeout longer than the proxy's (Caddy keepalive 2m, Traefik idleConnTimeout 90s), or shorten the proxy's; otherwise look for crashes in the app's log."
+        }
+        _ => c.fix(),
+    }
+}
+
+// -------------------------------------------------------------- reading
+
+/// What to read and how to show it.
+pub struct Options {
+    pub files: Vec<String>,
+    pub json: bool,
+    pub report: Option<PathBuf>,
+    pub follow: bool,
+}
+
+fn open(name: &str) -> io::Result<Box<dyn Read>> {
+    if name == "-" {
+        return Ok(Box::new(io::stdin()));
+    }
+    let f = std::fs::File::open(name)?;
+    if name.ends_with(".gz") {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(f)))
+    } else {
+        Ok(Box::new(f))
+    }
+}
+
+/// Reads every line of `r` into `a` as file number `file`. Bytes that are
+/// not UTF-8 are replaced, never dropped.
+fn read_all(
+    a: &mut Analysis,
+    file: usize,
+    r: impl Read,
+    hint: Source,
+    progress: &Progress,
+) -> io::Result<usize> {
+    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(n);
+        }
+        n += 1;
+        if n % 200_000 == 0 {
+            progress.show(&format!("reading {}: {n} lines", a.files[file]));
+        }
+        a.add(file, n, &String::from_utf8_lossy(&buf), hint);
+    }
+}
+
+/// Reads the inputs; `Err` names the file that could not be read.
+pub fn analyse(files: &[String]) -> Result<Analysis, String> {
+    let mut a = Analysis {
+        files: files.to_vec(),
+        ..Analysis::default()
+    };
+    let progress = Progress::new();
+    for (i, name) in files.iter().enumerate() {
+        let r = open(name).map_err(|e| format!("cannot read {name}: {e}"))?;
+        read_all(&mut a, i, r, hint_for(name), &progress)
+            .map_err(|e| format!("cannot read {name}: {e}"))?;
+    }
+    a.join();
+    Ok(a)
+}
+
+/// `baton logs`. Exit 0: no failure found, 1: failures found, 2: could
+/// not read an input.
+pub fn run(o: &Options) -> u8 {
+    let files = if o.files.is_empty() {
+        vec!["-".to_string()]
+    } else {
+        o.files.clone()
+    };
+    let a = match analyse(&files) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("baton logs: {e}");
+            return 2;
+        }
+    };
+    let groups = finished_groups(&a);
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_out(&a, &groups)).unwrap_or_default()
+        );
+    } else {
+        print!("{}", text(&a, &groups, Paint::stdout()));
+    }
+    if let Some(path) = &o.report {
+        if let Err(e) = std::fs::write(path, report(&a, &groups)) {
+            eprintln!("baton logs: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        if !o.json {
+            println!("report written to {}", path.display());
+        }
+    }
+    let mut code = u8::from(a.failures() > 0);
+    if o.follow {
+        code = follow(&files, a, o.json);
+    }
+    code
+}
+
+fn finished_groups(a: &Analysis) -> Vec<Group> {
+    let mut g = a.groups();
+    for x in &mut g {
+        x.finish();
+    }
+    g
+}
+
+// ------------------------------------------------------------ following
+
+/// Prints each new failure line as it is written, until interrupted (or
+/// stdin ends). Follows a file through rotation (a new inode) and
+/// truncation.
+fn follow(files: &[String], mut a: Analysis, json: bool) -> u8 {
+    use std::os::unix::fs::MetadataExt;
+    let paint = Paint::stdout();
+    if !json {
+        println!("following {} (Ctrl-C to stop)", files.join(", "));
+    }
+    if files.iter().any(|f| f == "-") {
+        let mut found = a.failures() > 0;
+        let stdin = io::stdin();
+        let mut line_no = a.lines;
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            line_no += 1;
+            found |= stream_line(&mut a, 0, line_no, &line, Source::Nginx, json, paint);
+        }
+        return u8::from(found);
+    }
+    struct Tail {
+        pos: u64,
+        ino: u64,
+        line: usize,
+        partial: Vec<u8>,
+    }
+    let mut tails: Vec<Tail> = files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok();
+            Tail {
+                pos: m.as_ref().map_or(0, |m| m.len()),
+                ino: m.as_ref().map_or(0, |m| m.ino()),
+                line: 0,
+                partial: Vec::new(),
+            }
+        })
+        .collect();
+    for (i, t) in tails.iter_mut().enumerate() {
+        t.line = a
+            .entries
+            .iter()
+            .filter(|e| e.file == i)
+            .map(|e| e.line)
+            .max()
+            .unwrap_or(0);
+    }
+    loop {
+        for (i, name) in files.iter().enumerate() {
+            let t = &mut tails[i];
+            let Ok(m) = std::fs::metadata(name) else {
+                continue;
+            };
+            if m.ino() != t.ino || m.len() < t.pos {
+                // Rotated or truncated: read the new file from its start.
+                t.ino = m.ino();
+                t.pos = 0;
+                t.partial.clear();
+            }
+            if m.len() == t.pos {
+                continue;
+            }
+            let Ok(mut f) = std::fs::File::open(name) else {
+                continue;
+            };
+            if f.seek(SeekFrom::Start(t.pos)).is_err() {
+                continue;
+            }
+            let mut chunk = Vec::new();
+            if f.read_to_end(&mut chunk).is_err() {
+                continue;
+            }
+            t.pos += chunk.len() as u64;
+            t.partial.extend_from_slice(&chunk);
+            while let Some(nl) = t.partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = t.partial.drain(..=nl).collect();
+                t.line += 1;
+                let text = String::from_utf8_lossy(&line).into_owned();
+                stream_line(&mut a, i, t.line, &text, hint_for(name), json, paint);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Classifies one followed line and prints it if it reports a failure not
+/// already printed (an access-log 502 right after its error-log line is
+/// the same failure).
+fn stream_line(
+    a: &mut Analysis,
+    file: usize,
+    n: usize,
+    text: &str,
+    hint: Source,
+    json: bool,
+    paint: Paint,
+) -> bool {
+    let before = a.entries.len();
+    let Some(e) = a.add(file, n, text, hint).cloned() else {
+        return false;
+    };
+    if !e.is_failure() && !matches!(e.p.kind, Kind::Event(_)) {
+        return false;
+    }
+    if e.weak() {
+        let dup = a.entries[..before].iter().rev().take(50).any(|s| {
+            s.is_failure()
+                && !s.weak()
+                && s.p.source == e.p.source
+                && matches!((s.p.time, e.p.time), (Some(x), Some(y)) if (x - y).abs() <= 2)
+        });
+        if dup {
+            return false;
+        }
+    }
+    if json {
+        println!("{}", line_json(a, &e));
+    } else {
+        println!("{}", one_line(a, &e, paint));
+    }
+    e.is_failure()
+}
+
+fn one_line(a: &Analysis, e: &Entry, paint: Paint) -> String {
+    let what = match e.p.kind {
+        Kind::Failure { cause: Some(c), .. } => paint.red(c.id()),
+        Kind::Failure { cause: None, .. } => paint.yellow("unclassified"),
+        Kind::AppAnswer => "application_error".into(),
+        Kind::Event(ev) => paint.dim(ev.as_str()),
+        Kind::Fine => String::new(),
+    };
+    let mut s = format!(
+        "{} {} {} {}",
+        e.p.time.map_or("-".into(), clock),
+        e.p.source.as_str(),
+        what,
+        e.p.status.map_or(String::new(), |s| s.to_string())
+    );
+    if let Some(u) = &e.p.upstream {
+        let _ = write!(s, " upstream {u}");
+    }
+    if let Some(p) = &e.p.path {
+        let _ = write!(s, " {p}");
+    }
+    let _ = write!(s, "  ({}:{})", a.files[e.file], e.line);
+    s
+}
+
+// -------------------------------------------------------------- output
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC, or as written for logs without a zone).
+pub fn clock(t: i64) -> String {
+    let s = crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
+    format!("{} {}", &s[..10], &s[11..19])
+}
+
+fn iso(t: Option<i64>) -> Value {
+    t.map_or(Value::Null, |t| {
+        let s = crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
+        Value::String(format!("{}Z", &s[..19]))
+    })
+}
+
+/// A column width for the rate chart: at most 60 columns over the span.
+fn bucket(span: i64) -> i64 {
+    [1, 10, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400]
+        .into_iter()
+        .find(|b| span / b < 60)
+        .unwrap_or(30 * 86_400)
+}
+
+fn bucket_name(b: i64) -> String {
+    match b {
+        b if b < 60 => format!("{b} s"),
+        b if b < 3600 => format!("{} min", b / 60),
+        b if b < 86_400 => format!("{} h", b / 3600),
+        b => format!("{} d", b / 86_400),
+    }
+}
+
+/// Counts per column, the peak column and its count.
+fn columns(times: &[i64], (lo, hi): (i64, i64), b: i64) -> Vec<usize> {
+    let n = ((hi - lo) / b + 1) as usize;
+    let mut v = vec![0; n];
+    for t in times {
+        if (lo..=hi).contains(t) {
+            v[((t - lo) / b) as usize] += 1;
+        }
+    }
+    v
+}
+
+fn sparkline(cols: &[usize]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = cols.iter().copied().max().unwrap_or(0).max(1);
+    cols.iter()
+        .map(|&c| {
+            if c == 0 {
+                '·'
+            } else {
+                BARS[(c * 7).div_ceil(max).min(7)]
+            }
+        })
+        .collect()
+}
+
+fn top(v: &[(String, usize)], n: usize) -> String {
+    let mut s: Vec<String> = v
+        .iter()
+        .take(n)
+        .map(|(k, c)| format!("{k} ({c})"))
+        .collect();
+    if v.len() > n {
+        s.push(format!("+{} more", v.len() - n));
+    }
+    s.join(", ")
+}
+
+fn peak(g: &Group, span: (i64, i64), b: i64) -> Option<(i64, usize)> {
+    let cols = columns(&g.times, span, b);
+    let (i, &n) = cols
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))?;
+    (n > 0).then_some((span.0 + i as i64 * b, n))
+}
+
+fn text(a: &Analysis, groups: &[Group], paint: Paint) -> String {
+    let mut o = String::new();
+    let failures = a.failures();
+    let _ = writeln!(
+        o,
+        "{} {} line{} read from {}: {} failure{} ({} unclassified), {} line{} in no known format",
+        paint.bold("baton logs:"),
+        a.lines,
+        plural(a.lines),
+        a.files.join(", "),
+        failures,
+        plural(failures),
+        a.unclassified(),
+        a.unrecognised,
+        plural(a.unrecognised),
+    );
+    let span = a.span();
+    let b = span.map_or(60, |(lo, hi)| bucket(hi - lo));
+    if let Some((lo, hi)) = span {
+        let _ = writeln!(
+            o,
+            "from {} to {} (UTC, or as written); chart: one column = {}",
+            clock(lo),
+            clock(hi),
+            bucket_name(b)
+        );
+    }
+    if groups.is_empty() {
+        let _ = writeln!(o, "{}", paint.green("no failures found"));
+    }
+    for g in groups {
+        let _ = writeln!(o);
+        let label = match g.key {
+            GroupKey::Cause(Some(c)) => paint.red(c.id()),
+            GroupKey::Cause(None) => paint.yellow("unclassified"),
+            GroupKey::App => paint.yellow("application_error"),
+        };
+        let status: Vec<String> = g
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s} x{n}"))
+            .collect();
+        let proxy = g.cause().map_or(String::new(), |c| {
+            format!("  Proxy-Status {}", c.proxy_status())
+        });
+        let _ = writeln!(o, "{:>6}  {}  {}{}", g.count, label, g.title(), proxy);
+        let sources: Vec<String> = g
+            .sources
+            .iter()
+            .map(|(s, n)| format!("{} {n}", s.as_str()))
+            .collect();
+        let _ = writeln!(
+            o,
+            "        seen in: {}{}",
+            sources.join(", "),
+            if status.is_empty() {
+                String::new()
+            } else {
+                format!("; status {}", status.join(", "))
+            }
+        );
+        if let (Some(f), Some(l), Some(span)) = (g.first, g.last, span) {
+            let pk = peak(g, span, b).map_or(String::new(), |(t, n)| {
+                format!("; peak {n} per {} at {}", bucket_name(b), clock(t))
+            });
+            let _ = writeln!(o, "        first {}, last {}{}", clock(f), clock(l), pk);
+            let _ = writeln!(o, "        {}", sparkline(&columns(&g.times, span, b)));
+        }
+        if !g.upstreams.is_empty() {
+            let _ = writeln!(o, "        upstreams: {}", top(&g.upstreams, 3));
+        }
+        if !g.paths.is_empty() {
+            let _ = writeln!(o, "        urls: {}", top(&g.paths, 3));
+        }
+        for &i in &g.samples {
+            let e = &a.entries[i];
+            let _ = writeln!(
+                o,
+                "        {} {}",
+                paint.dim(&format!("{}:{}", a.files[e.file], e.line)),
+                e.text
+            );
+        }
+        let _ = writeln!(o, "        why: {}", g.why());
+        let _ = writeln!(o, "        {} {}", paint.bold("fix:"), g.fix());
+    }
+    let events: Vec<_> = a.events().collect();
+    if !events.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nwhat changed ({} event{}):",
+            events.len(),
+            plural(events.len())
+        );
+        for (e, ev) in events.iter().take(20) {
+            let _ = writeln!(
+                o,
+                "  {} {} {}  ({}:{})",
+                e.p.time.map_or("-".into(), clock),
+                e.p.source.as_str(),
+                ev.as_str(),
+                a.files[e.file],
+                e.line
+            );
+        }
+        if events.len() > 20 {
+            let _ = writeln!(o, "  ... {} more (see --json)", events.len() - 20);
+        }
+    }
+    if a.unrecognised > 0 {
+        let _ = writeln!(
+            o,
+            "\n{} line{} in no known format, e.g.:",
+            a.unrecognised,
+            plural(a.unrecognised)
+        );
+        for (f, l, t) in a.unrecognised_samples.iter().take(5) {
+            let _ = writeln!(o, "  {}:{} {}", a.files[*f], l, t);
+        }
+    }
+    o
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn line_json(a: &Analysis, e: &Entry) -> Value {
+    let (cause, origin) = match e.p.kind {
+        Kind::Failure { cause, .. } => (cause, "proxy"),
+        Kind::AppAnswer => (None, "application"),
+        _ => (None, ""),
+    };
+    let fix = match e.p.kind {
+        Kind::Failure { cause: Some(c), .. } => Value::from(fix_for(e.p.source, c)),
+        _ => Value::Null,
+    };
+    let mut v = json!({
+        "file": a.files[e.file],
+        "line": e.line,
+        "source": e.p.source.as_str(),
+        "time": iso(e.p.time),
+        "proxy_status": cause.map(Cause::proxy_status),
+        "cause": cause.map(Cause::id),
+        "status": e.p.status,
+        "origin": origin,
+        "upstream": e.p.upstream,
+        "path": e.p.path,
+        "request_id": e.p.request_id,
+        "marker": e.p.marker,
+        "fix": fix,
+        "text": e.text,
+    });
+    if let Kind::Event(ev) = e.p.kind {
+        v["event"] = ev.as_str().into();
+    }
+    v
+}
+
+fn json_out(a: &Analysis, groups: &[Group]) -> Value {
+    let lines: Vec<Value> = a
+        .entries
+        .iter()
+        .filter(|e| e.is_failure() || e.p.kind == Kind::AppAnswer)
+        .map(|e| {
+            let mut v = line_json(a, e);
+            if let Some(j) = e.joined {
+                let s = &a.entries[j];
+                v["joined_to"] = json!({"file": a.files[s.file], "line": s.line});
+            }
+            v
+        })
+        .collect();
+    let span = a.span();
+    let b = span.map_or(60, |(lo, hi)| bucket(hi - lo));
+    let summary: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            json!({
+                "cause": g.cause().map(Cause::id),
+                "group": g.key.id(),
+                "proxy_status": g.cause().map(Cause::proxy_status),
+                "count": g.count,
+                "statuses": g.statuses.iter().map(|(s, n)| json!({"status": s, "count": n})).collect::<Vec<_>>(),
+                "sources": g.sources.iter().map(|(s, n)| json!({"source": s.as_str(), "count": n})).collect::<Vec<_>>(),
+                "first": iso(g.first),
+                "last": iso(g.last),
+                "per_bucket": span.map(|s| columns(&g.times, s, b)),
+                "upstreams": g.upstreams.iter().map(|(u, n)| json!({"upstream": u, "count": n})).collect::<Vec<_>>(),
+                "paths": g.paths.iter().take(20).map(|(u, n)| json!({"path": u, "count": n})).collect::<Vec<_>>(),
+                "samples": g.samples.iter().map(|&i| json!({"file": a.files[a.entries[i].file], "line": a.entries[i].line})).collect::<Vec<_>>(),
+                "title": g.title(),
+                "why": g.why(),
+                "fix": g.fix(),
+            })
+        })
+        .collect();
+    let events: Vec<Value> = a
+        .events()
+        .map(|(e, ev)| json!({"file": a.files[e.file], "line": e.line, "source": e.p.source.as_str(), "time": iso(e.p.time), "event": ev.as_str(), "upstream": e.p.upstream}))
+        .collect();
+    json!({
+        "files": a.files,
+        "lines_read": a.lines,
+        "lines": lines,
+        "failures": a.failures(),
+        "unclassified": a.unclassified(),
+        "unrecognised": a.unrecognised,
+        "unrecognised_samples": a.unrecognised_samples.iter().map(|(f, l, t)| json!({"file": a.files[*f], "line": l, "text": t})).collect::<Vec<_>>(),
+        "bucket_seconds": b,
+        "span": span.map(|(lo, hi)| json!({"first": iso(Some(lo)), "last": iso(Some(hi))})),
+        "summary": summary,
+        "events": events,
+    })
+}
+
+/// The escalation report (`--report FILE.md`).
+pub fn report(a: &Analysis, groups: &[Group]) -> String {
+    let mut o = String::new();
+    let main = groups.iter().find(|g| g.key != GroupKey::App);
+    let _ = writeln!(
+        o,
+        "# Incident report: {}\n",
+        main.map_or("no failures found".to_string(), |g| g.title())
+    );
+    let _ = writeln!(
+        o,
+        "Written by `baton logs` {} at {} from {} ({} lines).\n",
+        env!("CARGO_PKG_VERSION"),
+        crate::log::now(),
+        a.files
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        a.lines
+    );
+    let span = a.span();
+    let b = span.map_or(60, |(lo, hi)| bucket(hi - lo));
+    let _ = writeln!(o, "## Summary\n");
+    match span {
+        Some((lo, hi)) => {
+            let _ = writeln!(o, "- **Started:** {} (first failure line)", clock(lo));
+            let _ = writeln!(
+                o,
+                "- **Last seen:** {} ({} after the start)",
+                clock(hi),
+                human(hi - lo)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "- No failure line carries a time.");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "- **How often:** {} failure{} ({} unclassified); per cause below.",
+        a.failures(),
+        plural(a.failures()),
+        a.unclassified()
+    );
+    if let Some(g) = main {
+        let _ = writeln!(
+            o,
+            "- **Most likely cause:** `{}`{}: {}",
+            g.key.id(),
+            g.cause().map_or(String::new(), |c| format!(
+                " (HTTP {}, Proxy-Status `{}`)",
+                c.status(),
+                c.proxy_status()
+            )),
+            g.why()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "- Times are UTC where the log gives a zone, otherwise as written.\n"
+    );
+    let _ = writeln!(o, "## Causes\n");
+    let _ = writeln!(
+        o,
+        "| cause | lines | status | first | last | peak per {} | upstreams |",
+        bucket_name(b)
+    );
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+    for g in groups {
+        let status: Vec<String> = g.statuses.iter().map(|(s, _)| s.to_string()).collect();
+        let pk = span
+            .and_then(|s| peak(g, s, b))
+            .map_or("-".into(), |(t, n)| format!("{n} at {}", clock(t)));
+        let _ = writeln!(
+            o,
+            "| `{}` | {} | {} | {} | {} | {} | {} |",
+            g.key.id(),
+            g.count,
+            if status.is_empty() {
+                "-".into()
+            } else {
+                status.join(", ")
+            },
+            g.first.map_or("-".into(), clock),
+            g.last.map_or("-".into(), clock),
+            pk,
+            if g.upstreams.is_empty() {
+                "-".into()
+            } else {
+                top(&g.upstreams, 3)
+            }
+        );
+    }
+    if let Some(span) = span {
+        let _ = writeln!(
+            o,
+            "\nRate over time (one column = {}):\n\n```",
+            bucket_name(b)
+        );
+        for g in groups {
+            let _ = writeln!(
+                o,
+                "{:<26} {}",
+                g.key.id(),
+                sparkline(&columns(&g.times, span, b))
+            );
+        }
+        let _ = writeln!(o, "```");
+    }
+    let _ = writeln!(o, "\n## Evidence\n");
+    for g in groups {
+        let _ = writeln!(o, "### `{}`: {}\n", g.key.id(), g.title());
+        let _ = writeln!(o, "{}\n", g.why());
+        if !g.paths.is_empty() {
+            let _ = writeln!(o, "Affected URLs: {}\n", top(&g.paths, 5));
+        }
+        let _ = writeln!(o, "```");
+        for &i in &g.samples {
+            let e = &a.entries[i];
+            let _ = writeln!(o, "{}:{}: {}", a.files[e.file], e.line, e.text);
+        }
+        let _ = writeln!(o, "```\n");
+    }
+    let _ = writeln!(o, "## What changed around then\n");
+    let window = span.map(|(lo, hi)| (lo - 15 * 60, hi));
+    let near: Vec<_> = a
+        .events()
+        .filter(|(e, _)| match (window, e.p.time) {
+            (Some((lo, hi)), Some(t)) => (lo..=hi).contains(&t),
+            _ => window.is_none(),
+        })
+        .collect();
+    if near.is_empty() {
+        let _ = writeln!(
+            o,
+            "No reloads, restarts, deploys or servers going down were logged from 15 minutes before the first failure to the last.\n"
+        );
+    }
+    for (e, ev) in near.iter().take(30) {
+        let _ = writeln!(
+            o,
+            "- {} {} **{}** (`{}:{}`): `{}`",
+            e.p.time.map_or("-".into(), clock),
+            e.p.source.as_str(),
+            ev.as_str(),
+            a.files[e.file],
+            e.line,
+            e.text.replace('`', "'")
+        );
+    }
+    let _ = writeln!(o, "\n## What to try\n");
+    for (n, g) in groups.iter().enumerate() {
+        let _ = writeln!(o, "{}. **`{}`**: {}", n + 1, g.key.id(), g.fix());
+    }
+    let _ = writeln!(o, "\n## For your hosting provider\n");
+    let _ = writeln!(
+        o,
+        "Please check the following, with the times and lines below:\n"
+    );
+    if let Some((lo, hi)) = span {
+        let _ = writeln!(o, "- Time window: {} to {}.", clock(lo), clock(hi));
+    }
+    let mut ups: Vec<(String, usize)> = Vec::new();
+    for g in groups {
+        for (u, n) in &g.upstreams {
+            match ups.iter_mut().find(|(x, _)| x == u) {
+                Some((_, m)) => *m += n,
+                None => ups.push((u.clone(), *n)),
+            }
+        }
+    }
+    ups.sort_by_key(|u| std::cmp::Reverse(u.1));
+    if !ups.is_empty() {
+        let _ = writeln!(o, "- Backends involved: {}.", top(&ups, 5));
+    }
+    for g in groups.iter().filter(|g| g.cause().is_some()).take(3) {
+        let c = g.cause().unwrap_or(Cause::Internal);
+        let _ = writeln!(
+            o,
+            "- {} x `{}` ({}, phase {}): {}",
+            g.count,
+            c.id(),
+            c.proxy_status(),
+            c.phase().as_str(),
+            provider_question(c)
+        );
+    }
+    let ids: Vec<&str> = a
+        .entries
+        .iter()
+        .filter(|e| e.is_failure())
+        .filter_map(|e| e.p.request_id.as_deref())
+        .take(10)
+        .collect();
+    if !ids.is_empty() {
+        let _ = writeln!(
+            o,
+            "- Request IDs of failed requests: {}.",
+            ids.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if a.unrecognised > 0 || a.unclassified() > 0 {
+        let _ = writeln!(o, "\n## Lines baton could not classify\n");
+        let _ = writeln!(
+            o,
+            "{} failure line(s) without a known cause, {} line(s) in no known format.\n\n```",
+            a.unclassified(),
+            a.unrecognised
+        );
+        for e in a
+            .entries
+            .iter()
+            .filter(|e| e.joined.is_none() && matches!(e.p.kind, Kind::Failure { cause: None, .. }))
+            .take(5)
+        {
+            let _ = writeln!(o, "{}:{}: {}", a.files[e.file], e.line, e.text);
+        }
+        for (f, l, t) in a.unrecognised_samples.iter().take(5) {
+            let _ = writeln!(o, "{}:{}: {}", a.files[*f], l, t);
+        }
+        let _ = writeln!(o, "```");
+    }
+    o
+}
+
+/// What to ask whoever runs the machines, per phase of the failure.
+fn provider_question(c: Cause) -> &'static str {
+    use crate::cause::Phase::*;
+    match c.phase() {
+        Dns => "did DNS for the backend's name change or fail in this window?",
+        Connect => {
+            "was the backend running and reachable from the proxy (firewall, security group, container network) in this window?"
+        }
+        Tls => "did the backend's certificate or TLS settings change in this window?",
+        WriteRequest | ReadHead => {
+            "was the backend restarted, killed (OOM) or overloaded in this window, and what is its keep-alive idle timeout?"
+        }
+        ReadBody => "did the backend crash or run out of memory while answering in this window?",
+        Route => "were the backends up and healthy in this window?",
+    }
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{:.1} h", s as f64 / 3600.0),
+        s => format!("{:.1} days", s as f64 / 86_400.0),
+    }
+}
+
+/// For tests: the analysis of in-memory lines.
+pub fn analyse_text(name: &str, text: &str) -> Analysis {
+    let mut a = Analysis {
+        files: vec![name.to_string()],
+        ..Analysis::default()
+    };
+    for (i, l) in text.lines().enumerate() {
+        a.add(0, i + 1, l, hint_for(name));
+    }
+    a.join();
+    a
+}
