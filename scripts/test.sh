@@ -10,6 +10,8 @@ command -v chromium >/dev/null 2>&1 || need="$need chromium"    # error pages in
 command -v php-fpm8.2 >/dev/null 2>&1 || need="$need php8.2-fpm" # FastCGI upstreams and the supervisor
 command -v nginx >/dev/null 2>&1 || need="$need nginx"           # side by side with PHP-FPM
 command -v python3 >/dev/null 2>&1 || need="$need python3"       # a supervised Python app
+command -v haproxy >/dev/null 2>&1 || need="$need haproxy"       # `baton logs` reads a real HAProxy's log
+[ -x /usr/sbin/apache2 ] || need="$need apache2"                  # ... and a real Apache's
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

@@ -10,6 +10,7 @@ mod doctor;
 mod fastcgi;
 mod keepalive;
 mod limits;
+mod logs;
 mod proxying;
 mod resilience;
 mod supervise;

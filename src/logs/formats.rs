@@ -548,12 +548,13 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
 
 re!(
     HAPROXY,
-    r#"(?:^|\s)\[?([\w.:\[\]-]+):(\d+)\]? \[(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)?\] (\S+) ([^/\s]+)/(\S+) (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/\+?(-?\d+) (-?\d+) \+?(\d+) \S+ \S+ ([A-Za-z-]{4}) .*?"(\S+) (\S+)"#
+    r#"(?:^|\s)\[?([\w.:\[\]-]+):(\d+)\]? \[(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)?\] (\S+) ([^/\s]+)/(\S+) (-?\d+)/(-?\d+)/(-?\d+)/(-?\d+)/\+?(-?\d+) (-?\d+) \+?(\d+) \S+ \S+ ([A-Za-z-]{4}) .*?"(\S+)(?: (\S+))?"#
 );
 re!(
-    SYSLOG_TIME,
-    r"^(?:<\d+>)?(\w{3}) +(\d{1,2}) (\d\d):(\d\d):(\d\d) \S+ haproxy\[\d+\]: (.*)$"
+    HAPROXY_MSG,
+    r"^(?:(?:<\d+>)?\w{3} +\d{1,2} \d\d:\d\d:\d\d \S+ haproxy\[\d+\]: )?((?:\[(?:WARNING|NOTICE|ALERT)\] \(\d+\) : )?(?:(?:Health check for )?(?:backup )?[Ss]erver \S+ is (?:DOWN|UP)|backend \S+ has no server available|Proxy \S+ (?:started|stopped)|Stopping |Reexecuting ).*)$"
 );
+re!(HAPROXY_SERVER, r"[Ss]erver (\S+) is");
 re!(
     ISO_TIME,
     r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,]\d+)?\s?(Z|[+-]\d\d:?\d\d)?"
@@ -572,27 +573,29 @@ fn haproxy(line: &str) -> Option<Parsed> {
         if server != "<NOSRV>" {
             p.upstream = Some(format!("{}/{}", &c[10], server));
         }
-        p.path = Some(c[21].to_string());
+        p.path = c.get(21).map(|m| m.as_str().to_string());
         p.marker = Some(term.to_string());
         return Some(p);
     }
-    // HAProxy's own messages, usually through syslog.
-    let c = SYSLOG_TIME.captures(line)?;
-    let msg = &c[6];
+    // HAProxy's own messages, through syslog or raw on stdout.
+    let c = HAPROXY_MSG.captures(line)?;
+    let msg = &c[1];
     let kind = if msg.contains(" is DOWN") || msg.contains("has no server available") {
         Kind::Event(Event::ServerDown)
     } else if msg.contains(" is UP") {
         Kind::Event(Event::ServerUp)
     } else if msg.contains("started.") {
         Kind::Event(Event::Start)
-    } else if msg.contains("Reexecuting") || msg.contains("reload") {
+    } else if msg.starts_with("Reexecuting") || msg.contains("reload") {
         Kind::Event(Event::Reload)
-    } else if msg.contains("stopped") || msg.contains("Stopping") {
+    } else if msg.contains("stopped") || msg.starts_with("Stopping") {
         Kind::Event(Event::Stop)
     } else {
         Kind::Fine
     };
-    Some(Parsed::new(Source::Haproxy, syslog_time(line), kind))
+    let mut p = Parsed::new(Source::Haproxy, syslog_time(line), kind);
+    p.upstream = HAPROXY_SERVER.captures(msg).map(|c| c[1].to_string());
+    Some(p)
 }
 
 /// HAProxy's termination state (doc/configuration.txt, "Session state at

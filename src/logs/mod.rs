@@ -10,7 +10,7 @@
 
 pub mod formats;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -53,6 +53,10 @@ pub struct Analysis {
     /// Lines in no known format.
     pub unrecognised: usize,
     pub unrecognised_samples: Vec<(usize, usize, String)>,
+    /// Per file: bytes read and the inode read from, where `--follow`
+    /// carries on (a line written in between is not lost).
+    pub read: Vec<(u64, u64)>,
+    pub lines_in: Vec<usize>,
 }
 
 const SAMPLE_CHARS: usize = 400;
@@ -116,24 +120,34 @@ impl Analysis {
     /// request ID, or within two seconds and for the same path. A joined
     /// line is not counted again; the explaining line takes its status.
     pub fn join(&mut self) {
-        let strong: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| self.entries[i].is_failure() && !self.entries[i].weak())
-            .collect();
-        let mut by_id: HashMap<&str, usize> = HashMap::new();
-        for &i in &strong {
-            if let Some(id) = &self.entries[i].p.request_id {
-                by_id.entry(id.as_str()).or_insert(i);
-            }
-        }
-        // Each strong line takes at most one access line (with a status)
-        // and one companion (without).
-        let mut taken: HashMap<(usize, bool), ()> = HashMap::new();
-        let mut links = Vec::new();
-        for w in 0..self.entries.len() {
-            let e = &self.entries[w];
-            if !e.weak() {
+        let mut by_id: HashMap<String, usize> = HashMap::new();
+        // Per source, the explaining lines sorted by time.
+        let mut by_time: HashMap<Source, Vec<(i64, usize)>> = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if !e.is_failure() || e.weak() {
                 continue;
             }
+            if let Some(id) = &e.p.request_id {
+                by_id.entry(id.clone()).or_insert(i);
+            }
+            if let Some(t) = e.p.time {
+                by_time.entry(e.p.source).or_default().push((t, i));
+            }
+        }
+        for v in by_time.values_mut() {
+            v.sort_unstable();
+        }
+        // Companions first: they carry the path (Apache's AH00898) that
+        // the access line is then matched on.
+        let mut weak: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].weak())
+            .collect();
+        weak.sort_by_key(|&i| (self.entries[i].p.status.is_some(), i));
+        // Each explaining line takes at most one access line (with a
+        // status) and one companion (without).
+        let mut taken: HashSet<(usize, bool)> = HashSet::new();
+        for w in weak {
+            let e = &self.entries[w];
             let with_status = e.p.status.is_some();
             let by_request =
                 e.p.request_id
@@ -141,34 +155,41 @@ impl Analysis {
                     .and_then(|id| by_id.get(id).copied());
             let found = by_request.or_else(|| {
                 let t = e.p.time?;
-                strong
+                let lines = by_time.get(&e.p.source)?;
+                // An access line may be stamped when the request arrived
+                // (Apache's %t), up to a long timeout before the error
+                // line: allowed when the paths agree.
+                let from = lines.partition_point(|&(x, _)| x < t - 2);
+                let to = lines.partition_point(|&(x, _)| x <= t + 300);
+                lines[from..to]
                     .iter()
-                    .copied()
-                    .filter(|&s| {
+                    .filter(|&&(ct, s)| {
                         let c = &self.entries[s];
-                        c.p.source == e.p.source
-                            && !taken.contains_key(&(s, with_status))
-                            && c.p.time.is_some_and(|ct| (ct - t).abs() <= 2)
-                            && match (&c.p.path, &e.p.path) {
-                                (Some(a), Some(b)) => a == b,
-                                _ => true,
+                        let same_path = match (&c.p.path, &e.p.path) {
+                            (Some(a), Some(b)) if a == b => Some(true),
+                            (Some(_), Some(_)) => Some(false),
+                            _ => None,
+                        };
+                        !taken.contains(&(s, with_status))
+                            && match same_path {
+                                Some(true) => true,
+                                Some(false) => false,
+                                None => (ct - t).abs() <= 2,
                             }
                     })
-                    .min_by_key(|&s| (self.entries[s].p.time.unwrap_or(0) - t).abs())
+                    .min_by_key(|&&(ct, _)| (ct - t).abs())
+                    .map(|&(_, s)| s)
             });
             if let Some(s) = found {
-                taken.insert((s, with_status), ());
-                links.push((w, s));
+                taken.insert((s, with_status));
+                let weak = self.entries[w].p.clone();
+                let e = &mut self.entries[s];
+                e.p.status = e.p.status.or(weak.status);
+                e.p.path = e.p.path.take().or(weak.path);
+                e.p.upstream = e.p.upstream.take().or(weak.upstream);
+                e.p.request_id = e.p.request_id.take().or(weak.request_id);
+                self.entries[w].joined = Some(s);
             }
-        }
-        for (w, s) in links {
-            let weak = self.entries[w].p.clone();
-            let e = &mut self.entries[s];
-            e.p.status = e.p.status.or(weak.status);
-            e.p.path = e.p.path.take().or(weak.path);
-            e.p.upstream = e.p.upstream.take().or(weak.upstream);
-            e.p.request_id = e.p.request_id.take().or(weak.request_id);
-            self.entries[w].joined = Some(s);
         }
     }
 
@@ -446,19 +467,23 @@ pub struct Options {
     pub follow: bool,
 }
 
-fn open(name: &str) -> io::Result<Box<dyn Read>> {
+/// The reader for `name`, and its inode (0 for stdin).
+fn open(name: &str) -> io::Result<(Box<dyn Read>, u64)> {
+    use std::os::unix::fs::MetadataExt;
     if name == "-" {
-        return Ok(Box::new(io::stdin()));
+        return Ok((Box::new(io::stdin()), 0));
     }
     let f = std::fs::File::open(name)?;
+    let ino = f.metadata()?.ino();
     if name.ends_with(".gz") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(f)))
+        Ok((Box::new(flate2::read::MultiGzDecoder::new(f)), ino))
     } else {
-        Ok(Box::new(f))
+        Ok((Box::new(f), ino))
     }
 }
 
-/// Reads every line of `r` into `a` as file number `file`. Bytes that are
+/// Reads every line of `r` into `a` as file number `file`; returns the
+/// bytes and lines read. Bytes that are
 /// not UTF-8 are replaced, never dropped.
 fn read_all(
     a: &mut Analysis,
@@ -466,15 +491,17 @@ fn read_all(
     r: impl Read,
     hint: Source,
     progress: &Progress,
-) -> io::Result<usize> {
+) -> io::Result<(u64, usize)> {
     let mut r = BufReader::with_capacity(256 * 1024, r);
     let mut buf = Vec::new();
-    let mut n = 0;
+    let (mut bytes, mut n) = (0, 0);
     loop {
         buf.clear();
-        if r.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(n);
+        let got = r.read_until(b'\n', &mut buf)?;
+        if got == 0 {
+            return Ok((bytes, n));
         }
+        bytes += got as u64;
         n += 1;
         if n % 200_000 == 0 {
             progress.show(&format!("reading {}: {n} lines", a.files[file]));
@@ -491,9 +518,11 @@ pub fn analyse(files: &[String]) -> Result<Analysis, String> {
     };
     let progress = Progress::new();
     for (i, name) in files.iter().enumerate() {
-        let r = open(name).map_err(|e| format!("cannot read {name}: {e}"))?;
-        read_all(&mut a, i, r, hint_for(name), &progress)
+        let (r, ino) = open(name).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let (bytes, lines) = read_all(&mut a, i, r, hint_for(name), &progress)
             .map_err(|e| format!("cannot read {name}: {e}"))?;
+        a.read.push((bytes, ino));
+        a.lines_in.push(lines);
     }
     a.join();
     Ok(a)
@@ -510,6 +539,9 @@ pub fn run(o: &Options) -> u8 {
     let a = match analyse(&files) {
         Ok(a) => a,
         Err(e) => {
+            if o.json {
+                println!("{}", json!({ "error": e }));
+            }
             eprintln!("baton logs: {e}");
             return 2;
         }
@@ -561,7 +593,7 @@ fn follow(files: &[String], mut a: Analysis, json: bool) -> u8 {
     if files.iter().any(|f| f == "-") {
         let mut found = a.failures() > 0;
         let stdin = io::stdin();
-        let mut line_no = a.lines;
+        let mut line_no = a.lines_in.first().copied().unwrap_or(0);
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
             line_no += 1;
@@ -606,6 +638,7 @@ fn follow(files: &[String], mut a: Analysis, json: bool) -> u8 {
                 // Rotated or truncated: read the new file from its start.
                 t.ino = m.ino();
                 t.pos = 0;
+                t.line = 0;
                 t.partial.clear();
             }
             if m.len() == t.pos {
@@ -731,6 +764,8 @@ fn bucket_name(b: i64) -> String {
 
 /// Counts per column, the peak column and its count.
 fn columns(times: &[i64], (lo, hi): (i64, i64), b: i64) -> Vec<usize> {
+    // Columns start on whole multiples of their width (10:00:00, 10:00:10).
+    let lo = lo - lo.rem_euclid(b);
     let n = ((hi - lo) / b + 1) as usize;
     let mut v = vec![0; n];
     for t in times {
@@ -773,7 +808,7 @@ fn peak(g: &Group, span: (i64, i64), b: i64) -> Option<(i64, usize)> {
         .iter()
         .enumerate()
         .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))?;
-    (n > 0).then_some((span.0 + i as i64 * b, n))
+    (n > 0).then_some((span.0 - span.0.rem_euclid(b) + i as i64 * b, n))
 }
 
 fn text(a: &Analysis, groups: &[Group], paint: Paint) -> String {
@@ -1117,7 +1152,7 @@ pub fn report(a: &Analysis, groups: &[Group]) -> String {
         let _ = writeln!(o, "```\n");
     }
     let _ = writeln!(o, "## What changed around then\n");
-    let window = span.map(|(lo, hi)| (lo - 15 * 60, hi));
+    let window = span.map(|(lo, hi)| (lo - 15 * 60, hi + 5 * 60));
     let near: Vec<_> = a
         .events()
         .filter(|(e, _)| match (window, e.p.time) {
@@ -1128,7 +1163,7 @@ pub fn report(a: &Analysis, groups: &[Group]) -> String {
     if near.is_empty() {
         let _ = writeln!(
             o,
-            "No reloads, restarts, deploys or servers going down were logged from 15 minutes before the first failure to the last.\n"
+            "No reloads, restarts, deploys or servers going down were logged from 15 minutes before the first failure to 5 minutes after the last.\n"
         );
     }
     for (e, ev) in near.iter().take(30) {
@@ -1241,7 +1276,7 @@ fn provider_question(c: Cause) -> &'static str {
 fn human(secs: i64) -> String {
     match secs {
         s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 7200 => format!("{} min", (s + 30) / 60),
         s if s < 172_800 => format!("{:.1} h", s as f64 / 3600.0),
         s => format!("{:.1} days", s as f64 / 86_400.0),
     }
