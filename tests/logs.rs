@@ -760,3 +760,26 @@ async fn real_baton_logs_join_failure_records_to_access_lines_by_request_id() {
     assert_eq!(v["unrecognised"], 0);
     gw.stop().await;
 }
+
+#[test]
+fn proxy_failures_are_linked_to_backend_signals_at_the_same_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = dir.path().join("error.log");
+    let app = dir.path().join("gunicorn.log");
+    std::fs::write(
+        &nginx,
+        "2026/11/20 10:07:31 [error] 1201#1201: *9 upstream prematurely closed connection while reading response header from upstream, client: 203.0.113.12, server: example.com, request: \"POST /api/orders HTTP/1.1\", upstream: \"http://127.0.0.1:8000/api/orders\", host: \"example.com\"\n\
+         2026/11/20 10:20:00 [error] 1201#1201: *10 upstream prematurely closed connection while reading response header from upstream, client: 203.0.113.12, server: example.com, request: \"POST /api/orders HTTP/1.1\", upstream: \"http://127.0.0.1:8000/api/orders\", host: \"example.com\"\n",
+    )
+    .unwrap();
+    std::fs::copy(fixture("gunicorn.log"), &app).unwrap();
+    let (_, v) = logs(&[nginx.to_str().unwrap(), app.to_str().unwrap()]);
+    let g = &v["summary"][0];
+    assert_eq!(g["cause"], "connection_terminated");
+    assert_eq!(g["count"], 4, "two nginx lines and gunicorn's two");
+    assert_eq!(g["near_backend_signal"], 1, "{g:#}");
+    assert_eq!(
+        g["notes"][0],
+        "1 of 2 proxy lines within 5 s of a backend signal: gunicorn connection_terminated (1), gunicorn worker_start (1)"
+    );
+}

@@ -34,6 +34,11 @@ pub enum Source {
 }
 
 impl Source {
+    /// The application side: what it logs explains a proxy's failure.
+    pub const fn is_backend(self) -> bool {
+        matches!(self, Source::PhpFpm | Source::Gunicorn | Source::Kernel)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Nginx => "nginx",

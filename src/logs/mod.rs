@@ -207,10 +207,35 @@ impl Analysis {
             };
             map.entry(key).or_insert_with(|| Group::new(key)).add(i, e);
         }
+        let signals = self.backend_signals();
         let mut v: Vec<Group> = map.into_values().collect();
+        for g in &mut v {
+            g.finish(&signals);
+        }
         // Ranked by count; the unclassified and the application's own
         // answers after the gateway causes of the same count.
         v.sort_by_key(|g| (std::cmp::Reverse(g.count), g.key.rank(), g.first));
+        v
+    }
+
+    /// What the application side logged (php-fpm and gunicorn failures,
+    /// worker starts, the kernel's OOM kills), by time: the evidence that
+    /// links a proxy's 502 to its cause behind the proxy.
+    fn backend_signals(&self) -> Vec<(i64, String)> {
+        let mut v: Vec<(i64, String)> = self
+            .entries
+            .iter()
+            .filter(|e| e.p.source.is_backend())
+            .filter_map(|e| {
+                let what = match e.p.kind {
+                    Kind::Failure { cause: Some(c), .. } => c.id(),
+                    Kind::Event(ev @ (Event::OomKill | Event::WorkerStart)) => ev.as_str(),
+                    _ => return None,
+                };
+                Some((e.p.time?, format!("{} {what}", e.p.source.as_str())))
+            })
+            .collect();
+        v.sort();
         v
     }
 
@@ -286,7 +311,18 @@ pub struct Group {
     pub upstreams: Vec<(String, usize)>,
     pub paths: Vec<(String, usize)>,
     pub samples: Vec<usize>,
+    /// Failures with a backend signal within SIGNAL_WINDOW seconds, and
+    /// those signals by count.
+    pub near_backend: usize,
+    pub backend_signals: Vec<(String, usize)>,
+    /// The times of the lines a proxy (not the backend) wrote.
+    proxy_times: Vec<i64>,
 }
+
+/// Seconds between a proxy's failure and a backend's log line that
+/// explains it (clocks of one host agree to the second; a worker killed
+/// at a timeout logs it just after the proxy).
+const SIGNAL_WINDOW: i64 = 5;
 
 fn bump<K: PartialEq>(v: &mut Vec<(K, usize)>, k: K) {
     match v.iter_mut().find(|(x, _)| *x == k) {
@@ -308,6 +344,9 @@ impl Group {
             upstreams: Vec::new(),
             paths: Vec::new(),
             samples: Vec::new(),
+            near_backend: 0,
+            backend_signals: Vec::new(),
+            proxy_times: Vec::new(),
         }
     }
 
@@ -317,6 +356,9 @@ impl Group {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
             self.times.push(t);
+            if !e.p.source.is_backend() {
+                self.proxy_times.push(t);
+            }
         }
         bump(&mut self.sources, e.p.source);
         if let Some(s) = e.p.status {
@@ -336,8 +378,29 @@ impl Group {
         }
     }
 
-    fn finish(&mut self) {
-        for v in [&mut self.upstreams, &mut self.paths] {
+    fn finish(&mut self, signals: &[(i64, String)]) {
+        // How many of the proxies' lines have a backend signal within
+        // SIGNAL_WINDOW seconds.
+        {
+            for &t in &self.proxy_times {
+                let from = signals.partition_point(|(x, _)| *x < t - SIGNAL_WINDOW);
+                let to = signals.partition_point(|(x, _)| *x <= t + SIGNAL_WINDOW);
+                let mut seen: Vec<&str> =
+                    signals[from..to].iter().map(|(_, l)| l.as_str()).collect();
+                seen.dedup();
+                if !seen.is_empty() {
+                    self.near_backend += 1;
+                }
+                for l in seen {
+                    bump(&mut self.backend_signals, l.to_string());
+                }
+            }
+        }
+        for v in [
+            &mut self.upstreams,
+            &mut self.paths,
+            &mut self.backend_signals,
+        ] {
             v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         }
         self.sources.sort_by_key(|s| std::cmp::Reverse(s.1));
@@ -360,6 +423,26 @@ impl Group {
             (GroupKey::App, _) => "The application answered with this error itself and the proxy passed it through: read the application's own log at these times.".into(),
             (GroupKey::Cause(Some(c)), None) => c.fix().to_string(),
         }
+    }
+
+    /// What the lines themselves show beyond the cause.
+    pub fn notes(&self) -> Vec<String> {
+        let mut n = Vec::new();
+        if self.near_backend > 0 {
+            n.push(format!(
+                "{} of {} proxy line{} within {SIGNAL_WINDOW} s of a backend signal: {}",
+                self.near_backend,
+                self.proxy_times.len(),
+                plural(self.proxy_times.len()),
+                top(&self.backend_signals, 4)
+            ));
+        }
+        if self.cause() == Some(Cause::ConnectionRefused)
+            && self.upstreams.iter().any(|(u, _)| u.starts_with("[::1]"))
+        {
+            n.push("the proxy dialled [::1] (localhost resolved to IPv6): an app listening on 127.0.0.1 only refuses it; proxy to 127.0.0.1, or make the app listen on both".into());
+        }
+        n
     }
 
     pub fn title(&self) -> String {
@@ -546,7 +629,7 @@ pub fn run(o: &Options) -> u8 {
             return 2;
         }
     };
-    let groups = finished_groups(&a);
+    let groups = a.groups();
     if o.json {
         println!(
             "{}",
@@ -569,14 +652,6 @@ pub fn run(o: &Options) -> u8 {
         code = follow(&files, a, o.json);
     }
     code
-}
-
-fn finished_groups(a: &Analysis) -> Vec<Group> {
-    let mut g = a.groups();
-    for x in &mut g {
-        x.finish();
-    }
-    g
 }
 
 // ------------------------------------------------------------ following
@@ -885,6 +960,9 @@ fn text(a: &Analysis, groups: &[Group], paint: Paint) -> String {
         if !g.paths.is_empty() {
             let _ = writeln!(o, "        urls: {}", top(&g.paths, 3));
         }
+        for note in g.notes() {
+            let _ = writeln!(o, "        {} {note}", paint.bold("note:"));
+        }
         for &i in &g.samples {
             let e = &a.entries[i];
             let _ = writeln!(
@@ -1002,6 +1080,9 @@ fn json_out(a: &Analysis, groups: &[Group]) -> Value {
                 "upstreams": g.upstreams.iter().map(|(u, n)| json!({"upstream": u, "count": n})).collect::<Vec<_>>(),
                 "paths": g.paths.iter().take(20).map(|(u, n)| json!({"path": u, "count": n})).collect::<Vec<_>>(),
                 "samples": g.samples.iter().map(|&i| json!({"file": a.files[a.entries[i].file], "line": a.entries[i].line})).collect::<Vec<_>>(),
+                "near_backend_signal": g.near_backend,
+                "backend_signals": g.backend_signals.iter().map(|(u, n)| json!({"signal": u, "count": n})).collect::<Vec<_>>(),
+                "notes": g.notes(),
                 "title": g.title(),
                 "why": g.why(),
                 "fix": g.fix(),
@@ -1143,6 +1224,9 @@ pub fn report(a: &Analysis, groups: &[Group]) -> String {
         let _ = writeln!(o, "{}\n", g.why());
         if !g.paths.is_empty() {
             let _ = writeln!(o, "Affected URLs: {}\n", top(&g.paths, 5));
+        }
+        for note in g.notes() {
+            let _ = writeln!(o, "Note: {note}.\n");
         }
         let _ = writeln!(o, "```");
         for &i in &g.samples {
