@@ -682,27 +682,25 @@ fn follow(files: &[String], mut a: Analysis, json: bool) -> u8 {
         line: usize,
         partial: Vec<u8>,
     }
+    // Carry on exactly where the first read stopped (a line written
+    // since is not lost); a compressed file has nothing more to follow.
     let mut tails: Vec<Tail> = files
         .iter()
-        .map(|f| {
-            let m = std::fs::metadata(f).ok();
+        .enumerate()
+        .map(|(i, f)| {
+            let (bytes, ino) = a.read[i];
             Tail {
-                pos: m.as_ref().map_or(0, |m| m.len()),
-                ino: m.as_ref().map_or(0, |m| m.ino()),
-                line: 0,
+                pos: if f.ends_with(".gz") {
+                    std::fs::metadata(f).map_or(0, |m| m.len())
+                } else {
+                    bytes
+                },
+                ino,
+                line: a.lines_in[i],
                 partial: Vec::new(),
             }
         })
         .collect();
-    for (i, t) in tails.iter_mut().enumerate() {
-        t.line = a
-            .entries
-            .iter()
-            .filter(|e| e.file == i)
-            .map(|e| e.line)
-            .max()
-            .unwrap_or(0);
-    }
     loop {
         for (i, name) in files.iter().enumerate() {
             let t = &mut tails[i];
