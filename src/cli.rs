@@ -31,10 +31,17 @@ enum Cmd {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
-    /// Validate a config file; lists every problem with its line and fix.
+    /// Validate a config file: every problem with its line and fix, what
+    /// is likely to cause 502s, and a live probe of every server. Exit 0:
+    /// nothing wrong (warnings at most), 1: an error, 2: could not run.
     Check {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
+        /// Skip the live probes (DNS, connect, health paths).
+        #[arg(long)]
+        offline: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Start the gateway with built-in demo origins on loopback.
     Demo {
@@ -119,54 +126,11 @@ fn init_tracing() {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listener{}, {} upstream{}, {} route{})",
-                    config.display(),
-                    c.listen.len(),
-                    plural(c.listen.len()),
-                    c.upstreams.len(),
-                    plural(c.upstreams.len()),
-                    c.routes.len(),
-                    plural(c.routes.len())
-                );
-                // Valid, but likely to cause 502s.
-                for w in &c.warnings {
-                    println!(
-                        "warning: {}:{}:{}: {}: {}\n    fix: {}",
-                        config.display(),
-                        w.line,
-                        w.col,
-                        w.key,
-                        w.message,
-                        w.fix
-                    );
-                }
-                // Unix sockets: missing ones may just be stopped apps
-                // (a warning); a socket baton may not open is an error.
-                let mut bad = false;
-                for (key, p) in crate::upstream::socket_findings(&c, false) {
-                    let level = match p {
-                        crate::upstream::SocketProblem::Missing(_) => "warning",
-                        _ => {
-                            bad = true;
-                            "error"
-                        }
-                    };
-                    println!("{level}: {key}: {}", p.message());
-                }
-                if bad {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        Cmd::Check {
+            config,
+            offline,
+            json,
+        } => ExitCode::from(crate::check::run(&config, !offline, json)),
         Cmd::Serve { config } => {
             init_tracing();
             let cfg = match config::load(&config) {
@@ -269,6 +233,25 @@ pub fn run() -> ExitCode {
                 };
                 let mut worst = 0;
                 let mut all = Vec::new();
+                // The config's own findings first: the timeout ladder,
+                // header limits, shadowed routes (as `baton check`).
+                let ladder: Vec<String> = crate::check::findings(&cfg, false)
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{}:{}: {}: {} (fix: {})",
+                            f.line, f.col, f.key, f.message, f.fix
+                        )
+                    })
+                    .collect();
+                if !ladder.is_empty() {
+                    worst = 1;
+                }
+                if !json {
+                    for f in &ladder {
+                        println!("config: {f}");
+                    }
+                }
                 for t in crate::doctor::config_targets(&cfg) {
                     let r = match rt.block_on(crate::doctor::run(
                         &t.target, timeout, idle_wait, &fcgi_ping,
@@ -307,7 +290,7 @@ pub fn run() -> ExitCode {
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"config": file.display().to_string(), "servers": all})
+                        serde_json::json!({"config": file.display().to_string(), "config_findings": ladder, "servers": all})
                     );
                 }
                 return ExitCode::from(worst);
@@ -354,10 +337,6 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }
 
 /// Ctrl-C or SIGTERM.

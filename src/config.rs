@@ -37,6 +37,20 @@ pub struct Config {
     /// Valid, but likely to cause 502s: shadowed routes, small header
     /// limits, timeouts that never fire (`baton check` lists them).
     pub warnings: Vec<ConfigError>,
+    /// Where keys are in the file (line, column), for findings made after
+    /// loading: `baton check`'s live probes of `upstreams.NAME.servers[i]`
+    /// and `upstreams.NAME.health.path`.
+    pub places: HashMap<String, (usize, usize)>,
+    /// `server.outer_idle_timeout`: the idle timeout of a load balancer in
+    /// front of baton (AWS ALB 60 s), checked against baton's timeouts.
+    pub outer_idle_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Line and column of `key` (0, 0 when it is not in the file).
+    pub fn place(&self, key: &str) -> (usize, usize) {
+        self.places.get(key).copied().unwrap_or((0, 0))
+    }
 }
 
 /// Protection against clients: slowloris, huge heads and bodies, floods.
@@ -422,6 +436,7 @@ mod raw {
         pub admin: Option<Spanned<String>>,
         pub workers: Option<Spanned<i64>>,
         pub header_read_timeout: Option<Spanned<String>>,
+        pub outer_idle_timeout: Option<Spanned<String>>,
         pub max_request_header_bytes: Option<Spanned<i64>>,
         pub max_body_bytes: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
@@ -459,6 +474,7 @@ mod raw {
         pub servers: Spanned<Vec<Spanned<String>>>,
         pub connect_timeout: Option<Spanned<String>>,
         pub read_timeout: Option<Spanned<String>>,
+        pub app_timeout: Option<Spanned<String>>,
         pub write_timeout: Option<Spanned<String>>,
         pub max_response_header_bytes: Option<Spanned<i64>>,
         pub retries: Option<Spanned<i64>>,
@@ -564,6 +580,11 @@ pub mod defaults {
     // which is the usual source of "upstream sent too big header".
     pub const MIN_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
     pub const RETRIES: u32 = 1;
+    // Also the keep-alive idle time towards clients (hyper has one timer
+    // for both): longer than the usual load balancer in front (AWS ALB
+    // 60 s), as nginx's 75 s keepalive_timeout, or the balancer reuses a
+    // connection baton just closed and answers 502.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
     // Below Node's 5 s and Puma's 20 s default idle timeouts; gunicorn's 2 s
     // is caught by the pool learning the observed idle close (upstream.rs).
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -571,6 +592,32 @@ pub mod defaults {
     pub const REPLAY_BUFFER_BYTES: usize = 64 * 1024;
     pub const RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
     pub const RESOLVER_ATTEMPTS: usize = 2;
+}
+
+/// gunicorn's worker timeout from a supervised process's arguments
+/// (`--timeout N`, `-t N`, `--timeout=N`; 30 s when not given; 0 = none).
+fn gunicorn_timeout(p: &ProcessConfig) -> Option<Duration> {
+    let is_gunicorn = std::iter::once(&p.command).chain(&p.args).any(|a| {
+        a.rsplit('/')
+            .next()
+            .is_some_and(|b| b.starts_with("gunicorn"))
+    });
+    if !is_gunicorn {
+        return None;
+    }
+    let mut secs = 30;
+    let mut it = p.args.iter();
+    while let Some(a) = it.next() {
+        let v = if a == "--timeout" || a == "-t" {
+            it.next().map(String::as_str)
+        } else {
+            a.strip_prefix("--timeout=")
+        };
+        if let Some(n) = v.and_then(|v| v.parse::<u64>().ok()) {
+            secs = n;
+        }
+    }
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 /// Whether route prefix `a` matches every path prefix `b` matches.
@@ -633,6 +680,7 @@ pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, Confi
         base: base.map(Path::to_path_buf),
         errors: Vec::new(),
         warnings: Vec::new(),
+        places: HashMap::new(),
     };
     let cfg = v.run();
     if v.errors.is_empty()
@@ -653,6 +701,7 @@ struct Validator<'s> {
     errors: Vec<ConfigError>,
     /// Valid but likely to cause 502s (`baton check` prints them).
     warnings: Vec<ConfigError>,
+    places: HashMap<String, (usize, usize)>,
 }
 
 type Span = std::ops::Range<usize>;
@@ -677,6 +726,11 @@ impl<'s> Validator<'s> {
             message,
             fix: fix.to_string(),
         }
+    }
+
+    fn place(&mut self, key: String, span: Span) {
+        let at = self.pos(span.start);
+        self.places.insert(key, at);
     }
 
     fn warn(&mut self, key: impl Into<String>, span: Span, message: impl Into<String>, fix: &str) {
@@ -1360,7 +1414,10 @@ impl<'s> Validator<'s> {
                 );
                 None
             }
-            (Some(p), _) => Some(p.get_ref().clone()),
+            (Some(p), _) => {
+                self.place(k("path"), p.span());
+                Some(p.get_ref().clone())
+            }
             (None, _) => None,
         };
         let expect = match &h.expect {
@@ -1541,7 +1598,7 @@ impl<'s> Validator<'s> {
             header_read_timeout: self.duration(
                 "server.header_read_timeout",
                 &server.header_read_timeout,
-                Duration::from_secs(30),
+                defaults::HEADER_READ_TIMEOUT,
             ),
             max_request_header_bytes: self.int(
                 "server.max_request_header_bytes",
@@ -1570,6 +1627,34 @@ impl<'s> Validator<'s> {
                 "use 1 or more",
             ) as usize,
         };
+        // The timeout ladder against a load balancer in front of baton.
+        let outer_idle_timeout = server.outer_idle_timeout.as_ref().map(|_| {
+            self.duration(
+                "server.outer_idle_timeout",
+                &server.outer_idle_timeout,
+                Duration::from_secs(60),
+            )
+        });
+        if let (Some(o), Some(at)) = (outer_idle_timeout, &server.outer_idle_timeout)
+            && limits.header_read_timeout <= o
+        {
+            let span = server
+                .header_read_timeout
+                .as_ref()
+                .map_or(at.span(), |h| h.span());
+            self.warn(
+                "server.header_read_timeout",
+                span,
+                format!(
+                    "baton closes idle client connections after {:?}, no later than the load balancer in front ({o:?}): it reuses a connection baton just closed and answers 502 itself",
+                    limits.header_read_timeout
+                ),
+                &format!(
+                    "set header_read_timeout above outer_idle_timeout, e.g. \"{}s\"",
+                    o.as_secs() + 15
+                ),
+            );
+        }
 
         // [log]
         let access_format = match &log.access_format {
@@ -1665,6 +1750,7 @@ impl<'s> Validator<'s> {
                 );
             }
             for s in u.servers.get_ref() {
+                self.place(format!("{}[{}]", key("servers"), servers.len()), s.span());
                 match parse_server_spec(s.get_ref()) {
                     Ok(a) => servers.push(a),
                     Err(why) => self.err(key("servers"), s.span(), why, "write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\""),
@@ -1765,6 +1851,47 @@ impl<'s> Validator<'s> {
                 .process
                 .as_ref()
                 .and_then(|p| self.process(&key, p, &servers, health.is_some()));
+            let read_timeout = self.duration(
+                &key("read_timeout"),
+                &u.read_timeout,
+                defaults::READ_TIMEOUT,
+            );
+            // The timeout ladder: the app's own timeout < read_timeout <
+            // the idle timeout of a load balancer in front.
+            let app_timeout = match &u.app_timeout {
+                Some(_) => Some((
+                    self.duration(&key("app_timeout"), &u.app_timeout, defaults::READ_TIMEOUT),
+                    "app_timeout",
+                )),
+                None => process
+                    .as_deref()
+                    .and_then(gunicorn_timeout)
+                    .map(|t| (t, "gunicorn's --timeout")),
+            };
+            let rt_span = u
+                .read_timeout
+                .as_ref()
+                .map_or(u.servers.span(), |r| r.span());
+            if let Some((a, from)) = app_timeout
+                && a >= read_timeout
+            {
+                self.warn(
+                    key("read_timeout"),
+                    rt_span.clone(),
+                    format!("the application's own timeout ({from} {a:?}) is not shorter than read_timeout {read_timeout:?}: baton answers 504 first while the application keeps working on a request nobody waits for"),
+                    &format!("set read_timeout above the application's timeout, e.g. \"{}s\"", a.as_secs() + 5),
+                );
+            }
+            if let Some(o) = outer_idle_timeout
+                && read_timeout >= o
+            {
+                self.warn(
+                    key("read_timeout"),
+                    rt_span,
+                    format!("read_timeout {read_timeout:?} is not shorter than the load balancer in front ({o:?}): a slow answer becomes the load balancer's bare 504 instead of baton's explained one"),
+                    &format!("keep read_timeout below outer_idle_timeout, e.g. \"{}s\"", o.as_secs().saturating_sub(5).max(1)),
+                );
+            }
             let cfg = UpstreamConfig {
                 fastcgi,
                 process,
@@ -1784,11 +1911,7 @@ impl<'s> Validator<'s> {
                     &u.connect_timeout,
                     defaults::CONNECT_TIMEOUT,
                 ),
-                read_timeout: self.duration(
-                    &key("read_timeout"),
-                    &u.read_timeout,
-                    defaults::READ_TIMEOUT,
-                ),
+                read_timeout,
                 write_timeout: self.duration(
                     &key("write_timeout"),
                     &u.write_timeout,
@@ -2005,6 +2128,8 @@ impl<'s> Validator<'s> {
             routes,
             source: None,
             warnings: std::mem::take(&mut self.warnings),
+            places: std::mem::take(&mut self.places),
+            outer_idle_timeout,
         })
     }
 }

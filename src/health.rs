@@ -242,7 +242,8 @@ async fn checker(rt: Weak<Runtime>, index: usize) {
 }
 
 /// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.
-async fn probe(
+/// Also `baton check`'s live probe of every server.
+pub(crate) async fn probe(
     rt: &Runtime,
     up: &Upstream,
     server: Arc<Server>,

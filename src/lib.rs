@@ -31,6 +31,7 @@
 
 pub mod balance;
 pub mod cause;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -1460,13 +1460,13 @@ fn group_name(gid: u32) -> String {
 pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(String, SocketProblem)> {
     let mut out = Vec::new();
     for u in &cfg.upstreams {
-        for s in &u.servers {
+        for (i, s) in u.servers.iter().enumerate() {
             let ServerAddr::Unix(p) = &s.addr else {
                 continue;
             };
             match socket_problem(p) {
                 Some(SocketProblem::Missing(_)) if u.process.is_some() && !started => {}
-                Some(pb) => out.push((format!("upstreams.{}.servers", u.name), pb)),
+                Some(pb) => out.push((format!("upstreams.{}.servers[{i}]", u.name), pb)),
                 None => {}
             }
         }

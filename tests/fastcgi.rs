@@ -298,16 +298,19 @@ async fn socket_baton_may_not_open_is_explained_by_check_and_at_start() {
     .unwrap();
     php::set_mode(&cfg, 0o644);
     let expected = format!(
-        "upstreams.php.servers: baton runs as nobody (uid 65534) but socket {} is www-data:www-data mode 0660: in the PHP-FPM pool set listen.owner = nobody, or listen.group = nogroup with listen.mode = 0660 (or add nobody to group www-data), then restart PHP-FPM",
+        "upstreams.php.servers[0]: baton runs as nobody (uid 65534) but socket {} is www-data:www-data mode 0660: in the PHP-FPM pool set listen.owner = nobody, or listen.group = nogroup with listen.mode = 0660 (or add nobody to group www-data), then restart PHP-FPM",
         fpm.sock.display()
     );
     let out = as_nobody(&["check", "--config"], &cfg).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.ends_with(&format!("\nerror: {expected}\n")),
+        stdout.ends_with(&format!(
+            ": {expected}\n    fix: give baton's user access to the socket as the message says (PHP-FPM: listen.owner, listen.group, listen.mode), then restart the application\n"
+        )),
         "{stdout}"
     );
+    assert!(stdout.contains("\nerror: "), "{stdout}");
     // `baton serve` says the same when it starts, and keeps serving.
     let mut child = Reap(Some(
         as_nobody(&["serve", "--config"], &cfg)
