@@ -206,7 +206,7 @@ causes! {
         id: "connection_refused", token: "connection_refused", status: 502, phase: Connect, side: Upstream, retry: NothingSent,
         title: "The site's application is not running",
         visitor: "The site's application refused the connection. It is probably stopped or restarting.",
-        seen: "The app crashed or is restarting, listens on another port, or listens on 127.0.0.1 while baton dials ::1 (or the reverse).",
+        seen: "The app crashed or is restarting, listens on another port, or listens on 127.0.0.1 while the gateway dials ::1 (or the reverse).",
         fix: "Start the application and check its port (`ss -ltnp`); make the servers list match the address it listens on.",
     },
     ConnectionTimeout {
@@ -269,7 +269,7 @@ causes! {
         id: "connection_terminated", token: "connection_terminated", status: 502, phase: ReadHead, side: Upstream, retry: MaybeProcessed,
         title: "The site's application stopped answering",
         visitor: "The site's application closed the connection without sending an answer.",
-        seen: "The keep-alive race (the app closed an idle connection as baton reused it), a worker killed mid-request (OOM, gunicorn WORKER TIMEOUT, max-requests recycling), or a crash.",
+        seen: "The keep-alive race (the app closed an idle connection as the gateway reused it), a worker killed mid-request (OOM, gunicorn WORKER TIMEOUT, max-requests recycling), or a crash.",
         fix: "Check the app's logs at that time for crashes or worker kills; make the app's keep-alive idle timeout longer than baton's keepalive_timeout.",
     },
     FastCgiNoResponse {

@@ -79,6 +79,10 @@ enum Cmd {
         /// The path requested from a FastCGI server (PHP-FPM's ping.path).
         #[arg(long, default_value = "/ping")]
         fcgi_ping: String,
+        /// Ask this nameserver (`ip` or `ip:port`, repeatable) instead of
+        /// those in /etc/resolv.conf; the system resolver is asked too.
+        #[arg(long)]
+        nameserver: Vec<String>,
     },
     /// Read nginx, Apache, HAProxy, Envoy, Caddy, Traefik, php-fpm,
     /// gunicorn or baton logs (any mix, any number of files) and say what
@@ -206,6 +210,7 @@ pub fn run() -> ExitCode {
             repeat,
             config: config_file,
             fcgi_ping,
+            nameserver,
         } => {
             let (Some(timeout), Some(idle_wait)) = (
                 config::parse_duration(&timeout),
@@ -223,6 +228,27 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let mut nameservers = Vec::new();
+            for n in &nameserver {
+                match n
+                    .parse::<std::net::SocketAddr>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                {
+                    Ok(a) => nameservers.push(a.to_string()),
+                    Err(_) => {
+                        eprintln!(
+                            "baton doctor: --nameserver {n}: write an IP address, e.g. 127.0.0.53 or 10.0.0.2:53"
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let mut opts = crate::doctor::Options {
+                timeout,
+                idle_wait,
+                ping_path: fcgi_ping,
+                nameservers,
+            };
             if let Some(file) = config_file {
                 let cfg = match config::load(&file) {
                     Ok(c) => c,
@@ -231,6 +257,15 @@ pub fn run() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+                // The nameservers baton itself would ask.
+                if opts.nameservers.is_empty() {
+                    opts.nameservers = cfg
+                        .resolver
+                        .nameservers
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect();
+                }
                 let mut worst = 0;
                 let mut all = Vec::new();
                 // The config's own findings first: the timeout ladder,
@@ -253,9 +288,7 @@ pub fn run() -> ExitCode {
                     }
                 }
                 for t in crate::doctor::config_targets(&cfg) {
-                    let r = match rt.block_on(crate::doctor::run(
-                        &t.target, timeout, idle_wait, &fcgi_ping,
-                    )) {
+                    let r = match rt.block_on(crate::doctor::run(&t.target, &opts)) {
                         Ok(r) => r,
                         Err(e) => {
                             eprintln!("baton doctor: {}: {e}", t.target);
@@ -303,7 +336,11 @@ pub fn run() -> ExitCode {
             for i in 0..repeat.max(1) {
                 // The idle keep-alive watch once is enough.
                 let wait = if i == 0 { idle_wait } else { Duration::ZERO };
-                match rt.block_on(crate::doctor::run(&target, timeout, wait, &fcgi_ping)) {
+                let o = crate::doctor::Options {
+                    idle_wait: wait,
+                    ..opts.clone()
+                };
+                match rt.block_on(crate::doctor::run(&target, &o)) {
                     Ok(r) => {
                         if !json {
                             print!("{}", r.text());

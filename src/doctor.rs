@@ -289,17 +289,29 @@ fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
+/// How a walk is made.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Per step.
+    pub timeout: Duration,
+    /// How long to watch an idle kept-alive connection for the server
+    /// closing it (zero: skip the step).
+    pub idle_wait: Duration,
+    /// The FastCGI request sent to a FastCGI server (PHP-FPM's `ping.path`).
+    pub ping_path: String,
+    /// Nameservers to query directly (`ip:port`); empty: those of
+    /// /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+}
+
 /// Walks `target`. `Err` only when the walk could not run at all.
 /// `idle_wait`: how long to watch an idle kept-alive connection for the
 /// server closing it (zero: skip the step).
 /// `ping_path`: the FastCGI request sent to a FastCGI server (PHP-FPM's
 /// `ping.path`).
-pub async fn run(
-    target: &str,
-    timeout: Duration,
-    idle_wait: Duration,
-    ping_path: &str,
-) -> Result<Report, String> {
+pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
+    let (timeout, idle_wait, ping_path, nameservers) =
+        (o.timeout, o.idle_wait, o.ping_path.as_str(), &o.nameservers);
     let t = parse_target(target)?;
     let secs = timeout.as_secs_f64();
     let tls = match &t.tls_name {
@@ -309,8 +321,14 @@ pub async fn run(
         Some(_) => "tls = true\n".to_string(),
         None => String::new(),
     };
+    let resolver = if nameservers.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = nameservers.iter().map(|n| format!("\"{n}\"")).collect();
+        format!("[resolver]\nnameservers = [{}]\n", list.join(", "))
+    };
     let toml = format!(
-        "[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.target]\nservers = [\"{}\"]\nconnect_timeout = \"{secs}s\"\nread_timeout = \"{secs}s\"\nretries = 0\n{tls}[upstreams.target.outlier]\nconsecutive_failures = 0\n[[routes]]\nupstream = \"target\"\n",
+        "{resolver}[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.target]\nservers = [\"{}\"]\nconnect_timeout = \"{secs}s\"\nread_timeout = \"{secs}s\"\nretries = 0\n{tls}[upstreams.target.outlier]\nconsecutive_failures = 0\n[[routes]]\nupstream = \"target\"\n",
         t.server.replace('"', "")
     );
     let rt = probe_runtime(&toml)?;
@@ -372,11 +390,52 @@ pub async fn run(
                     .filter(|a| a.is_ipv6())
                     .map(|a| a.to_string())
                     .collect();
+                let ttl = a
+                    .ttl
+                    .map_or(String::new(), |t| format!("; TTL {}s", t.as_secs()));
+                let asked = if nameservers.is_empty() {
+                    "the nameservers in /etc/resolv.conf".to_string()
+                } else {
+                    nameservers.join(", ")
+                };
+                // What the system resolver (getaddrinfo: /etc/hosts, nscd,
+                // systemd-resolved) says: what nginx and most apps use,
+                // once at start for nginx.
+                let port = match &server.addr {
+                    ServerAddr::Name { port, .. } => *port,
+                    _ => 0,
+                };
+                let system =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
+                        .await;
+                let mut mine: Vec<std::net::IpAddr> = a.addrs.clone();
+                mine.sort();
+                mine.dedup();
+                let (agree, sys) = match system {
+                    Ok(Ok(it)) => {
+                        let mut v: Vec<std::net::IpAddr> = it.map(|sa| sa.ip()).collect();
+                        v.sort();
+                        v.dedup();
+                        let shown: Vec<String> = v.iter().map(|i| i.to_string()).collect();
+                        (v == mine, list(&shown))
+                    }
+                    Ok(Err(e)) => (false, format!("fails ({e})")),
+                    Err(_) => (false, "no answer in time".to_string()),
+                };
+                let mut detail = format!(
+                    "A: {}; AAAA: {}{ttl} (asked {asked}); system resolver: {}",
+                    list(&v4),
+                    list(&v6),
+                    if agree { "the same".to_string() } else { sys }
+                );
+                if !agree {
+                    detail.push_str(": the two disagree; a stale /etc/hosts entry or a cache (nscd, systemd-resolved) answers differently, and a proxy that resolves once at start (nginx) keeps what it got then");
+                }
                 steps.push(Step {
                     name: "dns",
-                    ok: true,
+                    ok: agree,
                     ms: ms(start),
-                    detail: format!("A: {}; AAAA: {}", list(&v4), list(&v6)),
+                    detail,
                 });
                 // Every address on its own: an app listening on 127.0.0.1
                 // only refuses whoever picks ::1 (and the reverse).

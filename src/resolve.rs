@@ -40,6 +40,9 @@ pub struct Resolver {
 pub struct Answer {
     pub addrs: Vec<IpAddr>,
     pub stale: bool,
+    /// How long the answer may still be cached (the shortest record TTL
+    /// left); `None` for a stale answer.
+    pub ttl: Option<Duration>,
 }
 
 impl Resolver {
@@ -95,7 +98,7 @@ impl Resolver {
     /// Resolves `host`; on failure, the last good answer if there is one.
     pub async fn resolve(&self, host: &str) -> Result<Answer, ResolveError> {
         match self.lookup(host).await {
-            Ok(addrs) => {
+            Ok((addrs, ttl)) => {
                 self.last_good
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -103,6 +106,7 @@ impl Resolver {
                 Ok(Answer {
                     addrs,
                     stale: false,
+                    ttl: Some(ttl),
                 })
             }
             Err(e) => match self
@@ -117,6 +121,7 @@ impl Resolver {
                     Ok(Answer {
                         addrs: addrs.clone(),
                         stale: true,
+                        ttl: None,
                     })
                 }
                 None => Err(e),
@@ -124,15 +129,18 @@ impl Resolver {
         }
     }
 
-    async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    async fn lookup(&self, host: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
         match tokio::time::timeout(self.deadline, self.inner.lookup_ip(host)).await {
             Err(_) => Err(ResolveError::Timeout),
             Ok(Ok(l)) => {
                 let v: Vec<IpAddr> = l.iter().collect();
+                let ttl = l
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
                 if v.is_empty() {
                     Err(ResolveError::NotFound)
                 } else {
-                    Ok(v)
+                    Ok((v, ttl))
                 }
             }
             Ok(Err(NetError::Timeout)) => Err(ResolveError::Timeout),

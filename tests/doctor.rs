@@ -334,3 +334,44 @@ async fn an_app_on_127_0_0_1_only_is_caught_for_its_ipv6_address() {
         "{d}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_step_compares_the_direct_answer_with_the_system_resolver() {
+    // The nameserver asked is a loopback one; "localhost" is answered by
+    // /etc/hosts for the system resolver (no query off the machine).
+    let dns = Dns::start(vec![], false).await;
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let (port, ns) = (o.addr.port(), dns.addr.to_string());
+    let (_, v) = tokio::task::spawn_blocking(move || {
+        doctor(
+            &format!("localhost:{port}"),
+            &["--idle-wait", "0s", "--nameserver", &ns],
+        )
+    })
+    .await
+    .unwrap();
+    let step = v["steps"][0].clone();
+    assert_eq!(step["name"], "dns", "{v}");
+    let d = step["detail"].as_str().unwrap();
+    assert!(d.contains("; TTL "), "{d}");
+    assert!(
+        d.contains(&format!(" (asked {}); system resolver: ", dns.addr)),
+        "{d}"
+    );
+    // Whatever /etc/hosts says, the step says whether the two agree.
+    let system: Vec<std::net::IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0))
+        .unwrap()
+        .map(|a| a.ip())
+        .collect();
+    let both = system.iter().any(|i| i.is_ipv4()) && system.iter().any(|i| i.is_ipv6());
+    assert_eq!(step["ok"], both, "{d}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["doctor", "--nameserver", "not-an-ip", "localhost:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "baton doctor: --nameserver not-an-ip: write an IP address, e.g. 127.0.0.53 or 10.0.0.2:53\n"
+    );
+}

@@ -221,7 +221,7 @@ async fn reload_reports_socket_problems_and_keeps_an_unchanged_backend() {
     assert_eq!(r.status, 200);
     let notes = r.json()["notes"].to_string();
     assert!(
-        notes.contains("upstreams.gone.servers: socket")
+        notes.contains("upstreams.gone.servers[0]: socket")
             && notes.contains("nope.sock does not exist"),
         "{notes}"
     );
