@@ -276,6 +276,186 @@ fn parse_target(t: &str) -> Result<Target, String> {
     })
 }
 
+/// Accepts any certificate, so that the `certificate` step can describe
+/// what a server presents even when verification (the connect step, with
+/// the gateway's own verifier) rejects it. Signatures are still checked.
+#[derive(Debug)]
+struct Inspect(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Inspect {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Certificates expiring sooner than this are flagged.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// What the server at `peer` presents for `sni`: protocol version, ALPN,
+/// the leaf's names, issuer and expiry, the chain's length.
+async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
+    let start = Instant::now();
+    let fail = |detail: String| Step {
+        name: "certificate",
+        ok: false,
+        ms: ms(start),
+        detail,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = match rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => {
+            let mut c = b
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Inspect(provider)))
+                .with_no_client_auth();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c
+        }
+        Err(e) => return fail(e.to_string()),
+    };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(sni.to_string()) else {
+        return fail(format!("{sni} is not a valid TLS server name"));
+    };
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(peer).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+    };
+    let tls = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return fail(format!("no handshake with {peer} (SNI {sni}): {e}")),
+        Err(_) => return fail(format!("no handshake with {peer} within {timeout:?}")),
+    };
+    let (_, conn) = tls.get_ref();
+    let version = conn
+        .protocol_version()
+        .map_or("unknown version".to_string(), |v| format!("{v:?}"));
+    let alpn = conn.alpn_protocol().map_or("none".to_string(), |a| {
+        String::from_utf8_lossy(a).into_owned()
+    });
+    let chain = conn.peer_certificates().unwrap_or_default();
+    let Some(leaf) = chain.first() else {
+        return fail(format!("{version}: the server sent no certificate"));
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return fail(format!("{version}: the certificate cannot be parsed"));
+    };
+    let cn = |n: &x509_parser::x509::X509Name<'_>| {
+        n.iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .map_or_else(|| n.to_string(), str::to_string)
+    };
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for g in &san.value.general_names {
+            match g {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => {
+                        names.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string())
+                    }
+                    16 => {
+                        let mut b = [0u8; 16];
+                        b.copy_from_slice(ip);
+                        names.push(std::net::Ipv6Addr::from(b).to_string());
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    let not_after = cert.validity().not_after.timestamp();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = (not_after - now).div_euclid(86_400);
+    let until = crate::logs::clock(not_after);
+    let self_signed = cert.subject() == cert.issuer();
+    let covers = |n: &str| {
+        n.eq_ignore_ascii_case(sni)
+            || n.strip_prefix("*.").is_some_and(|rest| {
+                sni.split_once('.')
+                    .is_some_and(|(_, parent)| parent.eq_ignore_ascii_case(rest))
+            })
+    };
+    let mut problems = Vec::new();
+    if days < 0 {
+        problems.push(format!("EXPIRED on {}", &until[..10]));
+    } else if days < EXPIRY_WARNING_DAYS {
+        problems.push(format!("expires in {days} days: renew it now"));
+    }
+    if !names.iter().any(|n| covers(n)) {
+        problems.push(format!("does not name {sni}: clients verifying it fail"));
+    }
+    if self_signed {
+        problems.push("self-signed: only clients given this certificate as a CA trust it".into());
+    }
+    let mut detail = format!(
+        "{version}, ALPN {alpn}, SNI {sni}; {} (names: {}); issuer {}; valid until {until} ({days} days); chain of {} certificate{}",
+        cn(cert.subject()),
+        list(&names),
+        cn(cert.issuer()),
+        chain.len(),
+        if chain.len() == 1 { "" } else { "s" },
+    );
+    for p in &problems {
+        detail.push_str("; ");
+        detail.push_str(p);
+    }
+    // Self-signed alone is a fact, not a fault (an internal CA's upstream).
+    let ok = days >= EXPIRY_WARNING_DAYS && names.iter().any(|n| covers(n));
+    Step {
+        name: "certificate",
+        ok,
+        ms: ms(start),
+        detail,
+    }
+}
+
 /// The gateway's runtime for a one-upstream config, without listeners (so
 /// any address may be diagnosed, even one baton could listen on).
 fn probe_runtime(toml: &str) -> Result<crate::proxy::Runtime, String> {
@@ -504,6 +684,9 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
                 ms: ms(start),
                 detail: format!("connected to {}", c.peer),
             });
+            if let Some(sni) = &t.tls_name {
+                steps.push(certificate(&c.peer, sni, timeout).await);
+            }
             c
         }
         Err((f, peer)) => {
@@ -513,6 +696,12 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
                 ms: ms(start),
                 detail: format!("{peer}: {}", f.details.clone().unwrap_or_default()),
             });
+            // A rejected certificate: say what it is.
+            if let Some(sni) = &t.tls_name
+                && f.cause.phase() == crate::cause::Phase::Tls
+            {
+                steps.push(certificate(&peer, sni, timeout).await);
+            }
             return Ok(report(steps, Some(f), None));
         }
     };

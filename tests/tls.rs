@@ -168,3 +168,89 @@ async fn plain_http_to_a_tls_port_is_named() {
     let r = send(gw.addr, get("/")).await;
     assert_failure(&gw, &r, 502, "http_protocol_error", "upstream_speaks_tls").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_describes_the_certificate_it_rejects() {
+    let p = pki(false);
+    let o = Origin::start_tls(Script::Ok("secure\n".into()), p.server.clone())
+        .await
+        .unwrap();
+    let port = o.addr.port();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["doctor", "--json", "--idle-wait", "0s"])
+            .arg(format!("https://127.0.0.1:{port}/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(v["verdict"]["cause"], "tls_certificate_error");
+    let cert = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "certificate")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(cert["ok"], false);
+    let d = cert["detail"].as_str().unwrap();
+    assert!(d.starts_with("TLSv1_3, ALPN none, SNI 127.0.0.1; "), "{d}");
+    assert!(d.contains("(names: app.test)"), "{d}");
+    assert!(d.contains("chain of 1 certificate"), "{d}");
+    assert!(
+        d.contains("; does not name 127.0.0.1: clients verifying it fail"),
+        "{d}"
+    );
+    assert!(
+        d.contains("; self-signed: only clients given this certificate as a CA trust it"),
+        "{d}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_flags_an_expired_certificate() {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let o = Origin::start_tls(Script::Ok("old\n".into()), Arc::new(server))
+        .await
+        .unwrap();
+    let port = o.addr.port();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["doctor", "--json", "--idle-wait", "0s"])
+            .arg(format!("https://127.0.0.1:{port}/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"]["cause"], "tls_certificate_error", "{v:#}");
+    let cert = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "certificate")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    let d = cert["detail"].as_str().unwrap();
+    assert!(d.contains("(names: 127.0.0.1)"), "{d}");
+    assert!(d.contains("; valid until 2020-01-01 00:00:00 ("), "{d}");
+    assert!(d.contains("; EXPIRED on 2020-01-01"), "{d}");
+    assert!(!d.contains("does not name"), "{d}");
+}
