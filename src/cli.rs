@@ -314,7 +314,7 @@ pub fn run() -> ExitCode {
                         all.push(v);
                     } else {
                         println!("[upstreams.{}]", t.upstream);
-                        print!("{}", r.text());
+                        print!("{}", r.render(crate::term::Paint::stdout()));
                         for f in findings.drain(..) {
                             println!("finding: {f}");
                         }
@@ -343,7 +343,7 @@ pub fn run() -> ExitCode {
                 match rt.block_on(crate::doctor::run(&target, &o)) {
                     Ok(r) => {
                         if !json {
-                            print!("{}", r.text());
+                            print!("{}", r.render(crate::term::Paint::stdout()));
                         }
                         runs.push(r);
                     }

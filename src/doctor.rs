@@ -718,7 +718,14 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
     };
     drop(conn);
     let start = Instant::now();
-    let spoken = sniff(&dialled, timeout).await;
+    let spoken = {
+        let progress = crate::term::Progress::new();
+        progress.show(&format!(
+            "sniff: waiting up to {:.0}s for the server to answer a FastCGI record",
+            timeout.as_secs_f64()
+        ));
+        sniff(&dialled, timeout).await
+    };
     steps.push(Step {
         name: "sniff",
         ok: true,
@@ -853,7 +860,13 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         let start = Instant::now();
         server.checkin(&up.cfg, Link::Http(tx), info.clone());
         let mut closed = None;
+        let progress = crate::term::Progress::new();
         while start.elapsed() < idle_wait {
+            progress.show(&format!(
+                "keepalive: watching an idle connection for the server closing it, {:.0}s of {:.0}s",
+                start.elapsed().as_secs_f64(),
+                idle_wait.as_secs_f64()
+            ));
             tokio::time::sleep(Duration::from_millis(20)).await;
             if let Some(d) = server.learned_idle_close() {
                 closed = Some(d);
@@ -956,21 +969,35 @@ impl Report {
 
     /// Plain text for a terminal.
     pub fn text(&self) -> String {
-        let mut out = format!("baton doctor {}\n", self.target);
+        self.render(crate::term::Paint::plain())
+    }
+
+    /// The text, coloured when `paint` is on.
+    pub fn render(&self, paint: crate::term::Paint) -> String {
+        let mut out = format!("baton doctor {}\n", paint.bold(&self.target));
         for s in &self.steps {
             out.push_str(&format!(
                 "  {} {:<12} {:>8.2} ms  {}\n",
-                if s.ok { "ok  " } else { "FAIL" },
+                if s.ok {
+                    paint.green("ok  ")
+                } else {
+                    paint.red("FAIL")
+                },
                 s.name,
                 s.ms,
                 s.detail
             ));
         }
         match &self.failure {
-            None => out.push_str(&format!("verdict: {}\n", self.clean_summary())),
+            None => out.push_str(&format!(
+                "{} {}\n",
+                paint.bold("verdict:"),
+                self.clean_summary()
+            )),
             Some(f) => out.push_str(&format!(
-                "verdict: {} ({}, Proxy-Status {}, a gateway would answer {})\n  evidence: {}\n  fix: {}\n",
-                f.cause.title(),
+                "{} {} ({}, Proxy-Status {}, a gateway would answer {})\n  evidence: {}\n  fix: {}\n",
+                paint.bold("verdict:"),
+                paint.red(f.cause.title()),
                 f.cause.id(),
                 f.cause.proxy_status(),
                 f.cause.status(),

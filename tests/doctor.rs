@@ -375,3 +375,29 @@ async fn dns_step_compares_the_direct_answer_with_the_system_resolver() {
         "baton doctor: --nameserver not-an-ip: write an IP address, e.g. 127.0.0.53 or 10.0.0.2:53\n"
     );
 }
+
+#[test]
+fn colour_on_a_terminal_only_and_never_with_no_color() {
+    // `script` gives baton a pseudo-terminal, as a person's shell would.
+    let run = |no_color: bool| {
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec"])
+            .arg(format!(
+                "{} doctor 127.0.0.1:1",
+                env!("CARGO_BIN_EXE_baton")
+            ))
+            .arg("/dev/null");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        String::from_utf8(c.output().expect("script (util-linux)").stdout).unwrap()
+    };
+    let tty = run(false);
+    assert!(tty.contains("\x1b[1;31mFAIL\x1b[0m connect"), "{tty:?}");
+    assert!(tty.contains("\x1b[1mverdict:\x1b[0m"), "{tty:?}");
+    let plain = run(true);
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+    assert!(plain.contains("  FAIL connect "), "{plain:?}");
+}
