@@ -776,7 +776,22 @@ fn proxy_failures_are_linked_to_backend_signals_at_the_same_time() {
     let (_, v) = logs(&[nginx.to_str().unwrap(), app.to_str().unwrap()]);
     let g = &v["summary"][0];
     assert_eq!(g["cause"], "connection_terminated");
-    assert_eq!(g["count"], 4, "two nginx lines and gunicorn's two");
+    assert_eq!(
+        g["count"], 2,
+        "two nginx lines; gunicorn's two are joined to the first as its explanation"
+    );
+    let joined: Vec<u64> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["source"] == "gunicorn" && l["joined_to"]["line"] == 1)
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(joined, [3, 4]);
+    assert!(
+        g["fix"].as_str().unwrap().starts_with("WORKER TIMEOUT: "),
+        "the backend's fix first: {g:#}"
+    );
     assert_eq!(g["near_backend_signal"], 1, "{g:#}");
     assert_eq!(
         g["notes"][0],

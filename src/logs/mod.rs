@@ -191,6 +191,34 @@ impl Analysis {
                 self.entries[w].joined = Some(s);
             }
         }
+        self.join_backend();
+    }
+
+    /// Joins a backend's failure line (php-fpm, gunicorn) to a proxy's
+    /// failure within SIGNAL_WINDOW seconds: the same incident seen from
+    /// both sides, counted once (the proxy's line), the backend's kept as
+    /// the evidence that explains it.
+    fn join_backend(&mut self) {
+        let mut proxy: Vec<(i64, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_failure() && e.joined.is_none() && !e.p.source.is_backend())
+            .filter_map(|(i, e)| Some((e.p.time?, i)))
+            .collect();
+        proxy.sort_unstable();
+        for i in 0..self.entries.len() {
+            let e = &self.entries[i];
+            if !e.is_failure() || !e.p.source.is_backend() || e.joined.is_some() {
+                continue;
+            }
+            let Some(t) = e.p.time else { continue };
+            let from = proxy.partition_point(|&(x, _)| x < t - SIGNAL_WINDOW);
+            let to = proxy.partition_point(|&(x, _)| x <= t + SIGNAL_WINDOW);
+            if let Some(&(_, p)) = proxy[from..to].iter().min_by_key(|&&(x, _)| (x - t).abs()) {
+                self.entries[i].joined = Some(p);
+            }
+        }
     }
 
     /// Failure lines that count (not joined to another), by group.
@@ -221,8 +249,8 @@ impl Analysis {
     /// What the application side logged (php-fpm and gunicorn failures,
     /// worker starts, the kernel's OOM kills), by time: the evidence that
     /// links a proxy's 502 to its cause behind the proxy.
-    fn backend_signals(&self) -> Vec<(i64, String)> {
-        let mut v: Vec<(i64, String)> = self
+    fn backend_signals(&self) -> Vec<(i64, String, Source)> {
+        let mut v: Vec<(i64, String, Source)> = self
             .entries
             .iter()
             .filter(|e| e.p.source.is_backend())
@@ -232,7 +260,11 @@ impl Analysis {
                     Kind::Event(ev @ (Event::OomKill | Event::WorkerStart)) => ev.as_str(),
                     _ => return None,
                 };
-                Some((e.p.time?, format!("{} {what}", e.p.source.as_str())))
+                Some((
+                    e.p.time?,
+                    format!("{} {what}", e.p.source.as_str()),
+                    e.p.source,
+                ))
             })
             .collect();
         v.sort();
@@ -315,6 +347,8 @@ pub struct Group {
     /// those signals by count.
     pub near_backend: usize,
     pub backend_signals: Vec<(String, usize)>,
+    /// The backends those signals came from, by count.
+    backend_sources: Vec<(Source, usize)>,
     /// The times of the lines a proxy (not the backend) wrote.
     proxy_times: Vec<i64>,
 }
@@ -346,6 +380,7 @@ impl Group {
             samples: Vec::new(),
             near_backend: 0,
             backend_signals: Vec::new(),
+            backend_sources: Vec::new(),
             proxy_times: Vec::new(),
         }
     }
@@ -378,24 +413,31 @@ impl Group {
         }
     }
 
-    fn finish(&mut self, signals: &[(i64, String)]) {
+    fn finish(&mut self, signals: &[(i64, String, Source)]) {
         // How many of the proxies' lines have a backend signal within
         // SIGNAL_WINDOW seconds.
-        {
-            for &t in &self.proxy_times {
-                let from = signals.partition_point(|(x, _)| *x < t - SIGNAL_WINDOW);
-                let to = signals.partition_point(|(x, _)| *x <= t + SIGNAL_WINDOW);
-                let mut seen: Vec<&str> =
-                    signals[from..to].iter().map(|(_, l)| l.as_str()).collect();
-                seen.dedup();
-                if !seen.is_empty() {
-                    self.near_backend += 1;
-                }
-                for l in seen {
-                    bump(&mut self.backend_signals, l.to_string());
-                }
+        for &t in &self.proxy_times {
+            let from = signals.partition_point(|(x, ..)| *x < t - SIGNAL_WINDOW);
+            let to = signals.partition_point(|(x, ..)| *x <= t + SIGNAL_WINDOW);
+            let mut seen: Vec<(&str, Source)> = signals[from..to]
+                .iter()
+                .map(|(_, l, s)| (l.as_str(), *s))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            if !seen.is_empty() {
+                self.near_backend += 1;
+            }
+            let mut sources: Vec<Source> = seen.iter().map(|(_, s)| *s).collect();
+            sources.dedup();
+            for s in sources {
+                bump(&mut self.backend_sources, s);
+            }
+            for (l, _) in seen {
+                bump(&mut self.backend_signals, l.to_string());
             }
         }
+        self.backend_sources.sort_by_key(|s| std::cmp::Reverse(s.1));
         for v in [
             &mut self.upstreams,
             &mut self.paths,
@@ -416,6 +458,14 @@ impl Group {
 
     /// The fix in the words of the peer that logged most of the lines.
     pub fn fix(&self) -> String {
+        // When most of the proxy's lines coincide with a backend's own
+        // signal (gunicorn's WORKER TIMEOUT), the backend's fix comes first.
+        if let (GroupKey::Cause(Some(c)), Some((b, _))) = (self.key, self.backend_sources.first())
+            && self.near_backend * 2 >= self.proxy_times.len()
+            && fix_for(*b, c) != c.fix()
+        {
+            return fix_for(*b, c).to_string();
+        }
         let source = self.sources.first().map(|s| s.0);
         match (self.key, source) {
             (GroupKey::Cause(Some(c)), Some(s)) => fix_for(s, c).to_string(),
