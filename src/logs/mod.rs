@@ -10,7 +10,7 @@
 
 pub mod formats;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -121,8 +121,12 @@ impl Analysis {
     /// line is not counted again; the explaining line takes its status.
     pub fn join(&mut self) {
         let mut by_id: HashMap<String, usize> = HashMap::new();
-        // Per source, the explaining lines sorted by time.
-        let mut by_time: HashMap<Source, Vec<(i64, usize)>> = HashMap::new();
+        // The explaining lines, twice (one pool for access lines, one for
+        // companions: each explaining line takes at most one of each), by
+        // source and path, by source for those without a path, and by
+        // source alone; each sorted by time so a lookup is a range query
+        // even in a burst of thousands of 502s a second.
+        let mut pools: [Pools; 2] = Default::default();
         for (i, e) in self.entries.iter().enumerate() {
             if !e.is_failure() || e.weak() {
                 continue;
@@ -131,11 +135,10 @@ impl Analysis {
                 by_id.entry(id.clone()).or_insert(i);
             }
             if let Some(t) = e.p.time {
-                by_time.entry(e.p.source).or_default().push((t, i));
+                for p in &mut pools {
+                    p.insert(e, t, i);
+                }
             }
-        }
-        for v in by_time.values_mut() {
-            v.sort_unstable();
         }
         // Companions first: they carry the path (Apache's AH00898) that
         // the access line is then matched on.
@@ -143,48 +146,33 @@ impl Analysis {
             .filter(|&i| self.entries[i].weak())
             .collect();
         weak.sort_by_key(|&i| (self.entries[i].p.status.is_some(), i));
-        // Each explaining line takes at most one access line (with a
-        // status) and one companion (without).
-        let mut taken: HashSet<(usize, bool)> = HashSet::new();
         for w in weak {
             let e = &self.entries[w];
-            let with_status = e.p.status.is_some();
+            let kind = usize::from(e.p.status.is_some());
             let by_request =
                 e.p.request_id
                     .as_deref()
-                    .and_then(|id| by_id.get(id).copied());
+                    .and_then(|id| by_id.get(id).copied())
+                    .filter(|&s| pools[kind].contains(&self.entries[s], s));
             let found = by_request.or_else(|| {
                 let t = e.p.time?;
-                let lines = by_time.get(&e.p.source)?;
-                // An access line may be stamped when the request arrived
-                // (Apache's %t), up to a long timeout before the error
-                // line: allowed when the paths agree.
-                let from = lines.partition_point(|&(x, _)| x < t - 2);
-                let to = lines.partition_point(|&(x, _)| x <= t + 300);
-                lines[from..to]
-                    .iter()
-                    .filter(|&&(ct, s)| {
-                        let c = &self.entries[s];
-                        let same_path = match (&c.p.path, &e.p.path) {
-                            (Some(a), Some(b)) if a == b => Some(true),
-                            (Some(_), Some(_)) => Some(false),
-                            _ => None,
-                        };
-                        !taken.contains(&(s, with_status))
-                            && match same_path {
-                                Some(true) => true,
-                                Some(false) => false,
-                                None => (ct - t).abs() <= 2,
-                            }
-                    })
-                    .min_by_key(|&&(ct, _)| (ct - t).abs())
-                    .map(|&(_, s)| s)
+                pools[kind].nearest(e.p.source, e.p.path.as_deref(), t)
             });
             if let Some(s) = found {
-                taken.insert((s, with_status));
+                if let Some(t) = self.entries[s].p.time {
+                    let path = self.entries[s].p.path.clone();
+                    pools[kind].remove(self.entries[s].p.source, path.as_deref(), t, s);
+                }
                 let weak = self.entries[w].p.clone();
                 let e = &mut self.entries[s];
                 e.p.status = e.p.status.or(weak.status);
+                // A path learnt from a companion is one more way for the
+                // access line to find this line.
+                if e.p.path.is_none()
+                    && let (Some(p), Some(t)) = (&weak.path, e.p.time)
+                {
+                    pools[1].relearn(e.p.source, p, t, s);
+                }
                 e.p.path = e.p.path.take().or(weak.path);
                 e.p.upstream = e.p.upstream.take().or(weak.upstream);
                 e.p.request_id = e.p.request_id.take().or(weak.request_id);
@@ -307,6 +295,107 @@ impl Analysis {
     }
 }
 
+/// Explaining lines not yet joined, indexed for [`Analysis::join`].
+#[derive(Default)]
+struct Pools {
+    by_path: HashMap<(Source, String), BTreeSet<(i64, usize)>>,
+    no_path: HashMap<Source, BTreeSet<(i64, usize)>>,
+    all: HashMap<Source, BTreeSet<(i64, usize)>>,
+}
+
+/// Seconds an access line may be stamped before the line that explains it
+/// (Apache's `%t` is the request's start) when their paths agree, and
+/// either way otherwise.
+const JOIN_BEFORE_SAME_PATH: i64 = 300;
+const JOIN_WINDOW: i64 = 2;
+
+impl Pools {
+    fn insert(&mut self, e: &Entry, t: i64, i: usize) {
+        match &e.p.path {
+            Some(p) => {
+                self.by_path
+                    .entry((e.p.source, p.clone()))
+                    .or_default()
+                    .insert((t, i));
+            }
+            None => {
+                self.no_path.entry(e.p.source).or_default().insert((t, i));
+            }
+        }
+        self.all.entry(e.p.source).or_default().insert((t, i));
+    }
+
+    fn contains(&self, e: &Entry, i: usize) -> bool {
+        e.p.time.is_some_and(|t| {
+            self.all
+                .get(&e.p.source)
+                .is_some_and(|s| s.contains(&(t, i)))
+        })
+    }
+
+    fn remove(&mut self, source: Source, path: Option<&str>, t: i64, i: usize) {
+        if let Some(p) = path
+            && let Some(s) = self.by_path.get_mut(&(source, p.to_string()))
+        {
+            s.remove(&(t, i));
+        }
+        if let Some(s) = self.no_path.get_mut(&source) {
+            s.remove(&(t, i));
+        }
+        if let Some(s) = self.all.get_mut(&source) {
+            s.remove(&(t, i));
+        }
+    }
+
+    /// A line without a path learnt one: index it under that path.
+    fn relearn(&mut self, source: Source, path: &str, t: i64, i: usize) {
+        if let Some(s) = self.no_path.get_mut(&source)
+            && s.remove(&(t, i))
+        {
+            self.by_path
+                .entry((source, path.to_string()))
+                .or_default()
+                .insert((t, i));
+        }
+    }
+
+    /// The explaining line nearest in time to a weak line at `t`: one with
+    /// the same path (up to JOIN_BEFORE_SAME_PATH later), or one without a
+    /// path within JOIN_WINDOW; for a weak line without a path, any within
+    /// JOIN_WINDOW.
+    fn nearest(&self, source: Source, path: Option<&str>, t: i64) -> Option<usize> {
+        let near = |set: Option<&BTreeSet<(i64, usize)>>, lo: i64, hi: i64| {
+            let set = set?;
+            let after = set.range((t, 0)..).next().filter(|(x, _)| *x <= hi);
+            let before = set.range(..(t, 0)).next_back().filter(|(x, _)| *x >= lo);
+            [after, before]
+                .into_iter()
+                .flatten()
+                .min_by_key(|(x, _)| (x - t).abs())
+                .copied()
+        };
+        let candidates = match path {
+            Some(p) => [
+                near(
+                    self.by_path.get(&(source, p.to_string())),
+                    t - JOIN_WINDOW,
+                    t + JOIN_BEFORE_SAME_PATH,
+                ),
+                near(self.no_path.get(&source), t - JOIN_WINDOW, t + JOIN_WINDOW),
+            ],
+            None => [
+                near(self.all.get(&source), t - JOIN_WINDOW, t + JOIN_WINDOW),
+                None,
+            ],
+        };
+        candidates
+            .into_iter()
+            .flatten()
+            .min_by_key(|(x, _)| (x - t).abs())
+            .map(|(_, i)| i)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupKey {
     Cause(Option<Cause>),
@@ -349,6 +438,8 @@ pub struct Group {
     pub backend_signals: Vec<(String, usize)>,
     /// The backends those signals came from, by count.
     backend_sources: Vec<(Source, usize)>,
+    /// Upstreams and paths counted while reading (many distinct URLs).
+    counts: (HashMap<String, usize>, HashMap<String, usize>),
     /// The times of the lines a proxy (not the backend) wrote.
     proxy_times: Vec<i64>,
 }
@@ -381,6 +472,7 @@ impl Group {
             near_backend: 0,
             backend_signals: Vec::new(),
             backend_sources: Vec::new(),
+            counts: Default::default(),
             proxy_times: Vec::new(),
         }
     }
@@ -400,10 +492,10 @@ impl Group {
             bump(&mut self.statuses, s);
         }
         if let Some(u) = &e.p.upstream {
-            bump(&mut self.upstreams, u.clone());
+            *self.counts.0.entry(u.clone()).or_default() += 1;
         }
         if let Some(p) = &e.p.path {
-            bump(&mut self.paths, p.clone());
+            *self.counts.1.entry(p.clone()).or_default() += 1;
         }
         // The first two and the latest.
         if self.samples.len() < 3 {
@@ -438,6 +530,9 @@ impl Group {
             }
         }
         self.backend_sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let (ups, paths) = std::mem::take(&mut self.counts);
+        self.upstreams = ups.into_iter().collect();
+        self.paths = paths.into_iter().collect();
         for v in [
             &mut self.upstreams,
             &mut self.paths,
