@@ -388,16 +388,9 @@ fn follow_prints_new_failures_through_rotation() {
     ));
     let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    // The summary of what is there (nothing), as one JSON document.
-    let mut doc = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        doc.push_str(&l);
-        if l == "}" {
-            break;
-        }
-    }
-    let v: Value = serde_json::from_str(&doc).unwrap();
+    // The summary of what is there (nothing), as one JSON document on
+    // one line; then one JSON object per new failure.
+    let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(v["failures"], 0);
     let nginx = std::fs::read_to_string(fixture("nginx-error.log")).unwrap();
     let line = |n: usize| format!("{}\n", nginx.lines().nth(n - 1).unwrap());

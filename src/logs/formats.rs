@@ -162,14 +162,16 @@ pub fn parse(line: &str, hint: Source) -> Option<Parsed> {
     {
         return json_line(&v);
     }
+    // Anchored formats first; HAProxy's (found anywhere in a syslog line)
+    // and the fallback scan the whole line.
     nginx_error(line)
         .or_else(|| apache_error(line))
-        .or_else(|| haproxy(line))
         .or_else(|| envoy(line))
         .or_else(|| php_fpm(line))
         .or_else(|| gunicorn(line))
-        .or_else(|| traefik_text(line))
         .or_else(|| access(line, hint))
+        .or_else(|| traefik_text(line))
+        .or_else(|| haproxy(line))
         .or_else(|| other(line))
 }
 

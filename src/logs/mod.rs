@@ -776,10 +776,14 @@ pub fn run(o: &Options) -> u8 {
     };
     let groups = a.groups();
     if o.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json_out(&a, &groups)).unwrap_or_default()
-        );
+        let stdout = io::stdout();
+        let mut w = io::BufWriter::new(stdout.lock());
+        if write_json(&a, &groups, &mut w)
+            .and_then(|_| io::Write::flush(&mut w))
+            .is_err()
+        {
+            return 2;
+        }
     } else {
         print!("{}", text(&a, &groups, Paint::stdout()));
     }
@@ -1191,20 +1195,36 @@ fn line_json(a: &Analysis, e: &Entry) -> Value {
     v
 }
 
-fn json_out(a: &Analysis, groups: &[Group]) -> Value {
-    let lines: Vec<Value> = a
+/// The `--json` document, on one line. The failure lines are written one
+/// by one (a log of a million 502s is not built in memory twice).
+fn write_json(a: &Analysis, groups: &[Group], w: &mut impl io::Write) -> io::Result<()> {
+    w.write_all(b"{\"lines\":[")?;
+    let mut first = true;
+    for e in a
         .entries
         .iter()
         .filter(|e| e.is_failure() || e.p.kind == Kind::AppAnswer)
-        .map(|e| {
-            let mut v = line_json(a, e);
-            if let Some(j) = e.joined {
-                let s = &a.entries[j];
-                v["joined_to"] = json!({"file": a.files[s.file], "line": s.line});
-            }
-            v
-        })
-        .collect();
+    {
+        let mut v = line_json(a, e);
+        if let Some(j) = e.joined {
+            let s = &a.entries[j];
+            v["joined_to"] = json!({"file": a.files[s.file], "line": s.line});
+        }
+        if !first {
+            w.write_all(b",")?;
+        }
+        first = false;
+        serde_json::to_writer(&mut *w, &v)?;
+    }
+    w.write_all(b"],")?;
+    // The rest of the document, after its opening brace.
+    let rest = serde_json::to_string(&json_rest(a, groups))?;
+    w.write_all(&rest.as_bytes()[1..])?;
+    w.write_all(b"\n")
+}
+
+/// Every field of the `--json` document but `lines`.
+fn json_rest(a: &Analysis, groups: &[Group]) -> Value {
     let span = a.span();
     let b = span.map_or(60, |(lo, hi)| bucket(hi - lo));
     let summary: Vec<Value> = groups
@@ -1239,7 +1259,6 @@ fn json_out(a: &Analysis, groups: &[Group]) -> Value {
     json!({
         "files": a.files,
         "lines_read": a.lines,
-        "lines": lines,
         "failures": a.failures(),
         "unclassified": a.unclassified(),
         "unrecognised": a.unrecognised,
