@@ -26,3 +26,83 @@ fn demo_self_test_passes() {
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("\nok   ").count(), 8, "{stdout}");
 }
+
+/// docs/metrics.md lists exactly the families `/metrics` serves, and the
+/// Grafana dashboard only queries those.
+#[tokio::test]
+async fn metrics_md_and_the_grafana_dashboard_match_the_served_metrics() {
+    use crate::support::{Gw, Origin, Script};
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let text = gw.metrics().await;
+    gw.stop().await;
+    // `# TYPE baton_requests counter`: a counter's samples end in _total.
+    let mut served: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            }
+        })
+        .collect();
+    served.sort();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let mut documented: Vec<String> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `baton_"))
+        .map(|l| l[3..].split('`').next().unwrap().to_string())
+        .collect();
+    documented.sort();
+    // Families without samples yet are not served: compare with what the
+    // code registers, and check the served ones by their exact names.
+    let src = std::fs::read_to_string(format!("{root}/src/metrics.rs")).unwrap();
+    let mut registered: Vec<String> = src
+        .split("registry.register(")
+        .skip(1)
+        .map(|r| format!("baton_{}", r.split('"').nth(1).unwrap()))
+        .collect();
+    registered.sort();
+    let mut bare: Vec<String> = documented
+        .iter()
+        .map(|d| d.trim_end_matches("_total").to_string())
+        .collect();
+    bare.sort();
+    assert_eq!(
+        bare, registered,
+        "docs/metrics.md's table vs src/metrics.rs"
+    );
+    for s in &served {
+        assert!(documented.contains(s), "{s} is served but not documented");
+    }
+    let dash = std::fs::read_to_string(format!("{root}/docs/grafana-dashboard.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut queried = 0;
+    for p in v["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(name) = word.strip_prefix("baton_").map(|_| word) {
+                    let base = name.trim_end_matches("_bucket");
+                    assert!(
+                        documented.iter().any(|s| s == base),
+                        "{name} in the dashboard is not a metric"
+                    );
+                    queried += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        queried >= documented.len(),
+        "every family has a panel: {queried}"
+    );
+}
