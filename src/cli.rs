@@ -84,6 +84,22 @@ enum Cmd {
         #[arg(long)]
         nameserver: Vec<String>,
     },
+    /// List the incidents recorded in `[incidents] dir`, newest first.
+    Incidents {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write an incident's escalation report as Markdown and HTML
+    /// (`incident-ID.md` and `incident-ID.html`, or `--out PREFIX`).
+    Report {
+        id: i64,
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Read nginx, Apache, HAProxy, Envoy, Caddy, Traefik, php-fpm,
     /// gunicorn or baton logs (any mix, any number of files) and say what
     /// broke, since when, how often, and the fix. Exit 0: no failure found,
@@ -190,6 +206,55 @@ pub fn run() -> ExitCode {
                 }
             };
             rt.block_on(crate::demo::run(listen, self_test))
+        }
+        Cmd::Incidents { config, json } => {
+            let store = match incident_store(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("baton incidents: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match store.list() {
+                Ok(v) if json => {
+                    println!("{}", serde_json::json!({ "incidents": v }));
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    print!("{}", crate::incidents::list_text(&v));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("baton incidents: the store cannot be read: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Report { id, config, out } => {
+            let found = incident_store(&config).and_then(|s| s.get(id));
+            match found {
+                Ok(Some(i)) => {
+                    let prefix = out.unwrap_or_else(|| PathBuf::from(format!("incident-{id}")));
+                    let md = prefix.with_extension("md");
+                    let html = prefix.with_extension("html");
+                    if let Err(e) = std::fs::write(&md, crate::incidents::report_md(&i))
+                        .and_then(|_| std::fs::write(&html, crate::incidents::report_html(&i)))
+                    {
+                        eprintln!("baton report: cannot write {}: {e}", md.display());
+                        return ExitCode::from(2);
+                    }
+                    println!("{}\n{}", md.display(), html.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!("baton report: no incident {id} (`baton incidents` lists them)");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("baton report: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Cmd::Logs {
             files,
@@ -374,6 +439,16 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// The incident store named by a config's `[incidents] dir`.
+fn incident_store(config: &std::path::Path) -> Result<crate::incidents::Store, String> {
+    let cfg = config::load(config).map_err(|e| e.to_string())?;
+    let dir = cfg
+        .incidents
+        .ok_or("the config has no [incidents] dir: incidents are not recorded")?
+        .dir;
+    crate::incidents::Store::open_existing(&dir)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -44,6 +44,37 @@ pub struct Config {
     /// `server.outer_idle_timeout`: the idle timeout of a load balancer in
     /// front of baton (AWS ALB 60 s), checked against baton's timeouts.
     pub outer_idle_timeout: Option<Duration>,
+    /// `[incidents]`: recorded when `dir` is set.
+    pub incidents: Option<IncidentConfig>,
+    /// `[alerts]`: where incident alerts go.
+    pub alerts: AlertConfig,
+}
+
+/// `[incidents]`: when an upstream's failures open an incident, and where
+/// incidents are kept.
+#[derive(Debug, Clone)]
+pub struct IncidentConfig {
+    pub dir: PathBuf,
+    /// Share of an upstream's requests failing over `window` (0..1).
+    pub error_rate: f64,
+    /// Requests over `window` below which no rate opens an incident.
+    pub min_requests: u64,
+    pub window: Duration,
+    /// Below half the error rate for this long: the incident closes.
+    pub recover_after: Duration,
+    pub max_age: Duration,
+    pub max_incidents: u64,
+}
+
+/// `[alerts]`: a webhook and/or a command on incident open and close.
+#[derive(Debug, Clone, Default)]
+pub struct AlertConfig {
+    pub webhook: Option<http::Uri>,
+    /// Slack's `{"text": ...}` shape instead of baton's JSON.
+    pub slack: bool,
+    pub command: Option<String>,
+    /// At most one "opened" alert per upstream in this time.
+    pub min_interval: Duration,
 }
 
 impl Config {
@@ -440,6 +471,27 @@ mod raw {
         pub max_request_header_bytes: Option<Spanned<i64>>,
         pub max_body_bytes: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Incidents {
+        pub dir: Option<Spanned<String>>,
+        pub error_rate: Option<Spanned<f64>>,
+        pub min_requests: Option<Spanned<i64>>,
+        pub window: Option<Spanned<String>>,
+        pub recover_after: Option<Spanned<String>>,
+        pub max_age: Option<Spanned<String>>,
+        pub max_incidents: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Alerts {
+        pub webhook: Option<Spanned<String>>,
+        pub format: Option<Spanned<String>>,
+        pub command: Option<Spanned<String>>,
+        pub min_interval: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -1393,6 +1445,98 @@ impl<'s> Validator<'s> {
         }
     }
 
+    fn incidents(&mut self, r: &raw::Incidents) -> Option<IncidentConfig> {
+        let dir = r.dir.as_ref()?;
+        let error_rate = match &r.error_rate {
+            None => 0.2,
+            Some(e) if *e.get_ref() > 0.0 && *e.get_ref() <= 1.0 => *e.get_ref(),
+            Some(e) => {
+                self.err(
+                    "incidents.error_rate",
+                    e.span(),
+                    format!("{} is not a share of requests", e.get_ref()),
+                    "write a number above 0 and at most 1, e.g. 0.2 for 20%",
+                );
+                0.2
+            }
+        };
+        Some(IncidentConfig {
+            dir: self.path(dir.get_ref()),
+            error_rate,
+            min_requests: self.int(
+                "incidents.min_requests",
+                &r.min_requests,
+                1,
+                1_000_000,
+                5,
+                "use 1 or more",
+            ) as u64,
+            window: self.duration("incidents.window", &r.window, Duration::from_secs(30)),
+            recover_after: self.duration(
+                "incidents.recover_after",
+                &r.recover_after,
+                Duration::from_secs(30),
+            ),
+            max_age: self.duration(
+                "incidents.max_age",
+                &r.max_age,
+                Duration::from_secs(90 * 86_400),
+            ),
+            max_incidents: self.int(
+                "incidents.max_incidents",
+                &r.max_incidents,
+                1,
+                10_000_000,
+                10_000,
+                "use 1 or more",
+            ) as u64,
+        })
+    }
+
+    fn alerts(&mut self, r: &raw::Alerts) -> AlertConfig {
+        let webhook = r
+            .webhook
+            .as_ref()
+            .and_then(|w| match w.get_ref().parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                    Some(u)
+                }
+                _ => {
+                    self.err(
+                        "alerts.webhook",
+                        w.span(),
+                        format!("{:?} is not an http:// or https:// URL", w.get_ref()),
+                        "write webhook = \"https://hooks.example.com/baton\"",
+                    );
+                    None
+                }
+            });
+        let slack = match &r.format {
+            None => false,
+            Some(f) if f.get_ref() == "json" => false,
+            Some(f) if f.get_ref() == "slack" => true,
+            Some(f) => {
+                self.err(
+                    "alerts.format",
+                    f.span(),
+                    format!("unknown format {:?}", f.get_ref()),
+                    "write format = \"json\" (baton's) or \"slack\" (Slack-compatible {\"text\"})",
+                );
+                false
+            }
+        };
+        AlertConfig {
+            webhook,
+            slack,
+            command: r.command.as_ref().map(|c| c.get_ref().clone()),
+            min_interval: self.duration(
+                "alerts.min_interval",
+                &r.min_interval,
+                Duration::from_secs(300),
+            ),
+        }
+    }
+
     fn health(&mut self, key: &dyn Fn(&str) -> String, h: &raw::Health) -> HealthConfig {
         let k = |x: &str| key(&format!("health.{x}"));
         let path = match (&h.path, h.tcp) {
@@ -1496,6 +1640,8 @@ impl<'s> Validator<'s> {
         let doc_span = doc.span();
         let mut server = raw::Server::default();
         let mut log = raw::Log::default();
+        let mut incidents = raw::Incidents::default();
+        let mut alerts = raw::Alerts::default();
         let mut resolver = raw::Resolver::default();
         let mut pages = raw::ErrorPages::default();
         let mut upstream_tables: Vec<(Spanned<String>, raw::Upstream)> = Vec::new();
@@ -1508,6 +1654,8 @@ impl<'s> Validator<'s> {
             match key.as_ref() {
                 "server" => server = self.section("server", v).unwrap_or_default(),
                 "log" => log = self.section("log", v).unwrap_or_default(),
+                "incidents" => incidents = self.section("incidents", v).unwrap_or_default(),
+                "alerts" => alerts = self.section("alerts", v).unwrap_or_default(),
                 "resolver" => resolver = self.section("resolver", v).unwrap_or_default(),
                 "error_pages" => pages = self.section("error_pages", v).unwrap_or_default(),
                 "upstreams" => {
@@ -1550,9 +1698,9 @@ impl<'s> Validator<'s> {
                     }
                 }
                 other => {
-                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes"]) {
+                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts"]) {
                         Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes"),
-                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes".into(),
+                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts".into(),
                     };
                     self.err(
                         other.to_string(),
@@ -1678,6 +1826,10 @@ impl<'s> Validator<'s> {
             access_format,
             errors: self.log_target("log.errors", &log.errors, LogTarget::Stderr),
         };
+
+        // [incidents], [alerts]
+        let incidents = self.incidents(&incidents);
+        let alerts = self.alerts(&alerts);
 
         // [resolver]
         let mut nameservers = Vec::new();
@@ -2130,6 +2282,8 @@ impl<'s> Validator<'s> {
             warnings: std::mem::take(&mut self.warnings),
             places: std::mem::take(&mut self.places),
             outer_idle_timeout,
+            incidents,
+            alerts,
         })
     }
 }

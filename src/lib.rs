@@ -21,6 +21,8 @@
 //!   phase, retry safety, visitor text and operator fix.
 //! - [`pages`]: error bodies (HTML, problem+json, text) and templates.
 //! - [`log`], [`metrics`]: the structured logs and Prometheus metrics.
+//! - [`incidents`]: incidents opened and closed from each upstream's
+//!   failure rate, kept in SQLite, alerted to a webhook or command.
 //! - [`origin`]: scripted fault origins for the demo and the tests.
 //! - [`demo`]: `baton demo`.
 //! - [`doctor`], [`logs`]: the 502 toolkit for any stack: walk an upstream
@@ -39,6 +41,7 @@ pub mod doctor;
 pub mod fastcgi;
 pub mod files;
 pub mod health;
+pub mod incidents;
 pub mod limit;
 pub mod log;
 pub mod logs;

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub upstream_failures: Family<FailureLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub log_dropped: Counter,
+    /// Per-upstream tallies and recent events for incidents (shared across
+    /// reloads, like the metrics).
+    pub incidents: Arc<crate::incidents::Tracks>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -184,6 +187,7 @@ impl Metrics {
             upstream_failures,
             retries,
             log_dropped,
+            incidents: Arc::default(),
         }
     }
 
@@ -195,6 +199,11 @@ impl Metrics {
                 to,
             })
             .inc();
+        self.incidents.event(
+            &format!("server_{to}"),
+            Some(upstream),
+            format!("server {server} {to}"),
+        );
     }
 
     pub fn shed(&self, upstream: &Arc<str>, reason: &'static str) {

@@ -41,6 +41,8 @@ use crate::upstream::{
 pub struct RouteMetrics {
     ok: prometheus_client::metrics::counter::Counter,
     duration: prometheus_client::metrics::histogram::Histogram,
+    /// The route's upstream's incident tally.
+    track: Arc<crate::incidents::Track>,
 }
 
 /// Everything built from one config: swapped whole on reload, so a request
@@ -89,6 +91,7 @@ impl Runtime {
                             route: r.name.clone(),
                         })
                         .clone(),
+                    track: metrics.incidents.get(&config.upstreams[r.upstream].name),
                 })
             })
             .collect();
@@ -167,6 +170,38 @@ impl Gateway {
             ids: RequestIds::new(),
             supervisors: ArcSwap::from_pointee(Default::default()),
         }
+    }
+
+    /// Starts recording incidents when `[incidents]` is configured.
+    pub fn spawn_incidents(self: &Arc<Self>) {
+        let rt = self.runtime.load();
+        let Some(cfg) = rt.config.incidents.clone() else {
+            return;
+        };
+        let alerts = rt.config.alerts.clone();
+        let gw = Arc::downgrade(self);
+        tokio::spawn(crate::incidents::detect(
+            self.metrics.incidents.clone(),
+            cfg,
+            alerts,
+            move |name| {
+                let Some(gw) = gw.upgrade() else {
+                    return crate::incidents::UpstreamNow {
+                        usable: None,
+                        restarts: None,
+                    };
+                };
+                let rt = gw.runtime.load();
+                let now = health::now_ms();
+                let usable = rt
+                    .upstreams
+                    .iter()
+                    .find(|u| &*u.cfg.name == name)
+                    .map(|u| u.servers.iter().any(|s| s.health.usable(now)));
+                let restarts = gw.supervisor(name).map(|s| s.status().restarts);
+                crate::incidents::UpstreamNow { usable, restarts }
+            },
+        ));
     }
 
     /// The supervisor of an upstream's backend, if it has one.
@@ -271,6 +306,11 @@ impl Gateway {
         self.runtime.store(rt);
         self.sync_supervisors();
         tracing::info!(file = %path.display(), ?notes, "config reloaded");
+        self.metrics.incidents.event(
+            "reload",
+            None,
+            format!("config reloaded from {}", path.display()),
+        );
         Ok(notes)
     }
 
@@ -691,6 +731,20 @@ impl ReqLog {
     fn finish(&self, status: u16, bytes: u64, cause: Option<Cause>) {
         let gw = &self.gw;
         let elapsed = self.start.elapsed();
+        if let Some(m) = &self.route_metrics {
+            m.track.request();
+            if let Some(c) = cause
+                && crate::incidents::counts(c)
+            {
+                m.track.failure(
+                    c,
+                    self.id(),
+                    self.route.as_deref().unwrap_or(""),
+                    self.path(),
+                    status,
+                );
+            }
+        }
         match &self.route_metrics {
             // The common case without a label lookup (a RwLock and a hash).
             Some(m) if status == 200 => {

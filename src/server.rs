@@ -135,6 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.clone();
     let gateway = Arc::new(Gateway::new(rt, logs));
+    gateway.spawn_incidents();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());
     }

@@ -8,6 +8,7 @@ mod config_errors;
 mod docs;
 mod doctor;
 mod fastcgi;
+mod incidents;
 mod keepalive;
 mod limits;
 mod logs;

@@ -1,0 +1,795 @@
+//! Incidents: when an upstream's failures cross a threshold (or none of its
+//! servers is usable), an incident opens; it closes when the upstream has
+//! recovered. Each is kept in an SQLite store (it survives restarts; age
+//! and count bounded) with what an escalation needs: start, end, peak rate,
+//! causes, routes, sample request IDs, and the reloads, ejections and
+//! restarts around it; alerts go to a webhook and a command.
+//!
+//! Owns: the per-upstream tallies the request path feeds (two atomic adds
+//! a request, a short lock only on a failure), the detector task, the
+//! store, the alerts, and the `baton incidents` / `baton report` output.
+//! Must not: block or fail a request: store and alert errors are logged and
+//! the gateway serves on.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cause::{Cause, Side};
+use crate::config::{AlertConfig, IncidentConfig};
+
+/// Samples kept per upstream (request IDs of recent failures).
+const SAMPLES: usize = 20;
+/// Events kept for "what happened around it".
+const EVENTS: usize = 500;
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// One failed request, as an incident keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    pub time: i64,
+    pub request_id: String,
+    pub route: String,
+    pub path: String,
+    pub cause: String,
+    pub status: u16,
+}
+
+/// What the request path adds to, per upstream.
+#[derive(Default)]
+pub struct Track {
+    requests: AtomicU64,
+    failures: AtomicU64,
+    detail: Mutex<Detail>,
+}
+
+#[derive(Default)]
+struct Detail {
+    causes: HashMap<&'static str, u64>,
+    routes: HashMap<String, u64>,
+    samples: VecDeque<Sample>,
+}
+
+/// Whether a request's outcome counts against its upstream: the gateway
+/// could not deliver an upstream answer for a reason on the upstream's or
+/// the gateway's side (not the client's, not planned maintenance).
+pub fn counts(c: Cause) -> bool {
+    !matches!(c.side(), Side::Client) && c != Cause::Maintenance
+}
+
+impl Track {
+    #[inline]
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failure(&self, c: Cause, request_id: &str, route: &str, path: &str, status: u16) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut d = self.detail.lock().unwrap_or_else(|e| e.into_inner());
+        *d.causes.entry(c.id()).or_default() += 1;
+        *d.routes.entry(route.to_string()).or_default() += 1;
+        if d.samples.len() == SAMPLES {
+            d.samples.pop_front();
+        }
+        d.samples.push_back(Sample {
+            time: now_s(),
+            request_id: request_id.to_string(),
+            route: route.to_string(),
+            path: path.chars().take(200).collect(),
+            cause: c.id().to_string(),
+            status,
+        });
+    }
+}
+
+/// Something that changed, kept to show around an incident.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub time: i64,
+    pub kind: String,
+    pub upstream: Option<String>,
+    pub text: String,
+}
+
+/// The tallies of every upstream, shared across reloads (they live in
+/// [`crate::metrics::Metrics`]), and the recent events.
+#[derive(Default)]
+pub struct Tracks {
+    by_upstream: Mutex<HashMap<Arc<str>, Arc<Track>>>,
+    events: Mutex<VecDeque<Event>>,
+}
+
+impl Tracks {
+    /// The tally of `upstream` (made on first use; looked up once per
+    /// config, not per request).
+    pub fn get(&self, upstream: &Arc<str>) -> Arc<Track> {
+        self.by_upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(upstream.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub fn event(&self, kind: &str, upstream: Option<&str>, text: impl Into<String>) {
+        let mut e = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if e.len() == EVENTS {
+            e.pop_front();
+        }
+        e.push_back(Event {
+            time: now_s(),
+            kind: kind.to_string(),
+            upstream: upstream.map(str::to_string),
+            text: text.into(),
+        });
+    }
+
+    fn events_between(&self, from: i64, to: i64) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| e.time >= from && e.time <= to)
+            .cloned()
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(Arc<str>, Arc<Track>)> {
+        self.by_upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// An incident, as stored and reported.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: i64,
+    pub upstream: String,
+    pub started: i64,
+    pub ended: Option<i64>,
+    /// Why it opened: "error rate 62% over 30s" or "no usable server".
+    pub reason: String,
+    /// The highest failure rate seen (share of requests, 0..1).
+    pub peak_rate: f64,
+    pub requests: u64,
+    pub failures: u64,
+    pub causes: BTreeMap<String, u64>,
+    pub routes: BTreeMap<String, u64>,
+    pub samples: Vec<Sample>,
+    pub events: Vec<Event>,
+}
+
+// ---------------------------------------------------------------- store
+
+/// The SQLite store in `dir/incidents.db`.
+pub struct Store {
+    db: rusqlite::Connection,
+}
+
+impl Store {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("incidents.db")
+    }
+
+    /// Opens (creating) the store; `Err` says why in words.
+    pub fn open(dir: &Path) -> Result<Store, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let path = Self::path(dir);
+        let db = rusqlite::Connection::open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS incidents (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                upstream TEXT NOT NULL,
+                started INTEGER NOT NULL,
+                ended INTEGER,
+                body TEXT NOT NULL
+            );",
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Store { db })
+    }
+
+    /// Opens an existing store read-only (for `baton incidents`).
+    pub fn open_existing(dir: &Path) -> Result<Store, String> {
+        let path = Self::path(dir);
+        if !path.exists() {
+            return Err(format!("no incident store at {} yet", path.display()));
+        }
+        let db = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(Store { db })
+    }
+
+    /// Records a new incident; returns its id. Drops incidents older than
+    /// `max_age` and beyond `max_count`.
+    pub fn insert(&self, i: &Incident, max_age: Duration, max_count: u64) -> Result<i64, String> {
+        let body = serde_json::to_string(i).map_err(|e| e.to_string())?;
+        self.db
+            .execute(
+                "INSERT INTO incidents (upstream, started, ended, body) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![i.upstream, i.started, i.ended, body],
+            )
+            .map_err(|e| e.to_string())?;
+        let id = self.db.last_insert_rowid();
+        let _ = self.db.execute(
+            "DELETE FROM incidents WHERE started < ?1",
+            rusqlite::params![now_s() - max_age.as_secs() as i64],
+        );
+        let _ = self.db.execute(
+            "DELETE FROM incidents WHERE id NOT IN (SELECT id FROM incidents ORDER BY id DESC LIMIT ?1)",
+            rusqlite::params![max_count as i64],
+        );
+        Ok(id)
+    }
+
+    pub fn update(&self, i: &Incident) -> Result<(), String> {
+        let body = serde_json::to_string(i).map_err(|e| e.to_string())?;
+        self.db
+            .execute(
+                "UPDATE incidents SET ended = ?1, body = ?2 WHERE id = ?3",
+                rusqlite::params![i.ended, body, i.id],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn list(&self) -> Result<Vec<Incident>, String> {
+        let mut st = self
+            .db
+            .prepare("SELECT id, body FROM incidents ORDER BY id DESC")
+            .map_err(|e| e.to_string())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, body) = r.map_err(|e| e.to_string())?;
+            let mut i: Incident = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            i.id = id;
+            out.push(i);
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<Incident>, String> {
+        Ok(self.list()?.into_iter().find(|i| i.id == id))
+    }
+}
+
+// ------------------------------------------------------------- detector
+
+/// Per upstream: the cumulative tallies of the last `window` seconds and
+/// the open incident, if any.
+/// Tallies at one tick: time, requests, failures, causes, routes.
+type Tally = (
+    i64,
+    u64,
+    u64,
+    HashMap<&'static str, u64>,
+    HashMap<String, u64>,
+);
+
+struct Watch {
+    history: VecDeque<Tally>,
+    open: Option<Incident>,
+    /// Tallies when the incident opened (the breakdown is the difference).
+    base: (u64, u64, HashMap<&'static str, u64>, HashMap<String, u64>),
+    calm_since: Option<i64>,
+    last_alert: Option<i64>,
+    restarts: Option<u64>,
+}
+
+/// What the detector asks the gateway about an upstream each second.
+pub struct UpstreamNow {
+    /// `Some(false)`: none of its servers is usable (health checks,
+    /// ejections); `None`: unknown (no such upstream now).
+    pub usable: Option<bool>,
+    /// A supervised backend's restart count.
+    pub restarts: Option<u64>,
+}
+
+/// Runs until the gateway stops: once a second, checks every upstream.
+pub async fn detect(
+    tracks: Arc<Tracks>,
+    cfg: IncidentConfig,
+    alerts: AlertConfig,
+    state: impl Fn(&str) -> UpstreamNow + Send + 'static,
+) {
+    let store = match Store::open(&cfg.dir) {
+        Ok(s) => Some(Arc::new(Mutex::new(s))),
+        Err(e) => {
+            tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
+            None
+        }
+    };
+    let mut watches: HashMap<Arc<str>, Watch> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = now_s();
+        for (name, track) in tracks.all() {
+            let w = watches.entry(name.clone()).or_insert_with(|| Watch {
+                history: VecDeque::new(),
+                open: None,
+                base: Default::default(),
+                calm_since: None,
+                last_alert: None,
+                restarts: None,
+            });
+            let st = state(&name);
+            if let (Some(was), Some(now_r)) = (w.restarts, st.restarts)
+                && now_r > was
+            {
+                tracks.event(
+                    "backend_restart",
+                    Some(&name),
+                    format!("supervised backend restarted (restart {now_r})"),
+                );
+            }
+            w.restarts = st.restarts.or(w.restarts);
+            let req = track.requests.load(Ordering::Relaxed);
+            let fail = track.failures.load(Ordering::Relaxed);
+            let (causes, routes) = {
+                let d = track.detail.lock().unwrap_or_else(|e| e.into_inner());
+                (d.causes.clone(), d.routes.clone())
+            };
+            // The tally before any request counts from zero.
+            if w.history.is_empty() {
+                w.history
+                    .push_back((now - 1, 0, 0, HashMap::new(), HashMap::new()));
+            }
+            w.history.push_back((now, req, fail, causes, routes));
+            while w.history.len() > 1
+                && w.history
+                    .front()
+                    .is_some_and(|(t, ..)| *t < now - cfg.window.as_secs() as i64)
+            {
+                w.history.pop_front();
+            }
+            let (r0, f0) = w.history.front().map_or((req, fail), |h| (h.1, h.2));
+            let (dr, df) = (req - r0, fail - f0);
+            let rate = if dr == 0 { 0.0 } else { df as f64 / dr as f64 };
+            let none_usable = st.usable == Some(false);
+            let bad = (dr >= cfg.min_requests && rate >= cfg.error_rate) || none_usable;
+            match &mut w.open {
+                None if bad => {
+                    let reason =
+                        if none_usable && !(dr >= cfg.min_requests && rate >= cfg.error_rate) {
+                            "no usable server".to_string()
+                        } else {
+                            format!(
+                                "{:.0}% of {dr} requests failed in {}s",
+                                rate * 100.0,
+                                cfg.window.as_secs()
+                            )
+                        };
+                    // Counted from the start of the window that opened it.
+                    w.base = w
+                        .history
+                        .front()
+                        .map(|h| (h.1, h.2, h.3.clone(), h.4.clone()))
+                        .unwrap_or_default();
+                    let mut i = Incident {
+                        upstream: name.to_string(),
+                        started: now - cfg.window.as_secs() as i64 / 2,
+                        reason,
+                        peak_rate: rate,
+                        ..Incident::default()
+                    };
+                    fill(&mut i, &track, &w.base, req, fail, &tracks);
+                    if let Some(s) = &store {
+                        match s.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                            &i,
+                            cfg.max_age,
+                            cfg.max_incidents,
+                        ) {
+                            Ok(id) => i.id = id,
+                            Err(e) => {
+                                tracing::error!(target: "baton::incidents", error = %e, "cannot record the incident")
+                            }
+                        }
+                    }
+                    tracing::error!(target: "baton::incidents", id = i.id, upstream = %name, reason = %i.reason, "incident opened");
+                    if w.last_alert
+                        .is_none_or(|t| now - t >= alerts.min_interval.as_secs() as i64)
+                    {
+                        w.last_alert = Some(now);
+                        send_alert(&alerts, "incident_opened", &i);
+                    }
+                    w.calm_since = None;
+                    w.open = Some(i);
+                }
+                None => {}
+                Some(i) => {
+                    i.peak_rate = i.peak_rate.max(rate);
+                    fill(i, &track, &w.base, req, fail, &tracks);
+                    let calm = !none_usable && rate < cfg.error_rate / 2.0;
+                    if !calm {
+                        w.calm_since = None;
+                    } else if w.calm_since.is_none() {
+                        w.calm_since = Some(now);
+                    }
+                    let closed = w
+                        .calm_since
+                        .is_some_and(|t| now - t >= cfg.recover_after.as_secs() as i64);
+                    if closed {
+                        i.ended = Some(now);
+                        fill(i, &track, &w.base, req, fail, &tracks);
+                    }
+                    if let Some(s) = &store
+                        && (closed || now % 10 == 0)
+                        && let Err(e) = s.lock().unwrap_or_else(|e| e.into_inner()).update(i)
+                    {
+                        tracing::error!(target: "baton::incidents", error = %e, "cannot update the incident");
+                    }
+                    if closed {
+                        tracing::info!(target: "baton::incidents", id = i.id, upstream = %name, failures = i.failures, "incident closed");
+                        send_alert(&alerts, "incident_closed", i);
+                        w.open = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Brings an incident's counts, breakdowns, samples and events up to date.
+fn fill(
+    i: &mut Incident,
+    track: &Track,
+    base: &(u64, u64, HashMap<&'static str, u64>, HashMap<String, u64>),
+    req: u64,
+    fail: u64,
+    tracks: &Tracks,
+) {
+    i.requests = req.saturating_sub(base.0);
+    i.failures = fail.saturating_sub(base.1);
+    let d = track.detail.lock().unwrap_or_else(|e| e.into_inner());
+    for (c, n) in &d.causes {
+        let was = base.2.get(c).copied().unwrap_or(0);
+        if *n > was {
+            i.causes.insert(c.to_string(), n - was);
+        }
+    }
+    for (r, n) in &d.routes {
+        let was = base.3.get(r).copied().unwrap_or(0);
+        if *n > was {
+            i.routes.insert(r.clone(), n - was);
+        }
+    }
+    for s in &d.samples {
+        if s.time >= i.started - 60
+            && i.samples.len() < SAMPLES
+            && !i.samples.iter().any(|x| x.request_id == s.request_id)
+        {
+            i.samples.push(s.clone());
+        }
+    }
+    drop(d);
+    i.events = tracks.events_between(i.started - 300, i.ended.unwrap_or(now_s()));
+}
+
+// --------------------------------------------------------------- alerts
+
+/// The alert body: JSON, or Slack's `{"text": ...}`.
+pub fn alert_body(event: &str, i: &Incident, slack: bool) -> String {
+    if slack {
+        let what = if event == "incident_opened" {
+            format!(
+                ":rotating_light: baton: incident #{} opened on upstream *{}*: {}",
+                i.id, i.upstream, i.reason
+            )
+        } else {
+            format!(
+                ":white_check_mark: baton: incident #{} on upstream *{}* closed after {}s ({} failures)",
+                i.id,
+                i.upstream,
+                i.ended.unwrap_or(i.started) - i.started,
+                i.failures
+            )
+        };
+        let causes: Vec<String> = i.causes.iter().map(|(c, n)| format!("{c} x{n}")).collect();
+        serde_json::json!({"text": format!("{what}\ncauses: {}", if causes.is_empty() { "-".into() } else { causes.join(", ") })}).to_string()
+    } else {
+        serde_json::json!({"event": event, "incident": i}).to_string()
+    }
+}
+
+/// Sends an alert in the background: never blocks the detector. Retried
+/// three times with a growing pause; each failure is logged.
+fn send_alert(cfg: &AlertConfig, event: &'static str, i: &Incident) {
+    if let Some(url) = cfg.webhook.clone() {
+        let body = alert_body(event, i, cfg.slack);
+        tokio::spawn(async move {
+            for attempt in 1..=3u32 {
+                match post(&url, &body).await {
+                    Ok(s) if (200..300).contains(&s) => return,
+                    Ok(s) => {
+                        tracing::warn!(target: "baton::alerts", url = %url, status = s, attempt, "webhook refused the alert")
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "baton::alerts", url = %url, error = %e, attempt, "webhook unreachable")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+            tracing::error!(target: "baton::alerts", url = %url, event, "alert not delivered after 3 attempts");
+        });
+    }
+    if let Some(cmd) = cfg.command.clone() {
+        let body = alert_body(event, i, false);
+        let (id, up, reason) = (i.id.to_string(), i.upstream.clone(), i.reason.clone());
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let child = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .env("BATON_EVENT", event)
+                .env("BATON_INCIDENT_ID", id)
+                .env("BATON_UPSTREAM", up)
+                .env("BATON_REASON", reason)
+                .stdin(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(target: "baton::alerts", command = %cmd, error = %e, "alert command did not start");
+                    return;
+                }
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(body.as_bytes()).await;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+                Ok(Ok(s)) if s.success() => {}
+                Ok(Ok(s)) => {
+                    tracing::warn!(target: "baton::alerts", command = %cmd, status = %s, "alert command failed")
+                }
+                _ => {
+                    tracing::warn!(target: "baton::alerts", command = %cmd, "alert command did not finish in 30s")
+                }
+            }
+        });
+    }
+}
+
+/// POSTs JSON to an `http://` or `https://` URL; returns the status.
+async fn post(url: &http::Uri, body: &str) -> Result<u16, String> {
+    use http_body_util::Full;
+    let host = url.host().ok_or("no host")?.to_string();
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let req = http::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            url.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("baton/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let send = async {
+        if https {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            exchange(hyper_util::rt::TokioIo::new(tls), req).await
+        } else {
+            exchange(hyper_util::rt::TokioIo::new(tcp), req).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .map_err(|_| "no answer in 10s".to_string())?
+}
+
+async fn exchange<T>(
+    io: T,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<u16, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}
+
+// --------------------------------------------------------------- output
+
+fn when(t: i64) -> String {
+    crate::logs::clock(t)
+}
+
+/// `baton incidents`: one line each, newest first.
+pub fn list_text(v: &[Incident]) -> String {
+    if v.is_empty() {
+        return "no incidents recorded\n".into();
+    }
+    let mut o = String::from(
+        "  id  upstream          started              duration  failures  peak   reason\n",
+    );
+    for i in v {
+        let dur = match i.ended {
+            Some(e) => format!("{}s", e - i.started),
+            None => "open".into(),
+        };
+        o.push_str(&format!(
+            "{:>4}  {:<16}  {}  {:>8}  {:>8}  {:>4.0}%  {}\n",
+            i.id,
+            i.upstream,
+            when(i.started),
+            dur,
+            i.failures,
+            i.peak_rate * 100.0,
+            i.reason
+        ));
+    }
+    o
+}
+
+/// `baton report ID`: the escalation report in Markdown.
+pub fn report_md(i: &Incident) -> String {
+    let mut o = format!("# Incident #{} on upstream `{}`\n\n", i.id, i.upstream);
+    o.push_str(&format!("- **Started:** {} UTC\n", when(i.started)));
+    match i.ended {
+        Some(e) => o.push_str(&format!(
+            "- **Ended:** {} UTC ({}s)\n",
+            when(e),
+            e - i.started
+        )),
+        None => o.push_str("- **Ended:** still open\n"),
+    }
+    o.push_str(&format!("- **Why it opened:** {}\n", i.reason));
+    o.push_str(&format!(
+        "- **How bad:** {} of {} requests failed; peak failure rate {:.0}%\n\n",
+        i.failures,
+        i.requests,
+        i.peak_rate * 100.0
+    ));
+    o.push_str("## Causes\n\n| cause | requests | Proxy-Status | what usually causes it | fix |\n|---|---|---|---|---|\n");
+    let mut causes: Vec<(&String, &u64)> = i.causes.iter().collect();
+    causes.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+    for (c, n) in causes {
+        let (ps, seen, fix) =
+            Cause::from_id(c).map_or(("", "", ""), |c| (c.proxy_status(), c.seen_when(), c.fix()));
+        o.push_str(&format!("| `{c}` | {n} | `{ps}` | {seen} | {fix} |\n"));
+    }
+    o.push_str("\n## Routes affected\n\n");
+    for (r, n) in &i.routes {
+        o.push_str(&format!("- `{r}`: {n} failed requests\n"));
+    }
+    o.push_str("\n## Sample requests\n\nSearch baton's logs for these request IDs (`X-Request-Id`; `baton logs` reads them too).\n\n| time | request id | route | path | cause | status |\n|---|---|---|---|---|---|\n");
+    for s in &i.samples {
+        o.push_str(&format!(
+            "| {} | `{}` | {} | `{}` | `{}` | {} |\n",
+            when(s.time),
+            s.request_id,
+            s.route,
+            s.path.replace('|', "%7C"),
+            s.cause,
+            s.status
+        ));
+    }
+    o.push_str("\n## What changed around it\n\nReloads, servers marked down or ejected, backend restarts, from 5 minutes before the start to the end.\n\n");
+    if i.events.is_empty() {
+        o.push_str("Nothing changed in that time.\n");
+    }
+    for e in &i.events {
+        o.push_str(&format!(
+            "- {} **{}**{}: {}\n",
+            when(e.time),
+            e.kind,
+            e.upstream
+                .as_deref()
+                .map_or(String::new(), |u| format!(" (`{u}`)")),
+            e.text
+        ));
+    }
+    o.push_str("\n## For your hosting provider\n\n");
+    o.push_str(&format!(
+        "Between {} and {} UTC, requests to upstream `{}` failed ({}). Please check whether its servers were restarted, out of memory, overloaded or unreachable in that window; the request IDs above identify individual failures.\n",
+        when(i.started),
+        i.ended.map_or("now".to_string(), when),
+        i.upstream,
+        i.causes.keys().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    o
+}
+
+/// The same report as a standalone HTML page (no external assets).
+pub fn report_html(i: &Incident) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let md = report_md(i);
+    let mut body = String::new();
+    let mut in_table = false;
+    for line in md.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            body.push_str(&format!("<h1>{}</h1>\n", esc(h)));
+        } else if let Some(h) = line.strip_prefix("## ") {
+            body.push_str(&format!("<h2>{}</h2>\n", esc(h)));
+        } else if line.starts_with('|') {
+            if line.starts_with("|---") {
+                continue;
+            }
+            if !in_table {
+                body.push_str("<table>\n");
+                in_table = true;
+            }
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| format!("<td>{}</td>", esc(c.trim()).replace('`', "")))
+                .collect();
+            body.push_str(&format!("<tr>{}</tr>\n", cells.join("")));
+            continue;
+        } else if let Some(item) = line.strip_prefix("- ") {
+            body.push_str(&format!(
+                "<li>{}</li>\n",
+                esc(item).replace("**", "").replace('`', "")
+            ));
+        } else if !line.is_empty() {
+            body.push_str(&format!("<p>{}</p>\n", esc(line).replace('`', "")));
+        }
+        if in_table {
+            body.push_str("</table>\n");
+            in_table = false;
+        }
+    }
+    if in_table {
+        body.push_str("</table>\n");
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Incident #{} on {}</title>\n<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}</style></head><body>\n{body}</body></html>\n",
+        i.id,
+        esc(&i.upstream)
+    )
+}

@@ -1,0 +1,282 @@
+//! Incidents: opened and closed by failure bursts, kept in SQLite across
+//! restarts, alerted to a webhook and a command; a corrupt store is told
+//! and the gateway serves on.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// A loopback webhook receiver: records each POST body, answers 200.
+async fn webhook() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let len: usize = text[..i]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= i + 4 + len {
+                            let body = &buf[i + 4..i + 4 + len];
+                            g.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice(body).unwrap());
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+async fn wait_for(got: &Arc<Mutex<Vec<Value>>>, event: &str) -> Value {
+    for _ in 0..200 {
+        if let Some(v) = got.lock().unwrap().iter().find(|v| v["event"] == event) {
+            return v.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {event} alert; got {:?}", got.lock().unwrap());
+}
+
+fn baton(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_burst_opens_and_closes_an_incident_recorded_and_alerted() {
+    let (hook, got) = webhook().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().display();
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let body = format!(
+        "[incidents]\ndir = \"{d}/store\"\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"2s\"\nrecover_after = \"2s\"\n\n[alerts]\nwebhook = \"http://{hook}/hook\"\ncommand = \"cat > {d}/alert-$BATON_EVENT.json\"\n\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[upstreams.ok]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/ok\"\nupstream = \"ok\"\n[[routes]]\nupstream = \"app\"\n",
+        refusing_addr(),
+        ok.addr
+    );
+    let gw = Gw::start(&body).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let r = send(gw.addr, get("/checkout")).await;
+        assert_eq!(r.status, 502);
+        ids.push(r.request_id());
+        assert_eq!(send(gw.addr, get("/ok")).await.status, 200);
+    }
+    let opened = wait_for(&got, "incident_opened").await;
+    let i = &opened["incident"];
+    assert_eq!(i["upstream"], "app");
+    assert!(
+        i["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("requests failed in 2s"),
+        "{i}"
+    );
+    assert!(
+        i["causes"]["connection_refused"].as_u64().unwrap() >= 3,
+        "{i}"
+    );
+    let sample = i["samples"][0]["request_id"].as_str().unwrap().to_string();
+    assert!(ids.contains(&sample), "{sample} in {ids:?}");
+    assert_eq!(i["samples"][0]["cause"], "connection_refused");
+    // The healthy upstream opened nothing.
+    assert!(
+        got.lock()
+            .unwrap()
+            .iter()
+            .all(|v| v["incident"]["upstream"] == "app")
+    );
+    // Quiet: the incident closes after recover_after.
+    let closed = wait_for(&got, "incident_closed").await;
+    assert_eq!(closed["incident"]["id"], i["id"]);
+    assert!(closed["incident"]["ended"].as_i64().is_some());
+    assert_eq!(closed["incident"]["failures"], 6);
+    // The command hook got the same JSON on stdin.
+    let mut cmd = None;
+    for _ in 0..100 {
+        if let Ok(s) = std::fs::read_to_string(data.path().join("alert-incident_closed.json"))
+            && !s.is_empty()
+        {
+            cmd = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cmd: Value = serde_json::from_str(&cmd.expect("the command ran")).unwrap();
+    assert_eq!(cmd["event"], "incident_closed");
+    gw.stop().await;
+
+    // The store survives the gateway: list it and write the report.
+    let cfg = data.path().join("baton.toml");
+    std::fs::write(&cfg, &body).unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let c = cfg_s.clone();
+        move || baton(&["incidents", "--config", &c])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().nth(1).unwrap();
+    assert!(
+        line.starts_with(&format!("{:>4}  app ", i["id"].as_i64().unwrap())),
+        "{out}"
+    );
+    assert!(line.contains("      6  "), "{out}");
+    let prefix = data.path().join("report");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let (c, p) = (cfg_s.clone(), prefix.to_str().unwrap().to_string());
+        let id = i["id"].to_string();
+        move || baton(&["report", &id, "--config", &c, "--out", &p])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(prefix.with_extension("md")).unwrap();
+    assert!(
+        md.starts_with(&format!("# Incident #{} on upstream `app`\n", i["id"])),
+        "{md}"
+    );
+    assert!(
+        md.contains("| `connection_refused` | 6 | `connection_refused` |"),
+        "{md}"
+    );
+    assert!(md.contains(&format!("| `{sample}` |")), "{md}");
+    assert!(md.contains("## For your hosting provider"), "{md}");
+    let html = std::fs::read_to_string(prefix.with_extension("html")).unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    assert!(html.contains("<td>connection_refused</td>"), "{html}");
+
+    // A restarted gateway keeps counting from the same store.
+    let gw = Gw::start(&body).await;
+    for _ in 0..6 {
+        send(gw.addr, get("/again")).await;
+    }
+    let again = {
+        let mut found = None;
+        for _ in 0..200 {
+            if let Some(v) = got
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| v["event"] == "incident_opened")
+                .nth(1)
+            {
+                found = Some(v.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        found.expect("a second incident")
+    };
+    assert_eq!(
+        again["incident"]["id"].as_i64().unwrap(),
+        i["id"].as_i64().unwrap() + 1
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_store_is_reported_and_the_gateway_serves_on() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("incidents.db"), vec![0x42u8; 8192]).unwrap();
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let port = refusing_addr().port();
+    let cfg = data.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n[incidents]\ndir = \"{}\"\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"ok\"\n",
+            store.display(),
+            ok.addr
+        ),
+    )
+    .unwrap();
+    let mut child = Reap(Some(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(send(addr, get("/")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(send(addr, get("/")).await.status, 200, "still serving");
+    let mut c = child.take();
+    c.kill().unwrap();
+    let err = String::from_utf8_lossy(&c.wait_with_output().unwrap().stderr).to_string();
+    let line = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target"] == "baton::incidents")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line["fields"]["message"].as_str().unwrap().starts_with(
+            "incident store unavailable: incidents are detected and alerted but not recorded"
+        ),
+        "{line}"
+    );
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("file is not a database"),
+        "{line}"
+    );
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || baton(&["incidents", "--config", &cfg_s]))
+            .await
+            .unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("the store cannot be read: file is not a database"),
+        "{err}"
+    );
+}
