@@ -46,6 +46,9 @@ pub struct Config {
     pub outer_idle_timeout: Option<Duration>,
     /// `[incidents]`: recorded when `dir` is set.
     pub incidents: Option<IncidentConfig>,
+    /// `server.admin_token`: required by every admin request when set
+    /// (and it must be set when the admin address is off loopback).
+    pub admin_token: Option<String>,
     /// `[alerts]`: where incident alerts go.
     pub alerts: AlertConfig,
 }
@@ -468,6 +471,7 @@ mod raw {
         pub workers: Option<Spanned<i64>>,
         pub header_read_timeout: Option<Spanned<String>>,
         pub outer_idle_timeout: Option<Spanned<String>>,
+        pub admin_token: Option<Spanned<String>>,
         pub max_request_header_bytes: Option<Spanned<i64>>,
         pub max_body_bytes: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
@@ -1827,6 +1831,20 @@ impl<'s> Validator<'s> {
             errors: self.log_target("log.errors", &log.errors, LogTarget::Stderr),
         };
 
+        // The admin API (metrics, dashboard, reload, drain) off loopback
+        // needs a token.
+        let admin_token = server.admin_token.as_ref().map(|t| t.get_ref().clone());
+        if let (Some(a), None, Some(at)) = (admin, &admin_token, &server.admin)
+            && !a.ip().is_loopback()
+        {
+            self.err(
+                "server.admin",
+                at.span(),
+                format!("the admin API on {a} is reachable off this machine without a token"),
+                "set server.admin_token = \"a long random string\" (sent as Authorization: Bearer, or ?token=), or keep admin on 127.0.0.1",
+            );
+        }
+
         // [incidents], [alerts]
         let incidents = self.incidents(&incidents);
         let alerts = self.alerts(&alerts);
@@ -2284,6 +2302,7 @@ impl<'s> Validator<'s> {
             outer_idle_timeout,
             incidents,
             alerts,
+            admin_token,
         })
     }
 }

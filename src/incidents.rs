@@ -106,6 +106,17 @@ pub struct Event {
 pub struct Tracks {
     by_upstream: Mutex<HashMap<Arc<str>, Arc<Track>>>,
     events: Mutex<VecDeque<Event>>,
+    /// The incidents open now, by upstream (for the dashboard).
+    open: Mutex<BTreeMap<String, Incident>>,
+}
+
+/// What the dashboard shows of one upstream's tally.
+#[derive(Serialize)]
+pub struct TrackView {
+    pub requests: u64,
+    pub failures: u64,
+    pub causes: BTreeMap<&'static str, u64>,
+    pub recent: Vec<Sample>,
 }
 
 impl Tracks {
@@ -141,6 +152,49 @@ impl Tracks {
             .filter(|e| e.time >= from && e.time <= to)
             .cloned()
             .collect()
+    }
+
+    /// One upstream's totals and latest failures.
+    pub fn view(&self, upstream: &str) -> Option<TrackView> {
+        let t = self
+            .by_upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(upstream)?
+            .clone();
+        let d = t.detail.lock().unwrap_or_else(|e| e.into_inner());
+        Some(TrackView {
+            requests: t.requests.load(Ordering::Relaxed),
+            failures: t.failures.load(Ordering::Relaxed),
+            causes: d.causes.iter().map(|(k, v)| (*k, *v)).collect(),
+            recent: d.samples.iter().rev().cloned().collect(),
+        })
+    }
+
+    pub fn open_incidents(&self) -> Vec<Incident> {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn recent_events(&self, n: usize) -> Vec<Event> {
+        let e = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        e.iter().rev().take(n).cloned().collect()
+    }
+
+    fn set_open(&self, upstream: &str, i: Option<&Incident>) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match i {
+            Some(i) => {
+                o.insert(upstream.to_string(), i.clone());
+            }
+            None => {
+                o.remove(upstream);
+            }
+        }
     }
 
     fn all(&self) -> Vec<(Arc<str>, Arc<Track>)> {
@@ -322,6 +376,9 @@ pub async fn detect(
     };
     let mut watches: HashMap<Arc<str>, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // At start no server is usable until its first health checks pass:
+    // that alone opens nothing for one window.
+    let started = now_s();
     loop {
         tick.tick().await;
         let now = now_s();
@@ -367,7 +424,8 @@ pub async fn detect(
             let (r0, f0) = w.history.front().map_or((req, fail), |h| (h.1, h.2));
             let (dr, df) = (req - r0, fail - f0);
             let rate = if dr == 0 { 0.0 } else { df as f64 / dr as f64 };
-            let none_usable = st.usable == Some(false);
+            let none_usable =
+                st.usable == Some(false) && now - started >= cfg.window.as_secs() as i64;
             let bad = (dr >= cfg.min_requests && rate >= cfg.error_rate) || none_usable;
             match &mut w.open {
                 None if bad => {
@@ -415,6 +473,7 @@ pub async fn detect(
                         send_alert(&alerts, "incident_opened", &i);
                     }
                     w.calm_since = None;
+                    tracks.set_open(&name, Some(&i));
                     w.open = Some(i);
                 }
                 None => {}
@@ -443,7 +502,10 @@ pub async fn detect(
                     if closed {
                         tracing::info!(target: "baton::incidents", id = i.id, upstream = %name, failures = i.failures, "incident closed");
                         send_alert(&alerts, "incident_closed", i);
+                        tracks.set_open(&name, None);
                         w.open = None;
+                    } else {
+                        tracks.set_open(&name, Some(i));
                     }
                 }
             }

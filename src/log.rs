@@ -79,7 +79,13 @@ pub struct Logs {
     pub access: Sink,
     pub access_format: AccessFormat,
     pub errors: Sink,
+    /// The latest failure lines (request ID, JSON line), for the
+    /// dashboard: kept whatever the error log's destination.
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
 }
+
+/// Failure lines the dashboard can open.
+const RECENT_FAILURES: usize = 500;
 
 impl Logs {
     pub fn open(cfg: &LogConfig) -> io::Result<Logs> {
@@ -87,15 +93,37 @@ impl Logs {
             access: Sink::open(&cfg.access)?,
             access_format: cfg.access_format,
             errors: Sink::open(&cfg.errors)?,
+            recent: Default::default(),
         })
     }
 
     pub fn failure(&self, r: &FailureRecord<'_>) {
+        let mut v = serde_json::to_vec(r).unwrap_or_default();
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_FAILURES {
+                recent.pop_front();
+            }
+            recent.push_back((
+                r.request_id.to_string(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        }
         if self.errors.enabled() {
-            let mut v = serde_json::to_vec(r).unwrap_or_default();
             v.push(b'\n');
             self.errors.write(v);
         }
+    }
+
+    /// The failure lines kept for a request ID, oldest first.
+    pub fn failure_lines(&self, request_id: &str) -> Vec<String> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, _)| id == request_id)
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     pub fn access(&self, r: &AccessRecord<'_>) {

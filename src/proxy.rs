@@ -172,6 +172,81 @@ impl Gateway {
         }
     }
 
+    /// Everything the dashboard shows, as of now (`GET /api/state`).
+    pub fn state_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let rt = self.runtime.load();
+        let now = health::now_ms();
+        let upstreams: Vec<serde_json::Value> = rt
+            .upstreams
+            .iter()
+            .map(|u| {
+                let servers: Vec<serde_json::Value> = u
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "server": &*s.label,
+                            "usable": s.health.usable(now),
+                            "active": format!("{:?}", s.health.active()).to_ascii_lowercase(),
+                            "ejected": s.health.ejected(now),
+                            "draining": s.health.draining.load(Ordering::Relaxed),
+                            "inflight": s.inflight.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                let process = self.supervisor(&u.cfg.name).map(|s| {
+                    let st = s.status();
+                    json!({"state": st.state.as_str(), "restarts": st.restarts, "pid": st.pid, "last_exit": st.last_exit})
+                });
+                json!({
+                    "name": &*u.cfg.name,
+                    "servers": servers,
+                    "process": process,
+                    "tally": self.metrics.incidents.view(&u.cfg.name),
+                    "read_timeout_ms": u.cfg.read_timeout.as_millis() as u64,
+                    "connect_timeout_ms": u.cfg.connect_timeout.as_millis() as u64,
+                    "retries": u.cfg.retries,
+                })
+            })
+            .collect();
+        let routes: Vec<serde_json::Value> = rt
+            .config
+            .routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": &*r.name,
+                    "host": match &r.host {
+                        None => "*".to_string(),
+                        Some(crate::config::HostMatch::Exact(h)) => h.clone(),
+                        Some(crate::config::HostMatch::Suffix(h)) => format!("*{h}"),
+                    },
+                    "path": r.path,
+                    "upstream": &*rt.config.upstreams[r.upstream].name,
+                })
+            })
+            .collect();
+        json!({
+            "time": crate::log::now(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "listen": rt.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "upstreams": upstreams,
+            "routes": routes,
+            "incidents_open": self.metrics.incidents.open_incidents(),
+            "events": self.metrics.incidents.recent_events(30),
+            // The running config, without what could be a secret: the
+            // alert webhook's path and query, the alert command.
+            "config": {
+                "incidents": rt.config.incidents.as_ref().map(|i| json!({"error_rate": i.error_rate, "window_s": i.window.as_secs(), "min_requests": i.min_requests})),
+                "alerts": {
+                    "webhook": rt.config.alerts.webhook.as_ref().map(|u| format!("{}://{}/…", u.scheme_str().unwrap_or("http"), u.authority().map_or("", |a| a.as_str()))),
+                    "command": rt.config.alerts.command.as_ref().map(|_| "(set)"),
+                },
+            },
+        })
+    }
+
     /// Starts recording incidents when `[incidents]` is configured.
     pub fn spawn_incidents(self: &Arc<Self>) {
         let rt = self.runtime.load();

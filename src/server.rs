@@ -296,7 +296,39 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let json = |status: StatusCode, v: serde_json::Value| {
         (status, "application/json", v.to_string() + "\n")
     };
+    // Off loopback the admin API needs the token (checked at load time).
+    if let Some(t) = &gw.runtime.load().config.admin_token {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let query_token = query.split('&').find_map(|kv| kv.strip_prefix("token="));
+        if bearer != Some(t.as_str()) && query_token != Some(t.as_str()) {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"admin token required: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+            )));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            return r;
+        }
+    }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (_, "/" | "/dashboard") => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            include_str!("../assets/dashboard.html").to_string(),
+        ),
+        (_, "/api/state") => json(StatusCode::OK, gw.state_json()),
+        (_, "/api/failure") => {
+            let id = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("id="))
+                .unwrap_or("");
+            json(
+                StatusCode::OK,
+                serde_json::json!({"request_id": id, "lines": gw.logs.failure_lines(id)}),
+            )
+        }
         (_, "/metrics") => {
             gw.sync_counters();
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", gw.metrics.encode())
@@ -335,7 +367,7 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such server; pass ?server=ADDRESS as written in servers"})),
             }
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /metrics, GET /healthz, GET /processes, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /dashboard, GET /api/state, GET /api/failure?id=REQUEST_ID, GET /metrics, GET /healthz, GET /processes, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

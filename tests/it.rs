@@ -5,6 +5,7 @@ mod support;
 mod browser;
 mod causes;
 mod config_errors;
+mod dashboard;
 mod docs;
 mod doctor;
 mod fastcgi;

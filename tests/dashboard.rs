@@ -1,0 +1,165 @@
+//! The dashboard on the admin address, rendered by Debian's headless
+//! Chromium; the state API behind it; the admin token.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+async fn chromium(args: &[&str], url: &str) -> (bool, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .args(args)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .await
+        .expect("chromium is installed (scripts/test.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_renders_upstreams_failures_and_incidents_in_chromium() {
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gw::start(&format!(
+        "[incidents]\ndir = \"{}\"\nmin_requests = 3\nwindow = \"5s\"\n\n[upstreams.shop]\nservers = [\"{}\"]\nretries = 0\n[upstreams.web]\nservers = [\"{}\"]\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\nupstream = \"web\"\n",
+        data.path().display(),
+        refusing_addr(),
+        ok.addr
+    ))
+    .await;
+    let mut failed_id = String::new();
+    for _ in 0..5 {
+        let r = send(gw.addr, get("/shop/cart")).await;
+        assert_eq!(r.status, 502);
+        failed_id = r.request_id();
+        assert_eq!(send(gw.addr, get("/")).await.status, 200);
+    }
+    // The detector opens the incident within a second or two.
+    for _ in 0..60 {
+        let s = send(gw.admin, get("/api/state")).await.json();
+        if !s["incidents_open"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("http://{}/dashboard", gw.admin);
+    let (ok_run, dom) = chromium(&["--virtual-time-budget=5000", "--dump-dom"], &url).await;
+    assert!(ok_run, "{dom}");
+    // Rendered by the page's script from /api/state.
+    assert!(dom.contains("<b>shop</b>"), "{dom}");
+    assert!(dom.contains("<b>web</b>"), "{dom}");
+    assert!(
+        dom.contains(&format!("data-id=\"{failed_id}\"")),
+        "the failure's request id: {dom}"
+    );
+    assert!(
+        dom.contains("<td class=\"bad\">connection_refused</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("connection_refused ×5"),
+        "causes per upstream: {dom}"
+    );
+    assert!(
+        dom.contains("on upstream") || dom.contains("<b>#1 shop</b>"),
+        "the open incident: {dom}"
+    );
+    assert!(
+        dom.contains("· down · 0 in flight") || dom.contains("· up · 0 in flight"),
+        "server chips: {dom}"
+    );
+    // The full log line of a failure, as the page opens it.
+    let r = send(gw.admin, get(&format!("/api/failure?id={failed_id}"))).await;
+    let v = r.json();
+    let line: serde_json::Value = serde_json::from_str(v["lines"][0].as_str().unwrap()).unwrap();
+    assert_eq!(line["request_id"], failed_id.as_str());
+    assert_eq!(line["cause"], "connection_refused");
+    // A screenshot, as docs/dashboard.png was made.
+    let shot = data.path().join("dashboard.png");
+    let (ok_run, _) = chromium(
+        &[
+            "--virtual-time-budget=5000",
+            "--window-size=1280,1100",
+            &format!("--screenshot={}", shot.display()),
+        ],
+        &url,
+    )
+    .await;
+    assert!(ok_run);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_token_guards_the_admin_api() {
+    // Off loopback without a token: refused at load time.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"0.0.0.0:9901\"\n[upstreams.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"web\"\n",
+    )
+    .unwrap();
+    let e = baton::config::load(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains(":3:9: server.admin: the admin API on 0.0.0.0:9901 is reachable off this machine without a token\n    fix: set server.admin_token"),
+        "{e}"
+    );
+    // With a token: every admin request needs it.
+    let (port, admin) = (refusing_addr().port(), refusing_addr());
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"{admin}\"\nadmin_token = \"s3cret\"\n[log]\naccess = \"off\"\n[upstreams.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"web\"\n"),
+    )
+    .unwrap();
+    let _baton = Reap(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let r = send(admin, get("/api/state")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.text(),
+        "admin token required: Authorization: Bearer TOKEN, or ?token=TOKEN\n"
+    );
+    assert_eq!(send(admin, get("/metrics")).await.status, 401);
+    let with_bearer = http::Request::get("/api/state")
+        .header("authorization", "Bearer s3cret")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send(admin, with_bearer).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["upstreams"][0]["name"], "web");
+    assert_eq!(
+        send(admin, get("/dashboard?token=s3cret")).await.status,
+        200
+    );
+}
