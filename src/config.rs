@@ -49,6 +49,9 @@ pub struct Config {
     /// `server.admin_token`: required by every admin request when set
     /// (and it must be set when the admin address is off loopback).
     pub admin_token: Option<String>,
+    /// `server.status_page`: a path on every listener answering whether
+    /// the site's backends are up (linked from error pages).
+    pub status_page: Option<String>,
     /// `[alerts]`: where incident alerts go.
     pub alerts: AlertConfig,
 }
@@ -472,6 +475,7 @@ mod raw {
         pub header_read_timeout: Option<Spanned<String>>,
         pub outer_idle_timeout: Option<Spanned<String>>,
         pub admin_token: Option<Spanned<String>>,
+        pub status_page: Option<Spanned<String>>,
         pub max_request_header_bytes: Option<Spanned<i64>>,
         pub max_body_bytes: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
@@ -1845,6 +1849,20 @@ impl<'s> Validator<'s> {
             );
         }
 
+        let status_page = match &server.status_page {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.err(
+                    "server.status_page",
+                    p.span(),
+                    format!("{:?} is not a path", p.get_ref()),
+                    "write status_page = \"/.well-known/status\"",
+                );
+                None
+            }
+            Some(p) => Some(p.get_ref().clone()),
+            None => None,
+        };
+
         // [incidents], [alerts]
         let incidents = self.incidents(&incidents);
         let alerts = self.alerts(&alerts);
@@ -2303,6 +2321,7 @@ impl<'s> Validator<'s> {
             incidents,
             alerts,
             admin_token,
+            status_page,
         })
     }
 }

@@ -171,6 +171,19 @@ impl Tracks {
         })
     }
 
+    /// The time of each upstream's latest server state change.
+    pub fn last_change_by_upstream(&self) -> HashMap<String, i64> {
+        let mut m = HashMap::new();
+        for e in self.events.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if e.kind.starts_with("server_")
+                && let Some(u) = &e.upstream
+            {
+                m.insert(u.clone(), e.time);
+            }
+        }
+        m
+    }
+
     pub fn open_incidents(&self) -> Vec<Incident> {
         self.open
             .lock()

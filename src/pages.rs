@@ -55,6 +55,8 @@ pub struct PageInfo<'a> {
     pub details: Option<&'a str>,
     pub request_id: &'a str,
     pub retry_after: Option<u64>,
+    /// `[server] status_page`: linked from the page.
+    pub status_page: Option<&'a str>,
 }
 
 /// Renders the body for `format`, from the operator's template if given.
@@ -155,7 +157,15 @@ fn fill(template: &str, p: &PageInfo<'_>, f: Format) -> String {
     };
     let retry = p.retry_after.map_or(String::new(), |r| r.to_string());
     let auto = if p.cause.transient() { "1" } else { "0" };
-    let vars: [(&str, String); 11] = [
+    let status_link = match (p.status_page, f) {
+        (Some(path), Format::Html) => format!(
+            "<p><a href=\"{}\">Is it down for everyone? The site's status</a></p>",
+            html_escape(path)
+        ),
+        (Some(path), _) => esc(path),
+        (None, _) => String::new(),
+    };
+    let vars: [(&str, String); 12] = [
         ("status", p.status.to_string()),
         ("reason", reason(p.status).to_string()),
         ("title", esc(p.cause.title())),
@@ -167,6 +177,7 @@ fn fill(template: &str, p: &PageInfo<'_>, f: Format) -> String {
         ("retry_after", retry),
         ("retry_words", esc(&retry_words(p))),
         ("auto_retry", auto.to_string()),
+        ("status_link", status_link),
     ];
     let mut out = String::with_capacity(template.len() + 256);
     let mut rest = template;
@@ -218,6 +229,7 @@ small{color:#8a93a6}
 <p>{{details}}</p>
 <p>Search baton's log for this request ID; <code>docs/errors.md</code> lists the fix for each cause.</p>
 </details>
+{{status_link}}
 <p><small>Request ID <code id="rid">{{request_id}}</code></small></p>
 </main>
 <script>
@@ -256,6 +268,7 @@ mod tests {
     #[test]
     fn templates_fill_and_escape() {
         let p = PageInfo {
+            status_page: None,
             cause: Cause::ConnectionRefused,
             status: 502,
             details: Some("<x>"),

@@ -1019,6 +1019,9 @@ pub async fn handle(
     // Negotiated only if baton has to answer itself (the failure path).
     let accept = req.headers().get(header::ACCEPT).cloned();
 
+    if rt.config.status_page.as_deref() == Some(req.uri().path()) {
+        return status_page(&gw, &rt, log, accept.as_ref());
+    }
     let Some(ri) = rt.route(log.host(), req.uri().path()) else {
         let f = Failure::new(Cause::NoRoute);
         return local_error(&rt, log, &f, None, accept.as_ref(), None);
@@ -1929,6 +1932,80 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 /// baton's own answer for a failure: status from the cause, `Proxy-Status`,
 /// request ID, and a page in the format the client asked for.
+/// `[server] status_page`: whether each upstream has a usable server now,
+/// and since its servers last changed state; HTML, or JSON on request.
+fn status_page(
+    gw: &Gateway,
+    rt: &Runtime,
+    log: ReqLog,
+    accept: Option<&HeaderValue>,
+) -> Response<RespBody> {
+    let now = health::now_ms();
+    let since = gw.metrics.incidents.last_change_by_upstream();
+    let rows: Vec<(String, bool, Option<i64>)> = rt
+        .upstreams
+        .iter()
+        .map(|u| {
+            (
+                u.cfg.name.to_string(),
+                u.servers.iter().any(|s| s.health.usable(now)),
+                since.get(&*u.cfg.name).copied(),
+            )
+        })
+        .collect();
+    let all_up = rows.iter().all(|r| r.1);
+    let (ctype, body) = if Format::negotiate(accept.map(|v| v.as_bytes())) == Format::Json {
+        let v = serde_json::json!({
+            "up": all_up,
+            "time": log::now(),
+            "services": rows.iter().map(|(n, up, t)| serde_json::json!({"name": n, "up": up, "changed": t.map(crate::logs::clock)})).collect::<Vec<_>>(),
+        });
+        ("application/json", v.to_string() + "\n")
+    } else {
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;");
+        let list: String = rows
+            .iter()
+            .map(|(n, up, t)| {
+                format!(
+                    "<li class=\"{}\"><b>{}</b>: {}{}</li>\n",
+                    if *up { "up" } else { "down" },
+                    esc(n),
+                    if *up { "working" } else { "not available" },
+                    t.map_or(String::new(), |t| format!(
+                        " (since {} UTC)",
+                        crate::logs::clock(t)
+                    ))
+                )
+            })
+            .collect();
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta http-equiv=\"refresh\" content=\"30\"><title>Status</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}.up b{{color:#15803d}}.down b{{color:#b91c1c}}</style></head><body>\n<h1>{}</h1>\n<p>{}</p>\n<ul>\n{list}</ul>\n<p><small>Checked {} UTC by the site's gateway; this page refreshes every 30 seconds.</small></p>\n</body></html>\n",
+                if all_up {
+                    "Everything is working"
+                } else {
+                    "Part of this site is down for everyone"
+                },
+                if all_up {
+                    "If the site does not work for you, the problem is likely between you and the site (your network, DNS, or browser)."
+                } else {
+                    "It is not just you: the site's operator's gateway sees the parts below as not available."
+                },
+                crate::logs::clock(health::now_ms() as i64 / 1000)
+            ),
+        )
+    };
+    let len = body.len() as u64;
+    let mut r = Response::new(RespBody::Local(Some(Bytes::from(body))));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    log.finish(200, len, None);
+    r
+}
+
 fn local_error(
     rt: &Runtime,
     log: ReqLog,
@@ -1949,6 +2026,7 @@ fn local_error(
             details: f.details.as_deref(),
             request_id: log.id(),
             retry_after,
+            status_page: rt.config.status_page.as_deref(),
         },
         &rt.config.pages,
     );

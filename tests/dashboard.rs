@@ -163,3 +163,82 @@ async fn admin_token_guards_the_admin_api() {
         200
     );
 }
+
+#[tokio::test]
+async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_it() {
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    let port = refusing_addr().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"{addr}\"]\nstatus_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\nupstream = \"blog\"\n",
+            refusing_addr(),
+            ok.addr
+        ),
+    )
+    .unwrap();
+    let _baton = Reap(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = send(addr, get("/status")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), "no-store");
+    let html = r.text();
+    assert!(
+        html.contains("<h1>Part of this site is down for everyone</h1>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"down\"><b>shop</b>: not available"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"up\"><b>blog</b>: working</li>"),
+        "{html}"
+    );
+    let json_req = http::Request::get("/status")
+        .header("accept", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let v = send(addr, json_req).await.json();
+    assert_eq!(v["up"], false);
+    let svc = |name: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(svc("shop")["up"], false, "{v}");
+    assert_eq!(svc("blog")["up"], true, "{v}");
+    // The error page of the down part links the status page.
+    let html_req = http::Request::get("/shop/cart")
+        .header("accept", "text/html")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send(addr, html_req).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text()
+            .contains("<p><a href=\"/status\">Is it down for everyone? The site's status</a></p>"),
+        "{}",
+        r.text()
+    );
+}
