@@ -49,7 +49,21 @@ pub struct Sample {
 pub struct Track {
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Request durations: bucket i counts those up to LATENCY_BASE_MS * 2^i
+    /// (the last one, everything longer), as the metric's histogram.
+    latency: [AtomicU64; LATENCY_BUCKETS],
     detail: Mutex<Detail>,
+}
+
+const LATENCY_BUCKETS: usize = 17;
+const LATENCY_BASE_MS: f64 = 0.5;
+
+/// The upper bounds of the latency buckets, in milliseconds (the last is
+/// unbounded).
+pub fn latency_bounds_ms() -> Vec<f64> {
+    (0..LATENCY_BUCKETS - 1)
+        .map(|i| LATENCY_BASE_MS * f64::from(1u32 << i))
+        .collect()
 }
 
 #[derive(Default)]
@@ -68,8 +82,16 @@ pub fn counts(c: Cause) -> bool {
 
 impl Track {
     #[inline]
-    pub fn request(&self) {
+    pub fn request(&self, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let ms = took.as_secs_f64() * 1000.0;
+        // The first power of two at or above ms / base.
+        let i = if ms <= LATENCY_BASE_MS {
+            0
+        } else {
+            ((ms / LATENCY_BASE_MS).log2().ceil() as usize).min(LATENCY_BUCKETS - 1)
+        };
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn failure(&self, c: Cause, request_id: &str, route: &str, path: &str, status: u16) {
@@ -115,6 +137,8 @@ pub struct Tracks {
 pub struct TrackView {
     pub requests: u64,
     pub failures: u64,
+    /// Cumulative counts per latency bucket (bounds: `latency_bounds_ms`).
+    pub latency: Vec<u64>,
     pub causes: BTreeMap<&'static str, u64>,
     pub recent: Vec<Sample>,
 }
@@ -166,6 +190,11 @@ impl Tracks {
         Some(TrackView {
             requests: t.requests.load(Ordering::Relaxed),
             failures: t.failures.load(Ordering::Relaxed),
+            latency: t
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
             causes: d.causes.iter().map(|(k, v)| (*k, *v)).collect(),
             recent: d.samples.iter().rev().cloned().collect(),
         })

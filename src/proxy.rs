@@ -234,6 +234,7 @@ impl Gateway {
             "upstreams": upstreams,
             "routes": routes,
             "incidents_open": self.metrics.incidents.open_incidents(),
+            "latency_bounds_ms": crate::incidents::latency_bounds_ms(),
             "events": self.metrics.incidents.recent_events(30),
             // The running config, without what could be a secret: the
             // alert webhook's path and query, the alert command.
@@ -807,7 +808,7 @@ impl ReqLog {
         let gw = &self.gw;
         let elapsed = self.start.elapsed();
         if let Some(m) = &self.route_metrics {
-            m.track.request();
+            m.track.request(elapsed);
             if let Some(c) = cause
                 && crate::incidents::counts(c)
             {
