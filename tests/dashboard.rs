@@ -130,20 +130,14 @@ async fn admin_token_guards_the_admin_api() {
         format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"{admin}\"\nadmin_token = \"s3cret\"\n[log]\naccess = \"off\"\n[upstreams.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"web\"\n"),
     )
     .unwrap();
-    let _baton = Reap(Some(
+    let _baton = peer(
         std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["serve", "--config"])
             .arg(&cfg)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .stderr(std::process::Stdio::null()),
+        admin,
+    )
+    .await;
     let r = send(admin, get("/api/state")).await;
     assert_eq!(r.status, 401);
     assert_eq!(
@@ -180,20 +174,14 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         ),
     )
     .unwrap();
-    let _baton = Reap(Some(
+    let _baton = peer(
         std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["serve", "--config"])
             .arg(&cfg)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .stderr(std::process::Stdio::null()),
+        addr,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let r = send(addr, get("/status")).await;
     assert_eq!(r.status, 200);

@@ -230,21 +230,15 @@ async fn a_corrupt_store_is_reported_and_the_gateway_serves_on() {
         ),
     )
     .unwrap();
-    let mut child = Reap(Some(
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = peer(
         Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["serve", "--config"])
             .arg(&cfg)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    ));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+            .stderr(Stdio::piped()),
+        addr,
+    )
+    .await;
     assert_eq!(send(addr, get("/")).await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(send(addr, get("/")).await.status, 200, "still serving");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Gw, Origin, Reap, Script, refusing_addr};
+use crate::support::{Gw, Origin, Reap, Script, peer, refusing_addr};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs");
 
@@ -409,18 +409,6 @@ fn follow_prints_new_failures_through_rotation() {
 }
 
 // ------------------------------------------------------- real peers
-
-/// Starts a peer and waits until `addr` accepts.
-async fn peer(cmd: &mut Command, addr: SocketAddr) -> Reap {
-    let child = Reap(Some(cmd.spawn().expect("the peer is installed")));
-    for _ in 0..250 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{cmd:?} did not start");
-}
 
 /// The fault origins every peer is put in front of.
 struct Faults {

@@ -382,3 +382,16 @@ impl Drop for Reap {
         }
     }
 }
+
+/// Starts a program (nginx, HAProxy, Apache, `baton serve`) and waits
+/// until `addr` accepts connections; killed when the result drops.
+pub async fn peer(cmd: &mut std::process::Command, addr: SocketAddr) -> Reap {
+    let child = Reap(Some(cmd.spawn().expect("the program is installed")));
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{cmd:?} did not start listening on {addr}");
+}
