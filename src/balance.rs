@@ -225,6 +225,11 @@ impl Slots {
         }
     }
 
+    /// Requests waiting for a slot now (the dashboard's queue).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// The current limit.
     pub fn limit(&self) -> Option<usize> {
         self.aimd.as_ref().map(|a| a.limit.load(Ordering::Relaxed))

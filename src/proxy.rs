@@ -204,6 +204,7 @@ impl Gateway {
                     "servers": servers,
                     "process": process,
                     "tally": self.metrics.incidents.view(&u.cfg.name),
+                    "queue": u.slots.as_ref().map(|q| json!({"waiting": q.waiting(), "limit": q.limit().unwrap_or(u.cfg.max_concurrent.unwrap_or(0))})),
                     "read_timeout_ms": u.cfg.read_timeout.as_millis() as u64,
                     "connect_timeout_ms": u.cfg.connect_timeout.as_millis() as u64,
                     "retries": u.cfg.retries,

@@ -230,3 +230,43 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         r.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_updates_while_failures_happen() {
+    let gw = Gw::start(&format!(
+        "[upstreams.shop]\nservers = [\"{}\"]\nretries = 0\nmax_concurrent = 4\n[[routes]]\nupstream = \"shop\"\n",
+        refusing_addr()
+    ))
+    .await;
+    let addr = gw.addr;
+    // Failures keep coming while the page is open: 60 s of the page's
+    // (virtual) time is 30 polls, each a real request to the admin API.
+    let traffic = tokio::spawn(async move {
+        loop {
+            send(addr, get("/cart")).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/dashboard", gw.admin);
+    let (ok_run, dom) = chromium(&["--virtual-time-budget=60000", "--dump-dom"], &url).await;
+    traffic.abort();
+    assert!(ok_run, "{dom}");
+    let attr = |name: &str| -> u64 {
+        let key = format!("{name}=\"");
+        let i = dom.find(&key).unwrap_or_else(|| panic!("{name} in {dom}"));
+        dom[i + key.len()..]
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(attr("data-polls") >= 2, "the page polled again: {dom}");
+    assert!(
+        attr("data-failures") > attr("data-first-failures"),
+        "the failure count grew on the page"
+    );
+    assert!(dom.contains("queue: 0 waiting, limit 4"), "{dom}");
+    gw.stop().await;
+}
