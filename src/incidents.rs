@@ -130,6 +130,20 @@ pub struct Tracks {
     events: Mutex<VecDeque<Event>>,
     /// The incidents open now, by upstream (for the dashboard).
     open: Mutex<BTreeMap<String, Incident>>,
+    /// Totals once a second for the last SERIES seconds (the dashboard's
+    /// charts start from them).
+    series: Mutex<VecDeque<SeriesPoint>>,
+}
+
+const SERIES: usize = 300;
+
+/// Cumulative totals over every upstream at one second.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SeriesPoint {
+    pub time: i64,
+    pub requests: u64,
+    pub failures: u64,
+    pub causes: BTreeMap<&'static str, u64>,
 }
 
 /// What the dashboard shows of one upstream's tally.
@@ -198,6 +212,24 @@ impl Tracks {
             causes: d.causes.iter().map(|(k, v)| (*k, *v)).collect(),
             recent: d.samples.iter().rev().cloned().collect(),
         })
+    }
+
+    fn push_series(&self, p: SeriesPoint) {
+        let mut s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() == SERIES {
+            s.pop_front();
+        }
+        s.push_back(p);
+    }
+
+    /// The last SERIES seconds of totals, oldest first.
+    pub fn series(&self) -> Vec<SeriesPoint> {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The time of each upstream's latest server state change.
@@ -403,17 +435,33 @@ pub struct UpstreamNow {
 }
 
 /// Runs until the gateway stops: once a second, checks every upstream.
+/// Without `[incidents]` it only keeps the dashboard's series. Ends when
+/// `state` says the gateway is gone.
 pub async fn detect(
     tracks: Arc<Tracks>,
-    cfg: IncidentConfig,
+    cfg: Option<IncidentConfig>,
     alerts: AlertConfig,
-    state: impl Fn(&str) -> UpstreamNow + Send + 'static,
+    state: impl Fn(&str) -> Option<UpstreamNow> + Send + 'static,
 ) {
-    let store = match Store::open(&cfg.dir) {
-        Ok(s) => Some(Arc::new(Mutex::new(s))),
-        Err(e) => {
-            tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
-            None
+    let recording = cfg.is_some();
+    let cfg = cfg.unwrap_or(IncidentConfig {
+        dir: PathBuf::new(),
+        error_rate: 1.0,
+        min_requests: u64::MAX,
+        window: Duration::from_secs(30),
+        recover_after: Duration::from_secs(30),
+        max_age: Duration::ZERO,
+        max_incidents: 0,
+    });
+    let store = if !recording {
+        None
+    } else {
+        match Store::open(&cfg.dir) {
+            Ok(s) => Some(Arc::new(Mutex::new(s))),
+            Err(e) => {
+                tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
+                None
+            }
         }
     };
     let mut watches: HashMap<Arc<str>, Watch> = HashMap::new();
@@ -424,6 +472,30 @@ pub async fn detect(
     loop {
         tick.tick().await;
         let now = now_s();
+        // The dashboard's series: totals over every upstream.
+        let mut point = SeriesPoint {
+            time: now,
+            ..SeriesPoint::default()
+        };
+        for (_, track) in tracks.all() {
+            point.requests += track.requests.load(Ordering::Relaxed);
+            point.failures += track.failures.load(Ordering::Relaxed);
+            for (c, n) in &track
+                .detail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .causes
+            {
+                *point.causes.entry(c).or_default() += n;
+            }
+        }
+        tracks.push_series(point);
+        if !recording {
+            if state("").is_none() {
+                return;
+            }
+            continue;
+        }
         for (name, track) in tracks.all() {
             let w = watches.entry(name.clone()).or_insert_with(|| Watch {
                 history: VecDeque::new(),
@@ -433,7 +505,7 @@ pub async fn detect(
                 last_alert: None,
                 restarts: None,
             });
-            let st = state(&name);
+            let Some(st) = state(&name) else { return };
             if let (Some(was), Some(now_r)) = (w.restarts, st.restarts)
                 && now_r > was
             {

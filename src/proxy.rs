@@ -236,6 +236,7 @@ impl Gateway {
             "routes": routes,
             "incidents_open": self.metrics.incidents.open_incidents(),
             "latency_bounds_ms": crate::incidents::latency_bounds_ms(),
+            "series": self.metrics.incidents.series(),
             "events": self.metrics.incidents.recent_events(30),
             // The running config, without what could be a secret: the
             // alert webhook's path and query, the alert command.
@@ -249,12 +250,11 @@ impl Gateway {
         })
     }
 
-    /// Starts recording incidents when `[incidents]` is configured.
+    /// Starts the detector: the dashboard's series always, incidents when
+    /// `[incidents]` is configured. It ends with the gateway.
     pub fn spawn_incidents(self: &Arc<Self>) {
         let rt = self.runtime.load();
-        let Some(cfg) = rt.config.incidents.clone() else {
-            return;
-        };
+        let cfg = rt.config.incidents.clone();
         let alerts = rt.config.alerts.clone();
         let gw = Arc::downgrade(self);
         tokio::spawn(crate::incidents::detect(
@@ -262,12 +262,7 @@ impl Gateway {
             cfg,
             alerts,
             move |name| {
-                let Some(gw) = gw.upgrade() else {
-                    return crate::incidents::UpstreamNow {
-                        usable: None,
-                        restarts: None,
-                    };
-                };
+                let gw = gw.upgrade()?;
                 let rt = gw.runtime.load();
                 let now = health::now_ms();
                 let usable = rt
@@ -276,7 +271,7 @@ impl Gateway {
                     .find(|u| &*u.cfg.name == name)
                     .map(|u| u.servers.iter().any(|s| s.health.usable(now)));
                 let restarts = gw.supervisor(name).map(|s| s.status().restarts);
-                crate::incidents::UpstreamNow { usable, restarts }
+                Some(crate::incidents::UpstreamNow { usable, restarts })
             },
         ));
     }

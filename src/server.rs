@@ -286,6 +286,16 @@ async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<
     }
 }
 
+/// Compares a secret without stopping at the first differing byte (the
+/// time does not tell an attacker how much of a guess was right).
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     use http::Method;
     let query = req.uri().query().unwrap_or("");
@@ -304,7 +314,8 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let query_token = query.split('&').find_map(|kv| kv.strip_prefix("token="));
-        if bearer != Some(t.as_str()) && query_token != Some(t.as_str()) {
+        let ok = |given: Option<&str>| given.is_some_and(|g| same_secret(g, t));
+        if !ok(bearer) && !ok(query_token) {
             let mut r = Response::new(Full::new(Bytes::from_static(
                 b"admin token required: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
             )));

@@ -55,8 +55,17 @@ async fn dashboard_renders_upstreams_failures_and_incidents_in_chromium() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The series the charts start from: totals once a second.
+    let s = send(gw.admin, get("/api/state")).await.json();
+    let last = s["series"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["failures"], 5, "{last}");
+    assert_eq!(last["causes"]["connection_refused"], 5, "{last}");
     let url = format!("http://{}/dashboard", gw.admin);
     let (ok_run, dom) = chromium(&["--virtual-time-budget=5000", "--dump-dom"], &url).await;
+    assert!(
+        dom.contains("■ connection_refused</span>"),
+        "the chart's legend from the series: {dom}"
+    );
     assert!(ok_run, "{dom}");
     // Rendered by the page's script from /api/state.
     assert!(dom.contains("<b>shop</b>"), "{dom}");
