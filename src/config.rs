@@ -58,7 +58,7 @@ pub struct Config {
 
 /// `[incidents]`: when an upstream's failures open an incident, and where
 /// incidents are kept.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IncidentConfig {
     pub dir: PathBuf,
     /// Share of an upstream's requests failing over `window` (0..1).
@@ -73,7 +73,7 @@ pub struct IncidentConfig {
 }
 
 /// `[alerts]`: a webhook and/or a command on incident open and close.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertConfig {
     pub webhook: Option<http::Uri>,
     /// Slack's `{"text": ...}` shape instead of baton's JSON.

@@ -366,6 +366,9 @@ impl Gateway {
         {
             notes.push("[log] changes take effect after a restart".to_string());
         }
+        if cfg.incidents != c.incidents || cfg.alerts != c.alerts {
+            notes.push("[incidents] and [alerts] changes take effect after a restart".to_string());
+        }
         let workers = old.upstreams.first().map_or(1, |u| u.workers());
         let mut rt = Runtime::new(cfg, workers, self.metrics.clone())?;
         rt.dialer.own = old.dialer.own.clone();
