@@ -775,18 +775,10 @@ async fn post(url: &http::Uri, body: &str) -> Result<u16, String> {
         .map_err(|e| e.to_string())?;
     let send = async {
         if https {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
             let name =
                 rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            let tls = crate::upstream::tls_connector(&[])
+                .map_err(|e| e.to_string())?
                 .connect(name, tcp)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -919,11 +911,7 @@ pub fn report_md(i: &Incident) -> String {
 
 /// The same report as a standalone HTML page (no external assets).
 pub fn report_html(i: &Incident) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+    let esc = crate::pages::html_escape;
     let md = report_md(i);
     let mut body = String::new();
     let mut in_table = false;

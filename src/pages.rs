@@ -130,7 +130,8 @@ fn json(p: &PageInfo<'_>) -> String {
     s
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML (element content and quoted attributes).
+pub fn html_escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -1962,7 +1962,7 @@ fn status_page(
         });
         ("application/json", v.to_string() + "\n")
     } else {
-        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;");
+        let esc = pages::html_escape;
         let list: String = rows
             .iter()
             .map(|(n, up, t)| {

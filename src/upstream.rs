@@ -419,9 +419,17 @@ pub struct Server {
 fn tls_client(
     tls: &crate::config::UpstreamTls,
 ) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    tls_connector(&tls.ca)
+}
+
+/// A verifying TLS client: Mozilla's roots plus `ca`, ring, ALPN
+/// http/1.1 (upstreams, and the alert webhook with no extra roots).
+pub(crate) fn tls_connector(
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for c in &tls.ca {
+    for c in ca {
         roots.add(c.clone())?;
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
