@@ -154,10 +154,7 @@ async fn admin_token_guards_the_admin_api() {
         "admin token required: Authorization: Bearer TOKEN, or ?token=TOKEN\n"
     );
     assert_eq!(send(admin, get("/metrics")).await.status, 401);
-    let with_bearer = http::Request::get("/api/state")
-        .header("authorization", "Bearer s3cret")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let with_bearer = get_with("/api/state", "authorization", "Bearer s3cret");
     let r = send(admin, with_bearer).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["upstreams"][0]["name"], "web");
@@ -208,10 +205,7 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         html.contains("<li class=\"up\"><b>blog</b>: working</li>"),
         "{html}"
     );
-    let json_req = http::Request::get("/status")
-        .header("accept", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let json_req = get_with("/status", "accept", "application/json");
     let v = send(addr, json_req).await.json();
     assert_eq!(v["up"], false);
     let svc = |name: &str| {
@@ -226,10 +220,7 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
     assert_eq!(svc("shop")["up"], false, "{v}");
     assert_eq!(svc("blog")["up"], true, "{v}");
     // The error page of the down part links the status page.
-    let html_req = http::Request::get("/shop/cart")
-        .header("accept", "text/html")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let html_req = get_with("/shop/cart", "accept", "text/html");
     let r = send(addr, html_req).await;
     assert_eq!(r.status, 503);
     assert!(

@@ -169,13 +169,8 @@ async fn plain_http_to_a_tls_port_is_named() {
     assert_failure(&gw, &r, 502, "http_protocol_error", "upstream_speaks_tls").await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn doctor_describes_the_certificate_it_rejects() {
-    let p = pki(false);
-    let o = Origin::start_tls(Script::Ok("secure\n".into()), p.server.clone())
-        .await
-        .unwrap();
-    let port = o.addr.port();
+/// `baton doctor --json https://127.0.0.1:PORT/`: exit code and document.
+async fn doctor_https(port: u16) -> (Option<i32>, serde_json::Value) {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["doctor", "--json", "--idle-wait", "0s"])
@@ -185,8 +180,20 @@ async fn doctor_describes_the_certificate_it_rejects() {
     })
     .await
     .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_describes_the_certificate_it_rejects() {
+    let p = pki(false);
+    let o = Origin::start_tls(Script::Ok("secure\n".into()), p.server.clone())
+        .await
+        .unwrap();
+    let (code, v) = doctor_https(o.addr.port()).await;
+    assert_eq!(code, Some(1));
     assert_eq!(v["verdict"]["cause"], "tls_certificate_error");
     let cert = v["steps"]
         .as_array()
@@ -230,17 +237,8 @@ async fn doctor_flags_an_expired_certificate() {
     let o = Origin::start_tls(Script::Ok("old\n".into()), Arc::new(server))
         .await
         .unwrap();
-    let port = o.addr.port();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["doctor", "--json", "--idle-wait", "0s"])
-            .arg(format!("https://127.0.0.1:{port}/"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, v) = doctor_https(o.addr.port()).await;
+    assert_eq!(code, Some(1));
     assert_eq!(v["verdict"]["cause"], "tls_certificate_error", "{v:#}");
     let cert = v["steps"]
         .as_array()

@@ -181,6 +181,16 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// A GET with one more header field.
+pub fn get_with(path: &str, name: &str, value: &str) -> Request<Full<Bytes>> {
+    let mut r = get(path);
+    r.headers_mut().insert(
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        http::HeaderValue::from_str(value).unwrap(),
+    );
+    r
+}
+
 /// One request on a new HTTP/1.1 connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
