@@ -108,6 +108,22 @@ pub enum Kind {
     Event(Event),
 }
 
+impl Kind {
+    /// A failure line in words no rule knows.
+    pub const UNCLASSIFIED: Kind = Kind::Failure {
+        cause: None,
+        weak: false,
+    };
+}
+
+/// A failure line that says why.
+fn fail(c: Cause) -> Kind {
+    Kind::Failure {
+        cause: Some(c),
+        weak: false,
+    }
+}
+
 /// One recognised line.
 #[derive(Clone, Debug)]
 pub struct Parsed {
@@ -260,10 +276,6 @@ fn nginx_kind(
     errno: Option<i32>,
     unix: bool,
 ) -> Kind {
-    let fail = |c: Cause| Kind::Failure {
-        cause: Some(c),
-        weak: false,
-    };
     if msg.contains("client intended to send too large body") {
         return fail(Cause::BodyTooLarge);
     }
@@ -346,10 +358,7 @@ fn nginx_kind(
         }
     }
     match level {
-        "error" | "crit" | "alert" | "emerg" => Kind::Failure {
-            cause: None,
-            weak: false,
-        },
+        "error" | "crit" | "alert" | "emerg" => Kind::UNCLASSIFIED,
         _ => nginx_event(msg).map_or(Kind::Fine, Kind::Event),
     }
 }
@@ -473,10 +482,6 @@ fn apr_errno(e: i32) -> i32 {
 }
 
 fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Option<i32>) -> Kind {
-    let fail = |c: Cause| Kind::Failure {
-        cause: Some(c),
-        weak: false,
-    };
     let weak = |c: Option<Cause>| Kind::Failure {
         cause: c,
         weak: true,
@@ -537,16 +542,10 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
         )),
         _ if msg.contains("SSL") || module == "ssl" => match tls_text(msg) {
             Some(c) if module.starts_with("proxy") || msg.contains("proxy") => fail(c),
-            _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::Failure {
-                cause: None,
-                weak: false,
-            },
+            _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::UNCLASSIFIED,
             _ => Kind::Fine,
         },
-        _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::Failure {
-            cause: None,
-            weak: false,
-        },
+        _ if matches!(level, "error" | "crit" | "alert" | "emerg") => Kind::UNCLASSIFIED,
         _ => Kind::Fine,
     }
 }
@@ -609,10 +608,6 @@ fn haproxy(line: &str) -> Option<Parsed> {
 /// disconnection"): who ended the session, and in which phase.
 fn haproxy_kind(term: &str, server: &str, status: Option<i32>) -> Kind {
     let b = term.as_bytes();
-    let fail = |c: Cause| Kind::Failure {
-        cause: Some(c),
-        weak: false,
-    };
     if server == "<NOSRV>" && status == Some(503) {
         return fail(Cause::NoHealthyServer);
     }
@@ -635,10 +630,7 @@ fn haproxy_kind(term: &str, server: &str, status: Option<i32>) -> Kind {
     match (cause, status) {
         (Some(c), _) => fail(c),
         (None, Some(s)) if s >= 500 && b[0] == b'-' => Kind::AppAnswer,
-        (None, Some(s)) if s >= 500 => Kind::Failure {
-            cause: None,
-            weak: false,
-        },
+        (None, Some(s)) if s >= 500 => Kind::UNCLASSIFIED,
         _ => Kind::Fine,
     }
 }
@@ -677,15 +669,9 @@ fn envoy(line: &str) -> Option<Parsed> {
     } else if msg.contains("shutting down") {
         Kind::Event(Event::Stop)
     } else if let Some(c) = reset_reason(msg) {
-        Kind::Failure {
-            cause: Some(c),
-            weak: false,
-        }
+        fail(c)
     } else if matches!(&c[7], "error" | "critical") {
-        Kind::Failure {
-            cause: None,
-            weak: false,
-        }
+        Kind::UNCLASSIFIED
     } else {
         Kind::Fine
     };
@@ -716,15 +702,9 @@ fn envoy_kind(flags: &str, status: Option<u16>, line: &str) -> Kind {
         }
     }
     match cause {
-        Some(c) => Kind::Failure {
-            cause: Some(c),
-            weak: false,
-        },
+        Some(c) => fail(c),
         None if status.is_some_and(|s| s >= 500) && flags == "-" => Kind::AppAnswer,
-        None if status.is_some_and(|s| s >= 500) => Kind::Failure {
-            cause: None,
-            weak: false,
-        },
+        None if status.is_some_and(|s| s >= 500) => Kind::UNCLASSIFIED,
         None => Kind::Fine,
     }
 }
@@ -765,10 +745,6 @@ fn php_fpm(line: &str) -> Option<Parsed> {
     let time = epoch(n(3), month(&c[2])?, n(1), n(4), n(5), n(6));
     let level = &c[7];
     let msg = &c[9];
-    let fail = |c: Cause| Kind::Failure {
-        cause: Some(c),
-        weak: false,
-    };
     let kind = if msg.contains("exited on signal") {
         // SIGTERM/SIGQUIT are FPM's own stops and reloads.
         if msg.contains("SIGTERM") || msg.contains("SIGQUIT") || msg.contains("(signal 15)") {
@@ -787,10 +763,7 @@ fn php_fpm(line: &str) -> Option<Parsed> {
     } else if msg.starts_with("Terminating") || msg.contains("exiting, bye-bye") {
         Kind::Event(Event::Stop)
     } else if matches!(level, "ERROR" | "ALERT" | "EMERGENCY") {
-        Kind::Failure {
-            cause: None,
-            weak: false,
-        }
+        Kind::UNCLASSIFIED
     } else {
         Kind::Fine
     };
@@ -815,10 +788,6 @@ fn gunicorn(line: &str) -> Option<Parsed> {
     let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
     let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6)).map(|t| t - offset(&c[7]));
     let msg = &c[9];
-    let fail = |c: Cause| Kind::Failure {
-        cause: Some(c),
-        weak: false,
-    };
     // A killed worker drops its connection: the proxy sees a close, so
     // gunicorn's WORKER TIMEOUT shows up as a 502, not a 504.
     let kind = if msg.contains("WORKER TIMEOUT")
@@ -839,10 +808,7 @@ fn gunicorn(line: &str) -> Option<Parsed> {
     } else if msg.starts_with("Error handling request") || msg.starts_with("Exception in worker") {
         Kind::Event(Event::AppError)
     } else if matches!(&c[8], "ERROR" | "CRITICAL") {
-        Kind::Failure {
-            cause: None,
-            weak: false,
-        }
+        Kind::UNCLASSIFIED
     } else {
         Kind::Fine
     };
@@ -880,20 +846,14 @@ fn traefik_kind(level: &str, msg: &str) -> Kind {
     if let Some(c) = go_error(msg) {
         // Traefik logs its proxy errors ("'502 Bad Gateway' caused by: ...",
         // "502 Bad Gateway error=...") at debug level.
-        return Kind::Failure {
-            cause: Some(c),
-            weak: false,
-        };
+        return fail(c);
     }
     if msg.contains("Configuration loaded") || msg.contains("configuration received") {
         Kind::Event(Event::Reload)
     } else if msg.contains("Starting provider") || msg.contains("Traefik version") {
         Kind::Event(Event::Start)
     } else if matches!(level, "error" | "err" | "fatal" | "ftl") {
-        Kind::Failure {
-            cause: None,
-            weak: false,
-        }
+        Kind::UNCLASSIFIED
     } else {
         Kind::Fine
     }
