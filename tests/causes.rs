@@ -372,9 +372,32 @@ async fn unreadable_unix_socket_is_permission_denied() {
     }
     assert!(up, "baton serve started as nobody");
     let r = send(addr, get("/")).await;
+    // The log writer is a thread of its own: wait for the line before the
+    // process is killed, or a loaded machine may kill it first.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let id = r.request_id();
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.contains(&id) && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            log.push_str(&l);
+            log.push('\n');
+        }
+    }
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
     assert_eq!(r.status, 503);
     assert_eq!(r.proxy_error(), "destination_unavailable");
     // The details name the user, the socket's owner and mode, and the fix.
