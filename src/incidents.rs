@@ -402,6 +402,74 @@ impl Store {
     }
 }
 
+/// The store as the detector uses it: every write on a blocking thread
+/// (a slow disk never holds a runtime worker), a failing store logged once
+/// when it starts failing and once when it works again, and an incident
+/// that could not be inserted inserted at its next save.
+struct Recorder {
+    store: Option<Arc<Mutex<Store>>>,
+    dir: PathBuf,
+    max_age: Duration,
+    max_count: u64,
+    failing: bool,
+}
+
+impl Recorder {
+    fn open(recording: bool, cfg: &IncidentConfig) -> Recorder {
+        let store = if !recording {
+            None
+        } else {
+            match Store::open(&cfg.dir) {
+                Ok(s) => Some(Arc::new(Mutex::new(s))),
+                Err(e) => {
+                    tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
+                    None
+                }
+            }
+        };
+        Recorder {
+            store,
+            dir: cfg.dir.clone(),
+            max_age: cfg.max_age,
+            max_count: cfg.max_incidents,
+            failing: false,
+        }
+    }
+
+    /// Inserts (id 0) or updates the incident; returns its id, still 0 when
+    /// it could not be recorded.
+    async fn save(&mut self, i: &Incident) -> i64 {
+        let Some(s) = self.store.clone() else {
+            return i.id;
+        };
+        let (inc, age, count) = (i.clone(), self.max_age, self.max_count);
+        let r = tokio::task::spawn_blocking(move || {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            if inc.id == 0 {
+                s.insert(&inc, age, count)
+            } else {
+                s.update(&inc).map(|()| inc.id)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match r {
+            Ok(id) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(target: "baton::incidents", dir = %self.dir.display(), "incident store writable again");
+                }
+                id
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(target: "baton::incidents", error = %e, dir = %self.dir.display(), "cannot record incidents: they are still detected, alerted and shown on the dashboard (id 0); free space or fix permissions in the directory, baton tries again at each change");
+                }
+                i.id
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------- detector
 
 /// Per upstream: the cumulative tallies of the last `window` seconds and
@@ -453,17 +521,7 @@ pub async fn detect(
         max_age: Duration::ZERO,
         max_incidents: 0,
     });
-    let store = if !recording {
-        None
-    } else {
-        match Store::open(&cfg.dir) {
-            Ok(s) => Some(Arc::new(Mutex::new(s))),
-            Err(e) => {
-                tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
-                None
-            }
-        }
-    };
+    let mut store = Recorder::open(recording, &cfg);
     let mut watches: HashMap<Arc<str>, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // At start no server is usable until its first health checks pass:
@@ -567,18 +625,7 @@ pub async fn detect(
                         ..Incident::default()
                     };
                     fill(&mut i, &track, &w.base, req, fail, &tracks);
-                    if let Some(s) = &store {
-                        match s.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                            &i,
-                            cfg.max_age,
-                            cfg.max_incidents,
-                        ) {
-                            Ok(id) => i.id = id,
-                            Err(e) => {
-                                tracing::error!(target: "baton::incidents", error = %e, "cannot record the incident")
-                            }
-                        }
-                    }
+                    i.id = store.save(&i).await;
                     tracing::error!(target: "baton::incidents", id = i.id, upstream = %name, reason = %i.reason, "incident opened");
                     if w.last_alert
                         .is_none_or(|t| now - t >= alerts.min_interval.as_secs() as i64)
@@ -607,11 +654,8 @@ pub async fn detect(
                         i.ended = Some(now);
                         fill(i, &track, &w.base, req, fail, &tracks);
                     }
-                    if let Some(s) = &store
-                        && (closed || now % 10 == 0)
-                        && let Err(e) = s.lock().unwrap_or_else(|e| e.into_inner()).update(i)
-                    {
-                        tracing::error!(target: "baton::incidents", error = %e, "cannot update the incident");
+                    if closed || now % 10 == 0 {
+                        i.id = store.save(i).await;
                     }
                     if closed {
                         tracing::info!(target: "baton::incidents", id = i.id, upstream = %name, failures = i.failures, "incident closed");

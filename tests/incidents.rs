@@ -1,6 +1,6 @@
 //! Incidents: opened and closed by failure bursts, kept in SQLite across
-//! restarts, alerted to a webhook and a command; a corrupt store is told
-//! and the gateway serves on.
+//! restarts, alerted to a webhook and a command; a corrupt store or a
+//! full disk (a small tmpfs) is told and the gateway serves on.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -273,4 +273,148 @@ async fn a_corrupt_store_is_reported_and_the_gateway_serves_on() {
         err.contains("the store cannot be read: file is not a database"),
         "{err}"
     );
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs (the suite runs as root)");
+        Tmpfs(d)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recorded_later() {
+    let (hook, got) = webhook().await;
+    let disk = Tmpfs::mount("512k");
+    let store = disk.0.path().join("store");
+    let data = tempfile::tempdir().unwrap();
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let port = refusing_addr().port();
+    let cfg = data.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"off\"\n[incidents]\ndir = \"{}\"\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"2s\"\nrecover_after = \"2s\"\n[alerts]\nwebhook = \"http://{hook}/hook\"\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\npath = \"/ok\"\nupstream = \"ok\"\n[[routes]]\nupstream = \"app\"\n",
+            store.display(),
+            refusing_addr(),
+            ok.addr
+        ),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = peer(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::piped()),
+        addr,
+    )
+    .await;
+    // The log, read as it comes.
+    let log = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let stderr = child.0.as_mut().unwrap().stderr.take().unwrap();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    log.lock().unwrap().push(v);
+                }
+            }
+        }
+    });
+    let logged = |msg: &'static str| {
+        let log = log.clone();
+        async move {
+            for _ in 0..200 {
+                if let Some(v) = log.lock().unwrap().iter().find(|v| {
+                    v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with(msg))
+                }) {
+                    return v.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("no {msg:?} in {:?}", log.lock().unwrap());
+        }
+    };
+    // The store is made at start; then the disk fills up.
+    for _ in 0..100 {
+        if store.join("incidents.db").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let filler = disk.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        let e = loop {
+            if let Err(e) = f.write_all(&block) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    }
+    for _ in 0..6 {
+        assert_eq!(send(addr, get("/checkout")).await.status, 502);
+    }
+    let opened = wait_for(&got, "incident_opened").await;
+    assert_eq!(opened["incident"]["id"], 0, "not recorded: {opened}");
+    let err = logged("cannot record incidents").await;
+    assert_eq!(
+        err["fields"]["message"],
+        "cannot record incidents: they are still detected, alerted and shown on the dashboard (id 0); free space or fix permissions in the directory, baton tries again at each change"
+    );
+    assert_eq!(err["fields"]["error"], "database or disk is full", "{err}");
+    assert_eq!(err["fields"]["dir"], store.display().to_string());
+    assert_eq!(send(addr, get("/ok")).await.text(), "fine", "still serving");
+    // Space again: the incident is recorded when it closes.
+    std::fs::remove_file(&filler).unwrap();
+    let closed = wait_for(&got, "incident_closed").await;
+    let id = closed["incident"]["id"].as_i64().unwrap();
+    assert!(id > 0, "{closed}");
+    logged("incident store writable again").await;
+    assert_eq!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cannot record")))
+            .count(),
+        1,
+        "logged once"
+    );
+    child.take().kill().unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || baton(&["incidents", "--config", &cfg_s, "--json"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["incidents"][0]["id"], id, "{v}");
+    assert_eq!(v["incidents"][0]["failures"], 6, "{v}");
 }
