@@ -78,6 +78,8 @@ pub struct AlertConfig {
     pub webhook: Option<http::Uri>,
     /// Slack's `{"text": ...}` shape instead of baton's JSON.
     pub slack: bool,
+    /// Extra roots for an https webhook (a private CA).
+    pub webhook_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub command: Option<String>,
     /// At most one "opened" alert per upstream in this time.
     pub min_interval: Duration,
@@ -497,6 +499,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Alerts {
         pub webhook: Option<Spanned<String>>,
+        pub webhook_ca: Option<Spanned<String>>,
         pub format: Option<Spanned<String>>,
         pub command: Option<Spanned<String>>,
         pub min_interval: Option<Spanned<String>>,
@@ -977,28 +980,11 @@ impl<'s> Validator<'s> {
                 "add tls_server_name = \"NAME ON THE CERTIFICATE\"",
             );
         }
-        let mut ca = Vec::new();
-        if let Some(c) = &u.tls_ca {
-            use rustls::pki_types::pem::PemObject;
-            let path = self.path(c.get_ref());
-            match rustls::pki_types::CertificateDer::pem_file_iter(&path)
-                .map(|it| it.collect::<Result<Vec<_>, _>>())
-            {
-                Ok(Ok(certs)) if !certs.is_empty() => ca = certs,
-                Ok(Ok(_)) => self.err(
-                    key("tls_ca"),
-                    c.span(),
-                    format!("no certificate in {}", path.display()),
-                    "give a PEM file with -----BEGIN CERTIFICATE----- blocks",
-                ),
-                Ok(Err(e)) | Err(e) => self.err(
-                    key("tls_ca"),
-                    c.span(),
-                    format!("cannot read certificates from {}: {e}", path.display()),
-                    "give a readable PEM file; relative paths are relative to the config file",
-                ),
-            }
-        }
+        let ca = u
+            .tls_ca
+            .as_ref()
+            .map(|c| self.pem_certs(key("tls_ca"), c))
+            .unwrap_or_default();
         Some(UpstreamTls { server_name, ca })
     }
 
@@ -1501,6 +1487,35 @@ impl<'s> Validator<'s> {
         })
     }
 
+    /// The certificates of a PEM file named at `key` (relative to the
+    /// config file); none, with an error, when it cannot be read.
+    fn pem_certs(
+        &mut self,
+        key: String,
+        c: &Spanned<String>,
+    ) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        let path = self.path(c.get_ref());
+        match rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .map(|it| it.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(Ok(certs)) if !certs.is_empty() => return certs,
+            Ok(Ok(_)) => self.err(
+                key,
+                c.span(),
+                format!("no certificate in {}", path.display()),
+                "give a PEM file with -----BEGIN CERTIFICATE----- blocks",
+            ),
+            Ok(Err(e)) | Err(e) => self.err(
+                key,
+                c.span(),
+                format!("cannot read certificates from {}: {e}", path.display()),
+                "give a readable PEM file; relative paths are relative to the config file",
+            ),
+        }
+        Vec::new()
+    }
+
     fn alerts(&mut self, r: &raw::Alerts) -> AlertConfig {
         let webhook = r
             .webhook
@@ -1533,8 +1548,14 @@ impl<'s> Validator<'s> {
                 false
             }
         };
+        let webhook_ca = r
+            .webhook_ca
+            .as_ref()
+            .map(|c| self.pem_certs("alerts.webhook_ca".into(), c))
+            .unwrap_or_default();
         AlertConfig {
             webhook,
+            webhook_ca,
             slack,
             command: r.command.as_ref().map(|c| c.get_ref().clone()),
             min_interval: self.duration(

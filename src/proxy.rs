@@ -243,7 +243,7 @@ impl Gateway {
             "config": {
                 "incidents": rt.config.incidents.as_ref().map(|i| json!({"error_rate": i.error_rate, "window_s": i.window.as_secs(), "min_requests": i.min_requests})),
                 "alerts": {
-                    "webhook": rt.config.alerts.webhook.as_ref().map(|u| format!("{}://{}/…", u.scheme_str().unwrap_or("http"), u.authority().map_or("", |a| a.as_str()))),
+                    "webhook": rt.config.alerts.webhook.as_ref().map(crate::incidents::shown_url),
                     "command": rt.config.alerts.command.as_ref().map(|_| "(set)"),
                 },
             },

@@ -13,48 +13,72 @@ use crate::support::*;
 
 /// A loopback webhook receiver: records each POST body, answers 200.
 async fn webhook() -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    webhook_on(None).await
+}
+
+/// The same over TLS when given a server config.
+async fn webhook_on(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        while let Ok((s, _)) = l.accept().await {
             let g = g.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(i) = text.find("\r\n\r\n") {
-                        let len: usize = text[..i]
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length: ")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= i + 4 + len {
-                            let body = &buf[i + 4..i + 4 + len];
-                            g.lock()
-                                .unwrap()
-                                .push(serde_json::from_slice(body).unwrap());
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                                .await;
-                            return;
+            match &tls {
+                None => drop(tokio::spawn(receive(s, g))),
+                Some(cfg) => {
+                    let acc = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                    tokio::spawn(async move {
+                        if let Ok(s) = acc.accept(s).await {
+                            receive(s, g).await
                         }
-                    }
+                    });
                 }
-            });
+            }
         }
     });
     (addr, got)
+}
+
+/// Reads one POST, records its JSON body, answers 200.
+async fn receive<S>(mut s: S, g: Arc<Mutex<Vec<Value>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(i) = text.find("\r\n\r\n") {
+            let len: usize = text[..i]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + len {
+                let body = &buf[i + 4..i + 4 + len];
+                g.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(body).unwrap());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+                return;
+            }
+        }
+    }
 }
 
 async fn wait_for(got: &Arc<Mutex<Vec<Value>>>, event: &str) -> Value {
@@ -417,4 +441,55 @@ async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recor
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["incidents"][0]["id"], id, "{v}");
     assert_eq!(v["incidents"][0]["failures"], 6, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_webhook_with_a_private_ca_gets_the_alert() {
+    // A certificate for 127.0.0.1, trusted through `webhook_ca` only. It
+    // opens at 4 requests, so all 4 are in the alert.
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("hooks-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let (hook, got) = webhook_on(Some(Arc::new(server))).await;
+    let gw = Gw::start(&format!(
+        "[incidents]\ndir = \"{}/store\"\nerror_rate = 0.5\nmin_requests = 4\nwindow = \"2s\"\n[alerts]\nwebhook = \"https://{hook}/hook/T0000/SECRET\"\nwebhook_ca = \"{}\"\nformat = \"slack\"\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\nupstream = \"app\"\n",
+        dir.path().display(),
+        ca.display(),
+        refusing_addr()
+    ))
+    .await;
+    for _ in 0..4 {
+        assert_eq!(send(gw.addr, get("/pay")).await.status, 502);
+    }
+    let mut text = None;
+    for _ in 0..200 {
+        if let Some(v) = got.lock().unwrap().first() {
+            text = Some(v["text"].as_str().unwrap().to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = text.expect("the alert reached the https webhook");
+    assert!(
+        text.starts_with(":rotating_light: baton: incident #1 opened on upstream *app*: "),
+        "{text}"
+    );
+    assert!(text.ends_with("causes: connection_refused x4"), "{text}");
+    // The dashboard's config shows the webhook without its secret path.
+    let state = send(gw.admin, get("/api/state")).await.json();
+    assert_eq!(
+        state["config"]["alerts"]["webhook"],
+        format!("https://{hook}/…")
+    );
+    gw.stop().await;
 }
