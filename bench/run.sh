@@ -2,6 +2,9 @@
 # baton vs nginx vs HAProxy as reverse proxies in front of the same nginx
 # backend, in one run, same worker count, same logging (off).
 # Usage: sh bench/run.sh [workers] [rounds] [seconds]
+# OBSERVED=1 adds "baton-obs": a second baton with [incidents] recording,
+# its admin address, and /api/state polled every 0.5 s (four open
+# dashboards' worth), to show what the observing costs the gateway.
 # Recipe: ../shared/reference/rig.md (wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run).
 set -eu
@@ -58,19 +61,32 @@ backend be
 CONF
 haproxy -f $T/haproxy.cfg & echo $! > $T/haproxy.pid
 
-cat > $T/baton.toml <<CONF
+baton_toml() { # port, more [server] lines, more sections
+    cat <<CONF
 [server]
-listen = ["127.0.0.1:18083"]
+listen = ["127.0.0.1:$1"]
 workers = $WORKERS
+$2
 [log]
 access = "off"
 errors = "off"
+$3
 [upstreams.be]
 servers = ["127.0.0.1:18080"]
 [[routes]]
 upstream = "be"
 CONF
+}
+baton_toml 18083 "" "" > $T/baton.toml
 ./target/release/baton serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
+TARGETS="nginx:18081 haproxy:18082 baton:18083"
+if [ "${OBSERVED:-0}" = 1 ]; then
+    baton_toml 18084 'admin = "127.0.0.1:18085"' "[incidents]
+dir = \"$T/store\"" > $T/baton-obs.toml
+    ./target/release/baton serve --config $T/baton-obs.toml 2>$T/baton-obs.err & echo $! > $T/baton-obs.pid
+    (while :; do curl -s -o /dev/null http://127.0.0.1:18085/api/state; sleep 0.5; done) & echo $! > $T/poll.pid
+    TARGETS="$TARGETS baton-obs:18084"
+fi
 sleep 1
 
 bench() { # name port -> "rps p50_ms p99_ms"
@@ -85,13 +101,13 @@ err = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
 print(rps, ms(*p50.groups()), ms(*p99.groups()), err.group(1) if err else 0)
 PY
 }
-for n in nginx:18081 haproxy:18082 baton:18083; do
+for n in $TARGETS; do
     wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
 done
 : > $T/results
 r=1
 while [ $r -le $ROUNDS ]; do
-    for n in nginx:18081 haproxy:18082 baton:18083; do
+    for n in $TARGETS; do
         echo "${n%%:*} $(bench ${n%%:*} ${n#*:})" >> $T/results
     done
     r=$((r + 1))
@@ -104,11 +120,13 @@ for name, rps, p50, p99, errs in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
 def med(name, i): return st.median(v[i] for v in by[name])
 print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64")
-print(f"{'proxy':<8} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-for n in ("nginx", "haproxy", "baton"):
+print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+for n in by:
     rs = [v[0] for v in by[n]]
     spread = (max(rs) - min(rs)) / st.median(rs) * 100
-    print(f"{n:<8} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
+    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
 for peer in ("nginx", "haproxy"):
     print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x")
+if "baton-obs" in by:
+    print(f"baton-obs/baton: req/s {med('baton-obs',0)/med('baton',0):.2f}x, p99 {med('baton-obs',2)/med('baton',2):.2f}x")
 PY

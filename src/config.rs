@@ -52,6 +52,9 @@ pub struct Config {
     /// `server.status_page`: a path on every listener answering whether
     /// the site's backends are up (linked from error pages).
     pub status_page: Option<String>,
+    /// `server.dashboard_actions`: the dashboard shows drain/undrain and
+    /// reload buttons (it is read-only otherwise).
+    pub dashboard_actions: bool,
     /// `[alerts]`: where incident alerts go.
     pub alerts: AlertConfig,
 }
@@ -478,6 +481,7 @@ mod raw {
         pub outer_idle_timeout: Option<Spanned<String>>,
         pub admin_token: Option<Spanned<String>>,
         pub status_page: Option<Spanned<String>>,
+        pub dashboard_actions: Option<bool>,
         pub max_request_header_bytes: Option<Spanned<i64>>,
         pub max_body_bytes: Option<Spanned<i64>>,
         pub max_connections: Option<Spanned<i64>>,
@@ -2343,6 +2347,7 @@ impl<'s> Validator<'s> {
             alerts,
             admin_token,
             status_page,
+            dashboard_actions: server.dashboard_actions.unwrap_or(false),
         })
     }
 }

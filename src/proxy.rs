@@ -237,6 +237,7 @@ impl Gateway {
             "incidents_open": self.metrics.incidents.open_incidents(),
             "latency_bounds_ms": crate::incidents::latency_bounds_ms(),
             "series": self.metrics.incidents.series(),
+            "actions": rt.config.dashboard_actions,
             "events": self.metrics.incidents.recent_events(30),
             // The running config, without what could be a secret: the
             // alert webhook's path and query, the alert command.
@@ -372,6 +373,26 @@ impl Gateway {
         let workers = old.upstreams.first().map_or(1, |u| u.workers());
         let mut rt = Runtime::new(cfg, workers, self.metrics.clone())?;
         rt.dialer.own = old.dialer.own.clone();
+        // A drain is the operator's decision (a deploy in progress): it
+        // outlives a reload for the same server of the same upstream.
+        for up in &rt.upstreams {
+            let Some(was) = old.upstreams.iter().find(|o| o.cfg.name == up.cfg.name) else {
+                continue;
+            };
+            for s in &up.servers {
+                if was
+                    .servers
+                    .iter()
+                    .any(|o| o.label == s.label && o.health.draining.load(Ordering::Relaxed))
+                {
+                    s.health.draining.store(true, Ordering::Relaxed);
+                    notes.push(format!(
+                        "{}: still draining (POST /undrain to end it)",
+                        s.label
+                    ));
+                }
+            }
+        }
         let rt = Arc::new(rt);
         health::spawn_checkers(&rt);
         upstream::spawn_reapers(&rt.upstreams);

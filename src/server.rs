@@ -296,6 +296,22 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// A browser's request from another site: `Sec-Fetch-Site` says so, or
+/// `Origin` names another host than `Host`.
+fn cross_site(h: &header::HeaderMap) -> bool {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (get("origin"), get("host")) {
+        (None, _) => false,
+        (Some(o), Some(host)) => o
+            .split_once("://")
+            .is_none_or(|(_, authority)| authority != host),
+        (Some(_), None) => true,
+    }
+}
+
 fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     use http::Method;
     let query = req.uri().query().unwrap_or("");
@@ -322,6 +338,17 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             return r;
         }
+    }
+    // A web page elsewhere must not drive the admin API through the
+    // operator's browser (a form POST needs no CORS preflight): a POST a
+    // browser marks as cross-site, or whose Origin is not this address,
+    // is refused. curl and scripts send neither header.
+    if req.method() == Method::POST && cross_site(req.headers()) {
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"cross-site admin request refused: POST from the dashboard itself, or without Origin (curl)\n",
+        )));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        return r;
     }
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (_, "/" | "/dashboard") => (

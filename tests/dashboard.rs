@@ -67,8 +67,10 @@ async fn dashboard_renders_upstreams_failures_and_incidents_in_chromium() {
         "the chart's legend from the series: {dom}"
     );
     assert!(ok_run, "{dom}");
-    // Rendered by the page's script from /api/state.
+    // Rendered by the page's script from /api/state; read-only by default.
     assert!(dom.contains("<b>shop</b>"), "{dom}");
+    assert!(dom.contains(" · read-only</span>"), "{dom}");
+    assert!(!dom.contains("data-act=\"drain\""), "{dom}");
     assert!(dom.contains("<b>web</b>"), "{dom}");
     assert!(
         dom.contains(&format!("data-id=\"{failed_id}\"")),
@@ -268,5 +270,70 @@ async fn dashboard_updates_while_failures_happen() {
         "the failure count grew on the page"
     );
     assert!(dom.contains("queue: 0 waiting, limit 4"), "{dom}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_actions_drain_and_reload_when_configured_and_refuse_cross_site_posts() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\ndashboard_actions = true\n[upstreams.web]\nservers = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"web\"\n",
+        a.addr, b.addr
+    ))
+    .await;
+    let (admin, target) = (gw.admin, a.addr.to_string());
+    // A page elsewhere cannot drive the admin API through a browser.
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let mut req = get_with(&format!("/drain?server={target}"), name, value);
+        *req.method_mut() = http::Method::POST;
+        let r = send(admin, req).await;
+        assert_eq!(r.status, 403, "{name}");
+        assert_eq!(
+            r.text(),
+            "cross-site admin request refused: POST from the dashboard itself, or without Origin (curl)\n"
+        );
+    }
+    let state = send(admin, get("/api/state")).await.json();
+    assert_eq!(state["actions"], true);
+    assert_eq!(state["upstreams"][0]["servers"][0]["draining"], false);
+    // The operator clicks "drain" on the first server, then "reload".
+    let said = tokio::task::spawn_blocking(move || {
+        let mut page = cdp::Browser::open(&format!("http://{admin}/dashboard"));
+        page.wait(&format!(
+            "document.querySelector('button[data-act=drain][data-server=\"{target}\"]') !== null"
+        ));
+        page.eval(&format!(
+            "document.querySelector('button[data-act=drain][data-server=\"{target}\"]').click()"
+        ));
+        let drained = page.wait("document.getElementById('said').textContent");
+        page.wait(&format!(
+            "document.querySelector('button[data-act=undrain][data-server=\"{target}\"]') !== null"
+        ));
+        page.eval("document.getElementById('reload').click()");
+        let reloaded = page.wait(
+            "document.getElementById('said').textContent.startsWith('config') && document.getElementById('said').textContent",
+        );
+        (drained, reloaded)
+    })
+    .await
+    .unwrap();
+    assert_eq!(said.0, format!("{}: draining, 0 in flight", a.addr));
+    // The drain outlives the reload (a deploy in progress).
+    assert_eq!(
+        said.1,
+        format!(
+            "config reloaded: {}: still draining (POST /undrain to end it)",
+            a.addr
+        )
+    );
+    let r = send(admin, get(&format!("/drain?server={}", a.addr))).await;
+    assert_eq!(r.json()["draining"], true);
+    for _ in 0..4 {
+        assert_eq!(send(gw.addr, get("/")).await.text(), "b");
+    }
     gw.stop().await;
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod php;
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,8 +38,16 @@ impl Gw {
         let dir = tempfile::tempdir().unwrap();
         let errors_log = dir.path().join("errors.log");
         let access_log = dir.path().join("access.log");
+        // A body starting with `[server]` adds its keys to the server section.
+        let (server, body) = match body.strip_prefix("[server]\n") {
+            Some(rest) => {
+                let end = rest.find("\n[").map_or(rest.len(), |i| i + 1);
+                rest.split_at(end)
+            }
+            None => ("", body),
+        };
         let toml = format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n{server}\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
             access_log.display(),
             errors_log.display()
         );
