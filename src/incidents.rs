@@ -42,6 +42,10 @@ pub struct Sample {
     pub path: String,
     pub cause: String,
     pub status: u16,
+    /// The request's failure log lines (one per attempt), as baton wrote
+    /// them; kept with an incident's samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
 }
 
 /// What the request path adds to, per upstream.
@@ -109,6 +113,7 @@ impl Track {
             path: path.chars().take(200).collect(),
             cause: c.id().to_string(),
             status,
+            lines: Vec::new(),
         });
     }
 }
@@ -510,6 +515,7 @@ pub async fn detect(
     cfg: Option<IncidentConfig>,
     alerts: AlertConfig,
     state: impl Fn(&str) -> Option<UpstreamNow> + Send + 'static,
+    lines: impl Fn(&str) -> Vec<String> + Send + 'static,
 ) {
     let recording = cfg.is_some();
     let cfg = cfg.unwrap_or(IncidentConfig {
@@ -624,7 +630,7 @@ pub async fn detect(
                         peak_rate: rate,
                         ..Incident::default()
                     };
-                    fill(&mut i, &track, &w.base, req, fail, &tracks);
+                    fill(&mut i, &track, &w.base, req, fail, &tracks, &lines);
                     i.id = store.save(&i).await;
                     tracing::error!(target: "baton::incidents", id = i.id, upstream = %name, reason = %i.reason, "incident opened");
                     if w.last_alert
@@ -640,7 +646,7 @@ pub async fn detect(
                 None => {}
                 Some(i) => {
                     i.peak_rate = i.peak_rate.max(rate);
-                    fill(i, &track, &w.base, req, fail, &tracks);
+                    fill(i, &track, &w.base, req, fail, &tracks, &lines);
                     let calm = !none_usable && rate < cfg.error_rate / 2.0;
                     if !calm {
                         w.calm_since = None;
@@ -652,7 +658,7 @@ pub async fn detect(
                         .is_some_and(|t| now - t >= cfg.recover_after.as_secs() as i64);
                     if closed {
                         i.ended = Some(now);
-                        fill(i, &track, &w.base, req, fail, &tracks);
+                        fill(i, &track, &w.base, req, fail, &tracks, &lines);
                     }
                     if closed || now % 10 == 0 {
                         i.id = store.save(i).await;
@@ -679,6 +685,7 @@ fn fill(
     req: u64,
     fail: u64,
     tracks: &Tracks,
+    lines: &dyn Fn(&str) -> Vec<String>,
 ) {
     i.requests = req.saturating_sub(base.0);
     i.failures = fail.saturating_sub(base.1);
@@ -704,6 +711,10 @@ fn fill(
         }
     }
     drop(d);
+    // Their log lines, while baton still keeps them in memory.
+    for s in i.samples.iter_mut().filter(|s| s.lines.is_empty()) {
+        s.lines = lines(&s.request_id);
+    }
     i.events = tracks.events_between(i.started - 300, i.ended.unwrap_or(now_s()));
 }
 
@@ -944,6 +955,15 @@ pub fn report_md(i: &Incident) -> String {
             s.status
         ));
     }
+    let logged: Vec<&String> = i.samples.iter().flat_map(|s| &s.lines).take(5).collect();
+    if !logged.is_empty() {
+        o.push_str("\nTheir failure log lines (the first five):\n\n```\n");
+        for l in logged {
+            o.push_str(l);
+            o.push('\n');
+        }
+        o.push_str("```\n");
+    }
     o.push_str("\n## What changed around it\n\nReloads, servers marked down or ejected, backend restarts, from 5 minutes before the start to the end.\n\n");
     if i.events.is_empty() {
         o.push_str("Nothing changed in that time.\n");
@@ -976,7 +996,18 @@ pub fn report_html(i: &Incident) -> String {
     let md = report_md(i);
     let mut body = String::new();
     let mut in_table = false;
+    let mut in_code = false;
     for line in md.lines() {
+        if line == "```" {
+            body.push_str(if in_code { "</pre>\n" } else { "<pre>" });
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            body.push_str(&esc(line));
+            body.push('\n');
+            continue;
+        }
         if let Some(h) = line.strip_prefix("# ") {
             body.push_str(&format!("<h1>{}</h1>\n", esc(h)));
         } else if let Some(h) = line.strip_prefix("## ") {
@@ -1013,7 +1044,7 @@ pub fn report_html(i: &Incident) -> String {
         body.push_str("</table>\n");
     }
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Incident #{} on {}</title>\n<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}</style></head><body>\n{body}</body></html>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Incident #{} on {}</title>\n<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}pre{{background:#f4f4f4;padding:.6em;overflow:auto;font-size:12px}}</style></head><body>\n{body}</body></html>\n",
         i.id,
         esc(&i.upstream)
     )

@@ -274,6 +274,13 @@ impl Gateway {
                 let restarts = gw.supervisor(name).map(|s| s.status().restarts);
                 Some(crate::incidents::UpstreamNow { usable, restarts })
             },
+            {
+                let gw = Arc::downgrade(self);
+                move |id| {
+                    gw.upgrade()
+                        .map_or_else(Vec::new, |gw| gw.logs.failure_lines(id))
+                }
+            },
         ));
     }
 

@@ -139,6 +139,11 @@ async fn a_failure_burst_opens_and_closes_an_incident_recorded_and_alerted() {
     let sample = i["samples"][0]["request_id"].as_str().unwrap().to_string();
     assert!(ids.contains(&sample), "{sample} in {ids:?}");
     assert_eq!(i["samples"][0]["cause"], "connection_refused");
+    // With the sample's failure log line, as baton wrote it.
+    let line: Value = serde_json::from_str(i["samples"][0]["lines"][0].as_str().unwrap()).unwrap();
+    assert_eq!(line["request_id"], sample.as_str());
+    assert_eq!(line["cause"], "connection_refused");
+    assert_eq!(line["upstream"], "app");
     // The healthy upstream opened nothing.
     assert!(
         got.lock()
@@ -202,10 +207,15 @@ async fn a_failure_burst_opens_and_closes_an_incident_recorded_and_alerted() {
         "{md}"
     );
     assert!(md.contains(&format!("| `{sample}` |")), "{md}");
+    assert!(
+        md.contains("Their failure log lines (the first five):\n\n```\n{\""),
+        "{md}"
+    );
     assert!(md.contains("## For your hosting provider"), "{md}");
     let html = std::fs::read_to_string(prefix.with_extension("html")).unwrap();
     assert!(html.starts_with("<!doctype html>"), "{html}");
     assert!(html.contains("<td>connection_refused</td>"), "{html}");
+    assert!(html.contains("<pre>{&quot;"), "{html}");
 
     // A restarted gateway keeps counting from the same store.
     let gw = Gw::start(&body).await;
