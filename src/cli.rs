@@ -88,6 +88,9 @@ enum Cmd {
     Incidents {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
+        /// The store's directory, instead of reading it from the config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +100,9 @@ enum Cmd {
         id: i64,
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
+        /// The store's directory, instead of reading it from the config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -207,8 +213,8 @@ pub fn run() -> ExitCode {
             };
             rt.block_on(crate::demo::run(listen, self_test))
         }
-        Cmd::Incidents { config, json } => {
-            let store = match incident_store(&config) {
+        Cmd::Incidents { config, dir, json } => {
+            let store = match incident_store(&config, dir) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("baton incidents: {e}");
@@ -230,8 +236,13 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Cmd::Report { id, config, out } => {
-            let found = incident_store(&config).and_then(|s| s.get(id));
+        Cmd::Report {
+            id,
+            config,
+            dir,
+            out,
+        } => {
+            let found = incident_store(&config, dir).and_then(|s| s.get(id));
             match found {
                 Ok(Some(i)) => {
                     let prefix = out.unwrap_or_else(|| PathBuf::from(format!("incident-{id}")));
@@ -441,13 +452,20 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// The incident store named by a config's `[incidents] dir`.
-fn incident_store(config: &std::path::Path) -> Result<crate::incidents::Store, String> {
-    let cfg = config::load(config).map_err(|e| e.to_string())?;
-    let dir = cfg
-        .incidents
-        .ok_or("the config has no [incidents] dir: incidents are not recorded")?
-        .dir;
+/// The incident store in `dir`, or else the one named by the config's
+/// `[incidents] dir`.
+fn incident_store(
+    config: &std::path::Path,
+    dir: Option<PathBuf>,
+) -> Result<crate::incidents::Store, String> {
+    let dir = match dir {
+        Some(d) => d,
+        None => config::load(config)
+            .map_err(|e| e.to_string())?
+            .incidents
+            .dir
+            .ok_or("the config has no [incidents] dir: incidents are not recorded")?,
+    };
     crate::incidents::Store::open_existing(&dir)
 }
 

@@ -45,7 +45,7 @@ pub struct Config {
     /// front of baton (AWS ALB 60 s), checked against baton's timeouts.
     pub outer_idle_timeout: Option<Duration>,
     /// `[incidents]`: recorded when `dir` is set.
-    pub incidents: Option<IncidentConfig>,
+    pub incidents: IncidentConfig,
     /// `server.admin_token`: required by every admin request when set
     /// (and it must be set when the admin address is off loopback).
     pub admin_token: Option<String>,
@@ -63,7 +63,9 @@ pub struct Config {
 /// incidents are kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncidentConfig {
-    pub dir: PathBuf,
+    /// Where incidents are recorded; without it they are detected, shown
+    /// and alerted, not kept.
+    pub dir: Option<PathBuf>,
     /// Share of an upstream's requests failing over `window` (0..1).
     pub error_rate: f64,
     /// Requests over `window` below which no rate opens an incident.
@@ -1443,8 +1445,9 @@ impl<'s> Validator<'s> {
         }
     }
 
-    fn incidents(&mut self, r: &raw::Incidents) -> Option<IncidentConfig> {
-        let dir = r.dir.as_ref()?;
+    /// `[incidents]`: detection always runs (these defaults without the
+    /// section); recording needs `dir`.
+    fn incidents(&mut self, r: &raw::Incidents) -> IncidentConfig {
         let error_rate = match &r.error_rate {
             None => 0.2,
             Some(e) if *e.get_ref() > 0.0 && *e.get_ref() <= 1.0 => *e.get_ref(),
@@ -1458,8 +1461,8 @@ impl<'s> Validator<'s> {
                 0.2
             }
         };
-        Some(IncidentConfig {
-            dir: self.path(dir.get_ref()),
+        IncidentConfig {
+            dir: r.dir.as_ref().map(|d| self.path(d.get_ref())),
             error_rate,
             min_requests: self.int(
                 "incidents.min_requests",
@@ -1488,7 +1491,7 @@ impl<'s> Validator<'s> {
                 10_000,
                 "use 1 or more",
             ) as u64,
-        })
+        }
     }
 
     /// The certificates of a PEM file named at `key` (relative to the

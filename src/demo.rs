@@ -99,16 +99,33 @@ async fn start(listen: SocketAddr, self_test: bool) -> Result<ExitCode, String> 
     .await
     .map_err(err)?;
     let refused = refusing_addr();
-    let missing_sock =
-        std::env::temp_dir().join(format!("baton-demo-{}/php8.2-fpm.sock", std::process::id()));
+    let demo_dir = std::env::temp_dir().join(format!("baton-demo-{}", std::process::id()));
+    let missing_sock = demo_dir.join("php8.2-fpm.sock");
+    let incidents = demo_dir.join("incidents");
+    // The admin API next to the gateway's port when that is free.
+    let next = SocketAddr::new(listen.ip(), listen.port().wrapping_add(1));
+    let admin = if listen.port() != 0 && std::net::TcpListener::bind(next).is_ok() {
+        next
+    } else {
+        SocketAddr::new(listen.ip(), 0)
+    };
     let toml = format!(
         r#"
 [server]
 listen = ["{listen}"]
+admin = "{admin}"
+status_page = "/status"
+dashboard_actions = true
 
 [log]
 access = "off"
 errors = "stderr"
+
+[incidents]
+dir = "{incidents}"
+min_requests = 3
+window = "10s"
+recover_after = "20s"
 
 [upstreams.healthy]
 servers = ["{h}"]
@@ -160,6 +177,7 @@ upstream = "php"
         b = big.addr,
         e = app_error.addr,
         sock = missing_sock.display(),
+        incidents = incidents.display(),
     );
     let cfg = crate::config::parse(&toml, "(demo)", None).map_err(|e| e.to_string())?;
     let running = crate::server::start(cfg).await.map_err(|e| e.to_string())?;
@@ -176,6 +194,12 @@ upstream = "php"
     println!(
         "\nAlso: -H 'Accept: application/json' (problem+json), or open a failing URL in a browser (HTML page)."
     );
+    if let Some(admin) = running.admin {
+        println!(
+            "Dashboard: http://{admin}/dashboard   status page: http://{addr}/status\nIncidents (while the demo runs): baton incidents --dir {}",
+            incidents.display()
+        );
+    }
     if self_test {
         let mut ok = true;
         for r in ROWS {
@@ -195,6 +219,7 @@ upstream = "php"
             );
         }
         running.shutdown(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&demo_dir);
         return Ok(if ok {
             ExitCode::SUCCESS
         } else {
@@ -204,6 +229,7 @@ upstream = "php"
     println!("\nCtrl-C to stop.");
     crate::cli::wait_for_signal().await;
     running.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&demo_dir);
     Ok(ExitCode::SUCCESS)
 }
 

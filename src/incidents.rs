@@ -420,21 +420,20 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn open(recording: bool, cfg: &IncidentConfig) -> Recorder {
-        let store = if !recording {
-            None
-        } else {
-            match Store::open(&cfg.dir) {
+    fn open(cfg: &IncidentConfig) -> Recorder {
+        let store = match &cfg.dir {
+            None => None,
+            Some(dir) => match Store::open(dir) {
                 Ok(s) => Some(Arc::new(Mutex::new(s))),
                 Err(e) => {
                     tracing::error!(target: "baton::incidents", error = %e, "incident store unavailable: incidents are detected and alerted but not recorded; fix the directory (space, permissions) and restart");
                     None
                 }
-            }
+            },
         };
         Recorder {
             store,
-            dir: cfg.dir.clone(),
+            dir: cfg.dir.clone().unwrap_or_default(),
             max_age: cfg.max_age,
             max_count: cfg.max_incidents,
             failing: false,
@@ -512,22 +511,12 @@ pub struct UpstreamNow {
 /// `state` says the gateway is gone.
 pub async fn detect(
     tracks: Arc<Tracks>,
-    cfg: Option<IncidentConfig>,
+    cfg: IncidentConfig,
     alerts: AlertConfig,
     state: impl Fn(&str) -> Option<UpstreamNow> + Send + 'static,
     lines: impl Fn(&str) -> Vec<String> + Send + 'static,
 ) {
-    let recording = cfg.is_some();
-    let cfg = cfg.unwrap_or(IncidentConfig {
-        dir: PathBuf::new(),
-        error_rate: 1.0,
-        min_requests: u64::MAX,
-        window: Duration::from_secs(30),
-        recover_after: Duration::from_secs(30),
-        max_age: Duration::ZERO,
-        max_incidents: 0,
-    });
-    let mut store = Recorder::open(recording, &cfg);
+    let mut store = Recorder::open(&cfg);
     let mut watches: HashMap<Arc<str>, Watch> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // At start no server is usable until its first health checks pass:
@@ -554,11 +543,8 @@ pub async fn detect(
             }
         }
         tracks.push_series(point);
-        if !recording {
-            if state("").is_none() {
-                return;
-            }
-            continue;
+        if state("").is_none() {
+            return; // the gateway is gone
         }
         for (name, track) in tracks.all() {
             let w = watches.entry(name.clone()).or_insert_with(|| Watch {
@@ -1044,7 +1030,7 @@ pub fn report_html(i: &Incident) -> String {
         body.push_str("</table>\n");
     }
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Incident #{} on {}</title>\n<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}pre{{background:#f4f4f4;padding:.6em;overflow:auto;font-size:12px}}</style></head><body>\n{body}</body></html>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Incident #{} on {}</title>\n<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:.2em .5em;vertical-align:top}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}pre{{background:#f4f4f4;padding:.6em;white-space:pre-wrap;word-break:break-all;font-size:12px}}</style></head><body>\n{body}</body></html>\n",
         i.id,
         esc(&i.upstream)
     )

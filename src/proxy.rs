@@ -242,7 +242,7 @@ impl Gateway {
             // The running config, without what could be a secret: the
             // alert webhook's path and query, the alert command.
             "config": {
-                "incidents": rt.config.incidents.as_ref().map(|i| json!({"error_rate": i.error_rate, "window_s": i.window.as_secs(), "min_requests": i.min_requests})),
+                "incidents": {"recorded": rt.config.incidents.dir.is_some(), "error_rate": rt.config.incidents.error_rate, "window_s": rt.config.incidents.window.as_secs(), "min_requests": rt.config.incidents.min_requests},
                 "alerts": {
                     "webhook": rt.config.alerts.webhook.as_ref().map(crate::incidents::shown_url),
                     "command": rt.config.alerts.command.as_ref().map(|_| "(set)"),
@@ -827,7 +827,7 @@ impl ReqLog {
             retry,
             bytes_sent: a.map_or(0, |a| a.sent),
             bytes_received: a.map_or(0, |a| a.received),
-            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: ms(self.start.elapsed()),
         });
     }
 
@@ -887,7 +887,7 @@ impl ReqLog {
             },
             status,
             bytes,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            duration_ms: ms(elapsed),
             route: self.route.as_deref(),
             upstream: self.upstream.as_deref(),
             server: self.server.as_deref(),
@@ -993,6 +993,12 @@ impl Drop for ProxiedBody {
         }
         self.log.finish(self.status, self.bytes, self.failed);
     }
+}
+
+/// Milliseconds to the microsecond, as the logs show them (0.092, not
+/// 0.09222699999999999).
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// The host part of a `Host` value or an authority: no port, no brackets.
@@ -1970,35 +1976,55 @@ fn status_page(
 ) -> Response<RespBody> {
     let now = health::now_ms();
     let since = gw.metrics.incidents.last_change_by_upstream();
-    let rows: Vec<(String, bool, Option<i64>)> = rt
+    let open: std::collections::HashMap<String, i64> = gw
+        .metrics
+        .incidents
+        .open_incidents()
+        .into_iter()
+        .map(|i| (i.upstream, i.started))
+        .collect();
+    // Per upstream: down (no usable server), failing (an open incident:
+    // servers answer but requests fail), or working; and since when.
+    let rows: Vec<(&str, &str, Option<i64>)> = rt
         .upstreams
         .iter()
         .map(|u| {
-            (
-                u.cfg.name.to_string(),
-                u.servers.iter().any(|s| s.health.usable(now)),
-                since.get(&*u.cfg.name).copied(),
-            )
+            let name = &*u.cfg.name;
+            if !u.servers.iter().any(|s| s.health.usable(now)) {
+                (name, "down", since.get(name).copied())
+            } else if let Some(t) = open.get(name) {
+                (name, "failing", Some(*t))
+            } else {
+                (name, "working", since.get(name).copied())
+            }
         })
         .collect();
-    let all_up = rows.iter().all(|r| r.1);
+    let worst = |st: &str| rows.iter().any(|r| r.1 == st);
+    let checked = crate::logs::clock(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
     let (ctype, body) = if Format::negotiate(accept.map(|v| v.as_bytes())) == Format::Json {
         let v = serde_json::json!({
-            "up": all_up,
+            "up": !worst("down") && !worst("failing"),
             "time": log::now(),
-            "services": rows.iter().map(|(n, up, t)| serde_json::json!({"name": n, "up": up, "changed": t.map(crate::logs::clock)})).collect::<Vec<_>>(),
+            "services": rows.iter().map(|(n, st, t)| serde_json::json!({"name": n, "up": *st == "working", "state": st, "since": t.map(crate::logs::clock)})).collect::<Vec<_>>(),
         });
         ("application/json", v.to_string() + "\n")
     } else {
         let esc = pages::html_escape;
         let list: String = rows
             .iter()
-            .map(|(n, up, t)| {
+            .map(|(n, st, t)| {
                 format!(
-                    "<li class=\"{}\"><b>{}</b>: {}{}</li>\n",
-                    if *up { "up" } else { "down" },
+                    "<li class=\"{st}\"><b>{}</b>: {}{}</li>\n",
                     esc(n),
-                    if *up { "working" } else { "not available" },
+                    match *st {
+                        "down" => "not available",
+                        "failing" => "having problems",
+                        _ => "working",
+                    },
                     t.map_or(String::new(), |t| format!(
                         " (since {} UTC)",
                         crate::logs::clock(t)
@@ -2006,21 +2032,26 @@ fn status_page(
                 )
             })
             .collect();
+        let (title, lead) = if worst("down") {
+            (
+                "Part of this site is down for everyone",
+                "It is not just you: the site's gateway sees the parts below as not available.",
+            )
+        } else if worst("failing") {
+            (
+                "Part of this site is having problems",
+                "It is not just you: many requests to the parts below are failing right now.",
+            )
+        } else {
+            (
+                "Everything is working",
+                "If the site does not work for you, the problem is likely between you and the site (your network, DNS, or browser).",
+            )
+        };
         (
             "text/html; charset=utf-8",
             format!(
-                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta http-equiv=\"refresh\" content=\"30\"><title>Status</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}.up b{{color:#15803d}}.down b{{color:#b91c1c}}</style></head><body>\n<h1>{}</h1>\n<p>{}</p>\n<ul>\n{list}</ul>\n<p><small>Checked {} UTC by the site's gateway; this page refreshes every 30 seconds.</small></p>\n</body></html>\n",
-                if all_up {
-                    "Everything is working"
-                } else {
-                    "Part of this site is down for everyone"
-                },
-                if all_up {
-                    "If the site does not work for you, the problem is likely between you and the site (your network, DNS, or browser)."
-                } else {
-                    "It is not just you: the site's operator's gateway sees the parts below as not available."
-                },
-                crate::logs::clock(health::now_ms() as i64 / 1000)
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta http-equiv=\"refresh\" content=\"30\"><title>Status</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}}.working b{{color:#15803d}}.failing b{{color:#b45309}}.down b{{color:#b91c1c}}</style></head><body>\n<h1>{title}</h1>\n<p>{lead}</p>\n<ul>\n{list}</ul>\n<p><small>Checked {checked} UTC by the site's gateway; this page refreshes every 30 seconds.</small></p>\n</body></html>\n",
             ),
         )
     };

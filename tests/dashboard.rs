@@ -176,9 +176,10 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = [\"{addr}\"]\nstatus_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\nupstream = \"blog\"\n",
+            "[server]\nlisten = [\"{addr}\"]\nstatus_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[upstreams.pay]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\npath = \"/pay\"\nupstream = \"pay\"\n[[routes]]\nupstream = \"blog\"\n",
             refusing_addr(),
-            ok.addr
+            ok.addr,
+            refusing_addr()
         ),
     )
     .unwrap();
@@ -204,8 +205,12 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         "{html}"
     );
     assert!(
-        html.contains("<li class=\"up\"><b>blog</b>: working</li>"),
+        html.contains("<li class=\"working\"><b>blog</b>: working</li>"),
         "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"working\"><b>pay</b>: working</li>"),
+        "no failures yet: {html}"
     );
     let json_req = get_with("/status", "accept", "application/json");
     let v = send(addr, json_req).await.json();
@@ -220,7 +225,28 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
             .clone()
     };
     assert_eq!(svc("shop")["up"], false, "{v}");
+    assert_eq!(svc("shop")["state"], "down", "{v}");
     assert_eq!(svc("blog")["up"], true, "{v}");
+    // Its server accepts health-wise but every request fails: an incident
+    // opens (the default thresholds, no [incidents] section) and the page
+    // says that part is having problems, since when.
+    for _ in 0..6 {
+        assert_eq!(send(addr, get("/pay")).await.status, 502);
+    }
+    let mut html = String::new();
+    for _ in 0..40 {
+        html = send(addr, get("/status")).await.text();
+        if html.contains("having problems") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        html.contains("<li class=\"failing\"><b>pay</b>: having problems (since "),
+        "{html}"
+    );
+    let checked = html.split("Checked ").nth(1).unwrap();
+    assert!(checked.starts_with("20"), "wall-clock time: {checked}");
     // The error page of the down part links the status page.
     let html_req = get_with("/shop/cart", "accept", "text/html");
     let r = send(addr, html_req).await;
