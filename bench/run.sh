@@ -2,6 +2,9 @@
 # baton vs nginx vs HAProxy as reverse proxies in front of the same nginx
 # backend, in one run, same worker count, same logging (off).
 # Usage: sh bench/run.sh [workers] [rounds] [seconds]
+# LOGS=1 turns access logging on for all three proxies (combined format to
+# a file; HAProxy's httplog to stdout redirected to a file), as rig.md asks
+# after the logging-off runs.
 # OBSERVED=1 adds "baton-obs": a second baton with [incidents] recording,
 # its admin address, and /api/state polled every 0.5 s (four open
 # dashboards' worth), to show what the observing costs the gateway.
@@ -22,6 +25,15 @@ if [ "$(echo "$load > 1.0" | bc 2>/dev/null || python3 -c "print(int($load > 1.0
 fi
 cargo build --release -q
 T=$(mktemp -d)
+if [ "${LOGS:-0}" = 1 ]; then
+    NGINX_LOG="access_log $T/nginx-access.log combined buffer=64k;"
+    HAPROXY_LOG="log stdout format raw local0
+  option httplog"
+    BATON_LOG="access = \"$T/baton-access.log\"
+access_format = \"combined\""
+else
+    NGINX_LOG="access_log off;"; HAPROXY_LOG=""; BATON_LOG='access = "off"'
+fi
 trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
 
 # Backend: one nginx worker answering "ok".
@@ -36,7 +48,7 @@ nginx -c $T/backend.conf & echo $! > $T/backend.pid
 cat > $T/nginx.conf <<CONF
 worker_processes $WORKERS; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx.err;
 events { worker_connections 4096; }
-http { access_log off;
+http { $NGINX_LOG
   upstream be { server 127.0.0.1:18080; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:18081 backlog=4096; keepalive_requests 1000000;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -48,6 +60,7 @@ global
   nbthread $WORKERS
   maxconn 8192
 defaults
+  $HAPROXY_LOG
   mode http
   timeout connect 5s
   timeout client 60s
@@ -59,7 +72,7 @@ frontend fe
 backend be
   server s1 127.0.0.1:18080
 CONF
-haproxy -f $T/haproxy.cfg & echo $! > $T/haproxy.pid
+haproxy -f $T/haproxy.cfg > $T/haproxy-access.log 2>&1 & echo $! > $T/haproxy.pid
 
 baton_toml() { # port, more [server] lines, more sections
     cat <<CONF
@@ -68,7 +81,7 @@ listen = ["127.0.0.1:$1"]
 workers = $WORKERS
 $2
 [log]
-access = "off"
+$BATON_LOG
 errors = "off"
 $3
 [upstreams.be]
@@ -112,14 +125,18 @@ while [ $r -le $ROUNDS ]; do
     done
     r=$((r + 1))
 done
-python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" <<'PY'
+if [ "${LOGS:-0}" = 1 ]; then
+    sleep 1
+    echo "access log lines: nginx $(wc -l < $T/nginx-access.log), haproxy $(wc -l < $T/haproxy-access.log), baton $(wc -l < $T/baton-access.log)"
+fi
+python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for name, rps, p50, p99, errs in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
 def med(name, i): return st.median(v[i] for v in by[name])
-print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64")
+print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}")
 print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
 for n in by:
     rs = [v[0] for v in by[n]]

@@ -872,11 +872,10 @@ impl ReqLog {
         if !gw.logs.access.enabled() {
             return;
         }
-        let client = self.client.ip().to_string();
         gw.logs.access(&AccessRecord {
-            time: log::now(),
+            time: std::time::SystemTime::now(),
             request_id: self.id(),
-            client: &client,
+            client: self.client.ip(),
             method: self.method.as_str(),
             host: self.host(),
             path: self.path(),
