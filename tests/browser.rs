@@ -14,15 +14,8 @@ async fn error_page_retries_itself_with_growing_delay_in_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let url = gw.url("/checkout");
     let out = tokio::process::Command::new("chromium")
+        .args(cdp::CHROMIUM_FLAGS)
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             // Virtual time: 25 s of page time pass without waiting for them.
             "--virtual-time-budget=25000",
             "--dump-dom",

@@ -8,15 +8,7 @@ use crate::support::*;
 async fn chromium(args: &[&str], url: &str) -> (bool, String) {
     let profile = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(cdp::CHROMIUM_FLAGS)
         .args(args)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
@@ -170,25 +162,15 @@ async fn admin_token_guards_the_admin_api() {
 async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_it() {
     let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("baton.toml");
-    let port = refusing_addr().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"{addr}\"]\nstatus_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[upstreams.pay]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\npath = \"/pay\"\nupstream = \"pay\"\n[[routes]]\nupstream = \"blog\"\n",
+    let (addr, _baton) = serve_child(
+        dir.path(),
+        &format!(
+            "status_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[upstreams.pay]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\npath = \"/pay\"\nupstream = \"pay\"\n[[routes]]\nupstream = \"blog\"\n",
             refusing_addr(),
             ok.addr,
             refusing_addr()
         ),
-    )
-    .unwrap();
-    let _baton = peer(
-        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stderr(std::process::Stdio::null()),
-        addr,
+        std::process::Stdio::null(),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(600)).await;

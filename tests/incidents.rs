@@ -253,24 +253,15 @@ async fn a_corrupt_store_is_reported_and_the_gateway_serves_on() {
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("incidents.db"), vec![0x42u8; 8192]).unwrap();
     let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let port = refusing_addr().port();
     let cfg = data.path().join("baton.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"stderr\"\n[incidents]\ndir = \"{}\"\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"ok\"\n",
+    let (addr, mut child) = serve_child(
+        data.path(),
+        &format!(
+            "[log]\naccess = \"off\"\nerrors = \"stderr\"\n[incidents]\ndir = \"{}\"\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"ok\"\n",
             store.display(),
             ok.addr
         ),
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = peer(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::piped()),
-        addr,
+        Stdio::piped(),
     )
     .await;
     assert_eq!(send(addr, get("/")).await.status, 200);
@@ -338,25 +329,16 @@ async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recor
     let store = disk.0.path().join("store");
     let data = tempfile::tempdir().unwrap();
     let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let port = refusing_addr().port();
     let cfg = data.path().join("baton.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"off\"\n[incidents]\ndir = \"{}\"\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"2s\"\nrecover_after = \"2s\"\n[alerts]\nwebhook = \"http://{hook}/hook\"\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\npath = \"/ok\"\nupstream = \"ok\"\n[[routes]]\nupstream = \"app\"\n",
+    let (addr, mut child) = serve_child(
+        data.path(),
+        &format!(
+            "[log]\naccess = \"off\"\nerrors = \"off\"\n[incidents]\ndir = \"{}\"\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"2s\"\nrecover_after = \"2s\"\n[alerts]\nwebhook = \"http://{hook}/hook\"\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[upstreams.ok]\nservers = [\"{}\"]\n[[routes]]\npath = \"/ok\"\nupstream = \"ok\"\n[[routes]]\nupstream = \"app\"\n",
             store.display(),
             refusing_addr(),
             ok.addr
         ),
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = peer(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::piped()),
-        addr,
+        Stdio::piped(),
     )
     .await;
     // The log, read as it comes.

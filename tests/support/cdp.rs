@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Headless Chromium without a sandbox (root), GPU or any traffic of its
+/// own (no updates, sync or QUIC): the tests' one set of flags.
+pub const CHROMIUM_FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 pub struct Browser {
     child: std::process::Child,
     tx: std::fs::File,
@@ -32,20 +45,12 @@ impl Browser {
         let (to_chrome, ours_w) = pipe();
         let (ours_r, from_chrome) = pipe();
         let mut cmd = std::process::Command::new("chromium");
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        cmd.args(CHROMIUM_FLAGS)
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         // SAFETY: only async-signal-safe calls between fork and exec. The
         // ends are first moved above 9 so that dup2 onto 3 and 4 cannot
         // overwrite one with the other.

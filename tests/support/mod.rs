@@ -414,3 +414,28 @@ pub async fn peer(cmd: &mut std::process::Command, addr: SocketAddr) -> Reap {
     }
     panic!("{cmd:?} did not start listening on {addr}");
 }
+
+/// `baton serve` as its own process on a fresh loopback port: writes
+/// `dir/baton.toml` as `[server] listen` followed by `body` (which may go
+/// on with more `[server]` keys), starts it with `stderr` and waits until
+/// it listens. Returns its address and the child (killed when dropped).
+pub async fn serve_child(
+    dir: &std::path::Path,
+    body: &str,
+    stderr: std::process::Stdio,
+) -> (SocketAddr, Reap) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", refusing_addr().port())
+        .parse()
+        .unwrap();
+    let cfg = dir.join("baton.toml");
+    std::fs::write(&cfg, format!("[server]\nlisten = [\"{addr}\"]\n{body}")).unwrap();
+    let child = peer(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(stderr),
+        addr,
+    )
+    .await;
+    (addr, child)
+}
