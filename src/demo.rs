@@ -102,12 +102,14 @@ async fn start(listen: SocketAddr, self_test: bool) -> Result<ExitCode, String> 
     let demo_dir = std::env::temp_dir().join(format!("baton-demo-{}", std::process::id()));
     let missing_sock = demo_dir.join("php8.2-fpm.sock");
     let incidents = demo_dir.join("incidents");
-    // The admin API next to the gateway's port when that is free.
-    let next = SocketAddr::new(listen.ip(), listen.port().wrapping_add(1));
+    // The admin API on loopback (it has no token here), next to the
+    // gateway's port when that is free.
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let next = SocketAddr::new(loopback, listen.port().wrapping_add(1));
     let admin = if listen.port() != 0 && std::net::TcpListener::bind(next).is_ok() {
         next
     } else {
-        SocketAddr::new(listen.ip(), 0)
+        SocketAddr::new(loopback, 0)
     };
     let toml = format!(
         r#"

@@ -791,7 +791,6 @@ fn send_alert(cfg: &AlertConfig, event: &'static str, i: &Incident) {
     }
 }
 
-/// POSTs JSON to an `http://` or `https://` URL; returns the status.
 /// A webhook URL as logs and the dashboard show it: the path and query
 /// (where Slack and most hooks keep their secret) left out.
 pub fn shown_url(u: &http::Uri) -> String {
@@ -802,7 +801,8 @@ pub fn shown_url(u: &http::Uri) -> String {
     )
 }
 
-/// POSTs `body`; an https URL is verified against Mozilla's roots plus `ca`.
+/// POSTs JSON `body` to an `http://` or `https://` URL (verified against
+/// Mozilla's roots plus `ca`); returns the status.
 async fn post(
     url: &http::Uri,
     ca: &[rustls::pki_types::CertificateDer<'static>],
