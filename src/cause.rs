@@ -160,6 +160,20 @@ causes! {
         seen: "An upload whose Content-Length is above server.max_body_bytes.",
         fix: "Raise server.max_body_bytes if such uploads are expected.",
     },
+    RequestMalformed {
+        id: "request_malformed", token: "http_request_error", status: 400, phase: Route, side: Client, retry: Never,
+        title: "The request was not valid HTTP",
+        visitor: "Your browser or app sent a request this site could not read.",
+        seen: "A client that is not speaking HTTP/1.1 to an HTTP port (TLS to a plain port, a port scanner, a broken bot), or a request line with characters HTTP forbids. hyper answers 400 before a route is chosen; baton logs it with the client address.",
+        fix: "Nothing, for scanners. If a real client does it, check that it uses http:// (not https://) for this port and encodes its URLs.",
+    },
+    RequestHeaderTooLarge {
+        id: "request_header_too_large", token: "http_request_error", status: 431, phase: Route, side: Client, retry: Never,
+        title: "The request headers are too large",
+        visitor: "Your browser sent more cookies or headers than this site accepts. Clearing this site's cookies usually fixes it.",
+        seen: "Cookies that grew over time (many tracking or session cookies on one domain), or a huge Authorization or Referer header, above server.max_request_header_bytes.",
+        fix: "Find which cookie grows (the browser's storage view); raise server.max_request_header_bytes if large heads are legitimate.",
+    },
     RequestBodyIncomplete {
         id: "request_body_incomplete", token: "http_request_error", status: 400, phase: WriteRequest, side: Client, retry: Never,
         title: "The request was incomplete",
@@ -383,6 +397,8 @@ impl Cause {
                 | Cause::Internal
                 | Cause::BodyTooLarge
                 | Cause::RequestBodyIncomplete
+                | Cause::RequestMalformed
+                | Cause::RequestHeaderTooLarge
         )
     }
 

@@ -229,9 +229,14 @@ fn combined(r: &AccessRecord<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + r.path.len() + r.user_agent.len() + r.referer.len());
     let _ = write!(out, "{} - - [", r.client);
     clf_time(&mut out, r.time);
-    let _ = write!(out, "] \"{} ", r.method);
-    escaped(&mut out, r.path);
-    let _ = write!(out, " {}\" {} ", r.protocol, r.status);
+    if r.method.is_empty() {
+        // No request line could be read (nginx writes "-" too).
+        let _ = write!(out, "] \"-\" {} ", r.status);
+    } else {
+        let _ = write!(out, "] \"{} ", r.method);
+        escaped(&mut out, r.path);
+        let _ = write!(out, " {}\" {} ", r.protocol, r.status);
+    }
     if r.bytes == 0 {
         out.push(b'-');
     } else {

@@ -994,6 +994,46 @@ impl Drop for ProxiedBody {
     }
 }
 
+/// A request hyper refused before baton saw it (not HTTP; a head over
+/// `server.max_request_header_bytes`): hyper answered 400 or 431 and closed
+/// the connection; baton counts it and writes it to the access log with
+/// its cause and the client's address, as nginx logs its 400s.
+pub fn client_error(gw: &Gateway, client: SocketAddr, e: &hyper::Error) {
+    let cause = if e.is_parse_too_large() {
+        Cause::RequestHeaderTooLarge
+    } else if e.is_parse() {
+        Cause::RequestMalformed
+    } else {
+        return; // the client went away, or a timeout while idle
+    };
+    gw.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: Arc::from("(none)"),
+            status: cause.status(),
+        })
+        .inc();
+    gw.logs.access(&AccessRecord {
+        time: std::time::SystemTime::now(),
+        request_id: "",
+        client: client.ip(),
+        method: "",
+        host: "",
+        path: "",
+        protocol: "",
+        status: cause.status(),
+        bytes: 0,
+        duration_ms: 0.0,
+        route: None,
+        upstream: None,
+        server: None,
+        attempts: 0,
+        cause: Some(cause.id()),
+        referer: "",
+        user_agent: "",
+    });
+}
+
 /// Milliseconds to the microsecond, as the logs show them (0.092, not
 /// 0.09222699999999999).
 fn ms(d: std::time::Duration) -> f64 {

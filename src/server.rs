@@ -233,14 +233,19 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                 let _ = s.set_nodelay(true);
                 let gw = gw.clone();
                 let guard = ConnCount::new(open.clone());
+                let for_svc = gw.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let gw = gw.clone();
+                    let gw = for_svc.clone();
                     async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, local).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    if let Err(e) = conn.await
+                        && let Some(e) = e.downcast_ref::<hyper::Error>()
+                    {
+                        proxy::client_error(&gw, peer, e);
+                    }
                     drop(guard);
                 });
             }

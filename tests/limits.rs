@@ -241,3 +241,72 @@ async fn adaptive_concurrency_finds_a_lower_limit_when_latency_rises() {
         "two slots at the adapted limit"
     );
 }
+
+#[tokio::test]
+async fn requests_refused_before_routing_are_logged_and_counted() {
+    let o = Origin::start(Script::Ok("x".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nmax_request_header_bytes = 8192\n{}",
+        app(&o, "")
+    ))
+    .await;
+    // Not HTTP: hyper answers 400 before any route.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"HELLO THERE\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(
+        buf.starts_with(b"HTTP/1.1 400 Bad Request\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // A head over max_request_header_bytes: 431.
+    let big = Request::get("/")
+        .header("host", "t")
+        .header("cookie", "a".repeat(10_000))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gw.addr, big).await.status, 431);
+    assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Both are in the access log, with their cause and the client.
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&gw.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let causes: Vec<(u64, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["cause"].as_str().unwrap(),
+                l["client"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        causes.contains(&(400, "request_malformed", "127.0.0.1")),
+        "{lines:?}"
+    );
+    assert!(
+        causes.contains(&(431, "request_header_too_large", "127.0.0.1")),
+        "{lines:?}"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_requests_total{route=\"(none)\",status=\"400\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("baton_requests_total{route=\"(none)\",status=\"431\"} 1"),
+        "{m}"
+    );
+    gw.stop().await;
+}
