@@ -206,7 +206,17 @@ pub struct AccessRecord<'a> {
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
+    s.collect_str(&Rfc3339(*t))
+}
+
+/// RFC 3339 UTC with milliseconds, written where it goes (no `String`).
+struct Rfc3339(SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, mo, d, h, mi, s, ms) = civil(self.0);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    }
 }
 
 /// The combined format (nginx's and Apache's default), written straight
@@ -278,8 +288,7 @@ fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s, ms) = civil(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    Rfc3339(t).to_string()
 }
 
 fn clf_time(out: &mut Vec<u8>, t: SystemTime) {
