@@ -34,6 +34,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The file this came from (reload reads it again).
     pub source: Option<PathBuf>,
+    /// The config text as loaded, secrets hidden (the dashboard shows it).
+    pub shown: String,
     /// Valid, but likely to cause 502s: shadowed routes, small header
     /// limits, timeouts that never fire (`baton check` lists them).
     pub warnings: Vec<ConfigError>,
@@ -753,8 +755,9 @@ pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, Confi
     };
     let cfg = v.run();
     if v.errors.is_empty()
-        && let Some(cfg) = cfg
+        && let Some(mut cfg) = cfg
     {
+        cfg.shown = shown(src);
         return Ok(cfg);
     }
     v.errors.sort_by_key(|e| (e.line, e.col));
@@ -762,6 +765,50 @@ pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, Confi
         file: file.to_string(),
         errors: v.errors,
     })
+}
+
+/// The config as loaded, for the dashboard, with what could be a secret
+/// hidden: `admin_token`, the alert command, every `env` value, any key
+/// naming a token, secret, password or key (FastCGI params too), and the
+/// alert webhook's path and query (where hooks keep theirs).
+fn shown(src: &str) -> String {
+    fn walk(t: &mut toml::Table, section: &str) {
+        for (k, v) in t.iter_mut() {
+            let lower = k.to_ascii_lowercase();
+            let secret = ["token", "secret", "password", "passwd", "api_key", "apikey"]
+                .iter()
+                .any(|w| lower.contains(w))
+                || (section == "alerts" && k == "command");
+            if secret {
+                *v = toml::Value::String("(hidden)".into());
+            } else if k == "webhook"
+                && let Some(u) = v.as_str().and_then(|u| u.parse::<http::Uri>().ok())
+            {
+                *v = toml::Value::String(crate::incidents::shown_url(&u));
+            } else if k == "env"
+                && let Some(env) = v.as_table_mut()
+            {
+                for (_, e) in env.iter_mut() {
+                    *e = toml::Value::String("(hidden)".into());
+                }
+            } else if let Some(inner) = v.as_table_mut() {
+                walk(inner, k);
+            } else if let Some(list) = v.as_array_mut() {
+                for item in list.iter_mut() {
+                    if let Some(inner) = item.as_table_mut() {
+                        walk(inner, k);
+                    }
+                }
+            }
+        }
+    }
+    match src.parse::<toml::Table>() {
+        Ok(mut t) => {
+            walk(&mut t, "");
+            toml::to_string_pretty(&t).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
 }
 
 struct Validator<'s> {
@@ -2343,6 +2390,7 @@ impl<'s> Validator<'s> {
             upstreams,
             routes,
             source: None,
+            shown: String::new(),
             warnings: std::mem::take(&mut self.warnings),
             places: std::mem::take(&mut self.places),
             outer_idle_timeout,
@@ -2499,6 +2547,39 @@ pub fn parse_server(s: &str) -> Result<ServerAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shown_config_hides_secrets() {
+        let t = shown(
+            r#"
+[server]
+admin_token = "t0k"
+[alerts]
+webhook = "https://hooks.slack.com/services/T0/B0/XYZ"
+command = "notify --key abc"
+[upstreams.php]
+servers = ["unix:/run/php.sock"]
+protocol = "fastcgi"
+[upstreams.php.params]
+DB_PASSWORD = "hunter2"
+APP_ENV = "prod"
+[upstreams.php.process]
+command = "php-fpm8.2"
+env = { SECRET_KEY_BASE = "s3", LANG = "C" }
+"#,
+        );
+        for gone in ["t0k", "XYZ", "notify", "hunter2", "s3", "\"C\""] {
+            assert!(!t.contains(gone), "{gone} in {t}");
+        }
+        for kept in [
+            "webhook = \"https://hooks.slack.com/…\"",
+            "APP_ENV = \"prod\"",
+            "command = \"php-fpm8.2\"",
+            "servers = [\"unix:/run/php.sock\"]",
+        ] {
+            assert!(t.contains(kept), "{kept} not in {t}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -238,6 +238,7 @@ impl Gateway {
             "latency_bounds_ms": crate::incidents::latency_bounds_ms(),
             "series": self.metrics.incidents.series(),
             "actions": rt.config.dashboard_actions,
+            "config_toml": rt.config.shown,
             "events": self.metrics.incidents.recent_events(30),
             // The running config, without what could be a secret: the
             // alert webhook's path and query, the alert command.

@@ -152,6 +152,11 @@ async fn admin_token_guards_the_admin_api() {
     let r = send(admin, with_bearer).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["upstreams"][0]["name"], "web");
+    // The running config as loaded, the token hidden.
+    let toml = r.json()["config_toml"].as_str().unwrap().to_string();
+    assert!(toml.contains("admin_token = \"(hidden)\""), "{toml}");
+    assert!(toml.contains("servers = [\"127.0.0.1:1\"]"), "{toml}");
+    assert!(!toml.contains("s3cret"), "{toml}");
     assert_eq!(
         send(admin, get("/dashboard?token=s3cret")).await.status,
         200

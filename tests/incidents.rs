@@ -483,5 +483,11 @@ async fn an_https_webhook_with_a_private_ca_gets_the_alert() {
         state["config"]["alerts"]["webhook"],
         format!("https://{hook}/…")
     );
+    let toml = state["config_toml"].as_str().unwrap();
+    assert!(
+        toml.contains(&format!("webhook = \"https://{hook}/…\"")),
+        "{toml}"
+    );
+    assert!(!toml.contains("SECRET"), "{toml}");
     gw.stop().await;
 }
