@@ -141,7 +141,10 @@ impl Logs {
         }
         let line = match self.access_format {
             AccessFormat::Json => {
-                let mut v = serde_json::to_vec(r).unwrap_or_default();
+                // Sized for a whole line at once (to_vec starts at 128
+                // bytes and grows twice for a typical 300-byte line).
+                let mut v = Vec::with_capacity(384 + r.path.len() + r.user_agent.len());
+                let _ = serde_json::to_writer(&mut v, r);
                 v.push(b'\n');
                 v
             }
