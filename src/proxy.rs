@@ -1258,13 +1258,13 @@ pub async fn handle(
         None
     };
     let replayable = replay.is_some();
-    // A body without a Content-Length is held to max_body_bytes as it streams.
-    let body_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A body without a Content-Length is held to max_body_bytes as it
+    // streams (the flag is only allocated when there is a limit).
     let body_limit = rt
         .config
         .limits
         .max_body_bytes
-        .map(|m| (m, body_over.clone()));
+        .map(|m| (m, Arc::new(std::sync::atomic::AtomicBool::new(false))));
     let make_body = |stream: &mut Option<Incoming>| -> UpBody {
         match &replay {
             Some(None) => UpBody::Empty,
@@ -1661,7 +1661,10 @@ pub async fn handle(
             Outcome::Failed(f) => f,
         };
         info.retired.store(true, Ordering::Relaxed);
-        let failure = if body_over.load(Ordering::Relaxed) {
+        let failure = if body_limit
+            .as_ref()
+            .is_some_and(|(_, over)| over.load(Ordering::Relaxed))
+        {
             Failure::with(
                 Cause::BodyTooLarge,
                 format!(
