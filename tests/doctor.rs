@@ -318,13 +318,7 @@ async fn an_app_on_127_0_0_1_only_is_caught_for_its_ipv6_address() {
     let (_, v) = tokio::task::spawn_blocking(move || doctor(&format!("localhost:{port}"), &[]))
         .await
         .unwrap();
-    let step = v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "addresses")
-        .unwrap_or_else(|| panic!("{v}"))
-        .clone();
+    let step = doctor_step(&v, "addresses");
     assert_eq!(step["ok"], false);
     let d = step["detail"].as_str().unwrap();
     assert!(

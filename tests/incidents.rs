@@ -443,16 +443,8 @@ async fn an_https_webhook_with_a_private_ca_gets_the_alert() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("hooks-ca.pem");
     std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
-    let (hook, got) = webhook_on(Some(Arc::new(server))).await;
+    let server = tls_server(ck.cert.der().clone(), ck.signing_key.serialize_der());
+    let (hook, got) = webhook_on(Some(server)).await;
     let gw = Gw::start(&format!(
         "[incidents]\ndir = \"{}/store\"\nerror_rate = 0.5\nmin_requests = 4\nwindow = \"2s\"\n[alerts]\nwebhook = \"https://{hook}/hook/T0000/SECRET\"\nwebhook_ca = \"{}\"\nformat = \"slack\"\n[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\nupstream = \"app\"\n",
         dir.path().display(),

@@ -195,12 +195,7 @@ async fn doctor_describes_the_certificate_it_rejects() {
     let (code, v) = doctor_https(o.addr.port()).await;
     assert_eq!(code, Some(1));
     assert_eq!(v["verdict"]["cause"], "tls_certificate_error");
-    let cert = v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "certificate")
-        .unwrap_or_else(|| panic!("{v:#}"));
+    let cert = doctor_step(&v, "certificate");
     assert_eq!(cert["ok"], false);
     let d = cert["detail"].as_str().unwrap();
     assert!(d.starts_with("TLSv1_3, ALPN none, SNI 127.0.0.1; "), "{d}");
@@ -223,29 +218,14 @@ async fn doctor_flags_an_expired_certificate() {
     params.not_after = rcgen::date_time_ymd(2020, 1, 1);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    let o = Origin::start_tls(Script::Ok("old\n".into()), Arc::new(server))
+    let server = tls_server(cert.der().clone(), key.serialize_der());
+    let o = Origin::start_tls(Script::Ok("old\n".into()), server)
         .await
         .unwrap();
     let (code, v) = doctor_https(o.addr.port()).await;
     assert_eq!(code, Some(1));
     assert_eq!(v["verdict"]["cause"], "tls_certificate_error", "{v:#}");
-    let cert = v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "certificate")
-        .unwrap_or_else(|| panic!("{v:#}"));
+    let cert = doctor_step(&v, "certificate");
     let d = cert["detail"].as_str().unwrap();
     assert!(d.contains("(names: 127.0.0.1)"), "{d}");
     assert!(d.contains("; valid until 2020-01-01 00:00:00 ("), "{d}");

@@ -439,3 +439,34 @@ pub async fn serve_child(
     .await;
     (addr, child)
 }
+
+/// A TLS server config (ring, safe defaults) serving one certificate with
+/// its PKCS#8 key.
+pub fn tls_server(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    pkcs8_key: Vec<u8>,
+) -> std::sync::Arc<rustls::ServerConfig> {
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8_key.into()),
+    )
+    .unwrap();
+    std::sync::Arc::new(cfg)
+}
+
+/// The step named `name` of a `baton doctor --json` document.
+pub fn doctor_step(v: &Value, name: &str) -> Value {
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} step in {v:#}"))
+        .clone()
+}
