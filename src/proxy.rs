@@ -566,30 +566,34 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
             present |= 1 << i;
         }
     }
-    if present & 1 != 0 {
+    if present & 1 != 0
+        && let header::Entry::Occupied(e) = h.entry(header::CONNECTION)
+    {
+        // One lookup reads and removes every `Connection` line.
         let mut named: Vec<HeaderName> = Vec::new();
-        for v in h.get_all(header::CONNECTION) {
-            for t in v.to_str().unwrap_or("").split(',') {
-                let t = t.trim();
-                hop.close |= t.eq_ignore_ascii_case("close");
+        for v in e.iter() {
+            for t in v.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                hop.close |= t.eq_ignore_ascii_case(b"close");
                 // The usual tokens name no other field.
                 if t.is_empty()
-                    || ["keep-alive", "close", "upgrade", "te"]
+                    || [&b"keep-alive"[..], b"close", b"upgrade", b"te"]
                         .iter()
                         .any(|k| t.eq_ignore_ascii_case(k))
                 {
                     continue;
                 }
-                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                if let Ok(n) = HeaderName::from_bytes(t) {
                     named.push(n);
                 }
             }
         }
+        e.remove_entry_mult();
         for n in named {
             h.remove(n);
         }
     }
-    for (i, f) in fields.iter().enumerate() {
+    for (i, f) in fields.iter().enumerate().skip(1) {
         let keep = upgrade && **f == header::UPGRADE;
         if present & (1 << i) != 0 && !keep {
             let removed = h.remove(*f);
@@ -622,23 +626,33 @@ fn idempotent(m: &Method) -> bool {
 }
 
 fn via_value(v: Version) -> HeaderValue {
-    HeaderValue::from_static(match v {
-        Version::HTTP_2 => "2 baton",
-        Version::HTTP_10 => "1.0 baton",
-        _ => "1.1 baton",
-    })
+    // Checked once, at compile time (`from_static` at run time scans the
+    // bytes on every call).
+    const H2: HeaderValue = HeaderValue::from_static("2 baton");
+    const H10: HeaderValue = HeaderValue::from_static("1.0 baton");
+    const H11: HeaderValue = HeaderValue::from_static("1.1 baton");
+    match v {
+        Version::HTTP_2 => H2,
+        Version::HTTP_10 => H10,
+        _ => H11,
+    }
 }
 
 fn append_via(h: &mut HeaderMap, v: Version) {
-    match h.get(header::VIA).and_then(|old| old.to_str().ok()) {
-        Some(old) => {
-            let joined = format!("{old}, {}", via_value(v).to_str().unwrap_or("1.1 baton"));
-            if let Ok(hv) = HeaderValue::from_str(&joined) {
-                h.insert(header::VIA, hv);
+    match h.entry(header::VIA) {
+        header::Entry::Occupied(mut e) => {
+            let old = e.get().as_bytes();
+            let ours = via_value(v);
+            let mut joined = Vec::with_capacity(old.len() + 2 + ours.len());
+            joined.extend_from_slice(old);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ours.as_bytes());
+            if let Ok(hv) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                e.insert(hv);
             }
         }
-        None => {
-            h.insert(header::VIA, via_value(v));
+        header::Entry::Vacant(e) => {
+            e.insert(via_value(v));
         }
     }
 }
@@ -1200,7 +1214,8 @@ pub async fn handle(
     });
     let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), client.ip());
     headers.insert(&X_FORWARDED_FOR, xff);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    headers.insert(&X_FORWARDED_PROTO, HTTP);
     if let Some(h) = host {
         headers.insert(&X_FORWARDED_HOST, h);
     }
