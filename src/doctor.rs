@@ -769,7 +769,13 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
     let info = conn.info.clone();
     info.stats.begin_response();
-    let Some(Link::Http(mut tx)) = conn.tx.take() else {
+    // Through hyper's client: its connection task notices the server
+    // closing an idle connection as it happens (the keepalive step below).
+    let link = match conn.tx.take() {
+        Some(l) => server.hyper_link(&up.cfg, l, &info).await.ok(),
+        None => None,
+    };
+    let Some(Link::Http(mut tx)) = link else {
         return Err("no HTTP connection".into());
     };
     let outcome = upstream::await_head(tx.send_request(req), &info, timeout).await;

@@ -24,11 +24,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::cause::Cause;
 use crate::config::FastCgiConfig;
-use crate::upstream::{Failure, Metered, UpBody};
+use crate::upstream::{Failure, UpBody, Wire};
 
 /// Record types (FastCGI 1.0 §8).
 pub mod kind {
@@ -560,68 +560,23 @@ pub fn health_request(cfg: &FastCgiConfig, path: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // The connection and one exchange
 
-/// A FastCGI connection: the metered stream and what was read ahead.
-pub struct Wire {
-    pub io: Metered,
-    buf: BytesMut,
-}
-
+/// FastCGI records on a [`Wire`].
 impl Wire {
-    pub fn new(io: Metered) -> Self {
-        Wire {
-            io,
-            buf: BytesMut::with_capacity(16 * 1024),
-        }
-    }
-
     /// Polls for the next record.
     fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Result<Record, WireError>> {
         loop {
             if let Some(r) = take_record(&mut self.buf).map_err(WireError::Codec)? {
                 return Poll::Ready(Ok(r));
             }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.buf
-            ))
-            .map_err(WireError::Io)?;
+            let n = ready!(self.poll_fill(cx)).map_err(WireError::Io)?;
             if n == 0 {
                 return Poll::Ready(Err(WireError::Closed));
             }
         }
     }
 
-    /// Moves the connection to the current thread's runtime.
-    pub fn rebind(self) -> io::Result<Self> {
-        Ok(Wire {
-            io: self.io.rebind()?,
-            buf: self.buf,
-        })
-    }
-
     async fn record(&mut self) -> Result<Record, WireError> {
         std::future::poll_fn(|cx| self.poll_record(cx)).await
-    }
-
-    /// Whether a pooled connection is still open: the server closing it
-    /// (PHP-FPM recycling a worker after pm.max_requests) shows as a
-    /// readable end of file; anything readable makes it unusable.
-    pub fn is_open(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut probe = [0u8; 1];
-        let mut rb = tokio::io::ReadBuf::new(&mut probe);
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
-            Poll::Pending
-        )
     }
 }
 
@@ -750,7 +705,7 @@ pub async fn exchange(
     }
 }
 
-fn is_dead_peer(e: &io::Error) -> bool {
+pub(crate) fn is_dead_peer(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)

@@ -266,6 +266,30 @@ pub(crate) async fn probe(
             .body(UpBody::Empty)
             .map_err(|e| (None, e.to_string()))?;
         let status = match conn.tx.take() {
+            Some(crate::upstream::Link::H1(wire)) => {
+                let (parts, body) = req.into_parts();
+                let max = up.cfg.max_response_header_bytes;
+                match crate::h1::exchange(wire, &parts, body, max).await {
+                    crate::h1::Sent::Head(resp) => {
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        status
+                    }
+                    crate::h1::Sent::Failed(e) => {
+                        let view = crate::upstream::AttemptView {
+                            info: &conn.info,
+                            reused: false,
+                            read_before: 0,
+                            max_header_bytes: max,
+                        };
+                        let f = crate::upstream::classify_h1(&e, &view);
+                        return Err((Some(f.cause), f.details.unwrap_or_default()));
+                    }
+                    crate::h1::Sent::Unsent(_) => {
+                        return Err((Some(Cause::ConnectionTerminated), "closed".into()));
+                    }
+                }
+            }
             Some(crate::upstream::Link::Http(mut tx)) => {
                 let resp = tx
                     .send_request(req)

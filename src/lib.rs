@@ -40,6 +40,7 @@ pub mod demo;
 pub mod doctor;
 pub mod fastcgi;
 pub mod files;
+pub mod h1;
 pub mod health;
 pub mod incidents;
 pub mod limit;

@@ -58,6 +58,9 @@ pub enum Script {
     /// Answers the first `n` requests on each connection, then resets it
     /// when the next request arrives (a keep-alive connection dying).
     ResetAfter(usize),
+    /// Answers every request with exactly these bytes (framing tests), and
+    /// closes the connection after them if `close`.
+    Raw { bytes: Vec<u8>, close: bool },
 }
 
 /// A running origin; it stops when dropped.
@@ -431,6 +434,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 let _ = tokio::io::copy(&mut r, &mut w).await;
                 return;
             }
+            Script::Raw { bytes, close: true } => {
+                let _ = s.write_all(bytes).await;
+                return;
+            }
+            Script::Raw { bytes, .. } => bytes.clone(),
             Script::NoRead => unreachable!(),
         };
         served += 1;

@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use crate::cause::{Cause, Retry};
 use crate::config::{Balance, Config, HashKey, HostMatch, UpstreamConfig};
 use crate::fastcgi::{self, Target};
+use crate::h1;
 use crate::health;
 use crate::log::{self, AccessRecord, FailureRecord, Logs};
 use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
@@ -1001,7 +1002,7 @@ impl Drop for ProxiedBody {
             info,
         }) = self.pool.take()
             && self.body.is_end_stream()
-            && let Some(link) = tx.or_else(|| self.body.take_wire().map(Link::Fcgi))
+            && let Some(link) = tx.or_else(|| self.body.take_wire())
         {
             server.checkin(&cfg, link, info);
         }
@@ -1512,7 +1513,39 @@ pub async fn handle(
             head_wait = head_wait.min(d.saturating_duration_since(Instant::now()));
         }
         let sent_at = Instant::now();
+        // A streamed body or an upgrade goes through hyper's client, which
+        // reads the response while a body is still being sent.
+        if matches!(req.body(), UpBody::Stream(..)) || client_upgrade.is_some() {
+            conn.tx = match conn.tx.take() {
+                Some(link) => match server.hyper_link(&cfg, link, &info).await {
+                    Ok(l) => Some(l),
+                    Err(f) => {
+                        log.failure(&f, Some(f.cause.status()), None, None);
+                        return local_error(&rt, log, &f, None, accept.as_ref(), None);
+                    }
+                },
+                None => None,
+            };
+        }
+        let view = AttemptView {
+            info: &info,
+            reused: reused.is_some(),
+            read_before,
+            max_header_bytes: cfg.max_response_header_bytes,
+        };
         let outcome = match conn.tx.take() {
+            Some(Link::H1(wire)) => {
+                let (parts, body) = req.into_parts();
+                let fut = h1::exchange(wire, &parts, body, cfg.max_response_header_bytes);
+                match upstream::await_head(fut, &info, head_wait).await {
+                    None => Outcome::TimedOut,
+                    Some(h1::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::H1), None),
+                    Some(h1::Sent::Unsent(body)) => {
+                        Outcome::Unsent(Request::from_parts(parts, body))
+                    }
+                    Some(h1::Sent::Failed(e)) => Outcome::Failed(upstream::classify_h1(&e, &view)),
+                }
+            }
             Some(Link::Http(mut tx)) => {
                 let fut = tx.try_send_request(req);
                 conn.tx = Some(Link::Http(tx));
@@ -1526,15 +1559,7 @@ pub async fn handle(
                     }
                     Some(Err(mut e)) => match e.take_message() {
                         Some(req) => Outcome::Unsent(req),
-                        None => {
-                            let view = AttemptView {
-                                info: &info,
-                                reused: reused.is_some(),
-                                read_before,
-                                max_header_bytes: cfg.max_response_header_bytes,
-                            };
-                            Outcome::Failed(upstream::classify_exchange(e.error(), &view))
-                        }
+                        None => Outcome::Failed(upstream::classify_exchange(e.error(), &view)),
                     },
                 }
             }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -453,19 +453,72 @@ fn tls_name(tls: &crate::config::UpstreamTls, addr: &ServerAddr) -> Option<Serve
     ServerName::try_from(raw).ok()
 }
 
-/// What a request is sent over: hyper's HTTP/1.1 client connection (driven
-/// by its own task), or a FastCGI wire (driven by the request itself).
+/// What a request is sent over: an HTTP/1.1 wire driven by the request
+/// itself ([`crate::h1`]), hyper's HTTP/1.1 client connection (driven by
+/// its own task: streamed request bodies and upgrades), or a FastCGI wire.
 pub enum Link {
+    H1(Box<Wire>),
     Http(SendRequest<UpBody>),
-    Fcgi(Box<crate::fastcgi::Wire>),
+    Fcgi(Box<Wire>),
 }
 
 impl Link {
     fn is_closed(&mut self) -> bool {
         match self {
             Link::Http(tx) => tx.is_closed(),
-            Link::Fcgi(w) => !w.is_open(),
+            Link::H1(w) | Link::Fcgi(w) => !w.is_open(),
         }
+    }
+}
+
+/// A connection baton reads and writes itself, from the request's own
+/// task (HTTP/1.1 in [`crate::h1`], FastCGI): the metered stream and what
+/// was read ahead of the current message.
+pub struct Wire {
+    pub io: Metered,
+    pub(crate) buf: BytesMut,
+}
+
+impl Wire {
+    pub fn new(io: Metered) -> Self {
+        Wire {
+            io,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Moves the connection to the current thread's runtime.
+    pub fn rebind(self) -> io::Result<Self> {
+        Ok(Wire {
+            io: self.io.rebind()?,
+            buf: self.buf,
+        })
+    }
+
+    /// Whether a pooled connection is still open: the server closing it
+    /// (an idle timeout, PHP-FPM recycling a worker after
+    /// pm.max_requests) shows as a readable end of file; anything readable
+    /// makes it unusable.
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut probe = [0u8; 1];
+        let mut rb = tokio::io::ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
     }
 }
 
@@ -642,6 +695,12 @@ impl Server {
             let mut idle = self.pop_idle(cfg)?;
             let age = idle.since.elapsed();
             if idle.tx.is_closed() {
+                // A wire baton drives found closed while idle: the upstream
+                // closed it within `age` (hyper's connections are watched by
+                // their task, which learns the exact time).
+                if matches!(idle.tx, Link::H1(_)) && !idle.info.retired.load(Ordering::Relaxed) {
+                    self.learn_idle_close(age);
+                }
                 continue;
             }
             if age >= self.idle_limit(cfg, &idle.info) {
@@ -868,28 +927,40 @@ impl Server {
             write_timeout: cfg.write_timeout,
             write_timer: None,
         };
-        if cfg.fastcgi.is_some() {
-            return Ok(Conn {
-                tx: Some(Link::Fcgi(Box::new(crate::fastcgi::Wire::new(io)))),
-                info,
-                reused: None,
-                peer,
-            });
-        }
+        let wire = Box::new(Wire::new(io));
+        Ok(Conn {
+            tx: Some(if cfg.fastcgi.is_some() {
+                Link::Fcgi(wire)
+            } else {
+                Link::H1(wire)
+            }),
+            info,
+            reused: None,
+            peer,
+        })
+    }
+
+    /// Hands an idle HTTP/1.1 wire to hyper's client connection, driven by
+    /// a task of its own, for a request [`crate::h1`] does not carry (a
+    /// streamed body, an upgrade). Other links are returned as they are.
+    pub async fn hyper_link(
+        self: &Arc<Self>,
+        cfg: &UpstreamConfig,
+        link: Link,
+        info: &Arc<ConnInfo>,
+    ) -> Result<Link, Failure> {
+        let Link::H1(wire) = link else {
+            return Ok(link);
+        };
         let mut b = http1::Builder::new();
         b.max_header_size(cfg.max_response_header_bytes)
             // hyper's read buffer must hold the whole head; leave room so the
             // exact header limit above is the one that triggers.
             .max_buf_size((cfg.max_response_header_bytes + 16 * 1024).max(400 * 1024));
-        let (tx, conn) = match b.handshake(TokioIo::new(io)).await {
-            Ok(x) => x,
-            Err(e) => {
-                return Err((
-                    Failure::with(Cause::Internal, format!("handshake: {e}")),
-                    peer,
-                ));
-            }
-        };
+        let (tx, conn) = b
+            .handshake(TokioIo::new(wire.io))
+            .await
+            .map_err(|e| Failure::with(Cause::Internal, format!("handshake: {e}")))?;
         let server = self.clone();
         let task_info = info.clone();
         tokio::spawn(async move {
@@ -902,12 +973,7 @@ impl Server {
                 server.learn_idle_close(Duration::from_millis(idle));
             }
         });
-        Ok(Conn {
-            tx: Some(Link::Http(tx)),
-            info,
-            reused: None,
-            peer,
-        })
+        Ok(Link::Http(tx))
     }
 }
 
@@ -1078,94 +1144,139 @@ pub struct AttemptView<'a> {
     pub max_header_bytes: usize,
 }
 
-/// Classifies an error from sending a request or reading its response head.
+/// What went wrong sending a request or reading its response head, as
+/// [`crate::h1`] reports it.
+#[derive(Debug)]
+pub enum Exchange {
+    Io(io::Error),
+    /// The head passed max_response_header_bytes, or 100 fields.
+    TooLarge,
+    /// Not a valid HTTP/1.x response head.
+    Parse,
+    /// The upstream closed the connection before a complete head.
+    Closed,
+}
+
+/// The same, borrowed from either client's error.
+enum Fault<'a> {
+    Io(&'a io::Error),
+    TooLarge,
+    Parse,
+    Closed,
+}
+
+/// Classifies an error from hyper's client sending a request or reading its
+/// response head.
 pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
-    let mut f = classify_exchange_inner(e, v);
+    let fault = if let Some(io) = find_io(e) {
+        Fault::Io(io)
+    } else if e.is_parse_too_large() {
+        Fault::TooLarge
+    } else if e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        Fault::Parse
+    } else if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        Fault::Closed
+    } else {
+        return Failure::with(Cause::ProtocolError, format!("{e}"));
+    };
+    classify_fault(fault, v)
+}
+
+/// Classifies a failed [`crate::h1`] exchange.
+pub fn classify_h1(e: &Exchange, v: &AttemptView<'_>) -> Failure {
+    classify_fault(
+        match e {
+            Exchange::Io(io) => Fault::Io(io),
+            Exchange::TooLarge => Fault::TooLarge,
+            Exchange::Parse => Fault::Parse,
+            Exchange::Closed => Fault::Closed,
+        },
+        v,
+    )
+}
+
+fn classify_fault(fault: Fault<'_>, v: &AttemptView<'_>) -> Failure {
+    let mut f = classify_fault_inner(fault, v);
     if f.cause.phase() == crate::cause::Phase::ReadHead {
         f.received_status = v.info.stats.received_status();
     }
     f
 }
 
-fn classify_exchange_inner(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
+fn classify_fault_inner(fault: Fault<'_>, v: &AttemptView<'_>) -> Failure {
     let received = v
         .info
         .stats
         .read
         .load(Ordering::Relaxed)
         .saturating_sub(v.read_before);
-    if let Some(io) = find_io(e) {
-        if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            return tls_failure(t);
-        }
-        if io.get_ref().is_some_and(|i| i.is::<WriteTimedOut>()) {
-            return Failure::with(
-                Cause::WriteTimeout,
-                "the upstream stopped reading the request",
-            )
-            .errno(io);
-        }
-        return match io.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::UnexpectedEof => Failure::with(
-                Cause::ConnectionTerminated,
-                terminated_details(v.reused, received, "reset"),
-            )
-            .errno(io),
-            io::ErrorKind::TimedOut => {
-                Failure::with(Cause::ResponseHeadTimeout, "timed out reading the response")
-                    .errno(io)
+    match fault {
+        Fault::Io(io) => {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_failure(t);
             }
-            _ => Failure::with(
-                Cause::ConnectionTerminated,
-                format!("I/O error: {}", io.kind()),
-            )
-            .errno(io),
-        };
-    }
-    if e.is_parse_too_large() {
-        if received as usize > v.max_header_bytes {
-            return Failure::with(
-                Cause::ResponseHeaderTooLarge,
-                format!(
-                    "response head over {} bytes (limit {}; {received} bytes received)",
-                    v.max_header_bytes, v.max_header_bytes
-                ),
-            );
+            if io.get_ref().is_some_and(|i| i.is::<WriteTimedOut>()) {
+                return Failure::with(
+                    Cause::WriteTimeout,
+                    "the upstream stopped reading the request",
+                )
+                .errno(io);
+            }
+            match io.kind() {
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof => Failure::with(
+                    Cause::ConnectionTerminated,
+                    terminated_details(v.reused, received, "reset"),
+                )
+                .errno(io),
+                io::ErrorKind::TimedOut => {
+                    Failure::with(Cause::ResponseHeadTimeout, "timed out reading the response")
+                        .errno(io)
+                }
+                _ => Failure::with(
+                    Cause::ConnectionTerminated,
+                    format!("I/O error: {}", io.kind()),
+                )
+                .errno(io),
+            }
         }
-        return Failure::with(
+        Fault::TooLarge if received as usize > v.max_header_bytes => Failure::with(
+            Cause::ResponseHeaderTooLarge,
+            format!(
+                "response head over {} bytes (limit {}; {received} bytes received)",
+                v.max_header_bytes, v.max_header_bytes
+            ),
+        ),
+        Fault::TooLarge => Failure::with(
             Cause::ResponseHeaderTooLarge,
             format!(
                 "more than 100 header fields or a field over 64 KiB ({received} bytes received, limit {})",
                 v.max_header_bytes
             ),
-        );
-    }
-    if e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
-        let (first, n) = v.info.stats.first_bytes();
-        if !v.reused && n >= 4 && first[3] == 0x04 && first[0] == 0 {
-            return Failure::with(
-                Cause::UpstreamSpeaksHttp2,
-                "upstream sent an HTTP/2 SETTINGS frame: it speaks HTTP/2 only (h2c), baton sent HTTP/1.1",
-            );
+        ),
+        Fault::Parse => {
+            let (first, n) = v.info.stats.first_bytes();
+            if !v.reused && n >= 4 && first[3] == 0x04 && first[0] == 0 {
+                return Failure::with(
+                    Cause::UpstreamSpeaksHttp2,
+                    "upstream sent an HTTP/2 SETTINGS frame: it speaks HTTP/2 only (h2c), baton sent HTTP/1.1",
+                );
+            }
+            if !v.reused && n >= 2 && (first[0] == 0x16 || first[0] == 0x15) && first[1] == 0x03 {
+                return Failure::with(
+                    Cause::UpstreamSpeaksTls,
+                    "upstream answered with a TLS record: the port expects TLS",
+                );
+            }
+            Failure::with(Cause::ProtocolError, "invalid HTTP/1.1 response head")
         }
-        if !v.reused && n >= 2 && (first[0] == 0x16 || first[0] == 0x15) && first[1] == 0x03 {
-            return Failure::with(
-                Cause::UpstreamSpeaksTls,
-                "upstream answered with a TLS record: the port expects TLS",
-            );
-        }
-        return Failure::with(Cause::ProtocolError, "invalid HTTP/1.1 response head");
-    }
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
-        return Failure::with(
+        Fault::Closed => Failure::with(
             Cause::ConnectionTerminated,
             terminated_details(v.reused, received, "closed"),
-        );
+        ),
     }
-    Failure::with(Cause::ProtocolError, format!("{e}"))
 }
 
 fn terminated_details(reused: bool, received: u64, how: &str) -> String {
@@ -1181,11 +1292,17 @@ fn terminated_details(reused: bool, received: u64, how: &str) -> String {
 
 /// Classifies an error while streaming the response body.
 pub fn classify_body(e: &hyper::Error) -> Failure {
+    classify_body_io(find_io(e))
+}
+
+/// A response body that ended early: on an I/O error, or (`None`) the
+/// upstream closing the connection.
+pub fn classify_body_io(e: Option<&io::Error>) -> Failure {
     let f = Failure::with(
         Cause::ResponseIncomplete,
         "upstream closed the connection before the end of the body",
     );
-    match find_io(e) {
+    match e {
         Some(io) => Failure {
             details: Some(format!(
                 "upstream connection failed mid-body ({})",
@@ -1248,6 +1365,7 @@ where
 
 /// A response body as it comes from the upstream.
 pub enum UpIncoming {
+    H1(crate::h1::H1Body),
     Http(Incoming),
     Fcgi(crate::fastcgi::FcgiBody),
 }
@@ -1313,6 +1431,9 @@ impl TimedBody {
             UpIncoming::Fcgi(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|r| r.map(|r| r.map_err(BodyError::Failed))),
+            UpIncoming::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(|e| BodyError::Failed(e.failure())))),
         };
         match polled {
             Poll::Ready(r) => {
@@ -1335,18 +1456,22 @@ impl TimedBody {
         match &self.inner {
             UpIncoming::Http(b) => b.is_end_stream(),
             UpIncoming::Fcgi(b) => b.is_end_stream(),
+            UpIncoming::H1(b) => b.is_end_stream(),
         }
     }
     pub fn size_hint(&self) -> SizeHint {
         match &self.inner {
             UpIncoming::Http(b) => b.size_hint(),
             UpIncoming::Fcgi(b) => b.size_hint(),
+            UpIncoming::H1(b) => b.size_hint(),
         }
     }
-    /// A FastCGI connection whose response ended cleanly, for the pool.
-    pub fn take_wire(&mut self) -> Option<Box<crate::fastcgi::Wire>> {
+    /// A wire baton drives whose response ended cleanly, for the pool
+    /// (hyper's connections go back through their `SendRequest`).
+    pub fn take_wire(&mut self) -> Option<Link> {
         match &mut self.inner {
-            UpIncoming::Fcgi(b) => b.take_wire(),
+            UpIncoming::Fcgi(b) => b.take_wire().map(Link::Fcgi),
+            UpIncoming::H1(b) => b.take_wire().map(Link::H1),
             UpIncoming::Http(_) => None,
         }
     }

@@ -9,6 +9,7 @@ mod dashboard;
 mod docs;
 mod doctor;
 mod fastcgi;
+mod framing;
 mod incidents;
 mod keepalive;
 mod limits;

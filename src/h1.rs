@@ -1,0 +1,593 @@
+//! HTTP/1.1 to upstreams for requests whose body is in hand (none, or
+//! buffered for a replay), written and read by the request's own task.
+//!
+//! Written by hand rather than through hyper's client connection for the
+//! common case only: hyper drives each connection from a task of its own and
+//! hands every request and response across channels (an mpsc send, a
+//! oneshot, a body channel, two task wake-ups a request), which was about a
+//! third of baton's user-space CPU per proxied request (docs/benchmarks.md).
+//! Here one `writev`-sized write sends the head and body, and the response
+//! head and body are read straight off the socket. Streamed request bodies
+//! and protocol upgrades still go through hyper
+//! ([`crate::upstream::Server::hyper_link`]), which reads the response while
+//! a body is still being sent.
+//!
+//! Parsing is httparse's (what hyper uses); framing follows RFC 9112 §6.3.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+
+use crate::cause::Cause;
+use crate::upstream::{Exchange, Failure, UpBody, Wire};
+
+/// httparse's limit on header fields (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// The outcome of sending a request.
+pub enum Sent {
+    /// The response head; the body reads on from the wire.
+    Head(Response<H1Body>),
+    /// Nothing was delivered (the pooled connection was dead): the request
+    /// can go on a fresh connection as is.
+    Unsent(UpBody),
+    Failed(Exchange),
+}
+
+/// Sends one request (head and body in one write) and reads its response
+/// head, skipping interim (1xx) responses. The caller applies the head
+/// timeout around this future.
+pub async fn exchange(mut wire: Box<Wire>, req: &Parts, body: UpBody, max_head: usize) -> Sent {
+    let out = encode(req, &body);
+    if let Err(e) = wire.io.write_all(&out).await {
+        if crate::fastcgi::is_dead_peer(&e) {
+            return Sent::Unsent(body);
+        }
+        return Sent::Failed(Exchange::Io(e));
+    }
+    drop(out);
+    let head = std::future::poll_fn(|cx| poll_head(&mut wire, cx, max_head)).await;
+    let (status, version, headers) = match head {
+        Ok(h) => h,
+        Err(e) => return Sent::Failed(e),
+    };
+    let framing = match framing(&req.method, status, &headers) {
+        Ok(f) => f,
+        Err(e) => return Sent::Failed(e),
+    };
+    let keep_alive = keep_alive(version, &headers) && !matches!(framing, Framing::ToEnd);
+    let done = matches!(framing, Framing::Length(0));
+    let mut r = Response::new(H1Body {
+        wire: Some(wire),
+        framing,
+        done,
+        keep_alive,
+        burst: false,
+        held: None,
+    });
+    // The upstream's version stays on this hop (the client's response is
+    // baton's own, HTTP/1.1 or HTTP/2).
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    Sent::Head(r)
+}
+
+/// The request head, and a buffered body after it.
+fn encode(req: &Parts, body: &UpBody) -> Vec<u8> {
+    let full = match body {
+        UpBody::Full(Some(b)) => &b[..],
+        _ => &[],
+    };
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut size = req.method.as_str().len() + path.len() + 16 + full.len() + 24;
+    for (k, v) in &req.headers {
+        size += k.as_str().len() + v.len() + 4;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in &req.headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // The length of what is sent, when the client's head did not say it
+    // (a body-carrying method with no body says 0, as hyper does).
+    if !req.headers.contains_key(header::CONTENT_LENGTH)
+        && (!full.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH))
+    {
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.format(full.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(full);
+    out
+}
+
+type Head = (StatusCode, Version, HeaderMap);
+
+/// Reads until a final response head is complete.
+fn poll_head(wire: &mut Wire, cx: &mut Context<'_>, max: usize) -> Poll<Result<Head, Exchange>> {
+    loop {
+        if !wire.buf.is_empty() {
+            match parse_head(&mut wire.buf, max)? {
+                Parsed::Final(h) => return Poll::Ready(Ok(h)),
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
+            }
+        }
+        match ready!(wire.poll_fill(cx)) {
+            Ok(0) => return Poll::Ready(Err(Exchange::Closed)),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(Exchange::Io(e))),
+        }
+    }
+}
+
+enum Parsed {
+    Final(Head),
+    /// A 1xx other than 101, consumed.
+    Interim,
+    Partial,
+}
+
+fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Parsed, Exchange> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n > max => return Err(Exchange::TooLarge),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max => return Err(Exchange::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(Exchange::TooLarge),
+        Err(_) => return Err(Exchange::Parse),
+    };
+    let code = r.code.unwrap_or(0);
+    if (100..200).contains(&code) && code != 101 {
+        buf.advance(n);
+        return Ok(Parsed::Interim);
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| Exchange::Parse)?;
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Names now; values as offsets, to be slices of the frozen head (no
+    // copies) once the parser's borrow of the buffer ends.
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Exchange::Parse)?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| Exchange::Parse)?;
+        headers.append(name, value);
+    }
+    Ok(Parsed::Final((status, version, headers)))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+enum Framing {
+    /// Bytes left of a Content-Length (0 for no body).
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    ToEnd,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left of the current chunk's data.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty line.
+    Trailers,
+}
+
+fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing, Exchange> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let last = te.as_bytes().rsplit(|b| *b == b',').next().unwrap_or(b"");
+        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::ToEnd
+        });
+    }
+    let mut length = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = std::str::from_utf8(part.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(Exchange::Parse)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Exchange::Parse);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::ToEnd, Framing::Length))
+}
+
+/// Whether the connection may carry another request after this response.
+fn keep_alive(version: Version, h: &HeaderMap) -> bool {
+    let mut keep = version == Version::HTTP_11;
+    for v in h.get_all(header::CONNECTION) {
+        for t in v.as_bytes().split(|b| *b == b',') {
+            let t = t.trim_ascii();
+            if t.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if t.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    keep
+}
+
+/// A response body read off the wire.
+pub struct H1Body {
+    wire: Option<Box<Wire>>,
+    framing: Framing,
+    done: bool,
+    keep_alive: bool,
+    /// Data was returned since the last `Pending`.
+    burst: bool,
+    /// A failure held back until the data before it was flushed.
+    held: Option<BodyFault>,
+}
+
+/// How a response body failed.
+#[derive(Debug)]
+pub enum BodyFault {
+    /// The server closed the connection before the end.
+    Closed,
+    Io(io::Error),
+    /// Chunked framing that does not parse.
+    BadChunk,
+}
+
+impl H1Body {
+    /// The connection, once the response ended cleanly and it may be reused.
+    pub fn take_wire(&mut self) -> Option<Box<Wire>> {
+        match &self.wire {
+            Some(w) if self.done && self.keep_alive && w.buf.is_empty() => self.wire.take(),
+            _ => None,
+        }
+    }
+
+    /// The next data, with a failure that follows data in the same read
+    /// held back for one turn: the server connection polls the body until
+    /// it waits, then writes what it has, so a failure reported at once
+    /// would drop the head and data already read (the client would see a
+    /// bare reset instead of the truncated response, and the bytes logged
+    /// as sent would never have left).
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFault>>> {
+        if let Some(f) = self.held.take() {
+            return Poll::Ready(Some(Err(f)));
+        }
+        match self.poll_read_data(cx) {
+            Poll::Ready(Some(Err(f))) if self.burst => {
+                self.held = Some(f);
+                self.burst = false;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(d))) => {
+                self.burst = true;
+                Poll::Ready(Some(Ok(d)))
+            }
+            Poll::Pending => {
+                self.burst = false;
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn poll_read_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFault>>> {
+        let Some(wire) = self.wire.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let buf = &mut wire.buf;
+            match &mut self.framing {
+                Framing::Length(left) if !buf.is_empty() => {
+                    let n = (*left).min(buf.len() as u64) as usize;
+                    *left -= n as u64;
+                    self.done = *left == 0;
+                    return Poll::Ready(Some(Ok(buf.split_to(n).freeze())));
+                }
+                Framing::ToEnd if !buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(buf.split().freeze())));
+                }
+                Framing::Chunked(state) => match step_chunk(state, buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Step::End) => {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::More) => {}
+                    Err(f) => return Poll::Ready(Some(Err(f))),
+                },
+                _ => {}
+            }
+            match ready!(wire.poll_fill(cx)) {
+                Ok(0) if matches!(self.framing, Framing::ToEnd) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(BodyFault::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(BodyFault::Io(e)))),
+            }
+        }
+    }
+}
+
+/// What the chunked decoder made of the buffered bytes.
+enum Step {
+    Data(Bytes),
+    /// It needs more bytes.
+    More,
+    /// The last chunk and the trailer section are read.
+    End,
+}
+
+/// Advances the chunked decoder over what is buffered.
+fn step_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyFault> {
+    loop {
+        match *state {
+            Chunk::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, 0))) => {
+                    buf.advance(used);
+                    *state = Chunk::Trailers;
+                }
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *state = Chunk::Data(size);
+                }
+                Ok(httparse::Status::Partial) => return Ok(Step::More),
+                Err(_) => return Err(BodyFault::BadChunk),
+            },
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = left.min(buf.len() as u64) as usize;
+                *state = if n as u64 == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n as u64)
+                };
+                return Ok(Step::Data(buf.split_to(n).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(BodyFault::BadChunk);
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                // Trailer fields are dropped; the section ends at an empty
+                // line.
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(Step::More);
+                };
+                buf.advance(eol + 2);
+                if eol == 0 {
+                    return Ok(Step::End);
+                }
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyFault;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        self.get_mut()
+            .poll_data(cx)
+            .map(|r| r.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl BodyFault {
+    /// The classified failure (the head was already sent to the client).
+    pub fn failure(&self) -> Failure {
+        match self {
+            BodyFault::Io(e) => crate::upstream::classify_body_io(Some(e)),
+            BodyFault::Closed => crate::upstream::classify_body_io(None),
+            BodyFault::BadChunk => Failure::with(
+                Cause::ResponseIncomplete,
+                "invalid chunked encoding in the response body",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds a chunked body one byte at a time, as the slowest network would.
+    fn dechunk(wire: &[u8]) -> Result<(Vec<u8>, bool), ()> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire {
+            buf.extend_from_slice(&[*b]);
+            loop {
+                match step_chunk(&mut state, &mut buf).map_err(|_| ())? {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::More => break,
+                    Step::End => return Ok((out, true)),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn chunked_decoding_byte_by_byte() {
+        let (body, end) =
+            dechunk(b"5;a=b\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-t: 1\r\ny: 2\r\n\r\n")
+                .unwrap();
+        assert_eq!(body, b"hello world");
+        assert!(end);
+        let (body, end) = dechunk(b"3\r\nabc\r\n").unwrap();
+        assert_eq!((body.as_slice(), end), (&b"abc"[..], false));
+        assert!(
+            dechunk(b"3\r\nabcX\r\n").is_err(),
+            "data must end with CRLF"
+        );
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        let len = |m: &Method, s, hm: &HeaderMap| match framing(m, s, hm) {
+            Ok(Framing::Length(n)) => Some(n),
+            _ => None,
+        };
+        let cl = h(&[("content-length", "10")]);
+        assert_eq!(len(&Method::GET, ok, &cl), Some(10));
+        assert_eq!(len(&Method::HEAD, ok, &cl), Some(0));
+        assert_eq!(len(&Method::GET, StatusCode::NO_CONTENT, &cl), Some(0));
+        assert_eq!(len(&Method::GET, StatusCode::NOT_MODIFIED, &cl), Some(0));
+        assert_eq!(
+            len(&Method::GET, ok, &h(&[("content-length", "7, 7")])),
+            Some(7)
+        );
+        assert!(framing(&Method::GET, ok, &h(&[("content-length", "7, 8")])).is_err());
+        assert!(framing(&Method::GET, ok, &h(&[("content-length", "-1")])).is_err());
+        assert!(framing(&Method::GET, ok, &h(&[("content-length", "+7")])).is_err());
+        // Transfer-Encoding wins over Content-Length; chunked must be last.
+        let te = h(&[
+            ("transfer-encoding", "gzip, chunked"),
+            ("content-length", "3"),
+        ]);
+        assert!(matches!(
+            framing(&Method::GET, ok, &te),
+            Ok(Framing::Chunked(_))
+        ));
+        let te = h(&[("transfer-encoding", "chunked, gzip")]);
+        assert!(matches!(framing(&Method::GET, ok, &te), Ok(Framing::ToEnd)));
+        assert!(matches!(
+            framing(&Method::GET, ok, &h(&[])),
+            Ok(Framing::ToEnd)
+        ));
+    }
+
+    #[test]
+    fn keep_alive_by_version_and_connection() {
+        let with = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONNECTION, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!keep_alive(Version::HTTP_11, &with("Close")));
+        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(keep_alive(Version::HTTP_10, &with("keep-alive")));
+    }
+
+    #[test]
+    fn head_limits() {
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n"[..]);
+        assert!(matches!(parse_head(&mut b, 10), Err(Exchange::TooLarge)));
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: 1"[..]);
+        assert!(matches!(parse_head(&mut b, 10), Err(Exchange::TooLarge)));
+        assert!(matches!(parse_head(&mut b, 100), Ok(Parsed::Partial)));
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..101 {
+            many.extend_from_slice(format!("h{i}: x\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let mut b = BytesMut::from(&many[..]);
+        assert!(matches!(
+            parse_head(&mut b, 1 << 20),
+            Err(Exchange::TooLarge)
+        ));
+        let mut b = BytesMut::from(&b"HTTP/1.1 2x0 OK\r\n\r\n"[..]);
+        assert!(matches!(parse_head(&mut b, 100), Err(Exchange::Parse)));
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody"[..]);
+        match parse_head(&mut b, 100) {
+            Ok(Parsed::Final((s, v, h))) => {
+                assert_eq!(
+                    (s, v, h["a"].as_bytes()),
+                    (StatusCode::OK, Version::HTTP_11, &b"1"[..])
+                );
+                assert_eq!(&b[..], b"body", "the body stays in the buffer");
+            }
+            _ => panic!("a complete head"),
+        }
+    }
+}
