@@ -26,8 +26,7 @@ use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use crate::cause::Cause;
-use crate::upstream::{Exchange, Failure, UpBody, Wire};
+use crate::upstream::{Exchange, UpBody, Wire};
 
 /// httparse's limit on header fields (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -444,20 +443,6 @@ impl Body for H1Body {
         match self.framing {
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
-        }
-    }
-}
-
-impl BodyFault {
-    /// The classified failure (the head was already sent to the client).
-    pub fn failure(&self) -> Failure {
-        match self {
-            BodyFault::Io(e) => crate::upstream::classify_body_io(Some(e)),
-            BodyFault::Closed => crate::upstream::classify_body_io(None),
-            BodyFault::BadChunk => Failure::with(
-                Cause::ResponseIncomplete,
-                "invalid chunked encoding in the response body",
-            ),
         }
     }
 }

@@ -1295,9 +1295,21 @@ pub fn classify_body(e: &hyper::Error) -> Failure {
     classify_body_io(find_io(e))
 }
 
+/// Classifies a [`crate::h1`] response body that failed.
+pub fn classify_h1_body(f: &crate::h1::BodyFault) -> Failure {
+    match f {
+        crate::h1::BodyFault::Io(e) => classify_body_io(Some(e)),
+        crate::h1::BodyFault::Closed => classify_body_io(None),
+        crate::h1::BodyFault::BadChunk => Failure::with(
+            Cause::ResponseIncomplete,
+            "invalid chunked encoding in the response body",
+        ),
+    }
+}
+
 /// A response body that ended early: on an I/O error, or (`None`) the
 /// upstream closing the connection.
-pub fn classify_body_io(e: Option<&io::Error>) -> Failure {
+fn classify_body_io(e: Option<&io::Error>) -> Failure {
     let f = Failure::with(
         Cause::ResponseIncomplete,
         "upstream closed the connection before the end of the body",
@@ -1433,7 +1445,7 @@ impl TimedBody {
                 .map(|r| r.map(|r| r.map_err(BodyError::Failed))),
             UpIncoming::H1(b) => Pin::new(b)
                 .poll_frame(cx)
-                .map(|r| r.map(|r| r.map_err(|e| BodyError::Failed(e.failure())))),
+                .map(|r| r.map(|r| r.map_err(|e| BodyError::Failed(classify_h1_body(&e))))),
         };
         match polled {
             Poll::Ready(r) => {
