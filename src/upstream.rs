@@ -477,29 +477,45 @@ impl Link {
 pub struct Wire {
     pub io: Metered,
     pub(crate) buf: BytesMut,
+    /// How much the next read may fill: doubles while reads fill it (a
+    /// large body), up to `MAX_READ`, as hyper's adaptive reads do.
+    read_size: usize,
 }
+
+const MIN_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 impl Wire {
     pub fn new(io: Metered) -> Self {
         Wire {
             io,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(MIN_READ),
+            read_size: MIN_READ,
         }
     }
 
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let spare = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == spare {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Moves the connection to the current thread's runtime.
     pub fn rebind(self) -> io::Result<Self> {
         Ok(Wire {
             io: self.io.rebind()?,
-            buf: self.buf,
+            ..self
         })
     }
 

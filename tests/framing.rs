@@ -168,3 +168,17 @@ async fn conflicting_content_lengths_are_a_protocol_error() {
     assert_eq!(lines[0]["cause"], "http_protocol_error");
     assert_eq!(lines[0]["phase"], "read_head");
 }
+
+#[tokio::test]
+async fn large_body_arrives_whole_and_the_connection_is_reused() {
+    let body = "0123456789abcdef".repeat(1 << 18); // 4 MiB
+    let o = Origin::start(Script::Ok(body.clone())).await.unwrap();
+    let gw = gateway(&o).await;
+    let mut c = Client::connect(gw.addr).await;
+    for _ in 0..2 {
+        let r = c.send(get("/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.as_ref().unwrap(), body.as_bytes());
+    }
+    assert_eq!(o.conns.load(Ordering::Relaxed), 1);
+}
