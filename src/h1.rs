@@ -21,7 +21,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -44,8 +43,8 @@ pub enum Sent {
 /// Sends one request (head and body in one write) and reads its response
 /// head, skipping interim (1xx) responses. The caller applies the head
 /// timeout around this future.
-pub async fn exchange(mut wire: Box<Wire>, req: &Parts, body: UpBody, max_head: usize) -> Sent {
-    let out = encode(req, &body);
+pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head: usize) -> Sent {
+    let out = encode(&req, &body);
     if let Err(e) = wire.io.write_all(&out).await {
         if crate::fastcgi::is_dead_peer(&e) {
             return Sent::Unsent(body);
@@ -58,7 +57,7 @@ pub async fn exchange(mut wire: Box<Wire>, req: &Parts, body: UpBody, max_head: 
         Ok(h) => h,
         Err(e) => return Sent::Failed(e),
     };
-    let framing = match framing(&req.method, status, &headers) {
+    let framing = match framing(req.method, status, &headers) {
         Ok(f) => f,
         Err(e) => return Sent::Failed(e),
     };
@@ -79,15 +78,24 @@ pub async fn exchange(mut wire: Box<Wire>, req: &Parts, body: UpBody, max_head: 
     Sent::Head(r)
 }
 
+/// What the request head is written from.
+#[derive(Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// The origin-form target (path and query).
+    pub target: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+}
+
 /// The request head, and a buffered body after it.
-fn encode(req: &Parts, body: &UpBody) -> Vec<u8> {
+fn encode(req: &Head<'_>, body: &UpBody) -> Vec<u8> {
     let full = match body {
         UpBody::Full(Some(b)) => &b[..],
         _ => &[],
     };
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = req.target.path_and_query().map_or("/", |p| p.as_str());
     let mut size = req.method.as_str().len() + path.len() + 16 + full.len() + 24;
-    for (k, v) in &req.headers {
+    for (k, v) in req.headers {
         size += k.as_str().len() + v.len() + 4;
     }
     let mut out = Vec::with_capacity(size);
@@ -95,7 +103,7 @@ fn encode(req: &Parts, body: &UpBody) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in &req.headers {
+    for (k, v) in req.headers {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
@@ -104,7 +112,7 @@ fn encode(req: &Parts, body: &UpBody) -> Vec<u8> {
     // The length of what is sent, when the client's head did not say it
     // (a body-carrying method with no body says 0, as hyper does).
     if !req.headers.contains_key(header::CONTENT_LENGTH)
-        && (!full.is_empty() || matches!(req.method, Method::POST | Method::PUT | Method::PATCH))
+        && (!full.is_empty() || matches!(*req.method, Method::POST | Method::PUT | Method::PATCH))
     {
         let mut n = itoa::Buffer::new();
         out.extend_from_slice(b"content-length: ");
@@ -116,10 +124,14 @@ fn encode(req: &Parts, body: &UpBody) -> Vec<u8> {
     out
 }
 
-type Head = (StatusCode, Version, HeaderMap);
+type RespHead = (StatusCode, Version, HeaderMap);
 
 /// Reads until a final response head is complete.
-fn poll_head(wire: &mut Wire, cx: &mut Context<'_>, max: usize) -> Poll<Result<Head, Exchange>> {
+fn poll_head(
+    wire: &mut Wire,
+    cx: &mut Context<'_>,
+    max: usize,
+) -> Poll<Result<RespHead, Exchange>> {
     loop {
         if !wire.buf.is_empty() {
             match parse_head(&mut wire.buf, max)? {
@@ -137,7 +149,7 @@ fn poll_head(wire: &mut Wire, cx: &mut Context<'_>, max: usize) -> Poll<Result<H
 }
 
 enum Parsed {
-    Final(Head),
+    Final(RespHead),
     /// A 1xx other than 101, consumed.
     Interim,
     Partial,

@@ -269,7 +269,12 @@ pub(crate) async fn probe(
             Some(crate::upstream::Link::H1(wire)) => {
                 let (parts, body) = req.into_parts();
                 let max = up.cfg.max_response_header_bytes;
-                match crate::h1::exchange(wire, &parts, body, max).await {
+                let head = crate::h1::Head {
+                    method: &parts.method,
+                    target: &parts.uri,
+                    headers: &parts.headers,
+                };
+                match crate::h1::exchange(wire, head, body, max).await {
                     crate::h1::Sent::Head(resp) => {
                         let status = resp.status().as_u16();
                         let _ = resp.into_body().collect().await;

@@ -1366,7 +1366,8 @@ pub async fn handle(
     let mut again: Option<usize> = None;
     let mut race_retry_used = false;
     let mut restart_replay_used = false;
-    let mut pending: Option<Request<UpBody>> = None;
+    // The body of a request that never reached the upstream, to resend.
+    let mut pending: Option<UpBody> = None;
 
     // The upstream's concurrency limit: a slot, or shed with 503.
     let permit = match &up.slots {
@@ -1499,9 +1500,7 @@ pub async fn handle(
         let info = conn.info.clone();
         let read_before = info.stats.read.load(Ordering::Relaxed);
         let written_before = info.stats.written.load(Ordering::Relaxed);
-        let req = pending
-            .take()
-            .unwrap_or_else(|| build(make_body(&mut stream)));
+        let body = pending.take().unwrap_or_else(|| make_body(&mut stream));
         info.stats.begin_response();
         // The head wait: read_timeout, shortened by the route's per-try
         // timeout and by what is left of its deadline.
@@ -1515,7 +1514,7 @@ pub async fn handle(
         let sent_at = Instant::now();
         // A streamed body or an upgrade goes through hyper's client, which
         // reads the response while a body is still being sent.
-        if matches!(req.body(), UpBody::Stream(..)) || client_upgrade.is_some() {
+        if matches!(body, UpBody::Stream(..)) || client_upgrade.is_some() {
             conn.tx = match conn.tx.take() {
                 Some(link) => match server.hyper_link(&cfg, link, &info).await {
                     Ok(l) => Some(l),
@@ -1535,19 +1534,23 @@ pub async fn handle(
         };
         let outcome = match conn.tx.take() {
             Some(Link::H1(wire)) => {
-                let (parts, body) = req.into_parts();
-                let fut = h1::exchange(wire, &parts, body, cfg.max_response_header_bytes);
+                // Encoded straight from the request head kept for replays
+                // (no copy of it).
+                let head = h1::Head {
+                    method: &method,
+                    target: &path,
+                    headers: &headers,
+                };
+                let fut = h1::exchange(wire, head, body, cfg.max_response_header_bytes);
                 match upstream::await_head(fut, &info, head_wait).await {
                     None => Outcome::TimedOut,
                     Some(h1::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::H1), None),
-                    Some(h1::Sent::Unsent(body)) => {
-                        Outcome::Unsent(Request::from_parts(parts, body))
-                    }
+                    Some(h1::Sent::Unsent(body)) => Outcome::Unsent(body),
                     Some(h1::Sent::Failed(e)) => Outcome::Failed(upstream::classify_h1(&e, &view)),
                 }
             }
             Some(Link::Http(mut tx)) => {
-                let fut = tx.try_send_request(req);
+                let fut = tx.try_send_request(build(body));
                 conn.tx = Some(Link::Http(tx));
                 match upstream::await_head(fut, &info, head_wait).await {
                     None => Outcome::TimedOut,
@@ -1558,7 +1561,7 @@ pub async fn handle(
                         Outcome::Head(resp.map(UpIncoming::Http), up_upgrade)
                     }
                     Some(Err(mut e)) => match e.take_message() {
-                        Some(req) => Outcome::Unsent(req),
+                        Some(req) => Outcome::Unsent(req.into_body()),
                         None => Outcome::Failed(upstream::classify_exchange(e.error(), &view)),
                     },
                 }
@@ -1569,7 +1572,6 @@ pub async fn handle(
                     server: conn.peer.clone(),
                     request_id: log.id.clone(),
                 };
-                let (parts, body) = req.into_parts();
                 let fut = fastcgi::exchange(
                     wire,
                     fcgi_head.as_deref().unwrap_or_default(),
@@ -1600,9 +1602,7 @@ pub async fn handle(
                     Some(fastcgi::Sent::Head(resp)) => {
                         Outcome::Head(resp.map(UpIncoming::Fcgi), None)
                     }
-                    Some(fastcgi::Sent::Unsent(body)) => {
-                        Outcome::Unsent(Request::from_parts(parts, body))
-                    }
+                    Some(fastcgi::Sent::Unsent(body)) => Outcome::Unsent(body),
                     Some(fastcgi::Sent::Failed(f)) => Outcome::Failed(f),
                 }
             }
@@ -1670,7 +1670,7 @@ pub async fn handle(
                     format!("no response head within {}s", head_wait.as_secs_f32()),
                 )
             }
-            Outcome::Unsent(req) => {
+            Outcome::Unsent(body) => {
                 // The connection was closed before a byte of this request
                 // was written: resend it as is on a fresh one, for any
                 // method (the upstream cannot have seen it).
@@ -1688,7 +1688,7 @@ pub async fn handle(
                             Some("fresh_connection"),
                         );
                         retry_metric(&gw, &cfg, "fresh_connection");
-                        pending = Some(req);
+                        pending = Some(body);
                         again = Some(si);
                         continue;
                     }
@@ -1875,9 +1875,9 @@ enum Outcome {
     Head(Response<UpIncoming>, Option<hyper::upgrade::OnUpgrade>),
     /// The response head did not come within the head wait.
     TimedOut,
-    /// The connection was dead before a byte was written: the request,
-    /// intact, to resend.
-    Unsent(Request<UpBody>),
+    /// The connection was dead before a byte was written: the request's
+    /// body, intact, to resend (the head is rebuilt from what was kept).
+    Unsent(UpBody),
     Failed(Failure),
 }
 
