@@ -28,6 +28,23 @@ async fn gateway(o: &Origin) -> Gw {
     .await
 }
 
+/// `n` requests made by `make` on one client connection through a gateway
+/// to an origin running `script`; the origin stays up for its counters.
+async fn on_one_connection(
+    script: Script,
+    n: usize,
+    make: fn(&str) -> Request<Full<Bytes>>,
+) -> (Origin, Gw, Vec<Resp>) {
+    let o = Origin::start(script).await.unwrap();
+    let gw = gateway(&o).await;
+    let mut c = Client::connect(gw.addr).await;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.send(make("/")).await);
+    }
+    (o, gw, out)
+}
+
 fn head(path: &str) -> Request<Full<Bytes>> {
     Request::head(path)
         .header("host", "test.local")
@@ -37,17 +54,13 @@ fn head(path: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test]
 async fn chunked_body_with_trailers_arrives_whole_and_the_connection_is_reused() {
-    let o = Origin::start(raw(
+    let script = raw(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n",
         false,
-    ))
-    .await
-    .unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..3 {
-        let r = c.send(get("/")).await;
+    );
+    let (o, _gw, rs) = on_one_connection(script, 3, get).await;
+    for r in rs {
         assert_eq!(r.status, 200);
         assert_eq!(r.body.as_ref().unwrap(), &b"hello world"[..]);
     }
@@ -61,16 +74,12 @@ async fn chunked_body_with_trailers_arrives_whole_and_the_connection_is_reused()
 
 #[tokio::test]
 async fn body_delimited_by_close_arrives_whole_and_is_not_reused() {
-    let o = Origin::start(raw(
+    let script = raw(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end\n",
         true,
-    ))
-    .await
-    .unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..2 {
-        let r = c.send(get("/")).await;
+    );
+    let (o, _gw, rs) = on_one_connection(script, 2, get).await;
+    for r in rs {
         assert_eq!(r.status, 200);
         assert_eq!(r.body.as_ref().unwrap(), &b"until the end\n"[..]);
     }
@@ -79,18 +88,14 @@ async fn body_delimited_by_close_arrives_whole_and_is_not_reused() {
 
 #[tokio::test]
 async fn interim_responses_are_skipped() {
-    let o = Origin::start(raw(
+    let script = raw(
         "HTTP/1.1 100 Continue\r\n\r\n\
          HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         false,
-    ))
-    .await
-    .unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..2 {
-        let r = c.send(get("/")).await;
+    );
+    let (o, _gw, rs) = on_one_connection(script, 2, get).await;
+    for r in rs {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("link"), "", "the 103's fields stay in the 103");
         assert_eq!(r.body.as_ref().unwrap(), &b"ok"[..]);
@@ -100,26 +105,18 @@ async fn interim_responses_are_skipped() {
 
 #[tokio::test]
 async fn head_and_204_responses_have_no_body_and_keep_the_connection() {
-    let o = Origin::start(raw("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", false))
-        .await
-        .unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..2 {
-        let r = c.send(head("/")).await;
+    let script = raw("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", false);
+    let (o, _gw, rs) = on_one_connection(script, 2, head).await;
+    for r in rs {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-length"), "10");
         assert_eq!(r.body.as_ref().unwrap(), &b""[..]);
     }
     assert_eq!(o.conns.load(Ordering::Relaxed), 1);
 
-    let o = Origin::start(raw("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false))
-        .await
-        .unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..2 {
-        let r = c.send(get("/")).await;
+    let script = raw("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false);
+    let (o, _gw, rs) = on_one_connection(script, 2, get).await;
+    for r in rs {
         assert_eq!(r.status, 204);
         assert_eq!(r.header("x-a"), "1");
         assert_eq!(r.body.as_ref().unwrap(), &b""[..]);
@@ -172,11 +169,8 @@ async fn conflicting_content_lengths_are_a_protocol_error() {
 #[tokio::test]
 async fn large_body_arrives_whole_and_the_connection_is_reused() {
     let body = "0123456789abcdef".repeat(1 << 18); // 4 MiB
-    let o = Origin::start(Script::Ok(body.clone())).await.unwrap();
-    let gw = gateway(&o).await;
-    let mut c = Client::connect(gw.addr).await;
-    for _ in 0..2 {
-        let r = c.send(get("/")).await;
+    let (o, _gw, rs) = on_one_connection(Script::Ok(body.clone()), 2, get).await;
+    for r in rs {
         assert_eq!(r.status, 200);
         assert_eq!(r.body.as_ref().unwrap(), body.as_bytes());
     }
