@@ -619,7 +619,7 @@ pub async fn exchange(
         push_record(&mut first, kind::STDIN, &[]);
     }
     if let Err(e) = wire.io.write_all(&first).await {
-        if is_dead_peer(&e) {
+        if crate::upstream::is_dead_peer(&e) {
             return Sent::Unsent(body);
         }
         return Sent::Failed(classify_write(&e));
@@ -703,13 +703,6 @@ pub async fn exchange(
             Record::Values(_) | Record::Other(_) => {}
         }
     }
-}
-
-pub(crate) fn is_dead_peer(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
-    )
 }
 
 /// Who a FastCGI server's stderr lines are logged under.

@@ -46,7 +46,7 @@ pub enum Sent {
 pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head: usize) -> Sent {
     let out = encode(&req, &body);
     if let Err(e) = wire.io.write_all(&out).await {
-        if crate::fastcgi::is_dead_peer(&e) {
+        if crate::upstream::is_dead_peer(&e) {
             return Sent::Unsent(body);
         }
         return Sent::Failed(Exchange::Io(e));

@@ -538,9 +538,20 @@ impl Wire {
     }
 }
 
+/// A write to a [`Wire`] that failed because the peer had already closed
+/// the connection: nothing was delivered, so the request may go, as it is,
+/// on a fresh connection.
+pub(crate) fn is_dead_peer(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+    )
+}
+
 /// A connection checked out for one request.
 pub struct Conn {
-    /// `None` once a FastCGI wire moved into its response body.
+    /// `None` once a wire (HTTP/1.1 or FastCGI) moved into its response
+    /// body.
     pub tx: Option<Link>,
     pub info: Arc<ConnInfo>,
     /// `Some(idle time)` when the connection came from the pool.
