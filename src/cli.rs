@@ -4,6 +4,12 @@
 //! codes. The only module that uses `anyhow`-style reporting; everything
 //! below returns typed errors.
 
+pub mod check;
+pub mod demo;
+pub mod doctor;
+pub mod logs;
+pub mod term;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,7 +162,7 @@ pub fn run() -> ExitCode {
             config,
             offline,
             json,
-        } => ExitCode::from(crate::check::run(&config, !offline, json)),
+        } => ExitCode::from(crate::cli::check::run(&config, !offline, json)),
         Cmd::Serve { config } => {
             init_tracing();
             let cfg = match config::load(&config) {
@@ -211,7 +217,7 @@ pub fn run() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            rt.block_on(crate::demo::run(listen, self_test))
+            rt.block_on(crate::cli::demo::run(listen, self_test))
         }
         Cmd::Incidents { config, dir, json } => {
             let store = match incident_store(&config, dir) {
@@ -227,7 +233,7 @@ pub fn run() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(v) => {
-                    print!("{}", crate::incidents::list_text(&v));
+                    print!("{}", crate::observe::incidents::list_text(&v));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -248,8 +254,10 @@ pub fn run() -> ExitCode {
                     let prefix = out.unwrap_or_else(|| PathBuf::from(format!("incident-{id}")));
                     let md = prefix.with_extension("md");
                     let html = prefix.with_extension("html");
-                    if let Err(e) = std::fs::write(&md, crate::incidents::report_md(&i))
-                        .and_then(|_| std::fs::write(&html, crate::incidents::report_html(&i)))
+                    if let Err(e) = std::fs::write(&md, crate::observe::incidents::report_md(&i))
+                        .and_then(|_| {
+                            std::fs::write(&html, crate::observe::incidents::report_html(&i))
+                        })
                     {
                         eprintln!("baton report: cannot write {}: {e}", md.display());
                         return ExitCode::from(2);
@@ -272,7 +280,7 @@ pub fn run() -> ExitCode {
             json,
             report,
             follow,
-        } => ExitCode::from(crate::logs::run(&crate::logs::Options {
+        } => ExitCode::from(crate::cli::logs::run(&crate::cli::logs::Options {
             files,
             json,
             report,
@@ -319,7 +327,7 @@ pub fn run() -> ExitCode {
                     }
                 }
             }
-            let mut opts = crate::doctor::Options {
+            let mut opts = crate::cli::doctor::Options {
                 timeout,
                 idle_wait,
                 ping_path: fcgi_ping,
@@ -346,7 +354,7 @@ pub fn run() -> ExitCode {
                 let mut all = Vec::new();
                 // The config's own findings first: the timeout ladder,
                 // header limits, shadowed routes (as `baton check`).
-                let ladder: Vec<String> = crate::check::findings(&cfg, false)
+                let ladder: Vec<String> = crate::cli::check::findings(&cfg, false)
                     .iter()
                     .map(|f| {
                         format!(
@@ -363,8 +371,8 @@ pub fn run() -> ExitCode {
                         println!("config: {f}");
                     }
                 }
-                for t in crate::doctor::config_targets(&cfg) {
-                    let r = match rt.block_on(crate::doctor::run(&t.target, &opts)) {
+                for t in crate::cli::doctor::config_targets(&cfg) {
+                    let r = match rt.block_on(crate::cli::doctor::run(&t.target, &opts)) {
                         Ok(r) => r,
                         Err(e) => {
                             eprintln!("baton doctor: {}: {e}", t.target);
@@ -372,7 +380,7 @@ pub fn run() -> ExitCode {
                             continue;
                         }
                     };
-                    let mut findings = crate::doctor::config_findings(&t, &r);
+                    let mut findings = crate::cli::doctor::config_findings(&t, &r);
                     // A FastCGI upstream is meant to speak FastCGI.
                     let code = if t.fastcgi && r.fastcgi {
                         0
@@ -390,7 +398,7 @@ pub fn run() -> ExitCode {
                         all.push(v);
                     } else {
                         println!("[upstreams.{}]", t.upstream);
-                        print!("{}", r.render(crate::term::Paint::stdout()));
+                        print!("{}", r.render(crate::cli::term::Paint::stdout()));
                         for f in findings.drain(..) {
                             println!("finding: {f}");
                         }
@@ -412,14 +420,14 @@ pub fn run() -> ExitCode {
             for i in 0..repeat.max(1) {
                 // The idle keep-alive watch once is enough.
                 let wait = if i == 0 { idle_wait } else { Duration::ZERO };
-                let o = crate::doctor::Options {
+                let o = crate::cli::doctor::Options {
                     idle_wait: wait,
                     ..opts.clone()
                 };
-                match rt.block_on(crate::doctor::run(&target, &o)) {
+                match rt.block_on(crate::cli::doctor::run(&target, &o)) {
                     Ok(r) => {
                         if !json {
-                            print!("{}", r.render(crate::term::Paint::stdout()));
+                            print!("{}", r.render(crate::cli::term::Paint::stdout()));
                         }
                         runs.push(r);
                     }
@@ -436,17 +444,17 @@ pub fn run() -> ExitCode {
                     serde_json::json!({
                         "target": target,
                         "runs": runs.iter().map(|r| r.json()).collect::<Vec<_>>(),
-                        "summary": crate::doctor::summary(&runs),
+                        "summary": crate::cli::doctor::summary(&runs),
                     })
                 };
                 println!("{v}");
             } else if runs.len() > 1 {
-                print!("{}", crate::doctor::summary_text(&runs));
+                print!("{}", crate::cli::doctor::summary_text(&runs));
             }
             ExitCode::from(runs.iter().map(|r| r.exit_code()).max().unwrap_or(0))
         }
         Cmd::Causes => {
-            print!("{}", crate::cause::Cause::markdown_table());
+            print!("{}", crate::core::cause::Cause::markdown_table());
             ExitCode::SUCCESS
         }
     }
@@ -457,7 +465,7 @@ pub fn run() -> ExitCode {
 fn incident_store(
     config: &std::path::Path,
     dir: Option<PathBuf>,
-) -> Result<crate::incidents::Store, String> {
+) -> Result<crate::observe::incidents::Store, String> {
     let dir = match dir {
         Some(d) => d,
         None => config::load(config)
@@ -466,7 +474,7 @@ fn incident_store(
             .dir
             .ok_or("the config has no [incidents] dir: incidents are not recorded")?,
     };
-    crate::incidents::Store::open_existing(&dir)
+    crate::observe::incidents::Store::open_existing(&dir)
 }
 
 /// Ctrl-C or SIGTERM.

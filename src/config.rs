@@ -784,7 +784,7 @@ fn shown(src: &str) -> String {
             } else if k == "webhook"
                 && let Some(u) = v.as_str().and_then(|u| u.parse::<http::Uri>().ok())
             {
-                *v = toml::Value::String(crate::incidents::shown_url(&u));
+                *v = toml::Value::String(crate::core::text::shown_url(&u));
             } else if k == "env"
                 && let Some(env) = v.as_table_mut()
             {

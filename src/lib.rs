@@ -31,27 +31,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod balance;
-pub mod cause;
-pub mod check;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod doctor;
-pub mod fastcgi;
-pub mod files;
-pub mod h1;
-pub mod health;
-pub mod incidents;
-pub mod limit;
-pub mod log;
-pub mod logs;
-pub mod metrics;
+pub mod core;
+pub mod gateway;
+pub mod observe;
 pub mod origin;
-pub mod pages;
 pub mod proxy;
-pub mod resolve;
 pub mod server;
-pub mod supervise;
-pub mod term;
 pub mod upstream;

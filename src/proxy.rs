@@ -7,14 +7,15 @@
 //! Must not: inspect raw errors (`upstream::classify_*` does), or know
 //! RFC 9209 tokens (`cause` does).
 
+pub mod pages;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -23,495 +24,20 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::cause::{Cause, Retry};
-use crate::config::{Balance, Config, HashKey, HostMatch, UpstreamConfig};
-use crate::fastcgi::{self, Target};
-use crate::h1;
-use crate::health;
-use crate::log::{self, AccessRecord, FailureRecord, Logs};
-use crate::metrics::{Metrics, RequestLabels, RetryLabels, RouteLabels};
-use crate::pages::{self, Format, PageInfo};
-use crate::resolve::Resolver;
-use crate::supervise::Supervisor;
+use crate::config::{Balance, HashKey, UpstreamConfig};
+use crate::core::cause::{Cause, Retry};
+use crate::core::failure::Failure;
+use crate::gateway::{Gateway, RouteMetrics, Runtime};
+use crate::observe::log::{AccessRecord, FailureRecord};
+use crate::observe::metrics::{RequestLabels, RetryLabels, RouteLabels};
+use crate::upstream::fastcgi::{self, Target};
+use crate::upstream::h1;
+use crate::upstream::health;
+use crate::upstream::supervise::Supervisor;
 use crate::upstream::{
-    self, AttemptView, Conn, ConnInfo, Dialer, Failure, Link, Server, TimedBody, UpBody,
-    UpIncoming, Upstream,
+    self, AttemptView, Conn, ConnInfo, Link, Server, TimedBody, UpBody, UpIncoming, Upstream,
 };
-
-/// A route's metric handles (the same series as the labelled families).
-pub struct RouteMetrics {
-    ok: prometheus_client::metrics::counter::Counter,
-    duration: prometheus_client::metrics::histogram::Histogram,
-    /// The route's upstream's incident tally.
-    track: Arc<crate::incidents::Track>,
-}
-
-/// Everything built from one config: swapped whole on reload, so a request
-/// finishes on the config it started with.
-pub struct Runtime {
-    pub config: Config,
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// One per route (`None` where the route has no rate_limit).
-    pub limiters: Vec<Option<crate::limit::Limiter>>,
-    /// One per route.
-    pub route_metrics: Vec<Arc<RouteMetrics>>,
-    pub dialer: Dialer,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Runtime {
-    /// `workers` is the number of worker threads (one idle list each).
-    pub fn new(config: Config, workers: usize, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let resolver = Resolver::new(&config.resolver, metrics.dns_stale.clone())?;
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(Upstream::new(u.clone(), workers)))
-            .collect();
-        let own = config.listen.clone();
-        let limiters = config
-            .routes
-            .iter()
-            .map(|r| r.rate_limit.clone().map(crate::limit::Limiter::new))
-            .collect();
-        let route_metrics = config
-            .routes
-            .iter()
-            .map(|r| {
-                Arc::new(RouteMetrics {
-                    ok: metrics
-                        .requests
-                        .get_or_create(&RequestLabels {
-                            route: r.name.clone(),
-                            status: 200,
-                        })
-                        .clone(),
-                    duration: metrics
-                        .duration
-                        .get_or_create(&RouteLabels {
-                            route: r.name.clone(),
-                        })
-                        .clone(),
-                    track: metrics.incidents.get(&config.upstreams[r.upstream].name),
-                })
-            })
-            .collect();
-        Ok(Runtime {
-            config,
-            upstreams,
-            limiters,
-            route_metrics,
-            dialer: Dialer { resolver, own },
-            metrics,
-        })
-    }
-
-    /// An active check changed a server's verdict: log and count it.
-    pub fn note_health(
-        &self,
-        up: &Upstream,
-        server: &Server,
-        why: Option<(Option<Cause>, String)>,
-    ) {
-        let to = if server.health.active() == health::Active::Up {
-            "up"
-        } else {
-            "down"
-        };
-        self.metrics.transition(&up.cfg.name, &server.label, to);
-        let (cause, details) = why.map_or((None, String::new()), |(c, d)| (c.map(Cause::id), d));
-        tracing::warn!(target: "baton::health", upstream = %up.cfg.name, server = %server.label, to, cause, details, "health check: server {to}");
-    }
-
-    /// First route in file order whose host and path prefix match.
-    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
-        self.config.routes.iter().position(|r| {
-            let host_ok = match &r.host {
-                None => true,
-                Some(HostMatch::Exact(h)) => h.eq_ignore_ascii_case(host),
-                Some(HostMatch::Suffix(s)) => {
-                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                }
-            };
-            host_ok && path_matches(&r.path, path)
-        })
-    }
-}
-
-/// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`; a prefix
-/// ending in `/` matches everything under it.
-fn path_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-    }
-}
-
-/// The running gateway shared by every connection.
-pub struct Gateway {
-    pub runtime: ArcSwap<Runtime>,
-    pub logs: Logs,
-    pub metrics: Arc<Metrics>,
-    ids: RequestIds,
-    /// Supervised backends by upstream name; they outlive reloads that
-    /// leave their `[process]` unchanged.
-    supervisors: ArcSwap<std::collections::HashMap<Arc<str>, Arc<Supervisor>>>,
-}
-
-impl Gateway {
-    /// Starts serving `rt` (and its health checkers).
-    pub fn new(rt: Runtime, logs: Logs) -> Self {
-        let rt = Arc::new(rt);
-        health::spawn_checkers(&rt);
-        upstream::spawn_reapers(&rt.upstreams);
-        Gateway {
-            metrics: rt.metrics.clone(),
-            runtime: ArcSwap::new(rt),
-            logs,
-            ids: RequestIds::new(),
-            supervisors: ArcSwap::from_pointee(Default::default()),
-        }
-    }
-
-    /// Everything the dashboard shows, as of now (`GET /api/state`).
-    pub fn state_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        let rt = self.runtime.load();
-        let now = health::now_ms();
-        let upstreams: Vec<serde_json::Value> = rt
-            .upstreams
-            .iter()
-            .map(|u| {
-                let servers: Vec<serde_json::Value> = u
-                    .servers
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "server": &*s.label,
-                            "usable": s.health.usable(now),
-                            "active": format!("{:?}", s.health.active()).to_ascii_lowercase(),
-                            "ejected": s.health.ejected(now),
-                            "draining": s.health.draining.load(Ordering::Relaxed),
-                            "inflight": s.inflight.load(Ordering::Relaxed),
-                        })
-                    })
-                    .collect();
-                let process = self.supervisor(&u.cfg.name).map(|s| {
-                    let st = s.status();
-                    json!({"state": st.state.as_str(), "restarts": st.restarts, "pid": st.pid, "last_exit": st.last_exit})
-                });
-                json!({
-                    "name": &*u.cfg.name,
-                    "servers": servers,
-                    "process": process,
-                    "tally": self.metrics.incidents.view(&u.cfg.name),
-                    "queue": u.slots.as_ref().map(|q| json!({"waiting": q.waiting(), "limit": q.limit().unwrap_or(u.cfg.max_concurrent.unwrap_or(0))})),
-                    "read_timeout_ms": u.cfg.read_timeout.as_millis() as u64,
-                    "connect_timeout_ms": u.cfg.connect_timeout.as_millis() as u64,
-                    "retries": u.cfg.retries,
-                })
-            })
-            .collect();
-        let routes: Vec<serde_json::Value> = rt
-            .config
-            .routes
-            .iter()
-            .map(|r| {
-                json!({
-                    "name": &*r.name,
-                    "host": match &r.host {
-                        None => "*".to_string(),
-                        Some(crate::config::HostMatch::Exact(h)) => h.clone(),
-                        Some(crate::config::HostMatch::Suffix(h)) => format!("*{h}"),
-                    },
-                    "path": r.path,
-                    "upstream": &*rt.config.upstreams[r.upstream].name,
-                })
-            })
-            .collect();
-        json!({
-            "time": crate::log::now(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "listen": rt.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "upstreams": upstreams,
-            "routes": routes,
-            "incidents_open": self.metrics.incidents.open_incidents(),
-            "latency_bounds_ms": crate::incidents::latency_bounds_ms(),
-            "series": self.metrics.incidents.series(),
-            "actions": rt.config.dashboard_actions,
-            "config_toml": rt.config.shown,
-            "events": self.metrics.incidents.recent_events(30),
-            // The running config, without what could be a secret: the
-            // alert webhook's path and query, the alert command.
-            "config": {
-                "incidents": {"recorded": rt.config.incidents.dir.is_some(), "error_rate": rt.config.incidents.error_rate, "window_s": rt.config.incidents.window.as_secs(), "min_requests": rt.config.incidents.min_requests},
-                "alerts": {
-                    "webhook": rt.config.alerts.webhook.as_ref().map(crate::incidents::shown_url),
-                    "command": rt.config.alerts.command.as_ref().map(|_| "(set)"),
-                },
-            },
-        })
-    }
-
-    /// Starts the detector: the dashboard's series always, incidents when
-    /// `[incidents]` is configured. It ends with the gateway.
-    pub fn spawn_incidents(self: &Arc<Self>) {
-        let rt = self.runtime.load();
-        let cfg = rt.config.incidents.clone();
-        let alerts = rt.config.alerts.clone();
-        let gw = Arc::downgrade(self);
-        tokio::spawn(crate::incidents::detect(
-            self.metrics.incidents.clone(),
-            cfg,
-            alerts,
-            move |name| {
-                let gw = gw.upgrade()?;
-                let rt = gw.runtime.load();
-                let now = health::now_ms();
-                let usable = rt
-                    .upstreams
-                    .iter()
-                    .find(|u| &*u.cfg.name == name)
-                    .map(|u| u.servers.iter().any(|s| s.health.usable(now)));
-                let restarts = gw.supervisor(name).map(|s| s.status().restarts);
-                Some(crate::incidents::UpstreamNow { usable, restarts })
-            },
-            {
-                let gw = Arc::downgrade(self);
-                move |id| {
-                    gw.upgrade()
-                        .map_or_else(Vec::new, |gw| gw.logs.failure_lines(id))
-                }
-            },
-        ));
-    }
-
-    /// The supervisor of an upstream's backend, if it has one.
-    pub fn supervisor(&self, upstream: &str) -> Option<Arc<Supervisor>> {
-        self.supervisors.load().get(upstream).cloned()
-    }
-
-    /// Every supervisor, by upstream name.
-    pub fn supervisors(&self) -> Vec<Arc<Supervisor>> {
-        let mut v: Vec<_> = self.supervisors.load().values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-
-    /// Starts a supervisor for each upstream with `[process]` in the
-    /// running config, keeps those whose `[process]` did not change,
-    /// restarts changed ones and stops removed ones.
-    pub fn sync_supervisors(self: &Arc<Self>) {
-        let rt = self.runtime.load_full();
-        let old = self.supervisors.load_full();
-        let mut next = std::collections::HashMap::new();
-        for u in &rt.upstreams {
-            let Some(pc) = &u.cfg.process else { continue };
-            let name = u.cfg.name.clone();
-            let sup = match old.get(&name) {
-                Some(s) if *s.cfg == **pc => s.clone(),
-                prev => {
-                    let weak = Arc::downgrade(self);
-                    let probe_name = name.clone();
-                    let probe: crate::supervise::HealthProbe = Arc::new(move || {
-                        let gw = weak.upgrade()?;
-                        let rt = gw.runtime.load();
-                        let up = rt.upstreams.iter().find(|u| u.cfg.name == probe_name)?;
-                        up.cfg.health.as_ref()?;
-                        Some(
-                            up.servers
-                                .iter()
-                                .any(|s| s.health.active() == health::Active::Up),
-                        )
-                    });
-                    Supervisor::spawn(name.clone(), pc.clone(), probe, prev.cloned())
-                }
-            };
-            next.insert(name, sup);
-        }
-        for (name, s) in old.iter() {
-            if !next.contains_key(name) {
-                let s = s.clone();
-                tokio::spawn(async move { s.stop().await });
-            }
-        }
-        self.supervisors.store(Arc::new(next));
-    }
-
-    /// Waits (each at most its start_wait) for the supervised backends to
-    /// be ready, so the first requests do not wait.
-    pub async fn backends_ready(&self) {
-        for s in self.supervisors() {
-            let _ = s.wait_ready(None).await;
-        }
-    }
-
-    /// Stops every supervised backend gracefully.
-    pub async fn stop_supervisors(&self) {
-        let all = self.supervisors();
-        self.supervisors.store(Arc::new(Default::default()));
-        for s in all {
-            s.stop().await;
-        }
-    }
-
-    /// Re-reads the config file and swaps it in. A bad file changes
-    /// nothing: the old config keeps serving and the errors are returned.
-    /// In-flight requests finish on the old config; its pooled connections
-    /// close when the last of them ends, and its health checkers stop.
-    pub fn reload(self: &Arc<Self>) -> Result<Vec<String>, String> {
-        let old = self.runtime.load_full();
-        let Some(path) = old.config.source.clone() else {
-            return Err("this gateway was not started from a config file".into());
-        };
-        let cfg = crate::config::load(&path).map_err(|e| e.to_string())?;
-        let mut notes = Vec::new();
-        let c = &old.config;
-        if cfg.listen != c.listen || cfg.admin != c.admin || cfg.workers != c.workers {
-            notes.push("listen, admin and workers changes take effect after a restart".to_string());
-        }
-        if cfg.log.access != c.log.access
-            || cfg.log.errors != c.log.errors
-            || cfg.log.access_format != c.log.access_format
-        {
-            notes.push("[log] changes take effect after a restart".to_string());
-        }
-        if cfg.incidents != c.incidents || cfg.alerts != c.alerts {
-            notes.push("[incidents] and [alerts] changes take effect after a restart".to_string());
-        }
-        let workers = old.upstreams.first().map_or(1, |u| u.workers());
-        let mut rt = Runtime::new(cfg, workers, self.metrics.clone())?;
-        rt.dialer.own = old.dialer.own.clone();
-        // A drain is the operator's decision (a deploy in progress): it
-        // outlives a reload for the same server of the same upstream.
-        for up in &rt.upstreams {
-            let Some(was) = old.upstreams.iter().find(|o| o.cfg.name == up.cfg.name) else {
-                continue;
-            };
-            for s in &up.servers {
-                if was
-                    .servers
-                    .iter()
-                    .any(|o| o.label == s.label && o.health.draining.load(Ordering::Relaxed))
-                {
-                    s.health.draining.store(true, Ordering::Relaxed);
-                    notes.push(format!(
-                        "{}: still draining (POST /undrain to end it)",
-                        s.label
-                    ));
-                }
-            }
-        }
-        let rt = Arc::new(rt);
-        health::spawn_checkers(&rt);
-        upstream::spawn_reapers(&rt.upstreams);
-        for (key, problem) in crate::upstream::socket_findings(&rt.config, true) {
-            notes.push(format!("{key}: {}", problem.message()));
-        }
-        self.runtime.store(rt);
-        self.sync_supervisors();
-        tracing::info!(file = %path.display(), ?notes, "config reloaded");
-        self.metrics.incidents.event(
-            "reload",
-            None,
-            format!("config reloaded from {}", path.display()),
-        );
-        Ok(notes)
-    }
-
-    /// Starts (`Some(true)`) or stops draining the server labelled `label`,
-    /// or just reports; returns (draining, requests in flight), or `None`
-    /// if no upstream has that server.
-    pub fn drain(&self, label: &str, on: Option<bool>) -> Option<(bool, usize)> {
-        let rt = self.runtime.load();
-        let mut found: Option<(bool, usize)> = None;
-        for up in &rt.upstreams {
-            for s in up.servers.iter().filter(|s| &*s.label == label) {
-                if let Some(on) = on {
-                    s.health.draining.store(on, Ordering::Relaxed);
-                }
-                let f = found.get_or_insert((false, 0));
-                f.0 |= s.health.draining.load(Ordering::Relaxed);
-                f.1 += s.inflight.load(Ordering::Relaxed);
-            }
-        }
-        found
-    }
-
-    /// Publishes log drops into the metric (called when metrics are read).
-    pub fn sync_counters(&self) {
-        for sup in self.supervisors() {
-            let st = sup.status();
-            for state in [
-                crate::supervise::State::Starting,
-                crate::supervise::State::Running,
-                crate::supervise::State::Backoff,
-                crate::supervise::State::Stopped,
-            ] {
-                self.metrics
-                    .backend_state
-                    .get_or_create(&crate::metrics::BackendLabels {
-                        upstream: sup.name.clone(),
-                        state: state.as_str(),
-                    })
-                    .set((st.state == state) as i64);
-            }
-            let c = self
-                .metrics
-                .backend_restarts
-                .get_or_create(&crate::metrics::UpstreamLabels {
-                    upstream: sup.name.clone(),
-                });
-            if st.restarts > c.get() {
-                c.inc_by(st.restarts - c.get());
-            }
-        }
-        let d = self.logs.access.dropped.load(Ordering::Relaxed)
-            + self.logs.errors.dropped.load(Ordering::Relaxed);
-        let cur = self.metrics.log_dropped.get();
-        if d > cur {
-            self.metrics.log_dropped.inc_by(d - cur);
-        }
-    }
-}
-
-/// Request IDs: unique per process, not guessable across restarts.
-struct RequestIds {
-    seed: u64,
-    counter: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let seed =
-            (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ (&t as *const _ as u64);
-        RequestIds {
-            seed,
-            counter: AtomicU64::new(0),
-        }
-    }
-    fn next(&self) -> HeaderValue {
-        // splitmix64 of seed + counter: a bijection, so IDs never repeat
-        // within a process.
-        let mut z = self.seed.wrapping_add(
-            self.counter
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0u8; 16];
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
-    }
-}
+use pages::{Format, PageInfo};
 
 /// An incoming `X-Request-Id` is kept when it is 1-128 safe characters.
 fn valid_request_id(v: &HeaderValue) -> bool {
@@ -729,7 +255,7 @@ pub fn proxy_status(
 pub enum RespBody {
     Local(Option<Bytes>),
     Proxied(Box<ProxiedBody>),
-    File(Box<crate::files::FileBody>),
+    File(Box<crate::upstream::files::FileBody>),
 }
 
 impl Body for RespBody {
@@ -820,7 +346,7 @@ impl ReqLog {
             gw.metrics.failure(u, f.cause);
         }
         gw.logs.failure(&FailureRecord {
-            time: log::now(),
+            time: crate::core::clock::now(),
             level: "error",
             msg: "upstream failure",
             request_id: self.id(),
@@ -853,7 +379,7 @@ impl ReqLog {
         if let Some(m) = &self.route_metrics {
             m.track.request(elapsed);
             if let Some(c) = cause
-                && crate::incidents::counts(c)
+                && crate::observe::incidents::counts(c)
             {
                 m.track.failure(
                     c,
@@ -1076,7 +602,7 @@ pub async fn handle(
     let rt = gw.runtime.load_full();
     let id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
-        _ => gw.ids.next(),
+        _ => gw.next_request_id(),
     };
     let combined =
         gw.logs.access.enabled() && gw.logs.access_format == crate::config::AccessFormat::Combined;
@@ -1136,14 +662,14 @@ pub async fn handle(
     if let Some(limiter) = &rt.limiters[ri] {
         let key = match &limiter.config().key {
             crate::config::RateKey::ClientIp => client_key(client),
-            crate::config::RateKey::Header(h) => {
-                crate::balance::fnv1a(req.headers().get(h).map_or(&b""[..], |v| v.as_bytes()))
-            }
+            crate::config::RateKey::Header(h) => crate::upstream::balance::fnv1a(
+                req.headers().get(h).map_or(&b""[..], |v| v.as_bytes()),
+            ),
         };
-        let v = limiter.check(key, health::now_ms() * 1000);
+        let v = limiter.check(key, crate::core::clock::now_ms() * 1000);
         let hv = (
             HeaderValue::from_str(&limiter.policy()).ok(),
-            HeaderValue::from_str(&crate::limit::Limiter::header(&v)).ok(),
+            HeaderValue::from_str(&crate::gateway::limit::Limiter::header(&v)).ok(),
         );
         if !v.allowed {
             let f = Failure::with(
@@ -1335,7 +861,7 @@ pub async fn handle(
     let retries = policy.retries.unwrap_or(cfg.retries) as usize;
     let deadline = policy.deadline.map(|d| start + d);
     // One clock read serves the first attempt (budget, choice, success).
-    let mut now = health::now_ms();
+    let mut now = crate::core::clock::now_ms();
     up.budget.request(now);
     // Whether another server may take this request: retries and servers
     // are left, the deadline has not passed, and, for a retry that may
@@ -1346,15 +872,17 @@ pub async fn handle(
     // down.
     let another_server = |tried: &[usize], budgeted: bool| -> bool {
         if tried.len() > retries
-            || !up.has_candidate(tried, health::now_ms())
+            || !up.has_candidate(tried, crate::core::clock::now_ms())
             || deadline.is_some_and(|d| Instant::now() >= d)
         {
             return false;
         }
         if budgeted
-            && !up
-                .budget
-                .try_retry(health::now_ms(), policy.budget_percent, policy.budget_min)
+            && !up.budget.try_retry(
+                crate::core::clock::now_ms(),
+                policy.budget_percent,
+                policy.budget_min,
+            )
         {
             retry_metric(&gw, &cfg, "budget_exhausted");
             return false;
@@ -1376,8 +904,8 @@ pub async fn handle(
             Ok(p) => Some(p),
             Err(why) => {
                 let reason = match why {
-                    crate::balance::Shed::QueueFull => "queue_full",
-                    crate::balance::Shed::QueueTimeout => "queue_timeout",
+                    crate::upstream::balance::Shed::QueueFull => "queue_full",
+                    crate::upstream::balance::Shed::QueueTimeout => "queue_timeout",
                 };
                 gw.metrics.shed(&cfg.name, reason);
                 let f = Failure::with(
@@ -1404,7 +932,7 @@ pub async fn handle(
 
     loop {
         if log.attempts > 0 {
-            now = health::now_ms();
+            now = crate::core::clock::now_ms();
         }
         let fresh_only = again.is_some();
         let si = match again.take().or_else(|| up.choose(&tried, key, now)) {
@@ -1610,10 +1138,10 @@ pub async fn handle(
         };
         if let Some(slots) = &up.slots {
             let latency = matches!(outcome, Outcome::Head(..)).then(|| sent_at.elapsed());
-            if let Some(limit) = slots.observe(latency, health::now_ms()) {
+            if let Some(limit) = slots.observe(latency, crate::core::clock::now_ms()) {
                 gw.metrics
                     .concurrency_limit
-                    .get_or_create(&crate::metrics::UpstreamLabels {
+                    .get_or_create(&crate::observe::metrics::UpstreamLabels {
                         upstream: cfg.name.clone(),
                     })
                     .set(limit as i64);
@@ -1788,7 +1316,7 @@ fn add_rate_headers(
 
 /// The key of a client's address, for client-IP hashing and rate limits.
 fn client_key(client: SocketAddr) -> u64 {
-    crate::balance::fnv1a(client.ip().to_string().as_bytes())
+    crate::upstream::balance::fnv1a(client.ip().to_string().as_bytes())
 }
 
 /// The request's consistent-hash key, when the upstream hashes.
@@ -1800,7 +1328,7 @@ fn hash_key(balance: &Balance, headers: &HeaderMap, client: SocketAddr) -> Optio
         HashKey::ClientIp => Some(client_key(client)),
         HashKey::Header(name) => headers
             .get(name)
-            .map(|v| crate::balance::fnv1a(v.as_bytes())),
+            .map(|v| crate::upstream::balance::fnv1a(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
@@ -1808,7 +1336,7 @@ fn hash_key(balance: &Balance, headers: &HeaderMap, client: SocketAddr) -> Optio
             .flat_map(|v| v.split(';'))
             .find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;
-                (k == name).then(|| crate::balance::fnv1a(v.as_bytes()))
+                (k == name).then(|| crate::upstream::balance::fnv1a(v.as_bytes()))
             }),
     }
 }
@@ -1818,7 +1346,7 @@ fn passive_failure(gw: &Gateway, up: &Upstream, server: &Arc<Server>, counts: bo
     if !counts {
         return;
     }
-    let now = health::now_ms();
+    let now = crate::core::clock::now_ms();
     let t = {
         let _one_at_a_time = up.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
         server
@@ -1918,10 +1446,11 @@ fn serve_file(
     req: &Request<Incoming>,
     fc: &crate::config::FastCgiConfig,
 ) -> Response<RespBody> {
-    let a = crate::files::answer(file, name, req.method(), req.headers(), fc.static_max_age);
+    let a =
+        crate::upstream::files::answer(file, name, req.method(), req.headers(), fc.static_max_age);
     let len = a.body.as_ref().map_or(0, |b| b.1);
     let mut r = Response::new(match a.body {
-        Some((f, n)) => RespBody::File(Box::new(crate::files::FileBody::new(f, n))),
+        Some((f, n)) => RespBody::File(Box::new(crate::upstream::files::FileBody::new(f, n))),
         None => RespBody::Local(None),
     });
     *r.status_mut() = a.status;
@@ -1952,12 +1481,12 @@ impl Drop for InFlight {
 struct Held {
     // Never read: they act when dropped, with the response.
     _busy: InFlight,
-    _permit: Option<crate::balance::Slot>,
+    _permit: Option<crate::upstream::balance::Slot>,
 }
 
 /// The route's backoff before the next attempt (none by default).
 async fn pause(base: std::time::Duration, attempt: u32, start: Instant) {
-    let d = crate::balance::backoff(base, attempt, start.elapsed().as_nanos() as u64);
+    let d = crate::upstream::balance::backoff(base, attempt, start.elapsed().as_nanos() as u64);
     if !d.is_zero() {
         tokio::time::sleep(d).await;
     }
@@ -2057,7 +1586,7 @@ fn status_page(
     log: ReqLog,
     accept: Option<&HeaderValue>,
 ) -> Response<RespBody> {
-    let now = health::now_ms();
+    let now = crate::core::clock::now_ms();
     let since = gw.metrics.incidents.last_change_by_upstream();
     let open: std::collections::HashMap<String, i64> = gw
         .metrics
@@ -2083,7 +1612,7 @@ fn status_page(
         })
         .collect();
     let worst = |st: &str| rows.iter().any(|r| r.1 == st);
-    let checked = crate::logs::clock(
+    let checked = crate::core::clock::clock(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
@@ -2091,12 +1620,12 @@ fn status_page(
     let (ctype, body) = if Format::negotiate(accept.map(|v| v.as_bytes())) == Format::Json {
         let v = serde_json::json!({
             "up": !worst("down") && !worst("failing"),
-            "time": log::now(),
-            "services": rows.iter().map(|(n, st, t)| serde_json::json!({"name": n, "up": *st == "working", "state": st, "since": t.map(crate::logs::clock)})).collect::<Vec<_>>(),
+            "time": crate::core::clock::now(),
+            "services": rows.iter().map(|(n, st, t)| serde_json::json!({"name": n, "up": *st == "working", "state": st, "since": t.map(crate::core::clock::clock)})).collect::<Vec<_>>(),
         });
         ("application/json", v.to_string() + "\n")
     } else {
-        let esc = pages::html_escape;
+        let esc = crate::core::text::html_escape;
         let list: String = rows
             .iter()
             .map(|(n, st, t)| {
@@ -2110,7 +1639,7 @@ fn status_page(
                     },
                     t.map_or(String::new(), |t| format!(
                         " (since {} UTC)",
-                        crate::logs::clock(t)
+                        crate::core::clock::clock(t)
                     ))
                 )
             })
@@ -2199,15 +1728,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_prefixes() {
-        assert!(path_matches("/", "/anything"));
-        assert!(path_matches("/api", "/api"));
-        assert!(path_matches("/api", "/api/v1"));
-        assert!(!path_matches("/api", "/apix"));
-        assert!(path_matches("/api/", "/api/x"));
-    }
-
-    #[test]
     fn proxy_status_escapes() {
         let v = proxy_status(
             Cause::ConnectionRefused,
@@ -2252,14 +1772,5 @@ mod tests {
         assert_eq!(strip_port("example.com:8080"), "example.com");
         assert_eq!(strip_port("[::1]:8080"), "::1");
         assert_eq!(strip_port("example.com"), "example.com");
-    }
-
-    #[test]
-    fn request_ids_are_unique() {
-        let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 16);
     }
 }

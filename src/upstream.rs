@@ -8,6 +8,14 @@
 //!
 //! Must not: decide whether to retry (that is `proxy`), or build responses.
 
+pub mod balance;
+pub mod fastcgi;
+pub mod files;
+pub mod h1;
+pub mod health;
+pub mod resolve;
+pub mod supervise;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -27,44 +35,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
 
-use crate::cause::Cause;
 use crate::config::{ServerAddr, UpstreamConfig};
-use crate::resolve::{ResolveError, Resolver};
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+use crate::upstream::resolve::{ResolveError, Resolver};
 use rustls::pki_types::ServerName;
-
-/// Why an attempt failed: one cause plus what the operator needs to see.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub cause: Cause,
-    /// Short, safe to show (goes into `Proxy-Status` `details`).
-    pub details: Option<String>,
-    pub errno: Option<i32>,
-    /// The status the upstream sent, when it sent one before failing.
-    pub received_status: Option<u16>,
-}
-
-impl Failure {
-    pub fn new(cause: Cause) -> Self {
-        Failure {
-            cause,
-            details: None,
-            errno: None,
-            received_status: None,
-        }
-    }
-    pub fn with(cause: Cause, details: impl Into<String>) -> Self {
-        Failure {
-            cause,
-            details: Some(details.into()),
-            errno: None,
-            received_status: None,
-        }
-    }
-    fn errno(mut self, e: &io::Error) -> Self {
-        self.errno = e.raw_os_error();
-        self
-    }
-}
 
 /// The request body sent upstream: empty, buffered (replayable) or streamed.
 pub enum UpBody {
@@ -393,7 +368,7 @@ pub struct Server {
     pub addr: ServerAddr,
     pub weight: u32,
     pub backup: bool,
-    pub health: crate::health::Health,
+    pub health: crate::upstream::health::Health,
     /// Requests in flight on this server (for least_request).
     pub inflight: AtomicUsize,
     /// FastCGI requests waiting for a worker of this server: connecting,
@@ -454,7 +429,7 @@ fn tls_name(tls: &crate::config::UpstreamTls, addr: &ServerAddr) -> Option<Serve
 }
 
 /// What a request is sent over: an HTTP/1.1 wire driven by the request
-/// itself ([`crate::h1`]), hyper's HTTP/1.1 client connection (driven by
+/// itself ([`crate::upstream::h1`]), hyper's HTTP/1.1 client connection (driven by
 /// its own task: streamed request bodies and upgrades), or a FastCGI wire.
 pub enum Link {
     H1(Box<Wire>),
@@ -472,7 +447,7 @@ impl Link {
 }
 
 /// A connection baton reads and writes itself, from the request's own
-/// task (HTTP/1.1 in [`crate::h1`], FastCGI): the metered stream and what
+/// task (HTTP/1.1 in [`crate::upstream::h1`], FastCGI): the metered stream and what
 /// was read ahead of the current message.
 pub struct Wire {
     pub io: Metered,
@@ -569,14 +544,14 @@ pub struct Upstream {
     pub(crate) ring: Vec<(u64, usize)>,
     /// Requests in flight to the whole upstream and the queue, when
     /// `max_concurrent` is set.
-    pub(crate) slots: Option<crate::balance::Slots>,
-    pub(crate) budget: crate::balance::RetryBudget,
+    pub(crate) slots: Option<crate::upstream::balance::Slots>,
+    pub(crate) budget: crate::upstream::balance::RetryBudget,
     /// Serialises ejection decisions so concurrent failures cannot eject
     /// more than max_ejected_percent of the pool between them.
     pub(crate) eject_lock: Mutex<()>,
     /// A FastCGI upstream's document root, held open (`None` if it could
     /// not be opened; requests then get 404 with the reason logged).
-    pub docroot: Option<crate::fastcgi::DocRoot>,
+    pub docroot: Option<crate::upstream::fastcgi::DocRoot>,
 }
 
 /// What every connect needs besides the server.
@@ -599,7 +574,7 @@ impl Upstream {
                     addr: a.clone(),
                     weight: spec.weight,
                     backup: spec.backup,
-                    health: crate::health::Health::new(cfg.health.is_some()),
+                    health: crate::upstream::health::Health::new(cfg.health.is_some()),
                     inflight: AtomicUsize::new(0),
                     awaiting_worker: AtomicUsize::new(0),
                     resolved: Mutex::new((0, Vec::new())),
@@ -614,12 +589,12 @@ impl Upstream {
                 })
             })
             .collect();
-        let ring = crate::balance::ring(&servers);
+        let ring = crate::upstream::balance::ring(&servers);
         let slots = cfg
             .max_concurrent
-            .map(|n| crate::balance::Slots::new(n, cfg.queue, cfg.adaptive.as_ref()));
+            .map(|n| crate::upstream::balance::Slots::new(n, cfg.queue, cfg.adaptive.as_ref()));
         let docroot = cfg.fastcgi.as_ref().and_then(|f| {
-            crate::fastcgi::DocRoot::open(&f.root)
+            crate::upstream::fastcgi::DocRoot::open(&f.root)
                 .map_err(|e| {
                     tracing::error!(upstream = %cfg.name, root = %f.root.display(), error = %e, "cannot open the document root");
                 })
@@ -688,7 +663,7 @@ impl Server {
         let mut sorted = addrs.to_vec();
         sorted.sort();
         let mut r = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
-        r.0 = crate::health::now_ms();
+        r.0 = crate::core::clock::now_ms();
         if r.1 != sorted {
             let changed = !r.1.is_empty();
             r.1 = sorted;
@@ -707,7 +682,7 @@ impl Server {
         let ServerAddr::Name { host, .. } = &self.addr else {
             return;
         };
-        let stale = crate::health::now_ms()
+        let stale = crate::core::clock::now_ms()
             .saturating_sub(self.resolved.lock().unwrap_or_else(|e| e.into_inner()).0)
             > 1000;
         if stale && let Ok(a) = dialer.resolver.resolve(host).await {
@@ -968,7 +943,7 @@ impl Server {
     }
 
     /// Hands an idle HTTP/1.1 wire to hyper's client connection, driven by
-    /// a task of its own, for a request [`crate::h1`] does not carry (a
+    /// a task of its own, for a request [`crate::upstream::h1`] does not carry (a
     /// streamed body, an upgrade). Other links are returned as they are.
     pub async fn hyper_link(
         self: &Arc<Self>,
@@ -1077,7 +1052,7 @@ async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure>
 pub fn classify_connect_io(e: &io::Error, to: &str) -> Failure {
     let unix = to.starts_with("unix:");
     let errno = e.raw_os_error().unwrap_or(0);
-    let cause = Cause::from_errno(errno, crate::cause::Phase::Connect, unix);
+    let cause = Cause::from_errno(errno, crate::core::cause::Phase::Connect, unix);
     let details = match cause {
         Cause::ConnectionRefused if unix => {
             format!("nothing is listening on {to} (the socket file exists)")
@@ -1172,7 +1147,7 @@ pub struct AttemptView<'a> {
 }
 
 /// What went wrong sending a request or reading its response head, as
-/// [`crate::h1`] reports it.
+/// [`crate::upstream::h1`] reports it.
 #[derive(Debug)]
 pub enum Exchange {
     Io(io::Error),
@@ -1209,7 +1184,7 @@ pub fn classify_exchange(e: &hyper::Error, v: &AttemptView<'_>) -> Failure {
     classify_fault(fault, v)
 }
 
-/// Classifies a failed [`crate::h1`] exchange.
+/// Classifies a failed [`crate::upstream::h1`] exchange.
 pub fn classify_h1(e: &Exchange, v: &AttemptView<'_>) -> Failure {
     classify_fault(
         match e {
@@ -1224,7 +1199,7 @@ pub fn classify_h1(e: &Exchange, v: &AttemptView<'_>) -> Failure {
 
 fn classify_fault(fault: Fault<'_>, v: &AttemptView<'_>) -> Failure {
     let mut f = classify_fault_inner(fault, v);
-    if f.cause.phase() == crate::cause::Phase::ReadHead {
+    if f.cause.phase() == crate::core::cause::Phase::ReadHead {
         f.received_status = v.info.stats.received_status();
     }
     f
@@ -1322,12 +1297,12 @@ pub fn classify_body(e: &hyper::Error) -> Failure {
     classify_body_io(find_io(e))
 }
 
-/// Classifies a [`crate::h1`] response body that failed.
-pub fn classify_h1_body(f: &crate::h1::BodyFault) -> Failure {
+/// Classifies a [`crate::upstream::h1`] response body that failed.
+pub fn classify_h1_body(f: &crate::upstream::h1::BodyFault) -> Failure {
     match f {
-        crate::h1::BodyFault::Io(e) => classify_body_io(Some(e)),
-        crate::h1::BodyFault::Closed => classify_body_io(None),
-        crate::h1::BodyFault::BadChunk => Failure::with(
+        crate::upstream::h1::BodyFault::Io(e) => classify_body_io(Some(e)),
+        crate::upstream::h1::BodyFault::Closed => classify_body_io(None),
+        crate::upstream::h1::BodyFault::BadChunk => Failure::with(
             Cause::ResponseIncomplete,
             "invalid chunked encoding in the response body",
         ),
@@ -1404,9 +1379,9 @@ where
 
 /// A response body as it comes from the upstream.
 pub enum UpIncoming {
-    H1(crate::h1::H1Body),
+    H1(crate::upstream::h1::H1Body),
     Http(Incoming),
-    Fcgi(crate::fastcgi::FcgiBody),
+    Fcgi(crate::upstream::fastcgi::FcgiBody),
 }
 
 /// A response body from the upstream with the body read timeout applied.

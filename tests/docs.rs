@@ -5,7 +5,7 @@ fn errors_md_has_the_cause_table() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md")).unwrap();
     assert!(
-        doc.contains(&baton::cause::Cause::markdown_table()),
+        doc.contains(&baton::core::cause::Cause::markdown_table()),
         "docs/errors.md is out of date: run `baton causes` and paste the table"
     );
 }
@@ -64,7 +64,7 @@ async fn metrics_md_and_the_grafana_dashboard_match_the_served_metrics() {
     documented.sort();
     // Families without samples yet are not served: compare with what the
     // code registers, and check the served ones by their exact names.
-    let src = std::fs::read_to_string(format!("{root}/src/metrics.rs")).unwrap();
+    let src = std::fs::read_to_string(format!("{root}/src/observe/metrics.rs")).unwrap();
     let mut registered: Vec<String> = src
         .split("registry.register(")
         .skip(1)

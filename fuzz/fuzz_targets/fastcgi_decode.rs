@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    baton::fastcgi::fuzz_decode(data);
+    baton::upstream::fastcgi::fuzz_decode(data);
 });

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
-use crate::cause::Cause;
 use crate::config::{ProcessConfig, Readiness, RestartPolicy};
-use crate::upstream::Failure;
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
 
 /// Where a backend is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

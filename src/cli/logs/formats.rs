@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::cause::{Cause, Phase};
+use crate::core::cause::{Cause, Phase};
 
 /// Who wrote a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1243,7 +1243,7 @@ re!(
 fn syslog_time(line: &str) -> Option<i64> {
     let c = SYSLOG.captures(line)?;
     let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
-    let year = crate::log::now()[..4].parse().unwrap_or(1970);
+    let year = crate::core::clock::now()[..4].parse().unwrap_or(1970);
     epoch(year, month(&c[1])?, n(2), n(3), n(4), n(5))
 }
 

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use http::{Request, header};
 
-use crate::cause::Cause;
 use crate::config::ServerAddr;
-use crate::upstream::{self, AttemptView, Failure, Link, UpBody};
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+use crate::upstream::{self, AttemptView, Link, UpBody};
 
 /// One step of the walk.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -107,19 +108,19 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
     let Some(Link::Fcgi(wire)) = conn.tx else {
         return step(false, "not a FastCGI connection".into());
     };
-    let head = crate::fastcgi::health_request(fc, path);
-    let tag = crate::fastcgi::LogTag {
+    let head = crate::upstream::fastcgi::health_request(fc, path);
+    let tag = crate::upstream::fastcgi::LogTag {
         upstream: up.cfg.name.clone(),
         server: conn.peer.clone(),
         request_id: http::HeaderValue::from_static("doctor"),
     };
-    let ex = crate::fastcgi::exchange(wire, &head, UpBody::Empty, 65536, &tag);
+    let ex = crate::upstream::fastcgi::exchange(wire, &head, UpBody::Empty, 65536, &tag);
     match tokio::time::timeout(timeout, ex).await {
         Err(_) => step(
             false,
             format!("no answer to GET {path} within {:?}", timeout),
         ),
-        Ok(crate::fastcgi::Sent::Head(resp)) => {
+        Ok(crate::upstream::fastcgi::Sent::Head(resp)) => {
             let status = resp.status().as_u16();
             let body = http_body_util::BodyExt::collect(resp.into_body())
                 .await
@@ -130,13 +131,13 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
                 .to_string();
             step(status == 200, format!("GET {path}: {status} {text:?}"))
         }
-        Ok(crate::fastcgi::Sent::Failed(f)) if f.cause == Cause::ScriptNotFound => step(
+        Ok(crate::upstream::fastcgi::Sent::Failed(f)) if f.cause == Cause::ScriptNotFound => step(
             false,
             format!(
                 "GET {path}: Primary script unknown: the pool has no ping.path {path} (add `ping.path = {path}` to the pool for health checks)"
             ),
         ),
-        Ok(crate::fastcgi::Sent::Failed(f)) => step(
+        Ok(crate::upstream::fastcgi::Sent::Failed(f)) => step(
             false,
             format!(
                 "GET {path}: {} ({})",
@@ -144,7 +145,9 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
                 f.details.unwrap_or_default()
             ),
         ),
-        Ok(crate::fastcgi::Sent::Unsent(_)) => step(false, "the connection closed at once".into()),
+        Ok(crate::upstream::fastcgi::Sent::Unsent(_)) => {
+            step(false, "the connection closed at once".into())
+        }
     }
 }
 
@@ -154,9 +157,13 @@ async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
     let mut probe = Vec::new();
     let mut pairs = Vec::new();
     for k in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
-        crate::fastcgi::push_pair(&mut pairs, k.as_bytes(), b"");
+        crate::upstream::fastcgi::push_pair(&mut pairs, k.as_bytes(), b"");
     }
-    crate::fastcgi::push_management(&mut probe, crate::fastcgi::kind::GET_VALUES, &pairs);
+    crate::upstream::fastcgi::push_management(
+        &mut probe,
+        crate::upstream::fastcgi::kind::GET_VALUES,
+        &pairs,
+    );
     let mut buf = vec![0u8; 512];
     let work = async {
         let n = match addr {
@@ -196,8 +203,10 @@ async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
         return Spoken::Http2;
     }
     let mut bm = bytes::BytesMut::from(b);
-    if let Ok(Some(crate::fastcgi::Record::Values(v))) = crate::fastcgi::take_record(&mut bm) {
-        let vals = crate::fastcgi::parse_pairs(&v)
+    if let Ok(Some(crate::upstream::fastcgi::Record::Values(v))) =
+        crate::upstream::fastcgi::take_record(&mut bm)
+    {
+        let vals = crate::upstream::fastcgi::parse_pairs(&v)
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| {
@@ -413,7 +422,7 @@ async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let days = (not_after - now).div_euclid(86_400);
-    let until = crate::logs::clock(not_after);
+    let until = crate::core::clock::clock(not_after);
     let self_signed = cert.subject() == cert.issuer();
     let covers = |n: &str| {
         n.eq_ignore_ascii_case(sni)
@@ -458,9 +467,10 @@ async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
 
 /// The gateway's runtime for a one-upstream config, without listeners (so
 /// any address may be diagnosed, even one baton could listen on).
-fn probe_runtime(toml: &str) -> Result<crate::proxy::Runtime, String> {
+fn probe_runtime(toml: &str) -> Result<crate::gateway::Runtime, String> {
     let cfg = crate::config::parse(toml, "(doctor)", None).map_err(|e| e.to_string())?;
-    let mut rt = crate::proxy::Runtime::new(cfg, 1, Arc::new(crate::metrics::Metrics::new()))?;
+    let mut rt =
+        crate::gateway::Runtime::new(cfg, 1, Arc::new(crate::observe::metrics::Metrics::new()))?;
     rt.dialer.own.clear();
     Ok(rt)
 }
@@ -698,7 +708,7 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
             });
             // A rejected certificate: say what it is.
             if let Some(sni) = &t.tls_name
-                && f.cause.phase() == crate::cause::Phase::Tls
+                && f.cause.phase() == crate::core::cause::Phase::Tls
             {
                 steps.push(certificate(&peer, sni, timeout).await);
             }
@@ -719,7 +729,7 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
     drop(conn);
     let start = Instant::now();
     let spoken = {
-        let progress = crate::term::Progress::new();
+        let progress = crate::cli::term::Progress::new();
         progress.show(&format!(
             "sniff: waiting up to {:.0}s for the server to answer a FastCGI record",
             timeout.as_secs_f64()
@@ -866,7 +876,7 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         let start = Instant::now();
         server.checkin(&up.cfg, Link::Http(tx), info.clone());
         let mut closed = None;
-        let progress = crate::term::Progress::new();
+        let progress = crate::cli::term::Progress::new();
         while start.elapsed() < idle_wait {
             progress.show(&format!(
                 "keepalive: watching an idle connection for the server closing it, {:.0}s of {:.0}s",
@@ -975,11 +985,11 @@ impl Report {
 
     /// Plain text for a terminal.
     pub fn text(&self) -> String {
-        self.render(crate::term::Paint::plain())
+        self.render(crate::cli::term::Paint::plain())
     }
 
     /// The text, coloured when `paint` is on.
-    pub fn render(&self, paint: crate::term::Paint) -> String {
+    pub fn render(&self, paint: crate::cli::term::Paint) -> String {
         let mut out = format!("baton doctor {}\n", paint.bold(&self.target));
         for s in &self.steps {
             out.push_str(&format!(

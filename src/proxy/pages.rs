@@ -9,8 +9,9 @@
 
 use bytes::Bytes;
 
-use crate::cause::Cause;
 use crate::config::PageTemplates;
+use crate::core::cause::Cause;
+use crate::core::text::html_escape;
 
 /// Which representation the client asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,22 +129,6 @@ fn json(p: &PageInfo<'_>) -> String {
     let mut s = v.to_string();
     s.push('\n');
     s
-}
-
-/// Escapes text for HTML (element content and quoted attributes).
-pub fn html_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// Replaces `{{name}}` placeholders (documented in docs/config.md).

@@ -26,9 +26,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::cause::Cause;
 use crate::config::FastCgiConfig;
-use crate::upstream::{Failure, UpBody, Wire};
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+use crate::upstream::{UpBody, Wire};
 
 /// Record types (FastCGI 1.0 §8).
 pub mod kind {

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -209,17 +209,7 @@ pub struct AccessRecord<'a> {
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&Rfc3339(*t))
-}
-
-/// RFC 3339 UTC with milliseconds, written where it goes (no `String`).
-struct Rfc3339(SystemTime);
-
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (y, mo, d, h, mi, s, ms) = civil(self.0);
-        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
-    }
+    s.collect_str(&crate::core::clock::Rfc3339(*t))
 }
 
 /// The combined format (nginx's and Apache's default), written straight
@@ -263,51 +253,16 @@ fn combined(r: &AccessRecord<'_>) -> Vec<u8> {
     out
 }
 
-// Civil date from days since 1970 (Howard Hinnant's algorithm). Written by
-// hand: two fixed formats, and a date crate would be a dependency for 20 lines.
-fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-        d.subsec_millis(),
-    )
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    Rfc3339(t).to_string()
-}
-
 fn clf_time(out: &mut Vec<u8>, t: SystemTime) {
     const M: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, mo, d, h, mi, s, _) = civil(t);
+    let (y, mo, d, h, mi, s, _) = crate::core::clock::civil(t);
     let _ = write!(
         out,
         "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
         M[(mo - 1) as usize]
     );
-}
-
-pub fn now() -> String {
-    rfc3339(SystemTime::now())
 }
 
 #[cfg(test)]
@@ -316,8 +271,8 @@ mod tests {
 
     #[test]
     fn times() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(crate::core::clock::rfc3339(t), "2023-11-14T22:13:20.123Z");
         let mut clf = Vec::new();
         clf_time(&mut clf, t);
         assert_eq!(clf, b"14/Nov/2023:22:13:20 +0000");

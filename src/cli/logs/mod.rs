@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cause::Cause;
-use crate::term::{Paint, Progress};
+use crate::cli::term::{Paint, Progress};
+use crate::core::cause::Cause;
+use crate::core::clock::clock;
 pub use formats::{Event, Kind, Parsed, Source};
 
 /// One line worth reporting: a failure, an application's own error answer,
@@ -955,14 +956,11 @@ fn one_line(a: &Analysis, e: &Entry, paint: Paint) -> String {
 // -------------------------------------------------------------- output
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC, or as written for logs without a zone).
-pub fn clock(t: i64) -> String {
-    let s = crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
-    format!("{} {}", &s[..10], &s[11..19])
-}
-
 fn iso(t: Option<i64>) -> Value {
     t.map_or(Value::Null, |t| {
-        let s = crate::log::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
+        let s = crate::core::clock::rfc3339(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        );
         Value::String(format!("{}Z", &s[..19]))
     })
 }
@@ -1283,7 +1281,7 @@ pub fn report(a: &Analysis, groups: &[Group]) -> String {
         o,
         "Written by `baton logs` {} at {} from {} ({} lines).\n",
         env!("CARGO_PKG_VERSION"),
-        crate::log::now(),
+        crate::core::clock::now(),
         a.files
             .iter()
             .map(|f| format!("`{f}`"))
@@ -1504,7 +1502,7 @@ pub fn report(a: &Analysis, groups: &[Group]) -> String {
 
 /// What to ask whoever runs the machines, per phase of the failure.
 fn provider_question(c: Cause) -> &'static str {
-    use crate::cause::Phase::*;
+    use crate::core::cause::Phase::*;
     match c.phase() {
         Dns => "did DNS for the backend's name change or fail in this window?",
         Connect => {

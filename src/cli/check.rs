@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cause::Cause;
+use crate::cli::term::Paint;
 use crate::config::{self, Config, HealthConfig};
-use crate::term::Paint;
+use crate::core::cause::Cause;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -109,9 +109,11 @@ fn probe_all(cfg: &Config, skip: &[String]) -> Vec<Finding> {
         Ok(rt) => rt,
         Err(_) => return Vec::new(),
     };
-    let Ok(mut gw) =
-        crate::proxy::Runtime::new(cfg.clone(), 1, Arc::new(crate::metrics::Metrics::new()))
-    else {
+    let Ok(mut gw) = crate::gateway::Runtime::new(
+        cfg.clone(),
+        1,
+        Arc::new(crate::observe::metrics::Metrics::new()),
+    ) else {
         return Vec::new();
     };
     // A server that is one of baton's own listeners is reported by the
@@ -141,7 +143,7 @@ fn probe_all(cfg: &Config, skip: &[String]) -> Vec<Finding> {
                 });
                 let (gw, up, server) = (gw.clone(), up.clone(), server.clone());
                 probes.spawn(async move {
-                    let r = crate::health::probe(&gw, &up, server.clone(), &health).await;
+                    let r = crate::upstream::health::probe(&gw.dialer, &up, server.clone(), &health).await;
                     (key, up, server, health, r)
                 });
             }

@@ -19,19 +19,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cause::{Cause, Side};
 use crate::config::{AlertConfig, IncidentConfig};
+use crate::core::cause::{Cause, Side};
+use crate::core::clock::now_s;
+use crate::core::text::shown_url;
 
 /// Samples kept per upstream (request IDs of recent failures).
 const SAMPLES: usize = 20;
 /// Events kept for "what happened around it".
 const EVENTS: usize = 500;
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// One failed request, as an incident keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,7 +124,7 @@ pub struct Event {
 }
 
 /// The tallies of every upstream, shared across reloads (they live in
-/// [`crate::metrics::Metrics`]), and the recent events.
+/// [`crate::observe::metrics::Metrics`]), and the recent events.
 #[derive(Default)]
 pub struct Tracks {
     by_upstream: Mutex<HashMap<Arc<str>, Arc<Track>>>,
@@ -791,16 +787,6 @@ fn send_alert(cfg: &AlertConfig, event: &'static str, i: &Incident) {
     }
 }
 
-/// A webhook URL as logs and the dashboard show it: the path and query
-/// (where Slack and most hooks keep their secret) left out.
-pub fn shown_url(u: &http::Uri) -> String {
-    format!(
-        "{}://{}/…",
-        u.scheme_str().unwrap_or("http"),
-        u.authority().map_or("", |a| a.as_str())
-    )
-}
-
 /// POSTs JSON `body` to an `http://` or `https://` URL (verified against
 /// Mozilla's roots plus `ca`); returns the status.
 async fn post(
@@ -868,7 +854,7 @@ where
 // --------------------------------------------------------------- output
 
 fn when(t: i64) -> String {
-    crate::logs::clock(t)
+    crate::core::clock::clock(t)
 }
 
 /// `baton incidents`: one line each, newest first.
@@ -978,7 +964,7 @@ pub fn report_md(i: &Incident) -> String {
 
 /// The same report as a standalone HTML page (no external assets).
 pub fn report_html(i: &Incident) -> String {
-    let esc = crate::pages::html_escape;
+    let esc = crate::core::text::html_escape;
     let md = report_md(i);
     let mut body = String::new();
     let mut in_table = false;

@@ -2,26 +2,19 @@
 //! the outcome of real requests (passive outlier ejection).
 //!
 //! Owns: [`Health`] (named states, ejection with a growing duration, slow
-//! start) and the active checker tasks. Must not: choose servers (that is
+//! start) and one active probe (the checker tasks are `gateway::checks`). Must not: choose servers (that is
 //! `balance`) or decide retries (`proxy`). Only atomics on the request path.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
 
-use crate::cause::Cause;
 use crate::config::{HealthConfig, OutlierConfig};
-use crate::proxy::Runtime;
-use crate::upstream::{Server, UpBody, Upstream};
-
-/// Milliseconds since the process's clock base (cheap to store in atomics).
-pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+use crate::core::cause::Cause;
+use crate::upstream::{Dialer, Server, UpBody, Upstream};
 
 /// The active-check verdict on a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +118,7 @@ impl Health {
 
     /// An active check result. Returns true when the verdict changed.
     pub fn check_result(&self, ok: bool, cfg: &HealthConfig, first: bool) -> bool {
-        let now = now_ms();
+        let now = crate::core::clock::now_ms();
         self.next_check
             .store(now + cfg.interval.as_millis() as u64, Ordering::Relaxed);
         if ok {
@@ -203,55 +196,17 @@ impl Health {
     }
 }
 
-/// Starts the active checkers of every upstream that has `[health]`. They
-/// stop by themselves when `rt` is replaced (reload) and dropped.
-pub fn spawn_checkers(rt: &Arc<Runtime>) {
-    for (i, up) in rt.upstreams.iter().enumerate() {
-        if up.cfg.health.is_some() {
-            tokio::spawn(checker(Arc::downgrade(rt), i));
-        }
-    }
-}
-
-async fn checker(rt: Weak<Runtime>, index: usize) {
-    let mut first = true;
-    loop {
-        let interval = {
-            let Some(rt) = rt.upgrade() else { return };
-            let up = rt.upstreams[index].clone();
-            let Some(cfg) = up.cfg.health.clone() else {
-                return;
-            };
-            // All servers at once: a slow one must not delay the others.
-            let mut probes = tokio::task::JoinSet::new();
-            for (i, s) in up.servers.iter().enumerate() {
-                let (rt, up, s, cfg) = (rt.clone(), up.clone(), s.clone(), cfg.clone());
-                probes.spawn(async move { (i, probe(&rt, &up, s, &cfg).await) });
-            }
-            while let Some(Ok((i, result))) = probes.join_next().await {
-                let server = &up.servers[i];
-                if server.health.check_result(result.is_ok(), &cfg, first) {
-                    rt.note_health(&up, server, result.err());
-                }
-            }
-            cfg.interval
-        };
-        first = false;
-        tokio::time::sleep(interval).await;
-    }
-}
-
 /// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.
 /// Also `baton check`'s live probe of every server.
-pub(crate) async fn probe(
-    rt: &Runtime,
+pub async fn probe(
+    dialer: &Dialer,
     up: &Upstream,
     server: Arc<Server>,
     cfg: &HealthConfig,
 ) -> Result<(), (Option<Cause>, String)> {
     let work = async {
         let mut conn = server
-            .connect(&up.cfg, &rt.dialer)
+            .connect(&up.cfg, dialer)
             .await
             .map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
         let Some(path) = &cfg.path else { return Ok(()) };
@@ -269,18 +224,18 @@ pub(crate) async fn probe(
             Some(crate::upstream::Link::H1(wire)) => {
                 let (parts, body) = req.into_parts();
                 let max = up.cfg.max_response_header_bytes;
-                let head = crate::h1::Head {
+                let head = crate::upstream::h1::Head {
                     method: &parts.method,
                     target: &parts.uri,
                     headers: &parts.headers,
                 };
-                match crate::h1::exchange(wire, head, body, max).await {
-                    crate::h1::Sent::Head(resp) => {
+                match crate::upstream::h1::exchange(wire, head, body, max).await {
+                    crate::upstream::h1::Sent::Head(resp) => {
                         let status = resp.status().as_u16();
                         let _ = resp.into_body().collect().await;
                         status
                     }
-                    crate::h1::Sent::Failed(e) => {
+                    crate::upstream::h1::Sent::Failed(e) => {
                         let view = crate::upstream::AttemptView {
                             info: &conn.info,
                             reused: false,
@@ -290,7 +245,7 @@ pub(crate) async fn probe(
                         let f = crate::upstream::classify_h1(&e, &view);
                         return Err((Some(f.cause), f.details.unwrap_or_default()));
                     }
-                    crate::h1::Sent::Unsent(_) => {
+                    crate::upstream::h1::Sent::Unsent(_) => {
                         return Err((Some(Cause::ConnectionTerminated), "closed".into()));
                     }
                 }
@@ -307,13 +262,13 @@ pub(crate) async fn probe(
             Some(crate::upstream::Link::Fcgi(wire)) => {
                 // GET path as a FastCGI request (PHP-FPM's ping.path).
                 let fc = up.cfg.fastcgi.as_deref().ok_or((None, String::new()))?;
-                let head = crate::fastcgi::health_request(fc, path);
-                let tag = crate::fastcgi::LogTag {
+                let head = crate::upstream::fastcgi::health_request(fc, path);
+                let tag = crate::upstream::fastcgi::LogTag {
                     upstream: up.cfg.name.clone(),
                     server: server.label.clone(),
                     request_id: http::HeaderValue::from_static("health-check"),
                 };
-                match crate::fastcgi::exchange(
+                match crate::upstream::fastcgi::exchange(
                     wire,
                     &head,
                     UpBody::Empty,
@@ -322,15 +277,15 @@ pub(crate) async fn probe(
                 )
                 .await
                 {
-                    crate::fastcgi::Sent::Head(resp) => {
+                    crate::upstream::fastcgi::Sent::Head(resp) => {
                         let status = resp.status().as_u16();
                         let _ = resp.into_body().collect().await;
                         status
                     }
-                    crate::fastcgi::Sent::Failed(f) => {
+                    crate::upstream::fastcgi::Sent::Failed(f) => {
                         return Err((Some(f.cause), f.details.unwrap_or_default()));
                     }
-                    crate::fastcgi::Sent::Unsent(_) => {
+                    crate::upstream::fastcgi::Sent::Unsent(_) => {
                         return Err((Some(Cause::ConnectionTerminated), "closed".into()));
                     }
                 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cause::Cause;
+use crate::core::cause::Cause;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -90,7 +90,7 @@ pub struct Metrics {
     pub log_dropped: Counter,
     /// Per-upstream tallies and recent events for incidents (shared across
     /// reloads, like the metrics).
-    pub incidents: Arc<crate::incidents::Tracks>,
+    pub incidents: Arc<crate::observe::incidents::Tracks>,
 }
 
 fn latency_histogram() -> Histogram {

@@ -1,0 +1,265 @@
+//! The running gateway: everything built from one config (a [`Runtime`]),
+//! swapped whole on reload, and what outlives a reload: supervised
+//! backends, drains, metrics, the log writers.
+//!
+//! Owns: [`Gateway`] (the `ArcSwap` of the runtime, supervisors, request
+//! IDs), reload, drain, the active health checkers. Must not: serve a
+//! request (`proxy`) or listen (`server`).
+
+pub mod checks;
+pub mod limit;
+mod reload;
+mod runtime;
+
+pub use runtime::{RouteMetrics, Runtime};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::observe::log::Logs;
+use crate::observe::metrics::Metrics;
+use crate::upstream::health;
+use crate::upstream::supervise::Supervisor;
+
+/// The running gateway shared by every connection.
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub logs: Logs,
+    pub metrics: Arc<Metrics>,
+    ids: RequestIds,
+    /// Supervised backends by upstream name; they outlive reloads that
+    /// leave their `[process]` unchanged.
+    supervisors: ArcSwap<std::collections::HashMap<Arc<str>, Arc<Supervisor>>>,
+}
+
+impl Gateway {
+    /// Starts serving `rt` (and its health checkers).
+    pub fn new(rt: Runtime, logs: Logs) -> Self {
+        let rt = Arc::new(rt);
+        checks::spawn_checkers(&rt);
+        crate::upstream::spawn_reapers(&rt.upstreams);
+        Gateway {
+            metrics: rt.metrics.clone(),
+            runtime: ArcSwap::new(rt),
+            logs,
+            ids: RequestIds::new(),
+            supervisors: ArcSwap::from_pointee(Default::default()),
+        }
+    }
+
+    /// Starts the detector: the dashboard's series always, incidents when
+    /// `[incidents]` is configured. It ends with the gateway.
+    pub fn spawn_incidents(self: &Arc<Self>) {
+        let rt = self.runtime.load();
+        let cfg = rt.config.incidents.clone();
+        let alerts = rt.config.alerts.clone();
+        let gw = Arc::downgrade(self);
+        tokio::spawn(crate::observe::incidents::detect(
+            self.metrics.incidents.clone(),
+            cfg,
+            alerts,
+            move |name| {
+                let gw = gw.upgrade()?;
+                let rt = gw.runtime.load();
+                let now = crate::core::clock::now_ms();
+                let usable = rt
+                    .upstreams
+                    .iter()
+                    .find(|u| &*u.cfg.name == name)
+                    .map(|u| u.servers.iter().any(|s| s.health.usable(now)));
+                let restarts = gw.supervisor(name).map(|s| s.status().restarts);
+                Some(crate::observe::incidents::UpstreamNow { usable, restarts })
+            },
+            {
+                let gw = Arc::downgrade(self);
+                move |id| {
+                    gw.upgrade()
+                        .map_or_else(Vec::new, |gw| gw.logs.failure_lines(id))
+                }
+            },
+        ));
+    }
+
+    /// A new request ID (16 hex digits).
+    pub fn next_request_id(&self) -> HeaderValue {
+        self.ids.next()
+    }
+
+    /// The supervisor of an upstream's backend, if it has one.
+    pub fn supervisor(&self, upstream: &str) -> Option<Arc<Supervisor>> {
+        self.supervisors.load().get(upstream).cloned()
+    }
+
+    /// Every supervisor, by upstream name.
+    pub fn supervisors(&self) -> Vec<Arc<Supervisor>> {
+        let mut v: Vec<_> = self.supervisors.load().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Starts a supervisor for each upstream with `[process]` in the
+    /// running config, keeps those whose `[process]` did not change,
+    /// restarts changed ones and stops removed ones.
+    pub fn sync_supervisors(self: &Arc<Self>) {
+        let rt = self.runtime.load_full();
+        let old = self.supervisors.load_full();
+        let mut next = std::collections::HashMap::new();
+        for u in &rt.upstreams {
+            let Some(pc) = &u.cfg.process else { continue };
+            let name = u.cfg.name.clone();
+            let sup = match old.get(&name) {
+                Some(s) if *s.cfg == **pc => s.clone(),
+                prev => {
+                    let weak = Arc::downgrade(self);
+                    let probe_name = name.clone();
+                    let probe: crate::upstream::supervise::HealthProbe = Arc::new(move || {
+                        let gw = weak.upgrade()?;
+                        let rt = gw.runtime.load();
+                        let up = rt.upstreams.iter().find(|u| u.cfg.name == probe_name)?;
+                        up.cfg.health.as_ref()?;
+                        Some(
+                            up.servers
+                                .iter()
+                                .any(|s| s.health.active() == health::Active::Up),
+                        )
+                    });
+                    Supervisor::spawn(name.clone(), pc.clone(), probe, prev.cloned())
+                }
+            };
+            next.insert(name, sup);
+        }
+        for (name, s) in old.iter() {
+            if !next.contains_key(name) {
+                let s = s.clone();
+                tokio::spawn(async move { s.stop().await });
+            }
+        }
+        self.supervisors.store(Arc::new(next));
+    }
+
+    /// Waits (each at most its start_wait) for the supervised backends to
+    /// be ready, so the first requests do not wait.
+    pub async fn backends_ready(&self) {
+        for s in self.supervisors() {
+            let _ = s.wait_ready(None).await;
+        }
+    }
+
+    /// Stops every supervised backend gracefully.
+    pub async fn stop_supervisors(&self) {
+        let all = self.supervisors();
+        self.supervisors.store(Arc::new(Default::default()));
+        for s in all {
+            s.stop().await;
+        }
+    }
+
+    /// Starts (`Some(true)`) or stops draining the server labelled `label`,
+    /// or just reports; returns (draining, requests in flight), or `None`
+    /// if no upstream has that server.
+    pub fn drain(&self, label: &str, on: Option<bool>) -> Option<(bool, usize)> {
+        let rt = self.runtime.load();
+        let mut found: Option<(bool, usize)> = None;
+        for up in &rt.upstreams {
+            for s in up.servers.iter().filter(|s| &*s.label == label) {
+                if let Some(on) = on {
+                    s.health.draining.store(on, Ordering::Relaxed);
+                }
+                let f = found.get_or_insert((false, 0));
+                f.0 |= s.health.draining.load(Ordering::Relaxed);
+                f.1 += s.inflight.load(Ordering::Relaxed);
+            }
+        }
+        found
+    }
+
+    /// Publishes log drops into the metric (called when metrics are read).
+    pub fn sync_counters(&self) {
+        for sup in self.supervisors() {
+            let st = sup.status();
+            for state in [
+                crate::upstream::supervise::State::Starting,
+                crate::upstream::supervise::State::Running,
+                crate::upstream::supervise::State::Backoff,
+                crate::upstream::supervise::State::Stopped,
+            ] {
+                self.metrics
+                    .backend_state
+                    .get_or_create(&crate::observe::metrics::BackendLabels {
+                        upstream: sup.name.clone(),
+                        state: state.as_str(),
+                    })
+                    .set((st.state == state) as i64);
+            }
+            let c = self.metrics.backend_restarts.get_or_create(
+                &crate::observe::metrics::UpstreamLabels {
+                    upstream: sup.name.clone(),
+                },
+            );
+            if st.restarts > c.get() {
+                c.inc_by(st.restarts - c.get());
+            }
+        }
+        let d = self.logs.access.dropped.load(Ordering::Relaxed)
+            + self.logs.errors.dropped.load(Ordering::Relaxed);
+        let cur = self.metrics.log_dropped.get();
+        if d > cur {
+            self.metrics.log_dropped.inc_by(d - cur);
+        }
+    }
+}
+
+/// Request IDs: unique per process, not guessable across restarts.
+struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seed =
+            (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) ^ (&t as *const _ as u64);
+        RequestIds {
+            seed,
+            counter: AtomicU64::new(0),
+        }
+    }
+    fn next(&self) -> HeaderValue {
+        // splitmix64 of seed + counter: a bijection, so IDs never repeat
+        // within a process.
+        let mut z = self.seed.wrapping_add(
+            self.counter
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+    }
+}
