@@ -9,6 +9,7 @@
 //! Must not: decide whether to retry (that is `proxy`), or build responses.
 
 pub mod balance;
+pub mod exchange;
 pub mod fastcgi;
 pub mod files;
 pub mod h1;
@@ -1488,6 +1489,24 @@ impl TimedBody {
             UpIncoming::H1(b) => b.take_wire().map(Link::H1),
             UpIncoming::Http(_) => None,
         }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        TimedBody::poll_frame(self.get_mut(), cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        TimedBody::is_end_stream(self)
+    }
+    fn size_hint(&self) -> SizeHint {
+        TimedBody::size_hint(self)
     }
 }
 

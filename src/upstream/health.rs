@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::Request;
+use http::{HeaderMap, HeaderValue, Method, Uri, header};
 use http_body_util::BodyExt;
 
+use super::exchange::{self, Outcome};
 use crate::config::{HealthConfig, OutlierConfig};
 use crate::core::cause::Cause;
 use crate::upstream::{Dialer, Server, UpBody, Upstream};
@@ -196,14 +197,17 @@ impl Health {
     }
 }
 
-/// One active check: connect (TCP) or `GET path` (HTTP) within the timeout.
-/// Also `baton check`'s live probe of every server.
+/// One active check: connect (TCP) or `GET path` (HTTP, or FastCGI as
+/// PHP-FPM's `ping.path`) within the timeout, through the same
+/// [`exchange`](super::exchange::exchange) as a proxied request. Also
+/// `baton check`'s live probe of every server.
 pub async fn probe(
     dialer: &Dialer,
     up: &Upstream,
     server: Arc<Server>,
     cfg: &HealthConfig,
 ) -> Result<(), (Option<Cause>, String)> {
+    let no_answer = || (None, format!("no answer within {:?}", cfg.timeout));
     let work = async {
         let mut conn = server
             .connect(&up.cfg, dialer)
@@ -213,84 +217,44 @@ pub async fn probe(
         let host = server
             .label
             .rsplit_once(':')
-            .map_or(&*server.label, |(h, _)| h)
-            .to_string();
-        let req = Request::get(path.as_str())
-            .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "baton-health-check")
-            .body(UpBody::Empty)
-            .map_err(|e| (None, e.to_string()))?;
-        let status = match conn.tx.take() {
-            Some(crate::upstream::Link::H1(wire)) => {
-                let (parts, body) = req.into_parts();
-                let max = up.cfg.max_response_header_bytes;
-                let head = crate::upstream::h1::Head {
-                    method: &parts.method,
-                    target: &parts.uri,
-                    headers: &parts.headers,
-                };
-                match crate::upstream::h1::exchange(wire, head, body, max).await {
-                    crate::upstream::h1::Sent::Head(resp) => {
-                        let status = resp.status().as_u16();
-                        let _ = resp.into_body().collect().await;
-                        status
-                    }
-                    crate::upstream::h1::Sent::Failed(e) => {
-                        let view = crate::upstream::AttemptView {
-                            info: &conn.info,
-                            reused: false,
-                            read_before: 0,
-                            max_header_bytes: max,
-                        };
-                        let f = crate::upstream::classify_h1(&e, &view);
-                        return Err((Some(f.cause), f.details.unwrap_or_default()));
-                    }
-                    crate::upstream::h1::Sent::Unsent(_) => {
-                        return Err((Some(Cause::ConnectionTerminated), "closed".into()));
-                    }
-                }
-            }
-            Some(crate::upstream::Link::Http(mut tx)) => {
-                let resp = tx
-                    .send_request(req)
-                    .await
-                    .map_err(|e| (Some(Cause::ConnectionTerminated), e.to_string()))?;
+            .map_or(&*server.label, |(h, _)| h);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(host).map_err(|e| (None, e.to_string()))?,
+        );
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("baton-health-check"),
+        );
+        let target: Uri = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| (None, e.to_string()))?;
+        let fcgi_head = match up.cfg.fastcgi.as_deref() {
+            Some(fc) => super::fastcgi::health_request(fc, path),
+            None => Vec::new(),
+        };
+        let req = exchange::Request {
+            method: &Method::GET,
+            target: &target,
+            headers: &headers,
+            fcgi_head: &fcgi_head,
+            body: UpBody::Empty,
+            upgrade: false,
+            request_id: &HeaderValue::from_static("health-check"),
+        };
+        let status = match exchange::exchange(&server, &up.cfg, &mut conn, req, cfg.timeout, 0)
+            .await
+        {
+            Outcome::Head(resp, _) => {
                 let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await;
+                let body = super::TimedBody::new(resp.into_body(), cfg.timeout);
+                let _ = body.collect().await;
                 status
             }
-            Some(crate::upstream::Link::Fcgi(wire)) => {
-                // GET path as a FastCGI request (PHP-FPM's ping.path).
-                let fc = up.cfg.fastcgi.as_deref().ok_or((None, String::new()))?;
-                let head = crate::upstream::fastcgi::health_request(fc, path);
-                let tag = crate::upstream::fastcgi::LogTag {
-                    upstream: up.cfg.name.clone(),
-                    server: server.label.clone(),
-                    request_id: http::HeaderValue::from_static("health-check"),
-                };
-                match crate::upstream::fastcgi::exchange(
-                    wire,
-                    &head,
-                    UpBody::Empty,
-                    up.cfg.max_response_header_bytes,
-                    &tag,
-                )
-                .await
-                {
-                    crate::upstream::fastcgi::Sent::Head(resp) => {
-                        let status = resp.status().as_u16();
-                        let _ = resp.into_body().collect().await;
-                        status
-                    }
-                    crate::upstream::fastcgi::Sent::Failed(f) => {
-                        return Err((Some(f.cause), f.details.unwrap_or_default()));
-                    }
-                    crate::upstream::fastcgi::Sent::Unsent(_) => {
-                        return Err((Some(Cause::ConnectionTerminated), "closed".into()));
-                    }
-                }
-            }
-            None => return Err((None, "no connection".into())),
+            Outcome::Failed(f) => return Err((Some(f.cause), f.details.unwrap_or_default())),
+            Outcome::Unsent(_) => return Err((Some(Cause::ConnectionTerminated), "closed".into())),
+            Outcome::TimedOut => return Err(no_answer()),
         };
         if (cfg.expect.0..=cfg.expect.1).contains(&status) {
             Ok(())
@@ -306,7 +270,7 @@ pub async fn probe(
     };
     match tokio::time::timeout(cfg.timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err((None, format!("no answer within {:?}", cfg.timeout))),
+        Err(_) => Err(no_answer()),
     }
 }
 

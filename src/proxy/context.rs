@@ -1,0 +1,125 @@
+//! The per-request context every phase reads and fills: the client and
+//! connection facts, the route and upstream once chosen, what the access
+//! and failure logs need, and what the response filters add.
+//!
+//! Owns: [`Ctx`]. It lives until the response ends (a proxied body carries
+//! it, and logs from it when it is dropped).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Uri, Version};
+use hyper::body::Incoming;
+
+use super::headers::{X_REQUEST_ID, strip_port, valid_request_id};
+use crate::config::{AccessFormat, Route};
+use crate::gateway::{Gateway, RouteMetrics, Runtime};
+use crate::upstream::fastcgi::Script;
+
+/// One request, as the phases see it.
+pub(super) struct Ctx {
+    pub gw: Arc<Gateway>,
+    /// The config this request runs on to its end, even across a reload.
+    pub rt: Arc<Runtime>,
+    pub id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    /// The `Host` field as received (HTTP/2: the `:authority` in `uri`).
+    pub host_field: Option<HeaderValue>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub version: Version,
+    pub start: Instant,
+    /// `Accept`, negotiated only if baton answers itself.
+    pub accept: Option<HeaderValue>,
+    /// The route's index in the config, once routed.
+    pub route_index: Option<usize>,
+    pub route: Option<Arc<str>>,
+    /// The route's metric handles, looked up once per config (not per request).
+    pub route_metrics: Option<Arc<RouteMetrics>>,
+    pub upstream: Option<Arc<str>>,
+    pub server: Option<Arc<str>>,
+    pub attempts: u32,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    /// `RateLimit-Policy` and `RateLimit`, added to the response.
+    pub rate_headers: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
+    /// FastCGI: the script `try_files` chose.
+    pub script: Option<Script>,
+}
+
+impl Ctx {
+    pub fn new(
+        gw: Arc<Gateway>,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        let start = Instant::now();
+        let rt = gw.runtime.load_full();
+        let h = req.headers();
+        let id = match h.get(&X_REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.clone(),
+            _ => gw.next_request_id(),
+        };
+        // Referer and User-Agent are kept only where a log line shows them.
+        let combined = gw.logs.access.enabled() && gw.logs.access_format == AccessFormat::Combined;
+        let kept = |name| if combined { h.get(name).cloned() } else { None };
+        Ctx {
+            id,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host_field: h.get(header::HOST).cloned(),
+            client,
+            local,
+            version: req.version(),
+            start,
+            accept: h.get(header::ACCEPT).cloned(),
+            route_index: None,
+            route: None,
+            route_metrics: None,
+            upstream: None,
+            server: None,
+            attempts: 0,
+            referer: kept(header::REFERER),
+            user_agent: kept(header::USER_AGENT),
+            rate_headers: None,
+            script: None,
+            rt,
+            gw,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
+    }
+
+    /// The host the request is for, without the port.
+    pub fn host(&self) -> &str {
+        let raw = match &self.host_field {
+            Some(h) => h.to_str().unwrap_or(""),
+            None => self.uri.authority().map_or("", |a| a.as_str()),
+        };
+        strip_port(raw)
+    }
+
+    pub fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
+    /// The route, once the routing filter has run.
+    pub fn route_config(&self) -> Option<&Route> {
+        self.route_index.map(|i| &self.rt.config.routes[i])
+    }
+
+    /// The protocol as logs and CGI write it.
+    pub fn protocol(&self) -> &'static str {
+        match self.version {
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }
+    }
+}

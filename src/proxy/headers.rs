@@ -1,0 +1,317 @@
+//! Header rewriting, both ways: the upstream request filter (hop-by-hop
+//! fields removed, `Host` kept or taken from HTTP/2's `:authority`,
+//! `X-Forwarded-*`, `Via`, `X-Request-Id`) and the upstream response
+//! filter (hop-by-hop removed, what they said about the connection kept,
+//! `Via`); and the `Proxy-Status` value.
+//!
+//! Must not: know RFC 9209 tokens beyond writing the one the cause gives.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+
+use super::context::Ctx;
+use crate::core::cause::Cause;
+use crate::upstream;
+
+/// An incoming `X-Request-Id` is kept when it is 1-128 safe characters.
+pub(super) fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+}
+
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(super) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The fields that are hop-by-hop by definition (RFC 9110 §7.6.1).
+fn hop_by_hop_fields() -> [&'static HeaderName; 7] {
+    [
+        &header::CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ]
+}
+
+/// What the hop-by-hop fields said about the connection they came on.
+#[derive(Default)]
+pub(super) struct Hop {
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Keep-Alive: timeout=N`, in ms.
+    pub keepalive_ms: Option<u64>,
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named in
+/// `Connection`, and the well-known ones. `Upgrade` survives on an upgrade.
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
+    // One pass over the (few) names, noting which hop-by-hop fields are
+    // present: removing by name costs a hash each, and most messages carry
+    // at most `Connection: keep-alive`.
+    let fields = hop_by_hop_fields();
+    let mut hop = Hop::default();
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = fields.iter().position(|f| *f == k) {
+            present |= 1 << i;
+        }
+    }
+    if present & 1 != 0
+        && let header::Entry::Occupied(e) = h.entry(header::CONNECTION)
+    {
+        // One lookup reads and removes every `Connection` line.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in e.iter() {
+            for t in v.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                hop.close |= t.eq_ignore_ascii_case(b"close");
+                // The usual tokens name no other field.
+                if t.is_empty()
+                    || [&b"keep-alive"[..], b"close", b"upgrade", b"te"]
+                        .iter()
+                        .any(|k| t.eq_ignore_ascii_case(k))
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t) {
+                    named.push(n);
+                }
+            }
+        }
+        e.remove_entry_mult();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for (i, f) in fields.iter().enumerate().skip(1) {
+        let keep = upgrade && **f == header::UPGRADE;
+        if present & (1 << i) != 0 && !keep {
+            let removed = h.remove(*f);
+            if **f == KEEP_ALIVE {
+                hop.keepalive_ms = removed.and_then(|v| upstream::keepalive_hint(v.as_bytes()));
+            }
+        }
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    hop
+}
+
+pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+pub(super) fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn via_value(v: Version) -> HeaderValue {
+    // Checked once, at compile time (`from_static` at run time scans the
+    // bytes on every call).
+    const H2: HeaderValue = HeaderValue::from_static("2 baton");
+    const H10: HeaderValue = HeaderValue::from_static("1.0 baton");
+    const H11: HeaderValue = HeaderValue::from_static("1.1 baton");
+    match v {
+        Version::HTTP_2 => H2,
+        Version::HTTP_10 => H10,
+        _ => H11,
+    }
+}
+
+pub(super) fn append_via(h: &mut HeaderMap, v: Version) {
+    match h.entry(header::VIA) {
+        header::Entry::Occupied(mut e) => {
+            let old = e.get().as_bytes();
+            let ours = via_value(v);
+            let mut joined = Vec::with_capacity(old.len() + 2 + ours.len());
+            joined.extend_from_slice(old);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ours.as_bytes());
+            if let Ok(hv) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                e.insert(hv);
+            }
+        }
+        header::Entry::Vacant(e) => {
+            e.insert(via_value(v));
+        }
+    }
+}
+
+/// `X-Forwarded-For` with the client's address appended. IPv4 is written by
+/// hand: `Ipv4Addr`'s `Display` went through the formatter and cost more
+/// than the rest of the request rewrite (callgrind, docs/benchmarks.md).
+fn forwarded_for(prev: Option<&HeaderValue>, ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf: Vec<u8> = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        buf.extend_from_slice(p.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut num = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(num.format(*o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => buf.extend_from_slice(v6.to_string().as_bytes()),
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// A `Proxy-Status` structured-field string: printable ASCII, escaped.
+fn sf_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+}
+
+/// `Proxy-Status: baton; error=<type>; next-hop="..."; details="..."`.
+pub fn proxy_status(
+    cause: Cause,
+    next_hop: Option<&str>,
+    details: Option<&str>,
+    received: Option<u16>,
+) -> HeaderValue {
+    let mut s = String::with_capacity(96);
+    s.push_str("baton; error=");
+    s.push_str(cause.proxy_status());
+    if let Some(h) = next_hop {
+        s.push_str("; next-hop=");
+        sf_string(&mut s, h);
+    }
+    if let Some(r) = received {
+        s.push_str("; received-status=");
+        s.push_str(&r.to_string());
+    }
+    if let Some(d) = details {
+        s.push_str("; details=");
+        sf_string(&mut s, d);
+    }
+    HeaderValue::from_str(&s)
+        .unwrap_or_else(|_| HeaderValue::from_static("baton; error=proxy_internal_error"))
+}
+
+/// The host part of a `Host` value or an authority: no port, no brackets.
+pub(super) fn strip_port(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    }
+}
+
+/// The upstream request filter: rewrites the client's header block (moved,
+/// not copied) into the one sent upstream.
+pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool) {
+    let _ = strip_hop_by_hop(headers, upgrade);
+    // `Host` as received (kept), or HTTP/2's :authority as `Host`.
+    let host = ctx.host_field.clone().or_else(|| {
+        let v = HeaderValue::from_str(ctx.uri.authority()?.as_str()).ok()?;
+        headers.insert(header::HOST, v.clone());
+        Some(v)
+    });
+    let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), ctx.client.ip());
+    headers.insert(&X_FORWARDED_FOR, xff);
+    const HTTP: HeaderValue = HeaderValue::from_static("http");
+    headers.insert(&X_FORWARDED_PROTO, HTTP);
+    if let Some(h) = host {
+        headers.insert(&X_FORWARDED_HOST, h);
+    }
+    append_via(headers, ctx.version);
+    headers.insert(&X_REQUEST_ID, ctx.id.clone());
+}
+
+/// The upstream response filter: hop-by-hop fields out (what they said
+/// about the connection returned), `Via` in.
+pub(super) fn upstream_response(headers: &mut HeaderMap, upgraded: bool) -> Hop {
+    let hop = strip_hop_by_hop(headers, upgraded);
+    append_via(headers, Version::HTTP_11);
+    hop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_status_escapes() {
+        let v = proxy_status(
+            Cause::ConnectionRefused,
+            Some("127.0.0.1:1"),
+            Some("say \"hi\"\n"),
+            None,
+        );
+        assert_eq!(
+            v.to_str().unwrap(),
+            r#"baton; error=connection_refused; next-hop="127.0.0.1:1"; details="say \"hi\"?""#
+        );
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let v4: std::net::IpAddr = "10.0.0.25".parse().unwrap();
+        assert_eq!(forwarded_for(None, v4), "10.0.0.25");
+        let prev = HeaderValue::from_static("203.0.113.9");
+        assert_eq!(
+            forwarded_for(Some(&prev), "::1".parse().unwrap()),
+            "203.0.113.9, ::1"
+        );
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("example.com"), "example.com");
+    }
+}

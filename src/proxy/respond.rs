@@ -1,0 +1,181 @@
+//! The one exit: every answer, proxied or baton's own, becomes a response
+//! here. The response filters run on every one of them (request ID, rate
+//! limit state), `Proxy-Status` is set for baton's own failures, and the
+//! access log is settled: at once for baton's answers, when the body ends
+//! for an upstream's.
+//!
+//! Owns: [`Answer`], [`exit`], the response filters, baton's error page
+//! response. Must not: decide what the answer is (the phases before do).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::response::Parts;
+use http::{Response, StatusCode};
+
+use super::body::{ProxiedBody, RespBody};
+use super::context::Ctx;
+use super::headers::{PROXY_STATUS, X_REQUEST_ID, proxy_status};
+use super::pages::{self, Format, PageInfo};
+use crate::core::failure::Failure;
+use crate::upstream::files;
+
+/// What a request is answered with.
+pub(super) enum Answer {
+    /// baton's own page for a failure: status and `Proxy-Status` from its
+    /// cause, `Retry-After` when given (503s get one anyway).
+    Failure {
+        failure: Failure,
+        next_hop: Option<Arc<str>>,
+        retry_after: Option<u64>,
+    },
+    /// A short text answer for a client fault outside the cause table.
+    Plain(StatusCode, &'static str),
+    /// A static file from a FastCGI root.
+    File(Box<files::Answer>),
+    /// A page baton serves itself (the status page).
+    Page {
+        content_type: &'static str,
+        body: String,
+    },
+    /// The upstream's response: its head (already through the upstream
+    /// response filter) and its body, which logs when it ends.
+    Proxied(Parts, Box<ProxiedBody>),
+}
+
+impl Answer {
+    /// baton's page for `failure`, with no next hop or `Retry-After`.
+    pub fn failure(failure: Failure) -> Self {
+        Answer::Failure {
+            failure,
+            next_hop: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// A response filter: runs on every response, whoever made it.
+type ResponseFilter = fn(&Ctx, &mut HeaderMap);
+
+/// The response filters, in order. A rule for every response (a security
+/// header, say) is one function added here.
+const RESPONSE_FILTERS: &[ResponseFilter] = &[request_id, rate_limit_state];
+
+fn request_id(ctx: &Ctx, h: &mut HeaderMap) {
+    h.insert(&X_REQUEST_ID, ctx.id.clone());
+}
+
+fn rate_limit_state(ctx: &Ctx, h: &mut HeaderMap) {
+    let Some((policy, state)) = &ctx.rate_headers else {
+        return;
+    };
+    if let Some(p) = policy {
+        h.insert(HeaderName::from_static("ratelimit-policy"), p.clone());
+    }
+    if let Some(s) = state {
+        h.insert(HeaderName::from_static("ratelimit"), s.clone());
+    }
+}
+
+/// Seconds a client should wait before retrying a 503 (RFC 9110 §10.2.3).
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// The one exit.
+pub(super) fn exit(ctx: Ctx, answer: Answer) -> Response<RespBody> {
+    let (mut r, len, cause) = match answer {
+        Answer::Proxied(mut parts, mut body) => {
+            for f in RESPONSE_FILTERS {
+                f(&ctx, &mut parts.headers);
+            }
+            // The body logs the request when it ends.
+            body.ctx = Some(ctx);
+            return Response::from_parts(parts, RespBody::Proxied(body));
+        }
+        Answer::Failure {
+            failure,
+            next_hop,
+            retry_after,
+        } => {
+            let (r, len) = error_page(&ctx, &failure, next_hop.as_deref(), retry_after);
+            (r, len, Some(failure.cause))
+        }
+        Answer::Plain(status, msg) => {
+            let mut r = local(
+                Bytes::from_static(msg.as_bytes()),
+                "text/plain; charset=utf-8",
+            );
+            *r.status_mut() = status;
+            (r, msg.len() as u64, None)
+        }
+        Answer::File(a) => {
+            let a = *a;
+            let len = a.body.as_ref().map_or(0, |b| b.1);
+            let mut r = Response::new(match a.body {
+                Some((f, n)) => RespBody::File(Box::new(files::FileBody::new(f, n))),
+                None => RespBody::Local(None),
+            });
+            *r.status_mut() = a.status;
+            *r.headers_mut() = a.headers;
+            (r, len, None)
+        }
+        Answer::Page { content_type, body } => {
+            let len = body.len() as u64;
+            let mut r = local(Bytes::from(body), content_type);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            (r, len, None)
+        }
+    };
+    for f in RESPONSE_FILTERS {
+        f(&ctx, r.headers_mut());
+    }
+    ctx.finish(r.status().as_u16(), len, cause);
+    r
+}
+
+fn local(body: Bytes, content_type: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::Local(Some(body)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// baton's own answer for a failure: status from the cause, `Proxy-Status`,
+/// and a page in the format the client asked for.
+fn error_page(
+    ctx: &Ctx,
+    f: &Failure,
+    next_hop: Option<&str>,
+    retry_after: Option<u64>,
+) -> (Response<RespBody>, u64) {
+    let format = Format::negotiate(ctx.accept.as_ref().map(|v| v.as_bytes()));
+    let status = f.cause.status();
+    let retry_after = retry_after.or((status == 503).then_some(RETRY_AFTER_SECS));
+    let body = pages::render(
+        format,
+        &PageInfo {
+            cause: f.cause,
+            status,
+            details: f.details.as_deref(),
+            request_id: ctx.id(),
+            retry_after,
+            status_page: ctx.rt.config.status_page.as_deref(),
+        },
+        &ctx.rt.config.pages,
+    );
+    let len = body.len() as u64;
+    let mut r = local(body, format.content_type());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::SERVER, HeaderValue::from_static("baton"));
+    h.insert(
+        &PROXY_STATUS,
+        proxy_status(f.cause, next_hop, f.details.as_deref(), f.received_status),
+    );
+    if let Some(s) = retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    (r, len)
+}

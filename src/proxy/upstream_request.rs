@@ -1,0 +1,230 @@
+//! The upstream request phase: the request as it will be sent to every
+//! attempt, built once: the rewritten head (kept, so a replay sends it
+//! again without a copy), the body (buffered when small enough to replay,
+//! else streamed), FastCGI's parameters, and the consistent-hash key.
+//!
+//! Must not: choose a server or talk to one (the attempt loop does).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::context::Ctx;
+use super::filters::{client_key, declared_length};
+use super::headers::{self, is_upgrade};
+use super::respond::Answer;
+use crate::config::{Balance, HashKey, UpstreamConfig};
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+use crate::upstream::UpBody;
+use crate::upstream::balance::fnv1a;
+use crate::upstream::fastcgi;
+
+/// Largest FastCGI request body without a Content-Length that is buffered
+/// when server.max_body_bytes is not set.
+const FASTCGI_BUFFER_MAX: usize = 64 << 20;
+
+/// The request every attempt sends.
+pub(super) struct UpRequest {
+    pub method: Method,
+    /// Origin-form target.
+    pub target: Uri,
+    pub headers: HeaderMap,
+    /// FastCGI: BEGIN_REQUEST and the CGI parameters.
+    pub fcgi_head: Option<Vec<u8>>,
+    pub body: BodyPlan,
+    /// The client's side of a protocol upgrade it asked for.
+    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The consistent-hash key, when the upstream hashes.
+    pub hash_key: Option<u64>,
+}
+
+/// The request body, as attempts take it.
+pub(super) struct BodyPlan {
+    /// `Some(None)`: no body; `Some(Some(b))`: buffered, replayable;
+    /// `None`: streamed (sent once).
+    replay: Option<Option<Bytes>>,
+    stream: Option<Incoming>,
+    /// A body that never reached the upstream, to resend as is.
+    pub pending: Option<UpBody>,
+    /// A body without a Content-Length is held to max_body_bytes as it
+    /// streams (the flag is only allocated when there is a limit).
+    limit: Option<(u64, Arc<AtomicBool>)>,
+}
+
+impl BodyPlan {
+    /// The body for the next attempt.
+    pub fn take(&mut self) -> UpBody {
+        if let Some(b) = self.pending.take() {
+            return b;
+        }
+        match &self.replay {
+            Some(None) => UpBody::Empty,
+            Some(Some(b)) => UpBody::Full(Some(b.clone())),
+            None => self
+                .stream
+                .take()
+                .map_or(UpBody::Empty, |b| UpBody::Stream(b, self.limit.clone())),
+        }
+    }
+    /// Whether a body that was sent can be sent again.
+    pub fn replayable(&self) -> bool {
+        self.replay.is_some()
+    }
+    /// Whether the next attempt still has the whole body to send.
+    pub fn in_hand(&self) -> bool {
+        self.replayable() || self.pending.is_some() || self.stream.is_some()
+    }
+    /// The streamed body passed max_body_bytes.
+    pub fn over_limit(&self) -> Option<u64> {
+        let (max, over) = self.limit.as_ref()?;
+        over.load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(*max)
+    }
+}
+
+impl UpRequest {
+    /// The method is idempotent or the request carries `Idempotency-Key`
+    /// (looked up only when a replay is being decided).
+    pub fn repeatable(&self) -> bool {
+        headers::idempotent(&self.method) || self.headers.contains_key(&headers::IDEMPOTENCY_KEY)
+    }
+}
+
+/// Builds the upstream request from the client's, consuming it.
+pub(super) async fn build(ctx: &mut Ctx, mut req: Request<Incoming>) -> Result<UpRequest, Answer> {
+    let rt = ctx.rt.clone();
+    let cfg = &rt.upstreams[ctx.route_config().expect("routed").upstream].cfg;
+    let upgrade = is_upgrade(req.headers()) && ctx.script.is_none();
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut hdrs = parts.headers;
+    headers::upstream_request(ctx, &mut hdrs, upgrade);
+    // The origin-form target, reusing the parsed path (no re-parse).
+    let target = match parts.uri.path_and_query() {
+        Some(pq) => {
+            let mut up = http::uri::Parts::default();
+            up.path_and_query = Some(pq.clone());
+            Uri::from_parts(up).unwrap_or_else(|_| Uri::from_static("/"))
+        }
+        None => Uri::from_static("/"),
+    };
+    let declared = declared_length(&hdrs);
+    let body = body_plan(ctx, cfg, body, declared).await?;
+    let fcgi_head = fcgi_head(ctx, cfg, &parts.method, &hdrs, declared, &body);
+    Ok(UpRequest {
+        hash_key: hash_key(&cfg.balance, &hdrs, ctx.client),
+        method: parts.method,
+        target,
+        headers: hdrs,
+        fcgi_head,
+        body,
+        client_upgrade,
+    })
+}
+
+/// The body: buffered when small enough to replay (or when FastCGI needs
+/// its length), else streamed.
+async fn body_plan(
+    ctx: &Ctx,
+    cfg: &UpstreamConfig,
+    body: Incoming,
+    declared: Option<u64>,
+) -> Result<BodyPlan, Answer> {
+    let max_body = ctx.rt.config.limits.max_body_bytes;
+    let mut plan = BodyPlan {
+        replay: None,
+        stream: None,
+        pending: None,
+        limit: max_body.map(|m| (m, Arc::new(AtomicBool::new(false)))),
+    };
+    // CGI needs CONTENT_LENGTH: a FastCGI request body without one is
+    // buffered (up to max_body_bytes, else 64 MiB), as nginx does.
+    let must_buffer = ctx.script.is_some() && declared.is_none() && !body.is_end_stream();
+    if body.is_end_stream() || declared == Some(0) {
+        plan.replay = Some(None);
+    } else if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
+        let limit = match max_body {
+            Some(m) if must_buffer => m as usize,
+            None if must_buffer => FASTCGI_BUFFER_MAX,
+            _ => usize::MAX,
+        };
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(cfg.read_timeout, limited.collect()).await {
+            Ok(Ok(b)) => plan.replay = Some(Some(b.to_bytes())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Answer::failure(Failure::with(
+                    Cause::BodyTooLarge,
+                    format!("a body without Content-Length over {limit} bytes"),
+                )));
+            }
+            // The client went away or stalled while sending its body.
+            _ => {
+                return Err(Answer::Plain(
+                    StatusCode::BAD_REQUEST,
+                    "incomplete request body\n",
+                ));
+            }
+        }
+    } else {
+        plan.stream = Some(body);
+    }
+    Ok(plan)
+}
+
+/// FastCGI: BEGIN_REQUEST and the CGI parameters, built once.
+fn fcgi_head(
+    ctx: &Ctx,
+    cfg: &UpstreamConfig,
+    method: &Method,
+    headers: &HeaderMap,
+    declared: Option<u64>,
+    body: &BodyPlan,
+) -> Option<Vec<u8>> {
+    let (sc, fc) = (ctx.script.as_ref()?, cfg.fastcgi.as_ref()?);
+    let content_length = declared.or(match &body.replay {
+        Some(Some(b)) => Some(b.len() as u64),
+        _ => None,
+    });
+    Some(fastcgi::request_head(
+        fc,
+        sc,
+        &fastcgi::RequestInfo {
+            method: method.as_str(),
+            request_uri: ctx.path(),
+            headers,
+            content_length,
+            protocol: ctx.protocol(),
+            client: ctx.client,
+            local: ctx.local,
+            server_name: ctx.host(),
+            https: false,
+        },
+    ))
+}
+
+/// The request's consistent-hash key, when the upstream hashes.
+fn hash_key(balance: &Balance, headers: &HeaderMap, client: std::net::SocketAddr) -> Option<u64> {
+    let Balance::Hash(k) = balance else {
+        return None;
+    };
+    match k {
+        HashKey::ClientIp => Some(client_key(client)),
+        HashKey::Header(name) => headers.get(name).map(|v| fnv1a(v.as_bytes())),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| fnv1a(v.as_bytes()))
+            }),
+    }
+}

@@ -1,0 +1,185 @@
+//! One request and its response head on a connection, whatever the link:
+//! baton's own HTTP/1.1 client ([`h1`](super::h1)), hyper's client (a
+//! streamed body or an upgrade), or FastCGI. The proxy's attempts, the
+//! active health checks and `baton doctor` all go through [`exchange`], so
+//! a failure is classified the same way wherever it happens.
+//!
+//! Owns: choosing the client for a request, the head wait, the FastCGI
+//! accept-queue "poke", and turning every raw error of an exchange into a
+//! [`Failure`] (through `upstream`'s classifiers). Must not: decide what
+//! happens after a failure (the proxy's retry decision does).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+
+use super::{
+    AttemptView, Conn, Link, Server, UpBody, UpIncoming, await_head, classify_exchange,
+    classify_h1, fastcgi, h1,
+};
+use crate::config::UpstreamConfig;
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+
+/// What is sent: the head (kept by the caller, so a replay rebuilds it
+/// without a copy) and the body.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// Origin-form target.
+    pub target: &'a Uri,
+    pub headers: &'a HeaderMap,
+    /// FastCGI only: BEGIN_REQUEST and the CGI parameters, built once.
+    pub fcgi_head: &'a [u8],
+    pub body: UpBody,
+    /// The client asked for a protocol upgrade: the request goes through
+    /// hyper's client, which hands over the upstream's side.
+    pub upgrade: bool,
+    /// Tags the FastCGI app's stderr lines in the log.
+    pub request_id: &'a HeaderValue,
+}
+
+/// What one exchange came to.
+pub enum Outcome {
+    /// A response head (and the upstream's side of a protocol upgrade).
+    Head(Response<UpIncoming>, Option<hyper::upgrade::OnUpgrade>),
+    /// The response head did not come within the head wait.
+    TimedOut,
+    /// The connection was dead before a byte was written: the request's
+    /// body, intact, to resend (the head is rebuilt from what was kept).
+    Unsent(UpBody),
+    Failed(Failure),
+}
+
+/// How long a FastCGI request on a new connection waits for its head
+/// before it counts as queued and closes the server's idle connections.
+const FASTCGI_POKE: Duration = Duration::from_millis(2);
+
+/// Sends `req` on `conn` and waits up to `head_wait` for the response head
+/// (the clock restarts while the request body is still being written).
+/// `read_before` is what the connection had read before this request, for
+/// the classifiers. A link that carries a response body moves into it.
+pub async fn exchange(
+    server: &Arc<Server>,
+    cfg: &UpstreamConfig,
+    conn: &mut Conn,
+    req: Request<'_>,
+    head_wait: Duration,
+    read_before: u64,
+) -> Outcome {
+    let info = conn.info.clone();
+    // A streamed body or an upgrade goes through hyper's client, which
+    // reads the response while a body is still being sent.
+    if matches!(req.body, UpBody::Stream(..)) || req.upgrade {
+        conn.tx = match conn.tx.take() {
+            Some(link) => match server.hyper_link(cfg, link, &info).await {
+                Ok(l) => Some(l),
+                Err(f) => return Outcome::Failed(f),
+            },
+            None => None,
+        };
+    }
+    let view = AttemptView {
+        info: &info,
+        reused: conn.reused.is_some(),
+        read_before,
+        max_header_bytes: cfg.max_response_header_bytes,
+    };
+    match conn.tx.take() {
+        Some(Link::H1(wire)) => {
+            let head = h1::Head {
+                method: req.method,
+                target: req.target,
+                headers: req.headers,
+            };
+            let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
+            match await_head(fut, &info, head_wait).await {
+                None => Outcome::TimedOut,
+                Some(h1::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::H1), None),
+                Some(h1::Sent::Unsent(body)) => Outcome::Unsent(body),
+                Some(h1::Sent::Failed(e)) => Outcome::Failed(classify_h1(&e, &view)),
+            }
+        }
+        Some(Link::Http(mut tx)) => {
+            let mut r = http::Request::new(req.body);
+            *r.method_mut() = req.method.clone();
+            *r.uri_mut() = req.target.clone();
+            *r.headers_mut() = req.headers.clone();
+            let fut = tx.try_send_request(r);
+            conn.tx = Some(Link::Http(tx));
+            match await_head(fut, &info, head_wait).await {
+                None => Outcome::TimedOut,
+                Some(Ok(mut resp)) => {
+                    let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && req.upgrade)
+                        .then(|| hyper::upgrade::on(&mut resp));
+                    Outcome::Head(resp.map(UpIncoming::Http), up_upgrade)
+                }
+                Some(Err(mut e)) => match e.take_message() {
+                    Some(req) => Outcome::Unsent(req.into_body()),
+                    None => Outcome::Failed(classify_exchange(e.error(), &view)),
+                },
+            }
+        }
+        Some(Link::Fcgi(wire)) => {
+            let tag = fastcgi::LogTag {
+                upstream: cfg.name.clone(),
+                server: conn.peer.clone(),
+                request_id: req.request_id.clone(),
+            };
+            let fut = fastcgi::exchange(
+                wire,
+                req.fcgi_head,
+                req.body,
+                cfg.max_response_header_bytes,
+                &tag,
+            );
+            // On a new connection, no head after 2 ms may mean this request
+            // sits in the accept queue behind workers that baton's own idle
+            // connections hold: from then on it counts as waiting (finished
+            // connections close instead of idling), and the idle ones close
+            // now.
+            let poked = async {
+                if conn.reused.is_some() {
+                    return fut.await;
+                }
+                let mut fut = std::pin::pin!(fut);
+                tokio::select! {
+                    r = &mut fut => return r,
+                    _ = tokio::time::sleep(FASTCGI_POKE) => {}
+                }
+                let _queued = Waiting::new(server);
+                server.clear();
+                fut.await
+            };
+            match await_head(poked, &info, head_wait).await {
+                None => Outcome::TimedOut,
+                Some(fastcgi::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::Fcgi), None),
+                Some(fastcgi::Sent::Unsent(body)) => Outcome::Unsent(body),
+                Some(fastcgi::Sent::Failed(f)) => Outcome::Failed(f),
+            }
+        }
+        None => Outcome::Failed(Failure::with(Cause::Internal, "connection without a link")),
+    }
+}
+
+/// Marks a FastCGI request as waiting for a server worker: connecting
+/// (perhaps waiting out a full accept queue), or on a new connection
+/// without a head after `FASTCGI_POKE`. While any is, `Server::checkin`
+/// closes finished connections instead of keeping them idle, since each
+/// holds a worker.
+pub struct Waiting(Arc<Server>);
+
+impl Waiting {
+    pub fn new(s: &Arc<Server>) -> Self {
+        s.awaiting_worker.fetch_add(1, Ordering::Relaxed);
+        Waiting(s.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.awaiting_worker.fetch_sub(1, Ordering::Relaxed);
+    }
+}
