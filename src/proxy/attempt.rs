@@ -29,9 +29,9 @@ use crate::core::failure::Failure;
 use crate::gateway::Gateway;
 use crate::observe::metrics::{RetryLabels, UpstreamLabels};
 use crate::upstream::balance::{Shed, Slot, backoff};
-use crate::upstream::exchange::{self, Outcome, Waiting};
+use crate::upstream::exchange::{self, Head, NoHead, Waiting};
 use crate::upstream::supervise::Supervisor;
-use crate::upstream::{Conn, Server, TimedBody, UpIncoming, Upstream, health};
+use crate::upstream::{Conn, Server, TimedBody, UpBody, UpIncoming, Upstream, health};
 
 /// The loop's state across attempts.
 struct Attempts<'a> {
@@ -200,11 +200,7 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
         read_before,
     )
     .await;
-    observe_latency(
-        ctx,
-        l,
-        matches!(outcome, Outcome::Head(..)).then(|| sent_at.elapsed()),
-    );
+    observe_latency(ctx, l, outcome.is_ok().then(|| sent_at.elapsed()));
     let attempt_log = AttemptLog {
         peer: conn.peer.clone(),
         idle_ms: conn.reused.map(|d| d.as_millis() as u64),
@@ -219,19 +215,18 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
             .load(Ordering::Relaxed)
             .saturating_sub(read_before),
     };
-    let mut unsent = None;
-    let (failure, stage, per_try_expired) = match outcome {
-        Outcome::Head(resp, up_upgrade) => {
+    let (mut failure, stage, per_try_expired, unsent) = match outcome {
+        Ok(Head { response, upgrade }) => {
             let held = Held {
                 _busy: busy,
                 _permit: l.permit.take(),
             };
-            let upgrades = req.client_upgrade.take().zip(up_upgrade);
+            let upgrades = req.client_upgrade.take().zip(upgrade);
             let sent = attempt_log.sent;
             return Some(success(
                 ctx,
                 l,
-                resp,
+                response,
                 conn,
                 server,
                 upgrades,
@@ -240,35 +235,8 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
                 held,
             ));
         }
-        Outcome::TimedOut => (
-            Failure::with(
-                Cause::ResponseHeadTimeout,
-                format!("no response head within {}s", head_wait.as_secs_f32()),
-            ),
-            Stage::Exchange,
-            head_wait < l.cfg.read_timeout,
-        ),
-        // The connection was closed before a byte of this request was
-        // written: the upstream cannot have seen it.
-        Outcome::Unsent(body) if !l.used.fresh_connection => {
-            unsent = Some(body);
-            let f = Failure::with(
-                Cause::ConnectionTerminated,
-                "pooled connection closed before the request was sent",
-            );
-            (f, Stage::Unsent, false)
-        }
-        Outcome::Unsent(_) => (
-            Failure::with(
-                Cause::ConnectionTerminated,
-                "a fresh connection closed before the request was sent",
-            ),
-            Stage::Exchange,
-            false,
-        ),
-        Outcome::Failed(f) => (f, Stage::Exchange, false),
+        Err(no_head) => exchange_failure(no_head, head_wait, l),
     };
-    let mut failure = failure;
     if stage == Stage::Exchange {
         info.retired.store(true, Ordering::Relaxed);
         if let Some(max) = req.body.over_limit() {
@@ -288,6 +256,43 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
         per_try_expired,
     };
     after_failure(ctx, l, req, failed, unsent).await
+}
+
+/// What an exchange that brought no head failed with, where, whether the
+/// route's per-try timeout (not the read timeout) expired, and a body that
+/// was never sent.
+fn exchange_failure(
+    no_head: NoHead,
+    head_wait: std::time::Duration,
+    l: &Attempts<'_>,
+) -> (Failure, Stage, bool, Option<UpBody>) {
+    let terminated = |how| Failure::with(Cause::ConnectionTerminated, how);
+    match no_head {
+        NoHead::TimedOut => (
+            Failure::with(
+                Cause::ResponseHeadTimeout,
+                format!("no response head within {}s", head_wait.as_secs_f32()),
+            ),
+            Stage::Exchange,
+            head_wait < l.cfg.read_timeout,
+            None,
+        ),
+        // The connection was closed before a byte of this request was
+        // written: the upstream cannot have seen it.
+        NoHead::Unsent(body) if !l.used.fresh_connection => (
+            terminated("pooled connection closed before the request was sent"),
+            Stage::Unsent,
+            false,
+            Some(body),
+        ),
+        NoHead::Unsent(_) => (
+            terminated("a fresh connection closed before the request was sent"),
+            Stage::Exchange,
+            false,
+            None,
+        ),
+        NoHead::Failed(f) => (f, Stage::Exchange, false, None),
+    }
 }
 
 /// A pooled connection to `server`, or a new one.
@@ -341,7 +346,7 @@ async fn after_failure(
     l: &mut Attempts<'_>,
     req: &mut UpRequest,
     f: Failed,
-    unsent: Option<crate::upstream::UpBody>,
+    unsent: Option<UpBody>,
 ) -> Option<Answer> {
     let facts = Facts {
         stage: f.stage,

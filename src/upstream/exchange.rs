@@ -40,10 +40,17 @@ pub struct Request<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// What one exchange came to.
-pub enum Outcome {
-    /// A response head (and the upstream's side of a protocol upgrade).
-    Head(Response<UpIncoming>, Option<hyper::upgrade::OnUpgrade>),
+/// What one exchange came to: a response head, or why there is none.
+pub type Outcome = Result<Head, NoHead>;
+
+/// A response head (and the upstream's side of a protocol upgrade).
+pub struct Head {
+    pub response: Response<UpIncoming>,
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Why an exchange brought no response head.
+pub enum NoHead {
     /// The response head did not come within the head wait.
     TimedOut,
     /// The connection was dead before a byte was written: the request's
@@ -75,7 +82,7 @@ pub async fn exchange(
         conn.tx = match conn.tx.take() {
             Some(link) => match server.hyper_link(cfg, link, &info).await {
                 Ok(l) => Some(l),
-                Err(f) => return Outcome::Failed(f),
+                Err(f) => return Err(NoHead::Failed(f)),
             },
             None => None,
         };
@@ -95,10 +102,13 @@ pub async fn exchange(
             };
             let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
             match await_head(fut, &info, head_wait).await {
-                None => Outcome::TimedOut,
-                Some(h1::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::H1), None),
-                Some(h1::Sent::Unsent(body)) => Outcome::Unsent(body),
-                Some(h1::Sent::Failed(e)) => Outcome::Failed(classify_h1(&e, &view)),
+                None => Err(NoHead::TimedOut),
+                Some(h1::Sent::Head(resp)) => Ok(Head {
+                    response: resp.map(UpIncoming::H1),
+                    upgrade: None,
+                }),
+                Some(h1::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
+                Some(h1::Sent::Failed(e)) => Err(NoHead::Failed(classify_h1(&e, &view))),
             }
         }
         Some(Link::Http(mut tx)) => {
@@ -109,16 +119,19 @@ pub async fn exchange(
             let fut = tx.try_send_request(r);
             conn.tx = Some(Link::Http(tx));
             match await_head(fut, &info, head_wait).await {
-                None => Outcome::TimedOut,
+                None => Err(NoHead::TimedOut),
                 Some(Ok(mut resp)) => {
                     let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && req.upgrade)
                         .then(|| hyper::upgrade::on(&mut resp));
-                    Outcome::Head(resp.map(UpIncoming::Http), up_upgrade)
+                    Ok(Head {
+                        response: resp.map(UpIncoming::Http),
+                        upgrade: up_upgrade,
+                    })
                 }
                 Some(Err(mut e)) => match e.take_message() {
-                    Some(req) => Outcome::Unsent(req.into_body()),
-                    None => Outcome::Failed(classify_exchange(e.error(), &view)),
+                    Some(req) => Err(NoHead::Unsent(req.into_body())),
+                    None => Err(NoHead::Failed(classify_exchange(e.error(), &view))),
                 },
             }
         }
@@ -154,13 +167,19 @@ pub async fn exchange(
                 fut.await
             };
             match await_head(poked, &info, head_wait).await {
-                None => Outcome::TimedOut,
-                Some(fastcgi::Sent::Head(resp)) => Outcome::Head(resp.map(UpIncoming::Fcgi), None),
-                Some(fastcgi::Sent::Unsent(body)) => Outcome::Unsent(body),
-                Some(fastcgi::Sent::Failed(f)) => Outcome::Failed(f),
+                None => Err(NoHead::TimedOut),
+                Some(fastcgi::Sent::Head(resp)) => Ok(Head {
+                    response: resp.map(UpIncoming::Fcgi),
+                    upgrade: None,
+                }),
+                Some(fastcgi::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
+                Some(fastcgi::Sent::Failed(f)) => Err(NoHead::Failed(f)),
             }
         }
-        None => Outcome::Failed(Failure::with(Cause::Internal, "connection without a link")),
+        None => Err(NoHead::Failed(Failure::with(
+            Cause::Internal,
+            "connection without a link",
+        ))),
     }
 }
 

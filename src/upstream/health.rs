@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
 use http_body_util::BodyExt;
 
-use super::exchange::{self, Outcome};
+use super::exchange::{self, Head, NoHead};
 use crate::config::{HealthConfig, OutlierConfig};
 use crate::core::cause::Cause;
 use crate::upstream::{Dialer, Server, UpBody, Upstream};
@@ -246,15 +246,17 @@ pub async fn probe(
         let status = match exchange::exchange(&server, &up.cfg, &mut conn, req, cfg.timeout, 0)
             .await
         {
-            Outcome::Head(resp, _) => {
-                let status = resp.status().as_u16();
-                let body = super::TimedBody::new(resp.into_body(), cfg.timeout);
+            Ok(Head { response, .. }) => {
+                let status = response.status().as_u16();
+                let body = super::TimedBody::new(response.into_body(), cfg.timeout);
                 let _ = body.collect().await;
                 status
             }
-            Outcome::Failed(f) => return Err((Some(f.cause), f.details.unwrap_or_default())),
-            Outcome::Unsent(_) => return Err((Some(Cause::ConnectionTerminated), "closed".into())),
-            Outcome::TimedOut => return Err(no_answer()),
+            Err(NoHead::Failed(f)) => return Err((Some(f.cause), f.details.unwrap_or_default())),
+            Err(NoHead::Unsent(_)) => {
+                return Err((Some(Cause::ConnectionTerminated), "closed".into()));
+            }
+            Err(NoHead::TimedOut) => return Err(no_answer()),
         };
         if (cfg.expect.0..=cfg.expect.1).contains(&status) {
             Ok(())

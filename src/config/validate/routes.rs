@@ -1,0 +1,237 @@
+//! `[[routes]]`: host and path, the upstream, maintenance, rate limits
+//! and the retry policy; routes an earlier one shadows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Validator;
+use crate::config::diagnostics::closest;
+use crate::config::raw;
+use crate::config::*;
+
+impl Validator<'_> {
+    /// Route number `i` (among those read so far), or `None` if it cannot
+    /// be built.
+    pub(super) fn route(
+        &mut self,
+        i: usize,
+        r: &raw::Route,
+        index: &HashMap<String, usize>,
+        upstreams: &[Arc<UpstreamConfig>],
+        routes: &[Route],
+    ) -> Option<Route> {
+        let up = r.upstream.get_ref();
+        let Some(&ui) = index.get(up) else {
+            let names: Vec<&str> = index.keys().map(String::as_str).collect();
+            let fix = match closest(up, &names) {
+                Some(s) => format!("did you mean \"{s}\"?"),
+                None if names.is_empty() => "define it with an [upstreams.NAME] section".into(),
+                None => format!("use one of: {}", names.join(", ")),
+            };
+            self.err(
+                format!("routes[{i}].upstream"),
+                r.upstream.span(),
+                format!("unknown upstream {up:?}"),
+                &fix,
+            );
+            return None;
+        };
+        let host = match &r.host {
+            None => None,
+            Some(h) => {
+                let s = h.get_ref().to_ascii_lowercase();
+                if let Some(rest) = s.strip_prefix("*.") {
+                    if rest.is_empty() || rest.contains('*') {
+                        self.err(
+                            format!("routes[{i}].host"),
+                            h.span(),
+                            format!("invalid wildcard {s:?}"),
+                            "write \"*.example.com\"",
+                        );
+                    }
+                    Some(HostMatch::Suffix(format!(".{rest}")))
+                } else if s.is_empty() || s.contains('*') || s.contains('/') {
+                    self.err(
+                        format!("routes[{i}].host"),
+                        h.span(),
+                        format!("invalid host {s:?}"),
+                        "write \"example.com\" or \"*.example.com\" (no scheme, no path)",
+                    );
+                    None
+                } else {
+                    Some(HostMatch::Exact(s))
+                }
+            }
+        };
+        let path = match &r.path {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.err(
+                    format!("routes[{i}].path"),
+                    p.span(),
+                    format!("path {:?} does not start with /", p.get_ref()),
+                    "write a path prefix such as \"/api\"",
+                );
+                return None;
+            }
+        };
+        let name = format!(
+            "{}{}",
+            r.host.as_ref().map_or("*", |h| h.get_ref().as_str()),
+            path
+        );
+        let maintenance = r.maintenance.as_ref().map(|m| Maintenance {
+            message: m.get_ref().clone(),
+            retry_after: self.duration(
+                &format!("routes[{i}].maintenance_retry_after"),
+                &r.maintenance_retry_after,
+                Duration::from_secs(600),
+            ),
+        });
+        let rate_limit = self.rate_limit(i, r);
+        let k = |x: &str| format!("routes[{i}].{x}");
+        let retry = RetryPolicy {
+            retries: r
+                .retries
+                .as_ref()
+                .map(|_| self.int(&k("retries"), &r.retries, 0, 16, 1, "use 0 to 16") as u32),
+            per_try_timeout: r.per_try_timeout.as_ref().map(|_| {
+                self.duration(
+                    &k("per_try_timeout"),
+                    &r.per_try_timeout,
+                    Duration::from_secs(1),
+                )
+            }),
+            deadline: r
+                .deadline
+                .as_ref()
+                .map(|_| self.duration(&k("deadline"), &r.deadline, Duration::from_secs(1))),
+            // Off by default: a retry goes to another server, which
+            // does not need the first one to recover.
+            backoff: match &r.retry_backoff {
+                None => Duration::ZERO,
+                Some(_) => self.duration(&k("retry_backoff"), &r.retry_backoff, Duration::ZERO),
+            },
+            budget_percent: self.int(
+                &k("retry_budget_percent"),
+                &r.retry_budget_percent,
+                0,
+                100,
+                20,
+                "use 0 to 100",
+            ) as u32,
+            budget_min: self.int(
+                &k("retry_budget_min"),
+                &r.retry_budget_min,
+                0,
+                100_000,
+                3,
+                "use 0 or more retries per second",
+            ) as u32,
+        };
+        // Never matched: an earlier route takes every request it would.
+        let span = r.path.as_ref().map_or(r.upstream.span(), |p| p.span());
+        if let Some(earlier) = routes.iter().find(|e: &&Route| {
+            let host_covers = match (&e.host, &host) {
+                (None, _) => true,
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => false,
+            };
+            host_covers && path_prefix_covers(&e.path, &path)
+        }) {
+            self.warn(
+                format!("routes[{i}]"),
+                span.clone(),
+                format!("never matches: the earlier route {} takes every request it would (routes match in file order)", earlier.name),
+                "move this route above the broader one, or narrow the earlier route's host or path",
+            );
+        }
+        if let (Some(p), Some(t)) = (retry.per_try_timeout, r.per_try_timeout.as_ref())
+            && p >= upstreams[ui].read_timeout
+        {
+            self.warn(
+                format!("routes[{i}].per_try_timeout"),
+                t.span(),
+                format!(
+                    "per_try_timeout {p:?} is not shorter than upstream {}'s read_timeout {:?}: it never fires",
+                    upstreams[ui].name,
+                    upstreams[ui].read_timeout
+                ),
+                "make per_try_timeout shorter than read_timeout, or remove it",
+            );
+        }
+        Some(Route {
+            retry,
+            host,
+            path,
+            upstream: ui,
+            name: name.into(),
+            maintenance,
+            rate_limit,
+        })
+    }
+
+    pub(super) fn rate_limit(&mut self, i: usize, r: &raw::Route) -> Option<RateLimit> {
+        let spec = r.rate_limit.as_ref()?;
+        let key = format!("routes[{i}].rate_limit");
+        let parsed = spec.get_ref().split_once('/').and_then(|(n, per)| {
+            let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+            let per = match per.trim() {
+                "s" => Duration::from_secs(1),
+                "m" => Duration::from_secs(60),
+                "h" => Duration::from_secs(3600),
+                _ => return None,
+            };
+            Some((n, per))
+        });
+        let Some((rate, per)) = parsed else {
+            self.err(
+                key,
+                spec.span(),
+                format!("invalid rate {:?}", spec.get_ref()),
+                "write \"10/s\", \"600/m\" or \"1000/h\"",
+            );
+            return None;
+        };
+        let burst = self.int(
+            &format!("routes[{i}].rate_limit_burst"),
+            &r.rate_limit_burst,
+            1,
+            1_000_000,
+            i64::from(rate),
+            "use 1 or more",
+        ) as u32;
+        let rk = match r.rate_limit_key.as_ref().map(|k| k.get_ref().as_str()) {
+            None | Some("client_ip") => RateKey::ClientIp,
+            Some(k) => match k
+                .strip_prefix("header:")
+                .and_then(|h| http::HeaderName::from_bytes(h.trim().as_bytes()).ok())
+            {
+                Some(h) => RateKey::Header(h),
+                None => {
+                    let span = r.rate_limit_key.as_ref().map_or(0..0, |k| k.span());
+                    self.err(
+                        format!("routes[{i}].rate_limit_key"),
+                        span,
+                        format!("invalid key {k:?}"),
+                        "use \"client_ip\" or \"header:NAME\"",
+                    );
+                    RateKey::ClientIp
+                }
+            },
+        };
+        Some(RateLimit {
+            rate,
+            per,
+            burst,
+            key: rk,
+        })
+    }
+}
+
+/// Whether route prefix `a` matches every path prefix `b` matches.
+fn path_prefix_covers(a: &str, b: &str) -> bool {
+    b.starts_with(a) && (a.ends_with('/') || b.len() == a.len() || b[a.len()..].starts_with('/'))
+}

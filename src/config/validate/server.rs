@@ -1,0 +1,227 @@
+//! `[server]`, `[log]` and `[resolver]`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Validator;
+use crate::config::raw;
+use crate::config::*;
+
+/// What `[server]` and `[log]` give the config.
+pub(super) struct ServerPart {
+    pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub workers: usize,
+    pub limits: ClientLimits,
+    pub outer_idle_timeout: Option<Duration>,
+    pub log: LogConfig,
+    pub admin_token: Option<String>,
+    pub status_page: Option<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn server(&mut self, server: &raw::Server, log: &raw::Log) -> ServerPart {
+        let mut listen = Vec::new();
+        match &server.listen {
+            Some(l) if l.get_ref().is_empty() => self.err(
+                "server.listen",
+                l.span(),
+                "no listen address",
+                "list at least one address, e.g. listen = [\"127.0.0.1:8080\"]",
+            ),
+            Some(l) => {
+                for a in l.get_ref() {
+                    if let Some(a) = self.socket_addr("server.listen", a) {
+                        listen.push(a);
+                    }
+                }
+            }
+            None => listen.push(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        }
+        let admin = server
+            .admin
+            .as_ref()
+            .and_then(|a| self.socket_addr("server.admin", a));
+        let workers = self.int(
+            "server.workers",
+            &server.workers,
+            0,
+            1024,
+            0,
+            "use 0 (one per core) up to 1024",
+        ) as usize;
+        let limits = ClientLimits {
+            header_read_timeout: self.duration(
+                "server.header_read_timeout",
+                &server.header_read_timeout,
+                defaults::HEADER_READ_TIMEOUT,
+            ),
+            max_request_header_bytes: self.int(
+                "server.max_request_header_bytes",
+                &server.max_request_header_bytes,
+                8192,
+                16 << 20,
+                64 * 1024,
+                "use 8192 or more",
+            ) as usize,
+            max_body_bytes: server.max_body_bytes.as_ref().map(|_| {
+                self.int(
+                    "server.max_body_bytes",
+                    &server.max_body_bytes,
+                    0,
+                    i64::MAX,
+                    0,
+                    "use a size in bytes",
+                ) as u64
+            }),
+            max_connections: self.int(
+                "server.max_connections",
+                &server.max_connections,
+                1,
+                10_000_000,
+                100_000,
+                "use 1 or more",
+            ) as usize,
+        };
+        // The timeout ladder against a load balancer in front of baton.
+        let outer_idle_timeout = server.outer_idle_timeout.as_ref().map(|_| {
+            self.duration(
+                "server.outer_idle_timeout",
+                &server.outer_idle_timeout,
+                Duration::from_secs(60),
+            )
+        });
+        if let (Some(o), Some(at)) = (outer_idle_timeout, &server.outer_idle_timeout)
+            && limits.header_read_timeout <= o
+        {
+            let span = server
+                .header_read_timeout
+                .as_ref()
+                .map_or(at.span(), |h| h.span());
+            self.warn(
+                "server.header_read_timeout",
+                span,
+                format!(
+                    "baton closes idle client connections after {:?}, no later than the load balancer in front ({o:?}): it reuses a connection baton just closed and answers 502 itself",
+                    limits.header_read_timeout
+                ),
+                &format!(
+                    "set header_read_timeout above outer_idle_timeout, e.g. \"{}s\"",
+                    o.as_secs() + 15
+                ),
+            );
+        }
+
+        // [log]
+        let access_format = match &log.access_format {
+            None => AccessFormat::Json,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => AccessFormat::Json,
+                "combined" => AccessFormat::Combined,
+                other => {
+                    self.err(
+                        "log.access_format",
+                        f.span(),
+                        format!("unknown access log format {other:?}"),
+                        "use \"json\" or \"combined\"",
+                    );
+                    AccessFormat::Json
+                }
+            },
+        };
+        let log = LogConfig {
+            access: self.log_target("log.access", &log.access, LogTarget::Stdout),
+            access_format,
+            errors: self.log_target("log.errors", &log.errors, LogTarget::Stderr),
+        };
+
+        // The admin API (metrics, dashboard, reload, drain) off loopback
+        // needs a token.
+        let admin_token = server.admin_token.as_ref().map(|t| t.get_ref().clone());
+        if let (Some(a), None, Some(at)) = (admin, &admin_token, &server.admin)
+            && !a.ip().is_loopback()
+        {
+            self.err(
+                "server.admin",
+                at.span(),
+                format!("the admin API on {a} is reachable off this machine without a token"),
+                "set server.admin_token = \"a long random string\" (sent as Authorization: Bearer, or ?token=), or keep admin on 127.0.0.1",
+            );
+        }
+
+        let status_page = match &server.status_page {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.err(
+                    "server.status_page",
+                    p.span(),
+                    format!("{:?} is not a path", p.get_ref()),
+                    "write status_page = \"/.well-known/status\"",
+                );
+                None
+            }
+            Some(p) => Some(p.get_ref().clone()),
+            None => None,
+        };
+
+        ServerPart {
+            listen,
+            admin,
+            workers,
+            limits,
+            outer_idle_timeout,
+            log,
+            admin_token,
+            status_page,
+        }
+    }
+
+    pub(super) fn resolver(&mut self, resolver: &raw::Resolver) -> ResolverConfig {
+        let mut nameservers = Vec::new();
+        for ns in resolver.nameservers.iter().flatten() {
+            let s = ns.get_ref();
+            let parsed = s.parse::<SocketAddr>().ok().or_else(|| {
+                s.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(a) => nameservers.push(a),
+                None => self.err(
+                    "resolver.nameservers",
+                    ns.span(),
+                    format!("{s:?} is not an IP address"),
+                    "write \"127.0.0.53\" or \"127.0.0.1:5353\"",
+                ),
+            }
+        }
+        ResolverConfig {
+            min_ttl: match &resolver.min_ttl {
+                None => Duration::from_secs(1),
+                Some(_) => self.duration(
+                    "resolver.min_ttl",
+                    &resolver.min_ttl,
+                    Duration::from_secs(1),
+                ),
+            },
+            max_ttl: self.duration(
+                "resolver.max_ttl",
+                &resolver.max_ttl,
+                Duration::from_secs(300),
+            ),
+            nameservers,
+            timeout: self.duration(
+                "resolver.timeout",
+                &resolver.timeout,
+                defaults::RESOLVER_TIMEOUT,
+            ),
+            attempts: self.int(
+                "resolver.attempts",
+                &resolver.attempts,
+                1,
+                10,
+                defaults::RESOLVER_ATTEMPTS as i64,
+                "use 1 to 10",
+            ) as usize,
+        }
+    }
+}
