@@ -486,6 +486,64 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// One server to walk or probe (`baton doctor`), as a typed request.
+pub struct Probe<'a> {
+    /// As an upstream's `servers` entry: `host:port` or `unix:/path`.
+    pub server: &'a str,
+    pub fastcgi: bool,
+    /// Connect and read timeout.
+    pub timeout: Duration,
+    /// `Some`: TLS, with this server name when it is not an IP address.
+    pub tls: Option<Option<&'a str>>,
+    /// Nameservers to ask (`ip[:port]`); empty: /etc/resolv.conf's.
+    pub nameservers: &'a [String],
+}
+
+/// A config of one upstream (`target`) and one route to it, for a probe:
+/// no retries, no ejection, no logs. It goes through the one loader, so
+/// it gets every default and every check a file would; the table is built
+/// as data (a server string cannot inject a key).
+pub fn probe(p: &Probe<'_>) -> Result<Config, ConfigErrors> {
+    use toml::{Table, Value};
+    let secs = format!("{}s", p.timeout.as_secs_f64());
+    let mut up = Table::new();
+    up.insert("servers".into(), Value::Array(vec![p.server.into()]));
+    up.insert("connect_timeout".into(), secs.clone().into());
+    up.insert("read_timeout".into(), secs.into());
+    up.insert("retries".into(), Value::Integer(0));
+    if p.fastcgi {
+        up.insert("protocol".into(), "fastcgi".into());
+        up.insert("root".into(), "/".into());
+    }
+    if let Some(name) = p.tls {
+        up.insert("tls".into(), Value::Boolean(true));
+        if let Some(n) = name.filter(|n| n.parse::<std::net::IpAddr>().is_err()) {
+            up.insert("tls_server_name".into(), n.into());
+        }
+    }
+    let mut outlier = Table::new();
+    outlier.insert("consecutive_failures".into(), Value::Integer(0));
+    up.insert("outlier".into(), Value::Table(outlier));
+    let mut doc = Table::new();
+    if !p.nameservers.is_empty() {
+        let list = p.nameservers.iter().map(|n| n.as_str().into()).collect();
+        let mut r = Table::new();
+        r.insert("nameservers".into(), Value::Array(list));
+        doc.insert("resolver".into(), Value::Table(r));
+    }
+    let mut log = Table::new();
+    log.insert("access".into(), "off".into());
+    log.insert("errors".into(), "off".into());
+    doc.insert("log".into(), Value::Table(log));
+    let mut ups = Table::new();
+    ups.insert("target".into(), Value::Table(up));
+    doc.insert("upstreams".into(), Value::Table(ups));
+    let mut route = Table::new();
+    route.insert("upstream".into(), "target".into());
+    doc.insert("routes".into(), Value::Array(vec![Value::Table(route)]));
+    parse(&doc.to_string(), "(probe)", None)
+}
+
 /// Parses and validates config text. `base` resolves relative file paths.
 pub fn parse(src: &str, file: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
     let mut v = Validator::new(src, base.map(Path::to_path_buf));

@@ -439,7 +439,8 @@ pub enum Link {
 }
 
 impl Link {
-    fn is_closed(&mut self) -> bool {
+    /// The peer closed the connection (or sent what no request asked for).
+    pub fn is_closed(&mut self) -> bool {
         match self {
             Link::Http(tx) => tx.is_closed(),
             Link::H1(w) | Link::Fcgi(w) => !w.is_open(),

@@ -109,16 +109,11 @@ fn probe_all(cfg: &Config, skip: &[String]) -> Vec<Finding> {
         Ok(rt) => rt,
         Err(_) => return Vec::new(),
     };
-    let Ok(mut gw) = crate::gateway::Runtime::new(
-        cfg.clone(),
-        1,
-        Arc::new(crate::observe::metrics::Metrics::new()),
-    ) else {
+    // A server that is one of baton's own listeners is reported by the
+    // loader; probing it must not fail as a loop (a detached runtime).
+    let Ok(gw) = crate::gateway::Runtime::detached(cfg.clone()) else {
         return Vec::new();
     };
-    // A server that is one of baton's own listeners is reported by the
-    // loader; probing it must not fail as a loop.
-    gw.dialer.own.clear();
     let gw = Arc::new(gw);
     rt.block_on(async {
         let mut probes = tokio::task::JoinSet::new();

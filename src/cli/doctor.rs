@@ -1,22 +1,28 @@
-//! `baton doctor TARGET`: walks one upstream step by step (socket, DNS,
-//! connect with TLS, HTTP request) through the gateway's own connect and
-//! exchange code, so every failure is classified by the same classifiers
-//! into the same [`Cause`] as a proxied request; prints each step with its
-//! timing and a verdict with the fix.
+//! `baton doctor TARGET`: walks one upstream step by step (the socket,
+//! DNS against the system resolver and every address on its own, connect
+//! with TLS and the certificate, the protocol sniff, one HTTP request or a
+//! FastCGI ping, the idle keep-alive watch) through the gateway's own
+//! dialler and [`exchange`](crate::upstream::exchange), so every failure is
+//! classified by the same classifiers into the same [`Cause`] as a
+//! proxied request; prints each step with its timing and a verdict with
+//! the fix. `--config` walks every server of a config; `--repeat` sums up
+//! what varied.
 //!
 //! Must not: classify anything itself (`upstream` does) or need a running
-//! gateway. First slice of issue 5: no TLS certificate details, keep-alive
-//! measurement, protocol sniff, FastCGI ping or `--config` yet.
+//! gateway.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, header};
+use bytes::Bytes;
+use http::header;
+use http_body_util::BodyExt;
 
 use crate::config::ServerAddr;
 use crate::core::cause::Cause;
 use crate::core::failure::Failure;
-use crate::upstream::{self, AttemptView, Link, UpBody};
+use crate::upstream::exchange::{self, Head, NoHead};
+use crate::upstream::{self, Link, TimedBody, UpBody, UpIncoming};
 
 /// One step of the walk.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,9 +84,9 @@ impl Spoken {
     }
 }
 
-/// A FastCGI `GET ping_path` through the gateway's own FastCGI exchange
-/// (PHP-FPM answers its `ping.path` itself, with "pong").
-async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
+/// A FastCGI `GET ping_path` through the gateway's own exchange (PHP-FPM
+/// answers its `ping.path` itself, with "pong").
+async fn fastcgi_ping(t: &Target, o: &Options) -> Step {
     let start = Instant::now();
     let step = |ok: bool, detail: String| Step {
         name: "fastcgi-ping",
@@ -88,12 +94,8 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
         ms: ms(start),
         detail,
     };
-    let toml = format!(
-        "[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.t]\nservers = [\"{}\"]\nprotocol = \"fastcgi\"\nroot = \"/\"\nconnect_timeout = \"{s}s\"\nread_timeout = \"{s}s\"\n[[routes]]\nupstream = \"t\"\n",
-        server.replace('"', ""),
-        s = timeout.as_secs_f64()
-    );
-    let rt = match probe_runtime(&toml) {
+    let path = o.ping_path.as_str();
+    let rt = match probe_runtime(t, o, true) {
         Ok(rt) => rt,
         Err(e) => return step(false, e),
     };
@@ -101,43 +103,43 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
     let Some(fc) = up.cfg.fastcgi.as_deref() else {
         return step(false, "no FastCGI settings".into());
     };
-    let conn = match up.servers[0].connect(&up.cfg, &rt.dialer).await {
+    let server = &up.servers[0];
+    let mut conn = match server.connect(&up.cfg, &rt.dialer).await {
         Ok(c) => c,
         Err((f, _)) => return step(false, f.details.unwrap_or_default()),
     };
-    let Some(Link::Fcgi(wire)) = conn.tx else {
-        return step(false, "not a FastCGI connection".into());
-    };
     let head = crate::upstream::fastcgi::health_request(fc, path);
-    let tag = crate::upstream::fastcgi::LogTag {
-        upstream: up.cfg.name.clone(),
-        server: conn.peer.clone(),
-        request_id: http::HeaderValue::from_static("doctor"),
+    let target: http::Uri = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    let req = exchange::Request {
+        method: &http::Method::GET,
+        target: &target,
+        headers: &http::HeaderMap::new(),
+        fcgi_head: &head,
+        body: UpBody::Empty,
+        upgrade: false,
+        request_id: &http::HeaderValue::from_static("doctor"),
     };
-    let ex = crate::upstream::fastcgi::exchange(wire, &head, UpBody::Empty, 65536, &tag);
-    match tokio::time::timeout(timeout, ex).await {
-        Err(_) => step(
+    match exchange::exchange(server, &up.cfg, &mut conn, req, o.timeout, 0).await {
+        Err(NoHead::TimedOut) => step(
             false,
-            format!("no answer to GET {path} within {:?}", timeout),
+            format!("no answer to GET {path} within {:?}", o.timeout),
         ),
-        Ok(crate::upstream::fastcgi::Sent::Head(resp)) => {
-            let status = resp.status().as_u16();
-            let body = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+        Ok(Head { response, .. }) => {
+            let status = response.status().as_u16();
+            let (body, _) = read_body(response.into_body(), o.timeout).await;
+            let body = body.unwrap_or_default();
             let text = String::from_utf8_lossy(&body[..body.len().min(80)])
                 .trim()
                 .to_string();
             step(status == 200, format!("GET {path}: {status} {text:?}"))
         }
-        Ok(crate::upstream::fastcgi::Sent::Failed(f)) if f.cause == Cause::ScriptNotFound => step(
+        Err(NoHead::Failed(f)) if f.cause == Cause::ScriptNotFound => step(
             false,
             format!(
                 "GET {path}: Primary script unknown: the pool has no ping.path {path} (add `ping.path = {path}` to the pool for health checks)"
             ),
         ),
-        Ok(crate::upstream::fastcgi::Sent::Failed(f)) => step(
+        Err(NoHead::Failed(f)) => step(
             false,
             format!(
                 "GET {path}: {} ({})",
@@ -145,10 +147,33 @@ async fn fastcgi_ping(server: &str, timeout: Duration, path: &str) -> Step {
                 f.details.unwrap_or_default()
             ),
         ),
-        Ok(crate::upstream::fastcgi::Sent::Unsent(_)) => {
-            step(false, "the connection closed at once".into())
-        }
+        Err(NoHead::Unsent(_)) => step(false, "the connection closed at once".into()),
     }
+}
+
+/// Reads a response body to its end within `timeout`: its bytes (`None`
+/// when it did not end cleanly in time) and the wire it came on, for the
+/// keep-alive watch.
+async fn read_body(body: UpIncoming, timeout: Duration) -> (Option<Bytes>, Option<Link>) {
+    let mut timed = TimedBody::new(body, timeout);
+    let mut out = Vec::new();
+    let whole = tokio::time::timeout(timeout, async {
+        while let Some(frame) = timed.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        out.extend_from_slice(d);
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let wire = if whole { timed.take_wire() } else { None };
+    (whole.then(|| Bytes::from(out)), wire)
 }
 
 /// Sends FCGI_GET_VALUES on a fresh connection and reads what comes back.
@@ -465,14 +490,22 @@ async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
     }
 }
 
-/// The gateway's runtime for a one-upstream config, without listeners (so
-/// any address may be diagnosed, even one baton could listen on).
-fn probe_runtime(toml: &str) -> Result<crate::gateway::Runtime, String> {
-    let cfg = crate::config::parse(toml, "(doctor)", None).map_err(|e| e.to_string())?;
-    let mut rt =
-        crate::gateway::Runtime::new(cfg, 1, Arc::new(crate::observe::metrics::Metrics::new()))?;
-    rt.dialer.own.clear();
-    Ok(rt)
+/// The gateway's runtime for the target alone, without listeners (so any
+/// address may be diagnosed, even one baton could listen on).
+fn probe_runtime(
+    t: &Target,
+    o: &Options,
+    fastcgi: bool,
+) -> Result<crate::gateway::Runtime, String> {
+    let cfg = crate::config::probe(&crate::config::Probe {
+        server: &t.server,
+        fastcgi,
+        timeout: o.timeout,
+        tls: t.tls_name.as_deref().map(Some),
+        nameservers: &o.nameservers,
+    })
+    .map_err(|e| e.to_string())?;
+    crate::gateway::Runtime::detached(cfg)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -495,262 +528,36 @@ pub struct Options {
 }
 
 /// Walks `target`. `Err` only when the walk could not run at all.
-/// `idle_wait`: how long to watch an idle kept-alive connection for the
-/// server closing it (zero: skip the step).
-/// `ping_path`: the FastCGI request sent to a FastCGI server (PHP-FPM's
-/// `ping.path`).
 pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
-    let (timeout, idle_wait, ping_path, nameservers) =
-        (o.timeout, o.idle_wait, o.ping_path.as_str(), &o.nameservers);
     let t = parse_target(target)?;
-    let secs = timeout.as_secs_f64();
-    let tls = match &t.tls_name {
-        Some(n) if n.parse::<std::net::IpAddr>().is_err() => {
-            format!("tls = true\ntls_server_name = \"{n}\"\n")
-        }
-        Some(_) => "tls = true\n".to_string(),
-        None => String::new(),
-    };
-    let resolver = if nameservers.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = nameservers.iter().map(|n| format!("\"{n}\"")).collect();
-        format!("[resolver]\nnameservers = [{}]\n", list.join(", "))
-    };
-    let toml = format!(
-        "{resolver}[log]\naccess = \"off\"\nerrors = \"off\"\n[upstreams.target]\nservers = [\"{}\"]\nconnect_timeout = \"{secs}s\"\nread_timeout = \"{secs}s\"\nretries = 0\n{tls}[upstreams.target.outlier]\nconsecutive_failures = 0\n[[routes]]\nupstream = \"target\"\n",
-        t.server.replace('"', "")
-    );
-    let rt = probe_runtime(&toml)?;
+    let rt = probe_runtime(&t, o, false)?;
     let up = rt.upstreams[0].clone();
     let server = up.servers[0].clone();
-    let mut steps = Vec::new();
-    let report = |steps: Vec<Step>, failure: Option<Failure>, status: Option<u16>| Report {
-        target: target.to_string(),
-        steps,
-        failure,
-        status,
-        hop: None,
-        fastcgi: false,
+    let mut w = Walk {
+        target,
+        steps: Vec::new(),
     };
-
-    // The socket itself, for unix: targets.
-    if let ServerAddr::Unix(p) = &server.addr {
-        let start = Instant::now();
-        match upstream::socket_problem(p) {
-            None => steps.push(Step {
-                name: "socket",
-                ok: true,
-                ms: ms(start),
-                detail: format!(
-                    "{} exists, is a socket, and this user may connect",
-                    p.display()
-                ),
-            }),
-            Some(pb) => {
-                let cause = match pb {
-                    upstream::SocketProblem::Permission(_) => Cause::SocketPermission,
-                    _ => Cause::SocketNotFound,
-                };
-                steps.push(Step {
-                    name: "socket",
-                    ok: false,
-                    ms: ms(start),
-                    detail: pb.message().to_string(),
-                });
-                let f = Failure::with(cause, pb.message());
-                return Ok(report(steps, Some(f), None));
-            }
+    let reached = async {
+        match &server.addr {
+            ServerAddr::Unix(p) => w.socket(p)?,
+            ServerAddr::Name { host, port } => w.dns(&rt, host, *port, o).await?,
+            ServerAddr::Tcp(_) => {}
         }
-    }
-    // DNS, for names.
-    if let ServerAddr::Name { host, .. } = &server.addr {
-        let start = Instant::now();
-        match rt.dialer.resolver.resolve(host).await {
-            Ok(a) => {
-                let v4: Vec<String> = a
-                    .addrs
-                    .iter()
-                    .filter(|a| a.is_ipv4())
-                    .map(|a| a.to_string())
-                    .collect();
-                let v6: Vec<String> = a
-                    .addrs
-                    .iter()
-                    .filter(|a| a.is_ipv6())
-                    .map(|a| a.to_string())
-                    .collect();
-                let ttl = a
-                    .ttl
-                    .map_or(String::new(), |t| format!("; TTL {}s", t.as_secs()));
-                let asked = if nameservers.is_empty() {
-                    "the nameservers in /etc/resolv.conf".to_string()
-                } else {
-                    nameservers.join(", ")
-                };
-                // What the system resolver (getaddrinfo: /etc/hosts, nscd,
-                // systemd-resolved) says: what nginx and most apps use,
-                // once at start for nginx.
-                let port = match &server.addr {
-                    ServerAddr::Name { port, .. } => *port,
-                    _ => 0,
-                };
-                let system =
-                    tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
-                        .await;
-                let mut mine: Vec<std::net::IpAddr> = a.addrs.clone();
-                mine.sort();
-                mine.dedup();
-                let (agree, sys) = match system {
-                    Ok(Ok(it)) => {
-                        let mut v: Vec<std::net::IpAddr> = it.map(|sa| sa.ip()).collect();
-                        v.sort();
-                        v.dedup();
-                        let shown: Vec<String> = v.iter().map(|i| i.to_string()).collect();
-                        (v == mine, list(&shown))
-                    }
-                    Ok(Err(e)) => (false, format!("fails ({e})")),
-                    Err(_) => (false, "no answer in time".to_string()),
-                };
-                let mut detail = format!(
-                    "A: {}; AAAA: {}{ttl} (asked {asked}); system resolver: {}",
-                    list(&v4),
-                    list(&v6),
-                    if agree { "the same".to_string() } else { sys }
-                );
-                if !agree {
-                    detail.push_str(": the two disagree; a stale /etc/hosts entry or a cache (nscd, systemd-resolved) answers differently, and a proxy that resolves once at start (nginx) keeps what it got then");
-                }
-                steps.push(Step {
-                    name: "dns",
-                    ok: agree,
-                    ms: ms(start),
-                    detail,
-                });
-                // Every address on its own: an app listening on 127.0.0.1
-                // only refuses whoever picks ::1 (and the reverse).
-                if a.addrs.len() > 1
-                    && let ServerAddr::Name { port, .. } = &server.addr
-                {
-                    let start = Instant::now();
-                    let mut results = Vec::new();
-                    let mut all_ok = true;
-                    for ip in &a.addrs {
-                        let sa = std::net::SocketAddr::new(*ip, *port);
-                        let r =
-                            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(sa)).await;
-                        let what = match r {
-                            Ok(Ok(_)) => "ok".to_string(),
-                            Ok(Err(e)) => {
-                                all_ok = false;
-                                upstream::classify_connect_io(&e, &sa.to_string())
-                                    .cause
-                                    .id()
-                                    .to_string()
-                            }
-                            Err(_) => {
-                                all_ok = false;
-                                "connection_timeout".to_string()
-                            }
-                        };
-                        results.push(format!("{sa} {what}"));
-                    }
-                    let mut detail = results.join("; ");
-                    if !all_ok {
-                        detail.push_str(": not every address answers; a client or proxy that picks a failing one gets a 502 (make the app listen on every address the name has, or remove the record)");
-                    }
-                    steps.push(Step {
-                        name: "addresses",
-                        ok: all_ok,
-                        ms: ms(start),
-                        detail,
-                    });
-                }
-            }
-            Err(e) => {
-                let f = upstream::classify_dns(host, e);
-                steps.push(Step {
-                    name: "dns",
-                    ok: false,
-                    ms: ms(start),
-                    detail: f.details.clone().unwrap_or_default(),
-                });
-                return Ok(report(steps, Some(f), None));
-            }
-        }
-    }
-    // Connect (and the TLS handshake), through the gateway's own dialler.
-    let start = Instant::now();
-    let name = if t.tls_name.is_some() {
-        "connect+tls"
-    } else {
-        "connect"
+        w.connect(&rt, &server, &t, o.timeout).await
     };
-    let conn = match server.connect(&up.cfg, &rt.dialer).await {
-        Ok(c) => {
-            steps.push(Step {
-                name,
-                ok: true,
-                ms: ms(start),
-                detail: format!("connected to {}", c.peer),
-            });
-            if let Some(sni) = &t.tls_name {
-                steps.push(certificate(&c.peer, sni, timeout).await);
-            }
-            c
-        }
-        Err((f, peer)) => {
-            steps.push(Step {
-                name,
-                ok: false,
-                ms: ms(start),
-                detail: format!("{peer}: {}", f.details.clone().unwrap_or_default()),
-            });
-            // A rejected certificate: say what it is.
-            if let Some(sni) = &t.tls_name
-                && f.cause.phase() == crate::core::cause::Phase::Tls
-            {
-                steps.push(certificate(&peer, sni, timeout).await);
-            }
-            return Ok(report(steps, Some(f), None));
-        }
+    let dialled = match reached.await {
+        Ok(d) => d,
+        Err(f) => return Ok(w.report(Some(f), None)),
     };
-    // What the server speaks: one FastCGI GET_VALUES record, and its first
-    // bytes back (PHP-FPM answers GET_VALUES_RESULT, an HTTP server a 400).
-    // The address actually dialled (after DNS), or the socket.
-    let dialled = match &server.addr {
-        ServerAddr::Name { .. } => conn
-            .peer
-            .parse()
-            .map(ServerAddr::Tcp)
-            .unwrap_or_else(|_| server.addr.clone()),
-        other => other.clone(),
-    };
-    drop(conn);
-    let start = Instant::now();
-    let spoken = {
-        let progress = crate::cli::term::Progress::new();
-        progress.show(&format!(
-            "sniff: waiting up to {:.0}s for the server to answer a FastCGI record",
-            timeout.as_secs_f64()
-        ));
-        sniff(&dialled, timeout).await
-    };
-    steps.push(Step {
-        name: "sniff",
-        ok: true,
-        ms: ms(start),
-        detail: spoken.describe(),
-    });
-    let tls = t.tls_name.is_some();
+    let spoken = w.sniff(&dialled, o.timeout).await;
     let wrong = match &spoken {
         Spoken::FastCgi(_) => {
-            steps.push(fastcgi_ping(&t.server, timeout, ping_path).await);
-            let mut r = report(steps, None, None);
+            w.steps.push(fastcgi_ping(&t, o).await);
+            let mut r = w.report(None, None);
             r.fastcgi = true;
             return Ok(r);
         }
-        Spoken::Tls if !tls => Some(Failure::with(
+        Spoken::Tls if t.tls_name.is_none() => Some(Failure::with(
             Cause::UpstreamSpeaksTls,
             "the port answered with a TLS record: use https://",
         )),
@@ -761,120 +568,333 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         _ => None,
     };
     if let Some(f) = wrong {
-        return Ok(report(steps, Some(f), None));
+        return Ok(w.report(Some(f), None));
     }
-    let mut conn = match server.connect(&up.cfg, &rt.dialer).await {
-        Ok(c) => c,
-        Err((f, _)) => return Ok(report(steps, Some(f), None)),
+    let http = match w.http(&rt, &server, &t, o.timeout).await {
+        Ok(h) => h,
+        Err(f) => return Ok(w.report(Some(f), None)),
     };
-    // One GET, classified as a proxied request would be.
-    let start = Instant::now();
-    let req = Request::get(t.path.as_str())
-        .header(header::HOST, t.host.as_str())
-        .header(
-            header::USER_AGENT,
-            concat!("baton-doctor/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(UpBody::Empty)
-        .map_err(|e| e.to_string())?;
-    let info = conn.info.clone();
-    info.stats.begin_response();
-    // Through hyper's client: its connection task notices the server
-    // closing an idle connection as it happens (the keepalive step below).
-    let link = match conn.tx.take() {
-        Some(l) => server.hyper_link(&up.cfg, l, &info).await.ok(),
-        None => None,
-    };
-    let Some(Link::Http(mut tx)) = link else {
-        return Err("no HTTP connection".into());
-    };
-    let outcome = upstream::await_head(tx.send_request(req), &info, timeout).await;
-    let mut hop = None;
-    let mut read_whole = false;
-    let (ok, detail, failure, status) = match outcome {
-        None => {
-            let f = Failure::with(
-                Cause::ResponseHeadTimeout,
-                format!("no response head within {secs}s"),
-            );
-            (false, f.details.clone().unwrap_or_default(), Some(f), None)
+    if let Some(link) = http.idle
+        && !o.idle_wait.is_zero()
+    {
+        w.keepalive(link, o.idle_wait).await;
+    }
+    let mut r = w.report(http.failure, http.status);
+    r.hop = http.hop;
+    Ok(r)
+}
+
+/// A walk in progress: the steps so far.
+struct Walk<'a> {
+    target: &'a str,
+    steps: Vec<Step>,
+}
+
+/// What the HTTP step found.
+struct HttpStep {
+    failure: Option<Failure>,
+    status: Option<u16>,
+    /// For a 5xx without Proxy-Status: the proxy whose error page it is.
+    hop: Option<&'static str>,
+    /// The connection, idle after a whole response, for the keep-alive watch.
+    idle: Option<Link>,
+}
+
+impl Walk<'_> {
+    fn report(self, failure: Option<Failure>, status: Option<u16>) -> Report {
+        Report {
+            target: self.target.to_string(),
+            steps: self.steps,
+            failure,
+            status,
+            hop: None,
+            fastcgi: false,
         }
-        Some(Err(e)) => {
-            let view = AttemptView {
-                info: &info,
-                reused: false,
-                read_before: 0,
-                max_header_bytes: up.cfg.max_response_header_bytes,
-            };
-            let f = upstream::classify_exchange(&e, &view);
-            (false, f.details.clone().unwrap_or_default(), Some(f), None)
-        }
-        Some(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let head_bytes = info.stats.read.load(std::sync::atomic::Ordering::Relaxed);
-            let h = resp.headers();
-            let mut detail = format!("HTTP {status}, response head about {head_bytes} bytes");
-            for name in ["server", "via", "proxy-status", "cf-ray", "x-request-id"] {
-                if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
-                    detail.push_str(&format!("; {name}: {v}"));
-                }
-            }
-            if head_bytes > 4096 {
-                detail.push_str("; larger than nginx's default 4 KiB proxy_buffer_size (\"upstream sent too big header\")");
-            }
-            // A 5xx: who produced it? A Proxy-Status names the hop and its cause.
-            let failure = (status >= 500)
-                .then(|| {
-                    let token = h
-                        .get("proxy-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.split("error=").nth(1))
-                        .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
-                    let cause = token
-                        .and_then(|tk| Cause::ALL.iter().copied().find(|c| c.proxy_status() == tk));
-                    cause.map(|c| {
-                        Failure::with(
-                            c,
-                            format!(
-                                "a proxy on the way answered {status} with Proxy-Status {}",
-                                c.proxy_status()
-                            ),
-                        )
-                    })
-                })
-                .flatten();
-            let server_field = h
-                .get(header::SERVER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let body =
-                tokio::time::timeout(timeout, http_body_util::BodyExt::collect(resp.into_body()))
-                    .await
-                    .ok()
-                    .and_then(|b| b.ok())
-                    .map(|b| b.to_bytes());
-            if status >= 500 && failure.is_none() {
-                let body = body.clone().unwrap_or_default();
-                hop = proxy_page(&server_field, &body[..body.len().min(8192)]);
-            }
-            if body.is_some() {
-                read_whole = true;
-            }
-            (status < 500, detail, failure, Some(status))
-        }
-    };
-    steps.push(Step {
-        name: "http",
-        ok,
-        ms: ms(start),
-        detail,
-    });
-    // How long the server keeps an idle kept-alive connection: the pool's
-    // own learning (the connection's task notes an upstream idle close).
-    if read_whole && !idle_wait.is_zero() && !tx.is_closed() {
+    }
+
+    fn push(&mut self, name: &'static str, ok: bool, start: Instant, detail: String) {
+        self.steps.push(Step {
+            name,
+            ok,
+            ms: ms(start),
+            detail,
+        });
+    }
+
+    /// The socket itself, for `unix:` targets.
+    fn socket(&mut self, p: &std::path::Path) -> Result<(), Failure> {
         let start = Instant::now();
-        server.checkin(&up.cfg, Link::Http(tx), info.clone());
+        let Some(pb) = upstream::socket_problem(p) else {
+            let detail = format!(
+                "{} exists, is a socket, and this user may connect",
+                p.display()
+            );
+            self.push("socket", true, start, detail);
+            return Ok(());
+        };
+        let cause = match pb {
+            upstream::SocketProblem::Permission(_) => Cause::SocketPermission,
+            _ => Cause::SocketNotFound,
+        };
+        self.push("socket", false, start, pb.message().to_string());
+        Err(Failure::with(cause, pb.message()))
+    }
+
+    /// DNS, for names: a direct query (with its TTL) against the system
+    /// resolver, then every address on its own.
+    async fn dns(
+        &mut self,
+        rt: &crate::gateway::Runtime,
+        host: &str,
+        port: u16,
+        o: &Options,
+    ) -> Result<(), Failure> {
+        let start = Instant::now();
+        let a = match rt.dialer.resolver.resolve(host).await {
+            Ok(a) => a,
+            Err(e) => {
+                let f = upstream::classify_dns(host, e);
+                self.push("dns", false, start, f.details.clone().unwrap_or_default());
+                return Err(f);
+            }
+        };
+        let family = |v4: bool| -> Vec<String> {
+            a.addrs
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .map(|a| a.to_string())
+                .collect()
+        };
+        let ttl = a
+            .ttl
+            .map_or(String::new(), |t| format!("; TTL {}s", t.as_secs()));
+        let asked = if o.nameservers.is_empty() {
+            "the nameservers in /etc/resolv.conf".to_string()
+        } else {
+            o.nameservers.join(", ")
+        };
+        // What the system resolver (getaddrinfo: /etc/hosts, nscd,
+        // systemd-resolved) says: what nginx and most apps use, once at
+        // start for nginx.
+        let system = tokio::time::timeout(o.timeout, tokio::net::lookup_host((host, port))).await;
+        let mut mine: Vec<std::net::IpAddr> = a.addrs.clone();
+        mine.sort();
+        mine.dedup();
+        let (agree, sys) = match system {
+            Ok(Ok(it)) => {
+                let mut v: Vec<std::net::IpAddr> = it.map(|sa| sa.ip()).collect();
+                v.sort();
+                v.dedup();
+                let shown: Vec<String> = v.iter().map(|i| i.to_string()).collect();
+                (v == mine, list(&shown))
+            }
+            Ok(Err(e)) => (false, format!("fails ({e})")),
+            Err(_) => (false, "no answer in time".to_string()),
+        };
+        let mut detail = format!(
+            "A: {}; AAAA: {}{ttl} (asked {asked}); system resolver: {}",
+            list(&family(true)),
+            list(&family(false)),
+            if agree { "the same".to_string() } else { sys }
+        );
+        if !agree {
+            detail.push_str(": the two disagree; a stale /etc/hosts entry or a cache (nscd, systemd-resolved) answers differently, and a proxy that resolves once at start (nginx) keeps what it got then");
+        }
+        self.push("dns", agree, start, detail);
+        if a.addrs.len() > 1 {
+            self.addresses(&a.addrs, port, o.timeout).await;
+        }
+        Ok(())
+    }
+
+    /// Every address on its own: an app listening on 127.0.0.1 only
+    /// refuses whoever picks ::1 (and the reverse).
+    async fn addresses(&mut self, addrs: &[std::net::IpAddr], port: u16, timeout: Duration) {
+        let start = Instant::now();
+        let mut results = Vec::new();
+        let mut all_ok = true;
+        for ip in addrs {
+            let sa = std::net::SocketAddr::new(*ip, port);
+            let r = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(sa)).await;
+            let what = match r {
+                Ok(Ok(_)) => "ok".to_string(),
+                Ok(Err(e)) => {
+                    all_ok = false;
+                    upstream::classify_connect_io(&e, &sa.to_string())
+                        .cause
+                        .id()
+                        .to_string()
+                }
+                Err(_) => {
+                    all_ok = false;
+                    "connection_timeout".to_string()
+                }
+            };
+            results.push(format!("{sa} {what}"));
+        }
+        let mut detail = results.join("; ");
+        if !all_ok {
+            detail.push_str(": not every address answers; a client or proxy that picks a failing one gets a 502 (make the app listen on every address the name has, or remove the record)");
+        }
+        self.push("addresses", all_ok, start, detail);
+    }
+
+    /// Connect (and the TLS handshake), through the gateway's own dialler;
+    /// the certificate described either way. `Ok`: the address dialled.
+    async fn connect(
+        &mut self,
+        rt: &crate::gateway::Runtime,
+        server: &Arc<upstream::Server>,
+        t: &Target,
+        timeout: Duration,
+    ) -> Result<ServerAddr, Failure> {
+        let start = Instant::now();
+        let name = if t.tls_name.is_some() {
+            "connect+tls"
+        } else {
+            "connect"
+        };
+        let up = &rt.upstreams[0];
+        match server.connect(&up.cfg, &rt.dialer).await {
+            Ok(c) => {
+                self.push(name, true, start, format!("connected to {}", c.peer));
+                if let Some(sni) = &t.tls_name {
+                    self.steps.push(certificate(&c.peer, sni, timeout).await);
+                }
+                // The address actually dialled (after DNS), or the socket.
+                Ok(match &server.addr {
+                    ServerAddr::Name { .. } => c
+                        .peer
+                        .parse()
+                        .map(ServerAddr::Tcp)
+                        .unwrap_or_else(|_| server.addr.clone()),
+                    other => other.clone(),
+                })
+            }
+            Err((f, peer)) => {
+                let detail = format!("{peer}: {}", f.details.clone().unwrap_or_default());
+                self.push(name, false, start, detail);
+                // A rejected certificate: say what it is.
+                if let Some(sni) = &t.tls_name
+                    && f.cause.phase() == crate::core::cause::Phase::Tls
+                {
+                    self.steps.push(certificate(&peer, sni, timeout).await);
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// What the server speaks: one FastCGI GET_VALUES record, and its first
+    /// bytes back (PHP-FPM answers GET_VALUES_RESULT, an HTTP server a 400).
+    async fn sniff(&mut self, dialled: &ServerAddr, timeout: Duration) -> Spoken {
+        let start = Instant::now();
+        let spoken = {
+            let progress = crate::cli::term::Progress::new();
+            progress.show(&format!(
+                "sniff: waiting up to {:.0}s for the server to answer a FastCGI record",
+                timeout.as_secs_f64()
+            ));
+            sniff(dialled, timeout).await
+        };
+        self.push("sniff", true, start, spoken.describe());
+        spoken
+    }
+
+    /// One GET through the gateway's own exchange, classified as a proxied
+    /// request would be.
+    async fn http(
+        &mut self,
+        rt: &crate::gateway::Runtime,
+        server: &Arc<upstream::Server>,
+        t: &Target,
+        timeout: Duration,
+    ) -> Result<HttpStep, Failure> {
+        let up = &rt.upstreams[0];
+        let mut conn = server
+            .connect(&up.cfg, &rt.dialer)
+            .await
+            .map_err(|(f, _)| f)?;
+        let start = Instant::now();
+        let mut headers = http::HeaderMap::new();
+        if let Ok(h) = http::HeaderValue::from_str(&t.host) {
+            headers.insert(header::HOST, h);
+        }
+        headers.insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("baton-doctor/", env!("CARGO_PKG_VERSION"))),
+        );
+        let target: http::Uri = t.path.parse().map_err(|e: http::uri::InvalidUri| {
+            Failure::with(Cause::Internal, format!("path {:?}: {e}", t.path))
+        })?;
+        let info = conn.info.clone();
+        info.stats.begin_response();
+        let req = exchange::Request {
+            method: &http::Method::GET,
+            target: &target,
+            headers: &headers,
+            fcgi_head: &[],
+            body: UpBody::Empty,
+            upgrade: false,
+            request_id: &http::HeaderValue::from_static("doctor"),
+        };
+        let outcome = exchange::exchange(server, &up.cfg, &mut conn, req, timeout, 0).await;
+        let response = match outcome {
+            Ok(Head { response, .. }) => response,
+            Err(no_head) => {
+                let f = match no_head {
+                    NoHead::Failed(f) => f,
+                    NoHead::TimedOut => Failure::with(
+                        Cause::ResponseHeadTimeout,
+                        format!("no response head within {}s", timeout.as_secs_f64()),
+                    ),
+                    NoHead::Unsent(_) => Failure::with(
+                        Cause::ConnectionTerminated,
+                        "closed before the request was sent",
+                    ),
+                };
+                self.push("http", false, start, f.details.clone().unwrap_or_default());
+                return Ok(HttpStep {
+                    failure: Some(f),
+                    status: None,
+                    hop: None,
+                    idle: None,
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let head_bytes = info.stats.read.load(std::sync::atomic::Ordering::Relaxed);
+        let (parts, body) = response.into_parts();
+        let detail = head_detail(status, head_bytes, &parts.headers);
+        let failure = (status >= 500)
+            .then(|| announced_failure(status, &parts.headers))
+            .flatten();
+        let (body, idle) = read_body(body, timeout).await;
+        let hop = (status >= 500 && failure.is_none())
+            .then(|| {
+                let server_field = parts
+                    .headers
+                    .get(header::SERVER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                let body = body.clone().unwrap_or_default();
+                proxy_page(&server_field, &body[..body.len().min(8192)])
+            })
+            .flatten();
+        self.push("http", status < 500, start, detail);
+        Ok(HttpStep {
+            failure,
+            status: Some(status),
+            hop,
+            idle,
+        })
+    }
+
+    /// How long the server keeps an idle kept-alive connection: the
+    /// connection watched until the server closes it.
+    async fn keepalive(&mut self, mut link: Link, idle_wait: Duration) {
+        let start = Instant::now();
         let mut closed = None;
         let progress = crate::cli::term::Progress::new();
         while start.elapsed() < idle_wait {
@@ -884,30 +904,57 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
                 idle_wait.as_secs_f64()
             ));
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(d) = server.learned_idle_close() {
-                closed = Some(d);
+            if link.is_closed() {
+                closed = Some(start.elapsed());
                 break;
             }
         }
-        steps.push(Step {
-            name: "keepalive",
-            ok: true,
-            ms: ms(start),
-            detail: match closed {
-                Some(d) => format!(
-                    "the server closed an idle kept-alive connection after {:.1}s: a proxy in front must close idle connections sooner (baton learns this; nginx: keepalive_timeout in the upstream block, HAProxy: timeout http-keep-alive)",
-                    d.as_secs_f64()
-                ),
-                None => format!(
-                    "an idle kept-alive connection stayed open for the {:.0}s watched",
-                    idle_wait.as_secs_f64()
-                ),
-            },
-        });
+        let detail = match closed {
+            Some(d) => format!(
+                "the server closed an idle kept-alive connection after {:.1}s: a proxy in front must close idle connections sooner (baton learns this; nginx: keepalive_timeout in the upstream block, HAProxy: timeout http-keep-alive)",
+                d.as_secs_f64()
+            ),
+            None => format!(
+                "an idle kept-alive connection stayed open for the {:.0}s watched",
+                idle_wait.as_secs_f64()
+            ),
+        };
+        self.push("keepalive", true, start, detail);
     }
-    let mut r = report(steps, failure, status);
-    r.hop = hop;
-    Ok(r)
+}
+
+/// The HTTP step's line: status, head size, the fields that name a hop.
+fn head_detail(status: u16, head_bytes: u64, h: &http::HeaderMap) -> String {
+    let mut detail = format!("HTTP {status}, response head about {head_bytes} bytes");
+    for name in ["server", "via", "proxy-status", "cf-ray", "x-request-id"] {
+        if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
+            detail.push_str(&format!("; {name}: {v}"));
+        }
+    }
+    if head_bytes > 4096 {
+        detail.push_str("; larger than nginx's default 4 KiB proxy_buffer_size (\"upstream sent too big header\")");
+    }
+    detail
+}
+
+/// A 5xx whose Proxy-Status names the hop's cause: that cause.
+fn announced_failure(status: u16, h: &http::HeaderMap) -> Option<Failure> {
+    let token = h
+        .get("proxy-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("error=").nth(1))
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())?;
+    let c = Cause::ALL
+        .iter()
+        .copied()
+        .find(|c| c.proxy_status() == token)?;
+    Some(Failure::with(
+        c,
+        format!(
+            "a proxy on the way answered {status} with Proxy-Status {}",
+            c.proxy_status()
+        ),
+    ))
 }
 
 /// Whose error page a 5xx body is, from the `Server` field and the page

@@ -84,6 +84,15 @@ impl Runtime {
         })
     }
 
+    /// A runtime for probing servers (`baton doctor`, `baton check`): one
+    /// worker, metrics of its own, and no listen address of its own, so
+    /// any address may be probed, even one baton could listen on.
+    pub fn detached(config: Config) -> Result<Self, String> {
+        let mut rt = Runtime::new(config, 1, Arc::new(Metrics::new()))?;
+        rt.dialer.own.clear();
+        Ok(rt)
+    }
+
     /// First route in file order whose host and path prefix match.
     pub fn route(&self, host: &str, path: &str) -> Option<usize> {
         self.config.routes.iter().position(|r| {
