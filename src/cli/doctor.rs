@@ -11,6 +11,8 @@
 //! Must not: classify anything itself (`upstream` does) or need a running
 //! gateway.
 
+pub mod command;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
