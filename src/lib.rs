@@ -1,33 +1,27 @@
 //! baton: a reverse-proxy gateway that prevents the 502s a proxy can
 //! prevent and explains the ones it must return.
 //!
-//! A tour of the modules, in the order a request meets them:
+//! A tour of the layers, bottom up; each imports only those above it in
+//! this list (ARCHITECTURE.md, "Layers"; `tests/layers.rs` holds it):
 //!
-//! - [`cli`]: `baton serve | check | demo`; the only place with `anyhow`.
+//! - [`core`]: the closed table of failure causes ([`core::cause::Cause`]:
+//!   status, RFC 9209 type, phase, retry safety, visitor text, operator
+//!   fix), the one [`core::failure::Failure`], clocks, text helpers.
 //! - [`config`]: the one loader: TOML file → validated [`config::Config`],
 //!   every problem reported at once with key, line:column and a fix.
-//! - [`server`]: listeners (HTTP/1.1 + HTTP/2), the admin endpoint
-//!   (`/metrics`, `/healthz`) and graceful shutdown.
-//! - [`proxy`]: routing, header rewriting, the attempt loop and its replay
-//!   rules, `Proxy-Status`, and the response body that logs and pools.
-//! - [`upstream`]: connecting (TCP, Unix, DNS names), the keep-alive pool,
-//!   and the classifier that maps any raw error to one [`cause::Cause`].
-//! - [`health`]: per-server state (active checks, passive ejection, slow
-//!   start); [`balance`]: which usable server gets an attempt, and the
-//!   concurrency limit.
-//! - [`limit`]: per-client rate limits (GCRA).
-//! - [`resolve`]: hickory-based DNS for upstream names.
-//! - [`cause`]: the closed table of failure causes: status, RFC 9209 type,
-//!   phase, retry safety, visitor text and operator fix.
-//! - [`pages`]: error bodies (HTML, problem+json, text) and templates.
-//! - [`log`], [`metrics`]: the structured logs and Prometheus metrics.
-//! - [`incidents`]: incidents opened and closed from each upstream's
-//!   failure rate, kept in SQLite, alerted to a webhook or command.
+//! - [`upstream`]: servers and their pools, connecting (TCP, Unix, TLS,
+//!   DNS), the one exchange (HTTP/1.1, hyper, FastCGI), the classifiers,
+//!   health, balancing, static files, supervised backends.
+//! - [`observe`]: structured logs, Prometheus metrics, incidents.
+//! - [`gateway`]: the runtime built from one config, reload, drain, the
+//!   active health checkers, rate limiters.
+//! - [`proxy`]: the request path as phases: request filters, the upstream
+//!   request, attempts with one retry decision, the one exit, logging.
+//! - [`server`]: listeners (HTTP/1.1 + HTTP/2), the admin API and
+//!   dashboard, graceful shutdown.
 //! - [`origin`]: scripted fault origins for the demo and the tests.
-//! - [`demo`]: `baton demo`.
-//! - [`doctor`], [`logs`]: the 502 toolkit for any stack: walk an upstream
-//!   step by step; read any proxy's logs into the one cause table.
-//! - [`term`]: colour (respecting `NO_COLOR`) and progress for people.
+//! - [`cli`]: `baton serve | check | demo | causes | doctor | logs |
+//!   incidents | report`.
 
 #![forbid(unsafe_code)]
 

@@ -1,20 +1,20 @@
 //! The request path, as named phases over one per-request context
-//! ([`context::Ctx`]):
+//! (`context::Ctx`):
 //!
-//! 1. **request filters** ([`filters`]): the status page, routing,
+//! 1. **request filters** (`filters`): the status page, routing,
 //!    maintenance, the rate limit, the body size, FastCGI's `try_files`;
 //!    each may answer the request itself;
-//! 2. **upstream request** ([`upstream_request`], [`headers`]): the head
+//! 2. **upstream request** (`upstream_request`, `headers`): the head
 //!    rewritten once (hop-by-hop out, `X-Forwarded-*`, `Via`, request ID),
 //!    the body buffered for replay or streamed, FastCGI's parameters;
-//! 3. **attempts** ([`attempt`]): a concurrency slot, then attempts on
+//! 3. **attempts** (`attempt`): a concurrency slot, then attempts on
 //!    chosen servers through `upstream::exchange`, with one retry decision
 //!    ([`retry::plan`]) after each failure;
-//! 4. **response filters and the one exit** ([`respond`]): every answer,
+//! 4. **response filters and the one exit** (`respond`): every answer,
 //!    proxied or baton's own, leaves through `respond::exit`, where the
 //!    request ID and rate-limit state are added, `Proxy-Status` is set for
 //!    baton's failures, and the access log is settled;
-//! 5. **logging** ([`log`]): failure lines per attempt, the access line,
+//! 5. **logging** (`log`): failure lines per attempt, the access line,
 //!    metrics and the incident tally when the response ends.
 //!
 //! [`handle`] only sequences them. A new capability (a header rule,

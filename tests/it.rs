@@ -12,6 +12,7 @@ mod fastcgi;
 mod framing;
 mod incidents;
 mod keepalive;
+mod layers;
 mod limits;
 mod logs;
 mod proxying;

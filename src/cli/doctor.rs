@@ -2,7 +2,7 @@
 //! DNS against the system resolver and every address on its own, connect
 //! with TLS and the certificate, the protocol sniff, one HTTP request or a
 //! FastCGI ping, the idle keep-alive watch) through the gateway's own
-//! dialler and [`exchange`](crate::upstream::exchange), so every failure is
+//! dialler and `upstream::exchange`, so every failure is
 //! classified by the same classifiers into the same [`Cause`] as a
 //! proxied request; prints each step with its timing and a verdict with
 //! the fix. `--config` walks every server of a config; `--repeat` sums up

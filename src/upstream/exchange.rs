@@ -1,5 +1,5 @@
 //! One request and its response head on a connection, whatever the link:
-//! baton's own HTTP/1.1 client ([`h1`](super::h1)), hyper's client (a
+//! baton's own HTTP/1.1 client ([`h1`]), hyper's client (a
 //! streamed body or an upgrade), or FastCGI. The proxy's attempts, the
 //! active health checks and `baton doctor` all go through [`exchange`], so
 //! a failure is classified the same way wherever it happens.

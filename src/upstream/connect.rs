@@ -1,0 +1,281 @@
+//! Opening a connection: TCP (names through the resolver, every address
+//! in turn), Unix sockets, TLS with rustls; handing a wire to hyper's
+//! client for the requests baton does not drive itself.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::client::conn::http1::{self};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UnixStream};
+
+use super::*;
+use crate::config::{ServerAddr, UpstreamConfig};
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+use rustls::pki_types::ServerName;
+
+/// Builds the TLS client for an upstream: Mozilla's roots plus `tls_ca`,
+/// ring as the provider, ALPN http/1.1.
+pub(super) fn tls_client(
+    tls: &crate::config::UpstreamTls,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    tls_connector(&tls.ca)
+}
+
+/// A verifying TLS client: Mozilla's roots plus `ca`, ring, ALPN
+/// http/1.1 (upstreams, and the alert webhook with no extra roots).
+pub(crate) fn tls_connector(
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in ca {
+        roots.add(c.clone())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+/// The name a server's certificate must carry.
+pub(super) fn tls_name(
+    tls: &crate::config::UpstreamTls,
+    addr: &ServerAddr,
+) -> Option<ServerName<'static>> {
+    let raw = match (&tls.server_name, addr) {
+        (Some(n), _) => n.clone(),
+        (None, ServerAddr::Name { host, .. }) => host.clone(),
+        (None, ServerAddr::Tcp(a)) => return Some(ServerName::IpAddress(a.ip().into())),
+        (None, ServerAddr::Unix(_)) => return None,
+    };
+    ServerName::try_from(raw).ok()
+}
+
+impl Server {
+    /// Opens a new connection. `Err` carries the classified failure and the
+    /// address dialled.
+    pub async fn connect(
+        self: &Arc<Self>,
+        cfg: &UpstreamConfig,
+        dialer: &Dialer,
+    ) -> Result<Conn, (Failure, Arc<str>)> {
+        let (stream, peer) = match &self.addr {
+            ServerAddr::Tcp(a) => (
+                connect_tcp(*a, cfg, dialer)
+                    .await
+                    .map_err(|f| (f, self.label.clone()))?,
+                self.label.clone(),
+            ),
+            ServerAddr::Unix(p) => (
+                connect_unix(p, cfg)
+                    .await
+                    .map_err(|f| (f, self.label.clone()))?,
+                self.label.clone(),
+            ),
+            ServerAddr::Name { host, port } => {
+                let answer = dialer
+                    .resolver
+                    .resolve(host)
+                    .await
+                    .map_err(|e| (classify_dns(host, e), self.label.clone()))?;
+                self.note_addrs(&answer.addrs);
+                let addrs = answer.addrs;
+                let mut last = None;
+                let mut found = None;
+                for ip in addrs.iter() {
+                    let a = SocketAddr::new(*ip, *port);
+                    match connect_tcp(a, cfg, dialer).await {
+                        Ok(s) => {
+                            found = Some((s, Arc::<str>::from(format!("{a}"))));
+                            break;
+                        }
+                        Err(f) => last = Some((f, Arc::<str>::from(format!("{a}")))),
+                    }
+                }
+                match found {
+                    Some(x) => x,
+                    None => {
+                        return Err(last.unwrap_or_else(|| {
+                            (
+                                Failure::with(Cause::DnsError, format!("{host} has no addresses")),
+                                self.label.clone(),
+                            )
+                        }));
+                    }
+                }
+            }
+        };
+        let stream = match (&cfg.tls, &self.tls) {
+            (None, _) => stream,
+            (Some(_), None) => {
+                return Err((
+                    Failure::with(Cause::Internal, "TLS client could not be built"),
+                    peer,
+                ));
+            }
+            (Some(_), Some((connector, name))) => {
+                let hs = async {
+                    match stream {
+                        Stream::Tcp(t) => connector
+                            .connect(name.clone(), t)
+                            .await
+                            .map(|s| Stream::Tls(Box::new(s))),
+                        Stream::Unix(u) => connector
+                            .connect(name.clone(), u)
+                            .await
+                            .map(|s| Stream::TlsUnix(Box::new(s))),
+                        other => Ok(other),
+                    }
+                };
+                match tokio::time::timeout(cfg.connect_timeout, hs).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err((classify_tls(&e), peer)),
+                    Err(_) => {
+                        return Err((
+                            Failure::with(
+                                Cause::TlsProtocol,
+                                format!(
+                                    "TLS handshake not finished within {:?}",
+                                    cfg.connect_timeout
+                                ),
+                            ),
+                            peer,
+                        ));
+                    }
+                }
+            }
+        };
+        let info = Arc::new(ConnInfo::new());
+        let io = Metered {
+            inner: stream,
+            info: info.clone(),
+            write_timeout: cfg.write_timeout,
+            write_timer: None,
+        };
+        let wire = Box::new(Wire::new(io));
+        Ok(Conn {
+            tx: Some(if cfg.fastcgi.is_some() {
+                Link::Fcgi(wire)
+            } else {
+                Link::H1(wire)
+            }),
+            info,
+            reused: None,
+            peer,
+        })
+    }
+
+    /// Hands an idle HTTP/1.1 wire to hyper's client connection, driven by
+    /// a task of its own, for a request [`crate::upstream::h1`] does not carry (a
+    /// streamed body, an upgrade). Other links are returned as they are.
+    pub async fn hyper_link(
+        self: &Arc<Self>,
+        cfg: &UpstreamConfig,
+        link: Link,
+        info: &Arc<ConnInfo>,
+    ) -> Result<Link, Failure> {
+        let Link::H1(wire) = link else {
+            return Ok(link);
+        };
+        let mut b = http1::Builder::new();
+        b.max_header_size(cfg.max_response_header_bytes)
+            // hyper's read buffer must hold the whole head; leave room so the
+            // exact header limit above is the one that triggers.
+            .max_buf_size((cfg.max_response_header_bytes + 16 * 1024).max(400 * 1024));
+        let (tx, conn) = b
+            .handshake(TokioIo::new(wire.io))
+            .await
+            .map_err(|e| Failure::with(Cause::Internal, format!("handshake: {e}")))?;
+        let server = self.clone();
+        let task_info = info.clone();
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            // The connection ended. If it was idle in the pool and baton did
+            // not close it, the upstream closed it: remember after how long.
+            let since = task_info.idle_since_ms.load(Ordering::Relaxed);
+            if since != u64::MAX && !task_info.retired.load(Ordering::Relaxed) {
+                let idle = task_info.ms_since_created().saturating_sub(since);
+                server.learn_idle_close(Duration::from_millis(idle));
+            }
+        });
+        Ok(Link::Http(tx))
+    }
+}
+
+async fn connect_tcp(
+    a: SocketAddr,
+    cfg: &UpstreamConfig,
+    dialer: &Dialer,
+) -> Result<Stream, Failure> {
+    if dialer.own.iter().any(|own| {
+        *own == a || (own.ip().is_unspecified() && own.port() == a.port() && a.ip().is_loopback())
+    }) {
+        return Err(Failure::with(
+            Cause::ProxyConfiguration,
+            format!("{a} is one of baton's own listeners"),
+        ));
+    }
+    match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(a)).await {
+        Err(_) => Err(Failure::with(
+            Cause::ConnectionTimeout,
+            format!("no answer from {a} within {:?}", cfg.connect_timeout),
+        )),
+        Ok(Err(e)) => Err(classify_connect_io(&e, &a.to_string())),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(Stream::Tcp(s))
+        }
+    }
+}
+
+/// Connects to a Unix socket. A full accept queue (EAGAIN: every PHP-FPM
+/// worker busy) is waited out, polling with a growing pause, for up to
+/// connect_timeout, as the kernel does for a TCP connect whose SYN was
+/// dropped; only then is it `upstream_busy` (503), never a 502.
+async fn connect_unix(p: &Path, cfg: &UpstreamConfig) -> Result<Stream, Failure> {
+    let give_up = tokio::time::Instant::now() + cfg.connect_timeout;
+    let mut pause = Duration::from_millis(2);
+    let mut waited = false;
+    loop {
+        match tokio::time::timeout_at(give_up, UnixStream::connect(p)).await {
+            Err(_) => {
+                return Err(Failure::with(
+                    Cause::ConnectionTimeout,
+                    format!(
+                        "no answer from unix:{} within {:?}",
+                        p.display(),
+                        cfg.connect_timeout
+                    ),
+                ));
+            }
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let now = tokio::time::Instant::now();
+                if now + pause >= give_up {
+                    let mut f = classify_connect_io(&e, &format!("unix:{}", p.display()));
+                    if waited {
+                        f.details = Some(format!(
+                            "accept queue of unix:{} stayed full for {:?} (every worker busy)",
+                            p.display(),
+                            cfg.connect_timeout
+                        ));
+                    }
+                    return Err(f);
+                }
+                waited = true;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Ok(Err(e)) => return Err(classify_connect_io(&e, &format!("unix:{}", p.display()))),
+            Ok(Ok(s)) => return Ok(Stream::Unix(s)),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Unix socket findings: what stops baton's user from connecting to a
+//! socket (missing, not a socket, permissions), for the loader, `check`
+//! and `doctor`.
+
+use std::path::Path;
+
+use crate::config::ServerAddr;
+
+/// What stops baton's user from connecting to a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketProblem {
+    /// The path (or its directory) does not exist.
+    Missing(String),
+    /// Something else is at the path.
+    NotSocket(String),
+    /// baton's user may not connect (the socket's mode, or a directory).
+    Permission(String),
+}
+
+impl SocketProblem {
+    pub fn message(&self) -> &str {
+        match self {
+            SocketProblem::Missing(m)
+            | SocketProblem::NotSocket(m)
+            | SocketProblem::Permission(m) => m,
+        }
+    }
+}
+
+/// Checks that the Unix socket `p` exists, is a socket, and that baton's
+/// user may connect to it (write permission on the socket, search
+/// permission on every directory above it); says what to change if not.
+pub fn socket_problem(p: &Path) -> Option<SocketProblem> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let me = whoami();
+    // A directory on the way that baton may not search.
+    for dir in p.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+        let Ok(md) = std::fs::metadata(dir) else {
+            continue;
+        };
+        if !may_access(dir, nix::unistd::AccessFlags::X_OK) {
+            return Some(SocketProblem::Permission(format!(
+                "baton runs as {me} and may not enter {} (owner {}:{}, mode {:04o}): give it search permission (`chmod o+x {}`, or add {me} to group {})",
+                dir.display(),
+                user_name(md.uid()),
+                group_name(md.gid()),
+                md.mode() & 0o7777,
+                dir.display(),
+                group_name(md.gid()),
+            )));
+        }
+    }
+    let md = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(_) => {
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            return Some(SocketProblem::Missing(if dir.is_dir() {
+                format!(
+                    "socket {} does not exist: is the app running? (PHP-FPM creates it from the pool's `listen`; check the version in the path, e.g. php8.2-fpm)",
+                    p.display()
+                )
+            } else {
+                format!(
+                    "socket {} does not exist, nor its directory {}: is the app installed and running?",
+                    p.display(),
+                    dir.display()
+                )
+            }));
+        }
+    };
+    if !md.file_type().is_socket() {
+        return Some(SocketProblem::NotSocket(format!(
+            "{} is not a socket: point servers at the socket the app creates",
+            p.display()
+        )));
+    }
+    if !may_access(p, nix::unistd::AccessFlags::W_OK) {
+        let (owner, group) = (user_name(md.uid()), group_name(md.gid()));
+        return Some(SocketProblem::Permission(format!(
+            "baton runs as {me} but socket {} is {owner}:{group} mode {:04o}: in the PHP-FPM pool set listen.owner = {}, or listen.group = {} with listen.mode = 0660 (or add {} to group {group}), then restart PHP-FPM",
+            p.display(),
+            md.mode() & 0o7777,
+            me.split(' ').next().unwrap_or(&me),
+            my_group(),
+            me.split(' ').next().unwrap_or(&me),
+        )));
+    }
+    None
+}
+
+fn may_access(p: &Path, mode: nix::unistd::AccessFlags) -> bool {
+    nix::unistd::access(p, mode).is_ok()
+}
+
+/// "name (uid N)" of the user baton runs as.
+pub fn whoami() -> String {
+    let uid = nix::unistd::geteuid();
+    format!("{} (uid {uid})", user_name(uid.as_raw()))
+}
+
+fn my_group() -> String {
+    group_name(nix::unistd::getegid().as_raw())
+}
+
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+fn group_name(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(gid.into()) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}
+
+/// Every Unix-socket server of a config with a problem, as
+/// `upstreams.NAME: message`. Sockets of supervised backends that are not
+/// there yet are skipped (baton creates them by starting the backend).
+pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(String, SocketProblem)> {
+    let mut out = Vec::new();
+    for u in &cfg.upstreams {
+        for (i, s) in u.servers.iter().enumerate() {
+            let ServerAddr::Unix(p) = &s.addr else {
+                continue;
+            };
+            match socket_problem(p) {
+                Some(SocketProblem::Missing(_)) if u.process.is_some() && !started => {}
+                Some(pb) => out.push((format!("upstreams.{}.servers[{i}]", u.name), pb)),
+                None => {}
+            }
+        }
+    }
+    out
+}
