@@ -32,7 +32,7 @@ pub fn list(config: &Path, dir: Option<PathBuf>, json: bool) -> ExitCode {
 
 /// `baton report ID`: an incident's escalation report, Markdown and HTML.
 pub fn report(id: i64, config: &Path, dir: Option<PathBuf>, out: Option<PathBuf>) -> ExitCode {
-    let found = incident_store(config, dir).and_then(|s| s.get(id));
+    let found = incident_store(config, dir).and_then(|s| s.get(id).map_err(|e| e.to_string()));
     match found {
         Ok(Some(i)) => {
             let prefix = out.unwrap_or_else(|| PathBuf::from(format!("incident-{id}")));
@@ -72,5 +72,5 @@ fn incident_store(
             .dir
             .ok_or("the config has no [incidents] dir: incidents are not recorded")?,
     };
-    crate::observe::incidents::Store::open_existing(&dir)
+    crate::observe::incidents::Store::open_existing(&dir).map_err(|e| e.to_string())
 }

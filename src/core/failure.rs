@@ -40,3 +40,14 @@ impl Failure {
         self
     }
 }
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.cause)?;
+        if let Some(d) = &self.details {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+impl std::error::Error for Failure {}

@@ -303,6 +303,32 @@ pub struct Incident {
 
 // ---------------------------------------------------------------- store
 
+/// Why the incident store could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `baton incidents` before anything was recorded.
+    #[error("no incident store at {} yet", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// A statement failed (a full disk: "database or disk is full").
+    #[error("{0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a stored incident cannot be read: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The blocking write task did not finish.
+    #[error("the store's writer stopped: {0}")]
+    Writer(String),
+}
+
 /// The SQLite store in `dir/incidents.db`.
 pub struct Store {
     db: rusqlite::Connection,
@@ -313,13 +339,17 @@ impl Store {
         dir.join("incidents.db")
     }
 
-    /// Opens (creating) the store; `Err` says why in words.
-    pub fn open(dir: &Path) -> Result<Store, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    /// Opens (creating) the store.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = Self::path(dir);
-        let db = rusqlite::Connection::open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db = rusqlite::Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS incidents (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -329,34 +359,37 @@ impl Store {
                 body TEXT NOT NULL
             );",
         )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| StoreError::Open { path, source })?;
         Ok(Store { db })
     }
 
     /// Opens an existing store read-only (for `baton incidents`).
-    pub fn open_existing(dir: &Path) -> Result<Store, String> {
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
         let path = Self::path(dir);
         if !path.exists() {
-            return Err(format!("no incident store at {} yet", path.display()));
+            return Err(StoreError::Missing(path));
         }
         let db = rusqlite::Connection::open_with_flags(
             &path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|source| StoreError::Open { path, source })?;
         Ok(Store { db })
     }
 
     /// Records a new incident; returns its id. Drops incidents older than
     /// `max_age` and beyond `max_count`.
-    pub fn insert(&self, i: &Incident, max_age: Duration, max_count: u64) -> Result<i64, String> {
-        let body = serde_json::to_string(i).map_err(|e| e.to_string())?;
-        self.db
-            .execute(
-                "INSERT INTO incidents (upstream, started, ended, body) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![i.upstream, i.started, i.ended, body],
-            )
-            .map_err(|e| e.to_string())?;
+    pub fn insert(
+        &self,
+        i: &Incident,
+        max_age: Duration,
+        max_count: u64,
+    ) -> Result<i64, StoreError> {
+        let body = serde_json::to_string(i)?;
+        self.db.execute(
+            "INSERT INTO incidents (upstream, started, ended, body) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![i.upstream, i.started, i.ended, body],
+        )?;
         let id = self.db.last_insert_rowid();
         let _ = self.db.execute(
             "DELETE FROM incidents WHERE started < ?1",
@@ -369,36 +402,31 @@ impl Store {
         Ok(id)
     }
 
-    pub fn update(&self, i: &Incident) -> Result<(), String> {
-        let body = serde_json::to_string(i).map_err(|e| e.to_string())?;
-        self.db
-            .execute(
-                "UPDATE incidents SET ended = ?1, body = ?2 WHERE id = ?3",
-                rusqlite::params![i.ended, body, i.id],
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub fn update(&self, i: &Incident) -> Result<(), StoreError> {
+        let body = serde_json::to_string(i)?;
+        self.db.execute(
+            "UPDATE incidents SET ended = ?1, body = ?2 WHERE id = ?3",
+            rusqlite::params![i.ended, body, i.id],
+        )?;
+        Ok(())
     }
 
-    pub fn list(&self) -> Result<Vec<Incident>, String> {
+    pub fn list(&self) -> Result<Vec<Incident>, StoreError> {
         let mut st = self
             .db
-            .prepare("SELECT id, body FROM incidents ORDER BY id DESC")
-            .map_err(|e| e.to_string())?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| e.to_string())?;
+            .prepare("SELECT id, body FROM incidents ORDER BY id DESC")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for r in rows {
-            let (id, body) = r.map_err(|e| e.to_string())?;
-            let mut i: Incident = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let (id, body) = r?;
+            let mut i: Incident = serde_json::from_str(&body)?;
             i.id = id;
             out.push(i);
         }
         Ok(out)
     }
 
-    pub fn get(&self, id: i64) -> Result<Option<Incident>, String> {
+    pub fn get(&self, id: i64) -> Result<Option<Incident>, StoreError> {
         Ok(self.list()?.into_iter().find(|i| i.id == id))
     }
 }
@@ -452,7 +480,7 @@ impl Recorder {
             }
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(StoreError::Writer(e.to_string())));
         match r {
             Ok(id) => {
                 if std::mem::take(&mut self.failing) {
