@@ -137,7 +137,16 @@ enum Cmd {
     },
 }
 
-pub(crate) fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// A tokio runtime (`workers` 0: one per core, 1: current thread), or the
+/// exit code `fail` after saying why.
+pub(crate) fn runtime(workers: usize, fail: u8) -> Result<tokio::runtime::Runtime, ExitCode> {
+    build_runtime(workers).map_err(|e| {
+        eprintln!("baton: cannot start the runtime: {e}");
+        ExitCode::from(fail)
+    })
+}
+
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -170,12 +179,9 @@ pub fn run() -> ExitCode {
         } => ExitCode::from(check::run(&config, !offline, json)),
         Cmd::Serve { config } => serve::run(&config),
         Cmd::Demo { listen, self_test } => {
-            let rt = match runtime(0) {
+            let rt = match runtime(0, 1) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("baton: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             rt.block_on(demo::run(listen, self_test))
         }

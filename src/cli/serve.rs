@@ -18,12 +18,9 @@ pub fn run(config: &Path) -> ExitCode {
         }
     };
     // Worker 0 is this runtime; server::start adds the others.
-    let rt = match runtime(1) {
+    let rt = match runtime(1, 1) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("baton: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let running = match crate::server::start(cfg).await {

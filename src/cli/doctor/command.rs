@@ -28,12 +28,9 @@ pub fn run(args: DoctorArgs) -> ExitCode {
         eprintln!("baton doctor: invalid --timeout or --idle-wait: write \"5s\" or \"500ms\"");
         return ExitCode::from(2);
     };
-    let rt = match runtime(1) {
+    let rt = match runtime(1, 2) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("baton: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut nameservers = Vec::new();
     for n in &nameserver {
