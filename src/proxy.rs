@@ -58,7 +58,7 @@ pub async fn handle(
     if let Err(answer) = filters::run(&mut ctx, &req) {
         return respond::exit(ctx, answer);
     }
-    let answer = match upstream_request::build(&mut ctx, req).await {
+    let answer = match upstream_request::build(&ctx, req).await {
         Ok(up) => attempt::run(&mut ctx, up).await,
         Err(answer) => answer,
     };

@@ -79,8 +79,7 @@ fn maintenance(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
 /// goes on every response either way.
 fn rate_limit(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     let i = ctx.route_index.expect("routed");
-    let rt = ctx.rt.clone();
-    let Some(limiter) = &rt.limiters[i] else {
+    let Some(limiter) = &ctx.rt.limiters[i] else {
         return Ok(());
     };
     let key = match &limiter.config().key {
@@ -88,22 +87,25 @@ fn rate_limit(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
         RateKey::Header(h) => fnv1a(req.headers().get(h).map_or(&b""[..], |v| v.as_bytes())),
     };
     let v = limiter.check(key, crate::core::clock::now_ms() * 1000);
+    let c = limiter.config();
+    let over = (!v.allowed).then(|| {
+        Failure::with(
+            Cause::RateLimited,
+            format!("over {}/{}s for this client", c.rate, c.per.as_secs()),
+        )
+    });
     ctx.rate_headers = Some((
         HeaderValue::from_str(&limiter.policy()).ok(),
         HeaderValue::from_str(&Limiter::header(&v)).ok(),
     ));
-    if v.allowed {
-        return Ok(());
+    match over {
+        None => Ok(()),
+        Some(failure) => Err(Answer::Failure {
+            failure,
+            next_hop: None,
+            retry_after: Some(v.reset_secs),
+        }),
     }
-    let c = limiter.config();
-    Err(Answer::Failure {
-        failure: Failure::with(
-            Cause::RateLimited,
-            format!("over {}/{}s for this client", c.rate, c.per.as_secs()),
-        ),
-        next_hop: None,
-        retry_after: Some(v.reset_secs),
-    })
 }
 
 /// A declared body over `max_body_bytes`: 413 before anything is read.
