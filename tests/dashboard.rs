@@ -39,10 +39,16 @@ async fn dashboard_renders_upstreams_failures_and_incidents_in_chromium() {
         failed_id = r.request_id();
         assert_eq!(send(gw.addr, get("/")).await.status, 200);
     }
-    // The detector opens the incident within a second or two.
+    // The detector opens the incident within a second or two; its
+    // once-a-second series point may have been taken while the last
+    // requests were still running, so wait for the point after them too.
     for _ in 0..60 {
         let s = send(gw.admin, get("/api/state")).await.json();
-        if !s["incidents_open"].as_array().unwrap().is_empty() {
+        let last_failures = s["series"]
+            .as_array()
+            .and_then(|a| a.last())
+            .map_or(0, |p| p["failures"].as_u64().unwrap_or(0));
+        if !s["incidents_open"].as_array().unwrap().is_empty() && last_failures >= 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -93,14 +93,22 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// First route in file order whose host and path prefix match.
-    pub fn route(&self, host: &str, path: &str) -> Option<usize> {
+    /// First route in file order whose host and path prefix match. `host`
+    /// is asked for only when a route names a host.
+    pub fn route<'h>(&self, host: impl FnOnce() -> &'h str, path: &str) -> Option<usize> {
+        let mut host = Some(host);
+        let mut seen: Option<&str> = None;
         self.config.routes.iter().position(|r| {
             let host_ok = match &r.host {
                 None => true,
-                Some(HostMatch::Exact(h)) => h.eq_ignore_ascii_case(host),
-                Some(HostMatch::Suffix(s)) => {
-                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                Some(m) => {
+                    let h = *seen.get_or_insert_with(|| host.take().map_or("", |f| f()));
+                    match m {
+                        HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
+                        HostMatch::Suffix(s) => {
+                            h.len() > s.len() && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                        }
+                    }
                 }
             };
             host_ok && path_matches(&r.path, path)

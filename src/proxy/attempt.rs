@@ -201,20 +201,11 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
     )
     .await;
     observe_latency(ctx, l, outcome.is_ok().then(|| sent_at.elapsed()));
-    let attempt_log = AttemptLog {
-        peer: conn.peer.clone(),
-        idle_ms: conn.reused.map(|d| d.as_millis() as u64),
-        sent: info
-            .stats
-            .written
-            .load(Ordering::Relaxed)
-            .saturating_sub(written_before),
-        received: info
-            .stats
-            .read
-            .load(Ordering::Relaxed)
-            .saturating_sub(read_before),
-    };
+    let sent = info
+        .stats
+        .written
+        .load(Ordering::Relaxed)
+        .saturating_sub(written_before);
     let (mut failure, stage, per_try_expired, unsent) = match outcome {
         Ok(Head { response, upgrade }) => {
             let held = Held {
@@ -222,7 +213,6 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
                 _permit: l.permit.take(),
             };
             let upgrades = req.client_upgrade.take().zip(upgrade);
-            let sent = attempt_log.sent;
             return Some(success(
                 ctx,
                 l,
@@ -249,7 +239,16 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
     let failed = Failed {
         failure,
         stage,
-        log: attempt_log,
+        log: AttemptLog {
+            peer: conn.peer.clone(),
+            idle_ms: conn.reused.map(|d| d.as_millis() as u64),
+            sent,
+            received: info
+                .stats
+                .read
+                .load(Ordering::Relaxed)
+                .saturating_sub(read_before),
+        },
         server: si,
         generation,
         reused: conn.reused.is_some(),

@@ -91,7 +91,7 @@ pub(super) struct Upstreamed {
 pub struct ProxiedBody {
     body: TimedBody,
     /// Set by the one exit; the request is logged from it when the body ends.
-    pub(super) ctx: Option<Ctx>,
+    pub(super) ctx: Option<Box<Ctx>>,
     status: u16,
     bytes: u64,
     /// Where to return the connection once the body has been read to its end.

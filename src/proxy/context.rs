@@ -46,8 +46,9 @@ pub(super) struct Ctx {
     pub user_agent: Option<HeaderValue>,
     /// `RateLimit-Policy` and `RateLimit`, added to the response.
     pub rate_headers: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
-    /// FastCGI: the script `try_files` chose.
-    pub script: Option<Script>,
+    /// FastCGI: the script `try_files` chose (boxed: the HTTP path moves
+    /// the context without it).
+    pub script: Option<Box<Script>>,
 }
 
 impl Ctx {

@@ -1,7 +1,7 @@
 //! The request filters: each looks at the client's request and the context,
 //! and either lets the request go on (filling the context) or answers it.
-//! They run in [`REQUEST_FILTERS`]'s order; a new check (an access rule, a
-//! redirect, a cache lookup) is one function added there.
+//! They run in the order [`run`] calls them; a new check (an access rule,
+//! a redirect, a cache lookup) is one function called there.
 //!
 //! Must not: talk to an upstream (the attempt loop does), or build a
 //! response (the one exit does, from the [`Answer`]).
@@ -21,22 +21,17 @@ use crate::upstream::balance::fnv1a;
 use crate::upstream::fastcgi::{self, Target};
 use crate::upstream::files;
 
-/// A request filter: `Err` answers the request.
-type RequestFilter = fn(&mut Ctx, &Request<Incoming>) -> Result<(), Answer>;
-
-/// The request filters, in order.
-const REQUEST_FILTERS: &[RequestFilter] = &[
-    status_page,
-    route,
-    maintenance,
-    rate_limit,
-    body_size,
-    try_files,
-];
-
-/// Runs every request filter; the first answer wins.
+/// The request filters, in order; the first answer wins. Each is
+/// `fn(&mut Ctx, &Request<Incoming>) -> Result<(), Answer>`, called
+/// directly (not through a table of pointers: they inline into the
+/// request path).
 pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
-    REQUEST_FILTERS.iter().try_for_each(|f| f(ctx, req))
+    status_page(ctx, req)?;
+    route(ctx, req)?;
+    maintenance(ctx, req)?;
+    rate_limit(ctx, req)?;
+    body_size(ctx, req)?;
+    try_files(ctx, req)
 }
 
 /// `[server] status_page`: baton answers it itself, on any host.
@@ -49,7 +44,7 @@ fn status_page(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 
 /// The first route in file order whose host and path prefix match.
 fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
-    let Some(i) = ctx.rt.route(ctx.host(), req.uri().path()) else {
+    let Some(i) = ctx.rt.route(|| ctx.host(), req.uri().path()) else {
         return Err(Answer::failure(Failure::new(Cause::NoRoute)));
     };
     let route = &ctx.rt.config.routes[i];
@@ -136,7 +131,7 @@ fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     };
     match target {
         Target::Script(s) => {
-            ctx.script = Some(s);
+            ctx.script = Some(Box::new(s));
             Ok(())
         }
         Target::Static(f, name) => Err(Answer::File(Box::new(files::answer(

@@ -32,6 +32,15 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub(super) static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Bit `n` set: some hop-by-hop field name is `n` bytes long (`te` 2,
+/// `trailer` and `upgrade` 7, `connection` and `keep-alive` 10,
+/// `proxy-connection` 16, `transfer-encoding` 17).
+const HOP_LENGTHS: u64 = 1 << 2 | 1 << 7 | 1 << 10 | 1 << 16 | 1 << 17;
+
+/// `Upgrade`'s and `Keep-Alive`'s places in [`hop_by_hop_fields`].
+const UPGRADE_BIT: usize = 4;
+const KEEP_ALIVE_BIT: usize = 5;
+
 /// The fields that are hop-by-hop by definition (RFC 9110 §7.6.1).
 fn hop_by_hop_fields() -> [&'static HeaderName; 7] {
     [
@@ -64,6 +73,11 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
     let mut hop = Hop::default();
     let mut present = 0u8;
     for k in h.keys() {
+        // Most names have a length no hop-by-hop name has: one bit test
+        // instead of seven name comparisons.
+        if HOP_LENGTHS & (1 << k.as_str().len().min(63)) == 0 {
+            continue;
+        }
         if let Some(i) = fields.iter().position(|f| *f == k) {
             present |= 1 << i;
         }
@@ -95,13 +109,17 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
             h.remove(n);
         }
     }
-    for (i, f) in fields.iter().enumerate().skip(1) {
-        let keep = upgrade && **f == header::UPGRADE;
-        if present & (1 << i) != 0 && !keep {
-            let removed = h.remove(*f);
-            if **f == KEEP_ALIVE {
-                hop.keepalive_ms = removed.and_then(|v| upstream::keepalive_hint(v.as_bytes()));
-            }
+    // The others that are present, by their bits (none, usually).
+    let mut rest = present & !1;
+    while rest != 0 {
+        let i = rest.trailing_zeros() as usize;
+        rest &= rest - 1;
+        if upgrade && i == UPGRADE_BIT {
+            continue;
+        }
+        let removed = h.remove(fields[i]);
+        if i == KEEP_ALIVE_BIT {
+            hop.keepalive_ms = removed.and_then(|v| upstream::keepalive_hint(v.as_bytes()));
         }
     }
     if upgrade {
@@ -280,6 +298,20 @@ mod tests {
             v.to_str().unwrap(),
             r#"baton; error=connection_refused; next-hop="127.0.0.1:1"; details="say \"hi\"?""#
         );
+    }
+
+    #[test]
+    fn hop_bits_name_upgrade_and_keep_alive() {
+        let f = hop_by_hop_fields();
+        assert_eq!(*f[UPGRADE_BIT], header::UPGRADE);
+        assert_eq!(*f[KEEP_ALIVE_BIT], KEEP_ALIVE);
+    }
+
+    #[test]
+    fn hop_lengths_cover_every_hop_by_hop_name() {
+        for f in hop_by_hop_fields() {
+            assert_ne!(HOP_LENGTHS & (1 << f.as_str().len()), 0, "{f}");
+        }
     }
 
     #[test]

@@ -55,12 +55,13 @@ impl Answer {
     }
 }
 
-/// A response filter: runs on every response, whoever made it.
-type ResponseFilter = fn(&Ctx, &mut HeaderMap);
-
-/// The response filters, in order. A rule for every response (a security
-/// header, say) is one function added here.
-const RESPONSE_FILTERS: &[ResponseFilter] = &[request_id, rate_limit_state];
+/// The response filters, in order: they run on every response, whoever
+/// made it. A rule for every response (a security header, say) is one
+/// function called here.
+fn response_filters(ctx: &Ctx, h: &mut HeaderMap) {
+    request_id(ctx, h);
+    rate_limit_state(ctx, h);
+}
 
 fn request_id(ctx: &Ctx, h: &mut HeaderMap) {
     h.insert(&X_REQUEST_ID, ctx.id.clone());
@@ -82,12 +83,10 @@ fn rate_limit_state(ctx: &Ctx, h: &mut HeaderMap) {
 const RETRY_AFTER_SECS: u64 = 5;
 
 /// The one exit.
-pub(super) fn exit(ctx: Ctx, answer: Answer) -> Response<RespBody> {
+pub(super) fn exit(ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
-            for f in RESPONSE_FILTERS {
-                f(&ctx, &mut parts.headers);
-            }
+            response_filters(&ctx, &mut parts.headers);
             // The body logs the request when it ends.
             body.ctx = Some(ctx);
             return Response::from_parts(parts, RespBody::Proxied(body));
@@ -127,9 +126,7 @@ pub(super) fn exit(ctx: Ctx, answer: Answer) -> Response<RespBody> {
             (r, len, None)
         }
     };
-    for f in RESPONSE_FILTERS {
-        f(&ctx, r.headers_mut());
-    }
+    response_filters(&ctx, r.headers_mut());
     ctx.finish(r.status().as_u16(), len, cause);
     r
 }

@@ -59,6 +59,20 @@ pub(super) struct BodyPlan {
 }
 
 impl BodyPlan {
+    fn new(ctx: &Ctx, replay: Option<Option<Bytes>>, stream: Option<Incoming>) -> Self {
+        BodyPlan {
+            replay,
+            stream,
+            pending: None,
+            limit: ctx
+                .rt
+                .config
+                .limits
+                .max_body_bytes
+                .map(|m| (m, Arc::new(AtomicBool::new(false)))),
+        }
+    }
+
     /// The body for the next attempt.
     pub fn take(&mut self) -> UpBody {
         if let Some(b) = self.pending.take() {
@@ -115,7 +129,12 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpReq
         None => Uri::from_static("/"),
     };
     let declared = declared_length(&hdrs);
-    let body = body_plan(ctx, cfg, body, declared).await?;
+    let body = if body.is_end_stream() || declared == Some(0) {
+        // No body (most requests): no future to build for it.
+        BodyPlan::new(ctx, Some(None), None)
+    } else {
+        body_plan(ctx, cfg, body, declared).await?
+    };
     let fcgi_head = fcgi_head(ctx, cfg, &parts.method, &hdrs, declared, &body);
     Ok(UpRequest {
         hash_key: hash_key(&cfg.balance, &hdrs, ctx.client),
@@ -128,7 +147,7 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpReq
     })
 }
 
-/// The body: buffered when small enough to replay (or when FastCGI needs
+/// A body: buffered when small enough to replay (or when FastCGI needs
 /// its length), else streamed.
 async fn body_plan(
     ctx: &Ctx,
@@ -137,18 +156,10 @@ async fn body_plan(
     declared: Option<u64>,
 ) -> Result<BodyPlan, Answer> {
     let max_body = ctx.rt.config.limits.max_body_bytes;
-    let mut plan = BodyPlan {
-        replay: None,
-        stream: None,
-        pending: None,
-        limit: max_body.map(|m| (m, Arc::new(AtomicBool::new(false)))),
-    };
     // CGI needs CONTENT_LENGTH: a FastCGI request body without one is
     // buffered (up to max_body_bytes, else 64 MiB), as nginx does.
     let must_buffer = ctx.script.is_some() && declared.is_none() && !body.is_end_stream();
-    if body.is_end_stream() || declared == Some(0) {
-        plan.replay = Some(None);
-    } else if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
+    if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
         let limit = match max_body {
             Some(m) if must_buffer => m as usize,
             None if must_buffer => FASTCGI_BUFFER_MAX,
@@ -156,25 +167,22 @@ async fn body_plan(
         };
         let limited = http_body_util::Limited::new(body, limit);
         match tokio::time::timeout(cfg.read_timeout, limited.collect()).await {
-            Ok(Ok(b)) => plan.replay = Some(Some(b.to_bytes())),
+            Ok(Ok(b)) => Ok(BodyPlan::new(ctx, Some(Some(b.to_bytes())), None)),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Answer::failure(Failure::with(
+                Err(Answer::failure(Failure::with(
                     Cause::BodyTooLarge,
                     format!("a body without Content-Length over {limit} bytes"),
-                )));
+                )))
             }
             // The client went away or stalled while sending its body.
-            _ => {
-                return Err(Answer::Plain(
-                    StatusCode::BAD_REQUEST,
-                    "incomplete request body\n",
-                ));
-            }
+            _ => Err(Answer::Plain(
+                StatusCode::BAD_REQUEST,
+                "incomplete request body\n",
+            )),
         }
     } else {
-        plan.stream = Some(body);
+        Ok(BodyPlan::new(ctx, None, Some(body)))
     }
-    Ok(plan)
 }
 
 /// FastCGI: BEGIN_REQUEST and the CGI parameters, built once.

@@ -71,6 +71,7 @@ impl TimedBody {
             timer: None,
         }
     }
+    #[inline]
     pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,

@@ -75,12 +75,12 @@ pub async fn exchange(
     head_wait: Duration,
     read_before: u64,
 ) -> Outcome {
-    let info = conn.info.clone();
+    let info = &conn.info;
     // A streamed body or an upgrade goes through hyper's client, which
     // reads the response while a body is still being sent.
     if matches!(req.body, UpBody::Stream(..)) || req.upgrade {
         conn.tx = match conn.tx.take() {
-            Some(link) => match server.hyper_link(cfg, link, &info).await {
+            Some(link) => match server.hyper_link(cfg, link, info).await {
                 Ok(l) => Some(l),
                 Err(f) => return Err(NoHead::Failed(f)),
             },
@@ -88,7 +88,7 @@ pub async fn exchange(
         };
     }
     let view = AttemptView {
-        info: &info,
+        info,
         reused: conn.reused.is_some(),
         read_before,
         max_header_bytes: cfg.max_response_header_bytes,
@@ -101,7 +101,7 @@ pub async fn exchange(
                 headers: req.headers,
             };
             let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
-            match await_head(fut, &info, head_wait).await {
+            match await_head(fut, info, head_wait).await {
                 None => Err(NoHead::TimedOut),
                 Some(h1::Sent::Head(resp)) => Ok(Head {
                     response: resp.map(UpIncoming::H1),
@@ -118,7 +118,7 @@ pub async fn exchange(
             *r.headers_mut() = req.headers.clone();
             let fut = tx.try_send_request(r);
             conn.tx = Some(Link::Http(tx));
-            match await_head(fut, &info, head_wait).await {
+            match await_head(fut, info, head_wait).await {
                 None => Err(NoHead::TimedOut),
                 Some(Ok(mut resp)) => {
                     let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -166,7 +166,7 @@ pub async fn exchange(
                 server.clear();
                 fut.await
             };
-            match await_head(poked, &info, head_wait).await {
+            match await_head(poked, info, head_wait).await {
                 None => Err(NoHead::TimedOut),
                 Some(fastcgi::Sent::Head(resp)) => Ok(Head {
                     response: resp.map(UpIncoming::Fcgi),
