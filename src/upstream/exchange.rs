@@ -80,7 +80,9 @@ pub async fn exchange(
     // reads the response while a body is still being sent.
     if matches!(req.body, UpBody::Stream(..)) || req.upgrade {
         conn.tx = match conn.tx.take() {
-            Some(link) => match server.hyper_link(cfg, link, info).await {
+            // Boxed: hyper's handshake would make every exchange's future
+            // (and its moves) as large as itself, for a rare path.
+            Some(link) => match Box::pin(server.hyper_link(cfg, link, info)).await {
                 Ok(l) => Some(l),
                 Err(f) => return Err(NoHead::Failed(f)),
             },
