@@ -8,6 +8,8 @@
 # OBSERVED=1 adds "baton-obs": a second baton with [incidents] recording,
 # its admin address, and /api/state polled every 0.5 s (four open
 # dashboards' worth), to show what the observing costs the gateway.
+# BATON=PATH runs that binary instead of building this tree's (an A/B of
+# two builds on one machine: run the script once with each).
 # Recipe: ../shared/reference/rig.md (wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run).
 set -eu
@@ -23,7 +25,8 @@ if [ "$(echo "$load > 1.0" | bc 2>/dev/null || python3 -c "print(int($load > 1.0
     echo "load average is $load: another job is running; refusing to benchmark" >&2
     exit 1
 fi
-cargo build --release -q
+BIN=${BATON:-./target/release/baton}
+[ -n "${BATON:-}" ] || cargo build --release -q
 T=$(mktemp -d)
 if [ "${LOGS:-0}" = 1 ]; then
     NGINX_LOG="access_log $T/nginx-access.log combined buffer=64k;"
@@ -91,12 +94,12 @@ upstream = "be"
 CONF
 }
 baton_toml 18083 "" "" > $T/baton.toml
-./target/release/baton serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
+"$BIN" serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
 TARGETS="nginx:18081 haproxy:18082 baton:18083"
 if [ "${OBSERVED:-0}" = 1 ]; then
     baton_toml 18084 'admin = "127.0.0.1:18085"' "[incidents]
 dir = \"$T/store\"" > $T/baton-obs.toml
-    ./target/release/baton serve --config $T/baton-obs.toml 2>$T/baton-obs.err & echo $! > $T/baton-obs.pid
+    "$BIN" serve --config $T/baton-obs.toml 2>$T/baton-obs.err & echo $! > $T/baton-obs.pid
     (while :; do curl -s -o /dev/null http://127.0.0.1:18085/api/state; sleep 0.5; done) & echo $! > $T/poll.pid
     TARGETS="$TARGETS baton-obs:18084"
 fi

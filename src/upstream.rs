@@ -45,5 +45,6 @@ pub use pool::{Conn, Dialer, Server, Upstream, set_worker, spawn_reapers};
 pub use sockets::{SocketProblem, socket_findings, socket_problem, whoami};
 pub(crate) use wire::is_dead_peer;
 pub use wire::{
-    BodyTooLarge, ConnInfo, ConnStats, Link, Metered, Stream, UpBody, Wire, WriteTimedOut,
+    BODY_CLIENT_FAULT, BODY_OVER_LIMIT, BodyTooLarge, ConnInfo, ConnStats, Link, Metered, Stream,
+    Streamed, UpBody, Wire, WriteTimedOut,
 };

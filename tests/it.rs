@@ -10,6 +10,7 @@ mod docs;
 mod doctor;
 mod fastcgi;
 mod framing;
+mod hardening;
 mod incidents;
 mod keepalive;
 mod layers;

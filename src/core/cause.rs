@@ -177,8 +177,8 @@ causes! {
     RequestBodyIncomplete {
         id: "request_body_incomplete", token: "http_request_error", status: 400, phase: WriteRequest, side: Client, retry: Never,
         title: "The request was incomplete",
-        visitor: "Your browser stopped sending the request before it was complete.",
-        seen: "A client that closed the connection or stalled during an upload (a cancelled upload, a flaky mobile network).",
+        visitor: "Your browser stopped sending the request before it was complete, or sent it garbled.",
+        seen: "A client that closed the connection, stalled or sent malformed chunked framing during an upload (a cancelled upload, a flaky mobile network, a broken or hostile client). Never counted against the upstream.",
         fix: "Nothing on the server, unless many clients do it: then look for a network problem or a body limit in front of baton.",
     },
     BackendRestarting {

@@ -21,7 +21,7 @@ use super::headers;
 use super::log::AttemptLog;
 use super::respond::Answer;
 use super::retry::{self, Budget, Facts, Stage};
-use super::upstream_request::UpRequest;
+use super::upstream_request::{BodyFault, UpRequest};
 use crate::config::{RetryPolicy, UpstreamConfig};
 use crate::core::cause::Cause;
 use crate::core::clock::now_ms;
@@ -229,11 +229,22 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
     };
     if stage == Stage::Exchange {
         info.retired.store(true, Ordering::Relaxed);
-        if let Some(max) = req.body.over_limit() {
-            failure = Failure::with(
-                Cause::BodyTooLarge,
-                format!("the streamed body passed {max} bytes"),
-            );
+        // A failure the client's own body caused is the client's: a 4xx,
+        // never counted against the server, a budget or an incident.
+        match req.body.fault() {
+            Some(BodyFault::OverLimit(max)) => {
+                failure = Failure::with(
+                    Cause::BodyTooLarge,
+                    format!("the streamed body passed {max} bytes"),
+                );
+            }
+            Some(BodyFault::Client) => {
+                failure = Failure::with(
+                    Cause::RequestBodyIncomplete,
+                    "the client's request body was malformed or ended early",
+                );
+            }
+            None => {}
         }
     }
     let failed = Failed {

@@ -30,8 +30,6 @@ pub(super) enum Answer {
         next_hop: Option<Arc<str>>,
         retry_after: Option<u64>,
     },
-    /// A short text answer for a client fault outside the cause table.
-    Plain(StatusCode, &'static str),
     /// A static file from a FastCGI root.
     File(Box<files::Answer>),
     /// A page baton serves itself (the status page).
@@ -98,14 +96,6 @@ pub(super) fn exit(ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
         } => {
             let (r, len) = error_page(&ctx, &failure, next_hop.as_deref(), retry_after);
             (r, len, Some(failure.cause))
-        }
-        Answer::Plain(status, msg) => {
-            let mut r = local(
-                Bytes::from_static(msg.as_bytes()),
-                "text/plain; charset=utf-8",
-            );
-            *r.status_mut() = status;
-            (r, msg.len() as u64, None)
         }
         Answer::File(a) => {
             let a = *a;

@@ -6,11 +6,11 @@
 //! Must not: choose a server or talk to one (the attempt loop does).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU8;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,9 +22,9 @@ use super::respond::Answer;
 use crate::config::{Balance, HashKey, UpstreamConfig};
 use crate::core::cause::Cause;
 use crate::core::failure::Failure;
-use crate::upstream::UpBody;
 use crate::upstream::balance::fnv1a;
 use crate::upstream::fastcgi;
+use crate::upstream::{BODY_CLIENT_FAULT, BODY_OVER_LIMIT, Streamed, UpBody};
 
 /// Largest FastCGI request body without a Content-Length that is buffered
 /// when server.max_body_bytes is not set.
@@ -53,23 +53,30 @@ pub(super) struct BodyPlan {
     stream: Option<Incoming>,
     /// A body that never reached the upstream, to resend as is.
     pub pending: Option<UpBody>,
-    /// A body without a Content-Length is held to max_body_bytes as it
-    /// streams (the flag is only allocated when there is a limit).
-    limit: Option<(u64, Arc<AtomicBool>)>,
+    /// A streamed body is held to max_body_bytes as it streams, and says
+    /// when the client failed it (only a streamed body has this).
+    watch: Option<Streamed>,
+}
+
+/// Why a streamed body stopped short.
+pub(super) enum BodyFault {
+    /// It passed `max_body_bytes` (the limit).
+    OverLimit(u64),
+    /// The client's body was malformed or ended early.
+    Client,
 }
 
 impl BodyPlan {
     fn new(ctx: &Ctx, replay: Option<Option<Bytes>>, stream: Option<Incoming>) -> Self {
+        let watch = stream.as_ref().map(|_| Streamed {
+            left: ctx.rt.config.limits.max_body_bytes,
+            fault: Arc::new(AtomicU8::new(0)),
+        });
         BodyPlan {
             replay,
             stream,
             pending: None,
-            limit: ctx
-                .rt
-                .config
-                .limits
-                .max_body_bytes
-                .map(|m| (m, Arc::new(AtomicBool::new(false)))),
+            watch,
         }
     }
 
@@ -81,10 +88,10 @@ impl BodyPlan {
         match &self.replay {
             Some(None) => UpBody::Empty,
             Some(Some(b)) => UpBody::Full(Some(b.clone())),
-            None => self
-                .stream
-                .take()
-                .map_or(UpBody::Empty, |b| UpBody::Stream(b, self.limit.clone())),
+            None => match (self.stream.take(), &self.watch) {
+                (Some(b), Some(w)) => UpBody::Stream(b, w.clone()),
+                _ => UpBody::Empty,
+            },
         }
     }
     /// Whether a body that was sent can be sent again.
@@ -95,11 +102,14 @@ impl BodyPlan {
     pub fn in_hand(&self) -> bool {
         self.replayable() || self.pending.is_some() || self.stream.is_some()
     }
-    /// The streamed body passed max_body_bytes.
-    pub fn over_limit(&self) -> Option<u64> {
-        let (max, over) = self.limit.as_ref()?;
-        over.load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(*max)
+    /// Why the streamed body stopped short, if it did.
+    pub fn fault(&self) -> Option<BodyFault> {
+        let w = self.watch.as_ref()?;
+        match w.fault.load(std::sync::atomic::Ordering::Relaxed) {
+            BODY_OVER_LIMIT => Some(BodyFault::OverLimit(w.left.unwrap_or(0))),
+            BODY_CLIENT_FAULT => Some(BodyFault::Client),
+            _ => None,
+        }
     }
 }
 
@@ -174,11 +184,18 @@ async fn body_plan(
                     format!("a body without Content-Length over {limit} bytes"),
                 )))
             }
-            // The client went away or stalled while sending its body.
-            _ => Err(Answer::Plain(
-                StatusCode::BAD_REQUEST,
-                "incomplete request body\n",
-            )),
+            // The client went away, stalled or sent a malformed body.
+            Ok(Err(_)) => Err(Answer::failure(Failure::with(
+                Cause::RequestBodyIncomplete,
+                "the client's request body was malformed or ended early",
+            ))),
+            Err(_) => Err(Answer::failure(Failure::with(
+                Cause::RequestBodyIncomplete,
+                format!(
+                    "the client sent no body data for {}s",
+                    cfg.read_timeout.as_secs_f32()
+                ),
+            ))),
         }
     } else {
         Ok(BodyPlan::new(ctx, None, Some(body)))

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,25 @@ use tokio::time::Sleep;
 pub enum UpBody {
     Empty,
     Full(Option<Bytes>),
-    /// Streamed from the client, with what is left of `max_body_bytes`
-    /// (for bodies without a Content-Length) and the flag set when it ran out.
-    Stream(Incoming, Option<(u64, Arc<AtomicBool>)>),
+    /// Streamed from the client, watched (`max_body_bytes`, client faults).
+    Stream(Incoming, Streamed),
 }
+
+/// What a streamed client body reports to the attempt loop, which cannot
+/// see it once a client (hyper's) polls it: the client's own fault, not
+/// the upstream's, when the exchange then fails.
+#[derive(Clone)]
+pub struct Streamed {
+    /// What is left of `max_body_bytes` (bodies without a Content-Length).
+    pub left: Option<u64>,
+    pub fault: Arc<AtomicU8>,
+}
+
+/// [`Streamed::fault`]: the body passed `max_body_bytes`.
+pub const BODY_OVER_LIMIT: u8 = 1;
+/// [`Streamed::fault`]: the client's body failed (malformed chunked
+/// framing, a connection closed or reset mid-body).
+pub const BODY_CLIENT_FAULT: u8 = 2;
 
 /// The client's body passed `max_body_bytes` while streaming.
 #[derive(Debug)]
@@ -49,15 +64,19 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream(s, limit) => {
+            UpBody::Stream(s, watch) => {
                 let r = ready!(Pin::new(s).poll_frame(cx));
-                if let (Some(Ok(f)), Some((left, over))) = (&r, limit.as_mut()) {
-                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                    if n > *left {
-                        over.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                match (&r, watch.left.as_mut()) {
+                    (Some(Ok(f)), Some(left)) => {
+                        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                        if n > *left {
+                            watch.fault.store(BODY_OVER_LIMIT, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
+                        *left -= n;
                     }
-                    *left -= n;
+                    (Some(Err(_)), _) => watch.fault.store(BODY_CLIENT_FAULT, Ordering::Relaxed),
+                    _ => {}
                 }
                 Poll::Ready(r.map(|r| r.map_err(Into::into)))
             }
