@@ -40,13 +40,8 @@ fi
 trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
 
 # Backend: one nginx worker answering "ok".
-cat > $T/backend.conf <<CONF
-worker_processes 1; daemon off; pid $T/backend.nginxpid; error_log $T/backend.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18080 reuseport backlog=4096; location / { return 200 "ok\n"; } } }
-CONF
-nginx -c $T/backend.conf & echo $! > $T/backend.pid
+. bench/backend.sh
+ok_backend $T 18080
 
 cat > $T/nginx.conf <<CONF
 worker_processes $WORKERS; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx.err;
