@@ -8,12 +8,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// Writes `bytes` on a new connection, closes its sending side, and reads
-/// until the gateway closes it (bounded: 5 s).
+/// Writes `bytes` on a new connection and reads until the gateway closes
+/// it (bounded: 5 s).
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    exchange(addr, bytes, false).await
+}
+
+/// `raw`, with the sending side closed after `bytes` when `half_close`.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> String {
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     c.write_all(bytes).await.unwrap();
-    c.shutdown().await.unwrap();
+    if half_close {
+        c.shutdown().await.unwrap();
+    }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
@@ -47,7 +54,9 @@ async fn malformed_chunked_bodies_are_the_clients_fault_not_the_upstreams() {
     for body in bodies {
         // Each twice: two upstream failures in a row would eject the server.
         for _ in 0..2 {
-            let resp = raw(gw.addr, format!("{head}{body}").as_bytes()).await;
+            // Sent whole, then the sending side closed (the last one stops
+            // mid-chunk).
+            let resp = exchange(gw.addr, format!("{head}{body}").as_bytes(), true).await;
             assert!(resp.starts_with("HTTP/1.1 400 "), "{body:?}: {resp}");
             assert_eq!(
                 header(&resp, "proxy-status").map(|v| v.split(';').nth(1).unwrap_or("").trim()),
@@ -75,4 +84,159 @@ async fn malformed_chunked_bodies_are_the_clients_fault_not_the_upstreams() {
             .all(|l| !l.contains("\"cause\":\"connection_terminated\"")),
         "{failures}"
     );
+}
+
+/// The access line of the request a raw exchange got.
+async fn access_of(gw: &Gw, resp: &str) -> serde_json::Value {
+    let id = header(resp, "x-request-id")
+        .expect("a request id")
+        .to_string();
+    gw.access(&id).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_is_one_and_unambiguous() {
+    let public = Origin::start(Script::Echo).await.unwrap();
+    let admin = Origin::start(Script::Status(403, "admin\n".into()))
+        .await
+        .unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.public]\nservers = [\"{}\"]\n[upstreams.admin]\nservers = [\"{}\"]\n[[routes]]\nhost = \"public.example\"\nupstream = \"public\"\n[[routes]]\nhost = \"admin.internal\"\nupstream = \"admin\"\n",
+        public.addr, admin.addr
+    ))
+    .await;
+    // Refused: two Host fields, and HTTP/1.1 without one.
+    for (req, why) in [
+        (
+            "GET / HTTP/1.1\r\nHost: public.example\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+            "two Host fields",
+        ),
+        (
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "no Host field",
+        ),
+    ] {
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400 "), "{req:?}: {resp}");
+        let line = access_of(&gw, &resp).await;
+        assert_eq!(line["cause"], "request_malformed", "{line}");
+        assert!(resp.contains(why), "{resp}");
+    }
+    // An absolute-form target names the host: routed by it, and the
+    // upstream gets it as Host.
+    let resp = raw(
+        gw.addr,
+        b"GET http://public.example/x HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    let hosts: Vec<&str> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case("host"))
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["public.example"], "{echo}");
+    // `Connection: host` cannot strip the Host routing rests on.
+    let resp = raw(
+        gw.addr,
+        b"GET /y HTTP/1.1\r\nHost: public.example\r\nConnection: close, host\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.contains(r#"["host","public.example"]"#), "{resp}");
+    // HTTP/1.0 needs no Host (it routes to no host-specific route: 404).
+    let resp = raw(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.0 404 "), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_authority_and_host_must_agree() {
+    let public = Origin::start(Script::Ok("public\n".into())).await.unwrap();
+    let admin = Origin::start(Script::Ok("admin\n".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.public]\nservers = [\"{}\"]\n[upstreams.admin]\nservers = [\"{}\"]\n[[routes]]\nhost = \"public.example\"\nupstream = \"public\"\n[[routes]]\nhost = \"admin.internal\"\nupstream = \"admin\"\n",
+        public.addr, admin.addr
+    ))
+    .await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let send2 = |host: Option<&'static str>| {
+        let mut r = http::Request::get("http://public.example/x");
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        r.body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = tx
+        .send_request(send2(Some("admin.internal")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = tx.send_request(send2(None)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "public\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_codings_other_than_chunked_get_501() {
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    for te in [
+        "identity, chunked",
+        "cow, chunked",
+        "gzip, chunked",
+        "chunked, chunked",
+    ] {
+        let req = format!(
+            "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let resp = raw(gw.addr, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 501 "), "{te}: {resp}");
+        let line = access_of(&gw, &resp).await;
+        assert_eq!(line["cause"], "transfer_coding_unsupported", "{line}");
+    }
+    // Plain chunked goes through.
+    let resp = raw(
+        gw.addr,
+        b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.contains(r#""body_len":5"#), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_json_access_line_keeps_referer_and_user_agent() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nReferer: https://example.com/from\r\nUser-Agent: probe/1.0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let line = access_of(&gw, &resp).await;
+    assert_eq!(line["referer"], "https://example.com/from", "{line}");
+    assert_eq!(line["user_agent"], "probe/1.0", "{line}");
 }

@@ -24,6 +24,7 @@ async fn maintenance_is_503_with_retry_after_and_the_message() {
     let r = send(
         gw.addr,
         Request::get("/")
+            .header("host", "test.local")
             .header("accept", "text/html")
             .body(Full::new(Bytes::new()))
             .unwrap(),

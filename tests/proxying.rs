@@ -110,6 +110,7 @@ async fn error_formats_follow_accept() {
     let html = send(
         gw.addr,
         Request::get("/")
+            .header("host", "test.local")
             .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -132,6 +133,7 @@ async fn error_formats_follow_accept() {
     let api = send(
         gw.addr,
         Request::get("/")
+            .header("host", "test.local")
             .header("accept", "application/json")
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -148,6 +150,7 @@ async fn error_formats_follow_accept() {
     let curl = send(
         gw.addr,
         Request::get("/")
+            .header("host", "test.local")
             .header("accept", "*/*")
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -181,6 +184,7 @@ async fn operator_templates_replace_the_pages() {
     let r = send(
         gw.addr,
         Request::get("/")
+            .header("host", "test.local")
             .header("accept", "text/html")
             .body(Full::new(Bytes::new()))
             .unwrap(),

@@ -164,8 +164,15 @@ causes! {
         id: "request_malformed", token: "http_request_error", status: 400, phase: Route, side: Client, retry: Never,
         title: "The request was not valid HTTP",
         visitor: "Your browser or app sent a request this site could not read.",
-        seen: "A client that is not speaking HTTP/1.1 to an HTTP port (TLS to a plain port, a port scanner, a broken bot), or a request line with characters HTTP forbids. hyper answers 400 before a route is chosen; baton logs it with the client address.",
+        seen: "A client that is not speaking HTTP/1.1 to an HTTP port (TLS to a plain port, a port scanner, a broken bot), a request line with characters HTTP forbids, or an ambiguous host: two Host fields, none on HTTP/1.1, HTTP/2's :authority and Host naming two hosts. Answered before a route is chosen; logged with the client address.",
         fix: "Nothing, for scanners. If a real client does it, check that it uses http:// (not https://) for this port and encodes its URLs.",
+    },
+    TransferCodingUnsupported {
+        id: "transfer_coding_unsupported", token: "http_request_error", status: 501, phase: Route, side: Client, retry: Never,
+        title: "The request used an encoding this site does not support",
+        visitor: "Your browser or app sent the request in a transfer encoding this site does not support.",
+        seen: "A request whose Transfer-Encoding is anything but `chunked` (`identity, chunked`, `gzip, chunked`, made-up codings): a smuggling attempt or a broken client. Forwarding it would leave its framing to the upstream's reading (RFC 9112 §6.1).",
+        fix: "Nothing, for scanners and smuggling probes. A real client must send its body with Content-Length or plain chunked framing.",
     },
     RequestHeaderTooLarge {
         id: "request_header_too_large", token: "http_request_error", status: 431, phase: Route, side: Client, retry: Never,
@@ -399,6 +406,7 @@ impl Cause {
                 | Cause::RequestBodyIncomplete
                 | Cause::RequestMalformed
                 | Cause::RequestHeaderTooLarge
+                | Cause::TransferCodingUnsupported
         )
     }
 
@@ -494,13 +502,14 @@ mod tests {
                 // route matches is the client's problem, and users expect
                 // 404; a client over its rate limit gets 429; RFC 9209 fixes
                 // no status for http_request_error: 413 and 431 say what is
-                // wrong, 400 otherwise.
+                // wrong, 501 a transfer coding baton does not implement
+                // (RFC 9112 §6.1), 400 otherwise.
                 "destination_not_found" => 404,
                 // A hidden file or `..` under a FastCGI root: 403.
                 "http_request_denied" if c.status() == 403 => 403,
                 "http_request_denied" => 429,
                 "http_request_error" => {
-                    assert!([400, 413, 431].contains(&c.status()), "{c}");
+                    assert!([400, 413, 431, 501].contains(&c.status()), "{c}");
                     c.status()
                 }
                 _ => 502,

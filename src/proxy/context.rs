@@ -14,7 +14,7 @@ use http::{Method, Request, Uri, Version};
 use hyper::body::Incoming;
 
 use super::headers::{X_REQUEST_ID, strip_port, valid_request_id};
-use crate::config::{AccessFormat, Route};
+use crate::config::Route;
 use crate::gateway::{Gateway, RouteMetrics, Runtime};
 use crate::upstream::fastcgi::Script;
 
@@ -26,8 +26,10 @@ pub(super) struct Ctx {
     pub id: HeaderValue,
     pub method: Method,
     pub uri: Uri,
-    /// The `Host` field as received (HTTP/2: the `:authority` in `uri`).
+    /// The `Host` field as received (HTTP/2: the `:authority` in `uri`), or
+    /// an absolute-form target's authority (`host_from_target`).
     pub host_field: Option<HeaderValue>,
+    pub host_from_target: bool,
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub version: Version,
@@ -65,14 +67,16 @@ impl Ctx {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => gw.next_request_id(),
         };
-        // Referer and User-Agent are kept only where a log line shows them.
-        let combined = gw.logs.access.enabled() && gw.logs.access_format == AccessFormat::Combined;
-        let kept = |name| if combined { h.get(name).cloned() } else { None };
+        // Referer and User-Agent are kept only when an access line shows
+        // them (both formats do).
+        let logged = gw.logs.access.enabled();
+        let kept = |name| if logged { h.get(name).cloned() } else { None };
         Ctx {
             id,
             method: req.method().clone(),
             uri: req.uri().clone(),
             host_field: h.get(header::HOST).cloned(),
+            host_from_target: false,
             client,
             local,
             version: req.version(),

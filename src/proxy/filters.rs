@@ -6,8 +6,8 @@
 //! Must not: talk to an upstream (the attempt loop does), or build a
 //! response (the one exit does, from the [`Answer`]).
 
-use http::Request;
 use http::header::{self, HeaderValue};
+use http::{Request, Version};
 use hyper::body::Incoming;
 
 use super::context::Ctx;
@@ -26,12 +26,71 @@ use crate::upstream::files;
 /// directly (not through a table of pointers: they inline into the
 /// request path).
 pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    host(ctx, req)?;
+    transfer_coding(ctx, req)?;
     status_page(ctx, req)?;
     route(ctx, req)?;
     maintenance(ctx, req)?;
     rate_limit(ctx, req)?;
     body_size(ctx, req)?;
     try_files(ctx, req)
+}
+
+/// One unambiguous host (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host`
+/// fields, none on HTTP/1.1, or HTTP/2's `:authority` and `Host` naming two
+/// hosts get 400, as nginx and HAProxy answer. An absolute-form target
+/// (`GET http://example.com/ HTTP/1.1`) names the host itself: its
+/// authority wins over `Host` (RFC 9112 §3.2.2), for routing and for the
+/// `Host` sent upstream.
+fn host(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (fields.next(), fields.next());
+    let bad = |why: &str| Err(Answer::failure(Failure::with(Cause::RequestMalformed, why)));
+    if second.is_some() {
+        return bad("two Host fields");
+    }
+    let authority = req.uri().authority();
+    match (ctx.version, first, authority) {
+        (Version::HTTP_2, Some(h), Some(a))
+            if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+        {
+            bad(":authority and Host name different hosts")
+        }
+        (Version::HTTP_2 | Version::HTTP_11, None, None) => bad("no Host field"),
+        // Absolute-form on HTTP/1.x: the target's authority is the host.
+        (Version::HTTP_11 | Version::HTTP_10, _, Some(a)) => {
+            match HeaderValue::from_str(a.as_str()) {
+                Ok(v) => {
+                    ctx.host_field = Some(v);
+                    ctx.host_from_target = true;
+                    Ok(())
+                }
+                Err(_) => bad("the target's authority is not a valid Host"),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `Transfer-Encoding` other than plain `chunked` (`identity, chunked`,
+/// `cow, chunked`) is a coding baton does not implement: 501 (RFC 9112
+/// §6.1), as nginx answers, rather than leave the framing to the reading
+/// of whichever server is next.
+fn transfer_coding(_: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(Answer::failure(Failure::with(
+            Cause::TransferCodingUnsupported,
+            "Transfer-Encoding other than chunked",
+        ))),
+    }
 }
 
 /// `[server] status_page`: baton answers it itself, on any host.

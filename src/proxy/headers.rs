@@ -99,7 +99,12 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
                 {
                     continue;
                 }
-                if let Ok(n) = HeaderName::from_bytes(t) {
+                // `Connection: host` (or content-length) would strip what
+                // routing and framing rest on: such a name is ignored.
+                if let Ok(n) = HeaderName::from_bytes(t)
+                    && n != header::HOST
+                    && n != header::CONTENT_LENGTH
+                {
                     named.push(n);
                 }
             }
@@ -257,12 +262,23 @@ pub(super) fn strip_port(raw: &str) -> &str {
 /// not copied) into the one sent upstream.
 pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool) {
     let _ = strip_hop_by_hop(headers, upgrade);
-    // `Host` as received (kept), or HTTP/2's :authority as `Host`.
-    let host = ctx.host_field.clone().or_else(|| {
-        let v = HeaderValue::from_str(ctx.uri.authority()?.as_str()).ok()?;
-        headers.insert(header::HOST, v.clone());
-        Some(v)
-    });
+    // The one host the request is for (the host filter settled it: `Host`,
+    // an absolute-form target's authority, or HTTP/2's :authority), sent
+    // upstream as `Host` whatever `Connection` named.
+    let host = match &ctx.host_field {
+        // As received: already in the block.
+        Some(h) if !ctx.host_from_target => Some(h.clone()),
+        _ => {
+            let v = ctx
+                .host_field
+                .clone()
+                .or_else(|| HeaderValue::from_str(ctx.uri.authority()?.as_str()).ok());
+            if let Some(h) = &v {
+                headers.insert(header::HOST, h.clone());
+            }
+            v
+        }
+    };
     let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), ctx.client.ip());
     headers.insert(&X_FORWARDED_FOR, xff);
     const HTTP: HeaderValue = HeaderValue::from_static("http");
