@@ -240,3 +240,43 @@ async fn the_json_access_line_keeps_referer_and_user_agent() {
     assert_eq!(line["referer"], "https://example.com/from", "{line}");
     assert_eq!(line["user_agent"], "probe/1.0", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_upgrade_is_never_tunnelled_past_routing() {
+    // An ordinary backend gets the request as plain HTTP/1.1.
+    let echo = Origin::start(Script::Echo).await.unwrap();
+    // A backend that answers 101 whatever it is asked.
+    let switcher = Origin::start(Script::Upgrade).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.echo]\nservers = [\"{}\"]\n[upstreams.switcher]\nservers = [\"{}\"]\n[[routes]]\npath = \"/public\"\nupstream = \"echo\"\n[[routes]]\npath = \"/switch\"\nupstream = \"switcher\"\n",
+        echo.addr, switcher.addr
+    ))
+    .await;
+    let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n";
+    let resp = raw(
+        gw.addr,
+        format!("GET /public HTTP/1.1\r\nHost: t\r\n{h2c}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(!lower.contains("\"upgrade\""), "{resp}");
+    assert!(!lower.contains("http2-settings"), "{resp}");
+    // A 101 the client did not get to ask for is not passed on: the bytes
+    // after it would reach the backend unrouted.
+    let resp = raw(
+        gw.addr,
+        format!(
+            "GET /switch HTTP/1.1\r\nHost: t\r\n{h2c}\r\nGET /private/admin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 502 "), "{resp}");
+    let first = resp.split("HTTP/1.1 ").nth(1).unwrap();
+    assert!(first.contains("error=http_upgrade_failed"), "{resp}");
+    let line = access_of(&gw, &resp).await;
+    assert_eq!(line["cause"], "upgrade_failed", "{line}");
+    // The request after it was routed on its own: no route for it.
+    assert!(resp.contains("HTTP/1.1 404 "), "{resp}");
+}

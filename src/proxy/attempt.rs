@@ -207,6 +207,19 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
         .load(Ordering::Relaxed)
         .saturating_sub(written_before);
     let (mut failure, stage, per_try_expired, unsent) = match outcome {
+        // A 101 only for an upgrade the client asked for, to a protocol
+        // it named: anything else would tunnel bytes past routing.
+        Ok(Head { response, .. })
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && (req.client_upgrade.is_none()
+                    || !headers::upgrade_agreed(&req.headers, response.headers())) =>
+        {
+            let f = Failure::with(
+                Cause::UpgradeFailed,
+                "the upstream switched protocols to one the client did not ask for",
+            );
+            (f, Stage::Exchange, false, None)
+        }
         Ok(Head { response, upgrade }) => {
             let held = Held {
                 _busy: busy,

@@ -133,14 +133,36 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) -> Hop {
     hop
 }
 
+/// The client asks for a protocol upgrade baton tunnels: `Connection:
+/// upgrade` and an `Upgrade` naming something other than `h2c`. An h2c
+/// upgrade is never tunnelled (it would carry requests past routing); its
+/// fields are stripped as hop-by-hop and the request goes as HTTP/1.1.
 pub(super) fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
+    let Some(wanted) = h.get(header::UPGRADE) else {
+        return false;
+    };
+    !tokens(wanted).any(|t| t.eq_ignore_ascii_case(b"h2c"))
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// Whether a `101` is the upgrade the client asked for: the response's
+/// `Upgrade` names a protocol of the request's (RFC 9110 §7.8).
+pub(super) fn upgrade_agreed(request: &HeaderMap, response: &HeaderMap) -> bool {
+    let (Some(asked), Some(got)) = (request.get(header::UPGRADE), response.get(header::UPGRADE))
+    else {
+        return false;
+    };
+    tokens(got).all(|g| tokens(asked).any(|a| a.eq_ignore_ascii_case(g)))
+}
+
+/// The comma-separated tokens of a field value, trimmed.
+fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    v.as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 pub(super) fn idempotent(m: &Method) -> bool {
