@@ -244,10 +244,17 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                     let gw = for_svc.clone();
                     async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, local).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let deadline = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await
+                    // Until the protocol is known, hyper has no deadline
+                    // of its own: baton gives it one.
+                    if !protocol_known(&s, deadline).await {
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await
                         && let Some(e) = e.downcast_ref::<hyper::Error>()
                     {
                         proxy::client_error(&gw, peer, e);
@@ -260,6 +267,30 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
     }
     drop(l);
     graceful.shutdown().await;
+}
+
+/// Waits, up to `deadline`, until the client's first bytes say which
+/// protocol it speaks: anything but the start of the HTTP/2 preface is
+/// HTTP/1.x; the whole preface is HTTP/2. `false`: it sent nothing, only
+/// part of the preface (`PRI * HTTP`), or closed, within the deadline; the
+/// connection is dropped. hyper-util's protocol detection waits forever,
+/// so a silent connection would hold a descriptor for good (nginx and
+/// HAProxy close it within their header timeouts). Peeks: the bytes stay
+/// for hyper.
+async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let known = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match s.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) => return true,
+                // Part of the preface: wait for the rest.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(deadline, known).await.unwrap_or(false)
 }
 
 /// One open client connection, counted for max_connections.

@@ -280,3 +280,31 @@ async fn an_h2c_upgrade_is_never_tunnelled_past_routing() {
     // The request after it was routed on its own: no route for it.
     assert!(resp.contains("HTTP/1.1 404 "), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_half_preface_connections_are_closed_at_the_header_deadline() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nheader_read_timeout = \"1s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    for first in [&b""[..], b"PRI * HTTP", b"PRI * HTTP/2.0\r\n\r\nSM\r\n"] {
+        let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(first).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("closed within the deadline")
+            .unwrap_or(0);
+        let took = start.elapsed();
+        assert_eq!(n, 0, "{first:?}: closed without an answer");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "{first:?}: closed after {took:?}"
+        );
+    }
+    // A normal client is served as before.
+    assert_eq!(send(gw.addr, get("/")).await.status, 200);
+}
