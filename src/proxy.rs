@@ -41,8 +41,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-pub use body::{InFlight, ProxiedBody, RespBody};
-pub use headers::proxy_status;
+pub use body::{ProxiedBody, RespBody};
 pub use log::client_error;
 
 use crate::gateway::Gateway;

@@ -30,6 +30,8 @@ pub(super) struct Ctx {
     /// an absolute-form target's authority (`host_from_target`).
     pub host_field: Option<HeaderValue>,
     pub host_from_target: bool,
+    /// The request had two `Host` fields (the host filter refuses it).
+    pub two_hosts: bool,
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub version: Version,
@@ -71,11 +73,15 @@ impl Ctx {
         // them (both formats do).
         let logged = gw.logs.access.enabled();
         let kept = |name| if logged { h.get(name).cloned() } else { None };
+        // One lookup finds the Host field and whether there is a second.
+        let mut hosts = h.get_all(header::HOST).iter();
+        let first_host = hosts.next();
         Ctx {
             id,
             method: req.method().clone(),
             uri: req.uri().clone(),
-            host_field: h.get(header::HOST).cloned(),
+            host_field: first_host.cloned(),
+            two_hosts: hosts.next().is_some(),
             host_from_target: false,
             client,
             local,

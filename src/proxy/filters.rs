@@ -8,6 +8,7 @@
 
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use super::context::Ctx;
@@ -43,14 +44,12 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
 /// authority wins over `Host` (RFC 9112 §3.2.2), for routing and for the
 /// `Host` sent upstream.
 fn host(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
-    let mut fields = req.headers().get_all(header::HOST).iter();
-    let (first, second) = (fields.next(), fields.next());
     let bad = |why: &str| Err(Answer::failure(Failure::with(Cause::RequestMalformed, why)));
-    if second.is_some() {
+    if ctx.two_hosts {
         return bad("two Host fields");
     }
     let authority = req.uri().authority();
-    match (ctx.version, first, authority) {
+    match (ctx.version, ctx.host_field.as_ref(), authority) {
         (Version::HTTP_2, Some(h), Some(a))
             if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
         {
@@ -77,6 +76,10 @@ fn host(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 /// §6.1), as nginx answers, rather than leave the framing to the reading
 /// of whichever server is next.
 fn transfer_coding(_: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    // No body, no framing to doubt (most requests: no lookup).
+    if req.body().is_end_stream() {
+        return Ok(());
+    }
     let mut codings = req
         .headers()
         .get_all(header::TRANSFER_ENCODING)
