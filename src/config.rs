@@ -58,6 +58,9 @@ pub struct Config {
     /// `server.admin_token`: required by every admin request when set
     /// (and it must be set when the admin address is off loopback).
     pub admin_token: Option<String>,
+    /// `server.admin_hosts`: more names (`host` or `host:port`, lower case)
+    /// the admin API answers to, besides its own address.
+    pub admin_hosts: Vec<String>,
     /// `server.status_page`: a path on every listener answering whether
     /// the site's backends are up (linked from error pages).
     pub status_page: Option<String>,

@@ -136,7 +136,7 @@ async fn admin_token_guards_the_admin_api() {
     let (port, admin) = (refusing_addr().port(), refusing_addr());
     std::fs::write(
         &cfg,
-        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"{admin}\"\nadmin_token = \"s3cret\"\n[log]\naccess = \"off\"\n[upstreams.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"web\"\n"),
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nadmin = \"{admin}\"\nadmin_token = \"s3cret\"\nadmin_hosts = [\"test.local\"]\n[log]\naccess = \"off\"\n[upstreams.web]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"web\"\n"),
     )
     .unwrap();
     let _baton = peer(

@@ -308,3 +308,34 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_deadline()
     // A normal client is served as before.
     assert_eq!(send(gw.addr, get("/")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_refuses_a_rebound_name() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\ndashboard_actions = true\n[upstreams.web]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"web\"\n",
+        a.addr
+    ))
+    .await;
+    let port = gw.admin.port();
+    // What a browser sends once evil.example resolves to the admin address:
+    // its own name as Host, and an Origin that matches it.
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("http://evil.example:{port}");
+    let drain = format!(
+        "POST /drain?server={} HTTP/1.1\r\nHost: {rebound}\r\nOrigin: {origin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        a.addr
+    );
+    let resp = raw(gw.admin, drain.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 421 "), "{resp}");
+    let state = format!("GET /api/state HTTP/1.1\r\nHost: {rebound}\r\nConnection: close\r\n\r\n");
+    let resp = raw(gw.admin, state.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 421 "), "{resp}");
+    assert!(!resp.contains("config_toml"), "{resp}");
+    // Nothing was drained; the admin address itself still answers.
+    let own =
+        format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let resp = raw(gw.admin, own.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.contains("\"draining\":false"), "{resp}");
+}

@@ -377,6 +377,7 @@ async fn drained_server_gets_no_new_requests() {
         http::Request::builder()
             .method(m)
             .uri(format!("/drain?server={}", a.addr))
+            .header("host", "test.local")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap()
     };
@@ -391,6 +392,7 @@ async fn drained_server_gets_no_new_requests() {
         (Some(0), Some(true))
     );
     let undrain = http::Request::post(format!("/undrain?server={}", a.addr))
+        .header("host", "test.local")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(send(gw.admin, undrain).await.json()["draining"], false);

@@ -14,6 +14,7 @@ pub struct Server {
     pub header_read_timeout: Option<Spanned<String>>,
     pub outer_idle_timeout: Option<Spanned<String>>,
     pub admin_token: Option<Spanned<String>>,
+    pub admin_hosts: Option<Vec<Spanned<String>>>,
     pub status_page: Option<Spanned<String>>,
     pub dashboard_actions: Option<bool>,
     pub max_request_header_bytes: Option<Spanned<i64>>,

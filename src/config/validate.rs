@@ -327,6 +327,7 @@ impl<'s> Validator<'s> {
             incidents,
             alerts,
             admin_token: server.admin_token,
+            admin_hosts: server.admin_hosts,
             status_page: server.status_page,
             dashboard_actions: s.server.dashboard_actions.unwrap_or(false),
         })

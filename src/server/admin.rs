@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::gateway::Gateway;
 
 pub(super) async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let Ok(own) = l.local_addr() else { return };
     loop {
         tokio::select! {
             r = l.accept() => {
@@ -27,7 +28,7 @@ pub(super) async fn admin_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let gw = gw.clone();
-                        async move { Ok::<_, Infallible>(admin(&gw, &req)) }
+                        async move { Ok::<_, Infallible>(admin(&gw, own, &req)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
                 });
@@ -63,7 +64,34 @@ fn cross_site(h: &header::HeaderMap) -> bool {
     }
 }
 
-fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Whether `Host` names this admin address: an IP literal with its port
+/// (an address cannot be rebound to another host), `localhost` when it is
+/// on loopback, or a name in `server.admin_hosts`. A page elsewhere that
+/// rebinds its own name to this address (DNS rebinding) sends its own
+/// name, and its `Origin` then matches its `Host`, so the cross-site check
+/// alone would let it through.
+fn host_allowed(host: Option<&str>, own: std::net::SocketAddr, names: &[String]) -> bool {
+    let Some(host) = host.map(str::to_ascii_lowercase) else {
+        return false;
+    };
+    let port = own.port().to_string();
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(':') => (n, Some(p)),
+        _ => (host.as_str(), None),
+    };
+    let right_port = p.is_none_or(|p| p == port);
+    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    right_port
+        && (ip.parse::<std::net::IpAddr>().is_ok()
+            || (name == "localhost" && own.ip().is_loopback())
+            || names.iter().any(|n| *n == host || *n == name))
+}
+
+fn admin(
+    gw: &Arc<Gateway>,
+    own: std::net::SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     use http::Method;
     let query = req.uri().query().unwrap_or("");
     let server = query
@@ -89,6 +117,18 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             return r;
         }
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !host_allowed(host, own, &gw.runtime.load().config.admin_hosts) {
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "admin API: Host {:?} does not name this address; use http://{own}/ or add the name to server.admin_hosts\n",
+            host.unwrap_or("")
+        ))));
+        *r.status_mut() = StatusCode::MISDIRECTED_REQUEST;
+        return r;
     }
     // A web page elsewhere must not drive the admin API through the
     // operator's browser (a form POST needs no CORS preflight): a POST a
@@ -165,4 +205,36 @@ fn admin(gw: &Arc<Gateway>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_api_answers_only_to_its_own_names() {
+        let own: std::net::SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        let names = vec!["dash.example.com".to_string()];
+        for ok in [
+            "127.0.0.1:9901",
+            "localhost:9901",
+            "[::1]:9901",
+            "10.0.0.5:9901",
+            "dash.example.com",
+            "DASH.example.com:9901",
+        ] {
+            assert!(host_allowed(Some(ok), own, &names), "{ok}");
+        }
+        for refused in [
+            "evil.example:9901",
+            "evil.example",
+            "127.0.0.1:80",
+            "localhost:80",
+        ] {
+            assert!(!host_allowed(Some(refused), own, &names), "{refused}");
+        }
+        assert!(!host_allowed(None, own, &names));
+        let public: std::net::SocketAddr = "0.0.0.0:9901".parse().unwrap();
+        assert!(!host_allowed(Some("localhost:9901"), public, &names));
+    }
 }

@@ -47,7 +47,7 @@ impl Gw {
             None => ("", body),
         };
         let toml = format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\n{server}\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nadmin_hosts = [\"test.local\"]\n{server}\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
             access_log.display(),
             errors_log.display()
         );
@@ -79,6 +79,7 @@ impl Gw {
         send(
             self.admin,
             http::Request::post("/reload")
+                .header("host", "test.local")
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )

@@ -16,6 +16,7 @@ pub(super) struct ServerPart {
     pub outer_idle_timeout: Option<Duration>,
     pub log: LogConfig,
     pub admin_token: Option<String>,
+    pub admin_hosts: Vec<String>,
     pub status_page: Option<String>,
 }
 
@@ -149,6 +150,21 @@ impl Validator<'_> {
             );
         }
 
+        let mut admin_hosts = Vec::new();
+        for h in server.admin_hosts.iter().flatten() {
+            let v = h.get_ref().trim().to_ascii_lowercase();
+            if v.is_empty() || v.contains('/') || v.contains(char::is_whitespace) {
+                self.err(
+                    "server.admin_hosts",
+                    h.span(),
+                    format!("{:?} is not a host name", h.get_ref()),
+                    "write names as a browser sends them in Host: \"dash.example.com\" or \"dash.example.com:9901\" (no scheme, no path)",
+                );
+            } else {
+                admin_hosts.push(v);
+            }
+        }
+
         let status_page = match &server.status_page {
             Some(p) if !p.get_ref().starts_with('/') => {
                 self.err(
@@ -171,6 +187,7 @@ impl Validator<'_> {
             outer_idle_timeout,
             log,
             admin_token,
+            admin_hosts,
             status_page,
         }
     }
