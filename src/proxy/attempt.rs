@@ -21,7 +21,7 @@ use super::headers;
 use super::log::AttemptLog;
 use super::respond::Answer;
 use super::retry::{self, Budget, Facts, Stage};
-use super::upstream_request::{BodyFault, UpRequest};
+use super::upstream_request::{BodyFault, UpRequest, client_body_failure};
 use crate::config::{RetryPolicy, UpstreamConfig};
 use crate::core::cause::Cause;
 use crate::core::clock::now_ms;
@@ -251,12 +251,7 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
                     format!("the streamed body passed {max} bytes"),
                 );
             }
-            Some(BodyFault::Client) => {
-                failure = Failure::with(
-                    Cause::RequestBodyIncomplete,
-                    "the client's request body was malformed or ended early",
-                );
-            }
+            Some(BodyFault::Client) => failure = client_body_failure(),
             None => {}
         }
     }

@@ -123,7 +123,7 @@ impl ProxiedBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, upstream::BodyError>>> {
-        let r = self.body.poll_frame(cx);
+        let r = Pin::new(&mut self.body).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

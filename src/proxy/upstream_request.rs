@@ -58,6 +58,15 @@ pub(super) struct BodyPlan {
     watch: Option<Streamed>,
 }
 
+/// The client's request body was malformed or ended early (the client's
+/// fault, whether it was buffered or streamed).
+pub(super) fn client_body_failure() -> Failure {
+    Failure::with(
+        Cause::RequestBodyIncomplete,
+        "the client's request body was malformed or ended early",
+    )
+}
+
 /// Why a streamed body stopped short.
 pub(super) enum BodyFault {
     /// It passed `max_body_bytes` (the limit).
@@ -168,7 +177,7 @@ async fn body_plan(
     let max_body = ctx.rt.config.limits.max_body_bytes;
     // CGI needs CONTENT_LENGTH: a FastCGI request body without one is
     // buffered (up to max_body_bytes, else 64 MiB), as nginx does.
-    let must_buffer = ctx.script.is_some() && declared.is_none() && !body.is_end_stream();
+    let must_buffer = ctx.script.is_some() && declared.is_none();
     if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
         let limit = match max_body {
             Some(m) if must_buffer => m as usize,
@@ -185,10 +194,7 @@ async fn body_plan(
                 )))
             }
             // The client went away, stalled or sent a malformed body.
-            Ok(Err(_)) => Err(Answer::failure(Failure::with(
-                Cause::RequestBodyIncomplete,
-                "the client's request body was malformed or ended early",
-            ))),
+            Ok(Err(_)) => Err(Answer::failure(client_body_failure())),
             Err(_) => Err(Answer::failure(Failure::with(
                 Cause::RequestBodyIncomplete,
                 format!(

@@ -71,53 +71,6 @@ impl TimedBody {
             timer: None,
         }
     }
-    #[inline]
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = match &mut self.inner {
-            UpIncoming::Http(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|r| r.map(|r| r.map_err(BodyError::Upstream))),
-            UpIncoming::Fcgi(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|r| r.map(|r| r.map_err(BodyError::Failed))),
-            UpIncoming::H1(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|r| r.map(|r| r.map_err(|e| BodyError::Failed(classify_h1_body(&e))))),
-        };
-        match polled {
-            Poll::Ready(r) => {
-                if let Some(t) = self.timer.as_mut() {
-                    t.as_mut().reset(tokio::time::Instant::now() + self.timeout);
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(BodyError::TimedOut(self.timeout))))
-            }
-        }
-    }
-    pub fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            UpIncoming::Http(b) => b.is_end_stream(),
-            UpIncoming::Fcgi(b) => b.is_end_stream(),
-            UpIncoming::H1(b) => b.is_end_stream(),
-        }
-    }
-    pub fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            UpIncoming::Http(b) => b.size_hint(),
-            UpIncoming::Fcgi(b) => b.size_hint(),
-            UpIncoming::H1(b) => b.size_hint(),
-        }
-    }
     /// A wire baton drives whose response ended cleanly, for the pool
     /// (hyper's connections go back through their `SendRequest`).
     pub fn take_wire(&mut self) -> Option<Link> {
@@ -133,16 +86,52 @@ impl Body for TimedBody {
     type Data = Bytes;
     type Error = BodyError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        TimedBody::poll_frame(self.get_mut(), cx)
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            UpIncoming::Http(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(BodyError::Upstream))),
+            UpIncoming::Fcgi(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(BodyError::Failed))),
+            UpIncoming::H1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(|e| BodyError::Failed(classify_h1_body(&e))))),
+        };
+        match polled {
+            Poll::Ready(r) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.timeout);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyError::TimedOut(this.timeout))))
+            }
+        }
     }
     fn is_end_stream(&self) -> bool {
-        TimedBody::is_end_stream(self)
+        match &self.inner {
+            UpIncoming::Http(b) => b.is_end_stream(),
+            UpIncoming::Fcgi(b) => b.is_end_stream(),
+            UpIncoming::H1(b) => b.is_end_stream(),
+        }
     }
     fn size_hint(&self) -> SizeHint {
-        TimedBody::size_hint(self)
+        match &self.inner {
+            UpIncoming::Http(b) => b.size_hint(),
+            UpIncoming::Fcgi(b) => b.size_hint(),
+            UpIncoming::H1(b) => b.size_hint(),
+        }
     }
 }
