@@ -112,8 +112,17 @@ impl Config {
 /// Protection against clients: slowloris, huge heads and bodies, floods.
 #[derive(Debug, Clone)]
 pub struct ClientLimits {
-    /// Time to receive a request head (and between keep-alive requests).
+    /// Time to receive a request head, from its first byte (and a new
+    /// connection's first bytes); then 408 (or a close, before any byte).
     pub header_read_timeout: Duration,
+    /// How long a client connection with no request in flight is kept
+    /// (HTTP/1.1 keep-alive, HTTP/2 with no open stream).
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body; then 408.
+    pub body_read_timeout: Duration,
+    /// Longest wait for a client to take more of a response; then the
+    /// connection is closed.
+    pub send_timeout: Duration,
     /// Largest request head; larger gets 431.
     pub max_request_header_bytes: usize,
     /// Largest request body by `Content-Length`; larger gets 413.
@@ -452,11 +461,14 @@ pub mod defaults {
     // which is the usual source of "upstream sent too big header".
     pub const MIN_RESPONSE_HEADER_BYTES: usize = 8 * 1024;
     pub const RETRIES: u32 = 1;
-    // Also the keep-alive idle time towards clients (hyper has one timer
-    // for both): longer than the usual load balancer in front (AWS ALB
-    // 60 s), as nginx's 75 s keepalive_timeout, or the balancer reuses a
-    // connection baton just closed and answers 502.
-    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
+    // nginx's client_header_timeout, client_body_timeout and send_timeout.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+    // Longer than the usual load balancer in front (AWS ALB 60 s), as
+    // nginx's 75 s keepalive_timeout, or the balancer reuses a connection
+    // baton just closed and answers 502.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
     // Below Node's 5 s and Puma's 20 s default idle timeouts; gunicorn's 2 s
     // is caught by the pool learning the observed idle close (upstream.rs).
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);

@@ -42,7 +42,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 pub use body::{ProxiedBody, RespBody};
-pub use log::client_error;
+pub use log::{client_error, client_fault};
 
 use crate::gateway::Gateway;
 

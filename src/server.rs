@@ -6,24 +6,26 @@
 //! Must not: make per-request decisions (that is `proxy`).
 
 mod admin;
+mod conn;
 mod dashboard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::core::cause::Cause;
 use crate::gateway::{Gateway, Runtime};
 use crate::observe::log::Logs;
 use crate::proxy;
@@ -97,6 +99,27 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpList
     Ok(s.into())
 }
 
+/// Raises the open-file limit to its hard limit (each client connection
+/// is a descriptor, and the usual soft limit of 1,024 is reached by a
+/// thousand idle clients), and says so.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        tracing::info!(
+            limit = soft,
+            "open-file limit (client connections need one each)"
+        );
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+        Err(e) => tracing::warn!(limit = soft, error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Binds every listener, then serves until [`Running::shutdown`].
 ///
 /// Worker 0 runs on the caller's runtime; each further worker is a thread
@@ -104,6 +127,7 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpList
 /// nginx's worker processes: no work stealing, no cross-thread wake-ups on
 /// the request path.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    raise_descriptor_limit();
     let n = worker_count(config.workers);
     let reuse = n > 1;
     let mut sets: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
@@ -197,39 +221,146 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// What an accept loop knows of its connections: how many are open (for
+/// `max_connections` and the drain at shutdown) and which, to close idle
+/// ones when descriptors run out.
+struct Conns {
+    open: Arc<AtomicUsize>,
+    /// Notified when the last connection closes.
+    drained: Arc<Notify>,
+    all: Vec<Weak<conn::Shared>>,
+    /// When the last "out of descriptors" warning was logged, and how many
+    /// more happened since.
+    warned: Option<Instant>,
+    unwarned: u64,
+}
+
+/// How many idle connections one descriptor shortage closes (nginx
+/// closes up to 32 reusable connections the same way).
+const SHED_AT_ONCE: usize = 32;
+
+impl Conns {
+    fn new() -> Self {
+        Conns {
+            open: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+            all: Vec::new(),
+            warned: None,
+            unwarned: 0,
+        }
+    }
+
+    fn add(&mut self, shared: &Arc<conn::Shared>) -> ConnCount {
+        if self.all.len() >= 64 && self.all.len() >= 2 * self.open.load(Ordering::Relaxed) {
+            self.all.retain(|w| w.strong_count() > 0);
+        }
+        self.all.push(Arc::downgrade(shared));
+        self.open.fetch_add(1, Ordering::Relaxed);
+        ConnCount(self.open.clone(), self.drained.clone())
+    }
+
+    /// Out of descriptors: asks up to [`SHED_AT_ONCE`] connections with no
+    /// request in flight (oldest first) to close, and warns at most once a
+    /// second. Returns how many were asked.
+    fn shed(&mut self, e: &std::io::Error) -> usize {
+        let mut shed = 0;
+        for w in &self.all {
+            if shed == SHED_AT_ONCE {
+                break;
+            }
+            if let Some(c) = w.upgrade()
+                && c.idle()
+            {
+                c.close.notify_one();
+                shed += 1;
+            }
+        }
+        let now = Instant::now();
+        if self
+            .warned
+            .is_none_or(|t| now - t >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                error = %e,
+                open = self.open.load(Ordering::Relaxed),
+                closed_idle = shed,
+                more_since_last = self.unwarned,
+                "out of file descriptors: closing idle client connections to accept new ones (raise the limit: LimitNOFILE= in the unit, or ulimit -n)"
+            );
+            self.warned = Some(now);
+            self.unwarned = 0;
+        } else {
+            self.unwarned += 1;
+        }
+        shed
+    }
+
+    /// Waits until every connection has closed.
+    async fn drain(&self) {
+        loop {
+            let n = self.drained.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.open.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+/// Whether accept failed for want of descriptors (the process's or the
+/// system's).
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     // Client limits are read once: changing them needs a restart.
     let limits = gw.runtime.load().config.limits.clone();
+    let deadlines = conn::Deadlines::new(&limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The head's deadline is baton's (conn.rs), which answers 408;
+        // hyper's own would close silently, and costs a timer a request.
+        .header_read_timeout(None)
         // A head larger than this gets 431 from hyper.
         .max_buf_size(limits.max_request_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_request_header_bytes as u32);
+        // The decoded header list, held to the HTTP/1.1 head's limit
+        // (HPACK can make a few bytes decode to many).
+        .max_header_list_size(limits.max_request_header_bytes as u32)
+        // A peer that vanished while streams are open: a PING unanswered
+        // for 20 s closes the connection.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let local = l
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let graceful = GracefulShutdown::new();
+    let mut conns = Conns::new();
     loop {
         tokio::select! {
             r = l.accept() => {
                 let (s, peer) = match r {
                     Ok(x) => x,
+                    Err(e) if out_of_descriptors(&e) => {
+                        // Keep serving: idle connections make room (their
+                        // tasks close them), else back off.
+                        let pause = if conns.shed(&e) > 0 { 5 } else { 50 };
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        continue;
+                    }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
-                if open.load(std::sync::atomic::Ordering::Relaxed) >= limits.max_connections {
+                if conns.open.load(Ordering::Relaxed) >= limits.max_connections {
                     // Over max_connections: close at once rather than let a
                     // flood exhaust file descriptors for everyone.
                     gw.metrics.connections_refused.inc();
@@ -237,74 +368,149 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                     continue;
                 }
                 let _ = s.set_nodelay(true);
-                let gw = gw.clone();
-                let guard = ConnCount::new(open.clone());
-                let for_svc = gw.clone();
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let gw = for_svc.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer, local).await) }
-                });
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                let deadline = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    // Until the protocol is known, hyper has no deadline
-                    // of its own: baton gives it one.
-                    if !protocol_known(&s, deadline).await {
-                        return;
-                    }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await
-                        && let Some(e) = e.downcast_ref::<hyper::Error>()
-                    {
-                        proxy::client_error(&gw, peer, e);
-                    }
-                    drop(guard);
-                });
+                let shared = Arc::new(conn::Shared::default());
+                let count = conns.add(&shared);
+                tokio::spawn(serve_connection(
+                    s,
+                    peer,
+                    local,
+                    gw.clone(),
+                    builder.clone(),
+                    shared,
+                    deadlines,
+                    stop.clone(),
+                    count,
+                ));
             }
             _ = stop.changed() => break,
         }
     }
     drop(l);
-    graceful.shutdown().await;
+    conns.drain().await;
+}
+
+/// An HTTP/2 PING after this long without frames from the client...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+/// ...must be answered within this, or the connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection asked to close may take to say so (HTTP/2's
+/// GOAWAY) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves one client connection until it ends, a deadline passes, it is
+/// asked to close, or the gateway stops.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    s: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    gw: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<conn::Shared>,
+    deadlines: conn::Deadlines,
+    mut stop: watch::Receiver<bool>,
+    _count: ConnCount,
+) {
+    // Until the protocol is known, hyper has no deadline of its own:
+    // baton gives it one.
+    let h2 = tokio::select! {
+        p = protocol_known(&s, deadlines.header) => match p {
+            Some(h2) => h2,
+            None => return,
+        },
+        _ = shared.close.notified() => return,
+        _ = stop.changed() => return,
+    };
+    let for_svc = gw.clone();
+    let for_svc_shared = shared.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let active = conn::Active::new(&for_svc_shared);
+        let gw = for_svc.clone();
+        async move {
+            let resp = proxy::handle(gw, req, peer, local).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                active.upgraded();
+            }
+            Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
+        }
+    });
+    let io = TokioIo::new(conn::Guarded::new(s, shared.clone(), deadlines, h2));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let grace = tokio::select! {
+        r = conn.as_mut() => {
+            ended(&gw, peer, &shared, r);
+            return;
+        }
+        _ = shared.close.notified() => Some(CLOSE_GRACE),
+        _ = stop.changed() => None,
+    };
+    conn.as_mut().graceful_shutdown();
+    let r = match grace {
+        Some(g) => tokio::time::timeout(g, conn).await.unwrap_or(Ok(())),
+        None => conn.await,
+    };
+    ended(&gw, peer, &shared, r);
+}
+
+/// Logs how a client connection ended, when it says something: a
+/// malformed or oversized head (hyper answered 400 or 431), a head that
+/// did not arrive in time (baton answered 408), a client that stopped
+/// reading.
+fn ended(
+    gw: &Gateway,
+    peer: SocketAddr,
+    shared: &conn::Shared,
+    r: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) {
+    match shared.expired() {
+        conn::EXPIRED_HEAD => proxy::client_fault(gw, peer, Cause::RequestTimeout),
+        conn::EXPIRED_SEND => tracing::info!(
+            client = %peer.ip(),
+            "closed a client connection that took no response data for send_timeout"
+        ),
+        _ => {
+            if let Err(e) = r
+                && let Some(e) = e.downcast_ref::<hyper::Error>()
+            {
+                proxy::client_error(gw, peer, e);
+            }
+        }
+    }
 }
 
 /// Waits, up to `deadline`, until the client's first bytes say which
 /// protocol it speaks: anything but the start of the HTTP/2 preface is
-/// HTTP/1.x; the whole preface is HTTP/2. `false`: it sent nothing, only
-/// part of the preface (`PRI * HTTP`), or closed, within the deadline; the
-/// connection is dropped. hyper-util's protocol detection waits forever,
-/// so a silent connection would hold a descriptor for good (nginx and
-/// HAProxy close it within their header timeouts). Peeks: the bytes stay
-/// for hyper.
-async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> bool {
+/// HTTP/1.x (`Some(false)`); the whole preface is HTTP/2 (`Some(true)`).
+/// `None`: it sent nothing, only part of the preface (`PRI * HTTP`), or
+/// closed, within the deadline; the connection is dropped. hyper-util's
+/// protocol detection waits forever, so a silent connection would hold a
+/// descriptor for good (nginx and HAProxy close it within their header
+/// timeouts). Peeks: the bytes stay for hyper.
+async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<bool> {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let known = async {
         let mut buf = [0u8; 24];
         loop {
             match s.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) => return true,
+                Ok(0) | Err(_) => return None,
+                Ok(n) if n == PREFACE.len() => return Some(buf == PREFACE),
+                Ok(n) if !PREFACE.starts_with(&buf[..n]) => return Some(false),
                 // Part of the preface: wait for the rest.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(deadline, known).await.unwrap_or(false)
+    tokio::time::timeout(deadline, known).await.ok().flatten()
 }
 
-/// One open client connection, counted for max_connections.
-struct ConnCount(Arc<std::sync::atomic::AtomicUsize>);
-
-impl ConnCount {
-    fn new(n: Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ConnCount(n)
-    }
-}
+/// One open client connection, counted for max_connections and the drain.
+struct ConnCount(Arc<AtomicUsize>, Arc<Notify>);
 
 impl Drop for ConnCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if self.0.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.1.notify_waiters();
+        }
     }
 }

@@ -38,7 +38,7 @@ fn every_problem_is_listed_with_line_and_fix() {
     assert_eq!(
         err,
         "baton.toml: 4 problems\n\
-baton.toml:3:1: server.admn: unknown field `admn`, expected one of `listen`, `admin`, `workers`, `header_read_timeout`, `outer_idle_timeout`, `admin_token`, `admin_hosts`, `status_page`, `dashboard_actions`, `max_request_header_bytes`, `max_body_bytes`, `max_connections`\n    fix: did you mean `admin`?\n\
+baton.toml:3:1: server.admn: unknown field `admn`, expected one of `listen`, `admin`, `workers`, `header_read_timeout`, `idle_timeout`, `body_read_timeout`, `send_timeout`, `outer_idle_timeout`, `admin_token`, `admin_hosts`, `status_page`, `dashboard_actions`, `max_request_header_bytes`, `max_body_bytes`, `max_connections`\n    fix: did you mean `admin`?\n\
 baton.toml:6:30: upstreams.app.servers: \"http://bad:1\" has a scheme; servers are addresses\n    fix: write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\"\n\
 baton.toml:7:19: upstreams.app.connect_timeout: invalid duration \"2x\"\n    fix: write a number with a unit: \"500ms\", \"2s\", \"1m\", \"1h\"\n\
 baton.toml:11:12: routes[0].upstream: unknown upstream \"ap\"\n    fix: did you mean \"app\"?\n"
@@ -118,7 +118,7 @@ async fn check_probes_every_server_and_the_timeout_ladder() {
         .await
         .unwrap();
     let toml = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nheader_read_timeout = \"30s\"\nouter_idle_timeout = \"60s\"\n\n[resolver]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\n[upstreams.app]\nservers = [\"app.test:{}\", \"gone.test:80\", \"{}\"]\n\n[upstreams.web]\nservers = [\"{}\"]\nread_timeout = \"20s\"\n[upstreams.web.health]\npath = \"/healthz\"\n\n[upstreams.py]\nservers = [\"127.0.0.1:{}\"]\nread_timeout = \"30s\"\n[upstreams.py.process]\ncommand = \"/usr/bin/env\"\nargs = [\"gunicorn\", \"--timeout\", \"45\", \"app:app\"]\n\n[[routes]]\nupstream = \"app\"\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nidle_timeout = \"30s\"\nouter_idle_timeout = \"60s\"\n\n[resolver]\nnameservers = [\"{}\"]\ntimeout = \"500ms\"\n\n[upstreams.app]\nservers = [\"app.test:{}\", \"gone.test:80\", \"{}\"]\n\n[upstreams.web]\nservers = [\"{}\"]\nread_timeout = \"20s\"\n[upstreams.web.health]\npath = \"/healthz\"\n\n[upstreams.py]\nservers = [\"127.0.0.1:{}\"]\nread_timeout = \"30s\"\n[upstreams.py.process]\ncommand = \"/usr/bin/env\"\nargs = [\"gunicorn\", \"--timeout\", \"45\", \"app:app\"]\n\n[[routes]]\nupstream = \"app\"\n",
         dns.addr,
         ok.addr.port(),
         refusing_addr(),
@@ -149,8 +149,8 @@ async fn check_probes_every_server_and_the_timeout_ladder() {
         "baton.toml: problems found (1 listener, 3 upstreams, 1 route)"
     );
     let expect = [
-        "warning: baton.toml:3:23: server.header_read_timeout: baton closes idle client connections after 30s, no later than the load balancer in front (60s): it reuses a connection baton just closed and answers 502 itself",
-        "    fix: set header_read_timeout above outer_idle_timeout, e.g. \"75s\"",
+        "warning: baton.toml:3:16: server.idle_timeout: baton closes idle client connections after 30s, no later than the load balancer in front (60s): it reuses a connection baton just closed and answers 502 itself",
+        "    fix: set idle_timeout above outer_idle_timeout, e.g. \"75s\"",
         "error: baton.toml:11:30: upstreams.app.servers[1]: gone.test:80: gone.test does not resolve (NXDOMAIN or no records): every request to this server fails with 502 dns_error",
     ];
     for e in expect {

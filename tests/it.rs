@@ -6,6 +6,7 @@ mod browser;
 mod causes;
 mod config_errors;
 mod dashboard;
+mod deadlines;
 mod docs;
 mod doctor;
 mod fastcgi;

@@ -188,6 +188,13 @@ causes! {
         seen: "A client that closed the connection, stalled or sent malformed chunked framing during an upload (a cancelled upload, a flaky mobile network, a broken or hostile client). Never counted against the upstream.",
         fix: "Nothing on the server, unless many clients do it: then look for a network problem or a body limit in front of baton.",
     },
+    RequestTimeout {
+        id: "request_timeout", token: "http_request_error", status: 408, phase: Route, side: Client, retry: Never,
+        title: "The request took too long to arrive",
+        visitor: "Your browser or app took too long to send its request. Trying again usually works.",
+        seen: "A client that sent part of a request head and then nothing for server.header_read_timeout (slowloris, a stalled mobile network), or that stopped sending its body for server.body_read_timeout mid-upload. Baton answers 408 and closes the connection; never counted against the upstream.",
+        fix: "Nothing, for attacks and dead networks. If real uploads stall, raise server.body_read_timeout; look for a body or head limit in a device in front of baton.",
+    },
     BackendRestarting {
         id: "backend_restarting", token: "destination_unavailable", status: 503, phase: Route, side: Upstream, retry: Never,
         title: "The site's application is restarting",

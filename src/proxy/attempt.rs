@@ -21,7 +21,7 @@ use super::headers;
 use super::log::AttemptLog;
 use super::respond::Answer;
 use super::retry::{self, Budget, Facts, Stage};
-use super::upstream_request::{BodyFault, UpRequest, client_body_failure};
+use super::upstream_request::UpRequest;
 use crate::config::{RetryPolicy, UpstreamConfig};
 use crate::core::cause::Cause;
 use crate::core::clock::now_ms;
@@ -244,15 +244,8 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
         info.retired.store(true, Ordering::Relaxed);
         // A failure the client's own body caused is the client's: a 4xx,
         // never counted against the server, a budget or an incident.
-        match req.body.fault() {
-            Some(BodyFault::OverLimit(max)) => {
-                failure = Failure::with(
-                    Cause::BodyTooLarge,
-                    format!("the streamed body passed {max} bytes"),
-                );
-            }
-            Some(BodyFault::Client) => failure = client_body_failure(),
-            None => {}
+        if let Some(f) = req.body.fault() {
+            failure = f;
         }
     }
     let failed = Failed {

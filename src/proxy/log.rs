@@ -141,8 +141,15 @@ pub fn client_error(gw: &Gateway, client: SocketAddr, e: &hyper::Error) {
     } else if e.is_parse() {
         Cause::RequestMalformed
     } else {
-        return; // the client went away, or a timeout while idle
+        return; // the client went away
     };
+    client_fault(gw, client, cause);
+}
+
+/// A client's fault answered before there was a request to log (a head
+/// too large, malformed, or not complete in time): counted and written to
+/// the access log with its cause and the client's address.
+pub fn client_fault(gw: &Gateway, client: SocketAddr, cause: Cause) {
     gw.metrics
         .requests
         .get_or_create(&RequestLabels {

@@ -5,9 +5,6 @@
 //!
 //! Must not: choose a server or talk to one (the attempt loop does).
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Uri};
@@ -24,7 +21,7 @@ use crate::core::cause::Cause;
 use crate::core::failure::Failure;
 use crate::upstream::balance::fnv1a;
 use crate::upstream::fastcgi;
-use crate::upstream::{BODY_CLIENT_FAULT, BODY_OVER_LIMIT, Streamed, UpBody};
+use crate::upstream::{ClientBody, ClientBodyError, Streamed, UpBody};
 
 /// Largest FastCGI request body without a Content-Length that is buffered
 /// when server.max_body_bytes is not set.
@@ -50,7 +47,7 @@ pub(super) struct BodyPlan {
     /// `Some(None)`: no body; `Some(Some(b))`: buffered, replayable;
     /// `None`: streamed (sent once).
     replay: Option<Option<Bytes>>,
-    stream: Option<Incoming>,
+    stream: Option<ClientBody>,
     /// A body that never reached the upstream, to resend as is.
     pub pending: Option<UpBody>,
     /// A streamed body is held to max_body_bytes as it streams, and says
@@ -58,29 +55,11 @@ pub(super) struct BodyPlan {
     watch: Option<Streamed>,
 }
 
-/// The client's request body was malformed or ended early (the client's
-/// fault, whether it was buffered or streamed).
-pub(super) fn client_body_failure() -> Failure {
-    Failure::with(
-        Cause::RequestBodyIncomplete,
-        "the client's request body was malformed or ended early",
-    )
-}
-
-/// Why a streamed body stopped short.
-pub(super) enum BodyFault {
-    /// It passed `max_body_bytes` (the limit).
-    OverLimit(u64),
-    /// The client's body was malformed or ended early.
-    Client,
-}
-
 impl BodyPlan {
-    fn new(ctx: &Ctx, replay: Option<Option<Bytes>>, stream: Option<Incoming>) -> Self {
-        let watch = stream.as_ref().map(|_| Streamed {
-            left: ctx.rt.config.limits.max_body_bytes,
-            fault: Arc::new(AtomicU8::new(0)),
-        });
+    fn new(ctx: &Ctx, replay: Option<Option<Bytes>>, stream: Option<ClientBody>) -> Self {
+        let watch = stream
+            .as_ref()
+            .map(|_| Streamed::new(ctx.rt.config.limits.max_body_bytes));
         BodyPlan {
             replay,
             stream,
@@ -111,14 +90,9 @@ impl BodyPlan {
     pub fn in_hand(&self) -> bool {
         self.replayable() || self.pending.is_some() || self.stream.is_some()
     }
-    /// Why the streamed body stopped short, if it did.
-    pub fn fault(&self) -> Option<BodyFault> {
-        let w = self.watch.as_ref()?;
-        match w.fault.load(std::sync::atomic::Ordering::Relaxed) {
-            BODY_OVER_LIMIT => Some(BodyFault::OverLimit(w.left.unwrap_or(0))),
-            BODY_CLIENT_FAULT => Some(BodyFault::Client),
-            _ => None,
-        }
+    /// The client-side failure that stopped the streamed body, if one did.
+    pub fn fault(&self) -> Option<Failure> {
+        self.watch.as_ref()?.failure()
     }
 }
 
@@ -174,37 +148,32 @@ async fn body_plan(
     body: Incoming,
     declared: Option<u64>,
 ) -> Result<BodyPlan, Answer> {
+    let body = ClientBody::new(body, ctx.rt.config.limits.body_read_timeout);
     let max_body = ctx.rt.config.limits.max_body_bytes;
     // CGI needs CONTENT_LENGTH: a FastCGI request body without one is
     // buffered (up to max_body_bytes, else 64 MiB), as nginx does.
     let must_buffer = ctx.script.is_some() && declared.is_none();
-    if must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64) {
-        let limit = match max_body {
-            Some(m) if must_buffer => m as usize,
-            None if must_buffer => FASTCGI_BUFFER_MAX,
-            _ => usize::MAX,
-        };
-        let limited = http_body_util::Limited::new(body, limit);
-        match tokio::time::timeout(cfg.read_timeout, limited.collect()).await {
-            Ok(Ok(b)) => Ok(BodyPlan::new(ctx, Some(Some(b.to_bytes())), None)),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Answer::failure(Failure::with(
-                    Cause::BodyTooLarge,
-                    format!("a body without Content-Length over {limit} bytes"),
-                )))
-            }
-            // The client went away, stalled or sent a malformed body.
-            Ok(Err(_)) => Err(Answer::failure(client_body_failure())),
-            Err(_) => Err(Answer::failure(Failure::with(
-                Cause::RequestBodyIncomplete,
-                format!(
-                    "the client sent no body data for {}s",
-                    cfg.read_timeout.as_secs_f32()
-                ),
-            ))),
+    if !(must_buffer || declared.is_some_and(|n| n <= cfg.replay_buffer_bytes as u64)) {
+        return Ok(BodyPlan::new(ctx, None, Some(body)));
+    }
+    let limit = match max_body {
+        Some(m) if must_buffer => m as usize,
+        None if must_buffer => FASTCGI_BUFFER_MAX,
+        _ => usize::MAX,
+    };
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(BodyPlan::new(ctx, Some(Some(b.to_bytes())), None)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Answer::failure(Failure::with(
+                Cause::BodyTooLarge,
+                format!("a body without Content-Length over {limit} bytes"),
+            )))
         }
-    } else {
-        Ok(BodyPlan::new(ctx, None, Some(body)))
+        // The client went away, stalled or sent a malformed body.
+        Err(e) => Err(Answer::failure(match e.downcast_ref::<ClientBodyError>() {
+            Some(e) => e.failure(),
+            None => Failure::with(Cause::RequestBodyIncomplete, e.to_string()),
+        })),
     }
 }
 

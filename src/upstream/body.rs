@@ -24,10 +24,39 @@ pub enum UpIncoming {
 /// A response body from the upstream with the body read timeout applied.
 pub struct TimedBody {
     inner: UpIncoming,
-    timeout: Duration,
-    // Created on the first read that has to wait: most small responses are
+    idle: IdleTimer,
+}
+
+/// A body's read deadline: no data for `timeout` between two frames.
+pub struct IdleTimer {
+    pub timeout: Duration,
+    // Created on the first read that has to wait: most small bodies are
     // complete in the first poll and never allocate a timer.
     timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration) -> Self {
+        IdleTimer {
+            timeout,
+            timer: None,
+        }
+    }
+    /// Data (or the end) came: the deadline starts again.
+    #[inline]
+    pub fn progressed(&mut self) {
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(tokio::time::Instant::now() + self.timeout);
+        }
+    }
+    /// Nothing came: ready once the deadline has passed.
+    pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.timeout;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+    }
 }
 
 /// The error a [`TimedBody`] yields.
@@ -67,8 +96,7 @@ impl TimedBody {
     pub fn new(inner: UpIncoming, timeout: Duration) -> Self {
         TimedBody {
             inner,
-            timeout,
-            timer: None,
+            idle: IdleTimer::new(timeout),
         }
     }
     /// A wire baton drives whose response ended cleanly, for the pool
@@ -105,18 +133,12 @@ impl Body for TimedBody {
         };
         match polled {
             Poll::Ready(r) => {
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(tokio::time::Instant::now() + this.timeout);
-                }
+                this.idle.progressed();
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(BodyError::TimedOut(this.timeout))))
+                ready!(this.idle.poll_elapsed(cx));
+                Poll::Ready(Some(Err(BodyError::TimedOut(this.idle.timeout))))
             }
         }
     }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,94 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
 
+use crate::core::cause::Cause;
+use crate::core::failure::Failure;
+
 /// The request body sent upstream: empty, buffered (replayable) or streamed.
 pub enum UpBody {
     Empty,
     Full(Option<Bytes>),
     /// Streamed from the client, watched (`max_body_bytes`, client faults).
-    Stream(Incoming, Streamed),
+    Stream(ClientBody, Streamed),
+}
+
+/// A client's request body with the body read deadline
+/// (`server.body_read_timeout`): no data for that long between two reads
+/// is the client's fault.
+pub struct ClientBody {
+    inner: Incoming,
+    idle: super::body::IdleTimer,
+}
+
+/// Why a client's request body failed.
+#[derive(Debug)]
+pub enum ClientBodyError {
+    /// Malformed framing, or the connection closed or reset mid-body.
+    Broken(hyper::Error),
+    /// No data for this long.
+    Stalled(Duration),
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientBodyError::Broken(e) => write!(f, "{e}"),
+            ClientBodyError::Stalled(d) => {
+                write!(f, "the client sent no body data for {}s", d.as_secs_f32())
+            }
+        }
+    }
+}
+impl std::error::Error for ClientBodyError {}
+
+impl ClientBodyError {
+    /// The client-side failure it is (never the upstream's).
+    pub fn failure(&self) -> Failure {
+        match self {
+            ClientBodyError::Broken(_) => Failure::with(
+                Cause::RequestBodyIncomplete,
+                "the client's request body was malformed or ended early",
+            ),
+            ClientBodyError::Stalled(_) => Failure::with(Cause::RequestTimeout, self.to_string()),
+        }
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        ClientBody {
+            inner,
+            idle: super::body::IdleTimer::new(idle),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.idle.progressed();
+                Poll::Ready(r.map(|r| r.map_err(ClientBodyError::Broken)))
+            }
+            Poll::Pending => {
+                ready!(this.idle.poll_elapsed(cx));
+                Poll::Ready(Some(Err(ClientBodyError::Stalled(this.idle.timeout))))
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What a streamed client body reports to the attempt loop, which cannot
@@ -32,16 +114,31 @@ pub enum UpBody {
 /// the upstream's, when the exchange then fails.
 #[derive(Clone)]
 pub struct Streamed {
-    /// What is left of `max_body_bytes` (bodies without a Content-Length).
+    /// `max_body_bytes` (bodies without a Content-Length).
+    pub limit: Option<u64>,
+    /// What is left of it.
     pub left: Option<u64>,
-    pub fault: Arc<AtomicU8>,
+    /// Why the body stopped short (the client's fault), once it did.
+    failure: Arc<std::sync::OnceLock<Failure>>,
 }
 
-/// [`Streamed::fault`]: the body passed `max_body_bytes`.
-pub const BODY_OVER_LIMIT: u8 = 1;
-/// [`Streamed::fault`]: the client's body failed (malformed chunked
-/// framing, a connection closed or reset mid-body).
-pub const BODY_CLIENT_FAULT: u8 = 2;
+impl Streamed {
+    pub fn new(limit: Option<u64>) -> Self {
+        Streamed {
+            limit,
+            left: limit,
+            failure: Arc::default(),
+        }
+    }
+    /// The client-side failure that stopped the body, if one did: the
+    /// attempt answers with it instead of blaming the upstream.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.get().cloned()
+    }
+    fn failed(&self, f: Failure) {
+        let _ = self.failure.set(f);
+    }
+}
 
 /// The client's body passed `max_body_bytes` while streaming.
 #[derive(Debug)]
@@ -70,12 +167,18 @@ impl Body for UpBody {
                     (Some(Ok(f)), Some(left)) => {
                         let n = f.data_ref().map_or(0, |d| d.len() as u64);
                         if n > *left {
-                            watch.fault.store(BODY_OVER_LIMIT, Ordering::Relaxed);
+                            watch.failed(Failure::with(
+                                Cause::BodyTooLarge,
+                                format!(
+                                    "the streamed body passed {} bytes",
+                                    watch.limit.unwrap_or(0)
+                                ),
+                            ));
                             return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                         }
                         *left -= n;
                     }
-                    (Some(Err(_)), _) => watch.fault.store(BODY_CLIENT_FAULT, Ordering::Relaxed),
+                    (Some(Err(e)), _) => watch.failed(e.failure()),
                     _ => {}
                 }
                 Poll::Ready(r.map(|r| r.map_err(Into::into)))

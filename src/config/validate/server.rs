@@ -57,6 +57,21 @@ impl Validator<'_> {
                 &server.header_read_timeout,
                 defaults::HEADER_READ_TIMEOUT,
             ),
+            idle_timeout: self.duration(
+                "server.idle_timeout",
+                &server.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+            ),
+            body_read_timeout: self.duration(
+                "server.body_read_timeout",
+                &server.body_read_timeout,
+                defaults::BODY_READ_TIMEOUT,
+            ),
+            send_timeout: self.duration(
+                "server.send_timeout",
+                &server.send_timeout,
+                defaults::SEND_TIMEOUT,
+            ),
             max_request_header_bytes: self.int(
                 "server.max_request_header_bytes",
                 &server.max_request_header_bytes,
@@ -93,21 +108,18 @@ impl Validator<'_> {
             )
         });
         if let (Some(o), Some(at)) = (outer_idle_timeout, &server.outer_idle_timeout)
-            && limits.header_read_timeout <= o
+            && limits.idle_timeout <= o
         {
-            let span = server
-                .header_read_timeout
-                .as_ref()
-                .map_or(at.span(), |h| h.span());
+            let span = server.idle_timeout.as_ref().map_or(at.span(), |h| h.span());
             self.warn(
-                "server.header_read_timeout",
+                "server.idle_timeout",
                 span,
                 format!(
                     "baton closes idle client connections after {:?}, no later than the load balancer in front ({o:?}): it reuses a connection baton just closed and answers 502 itself",
-                    limits.header_read_timeout
+                    limits.idle_timeout
                 ),
                 &format!(
-                    "set header_read_timeout above outer_idle_timeout, e.g. \"{}s\"",
+                    "set idle_timeout above outer_idle_timeout, e.g. \"{}s\"",
                     o.as_secs() + 15
                 ),
             );

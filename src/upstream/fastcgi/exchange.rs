@@ -88,16 +88,15 @@ pub async fn exchange(
         loop {
             match body.frame().await {
                 None => break,
-                Some(Err(e)) => {
-                    let f = if e.is::<crate::upstream::BodyTooLarge>() {
-                        Failure::with(Cause::BodyTooLarge, "the streamed body is too large")
-                    } else {
-                        Failure::with(
-                            Cause::RequestBodyIncomplete,
-                            "the client stopped sending its request body",
-                        )
+                Some(Err(_)) => {
+                    // The client's fault, as the body recorded it.
+                    let f = match &body {
+                        UpBody::Stream(_, watch) => watch.failure(),
+                        _ => None,
                     };
-                    return Sent::Failed(f);
+                    return Sent::Failed(f.unwrap_or_else(|| {
+                        Failure::with(Cause::RequestBodyIncomplete, "the client's body failed")
+                    }));
                 }
                 Some(Ok(f)) => {
                     let Ok(data) = f.into_data() else { continue };

@@ -1,0 +1,379 @@
+//! One client connection's deadlines, on its socket.
+//!
+//! hyper times nothing on a server connection but (optionally) the
+//! HTTP/1.1 head, and closes without an answer when it does; HTTP/2 has no
+//! idle, preface or SETTINGS deadline at all, and nothing notices a client
+//! that stops reading. [`Guarded`] wraps the socket hyper reads and writes
+//! and gives every phase a deadline from the requests it sees start and
+//! end ([`Shared`]):
+//!
+//! | phase | deadline | then |
+//! |---|---|---|
+//! | HTTP/1.1 head, from its first byte | `header_read_timeout` | `408`, closed |
+//! | no request in flight (keep-alive, HTTP/2 with no open stream, a preface and SETTINGS only, a header block never ended) | `idle_timeout` | closed (HTTP/2: `GOAWAY`) |
+//! | a write the client does not take | `send_timeout` | closed |
+//!
+//! A request body has its own deadline (`body_read_timeout`, in the body:
+//! `upstream::ClientBody`); the first bytes of a new connection are
+//! waited for before hyper gets it (`server::protocol_known`).
+//!
+//! One timer per connection, created on the first wait and moved only
+//! when a deadline comes closer: a keep-alive request costs two atomic
+//! adds and a clock read, not a timer.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ClientLimits;
+use crate::core::cause::Cause;
+use crate::proxy::RespBody;
+
+/// What a connection's requests tell its I/O, and how it ended.
+#[derive(Default)]
+pub struct Shared {
+    /// Requests whose head was complete, ever.
+    started: AtomicU64,
+    /// Requests not yet finished (their response is still being sent).
+    in_flight: AtomicUsize,
+    /// The connection became a tunnel (a `101`): the tunnel's own
+    /// timeouts apply, not these.
+    upgraded: AtomicBool,
+    /// Which deadline ended it: `EXPIRED_*`.
+    expired: AtomicU8,
+    /// Asks the connection to close gracefully (an HTTP/2 `GOAWAY`): an
+    /// idle deadline, or descriptors running out.
+    pub close: Notify,
+}
+
+/// [`Shared::expired`]: the head was not complete in time (408 sent).
+pub const EXPIRED_HEAD: u8 = 1;
+/// [`Shared::expired`]: no request for `idle_timeout`.
+pub const EXPIRED_IDLE: u8 = 2;
+/// [`Shared::expired`]: the client took nothing for `send_timeout`.
+pub const EXPIRED_SEND: u8 = 3;
+
+impl Shared {
+    /// Which deadline ended the connection (0: none).
+    pub fn expired(&self) -> u8 {
+        self.expired.load(Ordering::Relaxed)
+    }
+    /// No request in flight and not a tunnel: closing it loses nothing.
+    pub fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && !self.upgraded.load(Ordering::Relaxed)
+    }
+}
+
+/// A request in flight on a connection, from its complete head until its
+/// response ends (or the client resets it).
+pub struct Active(Arc<Shared>);
+
+impl Active {
+    pub fn new(s: &Arc<Shared>) -> Self {
+        s.started.fetch_add(1, Ordering::Relaxed);
+        s.in_flight.fetch_add(1, Ordering::Relaxed);
+        Active(s.clone())
+    }
+}
+
+impl Active {
+    /// Its response switched protocols: the connection is a tunnel now.
+    pub fn upgraded(&self) {
+        self.0.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request [`Active`] until it ends.
+pub struct Tracked {
+    body: RespBody,
+    _active: Active,
+}
+
+impl Tracked {
+    pub fn new(body: RespBody, active: Active) -> Self {
+        Tracked {
+            body,
+            _active: active,
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = <RespBody as Body>::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The deadlines one connection keeps (from `[server]`).
+#[derive(Clone, Copy)]
+pub struct Deadlines {
+    pub header: Duration,
+    pub idle: Duration,
+    pub send: Duration,
+}
+
+impl Deadlines {
+    pub fn new(l: &ClientLimits) -> Self {
+        Deadlines {
+            header: l.header_read_timeout,
+            idle: l.idle_timeout,
+            send: l.send_timeout,
+        }
+    }
+}
+
+/// What a pending read is waiting for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The rest of an HTTP/1.1 head.
+    Head,
+    /// A request, on a connection with none in flight.
+    Idle,
+    /// Nothing baton times here (a request is in flight): look again later.
+    Recheck,
+}
+
+/// The answer to a head that did not arrive in time (written raw: hyper
+/// has no request to answer).
+fn timeout_408() -> &'static [u8] {
+    static ANSWER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(|| {
+        let c = Cause::RequestTimeout;
+        format!(
+            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: baton; error={}; details=\"{}\"\r\n\r\n",
+            c.proxy_status(),
+            c.id()
+        )
+        .into_bytes()
+    })
+}
+
+/// A client socket with its deadlines (see the module's table).
+pub struct Guarded {
+    io: TcpStream,
+    shared: Arc<Shared>,
+    limits: Deadlines,
+    h2: bool,
+    /// `started` when the head being read began, and when.
+    head: Option<(u64, Instant)>,
+    /// `started` when the connection was last seen idle, and since when.
+    idle: (u64, Instant),
+    /// Since when a write has been waiting for the client.
+    blocked: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A deadline fired and the close was asked for.
+    closing: bool,
+}
+
+impl Guarded {
+    pub fn new(io: TcpStream, shared: Arc<Shared>, limits: Deadlines, h2: bool) -> Self {
+        Guarded {
+            io,
+            shared,
+            limits,
+            h2,
+            head: None,
+            idle: (0, Instant::now()),
+            blocked: None,
+            timer: None,
+            closing: false,
+        }
+    }
+
+    /// What a read that has to wait is waiting for, and until when.
+    fn read_deadline(&mut self, now: Instant) -> (Wait, Instant) {
+        let s = &self.shared;
+        if s.in_flight.load(Ordering::Relaxed) > 0 || s.upgraded.load(Ordering::Relaxed) {
+            return (Wait::Recheck, now + self.limits.idle);
+        }
+        let started = s.started.load(Ordering::Relaxed);
+        if self.idle.0 != started {
+            // A request ended since: idle from now.
+            self.idle = (started, now);
+        }
+        match self.head {
+            Some((g, t)) if g == started => (Wait::Head, t + self.limits.header),
+            _ => (Wait::Idle, self.idle.1 + self.limits.idle),
+        }
+    }
+
+    /// Polls the one timer for `at`: ready when `at` has passed. Moves it
+    /// only when `at` is sooner than where it is set (a later deadline is
+    /// found when it fires early).
+    fn poll_timer(&mut self, cx: &mut Context<'_>, at: Instant) -> Poll<()> {
+        let t = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if t.deadline() > at || t.is_elapsed() {
+            t.as_mut().reset(at);
+        }
+        t.as_mut().poll(cx)
+    }
+
+    fn expire(&mut self, what: u8) {
+        self.shared.expired.store(what, Ordering::Relaxed);
+        self.closing = true;
+    }
+
+    /// A read would wait: applies the deadline of what it waits for.
+    fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closing {
+            return Poll::Pending;
+        }
+        loop {
+            let now = Instant::now();
+            let (wait, at) = self.read_deadline(now);
+            if self.poll_timer(cx, at).is_pending() {
+                return Poll::Pending;
+            }
+            if wait == Wait::Recheck || Instant::now() < at {
+                continue;
+            }
+            return match wait {
+                Wait::Head => {
+                    self.expire(EXPIRED_HEAD);
+                    // Best effort: the socket has room for a short answer
+                    // unless the client also stopped reading.
+                    let _ = self.io.try_write(timeout_408());
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not complete within header_read_timeout",
+                    )))
+                }
+                _ if self.h2 => {
+                    // hyper sends GOAWAY and closes (server.rs).
+                    self.expire(EXPIRED_IDLE);
+                    self.shared.close.notify_one();
+                    Poll::Pending
+                }
+                // HTTP/1.1 idle: the end of the stream, closed quietly.
+                _ => {
+                    self.expire(EXPIRED_IDLE);
+                    Poll::Ready(Ok(()))
+                }
+            };
+        }
+    }
+
+    /// A write would wait: the client has `send_timeout` to take more.
+    fn poll_write_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
+        let since = *self.blocked.get_or_insert(now);
+        let at = since + self.limits.send;
+        if self.poll_timer(cx, at).is_pending() || Instant::now() < at {
+            return Poll::Pending;
+        }
+        self.expire(EXPIRED_SEND);
+        Poll::Ready(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took no response data within send_timeout",
+        ))
+    }
+}
+
+impl AsyncRead for Guarded {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Pending => this.poll_read_deadline(cx),
+            Poll::Ready(Ok(())) => {
+                if !this.h2 && buf.filled().len() > before {
+                    // The first bytes of a head start its deadline.
+                    let started = this.shared.started.load(Ordering::Relaxed);
+                    if this.head.is_none_or(|(g, _)| g != started)
+                        && this.shared.in_flight.load(Ordering::Relaxed) == 0
+                    {
+                        this.head = Some((started, Instant::now()));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            r => r,
+        }
+    }
+}
+
+impl Guarded {
+    /// A write's result, with the send deadline applied when it waits.
+    #[inline]
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => self.poll_write_deadline(cx).map(Err),
+            r => {
+                self.blocked = None;
+                r
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, r)
+    }
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,335 @@
+//! Every phase of a client connection has a deadline: the head, keep-alive
+//! and HTTP/2 idle time (a preface and SETTINGS only, a header block never
+//! ended), a stalled body, a client that stops reading; silent connections
+//! and a descriptor shortage do not lock a normal client out.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Every deadline at one second.
+const FAST: &str = "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nbody_read_timeout = \"1s\"\nsend_timeout = \"1s\"\n";
+
+async fn gateway(script: Script, extra: &str) -> (Origin, Gw) {
+    let o = Origin::start(script).await.unwrap();
+    let gw = Gw::start(&format!(
+        "{FAST}[upstreams.app]\nservers = [\"{}\"]\n[upstreams.app.outlier]\nconsecutive_failures = 2\n{extra}[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    (o, gw)
+}
+
+/// Reads until the gateway closes the connection (bounded: 6 s); returns
+/// what came and how long the close took.
+async fn until_closed(c: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "still open after 6 s");
+    (out, start.elapsed())
+}
+
+fn about_one_second(took: Duration, what: &str) {
+    assert!(
+        took >= Duration::from_millis(850) && took < Duration::from_secs(3),
+        "{what}: closed after {took:?}"
+    );
+}
+
+/// An HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The types of the HTTP/2 frames in `bytes`.
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 4;
+const HEADERS: u8 = 1;
+const GOAWAY: u8 = 7;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_not_complete_in_time_gets_408() {
+    let (o, gw) = gateway(Script::Ok("fine".into()), "").await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (out, took) = until_closed(&mut c).await;
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 408 "), "{resp}");
+    assert!(
+        resp.contains("proxy-status: baton; error=http_request_error; details=\"request_timeout\""),
+        "{resp}"
+    );
+    about_one_second(took, "a partial head");
+    let log = wait_for(&gw, "request_timeout").await;
+    assert!(log.contains("\"status\":408"), "{log}");
+    assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// The access log, once it names `what` (bounded: 3 s).
+async fn wait_for(gw: &Gw, what: &str) -> String {
+    for _ in 0..60 {
+        let log = gw.access_raw().await;
+        if log.contains(what) {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {what} in the access log: {}", gw.access_raw().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slowloris_dripping_bytes_is_closed_at_the_head_deadline() {
+    let (_o, gw) = gateway(Script::Ok("fine".into()), "").await;
+    // The deadline counts from the head's first byte, not its last.
+    let c = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    wr.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), rd.read_to_end(&mut out)).await;
+    let took = start.elapsed();
+    drip.abort();
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 408 "), "{resp}");
+    about_one_second(took, "a dripping head");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_at_idle_timeout() {
+    let (_o, gw) = gateway(Script::Ok("fine".into()), "").await;
+    // HTTP/1.1 keep-alive: one request, then nothing.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 "));
+    let (out, took) = until_closed(&mut c).await;
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    about_one_second(took, "an idle keep-alive connection");
+
+    // HTTP/2: the preface and SETTINGS, then nothing.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+        .await
+        .unwrap();
+    let (out, took) = until_closed(&mut c).await;
+    let types = frame_types(&out);
+    assert_eq!(types.first(), Some(&SETTINGS), "{types:?}");
+    assert!(types.contains(&GOAWAY), "{types:?}");
+    about_one_second(took, "HTTP/2 with SETTINGS only");
+
+    // HTTP/2: a HEADERS frame without END_HEADERS, and no CONTINUATION.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    // :method GET, :scheme http, :path / (HPACK static table), END_STREAM.
+    let headers = frame(HEADERS, 0x1, 1, &[0x82, 0x86, 0x84]);
+    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[]), &headers].concat())
+        .await
+        .unwrap();
+    let (out, took) = until_closed(&mut c).await;
+    let types = frame_types(&out);
+    assert!(!types.contains(&HEADERS), "no answer: {types:?}");
+    assert!(types.contains(&GOAWAY), "{types:?}");
+    about_one_second(took, "an HTTP/2 header block never ended");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_flight_is_not_idle() {
+    // The response takes 2 s, twice idle_timeout: it is not cut.
+    let (_o, gw) = gateway(
+        Script::SlowBody {
+            interval: Duration::from_millis(200),
+            len: 10,
+        },
+        "",
+    )
+    .await;
+    let mut c = Client::connect(gw.addr).await;
+    let r = c.send(get("/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref().map(|b| b.len()), Ok(10));
+    // And the connection is still good for another request.
+    assert_eq!(c.send(get("/")).await.body.map(|b| b.len()), Ok(10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_is_the_clients_408() {
+    let (o, gw) = gateway(Script::Echo, "").await;
+    // Buffered (small) and streamed (larger than the replay buffer), each
+    // twice: two upstream failures would eject the server.
+    for (declared, sent) in [(10usize, 3usize), (1_000_000, 100_000)] {
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(gw.addr).await.unwrap();
+            c.write_all(
+                format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {declared}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            c.write_all(&vec![b'x'; sent]).await.unwrap();
+            let (out, took) = until_closed(&mut c).await;
+            let resp = String::from_utf8_lossy(&out);
+            assert!(resp.starts_with("HTTP/1.1 408 "), "{declared}: {resp}");
+            about_one_second(took, "a stalled body");
+            let id = resp
+                .lines()
+                .find_map(|l| l.strip_prefix("x-request-id: "))
+                .unwrap()
+                .to_string();
+            let line = gw.access(&id).await;
+            assert_eq!(line["cause"], "request_timeout", "{line}");
+        }
+    }
+    let s = send(gw.admin, get("/api/state")).await.json();
+    assert_eq!(s["upstreams"][0]["servers"][0]["ejected"], false, "{s}");
+    assert_eq!(s["incidents_open"].as_array().unwrap().len(), 0, "{s}");
+    let m = gw.metrics().await;
+    assert!(!m.contains("to=\"ejected\""), "{m}");
+    drop(o);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
+    const LEN: usize = 64 << 20;
+    let (_o, gw) = gateway(Script::Ok("x".repeat(LEN)), "").await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Reads nothing while the socket buffers fill and the gateway waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "still open");
+    assert!(
+        out.len() < LEN,
+        "closed before the whole response: {} bytes",
+        out.len()
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // The gateway serves on.
+    assert_eq!(send(gw.addr, get_with("/", "x", "y")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_silent_connections_do_not_lock_out_a_client() {
+    let (_o, gw) = gateway(Script::Ok("fine".into()), "").await;
+    let mut silent = Vec::new();
+    for _ in 0..2000 {
+        silent.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // A normal client is served at once, every time, meanwhile.
+    for _ in 0..20 {
+        let start = Instant::now();
+        assert_eq!(send(gw.addr, get("/")).await.status, 200);
+        assert!(start.elapsed() < Duration::from_millis(500));
+    }
+    // And every silent connection is closed at the deadline.
+    let start = Instant::now();
+    for mut c in silent {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+            .await
+            .expect("closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_idle_connections_make_room() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.log");
+    let stderr = dir.path().join("stderr.log");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", refusing_addr().port())
+        .parse()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        format!(
+            "[server]\nlisten = [\"{addr}\"]\nworkers = 1\n[log]\nerrors = \"{}\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            errors.display(),
+            o.addr
+        ),
+    )
+    .unwrap();
+    // 128 descriptors, soft and hard: baton cannot raise it.
+    let _baton = peer(
+        std::process::Command::new("prlimit")
+            .arg("--nofile=128:128")
+            .arg(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("baton.toml"))
+            .stderr(std::fs::File::create(&stderr).unwrap()),
+        addr,
+    )
+    .await;
+    // Keep-alive clients that made one request each and went idle: more
+    // than the descriptors baton has.
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        idle.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new client is served: idle connections were closed to make room.
+    for _ in 0..5 {
+        let r = tokio::time::timeout(Duration::from_secs(3), send(addr, get("/")))
+            .await
+            .expect("served while out of descriptors");
+        assert_eq!(r.status, 200);
+    }
+    // Said, at most once a second, with the limit baton runs with.
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let warnings = log.matches("out of file descriptors").count();
+    assert!((1..=3).contains(&warnings), "{warnings} warnings: {log}");
+    assert!(log.contains(r#""limit":128"#), "{log}");
+    drop(idle);
+}
