@@ -509,14 +509,15 @@ mod tests {
                 // route matches is the client's problem, and users expect
                 // 404; a client over its rate limit gets 429; RFC 9209 fixes
                 // no status for http_request_error: 413 and 431 say what is
-                // wrong, 501 a transfer coding baton does not implement
-                // (RFC 9112 §6.1), 400 otherwise.
+                // wrong, 408 a request that did not arrive in time, 501
+                // a transfer coding baton does not implement (RFC 9112
+                // §6.1), 400 otherwise.
                 "destination_not_found" => 404,
                 // A hidden file or `..` under a FastCGI root: 403.
                 "http_request_denied" if c.status() == 403 => 403,
                 "http_request_denied" => 429,
                 "http_request_error" => {
-                    assert!([400, 413, 431, 501].contains(&c.status()), "{c}");
+                    assert!([400, 408, 413, 431, 501].contains(&c.status()), "{c}");
                     c.status()
                 }
                 _ => 502,
