@@ -415,7 +415,12 @@ async fn serve_connection(
     // baton gives it one.
     let h2 = tokio::select! {
         p = protocol_known(&s, deadlines.header) => match p {
-            Some(h2) => h2,
+            Some(Speaks::Http1) => false,
+            Some(Speaks::Http2) => true,
+            Some(Speaks::Neither) => {
+                proxy::client_fault(&gw, peer, Cause::RequestMalformed);
+                return refuse_unknown_protocol(s).await;
+            }
             None => return,
         },
         _ = shared.close.notified() => return,
@@ -479,29 +484,77 @@ fn ended(
     }
 }
 
+/// What a new connection's first bytes say it speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// A complete first line that is not an HTTP/1.x request line and not
+    /// the HTTP/2 preface: an HTTP/2 client with a broken preface, or
+    /// something else entirely.
+    Neither,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What `first` (the bytes so far) says, or `None` to wait for more.
+/// HTTP/1.x whenever it may be (anything hyper should answer, a TLS
+/// handshake to this plain port included: hyper's 400); `Neither` only for
+/// a complete line of text with no HTTP version in it.
+fn speaks(first: &[u8], full: bool) -> Option<Speaks> {
+    let n = first.len().min(PREFACE.len());
+    if PREFACE.starts_with(&first[..n]) {
+        return (n == PREFACE.len()).then_some(Speaks::Http2);
+    }
+    let text = |b: &u8| b.is_ascii_graphic() || *b == b' ' || *b == b'\r';
+    match first.iter().position(|&b| b == b'\n') {
+        Some(end) if first[..end].iter().all(text) => {
+            let line = &first[..end];
+            let http = line.windows(6).any(|w| w == b" HTTP/");
+            Some(if http { Speaks::Http1 } else { Speaks::Neither })
+        }
+        None if !full && first.iter().all(text) => None,
+        _ => Some(Speaks::Http1),
+    }
+}
+
 /// Waits, up to `deadline`, until the client's first bytes say which
-/// protocol it speaks: anything but the start of the HTTP/2 preface is
-/// HTTP/1.x (`Some(false)`); the whole preface is HTTP/2 (`Some(true)`).
-/// `None`: it sent nothing, only part of the preface (`PRI * HTTP`), or
-/// closed, within the deadline; the connection is dropped. hyper-util's
-/// protocol detection waits forever, so a silent connection would hold a
-/// descriptor for good (nginx and HAProxy close it within their header
-/// timeouts). Peeks: the bytes stay for hyper.
-async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<bool> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// protocol it speaks (`speaks`). `None`: it sent nothing, only part of
+/// the preface (`PRI * HTTP`) or of a first line, or closed, within the
+/// deadline; the connection is dropped. hyper-util's protocol detection
+/// waits forever, so a silent connection would hold a descriptor for good
+/// (nginx and HAProxy close it within their header timeouts). Peeks: the
+/// bytes stay for hyper. A first line cut in pieces is looked at again
+/// after 5 ms, doubling to 1 s, so that slow clients cost few wake-ups.
+async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<Speaks> {
     let known = async {
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; 1024];
+        let mut pause = Duration::from_millis(5);
         loop {
             match s.peek(&mut buf).await {
                 Ok(0) | Err(_) => return None,
-                Ok(n) if n == PREFACE.len() => return Some(buf == PREFACE),
-                Ok(n) if !PREFACE.starts_with(&buf[..n]) => return Some(false),
-                // Part of the preface: wait for the rest.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Ok(n) => {
+                    if let Some(p) = speaks(&buf[..n], n == buf.len()) {
+                        return Some(p);
+                    }
+                }
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     };
     tokio::time::timeout(deadline, known).await.ok().flatten()
+}
+
+/// Ends a connection whose first line is neither HTTP/1.x nor the HTTP/2
+/// preface: an HTTP/2 `GOAWAY` with `PROTOCOL_ERROR` (RFC 9113 §3.4: an
+/// invalid preface is a connection error), then the close.
+async fn refuse_unknown_protocol(mut s: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    // Length 8, type GOAWAY (7), no flags, stream 0; last stream 0, error 1.
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&GOAWAY)).await;
 }
 
 /// One open client connection, counted for max_connections and the drain.
@@ -511,6 +564,41 @@ impl Drop for ConnCount {
     fn drop(&mut self) {
         if self.0.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.1.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Speaks, speaks};
+
+    #[test]
+    fn first_bytes_name_the_protocol() {
+        for (first, full, expect) in [
+            (
+                &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+                false,
+                Some(Speaks::Http2),
+            ),
+            (b"PRI * HTTP", false, None),
+            (
+                b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                false,
+                Some(Speaks::Http1),
+            ),
+            (b"GET /a-long-path", false, None),
+            (b"GET /a-long-path", true, Some(Speaks::Http1)),
+            // A TLS ClientHello to this plain port: hyper answers 400.
+            (b"\x16\x03\x01\x02\x00\x01", false, Some(Speaks::Http1)),
+            // h2spec 3.5/2: an invalid preface.
+            (
+                b"INVALID CONNECTION PREFACE\r\n\r\n",
+                false,
+                Some(Speaks::Neither),
+            ),
+            (b"GET /\r\n", false, Some(Speaks::Neither)),
+        ] {
+            assert!(speaks(first, full) == expect, "{first:?}");
         }
     }
 }

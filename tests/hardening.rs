@@ -339,3 +339,102 @@ async fn the_admin_api_refuses_a_rebound_name() {
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
     assert!(resp.contains("\"draining\":false"), "{resp}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    // h2spec 3.5/2: a connection error of type PROTOCOL_ERROR (RFC 9113 §3.4).
+    let resp = raw_bytes(gw.addr, b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+    assert_eq!(
+        resp,
+        [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        "GOAWAY(PROTOCOL_ERROR), then the close"
+    );
+    // RFC 9110 §2.5: HTTP/1.2 is answered as HTTP/1.1.
+    let resp = raw(gw.addr, b"GET / HTTP/1.2\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert!(resp.ends_with("fine"), "{resp}");
+    // A TLS handshake to this plain port still gets hyper's 400.
+    let resp = raw(gw.addr, b"\x16\x03\x01\x00\x05hello").await;
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+}
+
+/// `raw`, as bytes.
+async fn raw_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hpack_bomb_is_held_to_the_head_limit() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    // One 4,000-byte field added to the HPACK table, then referred to 20
+    // times by one byte each: 4 KB on the wire decode to about 85 KB, over
+    // max_request_header_bytes (64 KiB).
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    block.extend([0x40, 0x05]);
+    block.extend(b"x-big");
+    block.extend([0x7f, 0xa1, 0x1e]);
+    block.extend(std::iter::repeat_n(b'a', 4000));
+    block.extend(std::iter::repeat_n(0xbe, 20));
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(h2_frame(4, 0, 0, &[]));
+    wire.extend(h2_frame(1, 0x5, 1, &block));
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(&wire).await.unwrap();
+    // Frames until the answer on stream 1 (bounded: 5 s).
+    let mut out = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            out.extend_from_slice(&buf[..n]);
+            if let Some(f) = h2_frames(&out).into_iter().find(|f| f.0 == 1 && f.2 == 1) {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("an answer on stream 1");
+    // HEADERS, END_STREAM | END_HEADERS, `:status: 431` (HPACK: indexed
+    // name 8, Huffman-coded "431").
+    assert_eq!(answer.1, 0x5);
+    assert_eq!(answer.3, [0x48, 0x83, 0x69, 0x90, 0xff]);
+    assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The HTTP/2 frames in `bytes`: type, flags, stream, payload.
+fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let end = (at + 9 + len).min(bytes.len());
+        frames.push((bytes[at + 3], bytes[at + 4], stream, bytes[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    frames
+}

@@ -319,6 +319,7 @@ impl AsyncRead for Guarded {
                         && this.shared.in_flight.load(Ordering::Relaxed) == 0
                     {
                         this.head = Some((started, Instant::now()));
+                        http_1x_as_11(&mut buf.filled_mut()[before..]);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -375,5 +376,45 @@ impl AsyncWrite for Guarded {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// RFC 9110 §2.5: a request line of a later HTTP/1 minor version
+/// (`HTTP/1.2`) is answered as HTTP/1.1, the highest baton speaks; hyper's
+/// parser knows only 1.0 and 1.1 and would answer 400. Rewrites the digit
+/// in the head's first read (a request line cut before its version is
+/// left to hyper).
+fn http_1x_as_11(first: &mut [u8]) {
+    let Some(end) = first.iter().position(|&b| b == b'\n') else {
+        return;
+    };
+    let line = first[..end].strip_suffix(b"\r").unwrap_or(&first[..end]);
+    let len = line.len();
+    if len > 9 && &line[len - 9..len - 1] == b" HTTP/1." && (b'2'..=b'9').contains(&line[len - 1]) {
+        first[len - 1] = b'1';
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_1x_as_11;
+
+    #[test]
+    fn later_http_1_minor_versions_are_read_as_1_1() {
+        for (sent, read) in [
+            (
+                "GET / HTTP/1.2\r\nHost: t\r\n\r\n",
+                "GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+            ),
+            ("GET / HTTP/1.9\n\n", "GET / HTTP/1.1\n\n"),
+            ("GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\n"),
+            ("GET / HTTP/1.0\r\n", "GET / HTTP/1.0\r\n"),
+            ("GET / HTTP/2.0\r\n", "GET / HTTP/2.0\r\n"),
+            ("GET / HTTP/1.2", "GET / HTTP/1.2"),
+        ] {
+            let mut b = sent.as_bytes().to_vec();
+            http_1x_as_11(&mut b);
+            assert_eq!(String::from_utf8(b).unwrap(), read);
+        }
     }
 }
