@@ -1,10 +1,12 @@
 # Sourced by the benchmarks: the backend every proxy is measured in front
 # of, one nginx worker answering "ok" with keep-alive and no log.
-# ok_backend DIR PORT: starts it, its pid in DIR/backend.pid.
+# ok_backend DIR PORT [CONNECTIONS]: starts it (4096 connections unless
+# told), its pid in DIR/backend.pid.
 ok_backend() {
     cat > "$1/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $1/backend.nginxpid; error_log $1/backend.err;
-events { worker_connections 4096; }
+worker_rlimit_nofile $((${3:-4096} + 100));
+events { worker_connections ${3:-4096}; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$2 reuseport backlog=4096; location / { return 200 "ok\n"; } } }
 CONF

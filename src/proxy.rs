@@ -59,9 +59,31 @@ pub async fn handle(
     if let Err(answer) = filters::run(&mut ctx, &req) {
         return respond::exit(ctx, answer);
     }
-    let answer = match upstream_request::build(&ctx, req).await {
-        Ok(up) => attempt::run(&mut ctx, up).await,
-        Err(answer) => answer,
-    };
+    // Boxed: an HTTP/1.1 connection keeps its request future's allocation
+    // for as long as it is open (hyper's dispatcher), so a future the size
+    // of the attempt loop (~7 KB) would be held by every idle keep-alive
+    // connection. One allocation per proxied request instead.
+    let answer = Box::pin(async {
+        match upstream_request::build(&ctx, req).await {
+            Ok(up) => attempt::run(&mut ctx, up).await,
+            Err(answer) => answer,
+        }
+    })
+    .await;
     respond::exit(ctx, answer)
+}
+
+#[cfg(test)]
+mod tests {
+    fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Each open HTTP/1.1 connection holds an allocation of this size
+    /// (docs/benchmarks.md, memory per idle connection).
+    #[test]
+    fn the_request_future_a_connection_keeps_is_small() {
+        let n = future_size(super::handle);
+        assert!(n <= 1024, "proxy::handle's future is {n} bytes");
+    }
 }

@@ -249,6 +249,26 @@ async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
         out.len()
     );
     assert!(start.elapsed() < Duration::from_secs(5));
+
+    // HTTP/2: a client that grants no flow-control window (its initial
+    // window is 0) gets the response head and then GOAWAY and the close:
+    // the socket never blocks, the response never moves.
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    let no_window = [0, 4, 0, 0, 0, 0]; // SETTINGS_INITIAL_WINDOW_SIZE = 0
+    let headers = frame(HEADERS, 0x5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b't']);
+    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &no_window), &headers].concat())
+        .await
+        .unwrap();
+    let (out, took) = until_closed(&mut c).await;
+    let types = frame_types(&out);
+    assert!(types.contains(&HEADERS), "the head was sent: {types:?}");
+    assert!(!types.contains(&0), "no DATA: {types:?}");
+    assert!(types.contains(&GOAWAY), "{types:?}");
+    assert!(
+        took >= Duration::from_millis(850) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+
     // The gateway serves on.
     assert_eq!(send(gw.addr, get_with("/", "x", "y")).await.status, 200);
 }

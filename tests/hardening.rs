@@ -356,7 +356,11 @@ async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
         "GOAWAY(PROTOCOL_ERROR), then the close"
     );
     // RFC 9110 §2.5: HTTP/1.2 is answered as HTTP/1.1.
-    let resp = raw(gw.addr, b"GET / HTTP/1.2\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.2\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
     assert!(resp.ends_with("fine"), "{resp}");
     // A TLS handshake to this plain port still gets hyper's 400.
@@ -433,7 +437,12 @@ fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
         let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
         let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
         let end = (at + 9 + len).min(bytes.len());
-        frames.push((bytes[at + 3], bytes[at + 4], stream, bytes[at + 9..end].to_vec()));
+        frames.push((
+            bytes[at + 3],
+            bytes[at + 4],
+            stream,
+            bytes[at + 9..end].to_vec(),
+        ));
         at += 9 + len;
     }
     frames

@@ -12,6 +12,7 @@
 //! | HTTP/1.1 head, from its first byte | `header_read_timeout` | `408`, closed |
 //! | no request in flight (keep-alive, HTTP/2 with no open stream, a preface and SETTINGS only, a header block never ended) | `idle_timeout` | closed (HTTP/2: `GOAWAY`) |
 //! | a write the client does not take | `send_timeout` | closed |
+//! | a response frame the client does not take (HTTP/2 flow control kept shut) | `send_timeout` | `GOAWAY`, closed |
 //!
 //! A request body has its own deadline (`body_read_timeout`, in the body:
 //! `upstream::ClientBody`); the first bytes of a new connection are
@@ -46,6 +47,12 @@ pub struct Shared {
     started: AtomicU64,
     /// Requests not yet finished (their response is still being sent).
     in_flight: AtomicUsize,
+    /// Responses holding a frame they handed over and were not asked for
+    /// the next one since: the client's side has not taken it (HTTP/2
+    /// flow control shut, or a full socket).
+    waiting: AtomicUsize,
+    /// Frames taken, ever: the client's side is moving when it grows.
+    taken: AtomicU64,
     /// The connection became a tunnel (a `101`): the tunnel's own
     /// timeouts apply, not these.
     upgraded: AtomicBool,
@@ -99,17 +106,36 @@ impl Drop for Active {
     }
 }
 
-/// A response body that keeps its request [`Active`] until it ends.
+/// A response body that keeps its request [`Active`] until it ends, and
+/// tells the connection whether the client takes its frames.
 pub struct Tracked {
     body: RespBody,
-    _active: Active,
+    active: Active,
+    /// The head or the last frame was handed over and not yet followed by
+    /// a poll for the next.
+    holding: bool,
 }
 
 impl Tracked {
     pub fn new(body: RespBody, active: Active) -> Self {
+        // Handed over with the head: the first frame is the client's side
+        // to ask for (HTTP/2 asks only once the client's window allows).
+        let holding = !body.is_end_stream();
+        if holding {
+            active.0.waiting.fetch_add(1, Ordering::Relaxed);
+        }
         Tracked {
             body,
-            _active: active,
+            active,
+            holding,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.holding {
+            self.active.0.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -123,7 +149,22 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let shared = &this.active.0;
+        if this.holding {
+            // Asked for more: the last frame was taken.
+            this.holding = false;
+            shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            shared.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &r
+            && !this.body.is_end_stream()
+        {
+            this.holding = true;
+            shared.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
@@ -158,8 +199,11 @@ enum Wait {
     Head,
     /// A request, on a connection with none in flight.
     Idle,
-    /// Nothing baton times here (a request is in flight): look again later.
+    /// A request is in flight: look again later.
     Recheck,
+    /// Responses wait for the client to take a frame, and none has been
+    /// taken since (HTTP/2 flow control the client keeps shut).
+    Stalled,
 }
 
 /// The answer to a head that did not arrive in time (written raw: hyper
@@ -189,6 +233,8 @@ pub struct Guarded {
     idle: (u64, Instant),
     /// Since when a write has been waiting for the client.
     blocked: Option<Instant>,
+    /// `taken` when responses were last seen moving, and when.
+    moved: (u64, Instant),
     timer: Option<Pin<Box<Sleep>>>,
     /// A deadline fired and the close was asked for.
     closing: bool,
@@ -204,6 +250,7 @@ impl Guarded {
             head: None,
             idle: (0, Instant::now()),
             blocked: None,
+            moved: (0, Instant::now()),
             timer: None,
             closing: false,
         }
@@ -212,8 +259,16 @@ impl Guarded {
     /// What a read that has to wait is waiting for, and until when.
     fn read_deadline(&mut self, now: Instant) -> (Wait, Instant) {
         let s = &self.shared;
-        if s.in_flight.load(Ordering::Relaxed) > 0 || s.upgraded.load(Ordering::Relaxed) {
+        if s.upgraded.load(Ordering::Relaxed) {
             return (Wait::Recheck, now + self.limits.idle);
+        }
+        if s.in_flight.load(Ordering::Relaxed) > 0 {
+            let taken = s.taken.load(Ordering::Relaxed);
+            if s.waiting.load(Ordering::Relaxed) == 0 || taken != self.moved.0 {
+                self.moved = (taken, now);
+                return (Wait::Recheck, now + self.limits.send);
+            }
+            return (Wait::Stalled, self.moved.1 + self.limits.send);
         }
         let started = s.started.load(Ordering::Relaxed);
         if self.idle.0 != started {
@@ -268,6 +323,13 @@ impl Guarded {
                         io::ErrorKind::TimedOut,
                         "request head not complete within header_read_timeout",
                     )))
+                }
+                Wait::Stalled => {
+                    // The client keeps its window shut: GOAWAY, then the
+                    // close once the grace is over (server.rs).
+                    self.expire(EXPIRED_SEND);
+                    self.shared.close.notify_one();
+                    Poll::Pending
                 }
                 _ if self.h2 => {
                     // hyper sends GOAWAY and closes (server.rs).

@@ -1,0 +1,109 @@
+#!/bin/sh
+# Memory per idle client connection (HTTP/1.1 keep-alive, HTTP/2, a
+# slowloris head) and a normal client's latency while they are held:
+# baton vs nginx vs HAProxy, one worker each, in front of the same
+# backend, in one run.
+# Usage: sh bench/conns.sh [connections]   (default 9000)
+# BATON=PATH runs that binary instead of building this tree's; ONLY=NAME
+# measures one of nginx, haproxy, baton.
+# HAProxy reserves two descriptors per maxconn at start: with a hard
+# open-file limit of 20,000 (this machine kind) it cannot hold 10,000.
+set -eu
+cd "$(dirname "$0")/.."
+N=${1:-9000}
+for p in nginx haproxy; do
+    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy; break; }
+done
+ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((N + 1000)) ] || { echo "open-file limit $(ulimit -n) is below $N connections" >&2; exit 1; }
+BIN=${BATON:-./target/release/baton}
+[ -n "${BATON:-}" ] || cargo build --release -q
+T=$(mktemp -d)
+trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+LIMIT=$((N * 2 + 1000))
+HARD=$(ulimit -Hn)
+[ "$LIMIT" -le "$HARD" ] || LIMIT=$HARD
+HAPROXY_MAXCONN=$(((HARD - 1000) / 2))
+
+. bench/backend.sh
+# HAProxy keeps a server connection per idle client connection.
+ok_backend $T 18080 $((N + 1000))
+
+# HTTP/1.1 and HTTP/2 on separate ports for nginx 1.22 (its plain-text
+# HTTP/2 is prior knowledge only) and HAProxy; baton serves both on one.
+cat > $T/nginx.conf <<CONF
+worker_processes 1; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx.err;
+worker_rlimit_nofile $LIMIT;
+events { worker_connections $LIMIT; }
+http { access_log off;
+  upstream be { server 127.0.0.1:18080; keepalive 128; }
+  server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18091 http2 backlog=4096;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+
+
+cat > $T/haproxy.cfg <<CONF
+global
+  nbthread 1
+  maxconn $HAPROXY_MAXCONN
+defaults
+  mode http
+  maxconn $HAPROXY_MAXCONN
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:18082 backlog 4096
+  bind 127.0.0.1:18092 proto h2 backlog 4096
+  default_backend be
+backend be
+  server s1 127.0.0.1:18080
+CONF
+
+
+cat > $T/baton.toml <<CONF
+[server]
+listen = ["127.0.0.1:18083"]
+workers = 1
+[log]
+access = "off"
+errors = "off"
+[upstreams.be]
+servers = ["127.0.0.1:18080"]
+[[routes]]
+upstream = "be"
+CONF
+
+# Each mode is measured on fresh processes: memory a process freed from
+# the previous mode would otherwise make the next one look cheaper.
+start_proxies() {
+    nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
+    haproxy -f $T/haproxy.cfg & echo $! > $T/haproxy.pid
+    "$BIN" serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
+    sleep 1
+}
+stop_proxies() {
+    kill $(cat $T/nginx.pid $T/haproxy.pid $T/baton.pid) 2>/dev/null || true
+    rm -f $T/nginx.pid $T/haproxy.pid $T/baton.pid
+    sleep 1
+}
+
+pids() { # the process and its children
+    echo "$1" $(cat /proc/$1/task/*/children 2>/dev/null) | tr ' ' ',' | sed 's/,$//'
+}
+echo "$N connections per run; KB of RSS per connection; latency of 200 requests (fresh connections) meanwhile"
+printf '%-8s %-10s %6s %8s %8s %8s %9s\n' proxy mode conns KB/conn p50_ms p99_ms ok
+for mode in h1 h2 slowloris; do
+    start_proxies
+    for target in nginx:18081:18091 haproxy:18082:18092 baton:18083:18083; do
+        name=${target%%:*}; rest=${target#*:}; h1=${rest%%:*}; h2=${rest#*:}
+        [ -z "${ONLY:-}" ] || [ "$ONLY" = "$name" ] || continue
+        [ $name != haproxy ] || [ "$N" -le "$HAPROXY_MAXCONN" ] || { echo "haproxy: skipped, $N is over the maxconn ($HAPROXY_MAXCONN) the open-file limit allows"; continue; }
+        port=$h1; [ $mode = h2 ] && port=$h2
+        printf '%-8s ' $name
+        H1PORT=$h1 python3 bench/idle.py $port "$(pids "$(cat $T/$name.pid)")" $mode "$N"
+        sleep 2
+    done
+    stop_proxies
+done
