@@ -6,6 +6,7 @@
 # count. The method behind docs/benchmarks.md's "instructions a request".
 # Usage: sh bench/callgrind.sh [baton binary] [seconds]
 # (a binary built from another commit compares two builds on one machine).
+# KEEP=DIR keeps the callgrind dumps there, for callgrind_annotate.
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${1:-./target/release/baton}
@@ -57,3 +58,4 @@ for f in dumps:  # one dump per thread with --separate-threads; summed
     ir += int(m.group(1)) if m else 0
 print(f"requests {n}, non-2xx {non2xx.group(1) if non2xx else 0}, instructions {ir}, per request {ir / n:.0f}")
 PY
+[ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp $T/cg.out.* "$KEEP"/; }

@@ -529,7 +529,7 @@ fn speaks(first: &[u8], full: bool) -> Option<Speaks> {
 /// after 5 ms, doubling to 1 s, so that slow clients cost few wake-ups.
 async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<Speaks> {
     let known = async {
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; 256];
         let mut pause = Duration::from_millis(5);
         loop {
             match s.peek(&mut buf).await {

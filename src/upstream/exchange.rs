@@ -168,7 +168,9 @@ pub async fn exchange(
                 server.clear();
                 fut.await
             };
-            match await_head(poked, info, head_wait).await {
+            // Boxed: FastCGI's exchange is the largest future here, and
+            // every exchange (HTTP/1.1 too) would otherwise be its size.
+            match await_head(Box::pin(poked), info, head_wait).await {
                 None => Err(NoHead::TimedOut),
                 Some(fastcgi::Sent::Head(resp)) => Ok(Head {
                     response: resp.map(UpIncoming::Fcgi),
