@@ -348,12 +348,32 @@ async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
         o.addr
     ))
     .await;
-    // h2spec 3.5/2: a connection error of type PROTOCOL_ERROR (RFC 9113 §3.4).
-    let resp = raw_bytes(gw.addr, b"INVALID CONNECTION PREFACE\r\n\r\n").await;
+    // h2spec 3.5/2: a connection error of type PROTOCOL_ERROR (RFC 9113
+    // §3.4). Any first line with no HTTP version is neither HTTP/1.x nor
+    // the preface: the same answer, and an access line with its cause.
+    for line in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        b"HELLO THERE\r\n\r\n",
+    ] {
+        let resp = raw_bytes(gw.addr, line).await;
+        assert_eq!(
+            resp,
+            [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            "GOAWAY(PROTOCOL_ERROR), then the close"
+        );
+    }
+    let mut log = String::new();
+    for _ in 0..60 {
+        log = gw.access_raw().await;
+        if log.matches(r#""cause":"request_malformed""#).count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
-        resp,
-        [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-        "GOAWAY(PROTOCOL_ERROR), then the close"
+        log.matches(r#""cause":"request_malformed""#).count(),
+        2,
+        "{log}"
     );
     // RFC 9110 §2.5: HTTP/1.2 is answered as HTTP/1.1.
     let resp = raw(
