@@ -12,3 +12,23 @@ http { access_log off; keepalive_requests 1000000;
 CONF
     nginx -c "$1/backend.conf" & echo $! > "$1/backend.pid"
 }
+
+# baton_toml PORT BACKEND_PORT WORKERS [SERVER_LINES] [LOG_LINES] [SECTIONS]:
+# a baton config proxying everything to the backend, errors off, the
+# access log as LOG_LINES say (off unless told).
+baton_toml() {
+    cat <<CONF
+[server]
+listen = ["127.0.0.1:$1"]
+workers = $3
+${4:-}
+[log]
+${5:-access = "off"}
+errors = "off"
+${6:-}
+[upstreams.be]
+servers = ["127.0.0.1:$2"]
+[[routes]]
+upstream = "be"
+CONF
+}

@@ -21,18 +21,7 @@ trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.5; rm -rf $T' EXIT
 . bench/backend.sh
 ok_backend $T 18090
 
-cat > $T/baton.toml <<CONF
-[server]
-listen = ["127.0.0.1:18091"]
-workers = 1
-[log]
-access = "off"
-errors = "off"
-[upstreams.be]
-servers = ["127.0.0.1:18090"]
-[[routes]]
-upstream = "be"
-CONF
+baton_toml 18091 18090 1 > $T/baton.toml
 valgrind --tool=callgrind --callgrind-out-file=$T/cg.out "$BIN" serve --config $T/baton.toml \
     2>$T/valgrind.err & echo $! > $T/baton.pid
 i=0

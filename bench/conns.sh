@@ -62,18 +62,7 @@ backend be
 CONF
 
 
-cat > $T/baton.toml <<CONF
-[server]
-listen = ["127.0.0.1:18083"]
-workers = 1
-[log]
-access = "off"
-errors = "off"
-[upstreams.be]
-servers = ["127.0.0.1:18080"]
-[[routes]]
-upstream = "be"
-CONF
+baton_toml 18083 18080 1 > $T/baton.toml
 
 # Each mode is measured on fresh processes: memory a process freed from
 # the previous mode would otherwise make the next one look cheaper.

@@ -72,27 +72,11 @@ backend be
 CONF
 haproxy -f $T/haproxy.cfg > $T/haproxy-access.log 2>&1 & echo $! > $T/haproxy.pid
 
-baton_toml() { # port, more [server] lines, more sections
-    cat <<CONF
-[server]
-listen = ["127.0.0.1:$1"]
-workers = $WORKERS
-$2
-[log]
-$BATON_LOG
-errors = "off"
-$3
-[upstreams.be]
-servers = ["127.0.0.1:18080"]
-[[routes]]
-upstream = "be"
-CONF
-}
-baton_toml 18083 "" "" > $T/baton.toml
+baton_toml 18083 18080 $WORKERS "" "$BATON_LOG" > $T/baton.toml
 "$BIN" serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
 TARGETS="nginx:18081 haproxy:18082 baton:18083"
 if [ "${OBSERVED:-0}" = 1 ]; then
-    baton_toml 18084 'admin = "127.0.0.1:18085"' "[incidents]
+    baton_toml 18084 18080 $WORKERS 'admin = "127.0.0.1:18085"' "$BATON_LOG" "[incidents]
 dir = \"$T/store\"" > $T/baton-obs.toml
     "$BIN" serve --config $T/baton-obs.toml 2>$T/baton-obs.err & echo $! > $T/baton-obs.pid
     (while :; do curl -s -o /dev/null http://127.0.0.1:18085/api/state; sleep 0.5; done) & echo $! > $T/poll.pid

@@ -629,13 +629,7 @@ mod tests {
     #[test]
     fn mutated_configs_give_errors_not_panics() {
         let good = "[server]\nlisten = [\"127.0.0.1:8080\"]\nheader_read_timeout = \"5s\"\n[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nread_timeout = \"20s\"\n[upstreams.app.health]\npath = \"/h\"\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n";
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::core::xorshift(0x9E37_79B9_7F4A_7C15u64);
         for _ in 0..3_000 {
             let mut b = good.as_bytes().to_vec();
             for _ in 0..1 + next() % 4 {

@@ -8,3 +8,15 @@ pub mod cause;
 pub mod clock;
 pub mod failure;
 pub mod text;
+
+/// A seeded xorshift generator: the suite's deterministic random inputs
+/// (the fuzz entry points' in-suite runs).
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

@@ -49,25 +49,9 @@ fn about_one_second(took: Duration, what: &str) {
     );
 }
 
-/// An HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// The types of the HTTP/2 frames in `bytes`.
 fn frame_types(bytes: &[u8]) -> Vec<u8> {
-    let mut types = Vec::new();
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
-        types.push(bytes[at + 3]);
-        at += 9 + len;
-    }
-    types
+    h2_frames(bytes).into_iter().map(|f| f.0).collect()
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -151,7 +135,7 @@ async fn idle_connections_are_closed_at_idle_timeout() {
 
     // HTTP/2: the preface and SETTINGS, then nothing.
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
-    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat())
+    c.write_all(&[PREFACE, &h2_frame(SETTINGS, 0, 0, &[])].concat())
         .await
         .unwrap();
     let (out, took) = until_closed(&mut c).await;
@@ -163,8 +147,8 @@ async fn idle_connections_are_closed_at_idle_timeout() {
     // HTTP/2: a HEADERS frame without END_HEADERS, and no CONTINUATION.
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     // :method GET, :scheme http, :path / (HPACK static table), END_STREAM.
-    let headers = frame(HEADERS, 0x1, 1, &[0x82, 0x86, 0x84]);
-    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[]), &headers].concat())
+    let headers = h2_frame(HEADERS, 0x1, 1, &[0x82, 0x86, 0x84]);
+    c.write_all(&[PREFACE, &h2_frame(SETTINGS, 0, 0, &[]), &headers].concat())
         .await
         .unwrap();
     let (out, took) = until_closed(&mut c).await;
@@ -255,8 +239,8 @@ async fn a_client_that_stops_reading_is_closed_at_send_timeout() {
     // the socket never blocks, the response never moves.
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
     let no_window = [0, 4, 0, 0, 0, 0]; // SETTINGS_INITIAL_WINDOW_SIZE = 0
-    let headers = frame(HEADERS, 0x5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b't']);
-    c.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &no_window), &headers].concat())
+    let headers = h2_frame(HEADERS, 0x5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b't']);
+    c.write_all(&[PREFACE, &h2_frame(SETTINGS, 0, 0, &no_window), &headers].concat())
         .await
         .unwrap();
     let (out, took) = until_closed(&mut c).await;

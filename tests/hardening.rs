@@ -16,6 +16,15 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 
 /// `raw`, with the sending side closed after `bytes` when `half_close`.
 async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> String {
+    String::from_utf8_lossy(&exchange_bytes(addr, bytes, half_close).await).into_owned()
+}
+
+/// `raw`, as bytes.
+async fn raw_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    exchange_bytes(addr, bytes, false).await
+}
+
+async fn exchange_bytes(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) -> Vec<u8> {
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     c.write_all(bytes).await.unwrap();
     if half_close {
@@ -23,7 +32,7 @@ async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], half_close: bool) ->
     }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
@@ -388,15 +397,6 @@ async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
     assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
 }
 
-/// `raw`, as bytes.
-async fn raw_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_hpack_bomb_is_held_to_the_head_limit() {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
@@ -439,31 +439,4 @@ async fn an_hpack_bomb_is_held_to_the_head_limit() {
     assert_eq!(answer.1, 0x5);
     assert_eq!(answer.3, [0x48, 0x83, 0x69, 0x90, 0xff]);
     assert_eq!(o.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
-}
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The HTTP/2 frames in `bytes`: type, flags, stream, payload.
-fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
-        let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
-        let end = (at + 9 + len).min(bytes.len());
-        frames.push((
-            bytes[at + 3],
-            bytes[at + 4],
-            stream,
-            bytes[at + 9..end].to_vec(),
-        ));
-        at += 9 + len;
-    }
-    frames
 }

@@ -134,13 +134,7 @@ mod tests {
     /// cargo-fuzz target in fuzz/ runs the same properties unbounded).
     #[test]
     fn fuzz_decoder_and_round_trips() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::core::xorshift(0x9E37_79B9_7F4A_7C15u64);
         for _ in 0..20_000 {
             let len = (next() % 300) as usize;
             let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();

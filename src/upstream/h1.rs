@@ -652,13 +652,7 @@ mod tests {
     /// pieces, so that the parser gets past the status line.
     #[test]
     fn fuzz_entry_points_hold_on_random_input() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::core::xorshift(0x2545_F491_4F6C_DD1Du64);
         let pieces: [&[u8]; 10] = [
             b"HTTP/1.1 200 OK\r\n",
             b"HTTP/1.1 100 Continue\r\n\r\n",

@@ -471,3 +471,31 @@ pub fn doctor_step(v: &Value, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no {name} step in {v:#}"))
         .clone()
 }
+
+/// An HTTP/2 frame, as a client writes it.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The HTTP/2 frames in `bytes`: type, flags, stream, payload.
+pub fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let end = (at + 9 + len).min(bytes.len());
+        frames.push((
+            bytes[at + 3],
+            bytes[at + 4],
+            stream,
+            bytes[at + 9..end].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    frames
+}
