@@ -138,7 +138,7 @@ mod tests {
         for _ in 0..20_000 {
             let len = (next() % 300) as usize;
             let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if next() % 2 == 0 && !junk.is_empty() {
+            if next().is_multiple_of(2) && !junk.is_empty() {
                 junk[0] = 1; // get past the version check more often
             }
             fuzz_decode(&junk);

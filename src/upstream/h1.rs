@@ -668,7 +668,7 @@ mod tests {
         for _ in 0..20_000 {
             let mut data = vec![next() as u8];
             for _ in 0..(next() % 8) {
-                if next() % 4 == 0 {
+                if next().is_multiple_of(4) {
                     data.extend((0..next() % 16).map(|_| next() as u8));
                 } else {
                     data.extend_from_slice(pieces[(next() % 10) as usize]);
