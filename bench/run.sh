@@ -3,15 +3,15 @@
 # backend, in one run, same worker count, same logging (off).
 # Usage: sh bench/run.sh [workers] [rounds] [seconds]
 # LOGS=1 turns access logging on for all three proxies (combined format to
-# a file; HAProxy's httplog to stdout redirected to a file), as rig.md asks
-# after the logging-off runs.
+# a file; HAProxy's httplog to stdout redirected to a file), after the
+# logging-off runs.
 # OBSERVED=1 adds "baton-obs": a second baton with [incidents] recording,
 # its admin address, and /api/state polled every 0.5 s (four open
 # dashboards' worth), to show what the observing costs the gateway.
 # BATON=PATH runs that binary instead of building this tree's (an A/B of
 # two builds on one machine: run the script once with each).
-# Recipe: ../shared/reference/rig.md (wrk -t2 -c64, 3 s warm-up, targets
-# alternated within each round, median and spread, ratios from this run).
+# Recipe: wrk -t2 -c64, 3 s warm-up, targets
+# alternated within each round, median and spread, ratios from this run.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}

@@ -106,3 +106,78 @@ async fn metrics_md_and_the_grafana_dashboard_match_the_served_metrics() {
         "every family has a panel: {queried}"
     );
 }
+
+/// The docs stand alone: every relative link names a file in the
+/// repository, and nothing points outside it.
+#[test]
+fn docs_link_only_to_files_in_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut bad = Vec::new();
+    for (path, text) in markdown_files(root) {
+        let dir = path.parent().unwrap();
+        if text.contains("../shared") {
+            bad.push(format!("{}: mentions ../shared", path.display()));
+        }
+        for (i, line) in text.lines().enumerate() {
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                rest = &rest[at + 2..];
+                let target = rest.split([')', ' ', '#']).next().unwrap_or("");
+                let external = target.is_empty()
+                    || target.starts_with("http://")
+                    || target.starts_with("https://")
+                    || target.starts_with("mailto:");
+                if !external && !dir.join(target).exists() {
+                    bad.push(format!("{}:{}: {target}", path.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "links outside the repository:\n{}",
+        bad.join("\n")
+    );
+}
+
+/// A blank line inside a Markdown table ends it: the rows after it render
+/// as text. Every table row is followed by another row or a non-row.
+#[test]
+fn no_markdown_table_is_split_by_a_blank_line() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut bad = Vec::new();
+    for (path, text) in markdown_files(root) {
+        let lines: Vec<&str> = text.lines().collect();
+        for i in 1..lines.len().saturating_sub(1) {
+            let header_follows = lines
+                .get(i + 2)
+                .is_some_and(|l| l.starts_with("|") && l.chars().all(|c| "|-: ".contains(c)));
+            if lines[i].trim().is_empty()
+                && lines[i - 1].starts_with('|')
+                && lines[i + 1].starts_with('|')
+                && !header_follows
+            {
+                bad.push(format!("{}:{}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "tables split by a blank line at {bad:?}");
+}
+
+/// README.md, ARCHITECTURE.md and docs/*.md, with their text.
+fn markdown_files(root: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut files = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    files
+        .into_iter()
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).unwrap();
+            (p, t)
+        })
+        .collect()
+}
