@@ -310,7 +310,20 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 }
 
 fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nServer: origin\r\n\r\n{body}", body.len()).into_bytes()
+    format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nServer: origin\r\n\r\n{body}", content_type(body), body.len()).into_bytes()
+}
+
+/// What a scripted body is labelled: JSON when it is an object or array,
+/// plain text otherwise.
+fn content_type(body: &str) -> &'static str {
+    let t = body.trim_start();
+    if (t.starts_with('{') || t.starts_with('['))
+        && serde_json::from_str::<serde_json::Value>(body).is_ok()
+    {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    }
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(

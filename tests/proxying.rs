@@ -404,3 +404,21 @@ async fn ipv6_upstream_and_listener() {
     let a = gw.access(&r.request_id()).await;
     assert_eq!(a["client"], "::1");
 }
+
+/// The demo's application error (`/app-error`) is JSON and says so: an
+/// application's own error passes through with its own type.
+#[tokio::test]
+async fn an_applications_json_error_passes_through_labelled_json() {
+    let body = r#"{"error":"database unavailable","code":500}"#;
+    let o = Origin::start(Script::Status(500, body.into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let r = send(gw.addr, get("/app-error")).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.text(), body);
+    assert_eq!(r.header("proxy-status"), "");
+}
