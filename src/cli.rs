@@ -11,6 +11,7 @@ pub mod demo;
 pub mod doctor;
 mod incidents;
 pub mod logs;
+mod reload;
 mod serve;
 pub mod term;
 
@@ -65,6 +66,15 @@ pub struct DoctorArgs {
 enum Cmd {
     /// Run the gateway.
     Serve {
+        #[arg(long, short, default_value = "baton.toml")]
+        config: PathBuf,
+    },
+    /// Reload the running gateway's config (as `nginx -s reload`): the file
+    /// is checked first; then the gateway is asked through its admin
+    /// address (and says what changed), or sent SIGHUP when it has none.
+    /// Exit 0: reloaded (or signalled), 1: the file or the gateway refused,
+    /// 2: no running gateway found.
+    Reload {
         #[arg(long, short, default_value = "baton.toml")]
         config: PathBuf,
     },
@@ -178,6 +188,7 @@ pub fn run() -> ExitCode {
             json,
         } => ExitCode::from(check::run(&config, !offline, json)),
         Cmd::Serve { config } => serve::run(&config),
+        Cmd::Reload { config } => reload::run(&config),
         Cmd::Demo { listen, self_test } => {
             let rt = match runtime(0, 1) {
                 Ok(rt) => rt,

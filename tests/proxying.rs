@@ -410,7 +410,9 @@ async fn ipv6_upstream_and_listener() {
 #[tokio::test]
 async fn an_applications_json_error_passes_through_labelled_json() {
     let body = r#"{"error":"database unavailable","code":500}"#;
-    let o = Origin::start(Script::Status(500, body.into())).await.unwrap();
+    let o = Origin::start(Script::Status(500, body.into()))
+        .await
+        .unwrap();
     let gw = Gw::start(&format!(
         "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
         o.addr

@@ -662,3 +662,95 @@ async fn tcp_health_check_and_slow_start() {
     );
     drop(b);
 }
+
+/// `baton reload` as an nginx user reaches for it: the file is checked
+/// first, then the running gateway loads it (asked through its admin
+/// address, or by SIGHUP when it has none); a bad file is not sent and
+/// the running config keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_reload_checks_the_file_then_reloads_the_running_gateway() {
+    let a = Origin::start(Script::Ok("a".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("b".into())).await.unwrap();
+    let reload = |cfg: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["reload", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    let route = |o: &Origin| {
+        format!(
+            "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            o.addr
+        )
+    };
+    for admin in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("baton.toml");
+        let server = if admin {
+            format!("admin = \"127.0.0.1:{}\"\n", refusing_addr().port())
+        } else {
+            String::new()
+        };
+        let log = dir.path().join("stderr.log");
+        let (addr, _baton) = serve_child(
+            dir.path(),
+            &format!("{server}{}", route(&a)),
+            std::fs::File::create(&log).unwrap().into(),
+        )
+        .await;
+        assert_eq!(send(addr, get("/")).await.text(), "a");
+        let head = std::fs::read_to_string(&cfg).unwrap();
+        let head = &head[..head.find("[upstreams.app]").unwrap()];
+        std::fs::write(&cfg, format!("{head}{}", route(&b))).unwrap();
+        let out = reload(&cfg);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "admin {admin}: {stdout}");
+        if admin {
+            assert_eq!(stdout, "reloaded\n");
+        } else {
+            assert!(stdout.starts_with("sent SIGHUP to baton (pid "), "{stdout}");
+        }
+        let mut got = String::new();
+        for _ in 0..50 {
+            got = send(addr, get("/")).await.text();
+            if got == "b" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(got, "b", "admin {admin}: the new config serves");
+        // A bad file: not sent; the running config keeps serving.
+        std::fs::write(
+            &cfg,
+            format!("{head}[upstreams.app]\nservers = [\"nowhere\"]\n"),
+        )
+        .unwrap();
+        let out = reload(&cfg);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("upstreams.app.servers: \"nowhere\" has no port"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("baton reload: not sent"), "{stderr}");
+        assert_eq!(send(addr, get("/")).await.text(), "b");
+        // baton's own lines say it in words, not Rust's debug text.
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(log.contains("config reloaded"), "{log}");
+        for bad in ["Some(", "None", "\"[]\""] {
+            assert!(!log.contains(bad), "{bad} in {log}");
+        }
+    }
+    // No gateway runs with this file.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:1\"]\n{}", route(&a)),
+    )
+    .unwrap();
+    let out = reload(&cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no running `baton serve` uses"));
+}

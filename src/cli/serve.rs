@@ -30,7 +30,9 @@ pub fn run(config: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        tracing::info!(listen = ?running.addrs, admin = ?running.admin, "baton serving");
+        let listen: Vec<String> = running.addrs.iter().map(|a| a.to_string()).collect();
+        let admin = running.admin.map_or("off".to_string(), |a| a.to_string());
+        tracing::info!(listen = %listen.join(", "), admin = %admin, "baton serving");
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let stop = wait_for_signal();
         tokio::pin!(stop);

@@ -63,7 +63,7 @@ impl Gateway {
         }
         self.runtime.store(rt);
         self.sync_supervisors();
-        tracing::info!(file = %path.display(), ?notes, "config reloaded");
+        tracing::info!(file = %path.display(), notes = %notes.join("; "), "config reloaded");
         self.metrics.incidents.event(
             "reload",
             None,

@@ -24,6 +24,16 @@ pub enum ResolveError {
     Other(String),
 }
 
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Timeout => f.write_str("no answer in time"),
+            ResolveError::NotFound => f.write_str("no such name (NXDOMAIN or no records)"),
+            ResolveError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Resolver {
     inner: TokioResolver,
@@ -117,7 +127,7 @@ impl Resolver {
             {
                 Some(addrs) => {
                     self.stale_answers.inc();
-                    tracing::warn!(target: "baton::dns", host, error = ?e, "resolver failed; using the last good answer");
+                    tracing::warn!(target: "baton::dns", host, error = %e, "resolver failed; using the last good answer");
                     Ok(Answer {
                         addrs: addrs.clone(),
                         stale: true,

@@ -286,9 +286,9 @@ impl Supervisor {
                 (self.cfg.backoff * 2u32.pow(exp)).min(self.cfg.backoff_max)
             };
             if crash_loop {
-                tracing::error!(target: "baton::process", upstream = %self.name, exit = %exit, exits = exits.len(), window_s = self.cfg.crash_loop_window.as_secs(), last_output = ?tail, "backend is in a crash loop: it keeps exiting soon after start; retrying every {}s", delay.as_secs());
+                tracing::error!(target: "baton::process", upstream = %self.name, exit = %exit, exits = exits.len(), window_s = self.cfg.crash_loop_window.as_secs(), last_output = %tail.join("\n"), "backend is in a crash loop: it keeps exiting soon after start; retrying every {}s", delay.as_secs());
             } else {
-                tracing::error!(target: "baton::process", upstream = %self.name, exit = %exit, ran_ms = ran.as_millis() as u64, restart = again, last_output = ?tail, "backend exited");
+                tracing::error!(target: "baton::process", upstream = %self.name, exit = %exit, ran_ms = ran.as_millis() as u64, restart = again, last_output = %tail.join("\n"), "backend exited");
             }
             if !again {
                 self.set(|s| {
