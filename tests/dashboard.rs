@@ -356,3 +356,48 @@ async fn dashboard_actions_drain_and_reload_when_configured_and_refuse_cross_sit
     }
     gw.stop().await;
 }
+
+/// Without active checks a server's state still follows what its
+/// requests say: one that refuses every request is not shown "up", even
+/// though nothing may eject it (it is the last server).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_whose_requests_fail_is_not_shown_up() {
+    let dead = refusing_addr();
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.dead]\nservers = [\"{dead}\"]\n[upstreams.fine]\nservers = [\"{}\"]\n[[routes]]\npath = \"/dead\"\nupstream = \"dead\"\n[[routes]]\nupstream = \"fine\"\n",
+        ok.addr
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(send(gw.addr, get("/dead")).await.status, 502);
+    }
+    assert_eq!(send(gw.addr, get("/")).await.status, 200);
+    let s = send(gw.admin, get("/api/state")).await.json();
+    let failing = &s["upstreams"][0]["servers"][0];
+    assert_eq!(failing["usable"], true, "the last server is never ejected");
+    assert_eq!(
+        failing["failing"],
+        serde_json::json!({"in_a_row": 3, "last": "connection_refused"})
+    );
+    assert_eq!(
+        s["upstreams"][1]["servers"][0]["failing"],
+        serde_json::Value::Null
+    );
+    let admin = gw.admin;
+    let chips = tokio::task::spawn_blocking(move || {
+        let mut page = cdp::Browser::open(&format!("http://{admin}/dashboard"));
+        page.wait(
+            "document.querySelectorAll('.chip').length === 2 && [...document.querySelectorAll('.chip')].map(c => c.className + ': ' + c.textContent).join(' | ')",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        chips,
+        format!(
+            "chip down: {dead} · failing: 3 in a row (connection_refused) · 0 in flight | chip up: {} · up · 0 in flight",
+            ok.addr
+        )
+    );
+}

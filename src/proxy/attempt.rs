@@ -402,6 +402,7 @@ async fn after_failure(
         l.up,
         server,
         f.failure.cause.counts_against_server(),
+        Some(f.failure.cause),
     );
     if let Some(budget) = plan.another_server
         && another_server(ctx, l, budget)
@@ -493,7 +494,7 @@ fn success(
 ) -> Answer {
     let cfg = l.cfg;
     if cfg.outlier.count_5xx && resp.status().is_server_error() {
-        passive_failure(&ctx.gw, l.up, &server, true);
+        passive_failure(&ctx.gw, l.up, &server, true, None);
     } else if server.health.record_success(l.now) == health::Transition::Returned {
         note_transition(&ctx.gw, cfg, &server, "returned", None);
     }
@@ -536,10 +537,17 @@ fn success(
 }
 
 /// A failed attempt on `server`: passive ejection, logged and counted.
-fn passive_failure(gw: &Gateway, up: &Upstream, server: &Arc<Server>, counts: bool) {
+fn passive_failure(
+    gw: &Gateway,
+    up: &Upstream,
+    server: &Arc<Server>,
+    counts: bool,
+    cause: Option<Cause>,
+) {
     if !counts {
         return;
     }
+    server.health.note_failure(cause);
     let now = now_ms();
     let t = {
         let _one_at_a_time = up.eject_lock.lock().unwrap_or_else(|e| e.into_inner());

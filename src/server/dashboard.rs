@@ -27,6 +27,9 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
                         "ejected": s.health.ejected(now),
                         "draining": s.health.draining.load(Ordering::Relaxed),
                         "inflight": s.inflight.load(Ordering::Relaxed),
+                        // Its last requests failed (passive results, also
+                        // when nothing may eject it: the last server).
+                        "failing": s.health.failing().map(|(n, what)| json!({"in_a_row": n, "last": what})),
                     })
                 })
                 .collect();

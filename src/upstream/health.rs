@@ -44,7 +44,16 @@ pub struct Health {
     next_check: AtomicU64,
     /// Set by the admin drain call: no new requests, in-flight ones finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Requests that failed on it in a row, whatever the outlier settings
+    /// (what the dashboard shows; ejection counts `consecutive`), and the
+    /// last one's cause: 0 none, `FIVE_XX`, else 1 + its index in
+    /// `Cause::ALL`.
+    failing: AtomicU32,
+    last_failure: std::sync::atomic::AtomicU16,
 }
+
+/// [`Health::last_failure`]: the application answered 5xx (`count_5xx`).
+const FIVE_XX: u16 = u16::MAX;
 
 /// What a recorded outcome changed, for logs and metrics.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +80,35 @@ impl Health {
             up_since: AtomicU64::new(0),
             next_check: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            failing: AtomicU32::new(0),
+            last_failure: std::sync::atomic::AtomicU16::new(0),
         }
+    }
+
+    /// A request failed on it in a way that counts against it (`None`: an
+    /// application 5xx counted by `count_5xx`).
+    pub fn note_failure(&self, cause: Option<Cause>) {
+        let code = match cause {
+            Some(c) => 1 + Cause::ALL.iter().position(|x| *x == c).unwrap_or(0) as u16,
+            None => FIVE_XX,
+        };
+        self.last_failure.store(code, Ordering::Relaxed);
+        self.failing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests failed on it in a row, and what the last one was (a cause
+    /// id, or `"5xx"`); `None` when its last request succeeded.
+    pub fn failing(&self) -> Option<(u32, &'static str)> {
+        let n = self.failing.load(Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let what = match self.last_failure.load(Ordering::Relaxed) {
+            FIVE_XX => "5xx",
+            0 => "",
+            i => Cause::ALL.get(i as usize - 1).map_or("", |c| c.id()),
+        };
+        Some((n, what))
     }
 
     pub fn active(&self) -> Active {
@@ -148,6 +185,9 @@ impl Health {
     /// A request succeeded on this server.
     pub fn record_success(&self, now: u64) -> Transition {
         self.consecutive.store(0, Ordering::Relaxed);
+        if self.failing.load(Ordering::Relaxed) != 0 {
+            self.failing.store(0, Ordering::Relaxed);
+        }
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until != 0 && now >= until {
             // First success after an ejection ended: it is back. The next
