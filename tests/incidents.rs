@@ -483,3 +483,54 @@ async fn an_https_webhook_with_a_private_ca_gets_the_alert() {
     assert!(!toml.contains("SECRET"), "{toml}");
     gw.stop().await;
 }
+
+/// An incident starts when its window first saw a failure, never before
+/// the gateway started; the dashboard's line takes its counts from one
+/// window and says what opened it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incident_starts_at_its_first_failure_and_counts_from_one_window() {
+    let dead = refusing_addr();
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let gw = Gw::start(&format!(
+        "[incidents]\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"10s\"\n[upstreams.app]\nservers = [\"{dead}\"]\n[[routes]]\nupstream = \"app\"\n"
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(send(gw.addr, get("/")).await.status, 502);
+    }
+    let mut open = Value::Null;
+    for _ in 0..60 {
+        let s = send(gw.admin, get("/api/state")).await.json();
+        if let Some(i) = s["incidents_open"].as_array().and_then(|a| a.first()) {
+            open = i.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = open["started"].as_i64().expect("an incident opened");
+    assert!(started >= t0, "started {started}, the gateway at {t0}");
+    assert_eq!(open["reason"], "100% of 3 requests failed in 10s");
+    assert_eq!(
+        (open["requests"].as_u64(), open["failures"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let admin = gw.admin;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut page = cdp::Browser::open(&format!("http://{admin}/dashboard"));
+        page.wait("document.querySelector('#incident-list p') && document.querySelector('#incident-list p').textContent")
+    })
+    .await
+    .unwrap();
+    let line = line.as_str().unwrap().to_string();
+    assert!(
+        line.starts_with("app since ") || line.contains(" app since "),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(": 3 of 3 requests failed (connection_refused ×3); opened on 100% of 3 requests failed in 10s"),
+        "{line}"
+    );
+}

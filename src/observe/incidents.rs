@@ -633,9 +633,13 @@ pub async fn detect(
                         .front()
                         .map(|h| (h.1, h.2, h.3.clone(), h.4.clone()))
                         .unwrap_or_default();
+                    // It started when the window first saw a failure
+                    // (never before the gateway did: the history starts
+                    // with it).
+                    let started = w.history.iter().find(|h| h.2 > f0).map_or(now, |h| h.0);
                     let mut i = Incident {
                         upstream: name.to_string(),
-                        started: now - cfg.window.as_secs() as i64 / 2,
+                        started,
                         reason,
                         peak_rate: rate,
                         ..Incident::default()
