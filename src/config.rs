@@ -197,6 +197,8 @@ impl fmt::Display for ServerAddr {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: Arc<str>,
+    /// What visitors see on the status page instead of `name`.
+    pub display_name: Option<String>,
     pub servers: Vec<ServerSpec>,
     pub balance: Balance,
     /// Active health checks, when configured.

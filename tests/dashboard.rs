@@ -176,7 +176,7 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
     let (addr, _baton) = serve_child(
         dir.path(),
         &format!(
-            "status_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[upstreams.pay]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\npath = \"/pay\"\nupstream = \"pay\"\n[[routes]]\nupstream = \"blog\"\n",
+            "status_page = \"/status\"\n[log]\naccess = \"off\"\n[upstreams.shop]\ndisplay_name = \"Online shop\"\nservers = [\"{}\"]\n[upstreams.shop.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.blog]\nservers = [\"{}\"]\n[upstreams.pay]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/shop\"\nupstream = \"shop\"\n[[routes]]\npath = \"/pay\"\nupstream = \"pay\"\n[[routes]]\nupstream = \"blog\"\n",
             refusing_addr(),
             ok.addr,
             refusing_addr()
@@ -194,15 +194,15 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         "{html}"
     );
     assert!(
-        html.contains("<li class=\"down\"><b>shop</b>: not available"),
+        html.contains("<li class=\"down\"><b>Online shop</b>: not available"),
         "{html}"
     );
     assert!(
-        html.contains("<li class=\"working\"><b>blog</b>: working</li>"),
+        html.contains("<li class=\"working\"><b>The rest of the site</b>: working</li>"),
         "{html}"
     );
     assert!(
-        html.contains("<li class=\"working\"><b>pay</b>: working</li>"),
+        html.contains("<li class=\"working\"><b>/pay</b>: working</li>"),
         "no failures yet: {html}"
     );
     let json_req = get_with("/status", "accept", "application/json");
@@ -217,9 +217,14 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
             .unwrap()
             .clone()
     };
-    assert_eq!(svc("shop")["up"], false, "{v}");
-    assert_eq!(svc("shop")["state"], "down", "{v}");
-    assert_eq!(svc("blog")["up"], true, "{v}");
+    assert_eq!(svc("Online shop")["up"], false, "{v}");
+    assert_eq!(svc("Online shop")["state"], "down", "{v}");
+    assert_eq!(svc("The rest of the site")["up"], true, "{v}");
+    // Internal upstream names are never shown to visitors.
+    for internal in ["shop", "blog", "pay"] {
+        assert!(!html.contains(&format!("<b>{internal}</b>")), "{html}");
+        assert!(!v.to_string().contains(&format!("\"{internal}\"")), "{v}");
+    }
     // Its server accepts health-wise but every request fails: an incident
     // opens (the default thresholds, no [incidents] section) and the page
     // says that part is having problems, since when.
@@ -235,7 +240,7 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        html.contains("<li class=\"failing\"><b>pay</b>: having problems (since "),
+        html.contains("<li class=\"failing\"><b>/pay</b>: having problems (since "),
         "{html}"
     );
     let checked = html.split("Checked ").nth(1).unwrap();
@@ -400,4 +405,27 @@ async fn a_server_whose_requests_fail_is_not_shown_up() {
             ok.addr
         )
     );
+}
+
+/// When every part is down, the status page says the site is down, not
+/// "part of" it; a part no route leads to is not listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_says_whole_or_part_honestly() {
+    let gw = Gw::start(&format!(
+        "[server]\nstatus_page = \"/status\"\n[upstreams.app]\nservers = [\"{}\"]\n[upstreams.app.health]\npath = \"/\"\ninterval = \"200ms\"\n[upstreams.unrouted]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        refusing_addr(),
+        refusing_addr()
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let html = send(gw.addr, get("/status")).await.text();
+    assert!(
+        html.contains("<h1>This site is down for everyone</h1>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"down\"><b>The site</b>: not available"),
+        "{html}"
+    );
+    assert_eq!(html.matches("<li ").count(), 1, "{html}");
 }

@@ -77,6 +77,7 @@ pub struct ErrorPages {
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub servers: Spanned<Vec<Spanned<String>>>,
+    pub display_name: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
     pub app_timeout: Option<Spanned<String>>,

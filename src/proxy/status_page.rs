@@ -19,23 +19,28 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
         .into_iter()
         .map(|i| (i.upstream, i.started))
         .collect();
-    // Per upstream: down (no usable server), failing (an open incident:
-    // servers answer but requests fail), or working; and since when.
-    let rows: Vec<(&str, &str, Option<i64>)> = rt
+    // Per routed upstream, by the name visitors know it by: down (no
+    // usable server), failing (an open incident: servers answer but
+    // requests fail), or working; and since when.
+    let rows: Vec<(String, &str, Option<i64>)> = rt
         .upstreams
         .iter()
-        .map(|u| {
+        .enumerate()
+        .filter_map(|(i, u)| {
+            let public = public_name(&rt.config, i)?;
             let name = &*u.cfg.name;
-            if !u.servers.iter().any(|s| s.health.usable(now)) {
-                (name, "down", since.get(name).copied())
+            Some(if !u.servers.iter().any(|s| s.health.usable(now)) {
+                (public, "down", since.get(name).copied())
             } else if let Some(t) = open.get(name) {
-                (name, "failing", Some(*t))
+                (public, "failing", Some(*t))
             } else {
-                (name, "working", since.get(name).copied())
-            }
+                (public, "working", since.get(name).copied())
+            })
         })
         .collect();
     let worst = |st: &str| rows.iter().any(|r| r.1 == st);
+    // The whole site, when every part is down or failing.
+    let whole = !rows.is_empty() && rows.iter().all(|r| r.1 != "working");
     let checked = clock(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -65,7 +70,17 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
                 )
             })
             .collect();
-        let (title, lead) = if worst("down") {
+        let (title, lead) = if whole && rows.iter().all(|r| r.1 == "down") {
+            (
+                "This site is down for everyone",
+                "It is not just you: the site's gateway sees every part of it as not available.",
+            )
+        } else if whole {
+            (
+                "This site is having problems",
+                "It is not just you: requests to every part of the site are failing right now.",
+            )
+        } else if worst("down") {
             (
                 "Part of this site is down for everyone",
                 "It is not just you: the site's gateway sees the parts below as not available.",
@@ -92,4 +107,38 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
         content_type: ctype,
         body,
     }
+}
+
+/// The name visitors know upstream `i` by: its `display_name`, else where
+/// its routes lead (`/shop`, `shop.example.com`, "The rest of the site");
+/// `None` when no route leads to it (visitors cannot reach it). Internal
+/// upstream names are never shown.
+fn public_name(cfg: &crate::config::Config, i: usize) -> Option<String> {
+    let u = cfg.upstreams.get(i)?;
+    let mine: Vec<&crate::config::Route> = cfg.routes.iter().filter(|r| r.upstream == i).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    if let Some(d) = &u.display_name {
+        return Some(d.clone());
+    }
+    let alone = cfg.routes.iter().all(|r| r.upstream == i);
+    let names: Vec<String> = mine
+        .iter()
+        .map(|r| {
+            let host = match &r.host {
+                None => String::new(),
+                Some(crate::config::HostMatch::Exact(h)) => h.clone(),
+                Some(crate::config::HostMatch::Suffix(h)) => format!("*{h}"),
+            };
+            match (host.is_empty(), r.path.as_str()) {
+                (true, "/") if alone => "The site".to_string(),
+                (true, "/") => "The rest of the site".to_string(),
+                (true, p) => p.to_string(),
+                (false, "/") => host,
+                (false, p) => format!("{host}{p}"),
+            }
+        })
+        .collect();
+    Some(names.join(", "))
 }

@@ -184,6 +184,19 @@ impl Validator<'_> {
             queue_timeout,
             tls,
             name: n.as_str().into(),
+            display_name: u.display_name.as_ref().and_then(|d| {
+                let t = d.get_ref().trim();
+                if t.is_empty() || t.chars().count() > 80 {
+                    self.err(
+                        &key("display_name"),
+                        d.span(),
+                        "a display name is shown to visitors on the status page: 1 to 80 characters",
+                        "name the part of the site as visitors know it, e.g. \"Online shop\"",
+                    );
+                    return None;
+                }
+                Some(t.to_string())
+            }),
             servers,
             connect_timeout: self.duration(
                 &key("connect_timeout"),
