@@ -188,7 +188,7 @@ impl Validator<'_> {
                 let t = d.get_ref().trim();
                 if t.is_empty() || t.chars().count() > 80 {
                     self.err(
-                        &key("display_name"),
+                        key("display_name"),
                         d.span(),
                         "a display name is shown to visitors on the status page: 1 to 80 characters",
                         "name the part of the site as visitors know it, e.g. \"Online shop\"",
