@@ -181,10 +181,19 @@ upstream = "php"
         sock = missing_sock.display(),
         incidents = incidents.display(),
     );
-    let cfg = crate::config::parse(&toml, "(demo)", None).map_err(|e| e.to_string())?;
+    // From a real file, as `baton serve` runs: "reload config" on the
+    // dashboard and `baton reload` work on the demo too.
+    std::fs::create_dir_all(&demo_dir).map_err(|e| format!("{}: {e}", demo_dir.display()))?;
+    let file = demo_dir.join("baton.toml");
+    std::fs::write(&file, &toml).map_err(|e| format!("{}: {e}", file.display()))?;
+    let cfg = crate::config::load(&file).map_err(|e| e.to_string())?;
     let running = crate::server::start(cfg).await.map_err(|e| e.to_string())?;
     let addr = running.addrs[0];
-    println!("baton demo: gateway on http://{addr}  (failure log lines appear on stderr)\n");
+    println!(
+        "baton demo: gateway on http://{addr}  (failure log lines appear on stderr)\nconfig: {}  (edit it, then `baton reload --config {}` or the dashboard's \"reload config\")\n",
+        file.display(),
+        file.display()
+    );
     println!("{:<52} what it shows", "try");
     for r in ROWS {
         println!(
@@ -220,6 +229,18 @@ upstream = "php"
                 ps.unwrap_or_default()
             );
         }
+        // The dashboard's "reload config" (the admin API's POST /reload).
+        if let Some(admin) = running.admin {
+            let said = request(admin, http::Method::POST, &admin.to_string(), "/reload").await;
+            let reloaded = said.is_some_and(|(status, _)| status == 200);
+            ok &= reloaded;
+            println!(
+                "{} {:<12} {}",
+                if reloaded { "ok  " } else { "FAIL" },
+                "reload",
+                format_args!("POST http://{admin}/reload re-reads {}", file.display())
+            );
+        }
         running.shutdown(Duration::from_secs(1)).await;
         let _ = std::fs::remove_dir_all(&demo_dir);
         return Ok(if ok {
@@ -236,13 +257,24 @@ upstream = "php"
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
+    request(addr, http::Method::GET, "demo", path).await
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: http::Method,
+    host: &str,
+    path: &str,
+) -> Option<(u16, Option<String>)> {
     let s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
         .await
         .ok()?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "demo")
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
         .body(Empty::<bytes::Bytes>::new())
         .ok()?;
     let resp = tx.send_request(req).await.ok()?;
