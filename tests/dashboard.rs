@@ -429,3 +429,41 @@ async fn the_status_page_says_whole_or_part_honestly() {
     );
     assert_eq!(html.matches("<li ").count(), 1, "{html}");
 }
+
+/// Requests baton refused on purpose (429, 413) are on the dashboard,
+/// apart from the upstream's failures.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_are_shown_apart_from_failures() {
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nmax_body_bytes = 10\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limit = \"1/s\"\nrate_limit_burst = 2\n",
+        ok.addr
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(gw.addr, get("/")).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut big = get("/");
+    *big.body_mut() = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 100]));
+    *big.method_mut() = http::Method::POST;
+    assert_eq!(send(gw.addr, big).await.status, 413);
+    let s = send(gw.admin, get("/api/state")).await.json();
+    let t = &s["upstreams"][0]["tally"];
+    assert_eq!(t["failures"], 0, "{t}");
+    assert_eq!(
+        t["refused"],
+        serde_json::json!({"rate_limited": 2, "request_body_too_large": 1}),
+        "{t}"
+    );
+    let admin = gw.admin;
+    let cell = tokio::task::spawn_blocking(move || {
+        let mut page = cdp::Browser::open(&format!("http://{admin}/dashboard"));
+        page.wait("document.querySelector('td.refused') && document.querySelector('td.refused').textContent")
+    })
+    .await
+    .unwrap();
+    assert_eq!(cell, "3 (rate_limited ×2, request_body_too_large ×1)");
+}

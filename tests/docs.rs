@@ -26,7 +26,10 @@ fn demo_self_test_passes() {
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("\nok   ").count(), 9, "{stdout}");
     // The dashboard's "reload config" works on the demo: it runs from a file.
-    assert!(stdout.contains("\nok   reload       POST http://"), "{stdout}");
+    assert!(
+        stdout.contains("\nok   reload       POST http://"),
+        "{stdout}"
+    );
 }
 
 /// docs/metrics.md lists exactly the families `/metrics` serves, and the

@@ -69,6 +69,10 @@ pub fn latency_bounds_ms() -> Vec<f64> {
 #[derive(Default)]
 struct Detail {
     causes: HashMap<&'static str, u64>,
+    /// Requests baton refused on purpose (the client's side: a rate limit,
+    /// a body too large, a malformed request), by cause: not failures of
+    /// the upstream, but shown beside them.
+    refused: HashMap<&'static str, u64>,
     routes: HashMap<String, u64>,
     samples: VecDeque<Sample>,
 }
@@ -92,6 +96,13 @@ impl Track {
             ((ms / LATENCY_BASE_MS).log2().ceil() as usize).min(LATENCY_BUCKETS - 1)
         };
         self.latency[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused on the client's side (not a failure of the
+    /// upstream: [`counts`] says no).
+    pub fn refused(&self, c: Cause) {
+        let mut d = self.detail.lock().unwrap_or_else(|e| e.into_inner());
+        *d.refused.entry(c.id()).or_default() += 1;
     }
 
     pub fn failure(&self, c: Cause, request_id: &str, route: &str, path: &str, status: u16) {
@@ -155,6 +166,8 @@ pub struct TrackView {
     /// Cumulative counts per latency bucket (bounds: `latency_bounds_ms`).
     pub latency: Vec<u64>,
     pub causes: BTreeMap<&'static str, u64>,
+    /// Requests refused on the client's side, by cause.
+    pub refused: BTreeMap<&'static str, u64>,
     pub recent: Vec<Sample>,
 }
 
@@ -211,6 +224,7 @@ impl Tracks {
                 .map(|b| b.load(Ordering::Relaxed))
                 .collect(),
             causes: d.causes.iter().map(|(k, v)| (*k, *v)).collect(),
+            refused: d.refused.iter().map(|(k, v)| (*k, *v)).collect(),
             recent: d.samples.iter().rev().cloned().collect(),
         })
     }

@@ -66,8 +66,10 @@ impl Ctx {
         if let Some(m) = &self.route_metrics {
             m.track.request(elapsed);
             if let Some(c) = cause
-                && crate::observe::incidents::counts(c)
+                && !crate::observe::incidents::counts(c)
             {
+                m.track.refused(c);
+            } else if let Some(c) = cause {
                 m.track.failure(
                     c,
                     self.id(),
