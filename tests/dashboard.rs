@@ -467,3 +467,35 @@ async fn refused_requests_are_shown_apart_from_failures() {
     .unwrap();
     assert_eq!(cell, "3 (rate_limited ×2, request_body_too_large ×1)");
 }
+
+/// At 1400 px wide no panel's text runs out of its panel (long config
+/// paths, long event texts, long route names wrap instead).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_panel_clips_its_text_at_1400_px() {
+    let ok = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let long = "a-rather-long-path-segment-that-does-not-break-anywhere-on-its-own";
+    let gw = Gw::start(&format!(
+        "[server]\ndashboard_actions = true\n[upstreams.application_backend_with_a_long_name]\nservers = [\"{}\"]\n[[routes]]\nhost = \"www.an-example-with-a-long-host-name.example.com\"\npath = \"/{long}/{long}\"\nupstream = \"application_backend_with_a_long_name\"\n",
+        ok.addr
+    ))
+    .await;
+    // A reload whose note is long: "What changed" gets a long line.
+    let mut req = get("/reload");
+    *req.method_mut() = http::Method::POST;
+    assert_eq!(send(gw.admin, req).await.status, 200);
+    let admin = gw.admin;
+    let clipped = tokio::task::spawn_blocking(move || {
+        let mut page = cdp::Browser::open(&format!("http://{admin}/dashboard"));
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        page.wait("document.querySelectorAll('#events tr').length > 0 && document.getElementById('config').textContent.length > 0 && document.querySelectorAll('#routes tr').length > 0");
+        page.eval(
+            "[...document.querySelectorAll('main section')].filter(s => s.offsetParent !== null && s.scrollWidth > s.clientWidth + 1).map(s => s.querySelector('h2').textContent)",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(clipped, serde_json::json!([]));
+}
