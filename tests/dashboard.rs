@@ -228,13 +228,21 @@ async fn status_page_says_whether_it_is_down_for_everyone_and_error_pages_link_i
     // Its server accepts health-wise but every request fails: an incident
     // opens (the default thresholds, no [incidents] section) and the page
     // says that part is having problems, since when.
-    for _ in 0..6 {
+    // From its first failure the page says so (its server's last request
+    // failed), before there are enough for an incident.
+    assert_eq!(send(addr, get("/pay")).await.status, 502);
+    let html = send(addr, get("/status")).await.text();
+    assert!(
+        html.contains("<li class=\"failing\"><b>/pay</b>: having problems</li>"),
+        "{html}"
+    );
+    for _ in 0..5 {
         assert_eq!(send(addr, get("/pay")).await.status, 502);
     }
     let mut html = String::new();
     for _ in 0..40 {
         html = send(addr, get("/status")).await.text();
-        if html.contains("having problems") {
+        if html.contains("having problems (since ") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -20,8 +20,8 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
         .map(|i| (i.upstream, i.started))
         .collect();
     // Per routed upstream, by the name visitors know it by: down (no
-    // usable server), failing (an open incident: servers answer but
-    // requests fail), or working; and since when.
+    // usable server), failing (an open incident, or the last request on
+    // every usable server failed), or working; and since when.
     let rows: Vec<(String, &str, Option<i64>)> = rt
         .upstreams
         .iter()
@@ -33,6 +33,14 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
                 (public, "down", since.get(name).copied())
             } else if let Some(t) = open.get(name) {
                 (public, "failing", Some(*t))
+            } else if u
+                .servers
+                .iter()
+                .all(|s| !s.health.usable(now) || s.health.failing().is_some())
+            {
+                // Too few requests for an incident yet, but the last one
+                // on every usable server failed (the dashboard's red).
+                (public, "failing", None)
             } else {
                 (public, "working", since.get(name).copied())
             })
