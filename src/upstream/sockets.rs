@@ -120,6 +120,18 @@ fn group_name(gid: u32) -> String {
 /// `upstreams.NAME: message`. Sockets of supervised backends that are not
 /// there yet are skipped (baton creates them by starting the backend).
 pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(String, SocketProblem)> {
+    // Sockets a supervised backend creates when it starts: missing before
+    // then is expected, for every upstream that uses them.
+    let supervised: Vec<&std::path::Path> = cfg
+        .upstreams
+        .iter()
+        .filter(|u| u.process.is_some())
+        .flat_map(|u| u.servers.iter())
+        .filter_map(|s| match &s.addr {
+            ServerAddr::Unix(p) => Some(p.as_path()),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::new();
     for u in &cfg.upstreams {
         for (i, s) in u.servers.iter().enumerate() {
@@ -127,11 +139,45 @@ pub fn socket_findings(cfg: &crate::config::Config, started: bool) -> Vec<(Strin
                 continue;
             };
             match socket_problem(p) {
-                Some(SocketProblem::Missing(_)) if u.process.is_some() && !started => {}
+                Some(SocketProblem::Missing(_))
+                    if !started && supervised.contains(&p.as_path()) => {}
                 Some(pb) => out.push((format!("upstreams.{}.servers[{i}]", u.name), pb)),
                 None => {}
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod findings_tests {
+    use super::*;
+
+    /// A socket a supervised backend creates is not "missing" at start,
+    /// also for a second upstream that uses it (one error per start was
+    /// logged for it, about to be created).
+    #[test]
+    fn a_socket_a_supervised_backend_creates_is_not_missing_at_start() {
+        let cfg = crate::config::parse(
+            "[upstreams.php]\nservers = [\"unix:/nonexistent/baton-test/php.sock\"]\n[upstreams.php.process]\ncommand = \"/bin/true\"\n[upstreams.uploads]\nservers = [\"unix:/nonexistent/baton-test/php.sock\"]\n[upstreams.other]\nservers = [\"unix:/nonexistent/baton-test/other.sock\"]\n[[routes]]\nupstream = \"php\"\n[[routes]]\npath = \"/uploads\"\nupstream = \"uploads\"\n[[routes]]\npath = \"/other\"\nupstream = \"other\"\n",
+            "t.toml",
+            None,
+        )
+        .unwrap();
+        let keys = |started| -> Vec<String> {
+            socket_findings(&cfg, started)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(false), ["upstreams.other.servers[0]"]);
+        assert_eq!(
+            keys(true),
+            [
+                "upstreams.other.servers[0]",
+                "upstreams.php.servers[0]",
+                "upstreams.uploads.servers[0]"
+            ]
+        );
+    }
 }
