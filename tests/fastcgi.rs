@@ -430,3 +430,28 @@ async fn primary_script_unknown_is_404_not_502() {
     let line = assert_failure(&gw, &r, 404, "destination_not_found", "script_not_found").await;
     assert_eq!(line["details"], "PHP-FPM: Primary script unknown");
 }
+
+/// The upstream's latency on the dashboard is PHP's, not that of static
+/// files baton serves itself from the root (a WordPress showed p50
+/// "≤ 0.5 ms" for a site whose PHP took 50 ms).
+#[tokio::test]
+async fn static_files_are_not_the_upstreams_latency() {
+    let (_fpm, gw) = site("").await;
+    for _ in 0..20 {
+        assert_eq!(send(gw.addr, get("/style.css")).await.status, 200);
+    }
+    let r = send(gw.addr, get("/slow.php?ms=50")).await;
+    assert_eq!(r.text(), "slept");
+    let s = send(gw.admin, get("/api/state")).await.json();
+    let t = &s["upstreams"][0]["tally"];
+    assert_eq!(t["requests"], 21, "{t}");
+    // Buckets of 0.5 ms doubling: one request, over 32 ms.
+    let latency: Vec<u64> = t["latency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(latency.iter().sum::<u64>(), 1, "{latency:?}");
+    assert!(latency[..=6].iter().all(|n| *n == 0), "{latency:?}");
+}

@@ -86,8 +86,15 @@ pub fn counts(c: Cause) -> bool {
 
 impl Track {
     #[inline]
-    pub fn request(&self, took: Duration) {
+    pub fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long a request the upstream answered (or failed) took: files
+    /// baton serves itself from a FastCGI root are not the upstream's
+    /// latency.
+    #[inline]
+    pub fn latency(&self, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         // The first power of two at or above ms / base.
         let i = if ms <= LATENCY_BASE_MS {

@@ -46,6 +46,9 @@ pub(super) struct Ctx {
     pub upstream: Option<Arc<str>>,
     pub server: Option<Arc<str>>,
     pub attempts: u32,
+    /// Answered by baton itself (a file from a FastCGI root, the status
+    /// page): not part of the upstream's latency.
+    pub served_here: bool,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     /// `RateLimit-Policy` and `RateLimit`, added to the response.
@@ -94,6 +97,7 @@ impl Ctx {
             upstream: None,
             server: None,
             attempts: 0,
+            served_here: false,
             referer: kept(header::REFERER),
             user_agent: kept(header::USER_AGENT),
             rate_headers: None,

@@ -64,7 +64,10 @@ impl Ctx {
         let gw = &self.gw;
         let elapsed = self.start.elapsed();
         if let Some(m) = &self.route_metrics {
-            m.track.request(elapsed);
+            m.track.request();
+            if !self.served_here {
+                m.track.latency(elapsed);
+            }
             if let Some(c) = cause
                 && !crate::observe::incidents::counts(c)
             {

@@ -81,7 +81,8 @@ fn rate_limit_state(ctx: &Ctx, h: &mut HeaderMap) {
 const RETRY_AFTER_SECS: u64 = 5;
 
 /// The one exit.
-pub(super) fn exit(ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
+pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
+    ctx.served_here = matches!(answer, Answer::File(_) | Answer::Page { .. });
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
             response_filters(&ctx, &mut parts.headers);
