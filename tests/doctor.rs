@@ -315,11 +315,14 @@ async fn an_app_on_127_0_0_1_only_is_caught_for_its_ipv6_address() {
     // machine); the origin listens on 127.0.0.1 only.
     let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
     let port = o.addr.port();
-    let (_, v) = tokio::task::spawn_blocking(move || doctor(&format!("localhost:{port}"), &[]))
+    let (code, v) = tokio::task::spawn_blocking(move || doctor(&format!("localhost:{port}"), &[]))
         .await
         .unwrap();
     let step = doctor_step(&v, "addresses");
     assert_eq!(step["ok"], false);
+    // One family works: a warning with its consequence, not a failure
+    // followed by "no problem found".
+    assert_eq!(step["warn"], true);
     let d = step["detail"].as_str().unwrap();
     assert!(
         d.starts_with(&format!(
@@ -327,6 +330,21 @@ async fn an_app_on_127_0_0_1_only_is_caught_for_its_ipv6_address() {
         )),
         "{d}"
     );
+    assert!(d.contains("a client that tries only the first"), "{d}");
+    // Steps and verdict agree: it works, with that warning.
+    let summary = v["verdict"]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("no problem found (HTTP 200), with warnings (")
+            && summary.contains("addresses"),
+        "{summary}"
+    );
+    assert_eq!(code, 0, "{v}");
+    for s in v["steps"].as_array().unwrap() {
+        assert!(
+            s["ok"] == true || s["warn"] == true,
+            "a failed step under a clean verdict: {v}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

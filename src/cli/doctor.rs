@@ -31,6 +31,10 @@ use crate::upstream::{self, Link, TimedBody, UpBody, UpIncoming};
 pub struct Step {
     pub name: &'static str,
     pub ok: bool,
+    /// Not ok, but not what breaks the target either (one address of a
+    /// dual-stack name, two resolvers that disagree): the verdict names
+    /// it with its consequence, and the exit code stays 0.
+    pub warn: bool,
     pub ms: f64,
     pub detail: String,
 }
@@ -90,7 +94,10 @@ impl Spoken {
 /// answers its `ping.path` itself, with "pong").
 async fn fastcgi_ping(t: &Target, o: &Options) -> Step {
     let start = Instant::now();
+    // Advice, not a fault: the sniff already found FastCGI answering; a
+    // pool without ping.path is told what to add.
     let step = |ok: bool, detail: String| Step {
+        warn: !ok,
         name: "fastcgi-ping",
         ok,
         ms: ms(start),
@@ -371,6 +378,7 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
     let start = Instant::now();
     let fail = |detail: String| Step {
+        warn: false,
         name: "certificate",
         ok: false,
         ms: ms(start),
@@ -485,6 +493,7 @@ async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
     // Self-signed alone is a fact, not a fault (an internal CA's upstream).
     let ok = days >= EXPIRY_WARNING_DAYS && names.iter().any(|n| covers(n));
     Step {
+        warn: false,
         name: "certificate",
         ok,
         ms: ms(start),
@@ -614,8 +623,17 @@ impl Walk<'_> {
         }
     }
 
+    /// A step that did not pass but does not break the target.
+    fn push_warning(&mut self, name: &'static str, start: Instant, detail: String) {
+        self.push(name, false, start, detail);
+        if let Some(s) = self.steps.last_mut() {
+            s.warn = true;
+        }
+    }
+
     fn push(&mut self, name: &'static str, ok: bool, start: Instant, detail: String) {
         self.steps.push(Step {
+            warn: false,
             name,
             ok,
             ms: ms(start),
@@ -699,10 +717,12 @@ impl Walk<'_> {
             list(&family(false)),
             if agree { "the same".to_string() } else { sys }
         );
-        if !agree {
+        if agree {
+            self.push("dns", true, start, detail);
+        } else {
             detail.push_str(": the two disagree; a stale /etc/hosts entry or a cache (nscd, systemd-resolved) answers differently, and a proxy that resolves once at start (nginx) keeps what it got then");
+            self.push_warning("dns", start, detail);
         }
-        self.push("dns", agree, start, detail);
         if a.addrs.len() > 1 {
             self.addresses(&a.addrs, port, o.timeout).await;
         }
@@ -735,10 +755,18 @@ impl Walk<'_> {
             results.push(format!("{sa} {what}"));
         }
         let mut detail = results.join("; ");
-        if !all_ok {
-            detail.push_str(": not every address answers; a client or proxy that picks a failing one gets a 502 (make the app listen on every address the name has, or remove the record)");
+        let any_ok = results.iter().any(|r| r.ends_with(" ok"));
+        if all_ok {
+            self.push("addresses", true, start, detail);
+        } else if any_ok {
+            // Dual-stack, one family working: it works for whoever falls
+            // back, and fails for whoever does not.
+            detail.push_str(": not every address answers; a client that tries only the first (or a proxy resolving once, as nginx does with one upstream address) gets connection refused or a 502 when it picks a failing one; browsers, curl and baton fall back to the next. Make the app listen on every address the name has (e.g. [::] and 0.0.0.0), or remove the record");
+            self.push_warning("addresses", start, detail);
+        } else {
+            detail.push_str(": no address answers");
+            self.push("addresses", false, start, detail);
         }
-        self.push("addresses", all_ok, start, detail);
     }
 
     /// Connect (and the TLS handshake), through the gateway's own dialler;
@@ -992,6 +1020,32 @@ fn list(v: &[String]) -> String {
 impl Report {
     /// The verdict when no step failed on the way.
     fn clean_summary(&self) -> String {
+        // A step that failed is the verdict, unless the answer itself
+        // already says what is wrong (a 5xx).
+        if let Some(s) = self.steps.iter().find(|s| !s.ok && !s.warn)
+            && self.status.is_none_or(|st| st < 500)
+        {
+            return format!("the {} step failed: {}", s.name, s.detail);
+        }
+        let summary = self.answer_summary();
+        let warned: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|s| s.warn)
+            .map(|s| s.name)
+            .collect();
+        if warned.is_empty() {
+            summary
+        } else {
+            format!(
+                "{summary}, with warnings ({}): see those steps for who it fails for",
+                warned.join(", ")
+            )
+        }
+    }
+
+    /// What the answer says, when no step failed.
+    fn answer_summary(&self) -> String {
         match self.status {
             Some(s) if s >= 500 => match self.hop {
                 Some(p) => format!(
@@ -1009,7 +1063,11 @@ impl Report {
 
     /// Exit code: 0 nothing wrong, 1 a problem found.
     pub fn exit_code(&self) -> u8 {
-        u8::from(self.failure.is_some() || self.status.is_some_and(|s| s >= 500))
+        u8::from(
+            self.failure.is_some()
+                || self.status.is_some_and(|s| s >= 500)
+                || self.steps.iter().any(|s| !s.ok && !s.warn),
+        )
     }
 
     /// The JSON contract of issue 5.
@@ -1045,6 +1103,8 @@ impl Report {
                 "  {} {:<12} {:>8.2} ms  {}\n",
                 if s.ok {
                     paint.green("ok  ")
+                } else if s.warn {
+                    paint.yellow("WARN")
                 } else {
                     paint.red("FAIL")
                 },
