@@ -42,9 +42,10 @@ async fn healthy_origin_is_no_problem() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["connect", "sniff", "http"]);
+    // HTTP expected (http://): asked first, no FastCGI record sent.
+    assert_eq!(names, ["connect", "http"]);
     assert!(
-        v["steps"][2]["detail"]
+        v["steps"][1]["detail"]
             .as_str()
             .unwrap()
             .starts_with("HTTP 200"),
@@ -116,7 +117,7 @@ async fn a_proxys_502_is_attributed_to_the_hop_that_made_it() {
         "{v}"
     );
     assert!(
-        v["steps"][2]["detail"]
+        doctor_step(&v, "http")["detail"]
             .as_str()
             .unwrap()
             .contains("proxy-status: baton; error=connection_refused")
@@ -412,4 +413,46 @@ fn colour_on_a_terminal_only_and_never_with_no_color() {
     let plain = run(true);
     assert!(!plain.contains('\x1b'), "{plain:?}");
     assert!(plain.contains("  FAIL connect "), "{plain:?}");
+}
+
+/// An HTTP target is asked with HTTP first: the server sees one GET and
+/// no FastCGI record (which nginx logs as a binary 400 line).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_target_gets_http_first_and_no_fastcgi_record() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                log.lock().unwrap().push(buf[..n].to_vec());
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let (code, v) = tokio::task::spawn_blocking(move || {
+        doctor(&format!("http://{addr}/"), &["--idle-wait", "0s"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{v}");
+    // The connect step's own connection sends nothing.
+    let sent: Vec<Vec<u8>> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| !b.is_empty())
+        .cloned()
+        .collect();
+    assert_eq!(sent.len(), 1, "one request: {sent:?}");
+    assert!(sent[0].starts_with(b"GET / HTTP/1.1\r\n"), "{sent:?}");
 }

@@ -264,6 +264,11 @@ async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
 /// `host:port` or `unix:/path`.
 struct Target {
     server: String,
+    /// Written as `http://` or `https://`: HTTP is expected, so it is
+    /// asked first, and FastCGI records are sent only when HTTP gets no
+    /// HTTP answer (they would land in an HTTP server's access log as a
+    /// binary 400 line, and wait on a silent one).
+    http: bool,
     tls_name: Option<String>,
     host: String,
     path: String,
@@ -273,6 +278,7 @@ fn parse_target(t: &str) -> Result<Target, String> {
     if t.starts_with("unix:") {
         return Ok(Target {
             server: t.to_string(),
+            http: false,
             tls_name: None,
             host: "localhost".into(),
             path: "/".into(),
@@ -313,6 +319,7 @@ fn parse_target(t: &str) -> Result<Target, String> {
     }
     Ok(Target {
         server,
+        http: t.contains("://"),
         tls_name: tls.then(|| host.clone()),
         host,
         path: path.to_string(),
@@ -560,6 +567,23 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         Ok(d) => d,
         Err(f) => return Ok(w.report(Some(f), None)),
     };
+    // HTTP expected: asked first; the sniff only explains an answer that
+    // was not HTTP.
+    if t.http {
+        let http = match w.http(&rt, &server, &t, o.timeout).await {
+            Ok(h) => h,
+            Err(f) if not_http(f.cause) => {
+                if let Spoken::FastCgi(_) = w.sniff(&dialled, o.timeout).await {
+                    let mut r = w.report(Some(f), None);
+                    r.fastcgi = true;
+                    return Ok(r);
+                }
+                return Ok(w.report(Some(f), None));
+            }
+            Err(f) => return Ok(w.report(Some(f), None)),
+        };
+        return Ok(w.finish_http(http, o).await);
+    }
     let spoken = w.sniff(&dialled, o.timeout).await;
     let wrong = match &spoken {
         Spoken::FastCgi(_) => {
@@ -585,14 +609,13 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
         Ok(h) => h,
         Err(f) => return Ok(w.report(Some(f), None)),
     };
-    if let Some(link) = http.idle
-        && !o.idle_wait.is_zero()
-    {
-        w.keepalive(link, o.idle_wait).await;
-    }
-    let mut r = w.report(http.failure, http.status);
-    r.hop = http.hop;
-    Ok(r)
+    Ok(w.finish_http(http, o).await)
+}
+
+/// An HTTP exchange that got no HTTP answer: the server may speak
+/// something else (FastCGI closes on an HTTP request).
+fn not_http(c: Cause) -> bool {
+    matches!(c, Cause::ConnectionTerminated | Cause::ProtocolError)
 }
 
 /// A walk in progress: the steps so far.
@@ -813,6 +836,18 @@ impl Walk<'_> {
                 Err(f)
             }
         }
+    }
+
+    /// After the HTTP step: the keep-alive watch, and the report.
+    async fn finish_http(mut self, http: HttpStep, o: &Options) -> Report {
+        if let Some(link) = http.idle
+            && !o.idle_wait.is_zero()
+        {
+            self.keepalive(link, o.idle_wait).await;
+        }
+        let mut r = self.report(http.failure, http.status);
+        r.hop = http.hop;
+        r
     }
 
     /// What the server speaks: one FastCGI GET_VALUES record, and its first
@@ -1206,6 +1241,8 @@ pub fn config_targets(cfg: &crate::config::Config) -> Vec<ConfigTarget> {
         for s in &u.servers {
             let target = match (&s.addr, &u.tls) {
                 (ServerAddr::Unix(p), _) => format!("unix:{}", p.display()),
+                // FastCGI expected: no scheme, so the walk sniffs first.
+                (a, None) if u.fastcgi.is_some() => a.to_string(),
                 (a, Some(_)) => format!("https://{a}{path}"),
                 (a, None) => format!("http://{a}{path}"),
             };
