@@ -170,7 +170,7 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .json()
+        .event_format(crate::observe::log::OneShape)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")

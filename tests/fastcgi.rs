@@ -339,8 +339,8 @@ async fn socket_baton_may_not_open_is_explained_by_check_and_at_start() {
     assert_eq!(
         format!(
             "{}: {}",
-            start["fields"]["key"].as_str().unwrap(),
-            start["fields"]["message"].as_str().unwrap()
+            start["key"].as_str().unwrap(),
+            start["msg"].as_str().unwrap()
         ),
         expected
     );
@@ -396,10 +396,10 @@ async fn php_stderr_and_backend_output_are_in_batons_log() {
         .iter()
         .find(|v| v["target"] == "baton::fastcgi")
         .expect("the FastCGI stderr record is logged");
-    assert_eq!(stderr_line["fields"]["upstream"], "php");
-    assert_eq!(stderr_line["fields"]["request_id"], r.request_id().as_str());
+    assert_eq!(stderr_line["upstream"], "php");
+    assert_eq!(stderr_line["request_id"], r.request_id().as_str());
     assert!(
-        stderr_line["fields"]["message"]
+        stderr_line["msg"]
             .as_str()
             .unwrap()
             .contains("boom from php"),
@@ -408,8 +408,8 @@ async fn php_stderr_and_backend_output_are_in_batons_log() {
     // PHP-FPM's own output, tagged with its upstream.
     let notices: Vec<&str> = lines
         .iter()
-        .filter(|v| v["target"] == "baton::process" && v["fields"]["upstream"] == "php")
-        .filter_map(|v| v["fields"]["message"].as_str())
+        .filter(|v| v["target"] == "baton::process" && v["upstream"] == "php")
+        .filter_map(|v| v["msg"].as_str())
         .collect();
     assert!(
         notices.iter().any(|m| m.contains("fpm is running")),

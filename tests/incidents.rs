@@ -276,13 +276,13 @@ async fn a_corrupt_store_is_reported_and_the_gateway_serves_on() {
         .find(|v| v["target"] == "baton::incidents")
         .unwrap_or_else(|| panic!("{err}"));
     assert!(
-        line["fields"]["message"].as_str().unwrap().starts_with(
+        line["msg"].as_str().unwrap().starts_with(
             "incident store unavailable: incidents are detected and alerted but not recorded"
         ),
         "{line}"
     );
     assert!(
-        line["fields"]["error"]
+        line["error"]
             .as_str()
             .unwrap()
             .contains("file is not a database"),
@@ -362,11 +362,12 @@ async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recor
         let log = log.clone();
         async move {
             for _ in 0..200 {
-                if let Some(v) = log.lock().unwrap().iter().find(|v| {
-                    v["fields"]["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with(msg))
-                }) {
+                if let Some(v) = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["msg"].as_str().is_some_and(|m| m.starts_with(msg)))
+                {
                     return v.clone();
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -400,11 +401,11 @@ async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recor
     assert_eq!(opened["incident"]["id"], 0, "not recorded: {opened}");
     let err = logged("cannot record incidents").await;
     assert_eq!(
-        err["fields"]["message"],
+        err["msg"],
         "cannot record incidents: they are still detected, alerted and shown on the dashboard (id 0); free space or fix permissions in the directory, baton tries again at each change"
     );
-    assert_eq!(err["fields"]["error"], "database or disk is full", "{err}");
-    assert_eq!(err["fields"]["dir"], store.display().to_string());
+    assert_eq!(err["error"], "database or disk is full", "{err}");
+    assert_eq!(err["dir"], store.display().to_string());
     assert_eq!(send(addr, get("/ok")).await.text(), "fine", "still serving");
     // Space again: the incident is recorded when it closes.
     std::fs::remove_file(&filler).unwrap();
@@ -416,7 +417,7 @@ async fn a_full_disk_is_reported_the_gateway_serves_on_and_the_incident_is_recor
         log.lock()
             .unwrap()
             .iter()
-            .filter(|v| v["fields"]["message"]
+            .filter(|v| v["msg"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("cannot record")))
             .count(),

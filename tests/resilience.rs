@@ -741,6 +741,18 @@ async fn baton_reload_checks_the_file_then_reloads_the_running_gateway() {
         for bad in ["Some(", "None", "\"[]\""] {
             assert!(!log.contains(bad), "{bad} in {log}");
         }
+        // One shape, the failure lines': {"time","level","msg",...}.
+        for line in log.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(
+                v["time"].is_string() && v["level"].is_string() && v["msg"].is_string(),
+                "{line}"
+            );
+            assert!(
+                v.get("fields").is_none() && v.get("timestamp").is_none(),
+                "{line}"
+            );
+        }
     }
     // No gateway runs with this file.
     let dir = tempfile::tempdir().unwrap();

@@ -265,6 +265,66 @@ fn clf_time(out: &mut Vec<u8>, t: SystemTime) {
     );
 }
 
+/// baton's own log lines (tracing's events: start, reload, health,
+/// supervised backends, incidents) in the failure lines' shape: one JSON
+/// object a line, `{"time", "level", "msg", "target", ...fields}`, the
+/// time in RFC 3339 UTC and the level in lower case, fields at the top.
+/// Written by hand: tracing-subscriber's JSON nests the fields under
+/// `"fields"` and names the time `"timestamp"`, a second shape for
+/// readers of the same stream.
+pub struct OneShape;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OneShape
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut fields = Fields(serde_json::Map::new());
+        event.record(&mut fields);
+        let mut line = serde_json::Map::new();
+        line.insert("time".into(), crate::core::clock::now().into());
+        line.insert(
+            "level".into(),
+            meta.level().as_str().to_ascii_lowercase().into(),
+        );
+        line.insert("msg".into(), fields.0.remove("message").unwrap_or_default());
+        line.insert("target".into(), meta.target().into());
+        line.extend(fields.0);
+        writeln!(w, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// An event's fields, as JSON values.
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        self.0.insert(f.name().into(), format!("{v:?}").into());
+    }
+    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_i64(&mut self, f: &tracing::field::Field, v: i64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_bool(&mut self, f: &tracing::field::Field, v: bool) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

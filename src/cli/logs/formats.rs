@@ -956,10 +956,14 @@ fn json_line(v: &Value) -> Option<Parsed> {
         .and_then(Value::as_str)
         .is_some_and(|t| t.starts_with("baton"))
     {
-        let msg = v
-            .pointer("/fields/message")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        // `{"time","level","msg","target",...}`; before 2026-12 tracing's
+        // own shape, `{"timestamp","fields":{"message",...},"target"}`.
+        let field = |k: &str| {
+            v.get(k)
+                .or_else(|| v.pointer(&format!("/fields/{k}")))
+                .and_then(Value::as_str)
+        };
+        let msg = s("msg").or_else(|| field("message")).unwrap_or("");
         let kind = if msg == "config reloaded" {
             Kind::Event(Event::Reload)
         } else if msg == "baton serving" {
@@ -979,11 +983,9 @@ fn json_line(v: &Value) -> Option<Parsed> {
         } else {
             Kind::Fine
         };
-        let mut p = Parsed::new(Source::Baton, s("timestamp").and_then(iso_time), kind);
-        p.upstream = v
-            .pointer("/fields/upstream")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let time = s("time").or_else(|| s("timestamp")).and_then(iso_time);
+        let mut p = Parsed::new(Source::Baton, time, kind);
+        p.upstream = field("upstream").map(str::to_string);
         return Some(p);
     }
     // Caddy: {"level","ts","logger","msg",...}.
