@@ -38,11 +38,7 @@ fn demo_self_test_passes() {
 async fn metrics_md_and_the_grafana_dashboard_match_the_served_metrics() {
     use crate::support::{Gw, Origin, Script};
     let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&crate::support::one_route(o.addr)).await;
     let text = gw.metrics().await;
     gw.stop().await;
     // `# TYPE baton_requests counter`: a counter's samples end in _total.

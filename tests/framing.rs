@@ -21,11 +21,7 @@ fn raw(bytes: &str, close: bool) -> Script {
 }
 
 async fn gateway(o: &Origin) -> Gw {
-    Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await
+    Gw::start(&one_route(o.addr)).await
 }
 
 /// `n` requests made by `make` on one client connection through a gateway

@@ -203,11 +203,7 @@ async fn http2_authority_and_host_must_agree() {
 #[tokio::test(flavor = "multi_thread")]
 async fn transfer_codings_other_than_chunked_get_501() {
     let o = Origin::start(Script::Echo).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     for te in [
         "identity, chunked",
         "cow, chunked",
@@ -235,11 +231,7 @@ async fn transfer_codings_other_than_chunked_get_501() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_json_access_line_keeps_referer_and_user_agent() {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     let resp = raw(
         gw.addr,
         b"GET / HTTP/1.1\r\nHost: t\r\nReferer: https://example.com/from\r\nUser-Agent: probe/1.0\r\nConnection: close\r\n\r\n",
@@ -352,11 +344,7 @@ async fn the_admin_api_refuses_a_rebound_name() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     // h2spec 3.5/2: a connection error of type PROTOCOL_ERROR (RFC 9113
     // §3.4). Any first line with no HTTP version is neither HTTP/1.x nor
     // the preface: the same answer, and an access line with its cause.
@@ -400,11 +388,7 @@ async fn an_invalid_http2_preface_gets_goaway_and_http_1_2_is_read_as_1_1() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_hpack_bomb_is_held_to_the_head_limit() {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     // One 4,000-byte field added to the HPACK table, then referred to 20
     // times by one byte each: 4 KB on the wire decode to about 85 KB, over
     // max_request_header_bytes (64 KiB).

@@ -413,11 +413,7 @@ async fn an_applications_json_error_passes_through_labelled_json() {
     let o = Origin::start(Script::Status(500, body.into()))
         .await
         .unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     let r = send(gw.addr, get("/app-error")).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.header("content-type"), "application/json");

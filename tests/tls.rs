@@ -160,11 +160,7 @@ async fn plain_http_to_a_tls_port_is_named() {
     let o = Origin::start_tls(Script::Ok("x".into()), p.server.clone())
         .await
         .unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&one_route(o.addr)).await;
     let r = send(gw.addr, get("/")).await;
     assert_failure(&gw, &r, 502, "http_protocol_error", "upstream_speaks_tls").await;
 }

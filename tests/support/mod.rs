@@ -18,6 +18,12 @@ use serde_json::Value;
 
 pub use baton::origin::{Blackhole, Origin, Script, refusing_addr};
 
+/// The config of one upstream (`app`, the server at `addr`) taking every
+/// request: the body most gateway tests start from.
+pub fn one_route(addr: SocketAddr) -> String {
+    format!("[upstreams.app]\nservers = [\"{addr}\"]\n[[routes]]\nupstream = \"app\"\n")
+}
+
 pub struct Gw {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
