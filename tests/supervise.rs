@@ -232,3 +232,54 @@ async fn reload_reports_socket_problems_and_keeps_an_unchanged_backend() {
     assert_eq!(send(gw.addr, get("/hello.php")).await.status, 200);
     gw.stop().await;
 }
+
+/// `baton check` runs a supervised backend's own config test (php-fpm
+/// `-t`) with the arguments baton starts it with: a broken pool config is
+/// an error with PHP-FPM's own words, not "ok" and then a crash loop.
+#[tokio::test]
+async fn check_runs_the_backends_own_config_test() {
+    let fpm = php::prepare("");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\n{}",
+            refusing_addr().port(),
+            supervised_fpm(&fpm, "")
+        ),
+    )
+    .unwrap();
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["check", "--offline", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A pool setting PHP-FPM refuses.
+    let conf = std::fs::read_to_string(&fpm.conf).unwrap();
+    std::fs::write(&fpm.conf, conf.replace("pm = ", "pm = sometimes\n;pm = ")).unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("upstreams.php.process.command: `php-fpm8.2 -t -F -O -y "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(":9:11: upstreams.php.process.command"),
+        "its line: {stdout}"
+    );
+    assert!(
+        stdout.contains("unable to parse value for entry 'pm': invalid process manager"),
+        "PHP-FPM's own words: {stdout}"
+    );
+}

@@ -45,6 +45,68 @@ pub struct Finding {
     pub fix: String,
 }
 
+/// A supervised backend whose command has a config test (`php-fpm -t`,
+/// `nginx -t`, `apache2 -t`, `haproxy -c`): run with the same arguments,
+/// environment and directory baton would start it with. A backend that
+/// cannot start is found here, not as a crash loop after `baton serve`.
+fn backend_config_tests(cfg: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for u in &cfg.upstreams {
+        let Some(p) = &u.process else { continue };
+        let program = std::path::Path::new(&p.command)
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        let flag = if program.starts_with("php-fpm")
+            || program == "nginx"
+            || program == "apache2"
+            || program == "httpd"
+        {
+            "-t"
+        } else if program == "haproxy" {
+            "-c"
+        } else {
+            continue;
+        };
+        let mut cmd = std::process::Command::new(&p.command);
+        cmd.arg(flag)
+            .args(&p.args)
+            .envs(p.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        if let Some(d) = &p.cwd {
+            cmd.current_dir(d);
+        }
+        let key = format!("upstreams.{}.process.command", u.name);
+        let (line, col) = cfg.place(&key);
+        let shown = format!("{} {flag} {}", p.command, p.args.join(" "));
+        let (message, fix) = match cmd.output() {
+            Ok(o) if o.status.success() => continue,
+            Ok(o) => {
+                let said = String::from_utf8_lossy(&o.stderr).into_owned()
+                    + &String::from_utf8_lossy(&o.stdout);
+                let tail: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+                let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+                (
+                    format!("`{shown}` fails ({}): {tail}", o.status),
+                    "fix the backend's own config: as it is, baton would start it and it would exit at once (a crash loop: 503 backend_restarting)",
+                )
+            }
+            Err(e) => (
+                format!("`{shown}` cannot run: {e}"),
+                "install the backend, or give its full path in command",
+            ),
+        };
+        out.push(Finding {
+            severity: Severity::Error,
+            key,
+            line,
+            col,
+            message,
+            fix: fix.into(),
+        });
+    }
+    out
+}
+
 /// How long a live probe may take when the upstream has no health check.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -92,6 +154,7 @@ pub fn findings(cfg: &Config, live: bool) -> Vec<Finding> {
         });
         sockets.push(key);
     }
+    out.extend(backend_config_tests(cfg));
     if live {
         out.extend(probe_all(cfg, &sockets));
     }

@@ -465,6 +465,8 @@ impl Validator<'_> {
     ) -> Option<Arc<ProcessConfig>> {
         let k = |x: &str| key(&format!("process.{x}"));
         let raw = p.get_ref();
+        // `baton check` points at it (the backend's own config test).
+        self.place(k("command"), raw.command.span());
         let command = raw.command.get_ref().clone();
         if command.trim().is_empty() {
             self.err(
