@@ -144,7 +144,7 @@ impl Gateway {
     /// be ready, so the first requests do not wait.
     pub async fn backends_ready(&self) {
         for s in self.supervisors() {
-            let _ = s.wait_ready(None).await;
+            let _ = s.wait_ready(None, std::time::Instant::now()).await;
         }
     }
 

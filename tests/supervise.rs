@@ -283,3 +283,28 @@ async fn check_runs_the_backends_own_config_test() {
         "PHP-FPM's own words: {stdout}"
     );
 }
+
+/// A request waits at most `start_wait` for its backend in all: a backend
+/// that restarts under it does not buy the request a second full wait.
+#[tokio::test]
+async fn a_request_waits_start_wait_in_all_for_a_restarting_backend() {
+    let port = refusing_addr().port();
+    // Listens (ready), never answers, exits after 0.5 s; restarted at once.
+    let script = format!(
+        "import socket,time\\ns=socket.socket()\\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\\ns.bind(('127.0.0.1',{port}))\\ns.listen()\\ntime.sleep(0.5)"
+    );
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"127.0.0.1:{port}\"]\nread_timeout = \"30s\"\n[upstreams.app.process]\ncommand = \"python3\"\nargs = [\"-c\", \"{script}\"]\nbackoff = \"50ms\"\nstart_wait = \"300ms\"\n[[routes]]\nupstream = \"app\"\n"
+    ))
+    .await;
+    until(&gw, "not running", |p| p["state"] == "running").await;
+    let start = Instant::now();
+    let r = send(gw.addr, get("/")).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.proxy_error(), "destination_unavailable");
+    // The attempt itself waited for the backend to die (up to 0.5 s); no
+    // second wait and retry after its restart (which would take ~1.1 s).
+    assert!(took < Duration::from_millis(900), "waited {took:?}");
+    gw.stop().await;
+}

@@ -92,7 +92,7 @@ pub(super) async fn run(ctx: &mut Ctx, mut req: UpRequest) -> Answer {
     }
     // A supervised backend that is (re)starting: hold the request briefly.
     if let Some(sup) = &l.supervisor
-        && let Err(f) = sup.wait_ready(None).await
+        && let Err(f) = sup.wait_ready(None, ctx.start).await
     {
         return backend_unavailable(ctx, sup, f);
     }
@@ -390,7 +390,7 @@ async fn after_failure(
     {
         l.used.restart = true;
         retry_log(ctx, "backend_restart");
-        if let Err(e) = sup.wait_ready(Some(f.generation)).await {
+        if let Err(e) = sup.wait_ready(Some(f.generation), ctx.start).await {
             return Some(backend_unavailable(ctx, sup, e));
         }
         l.again = Some(f.server);

@@ -134,14 +134,17 @@ impl Supervisor {
     }
 
     /// Waits until the backend is running (and, with `after`, has been
-    /// ready again since generation `after`), for at most `start_wait`.
-    pub async fn wait_ready(&self, after: Option<u64>) -> Result<(), Failure> {
+    /// ready again since generation `after`), until `since + start_wait`:
+    /// a request waits at most `start_wait` for its backend in all, however
+    /// many times it waits (before its first attempt, after a restart).
+    pub async fn wait_ready(&self, after: Option<u64>, since: Instant) -> Result<(), Failure> {
         let ok = |s: &Status| s.state == State::Running && after.is_none_or(|g| s.generation > g);
         if ok(&self.status.borrow()) {
             return Ok(());
         }
+        let left = (since + self.cfg.start_wait).saturating_duration_since(Instant::now());
         let mut rx = self.status.subscribe();
-        let waited = tokio::time::timeout(self.cfg.start_wait, async {
+        let waited = tokio::time::timeout(left, async {
             loop {
                 {
                     let s = rx.borrow_and_update();
