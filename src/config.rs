@@ -480,6 +480,24 @@ pub mod defaults {
     pub const RESOLVER_ATTEMPTS: usize = 2;
 }
 
+/// Where baton keeps its state (the incident store) when the config does
+/// not say: `$BATON_STATE_DIR` when set, `/var/lib/baton` as root, else
+/// `$XDG_STATE_HOME/baton` (`~/.local/state/baton`).
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BATON_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/baton");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("baton")
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let name = path.display().to_string();

@@ -535,3 +535,72 @@ async fn an_incident_starts_at_its_first_failure_and_counts_from_one_window() {
         "{line}"
     );
 }
+
+/// Incidents are recorded by default, in the state directory
+/// (`$BATON_STATE_DIR` here; `/var/lib/baton` as root, else the XDG state
+/// directory), so `baton incidents` works on a fresh install with no
+/// `[incidents] dir`; `dir = "off"` records nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn incidents_are_recorded_by_default_and_listed_without_config() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.toml");
+    let port = refusing_addr().port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\naccess = \"off\"\nerrors = \"off\"\n[incidents]\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"2s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            refusing_addr()
+        ),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _baton = peer(
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("BATON_STATE_DIR", state.path())
+            .stderr(Stdio::null()),
+        addr,
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(send(addr, get("/")).await.status, 502);
+    }
+    let list = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("incidents")
+            .args(args)
+            .env("BATON_STATE_DIR", state.path())
+            .output()
+            .unwrap()
+    };
+    let cfg_arg = cfg.to_str().unwrap().to_string();
+    let mut out = String::new();
+    for _ in 0..50 {
+        let o = list(&["--config", &cfg_arg]);
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out.contains(" app ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(out.contains(" app "), "{out}");
+    assert!(state.path().join("incidents").is_dir());
+    // A fresh install: no config file at all, the same store.
+    let o = list(&["--config", "/nonexistent/baton.toml"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(" app "),
+        "{:?}",
+        o
+    );
+    // "off": nothing recorded, and said so.
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "[incidents]\ndir = \"off\"\n[upstreams.app]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"app\"\n").unwrap();
+    let o = list(&["--config", off.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("dir = \"off\": incidents are not recorded"),
+        "{:?}",
+        o
+    );
+}

@@ -100,7 +100,7 @@ async fn body_over_max_body_bytes_is_413() {
 async fn start_with_server(o: &Origin, server: &str) -> baton::server::Running {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("b.toml");
-    std::fs::write(&f, format!("[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server}\n[log]\naccess = \"off\"\nerrors = \"off\"\n{}", app(o, ""))).unwrap();
+    std::fs::write(&f, format!("[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server}\n[log]\naccess = \"off\"\nerrors = \"off\"\n[incidents]\ndir = \"off\"\n{}", app(o, ""))).unwrap();
     baton::server::start(baton::config::load(&f).unwrap())
         .await
         .unwrap()

@@ -700,9 +700,12 @@ async fn baton_reload_checks_the_file_then_reloads_the_running_gateway() {
         )
         .await;
         assert_eq!(send(addr, get("/")).await.text(), "a");
-        let head = std::fs::read_to_string(&cfg).unwrap();
-        let head = &head[..head.find("[upstreams.app]").unwrap()];
-        std::fs::write(&cfg, format!("{head}{}", route(&b))).unwrap();
+        // The file with another upstream address (the harness's own
+        // sections after it kept).
+        let was = std::fs::read_to_string(&cfg).unwrap();
+        let head = &was[..was.find("[upstreams.app]").unwrap()];
+        let tail = &was[was.find("\n[incidents]").unwrap_or(was.len())..];
+        std::fs::write(&cfg, format!("{head}{}{tail}", route(&b))).unwrap();
         let out = reload(&cfg);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "admin {admin}: {stdout}");
@@ -723,7 +726,7 @@ async fn baton_reload_checks_the_file_then_reloads_the_running_gateway() {
         // A bad file: not sent; the running config keeps serving.
         std::fs::write(
             &cfg,
-            format!("{head}[upstreams.app]\nservers = [\"nowhere\"]\n"),
+            format!("{head}[upstreams.app]\nservers = [\"nowhere\"]\n{tail}"),
         )
         .unwrap();
         let out = reload(&cfg);

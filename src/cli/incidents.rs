@@ -59,18 +59,20 @@ pub fn report(id: i64, config: &Path, dir: Option<PathBuf>, out: Option<PathBuf>
 }
 
 /// The incident store in `dir`, or else the one named by the config's
-/// `[incidents] dir`.
+/// `[incidents] dir` (by default in the state directory).
 fn incident_store(
     config: &Path,
     dir: Option<PathBuf>,
 ) -> Result<crate::observe::incidents::Store, String> {
     let dir = match dir {
         Some(d) => d,
+        // No config file: the default store (a fresh install).
+        None if !config.exists() => config::state_dir().join("incidents"),
         None => config::load(config)
             .map_err(|e| e.to_string())?
             .incidents
             .dir
-            .ok_or("the config has no [incidents] dir: incidents are not recorded")?,
+            .ok_or("the config says [incidents] dir = \"off\": incidents are not recorded")?,
     };
     crate::observe::incidents::Store::open_existing(&dir).map_err(|e| e.to_string())
 }

@@ -52,8 +52,18 @@ impl Gw {
             }
             None => ("", body),
         };
+        // Incidents are recorded by default (in the state directory): a
+        // test's own go to its directory unless it says where.
+        let incidents = if body.contains("[incidents]") {
+            String::new()
+        } else {
+            format!(
+                "\n[incidents]\ndir = \"{}\"\n",
+                dir.path().join("incidents").display()
+            )
+        };
         let toml = format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nadmin_hosts = [\"test.local\"]\n{server}\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}",
+            "[server]\nlisten = [\"{listen}\"]\nadmin = \"127.0.0.1:0\"\nadmin_hosts = [\"test.local\"]\n{server}\n[log]\naccess = \"{}\"\naccess_format = \"{access_format}\"\nerrors = \"{}\"\n\n# body\n{body}{incidents}",
             access_log.display(),
             errors_log.display()
         );
@@ -81,7 +91,15 @@ impl Gw {
         let file = self.dir.path().join("baton.toml");
         let old = std::fs::read_to_string(&file).unwrap();
         let head = &old[..old.find("# body\n").unwrap()];
-        std::fs::write(&file, format!("{head}# body\n{body}")).unwrap();
+        let incidents = if body.contains("[incidents]") {
+            String::new()
+        } else {
+            format!(
+                "\n[incidents]\ndir = \"{}\"\n",
+                self.dir.path().join("incidents").display()
+            )
+        };
+        std::fs::write(&file, format!("{head}# body\n{body}{incidents}")).unwrap();
         send(
             self.admin,
             http::Request::post("/reload")
@@ -435,7 +453,19 @@ pub async fn serve_child(
         .parse()
         .unwrap();
     let cfg = dir.join("baton.toml");
-    std::fs::write(&cfg, format!("[server]\nlisten = [\"{addr}\"]\n{body}")).unwrap();
+    let incidents = if body.contains("[incidents]") {
+        String::new()
+    } else {
+        format!(
+            "\n[incidents]\ndir = \"{}\"\n",
+            dir.join("incidents").display()
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"{addr}\"]\n{body}{incidents}"),
+    )
+    .unwrap();
     let child = peer(
         std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["serve", "--config"])

@@ -22,7 +22,13 @@ impl Validator<'_> {
             }
         };
         IncidentConfig {
-            dir: r.dir.as_ref().map(|d| self.path(d.get_ref())),
+            // Recorded by default, so `baton incidents` works on a fresh
+            // install; "off" records nothing.
+            dir: match r.dir.as_ref().map(|d| d.get_ref().as_str()) {
+                None => Some(crate::config::state_dir().join("incidents")),
+                Some("off") => None,
+                Some(d) => Some(self.path(d)),
+            },
             error_rate,
             min_requests: self.int(
                 "incidents.min_requests",
