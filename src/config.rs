@@ -398,6 +398,16 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+impl std::fmt::Display for HostMatch {
+    /// As written in the config: `shop.example.com`, `*.example.com`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Suffix(h) => write!(f, "*{h}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     pub host: Option<HostMatch>,

@@ -134,11 +134,7 @@ fn public_name(cfg: &crate::config::Config, i: usize) -> Option<String> {
     let names: Vec<String> = mine
         .iter()
         .map(|r| {
-            let host = match &r.host {
-                None => String::new(),
-                Some(crate::config::HostMatch::Exact(h)) => h.clone(),
-                Some(crate::config::HostMatch::Suffix(h)) => format!("*{h}"),
-            };
+            let host = r.host.as_ref().map_or(String::new(), |h| h.to_string());
             match (host.is_empty(), r.path.as_str()) {
                 (true, "/") if alone => "The site".to_string(),
                 (true, "/") => "The rest of the site".to_string(),

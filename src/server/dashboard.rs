@@ -56,11 +56,7 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
         .map(|r| {
             json!({
                 "name": &*r.name,
-                "host": match &r.host {
-                    None => "*".to_string(),
-                    Some(crate::config::HostMatch::Exact(h)) => h.clone(),
-                    Some(crate::config::HostMatch::Suffix(h)) => format!("*{h}"),
-                },
+                "host": r.host.as_ref().map_or("*".to_string(), |h| h.to_string()),
                 "path": r.path,
                 "upstream": &*rt.config.upstreams[r.upstream].name,
             })
