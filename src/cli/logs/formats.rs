@@ -495,13 +495,20 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
         } else {
             Cause::ConnectionTerminated
         }),
-        // "Error reading from remote server" / "Timeout on 100-Continue":
-        // the companion of AH01102 that names the URL.
+        // ap_proxyerror's line, "MESSAGE returned by URL": its message is
+        // the cause ("DNS lookup failure for: HOST", "Corrupt status line
+        // returned by remote server"), or the companion of AH01102 that
+        // names the URL ("Error reading from remote server", "Timeout on
+        // 100-Continue").
+        "00898" if msg.contains("DNS lookup failure") => fail(Cause::DnsError),
+        "00898" if msg.contains("Corrupt status line") => fail(Cause::ProtocolError),
         "00898" => weak(Some(if msg.contains("Timeout") {
             Cause::ResponseHeadTimeout
         } else {
             Cause::ConnectionTerminated
         })),
+        // "header size is over the limit allowed by ResponseFieldSize"
+        "10124" => fail(Cause::ResponseHeaderTooLarge),
         // attempt to connect to HOST (or a Unix socket) failed
         "00957" | "02454" => fail(Cause::from_errno(
             apr_errno(errno.unwrap_or(libc::ECONNREFUSED)),
