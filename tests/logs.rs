@@ -185,6 +185,8 @@ fn every_fixture_line_is_classified_by_its_identifiers() {
         ("php8.2-fpm.log", 4, "php-fpm", Some("fastcgi_no_response"), None),
         ("php8.2-fpm.log", 5, "php-fpm", Some("fastcgi_no_response"), None),
         ("php8.2-fpm.log", 6, "php-fpm", Some("fastcgi_no_response"), None),
+        // A PHP fatal error: the application's own failure (no gateway cause).
+        ("php8.2-fpm.log", 8, "php-fpm", None, None),
         ("traefik.log", 1, "traefik", Some("connection_refused"), None),
         ("traefik.log", 2, "traefik", Some("connection_terminated"), None),
         ("traefik.log", 3, "traefik", Some("tls_certificate_error"), None),
@@ -235,10 +237,20 @@ fn every_fixture_line_is_classified_by_its_identifiers() {
         ("gunicorn", 5, "worker_start"),
         ("kernel", 2, "oom_kill"),
         ("php-fpm", 7, "reload"),
+        ("php-fpm", 2, "start"),
+        ("php-fpm", 12, "stop"),
     ] {
         assert!(
             events.contains(&(e.0.to_string(), e.1, e.2.to_string())),
             "{e:?} in {events:?}"
+        );
+    }
+    // One event a php-fpm start and stop ("fpm is running" and
+    // "Terminating" are the same start and stop).
+    for (line, what) in [(1, "start"), (11, "stop")] {
+        assert!(
+            !events.contains(&("php-fpm".to_string(), line, what.to_string())),
+            "php-fpm line {line} counted as a second {what}: {events:?}"
         );
     }
     // Contract fields of one line.

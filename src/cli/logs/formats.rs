@@ -763,11 +763,17 @@ fn php_fpm(line: &str) -> Option<Parsed> {
         fail(Cause::FastCgiNoResponse)
     } else if msg.contains("max_children") || msg.contains("seems busy") {
         fail(Cause::UpstreamBusy)
-    } else if msg.contains("ready to handle connections") || msg.contains("fpm is running") {
+    } else if msg.contains("PHP Fatal error") || msg.contains("PHP Parse error") {
+        // A worker's stderr: the application failed, and answered 500 (its
+        // stack trace's continuation lines are WARNINGs, and fine).
+        Kind::AppAnswer
+    } else if msg.contains("ready to handle connections") {
+        // One line a start ("fpm is running, pid N" comes just before).
         Kind::Event(Event::Start)
     } else if msg.contains("Reloading in progress") {
         Kind::Event(Event::Reload)
-    } else if msg.starts_with("Terminating") || msg.contains("exiting, bye-bye") {
+    } else if msg.contains("exiting, bye-bye") {
+        // One line a stop ("Terminating ..." comes just before).
         Kind::Event(Event::Stop)
     } else if matches!(level, "ERROR" | "ALERT" | "EMERGENCY") {
         Kind::UNCLASSIFIED
