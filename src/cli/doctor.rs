@@ -572,16 +572,22 @@ pub async fn run(target: &str, o: &Options) -> Result<Report, String> {
     if t.http {
         let http = match w.http(&rt, &server, &t, o.timeout).await {
             Ok(h) => h,
-            Err(f) if not_http(f.cause) => {
-                if let Spoken::FastCgi(_) = w.sniff(&dialled, o.timeout).await {
-                    let mut r = w.report(Some(f), None);
-                    r.fastcgi = true;
-                    return Ok(r);
-                }
-                return Ok(w.report(Some(f), None));
-            }
             Err(f) => return Ok(w.report(Some(f), None)),
         };
+        if http.status.is_none()
+            && http.failure.as_ref().is_some_and(|f| not_http(f.cause))
+            && let Spoken::FastCgi(_) = w.sniff(&dialled, o.timeout).await
+        {
+            // Not a broken HTTP server: a FastCGI one, as if the target
+            // had been given without a scheme.
+            if let Some(s) = w.steps.iter_mut().rev().find(|s| s.name == "http") {
+                s.warn = true;
+            }
+            w.steps.push(fastcgi_ping(&t, o).await);
+            let mut r = w.report(None, None);
+            r.fastcgi = true;
+            return Ok(r);
+        }
         return Ok(w.finish_http(http, o).await);
     }
     let spoken = w.sniff(&dialled, o.timeout).await;
