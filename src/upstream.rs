@@ -45,6 +45,6 @@ pub use pool::{Conn, Dialer, Server, Upstream, set_worker, spawn_reapers};
 pub use sockets::{SocketProblem, socket_findings, socket_problem, whoami};
 pub(crate) use wire::is_dead_peer;
 pub use wire::{
-    BodyTooLarge, ClientBody, ClientBodyError, ConnInfo, ConnStats, Link, Metered, Stream,
-    Streamed, UpBody, Wire, WriteTimedOut,
+    ClientBody, ClientBodyError, ConnInfo, ConnStats, Link, Metered, Stream, Streamed, UpBody,
+    Wire, WriteTimedOut,
 };

@@ -142,7 +142,7 @@ impl Streamed {
 
 /// The client's body passed `max_body_bytes` while streaming.
 #[derive(Debug)]
-pub struct BodyTooLarge;
+struct BodyTooLarge;
 impl std::fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("request body larger than max_body_bytes")
