@@ -17,6 +17,7 @@ mod keepalive;
 mod layers;
 mod limits;
 mod logs;
+mod logs_corpus;
 mod proxying;
 mod resilience;
 mod supervise;

@@ -123,9 +123,11 @@ fn every_fixture_line_is_classified_by_its_identifiers() {
         ("apache-error.log", 9, "apache", Some("fastcgi_no_response"), Some(("apache-error.log", 8))),
         ("apache-error.log", 10, "apache", Some("socket_not_found"), None),
         ("apache-error.log", 11, "apache", Some("script_not_found"), None),
-        ("apache-error.log", 14, "apache", Some("http_protocol_error"), None),
-        ("apache-error.log", 15, "apache", Some("dns_error"), None),
-        ("apache-error.log", 16, "apache", Some("response_header_too_large"), None),
+        ("apache-error.log", 14, "apache", Some("dns_error"), None),
+        ("apache-error.log", 15, "apache", Some("response_header_too_large"), None),
+        // AH01106 "bad HTTP/1.1 header returned by" after the line that
+        // says why.
+        ("apache-error.log", 16, "apache", Some("http_protocol_error"), Some(("apache-error.log", 15))),
         ("apache-error.log", 17, "apache", Some("http_protocol_error"), None),
         ("caddy.log", 2, "caddy", Some("connection_refused"), None),
         ("caddy.log", 3, "caddy", Some("response_head_timeout"), None),

@@ -139,6 +139,10 @@ pub struct Parsed {
     /// The identifier the classification rests on (`while reading response
     /// header from upstream`, `AH01102`, `SH--`, `UF`), for the evidence.
     pub marker: Option<String>,
+    /// The cause was guessed from the words of a failure line no rule
+    /// knows ("refused", "timed out", "certificate"): the closest cause,
+    /// with lower confidence.
+    pub guessed: bool,
 }
 
 impl Parsed {
@@ -152,6 +156,7 @@ impl Parsed {
             path: None,
             request_id: None,
             marker: None,
+            guessed: false,
         }
     }
 
@@ -173,22 +178,118 @@ impl Parsed {
 pub fn parse(line: &str, hint: Source) -> Option<Parsed> {
     let line = line.trim_end_matches(['\r', '\n']);
     let t = line.trim_start();
-    if t.starts_with('{')
+    let mut p = if t.starts_with('{')
         && let Ok(v) = serde_json::from_str::<Value>(t)
     {
-        return json_line(&v);
+        json_line(&v)?
+    } else {
+        // Anchored formats first; then the readers that find a peer's
+        // markers anywhere in a line (custom formats put fields in any
+        // order), then the fallback.
+        nginx_error(line)
+            .or_else(|| apache_error(line))
+            .or_else(|| envoy(line))
+            .or_else(|| php_fpm(line))
+            .or_else(|| gunicorn(line))
+            .or_else(|| klog(line))
+            .or_else(|| caddy_console(line))
+            .or_else(|| access(line, hint))
+            .or_else(|| traefik_text(line))
+            .or_else(|| haproxy(line))
+            .or_else(|| envoy_anywhere(line))
+            .or_else(|| haproxy_anywhere(line))
+            .or_else(|| access_anywhere(line, hint))
+            .or_else(|| other(line))?
+    };
+    if p.kind == Kind::UNCLASSIFIED
+        && let Some(c) = guess(line)
+    {
+        p.kind = fail(c);
+        p.guessed = true;
     }
-    // Anchored formats first; HAProxy's (found anywhere in a syslog line)
-    // and the fallback scan the whole line.
-    nginx_error(line)
-        .or_else(|| apache_error(line))
-        .or_else(|| envoy(line))
-        .or_else(|| php_fpm(line))
-        .or_else(|| gunicorn(line))
-        .or_else(|| access(line, hint))
-        .or_else(|| traefik_text(line))
-        .or_else(|| haproxy(line))
-        .or_else(|| other(line))
+    Some(p)
+}
+
+/// The closest cause for a failure line in words no rule knows, from the
+/// words every proxy and runtime uses for it. Only asked about lines
+/// already known to report a failure.
+fn guess(line: &str) -> Option<Cause> {
+    let l = line.to_ascii_lowercase();
+    let has = |w: &[&str]| w.iter().any(|w| l.contains(w));
+    Some(if has(&["refused"]) {
+        Cause::ConnectionRefused
+    } else if has(&[
+        "no live upstream",
+        "no healthy",
+        "no available server",
+        "no server available",
+        "no endpoints",
+        "active endpoint",
+        "no upstream",
+        "all servers",
+        "all backends",
+    ]) {
+        Cause::NoHealthyServer
+    } else if has(&[
+        "resolv",
+        "dns",
+        "nxdomain",
+        "no such host",
+        "name or service not known",
+        "host not found",
+        "unknown host",
+        "servfail",
+    ]) {
+        if has(&["timed out", "timeout"]) {
+            Cause::DnsTimeout
+        } else {
+            Cause::DnsError
+        }
+    } else if has(&["certificate", "x509", "verify failed"]) {
+        Cause::TlsCertificate
+    } else if has(&[" tls", "ssl", "handshake"]) {
+        Cause::TlsProtocol
+    } else if has(&["header"]) && has(&["too big", "too large", "too long", "exceed", "limit"]) {
+        Cause::ResponseHeaderTooLarge
+    } else if has(&["timed out", "timeout", "deadline"]) {
+        if has(&["connect", "dial"]) {
+            Cause::ConnectionTimeout
+        } else if has(&["body", "reading upstream", "while proxying", "idle"]) {
+            Cause::ResponseBodyTimeout
+        } else {
+            Cause::ResponseHeadTimeout
+        }
+    } else if has(&["unreachable", "no route to host"]) {
+        Cause::ConnectError
+    } else if has(&["socket"]) && has(&["no such file", "not found", "does not exist"]) {
+        Cause::SocketNotFound
+    } else if has(&["socket"]) && has(&["permission denied", "access denied"]) {
+        Cause::SocketPermission
+    } else if has(&[
+        "reset",
+        "prematurely closed",
+        "broken pipe",
+        "eof",
+        "connection closed",
+        "closed connection",
+        "hang up",
+        "hung up",
+        "terminated",
+    ]) {
+        Cause::ConnectionTerminated
+    } else if has(&[
+        "malformed",
+        "invalid response",
+        "invalid header",
+        "bad header",
+        "protocol",
+    ]) {
+        Cause::ProtocolError
+    } else if has(&["too many open files"]) {
+        Cause::Internal
+    } else {
+        return None;
+    })
 }
 
 macro_rules! re {
@@ -223,7 +324,16 @@ fn nginx_error(line: &str) -> Option<Parsed> {
     let upstream = NGX_UPSTREAM.captures(ctx).map(|c| c[1].to_string());
     let unix = upstream.as_deref().is_some_and(|u| u.contains("unix:")) || head.contains("unix:");
     let errno = ERRNO.captures(head).and_then(|c| c[1].parse::<i32>().ok());
-    let kind = nginx_kind(level, head, phase, errno, unix);
+    let mut kind = nginx_kind(level, head, phase, errno, unix);
+    // A FastCGI server that closes or resets before its answer is a worker
+    // that died mid-request (killed, request_terminate_timeout, a crash).
+    if upstream
+        .as_deref()
+        .is_some_and(|u| u.starts_with("fastcgi://"))
+        && kind == fail(Cause::ConnectionTerminated)
+    {
+        kind = fail(Cause::FastCgiNoResponse);
+    }
     let mut p = Parsed::new(Source::Nginx, time, kind);
     p.upstream = upstream.map(|u| upstream_addr(&u));
     p.path = NGX_REQUEST.captures(ctx).map(|c| c[2].to_string());
@@ -533,7 +643,10 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
             Phase::WriteRequest,
             unix,
         )),
-        "01106" | "01107" | "02429" | "01104" => fail(Cause::ProtocolError),
+        // "bad HTTP/1.1 header returned by URL": ap_proxyerror's line
+        // after the one that says why (AH10124), or alone.
+        "01106" => weak(Some(Cause::ProtocolError)),
+        "01107" | "02429" | "01104" => fail(Cause::ProtocolError),
         "01110" | "01111" => fail(Cause::ResponseIncomplete),
         "01071" if msg.contains("Primary script unknown") => fail(Cause::ScriptNotFound),
         "01071" => Kind::Event(Event::AppError),
@@ -542,6 +655,11 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
         "00489" | "00163" => Kind::Event(Event::Start),
         "00493" | "00494" | "00497" => Kind::Event(Event::Reload),
         "00491" | "00492" => Kind::Event(Event::Stop),
+        // "(502)Unknown error 502": an HTTP status where the errno goes,
+        // the companion of the line that says why.
+        _ if module.starts_with("proxy") && errno.is_some_and(|e| (134..1000).contains(&e)) => {
+            weak(None)
+        }
         _ if module.starts_with("proxy") && errno.is_some() => fail(Cause::from_errno(
             apr_errno(errno.unwrap_or(0)),
             Phase::ReadHead,
@@ -615,7 +733,8 @@ fn haproxy(line: &str) -> Option<Parsed> {
 /// disconnection"): who ended the session, and in which phase.
 fn haproxy_kind(term: &str, server: &str, status: Option<i32>) -> Kind {
     let b = term.as_bytes();
-    if server == "<NOSRV>" && status == Some(503) {
+    if server == "<NOSRV>" && status == Some(503) && b[1] != b'Q' {
+        // No server to queue on or connect to: all down (`SC--`, `----`).
         return fail(Cause::NoHealthyServer);
     }
     let cause = match (b[0], b[1]) {
@@ -658,7 +777,7 @@ fn envoy(line: &str) -> Option<Parsed> {
         let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
         let time = epoch(n(1), n(2), n(3), n(4), n(5), n(6));
         let status = c[9].parse::<u16>().ok();
-        let kind = envoy_kind(&c[10], status, line);
+        let kind = envoy_kind(line, status);
         let mut p = Parsed::new(Source::Envoy, time, kind);
         p.status = status;
         p.path = Some(c[8].to_string());
@@ -685,35 +804,19 @@ fn envoy(line: &str) -> Option<Parsed> {
     Some(Parsed::new(Source::Envoy, time, kind))
 }
 
-/// Envoy's response flags (docs: access log, %RESPONSE_FLAGS%).
-fn envoy_kind(flags: &str, status: Option<u16>, line: &str) -> Kind {
-    let mut cause = None;
-    for f in flags.split(',') {
-        let c = match f {
-            "UF" | "URX" if line.contains("timeout") => Cause::ConnectionTimeout,
-            "UF" | "URX" => Cause::ConnectionRefused,
-            "UO" => Cause::ConcurrencyLimit,
-            "NR" => Cause::NoRoute,
-            "UH" => Cause::NoHealthyServer,
-            "UT" => Cause::ResponseHeadTimeout,
-            "UC" | "UR" => Cause::ConnectionTerminated,
-            "UPE" => Cause::ProtocolError,
-            "RL" => Cause::RateLimited,
-            "SI" | "UMSDR" => Cause::ResponseBodyTimeout,
-            "DF" => Cause::DnsError,
-            _ => continue,
-        };
-        // URX accompanies the flag that says why; keep the specific one.
-        if cause.is_none() || f != "URX" {
-            cause = Some(c);
-        }
-    }
-    match cause {
-        Some(c) => fail(c),
-        None if status.is_some_and(|s| s >= 500) && flags == "-" => Kind::AppAnswer,
-        None if status.is_some_and(|s| s >= 500) => Kind::UNCLASSIFIED,
-        None => Kind::Fine,
-    }
+/// An Envoy access line's reading from its flags and response code
+/// details; with neither (`-`), a 5xx is the application's own.
+fn envoy_kind(line: &str, status: Option<u16>) -> Kind {
+    envoy_markers(line, status).map_or_else(
+        || {
+            if status.is_some_and(|s| s >= 500) {
+                Kind::AppAnswer
+            } else {
+                Kind::Fine
+            }
+        },
+        |(k, _)| k,
+    )
 }
 
 /// Envoy's "upstream connect error or disconnect/reset before headers.
@@ -876,51 +979,56 @@ fn traefik_kind(level: &str, msg: &str) -> Kind {
 /// by its stable parts.
 pub fn go_error(msg: &str) -> Option<Cause> {
     let m = msg;
-    Some(if m.contains("no such host") {
-        Cause::DnsError
-    } else if m.contains("lookup ") && (m.contains("i/o timeout") || m.contains("timeout")) {
-        Cause::DnsTimeout
-    } else if m.contains("lookup ") && m.contains("server misbehaving") {
-        Cause::DnsError
-    } else if m.contains("dial unix") && m.contains("no such file or directory") {
-        Cause::SocketNotFound
-    } else if m.contains("dial unix") && m.contains("permission denied") {
-        Cause::SocketPermission
-    } else if m.contains("resource temporarily unavailable") {
-        Cause::UpstreamBusy
-    } else if m.contains("connection refused") {
-        Cause::ConnectionRefused
-    } else if m.contains("dial tcp") && m.contains("timeout") {
-        Cause::ConnectionTimeout
-    } else if m.contains("no route to host")
-        || m.contains("network is unreachable")
-        || m.contains("cannot assign requested address")
-    {
-        Cause::ConnectError
-    } else if m.contains("timeout awaiting response headers") {
-        Cause::ResponseHeadTimeout
-    } else if m.contains("response headers exceeded") || m.contains("header too large") {
-        Cause::ResponseHeaderTooLarge
-    } else if m.contains("malformed HTTP") {
-        sniffed(m).unwrap_or(Cause::ProtocolError)
-    } else if m.contains("x509:") || m.contains("tls:") || m.contains("remote error") {
-        tls_text(m).unwrap_or(Cause::TlsProtocol)
-    } else if m.contains("no upstreams available") {
-        Cause::NoHealthyServer
-    } else if m.contains("unexpected EOF") && m.contains("body") {
-        Cause::ResponseIncomplete
-    } else if m.contains("connection reset by peer")
-        || m.contains("broken pipe")
-        || m.contains("EOF")
-        || m.contains("server closed idle connection")
-        || m.contains("transport connection broken")
-    {
-        Cause::ConnectionTerminated
-    } else if m.contains("context deadline exceeded") {
-        Cause::ResponseHeadTimeout
-    } else {
-        reset_reason(m)?
-    })
+    Some(
+        if m.contains("no such host") || m.contains("ENOTFOUND") || m.contains("EAI_NONAME") {
+            Cause::DnsError
+        } else if m.contains("EAI_AGAIN") {
+            // Node's getaddrinfo: the resolver did not answer.
+            Cause::DnsTimeout
+        } else if m.contains("lookup ") && (m.contains("i/o timeout") || m.contains("timeout")) {
+            Cause::DnsTimeout
+        } else if m.contains("lookup ") && m.contains("server misbehaving") {
+            Cause::DnsError
+        } else if m.contains("dial unix") && m.contains("no such file or directory") {
+            Cause::SocketNotFound
+        } else if m.contains("dial unix") && m.contains("permission denied") {
+            Cause::SocketPermission
+        } else if m.contains("resource temporarily unavailable") {
+            Cause::UpstreamBusy
+        } else if m.contains("connection refused") {
+            Cause::ConnectionRefused
+        } else if m.contains("dial tcp") && m.contains("timeout") {
+            Cause::ConnectionTimeout
+        } else if m.contains("no route to host")
+            || m.contains("network is unreachable")
+            || m.contains("cannot assign requested address")
+        {
+            Cause::ConnectError
+        } else if m.contains("timeout awaiting response headers") {
+            Cause::ResponseHeadTimeout
+        } else if m.contains("response headers exceeded") || m.contains("header too large") {
+            Cause::ResponseHeaderTooLarge
+        } else if m.contains("malformed HTTP") {
+            sniffed(m).unwrap_or(Cause::ProtocolError)
+        } else if m.contains("x509:") || m.contains("tls:") || m.contains("remote error") {
+            tls_text(m).unwrap_or(Cause::TlsProtocol)
+        } else if m.contains("no upstreams available") || m.contains("no available server") {
+            Cause::NoHealthyServer
+        } else if m.contains("unexpected EOF") && m.contains("body") {
+            Cause::ResponseIncomplete
+        } else if m.contains("connection reset by peer")
+            || m.contains("broken pipe")
+            || m.contains("EOF")
+            || m.contains("server closed idle connection")
+            || m.contains("transport connection broken")
+        {
+            Cause::ConnectionTerminated
+        } else if m.contains("context deadline exceeded") {
+            Cause::ResponseHeadTimeout
+        } else {
+            reset_reason(m)?
+        },
+    )
 }
 
 // ----------------------------------------------------------- JSON lines
@@ -1097,7 +1205,7 @@ fn json_line(v: &Value) -> Option<Parsed> {
         let mut p = Parsed::new(
             Source::Envoy,
             s("start_time").and_then(iso_time),
-            envoy_kind(flags, status, &v.to_string()),
+            envoy_kind(&v.to_string(), status),
         );
         p.status = status;
         p.upstream = s("upstream_host").map(str::to_string);
@@ -1106,7 +1214,391 @@ fn json_line(v: &Value) -> Option<Parsed> {
         p.marker = Some(flags.to_string());
         return Some(p);
     }
-    None
+    // Envoy's JSON access log with its own key names: its markers in any
+    // value.
+    let text = v.to_string();
+    if let Some(p) = haproxy_anywhere(&text) {
+        return Some(p);
+    }
+    let status = any_status(&text);
+    let (kind, marker) = envoy_markers(&text, status)?;
+    let mut p = Parsed::new(Source::Envoy, any_time(&text), kind);
+    p.status = status;
+    p.path = any_path(&text);
+    p.upstream = UPSTREAM_ADDR.captures(&text).map(|u| u[1].to_string());
+    p.marker = Some(marker);
+    Some(p)
+}
+
+// ------------------------------------------- markers anywhere in a line
+
+/// The whitespace-, quote- and bracket-separated words of a line.
+fn words(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '[' | ']' | '|' | ';' | '='))
+        .filter(|w| !w.is_empty())
+}
+
+/// A line's time, wherever it sits: RFC 3339, or the access-log
+/// `[10/Oct/2026:13:55:36(.123)( +0000)]` form.
+fn any_time(line: &str) -> Option<i64> {
+    iso_time(line).or_else(|| {
+        let c = CLF_TIME.captures(line)?;
+        let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+        epoch(n(3), month(&c[2])?, n(1), n(4), n(5), n(6))
+            .map(|t| t - c.get(7).map_or(0, |o| offset(o.as_str())))
+    })
+}
+
+re!(
+    CLF_TIME,
+    r"(\d\d)/(\w{3})/(\d{4}):(\d\d):(\d\d):(\d\d)(?:\.\d+)?(?: ([+-]\d{4}))?"
+);
+re!(
+    REQUEST_LINE,
+    r#"\b(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS|CONNECT|TRACE|PROPFIND) (\S+) HTTP/\d(?:\.\d)?"#
+);
+re!(
+    KEYED_STATUS,
+    r#"(?i)\b(?:status|status_code|response_code|code|downstreamstatus|st)["']?\s*[=:]\s*["']?(\d{3})\b"#
+);
+re!(
+    KEYED_PATH,
+    r#"(?i)\b(?:uri|path|request_uri|url)["']?\s*[=:]\s*["']?(/[^\s"',]*)"#
+);
+
+/// A response status in a line of unknown layout: a `status=`-style key,
+/// else the first bare three-digit word after the request line.
+fn any_status(line: &str) -> Option<u16> {
+    if let Some(c) = KEYED_STATUS.captures(line) {
+        return c[1].parse().ok();
+    }
+    let bare = |w: &str| {
+        (w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| w.parse::<u16>().ok())
+            .flatten()
+            .filter(|s| (100..600).contains(s))
+    };
+    // The bare three-digit word nearest the request line: right after it
+    // in the common log format, right before it where a custom format puts
+    // the status first.
+    let Some(m) = REQUEST_LINE.find(line) else {
+        return words(line).find_map(bare);
+    };
+    let after = words(&line[m.end()..]).position(|w| bare(w).is_some());
+    let before = words(&line[..m.start()])
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .position(|w| bare(w).is_some());
+    let pick_after = match (after, before) {
+        (Some(a), Some(b)) => a <= b,
+        (a, _) => a.is_some(),
+    };
+    if pick_after {
+        words(&line[m.end()..]).find_map(bare)
+    } else {
+        words(&line[..m.start()]).filter_map(bare).last()
+    }
+}
+
+fn any_path(line: &str) -> Option<String> {
+    REQUEST_LINE
+        .captures(line)
+        .map(|c| c[2].to_string())
+        .or_else(|| KEYED_PATH.captures(line).map(|c| c[1].to_string()))
+}
+
+/// Envoy's response flags, short (`UF,URX`) and long
+/// (`UpstreamConnectionFailure`) forms (docs: access logging,
+/// %RESPONSE_FLAGS% and %RESPONSE_FLAGS_LONG%).
+fn envoy_flag(f: &str) -> Option<Option<Cause>> {
+    Some(match f {
+        "UF" | "UpstreamConnectionFailure" => Some(Cause::ConnectionRefused),
+        "URX" | "UpstreamRetryLimitExceeded" => None,
+        "UO" | "UpstreamOverflow" => Some(Cause::ConcurrencyLimit),
+        "NR" | "NoRouteFound" | "NC" | "NoClusterFound" => Some(Cause::NoRoute),
+        "UH" | "NoHealthyUpstream" => Some(Cause::NoHealthyServer),
+        "UT" | "UpstreamRequestTimeout" => Some(Cause::ResponseHeadTimeout),
+        "UC" | "UpstreamConnectionTermination" | "UR" | "UpstreamRemoteReset" => {
+            Some(Cause::ConnectionTerminated)
+        }
+        "UPE" | "UpstreamProtocolError" => Some(Cause::ProtocolError),
+        "RL" | "RateLimited" => Some(Cause::RateLimited),
+        "SI" | "StreamIdleTimeout" | "UMSDR" | "UpstreamMaxStreamDurationReached" => {
+            Some(Cause::ResponseBodyTimeout)
+        }
+        "DF" | "DnsResolutionFailed" => Some(Cause::DnsError),
+        // Client-side and local flags: not an upstream failure.
+        "DC"
+        | "DownstreamConnectionTermination"
+        | "LR"
+        | "LocalReset"
+        | "DI"
+        | "DelayInjected"
+        | "FI"
+        | "FaultInjected"
+        | "LH"
+        | "FailedLocalHealthCheck"
+        | "DPE"
+        | "DownstreamProtocolError"
+        | "IH"
+        | "InvalidEnvoyRequestHeaders"
+        | "RLSE"
+        | "RateLimitServiceError"
+        | "UAEX"
+        | "UnauthorizedExternalService"
+        | "DT"
+        | "DurationTimeout"
+        | "OM"
+        | "OverloadManagerTerminated"
+        | "DO"
+        | "DropOverload"
+        | "UDO"
+        | "UpstreamDropOverload"
+        | "RFCF"
+        | "ResponseFromCacheFilter"
+        | "NFCF"
+        | "NoFilterConfigFound" => None,
+        _ => return None,
+    })
+}
+
+/// A word that is an Envoy flag list: every comma-separated part a flag.
+fn envoy_flags(w: &str) -> Option<Vec<Option<Cause>>> {
+    let w = w.trim_matches(|c: char| c == ',' || c == ':');
+    if w.is_empty() || w == "-" {
+        return None;
+    }
+    w.split(',').map(envoy_flag).collect()
+}
+
+re!(
+    ENVOY_DETAILS,
+    r"\b(upstream_reset_before_response_started|upstream_reset_after_response_started)\{([^}]*)\}|\b(no_healthy_upstream|upstream_response_timeout|upstream_per_try_timeout|upstream_per_try_idle_timeout|route_not_found|cluster_not_found|upstream_max_stream_duration_reached|stream_idle_timeout|request_overall_timeout|via_upstream|maintenance_mode|response_payload_too_large|request_payload_too_large|downstream_remote_disconnect|downstream_local_disconnect|request_rate_limited|overload_manager|direct_response|upstream_response_headers_too_large|dns_resolution_failure)\b"
+);
+
+/// Envoy's response code details (%RESPONSE_CODE_DETAILS%): the most
+/// specific word Envoy has on a failure. `Err(())` for details that are
+/// no upstream failure (via_upstream, a client disconnect).
+fn envoy_details(line: &str) -> Option<Result<Cause, ()>> {
+    let c = ENVOY_DETAILS.captures(line)?;
+    if let Some(reason) = c.get(2) {
+        let r = reason.as_str().to_ascii_lowercase();
+        let after = c
+            .get(1)
+            .is_some_and(|m| m.as_str().ends_with("after_response_started"));
+        return Some(Ok(if after {
+            Cause::ResponseIncomplete
+        } else if r.contains("certificate") || r.contains("tls_error") && r.contains("verify") {
+            Cause::TlsCertificate
+        } else if r.contains("tls_error") || r.contains("ssl") {
+            Cause::TlsProtocol
+        } else if r.contains("connection_timeout") {
+            Cause::ConnectionTimeout
+        } else if r.contains("connection_failure") || r.contains("connect_error") {
+            Cause::ConnectionRefused
+        } else if r.contains("overflow") {
+            Cause::ConcurrencyLimit
+        } else if r.contains("protocol_error") {
+            Cause::ProtocolError
+        } else {
+            // remote_reset, connection_termination, local_reset
+            Cause::ConnectionTerminated
+        }));
+    }
+    Some(match &c[3] {
+        "no_healthy_upstream" | "maintenance_mode" => Ok(Cause::NoHealthyServer),
+        "upstream_response_timeout" | "upstream_per_try_timeout" | "request_overall_timeout" => {
+            Ok(Cause::ResponseHeadTimeout)
+        }
+        "upstream_per_try_idle_timeout"
+        | "stream_idle_timeout"
+        | "upstream_max_stream_duration_reached" => Ok(Cause::ResponseBodyTimeout),
+        "route_not_found" | "cluster_not_found" => Ok(Cause::NoRoute),
+        "request_payload_too_large" => Ok(Cause::BodyTooLarge),
+        "request_rate_limited" => Ok(Cause::RateLimited),
+        "upstream_response_headers_too_large" => Ok(Cause::ResponseHeaderTooLarge),
+        "dns_resolution_failure" => Ok(Cause::DnsError),
+        _ => Err(()),
+    })
+}
+
+/// What Envoy's markers say, and the marker: the response code details
+/// where they name a cause, else the flags.
+fn envoy_markers(line: &str, status: Option<u16>) -> Option<(Kind, String)> {
+    let details = envoy_details(line);
+    let flags: Option<(&str, Vec<Option<Cause>>)> =
+        words(line).find_map(|w| envoy_flags(w).map(|f| (w, f)));
+    if details.is_none() && flags.is_none() {
+        return None;
+    }
+    let from_flags = flags
+        .as_ref()
+        .and_then(|(_, f)| f.iter().flatten().next().copied());
+    let dns = flags.as_ref().is_some_and(|(w, _)| {
+        w.split(',')
+            .any(|f| f == "DF" || f == "DnsResolutionFailed")
+    });
+    let cause = match details {
+        // A DNS failure shows as a connection failure in the details.
+        _ if dns => Some(Cause::DnsError),
+        Some(Ok(c)) => Some(c),
+        Some(Err(())) => None,
+        None => from_flags,
+    };
+    let marker = ENVOY_DETAILS
+        .find(line)
+        .map(|m| m.as_str().to_string())
+        .or_else(|| flags.map(|(w, _)| w.to_string()))
+        .unwrap_or_default();
+    let kind = match cause {
+        Some(c) => fail(c),
+        None if status.is_some_and(|s| s >= 500) && details.is_some() => Kind::AppAnswer,
+        None if status.is_some_and(|s| s >= 500) => Kind::UNCLASSIFIED,
+        None => Kind::Fine,
+    };
+    Some((kind, marker))
+}
+
+/// An Envoy access line in a custom format: its flags or response code
+/// details wherever they sit. Needs a request line or a status beside them,
+/// so a word like `UT` in free text is not read as a flag.
+fn envoy_anywhere(line: &str) -> Option<Parsed> {
+    let status = any_status(line);
+    let path = any_path(line);
+    if status.is_none() && path.is_none() {
+        return None;
+    }
+    let (kind, marker) = envoy_markers(line, status)?;
+    let mut p = Parsed::new(Source::Envoy, any_time(line), kind);
+    p.status = status;
+    p.path = path;
+    p.upstream = UPSTREAM_ADDR.captures(line).map(|u| u[1].to_string());
+    p.marker = Some(marker);
+    Some(p)
+}
+
+re!(
+    HAPROXY_TERM,
+    r"^[CSPLRIDUKcs-][RQCHDLT-][NIDVEO-][NPRUVD-]$"
+);
+
+/// An HAProxy log line in a custom `log-format`: its termination state
+/// (`%tsc`) and `backend/server` (`%b/%s`) wherever they sit.
+fn haproxy_anywhere(line: &str) -> Option<Parsed> {
+    let term = words(line).find(|w| HAPROXY_TERM.is_match(w))?;
+    let keyed = words(line).any(|w| matches!(w, "termination_state" | "tsc"));
+    let named = words(line).find_map(|w| {
+        let (b, s) = w.split_once('/')?;
+        let name = |x: &str| {
+            !x.is_empty()
+                && x.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'))
+        };
+        (name(b) && !b.starts_with("HTTP") && (name(s) || s == "<NOSRV>") && !s.contains('/'))
+            .then_some((b, s))
+    });
+    let (backend, server) = match named {
+        Some(n) => n,
+        None if keyed => ("", ""),
+        None => return None,
+    };
+    let status = any_status(line);
+    let kind = haproxy_kind(term, server, status.map(i32::from));
+    let mut p = Parsed::new(Source::Haproxy, any_time(line), kind);
+    p.status = status;
+    if !matches!(server, "<NOSRV>" | "") {
+        p.upstream = Some(format!("{backend}/{server}"));
+    }
+    p.path = any_path(line);
+    p.marker = Some(term.to_string());
+    Some(p)
+}
+
+/// An access line in a custom layout (`time=... status=502 uri=/x`, the
+/// time or status first): a request line or path, and a status.
+fn access_anywhere(line: &str, hint: Source) -> Option<Parsed> {
+    let path = any_path(line)?;
+    let status = any_status(line)?;
+    let kind = if status >= 500 {
+        Kind::Failure {
+            cause: None,
+            weak: true,
+        }
+    } else {
+        Kind::Fine
+    };
+    let mut p = Parsed::new(hint, any_time(line), kind);
+    p.status = Some(status);
+    p.path = Some(path);
+    p.upstream = UPSTREAM_ADDR.captures(line).map(|u| u[1].to_string());
+    Some(p)
+}
+
+// ---------------------------------------------------- Caddy's console
+
+re!(
+    CADDY_CONSOLE,
+    r"^(\d{4})/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)(?:\.\d+)?\t([A-Z]+)\t(\S+)\t([^\t]*)(?:\t(\{.*\}))?$"
+);
+
+/// Caddy's `format console` (zap's console encoder): time, level, logger
+/// and message between tabs, then the same fields as its JSON. Read as
+/// the JSON line it stands for.
+fn caddy_console(line: &str) -> Option<Parsed> {
+    let c = CADDY_CONSOLE.captures(line)?;
+    let mut v: Value = c
+        .get(10)
+        .and_then(|j| serde_json::from_str(j.as_str()).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let o = v.as_object_mut()?;
+    let time = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &c[1], &c[2], &c[3], &c[4], &c[5], &c[6]
+    );
+    o.insert("ts".into(), Value::String(time));
+    o.insert("level".into(), Value::String(c[7].to_ascii_lowercase()));
+    o.insert("logger".into(), Value::String(c[8].to_string()));
+    o.insert("msg".into(), Value::String(c[9].to_string()));
+    json_line(&v)
+}
+
+// ---------------------------------------------------- Kubernetes (klog)
+
+re!(
+    KLOG,
+    r"^([IWEF])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.\d+\s+\d+ [\w./-]+:\d+\] (.*)$"
+);
+re!(KLOG_SERVICE, r#"Service "([^"]+)""#);
+
+/// A Kubernetes component's line (klog): ingress-nginx's controller says
+/// here what its nginx cannot, a Service with no ready endpoint.
+fn klog(line: &str) -> Option<Parsed> {
+    let c = KLOG.captures(line)?;
+    let n = |i: usize| c[i].parse::<i64>().unwrap_or(0);
+    // klog lines carry no year.
+    let year = crate::core::clock::now()[..4].parse().unwrap_or(1970);
+    let time = epoch(year, n(2), n(3), n(4), n(5), n(6));
+    let msg = &c[7];
+    let kind = if msg.contains("does not have any active Endpoint")
+        || msg.contains("Error obtaining Endpoints for Service")
+        || msg.contains("no endpoints")
+    {
+        fail(Cause::NoHealthyServer)
+    } else if msg.contains("Backend successfully reloaded") {
+        Kind::Event(Event::Reload)
+    } else if msg.contains("Starting NGINX Ingress controller") {
+        Kind::Event(Event::Start)
+    } else if msg.contains("Shutting down controller") || msg.contains("Received SIGTERM") {
+        Kind::Event(Event::Stop)
+    } else if matches!(&c[1], "E" | "F") {
+        Kind::UNCLASSIFIED
+    } else {
+        Kind::Fine
+    };
+    let mut p = Parsed::new(Source::Nginx, time, kind);
+    p.upstream = KLOG_SERVICE.captures(msg).map(|s| s[1].to_string());
+    Some(p)
 }
 
 // ------------------------------------------------ access logs, fallback
@@ -1186,7 +1678,8 @@ fn other(line: &str) -> Option<Parsed> {
         let errno = OS_ERROR
             .captures(line)
             .or_else(|| ERRNO.captures(line))
-            .and_then(|c| c[1].parse::<i32>().ok())?;
+            .and_then(|c| c[1].parse::<i32>().ok())
+            .or_else(|| errno_name(line))?;
         let l = line.to_ascii_lowercase();
         let phase = if CONNECTING.is_match(&l) {
             Phase::Connect
@@ -1202,6 +1695,29 @@ fn other(line: &str) -> Option<Parsed> {
     let mut p = Parsed::failure(Source::Other, time, Some(cause));
     p.upstream = UPSTREAM_ADDR.captures(line).map(|u| u[1].to_string());
     Some(p)
+}
+
+re!(
+    ERRNO_NAME,
+    r"\b(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EPIPE|ECONNABORTED|EADDRNOTAVAIL|EAGAIN|ENOENT|EACCES)\b"
+);
+
+/// A symbolic errno (Node's `code=ECONNRESET`, Python's `[Errno
+/// ECONNREFUSED]`) as its number.
+fn errno_name(line: &str) -> Option<i32> {
+    Some(match &ERRNO_NAME.captures(line)?[1] {
+        "ECONNREFUSED" => libc::ECONNREFUSED,
+        "ECONNRESET" | "ECONNABORTED" => libc::ECONNRESET,
+        "ETIMEDOUT" => libc::ETIMEDOUT,
+        "EHOSTUNREACH" => libc::EHOSTUNREACH,
+        "ENETUNREACH" => libc::ENETUNREACH,
+        "EPIPE" => libc::EPIPE,
+        "EADDRNOTAVAIL" => libc::EADDRNOTAVAIL,
+        "EAGAIN" => libc::EAGAIN,
+        "ENOENT" => libc::ENOENT,
+        "EACCES" => libc::EACCES,
+        _ => return None,
+    })
 }
 
 // ----------------------------------------------------------------- time
