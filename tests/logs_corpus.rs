@@ -179,6 +179,9 @@ fn assert_95(name: &str, blocks: &[Block]) {
     let (r, t) = per.iter().fold((0, 0), |(r, t), (_, a, b)| (r + a, t + b));
     let table: Vec<String> = per.iter().map(|(s, r, t)| format!("{s} {r}/{t}")).collect();
     eprintln!("{name}: {r}/{t} right ({})", table.join(", "));
+    for w in &wrong {
+        eprintln!("read wrong: {w}");
+    }
     assert!(t > 0);
     assert!(
         r * 100 >= t * 95,

@@ -459,6 +459,18 @@ fn nginx_kind(
     if msg.contains("directory index of") && msg.contains("is forbidden") {
         return fail(Cause::Forbidden);
     }
+    if let Some(phase) = phase
+        && phase != Phase::Tls
+        && (msg.starts_with("SSL_read()") || msg.starts_with("SSL_write()"))
+    {
+        // The connection broke under TLS after the handshake: a close or
+        // reset in that phase, not a TLS problem.
+        return fail(if phase == Phase::ReadBody {
+            Cause::ResponseIncomplete
+        } else {
+            Cause::ConnectionTerminated
+        });
+    }
     if let Some(phase) = phase {
         if msg.contains("timed out") {
             return fail(Cause::from_errno(libc::ETIMEDOUT, phase, unix));
@@ -630,6 +642,8 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
         "00959" => Kind::Event(Event::ServerDown),
         // the worker is in error state: every request gets 503 until `retry`
         "00940" => fail(Cause::NoHealthyServer),
+        // balancer://NAME: All workers are in error state
+        "01167" | "01170" => fail(Cause::NoHealthyServer),
         "01067" => fail(Cause::FastCgiNoResponse),
         "01075" => {
             if timed_out {
@@ -683,7 +697,7 @@ re!(
 );
 re!(
     HAPROXY_MSG,
-    r"^(?:(?:<\d+>)?\w{3} +\d{1,2} \d\d:\d\d:\d\d \S+ haproxy\[\d+\]: )?((?:\[(?:WARNING|NOTICE|ALERT)\] \(\d+\) : )?(?:(?:Health check for )?(?:backup )?[Ss]erver \S+ is (?:DOWN|UP)|backend \S+ has no server available|Proxy \S+ (?:started|stopped)|Stopping |Reexecuting ).*)$"
+    r"^(?:(?:<\d+>)?\w{3} +\d{1,2} \d\d:\d\d:\d\d \S+ haproxy\[\d+\]: )?((?:\[(?:WARNING|NOTICE|ALERT)\] +\(\d+\) : )?(?:(?:Health check for )?(?:backup )?[Ss]erver \S+ is (?:DOWN|UP)|backend \S+ has no server available|Proxy \S+ (?:started|stopped)|Stopping |Reexecuting ).*)$"
 );
 re!(HAPROXY_SERVER, r"[Ss]erver (\S+) is");
 re!(
@@ -947,7 +961,8 @@ fn traefik_text(line: &str) -> Option<Parsed> {
         (
             iso_time(&c[1]),
             c[2].to_string(),
-            c[3].replace("\\\"", "\""),
+            // The fields after msg (error="...") say why as often as msg.
+            format!("{} {}", &c[3], &line[c.get(0).map_or(0, |m| m.end())..]).replace("\\\"", "\""),
         )
     } else if let Some(c) = TRAEFIK_ZEROLOG.captures(line) {
         (iso_time(&c[1]), c[2].to_ascii_lowercase(), c[3].to_string())
@@ -1518,8 +1533,15 @@ fn haproxy_anywhere(line: &str) -> Option<Parsed> {
 /// An access line in a custom layout (`time=... status=502 uri=/x`, the
 /// time or status first): a request line or path, and a status.
 fn access_anywhere(line: &str, hint: Source) -> Option<Parsed> {
-    let path = any_path(line)?;
-    let status = any_status(line)?;
+    // A request line with a status near it, or both keyed: a bare number
+    // next to a `url:` in free text is no access line.
+    let (path, status) = match REQUEST_LINE.captures(line) {
+        Some(c) => (c[2].to_string(), any_status(line)?),
+        None => (
+            KEYED_PATH.captures(line)?[1].to_string(),
+            KEYED_STATUS.captures(line)?[1].parse().ok()?,
+        ),
+    };
     let kind = if status >= 500 {
         Kind::Failure {
             cause: None,
@@ -1650,6 +1672,7 @@ fn access(line: &str, hint: Source) -> Option<Parsed> {
 }
 
 re!(OS_ERROR, r"os error (\d+)");
+re!(PY_ERRNO, r"\[Errno (\d+)\]");
 re!(
     CONNECTING,
     r"connecting|connect\(|connect:|connect to|\bdial"
@@ -1675,13 +1698,26 @@ fn other(line: &str) -> Option<Parsed> {
         return Some(p);
     }
     let cause = go_error(line).or_else(|| {
+        let l = line.to_ascii_lowercase();
         let errno = OS_ERROR
             .captures(line)
             .or_else(|| ERRNO.captures(line))
+            .or_else(|| PY_ERRNO.captures(line))
             .and_then(|c| c[1].parse::<i32>().ok())
-            .or_else(|| errno_name(line))?;
-        let l = line.to_ascii_lowercase();
-        let phase = if CONNECTING.is_match(&l) {
+            .or_else(|| errno_name(line))
+            .or_else(|| {
+                // Java's and .NET's "Connection refused", any runtime's
+                // "Connection reset by peer", without a number.
+                if l.contains("connection refused") {
+                    Some(libc::ECONNREFUSED)
+                } else if l.contains("connection reset by peer") {
+                    Some(libc::ECONNRESET)
+                } else {
+                    None
+                }
+            })?;
+        // A refusal only ever answers a connect.
+        let phase = if CONNECTING.is_match(&l) || errno == libc::ECONNREFUSED {
             Phase::Connect
         } else if l.contains("body") {
             Phase::ReadBody
