@@ -637,8 +637,13 @@ fn apache_kind(id: Option<&str>, module: &str, level: &str, msg: &str, errno: Op
             Phase::Connect,
             unix,
         )),
-        // failed to make connection to backend (companion of AH00957)
-        "01114" | "01079" => weak(None),
+        // failed to make connection to backend (the companion of AH00957,
+        // from mod_proxy_http, _fcgi, _ajp and the rest)
+        "01114" | "01079" | "00896" => weak(None),
+        _ if msg.starts_with("failed to make connection to backend") => weak(None),
+        // "SSL Proxy connect failed": the handshake with the upstream; the
+        // line that says why (AH02039's certificate) is more exact.
+        "02004" => weak(Some(Cause::TlsProtocol)),
         "00959" => Kind::Event(Event::ServerDown),
         // the worker is in error state: every request gets 503 until `retry`
         "00940" => fail(Cause::NoHealthyServer),
