@@ -375,6 +375,32 @@ fn stdin_and_gzip_inputs() {
     );
 }
 
+/// A failure line in words no rule knows, that still names its failure
+/// ("reset", "refused"): the closest cause, said to be a guess.
+#[test]
+fn unknown_wording_gets_the_closest_cause_marked_as_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("error.log");
+    std::fs::write(
+        &f,
+        "2026/11/20 10:06:23 [error] 12#12: *214 upstream connection was reset unexpectedly, client: 203.0.113.63, server: example.com, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:3000/\", host: \"example.com\"\n\
+         2026/11/20 10:06:24 [error] 12#12: *215 connect() failed (111: Connection refused) while connecting to upstream, client: 203.0.113.64, server: example.com, request: \"GET / HTTP/1.1\", upstream: \"http://127.0.0.1:3000/\", host: \"example.com\"\n",
+    )
+    .unwrap();
+    let (code, v) = logs(&[f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let lines = v["lines"].as_array().unwrap();
+    assert_eq!(lines[0]["cause"], "connection_terminated", "{v:#}");
+    assert_eq!(lines[0]["guessed"], true);
+    assert_eq!(lines[1]["cause"], "connection_refused");
+    assert!(lines[1].get("guessed").is_none(), "errno 111 is a marker");
+    let (_, out) = text(&[f.to_str().unwrap()]);
+    assert!(
+        out.contains("1 of 1 read from the line's words, no known marker: lower confidence"),
+        "{out}"
+    );
+}
+
 #[test]
 fn no_failures_exit_zero() {
     let dir = tempfile::tempdir().unwrap();

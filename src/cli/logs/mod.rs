@@ -433,6 +433,9 @@ pub struct Group {
     pub upstreams: Vec<(String, usize)>,
     pub paths: Vec<(String, usize)>,
     pub samples: Vec<usize>,
+    /// Lines whose cause was guessed from their words (no known marker):
+    /// the closest cause, with lower confidence.
+    pub guessed: usize,
     /// Failures with a backend signal within SIGNAL_WINDOW seconds, and
     /// those signals by count.
     pub near_backend: usize,
@@ -467,6 +470,7 @@ impl Group {
             times: Vec::new(),
             sources: Vec::new(),
             statuses: Vec::new(),
+            guessed: 0,
             upstreams: Vec::new(),
             paths: Vec::new(),
             samples: Vec::new(),
@@ -480,6 +484,7 @@ impl Group {
 
     fn add(&mut self, i: usize, e: &Entry) {
         self.count += 1;
+        self.guessed += usize::from(e.p.guessed);
         if let Some(t) = e.p.time {
             self.first = Some(self.first.map_or(t, |f| f.min(t)));
             self.last = Some(self.last.map_or(t, |l| l.max(t)));
@@ -1092,6 +1097,13 @@ fn text(a: &Analysis, groups: &[Group], paint: Paint) -> String {
                 format!("; status {}", status.join(", "))
             }
         );
+        if g.guessed > 0 {
+            let _ = writeln!(
+                o,
+                "        {} of {} read from the line's words, no known marker: lower confidence",
+                g.guessed, g.count
+            );
+        }
         if let (Some(f), Some(l), Some(span)) = (g.first, g.last, span) {
             let pk = peak(g, span, b).map_or(String::new(), |(t, n)| {
                 format!("; peak {n} per {} at {}", bucket_name(b), clock(t))
@@ -1190,6 +1202,9 @@ fn line_json(a: &Analysis, e: &Entry) -> Value {
     if let Kind::Event(ev) = e.p.kind {
         v["event"] = ev.as_str().into();
     }
+    if e.p.guessed {
+        v["guessed"] = true.into();
+    }
     v
 }
 
@@ -1233,6 +1248,7 @@ fn json_rest(a: &Analysis, groups: &[Group]) -> Value {
                 "group": g.key.id(),
                 "proxy_status": g.cause().map(Cause::proxy_status),
                 "count": g.count,
+                "guessed": g.guessed,
                 "statuses": g.statuses.iter().map(|(s, n)| json!({"status": s, "count": n})).collect::<Vec<_>>(),
                 "sources": g.sources.iter().map(|(s, n)| json!({"source": s.as_str(), "count": n})).collect::<Vec<_>>(),
                 "first": iso(g.first),
