@@ -30,6 +30,8 @@ pub use values::{lookup_user, parse_duration, parse_server, parse_server_spec, s
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `server.listen_tls` and `[tls]`: HTTPS listeners and what they serve.
+    pub tls: TlsConfig,
     pub admin: Option<SocketAddr>,
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
@@ -107,6 +109,29 @@ impl Config {
     pub fn place(&self, key: &str) -> (usize, usize) {
         self.places.get(key).copied().unwrap_or((0, 0))
     }
+}
+
+/// HTTPS listeners: addresses, the handshake's deadline, certificates.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    /// A TLS handshake not complete by then is dropped.
+    pub handshake_timeout: Duration,
+    /// `[[tls.certificates]]`, in file order; the first is served to a
+    /// client that sends no server name.
+    pub certificates: Vec<ServedCert>,
+}
+
+/// One certificate chain and its key, ready to serve.
+#[derive(Debug, Clone)]
+pub struct ServedCert {
+    /// The DNS names it is valid for (subjectAltName, else the subject's
+    /// CN), lower case; `*.example.com` for a wildcard.
+    pub names: Vec<String>,
+    pub key: Arc<rustls::sign::CertifiedKey>,
+    /// Unix seconds of the leaf's notAfter.
+    pub not_after: i64,
+    pub file: PathBuf,
 }
 
 /// Protection against clients: slowloris, huge heads and bodies, floods.
@@ -475,6 +500,11 @@ pub mod defaults {
     pub const RETRIES: u32 = 1;
     // nginx's client_header_timeout, client_body_timeout and send_timeout.
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+    /// nginx gives the handshake its client_header_timeout (60 s); a
+    /// handshake needs two round trips, so 10 s is generous.
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `baton check` warns of a certificate expiring within this.
+    pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(21 * 86_400);
     pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
     pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
     // Longer than the usual load balancer in front (AWS ALB 60 s), as

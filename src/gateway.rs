@@ -10,6 +10,7 @@ pub mod checks;
 pub mod limit;
 mod reload;
 mod runtime;
+pub mod tls;
 
 pub use runtime::{RouteMetrics, Runtime};
 

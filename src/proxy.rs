@@ -52,10 +52,11 @@ pub async fn handle(
     req: Request<Incoming>,
     client: SocketAddr,
     local: SocketAddr,
+    https: bool,
 ) -> Response<RespBody> {
     // Boxed: the context moves from phase to phase and into the response
     // body, which logs from it when it ends (a pointer moves, not ~600 bytes).
-    let mut ctx = Box::new(context::Ctx::new(gw, &req, client, local));
+    let mut ctx = Box::new(context::Ctx::new(gw, &req, client, local, https));
     if let Err(answer) = filters::run(&mut ctx, &req) {
         return respond::exit(ctx, answer);
     }
@@ -68,7 +69,7 @@ pub async fn handle(
 
 #[cfg(test)]
 mod tests {
-    fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

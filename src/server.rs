@@ -47,6 +47,8 @@ pub enum StartError {
 /// A running gateway.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The HTTPS listeners' addresses (`server.listen_tls`).
+    pub tls_addrs: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
@@ -130,21 +132,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     raise_descriptor_limit();
     let n = worker_count(config.workers);
     let reuse = n > 1;
-    let mut sets: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    for a in &config.listen {
+    // Each worker's listeners, and whether each is an HTTPS one.
+    let mut sets: Vec<Vec<(std::net::TcpListener, bool)>> = (0..n).map(|_| Vec::new()).collect();
+    let (mut addrs, mut tls_addrs) = (Vec::new(), Vec::new());
+    let all = config.listen.iter().map(|a| (a, false));
+    for (a, tls) in all.chain(config.tls.listen.iter().map(|a| (a, true))) {
         let first = bind(*a, reuse).map_err(|source| StartError::Bind { addr: *a, source })?;
         // Port 0 in tests: the other workers join the port the first got.
         let actual = first
             .local_addr()
             .map_err(|source| StartError::Bind { addr: *a, source })?;
-        addrs.push(actual);
-        sets[0].push(first);
+        if tls { &mut tls_addrs } else { &mut addrs }.push(actual);
+        sets[0].push((first, tls));
         for set in sets.iter_mut().skip(1) {
-            set.push(bind(actual, true).map_err(|source| StartError::Bind {
+            let l = bind(actual, true).map_err(|source| StartError::Bind {
                 addr: actual,
                 source,
-            })?);
+            })?;
+            set.push((l, tls));
         }
     }
     let admin_listener = match config.admin {
@@ -159,7 +164,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let logs = Logs::open(&config.log).map_err(StartError::Log)?;
     let metrics = Arc::new(crate::observe::metrics::Metrics::new());
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
-    rt.dialer.own = addrs.clone();
+    rt.dialer.own = addrs.iter().chain(&tls_addrs).copied().collect();
     let gateway = Arc::new(Gateway::new(rt, logs));
     gateway.spawn_incidents();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
@@ -173,9 +178,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let mut workers = Vec::new();
     let mut sets = sets.into_iter();
-    for l in sets.next().unwrap_or_default() {
+    for (l, tls) in sets.next().unwrap_or_default() {
         let l = TcpListener::from_std(l).map_err(StartError::Log)?;
-        tasks.push(tokio::spawn(accept_loop(l, gateway.clone(), rx.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            tls,
+            gateway.clone(),
+            rx.clone(),
+        )));
     }
     for (i, set) in sets.enumerate() {
         let (gw, stop) = (gateway.clone(), rx.clone());
@@ -190,9 +200,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 crate::upstream::set_worker(i + 1);
                 rt.block_on(async move {
                     let mut loops = Vec::new();
-                    for l in set {
+                    for (l, tls) in set {
                         if let Ok(l) = TcpListener::from_std(l) {
-                            loops.push(tokio::spawn(accept_loop(l, gw.clone(), stop.clone())));
+                            loops.push(tokio::spawn(accept_loop(l, tls, gw.clone(), stop.clone())));
                         }
                     }
                     for l in loops {
@@ -213,6 +223,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     Ok(Running {
         addrs,
+        tls_addrs,
         admin,
         gateway,
         shutdown: tx,
@@ -315,10 +326,11 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     // Client limits are read once: changing them needs a restart.
     let limits = gw.runtime.load().config.limits.clone();
     let deadlines = conn::Deadlines::new(&limits);
+    let handshake_timeout = gw.runtime.load().config.tls.handshake_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -372,6 +384,7 @@ async fn accept_loop(l: TcpListener, gw: Arc<Gateway>, mut stop: watch::Receiver
                 let count = conns.add(&shared);
                 tokio::spawn(serve_connection(
                     s,
+                    tls.then_some(handshake_timeout),
                     peer,
                     local,
                     gw.clone(),
@@ -402,6 +415,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     s: tokio::net::TcpStream,
+    tls: Option<Duration>,
     peer: SocketAddr,
     local: SocketAddr,
     gw: Arc<Gateway>,
@@ -413,26 +427,37 @@ async fn serve_connection(
 ) {
     // Until the protocol is known, hyper has no deadline of its own:
     // baton gives it one.
-    let h2 = tokio::select! {
-        p = protocol_known(&s, deadlines.header) => match p {
-            Some(Speaks::Http1) => false,
-            Some(Speaks::Http2) => true,
-            Some(Speaks::Neither) => {
-                proxy::client_fault(&gw, peer, Cause::RequestMalformed);
-                return refuse_unknown_protocol(s).await;
-            }
+    let first = async {
+        match tls {
+            Some(limit) => tls_handshake(&gw, s, peer, limit).await,
+            None => match protocol_known(&s, deadlines.header).await {
+                Some(Speaks::Http1) => Some((conn::Stream::Plain(s), false)),
+                Some(Speaks::Http2) => Some((conn::Stream::Plain(s), true)),
+                Some(Speaks::Neither) => {
+                    proxy::client_fault(&gw, peer, Cause::RequestMalformed);
+                    refuse_unknown_protocol(s).await;
+                    None
+                }
+                None => None,
+            },
+        }
+    };
+    let (s, h2) = tokio::select! {
+        r = first => match r {
+            Some(x) => x,
             None => return,
         },
         _ = shared.close.notified() => return,
         _ = stop.changed() => return,
     };
+    let https = tls.is_some();
     let for_svc = gw.clone();
     let for_svc_shared = shared.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let active = conn::Active::new(&for_svc_shared);
         let gw = for_svc.clone();
         async move {
-            let resp = proxy::handle(gw, req, peer, local).await;
+            let resp = proxy::handle(gw, req, peer, local, https).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 active.upgraded();
             }
@@ -545,6 +570,68 @@ async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option
         }
     };
     tokio::time::timeout(deadline, known).await.ok().flatten()
+}
+
+/// The TLS handshake of an HTTPS listener's connection, within `limit`
+/// from accept: the stream and whether ALPN chose HTTP/2. `None` when the
+/// connection is to be dropped: silent, closed, plain HTTP (answered with
+/// a 400 that says to use https, as nginx's 497 does), or a failed
+/// handshake (logged with the client's address and the reason).
+async fn tls_handshake(
+    gw: &Gateway,
+    s: tokio::net::TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+) -> Option<(conn::Stream, bool)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, s.peek(&mut first)).await {
+        Ok(Ok(1..)) => {}
+        _ => return None,
+    }
+    // 0x16: a TLS handshake record; anything else is not TLS.
+    if first[0] != 0x16 {
+        proxy::client_fault(gw, peer, Cause::RequestMalformed);
+        plain_http_to_tls_port(s).await;
+        return None;
+    }
+    let cfg = gw.runtime.load().tls.clone()?;
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(s);
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            Some((conn::Stream::Tls(Box::new(tls)), h2))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(target: "baton::tls", client = %peer.ip(), error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(target: "baton::tls", client = %peer.ip(), "TLS handshake not complete within tls_handshake_timeout");
+            None
+        }
+    }
+}
+
+/// The answer to plain HTTP on an HTTPS port: a 400 that says what to do
+/// (the client cannot read a TLS alert), then the close.
+async fn plain_http_to_tls_port(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "<!doctype html><title>400 Use HTTPS</title><h1>This port speaks HTTPS</h1><p>The request was sent as plain HTTP to a port that expects HTTPS. Use an <code>https://</code> address.</p>\n";
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nProxy-Status: baton; error=http_request_error; details=\"plain HTTP to an HTTPS port\"\r\nConnection: close\r\n\r\n",
+        BODY.len()
+    );
+    // Read what the client sent first, so that closing does not reset
+    // the connection before it reads the answer.
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        s.write_all(format!("{head}{BODY}").as_bytes()),
+    )
+    .await;
+    let _ = s.shutdown().await;
 }
 
 /// Ends a connection whose first line is neither HTTP/1.x nor the HTTP/2

@@ -12,6 +12,7 @@ mod doctor;
 mod fastcgi;
 mod framing;
 mod hardening;
+mod https;
 mod incidents;
 mod keepalive;
 mod layers;

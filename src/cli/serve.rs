@@ -30,7 +30,12 @@ pub fn run(config: &Path) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let listen: Vec<String> = running.addrs.iter().map(|a| a.to_string()).collect();
+        let listen: Vec<String> = running
+            .addrs
+            .iter()
+            .map(|a| a.to_string())
+            .chain(running.tls_addrs.iter().map(|a| format!("https://{a}")))
+            .collect();
         let admin = running.admin.map_or("off".to_string(), |a| a.to_string());
         tracing::info!(listen = %listen.join(", "), admin = %admin, "baton serving");
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

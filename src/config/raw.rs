@@ -9,6 +9,8 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub listen_tls: Option<Spanned<Vec<Spanned<String>>>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
     pub admin: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,
@@ -23,6 +25,19 @@ pub struct Server {
     pub max_request_header_bytes: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certificates: Option<Vec<TlsCertificate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,6 +8,7 @@
 mod observe;
 mod routes;
 mod server;
+mod tls;
 mod upstream;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ struct Sections {
     alerts: raw::Alerts,
     resolver: raw::Resolver,
     pages: raw::ErrorPages,
+    tls: raw::Tls,
     upstreams: Vec<(Spanned<String>, raw::Upstream)>,
     routes: Vec<raw::Route>,
     saw_routes: bool,
@@ -280,6 +282,7 @@ impl<'s> Validator<'s> {
     pub(super) fn run(&mut self) -> Option<Config> {
         let s = self.sections();
         let server = self.server(&s.server, &s.log);
+        let tls = self.tls(&s.server, &s.tls);
         let incidents = self.incidents(&s.incidents);
         let alerts = self.alerts(&s.alerts);
         let resolver = self.resolver(&s.resolver);
@@ -311,6 +314,7 @@ impl<'s> Validator<'s> {
         }
         Some(Config {
             listen: server.listen,
+            tls,
             admin: server.admin,
             workers: server.workers,
             limits: server.limits,
@@ -352,6 +356,7 @@ impl<'s> Validator<'s> {
         let mut alerts = raw::Alerts::default();
         let mut resolver = raw::Resolver::default();
         let mut pages = raw::ErrorPages::default();
+        let mut tls = raw::Tls::default();
         let mut upstream_tables: Vec<(Spanned<String>, raw::Upstream)> = Vec::new();
         let mut raw_routes: Vec<raw::Route> = Vec::new();
         let mut saw_routes = false;
@@ -366,6 +371,7 @@ impl<'s> Validator<'s> {
                 "alerts" => alerts = self.section("alerts", v).unwrap_or_default(),
                 "resolver" => resolver = self.section("resolver", v).unwrap_or_default(),
                 "error_pages" => pages = self.section("error_pages", v).unwrap_or_default(),
+                "tls" => tls = self.section("tls", v).unwrap_or_default(),
                 "upstreams" => {
                     let span = v.span();
                     match v.into_inner() {
@@ -406,9 +412,9 @@ impl<'s> Validator<'s> {
                     }
                 }
                 other => {
-                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts"]) {
-                        Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes"),
-                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts".into(),
+                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts", "tls"]) {
+                        Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls"),
+                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls".into(),
                     };
                     self.err(
                         other.to_string(),
@@ -421,6 +427,7 @@ impl<'s> Validator<'s> {
         }
 
         Sections {
+            tls,
             server,
             log,
             incidents,

@@ -31,6 +31,8 @@ pub struct Runtime {
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
+    /// For HTTPS listeners: this config's certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Runtime {
@@ -42,7 +44,12 @@ impl Runtime {
             .iter()
             .map(|u| Arc::new(Upstream::new(u.clone(), workers)))
             .collect();
-        let own = config.listen.clone();
+        let own = config
+            .listen
+            .iter()
+            .chain(&config.tls.listen)
+            .copied()
+            .collect();
         let limiters = config
             .routes
             .iter()
@@ -75,6 +82,7 @@ impl Runtime {
             })
             .collect();
         Ok(Runtime {
+            tls: crate::gateway::tls::server_config(&config.tls),
             config,
             upstreams,
             limiters,

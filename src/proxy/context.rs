@@ -34,6 +34,8 @@ pub(super) struct Ctx {
     pub two_hosts: bool,
     pub client: SocketAddr,
     pub local: SocketAddr,
+    /// The client connection is TLS (an HTTPS listener).
+    pub https: bool,
     pub version: Version,
     pub start: Instant,
     /// `Accept`, negotiated only if baton answers itself.
@@ -64,6 +66,7 @@ impl Ctx {
         req: &Request<Incoming>,
         client: SocketAddr,
         local: SocketAddr,
+        https: bool,
     ) -> Self {
         let start = Instant::now();
         let rt = gw.runtime.load_full();
@@ -88,6 +91,7 @@ impl Ctx {
             host_from_target: false,
             client,
             local,
+            https,
             version: req.version(),
             start,
             accept: h.get(header::ACCEPT).cloned(),

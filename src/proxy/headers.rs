@@ -304,7 +304,8 @@ pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool
     let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), ctx.client.ip());
     headers.insert(&X_FORWARDED_FOR, xff);
     const HTTP: HeaderValue = HeaderValue::from_static("http");
-    headers.insert(&X_FORWARDED_PROTO, HTTP);
+    const HTTPS: HeaderValue = HeaderValue::from_static("https");
+    headers.insert(&X_FORWARDED_PROTO, if ctx.https { HTTPS } else { HTTP });
     if let Some(h) = host {
         headers.insert(&X_FORWARDED_HOST, h);
     }

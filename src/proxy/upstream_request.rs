@@ -203,7 +203,7 @@ fn fcgi_head(
             client: ctx.client,
             local: ctx.local,
             server_name: ctx.host(),
-            https: false,
+            https: ctx.https,
         },
     ))
 }

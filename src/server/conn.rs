@@ -223,7 +223,7 @@ fn timeout_408() -> &'static [u8] {
 
 /// A client socket with its deadlines (see the module's table).
 pub struct Guarded {
-    io: TcpStream,
+    io: Stream,
     shared: Arc<Shared>,
     limits: Deadlines,
     h2: bool,
@@ -241,7 +241,7 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    pub fn new(io: TcpStream, shared: Arc<Shared>, limits: Deadlines, h2: bool) -> Self {
+    pub fn new(io: Stream, shared: Arc<Shared>, limits: Deadlines, h2: bool) -> Self {
         Guarded {
             io,
             shared,
@@ -318,7 +318,7 @@ impl Guarded {
                     self.expire(EXPIRED_HEAD);
                     // Best effort: the socket has room for a short answer
                     // unless the client also stopped reading.
-                    let _ = self.io.try_write(timeout_408());
+                    self.io.try_send(timeout_408());
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request head not complete within header_read_timeout",
@@ -438,6 +438,91 @@ impl AsyncWrite for Guarded {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A client connection: plain TCP, or TLS over it (boxed: rustls's
+/// state is large, and most connections of a plain listener never need it).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Writes `b` if the socket takes it now, without waiting (the 408 on
+    /// a head deadline: best effort).
+    fn try_send(&mut self, b: &[u8]) {
+        match self {
+            Stream::Plain(s) => {
+                let _ = s.try_write(b);
+            }
+            Stream::Tls(s) => {
+                // Encrypts into rustls's buffer, then one non-blocking
+                // flush to the socket.
+                let (tcp, tls) = s.get_mut();
+                let _ = std::io::Write::write_all(&mut tls.writer(), b);
+                let mut out = Vec::new();
+                let _ = tls.write_tls(&mut out);
+                let _ = tcp.try_write(&out);
+            }
+        }
+    }
+}
+
+macro_rules! each_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self, s => s.poll_write(cx, buf))
+    }
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each_stream!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each_stream!(self, s => s.poll_shutdown(cx))
     }
 }
 

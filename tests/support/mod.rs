@@ -85,6 +85,11 @@ impl Gw {
         }
     }
 
+    /// The first HTTPS listener's address (`server.listen_tls`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().tls_addrs[0]
+    }
+
     /// Replaces the config file's body (keeping server and log sections)
     /// and asks the admin endpoint to reload; returns its answer.
     pub async fn reload_with(&self, body: &str) -> Resp {

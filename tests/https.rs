@@ -1,0 +1,261 @@
+//! HTTPS listeners: TLS 1.2/1.3 with ALPN, certificates chosen by SNI
+//! (wildcards too), rotation on reload, plain HTTP on the TLS port, the
+//! handshake deadline, and the scheme passed upstream.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// A self-signed certificate for `names`, written as PEM to
+/// `DIR/STEM.crt` and `DIR/STEM.key`; its DER.
+fn cert(dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), ck.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{stem}.key")),
+        ck.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    ck.cert.der().to_vec()
+}
+
+fn body(dir: &Path, origin: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n{extra}\n[[tls.certificates]]\ncert = \"{d}/shop.crt\"\nkey = \"{d}/shop.key\"\n\n[[tls.certificates]]\ncert = \"{d}/blog.crt\"\nkey = \"{d}/blog.key\"\n\n{}",
+        one_route(origin),
+        d = dir.display()
+    )
+}
+
+/// A TLS client trusting `roots`, offering h2 and http/1.1.
+fn client(roots: &[Vec<u8>]) -> tokio_rustls::TlsConnector {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone().into()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(
+    c: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    c.connect(name, tcp).await
+}
+
+fn served(s: &Tls) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Sends GET `path` over HTTP/2 on `s`; the status and the echoed
+/// request's headers.
+async fn h2_get(s: Tls, path: &str, host: &str) -> (u16, serde_json::Value) {
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{host}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    let status = r.status().as_u16();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&b).unwrap_or_default())
+}
+
+fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+        .and_then(|h| h[1].as_str())
+}
+
+#[tokio::test]
+async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_upstream() {
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = cert(dir.path(), "shop", &["shop.test"]);
+    let blog = cert(dir.path(), "blog", &["*.blog.test"]);
+    let gw = Gw::start(&body(dir.path(), o.addr, "")).await;
+    let c = client(&[shop.clone(), blog.clone()]);
+
+    let s = connect(&c, gw.tls_addr(), "shop.test").await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(served(&s), shop);
+    let (status, echo) = h2_get(s, "/x", "shop.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&echo, "x-forwarded-proto"), Some("https"));
+
+    // A wildcard covers one label.
+    let s = connect(&c, gw.tls_addr(), "www.blog.test").await.unwrap();
+    assert_eq!(served(&s), blog);
+    // A name no certificate covers fails the handshake.
+    let e = connect(&c, gw.tls_addr(), "other.test").await.unwrap_err();
+    assert_eq!(e.to_string(), "received fatal alert: AccessDenied");
+
+    // HTTP/1.1 by ALPN works too, and the plain listener still says http.
+    let mut one = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut r = rustls::RootCertStore::empty();
+        r.add(shop.clone().into()).unwrap();
+        r
+    })
+    .with_no_client_auth();
+    one.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut s = connect(
+        &tokio_rustls::TlsConnector::from(Arc::new(one)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
+    s.write_all(b"GET /y HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("[\"x-forwarded-proto\",\"https\"]"), "{got}");
+    let r = send(gw.addr, get("/z")).await;
+    assert!(
+        r.text().contains("[\"x-forwarded-proto\",\"http\"]"),
+        "{}",
+        r.text()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_gets_a_400_that_says_use_https() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    cert(dir.path(), "shop", &["shop.test"]);
+    cert(dir.path(), "blog", &["*.blog.test"]);
+    let gw = Gw::start(&body(dir.path(), o.addr, "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.tls_addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+    assert!(
+        got.contains(
+            "Proxy-Status: baton; error=http_request_error; details=\"plain HTTP to an HTTPS port\""
+        ),
+        "{got}"
+    );
+    assert!(got.contains("This port speaks HTTPS"), "{got}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_stalls_is_dropped_at_the_deadline() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    cert(dir.path(), "shop", &["shop.test"]);
+    cert(dir.path(), "blog", &["*.blog.test"]);
+    let gw = Gw::start(&body(
+        dir.path(),
+        o.addr,
+        "tls_handshake_timeout = \"300ms\"",
+    ))
+    .await;
+    for sent in [&b""[..], &b"\x16\x03\x01"[..]] {
+        let mut s = tokio::net::TcpStream::connect(gw.tls_addr()).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let t = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed at the deadline")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{sent:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{sent:?}: {:?}",
+            t.elapsed()
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_finish() {
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = cert(dir.path(), "shop", &["shop.test"]);
+    cert(dir.path(), "blog", &["*.blog.test"]);
+    let b = body(dir.path(), o.addr, "");
+    let gw = Gw::start(&b).await;
+    let before = connect(&client(std::slice::from_ref(&old)), gw.tls_addr(), "shop.test")
+        .await
+        .unwrap();
+    let (mut send_old, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(before),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    let new = cert(dir.path(), "shop", &["shop.test"]);
+    let body_only = &b[b.find("[[tls.certificates]]").unwrap()..];
+    let r = gw.reload_with(body_only).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let s = connect(&client(std::slice::from_ref(&new)), gw.tls_addr(), "shop.test")
+        .await
+        .unwrap();
+    assert_eq!(served(&s), new);
+    // The connection made before the reload carries on.
+    let req = http::Request::get("https://shop.test/still")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send_old.send_request(req).await.unwrap().status(), 200);
+
+    // A reload with a key that is not the certificate's is refused, and
+    // the current certificate keeps serving.
+    std::fs::copy(dir.path().join("blog.key"), dir.path().join("shop.key")).unwrap();
+    let r = gw.reload_with(body_only).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("tls.certificates[0].key"), "{}", r.text());
+    let s = connect(&client(std::slice::from_ref(&new)), gw.tls_addr(), "shop.test")
+        .await
+        .unwrap();
+    assert_eq!(served(&s), new);
+    gw.stop().await;
+}
