@@ -221,9 +221,13 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     cert(dir.path(), "blog", &["*.blog.test"]);
     let b = body(dir.path(), o.addr, "");
     let gw = Gw::start(&b).await;
-    let before = connect(&client(std::slice::from_ref(&old)), gw.tls_addr(), "shop.test")
-        .await
-        .unwrap();
+    let before = connect(
+        &client(std::slice::from_ref(&old)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
     let (mut send_old, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(before),
@@ -237,9 +241,13 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     let r = gw.reload_with(body_only).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let s = connect(&client(std::slice::from_ref(&new)), gw.tls_addr(), "shop.test")
-        .await
-        .unwrap();
+    let s = connect(
+        &client(std::slice::from_ref(&new)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
     assert_eq!(served(&s), new);
     // The connection made before the reload carries on.
     let req = http::Request::get("https://shop.test/still")
@@ -253,9 +261,67 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     let r = gw.reload_with(body_only).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("tls.certificates[0].key"), "{}", r.text());
-    let s = connect(&client(std::slice::from_ref(&new)), gw.tls_addr(), "shop.test")
-        .await
-        .unwrap();
+    let s = connect(
+        &client(std::slice::from_ref(&new)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
     assert_eq!(served(&s), new);
     gw.stop().await;
+}
+
+#[test]
+fn baton_check_warns_of_a_certificate_that_expires_within_21_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.test".to_string()]).unwrap();
+    let soon = time_in_days(5);
+    params.not_after = rcgen::date_time_ymd(soon.0, soon.1, soon.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let c = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("shop.crt"), c.pem()).unwrap();
+    std::fs::write(dir.path().join("shop.key"), key.serialize_pem()).unwrap();
+    let file = dir.path().join("baton.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten_tls = [\"127.0.0.1:8443\"]\n\n[[tls.certificates]]\ncert = \"shop.crt\"\nkey = \"shop.key\"\n\n{}",
+            one_route("127.0.0.1:3000".parse().unwrap())
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("tls.certificates[0].cert"), "{text}");
+    assert!(
+        text.contains("the certificate expires in 4 days")
+            || text.contains("the certificate expires in 5 days"),
+        "{text}"
+    );
+}
+
+/// The civil date `days` from now (UTC).
+fn time_in_days(days: i64) -> (i32, u8, u8) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + days * 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as i32, m as u8, d as u8)
 }
