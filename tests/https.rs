@@ -36,6 +36,18 @@ fn body(dir: &Path, origin: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// An origin, two certificates (`shop.test`, `*.blog.test`) and a gateway
+/// serving them on an HTTPS listener: (origin, dir, shop's DER, blog's
+/// DER, gateway).
+async fn site(script: Script, extra: &str) -> (Origin, tempfile::TempDir, Vec<u8>, Vec<u8>, Gw) {
+    let o = Origin::start(script).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = cert(dir.path(), "shop", &["shop.test"]);
+    let blog = cert(dir.path(), "blog", &["*.blog.test"]);
+    let gw = Gw::start(&body(dir.path(), o.addr, extra)).await;
+    (o, dir, shop, blog, gw)
+}
+
 /// A TLS client trusting `roots`, offering h2 and http/1.1.
 fn client(roots: &[Vec<u8>]) -> tokio_rustls::TlsConnector {
     let mut store = rustls::RootCertStore::empty();
@@ -98,11 +110,7 @@ fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_upstream() {
-    let o = Origin::start(Script::Echo).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let shop = cert(dir.path(), "shop", &["shop.test"]);
-    let blog = cert(dir.path(), "blog", &["*.blog.test"]);
-    let gw = Gw::start(&body(dir.path(), o.addr, "")).await;
+    let (_o, _dir, shop, blog, gw) = site(Script::Echo, "").await;
     let c = client(&[shop.clone(), blog.clone()]);
 
     let s = connect(&c, gw.tls_addr(), "shop.test").await.unwrap();
@@ -157,11 +165,7 @@ async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_ups
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_gets_a_400_that_says_use_https() {
-    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    cert(dir.path(), "shop", &["shop.test"]);
-    cert(dir.path(), "blog", &["*.blog.test"]);
-    let gw = Gw::start(&body(dir.path(), o.addr, "")).await;
+    let (_o, _dir, _, _, gw) = site(Script::Ok("hi".into()), "").await;
     let mut s = tokio::net::TcpStream::connect(gw.tls_addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
         .await
@@ -184,16 +188,8 @@ async fn plain_http_to_the_tls_port_gets_a_400_that_says_use_https() {
 
 #[tokio::test]
 async fn a_handshake_that_stalls_is_dropped_at_the_deadline() {
-    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    cert(dir.path(), "shop", &["shop.test"]);
-    cert(dir.path(), "blog", &["*.blog.test"]);
-    let gw = Gw::start(&body(
-        dir.path(),
-        o.addr,
-        "tls_handshake_timeout = \"300ms\"",
-    ))
-    .await;
+    let (_o, _dir, _, _, gw) =
+        site(Script::Ok("hi".into()), "tls_handshake_timeout = \"300ms\"").await;
     for sent in [&b""[..], &b"\x16\x03\x01"[..]] {
         let mut s = tokio::net::TcpStream::connect(gw.tls_addr()).await.unwrap();
         s.write_all(sent).await.unwrap();
@@ -215,12 +211,8 @@ async fn a_handshake_that_stalls_is_dropped_at_the_deadline() {
 
 #[tokio::test]
 async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_finish() {
-    let o = Origin::start(Script::Echo).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let old = cert(dir.path(), "shop", &["shop.test"]);
-    cert(dir.path(), "blog", &["*.blog.test"]);
+    let (o, dir, old, _, gw) = site(Script::Echo, "").await;
     let b = body(dir.path(), o.addr, "");
-    let gw = Gw::start(&b).await;
     let before = connect(
         &client(std::slice::from_ref(&old)),
         gw.tls_addr(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Gw, Origin, Reap, Script, peer, refusing_addr};
+use crate::support::{Gw, Origin, Reap, Script, real_proxy, refusing_addr};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs");
 
@@ -554,14 +554,7 @@ async fn real_nginx_logs_are_classified() {
     )
     .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _nginx = peer(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _nginx = real_proxy("nginx", &conf, addr, None).await;
     let statuses = hit(
         addr,
         &[
@@ -624,16 +617,7 @@ async fn real_haproxy_logs_are_classified() {
     .unwrap();
     let log = dir.path().join("haproxy.log");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _haproxy = peer(
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&conf)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _haproxy = real_proxy("haproxy", &conf, addr, Some(&log)).await;
     // Let the health check mark the `down` server DOWN.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let statuses = hit(
@@ -694,15 +678,7 @@ async fn real_apache_logs_are_classified() {
     )
     .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _apache = peer(
-        Command::new("apache2")
-            .arg("-X")
-            .arg("-f")
-            .arg(&conf)
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _apache = real_proxy("apache2", &conf, addr, None).await;
     let statuses = hit(addr, &["/refused", "/slow", "/closed", "/garbage", "/php"]).await;
     // Apache answers its read timeout with 502, not 504, and passes an
     // upstream's garbage on as an HTTP/0.9 answer without an error line.

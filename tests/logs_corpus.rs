@@ -29,7 +29,7 @@ use std::time::Duration;
 use baton::cli::logs::{Kind, formats, hint_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Dns, Origin, Reap, Script, peer, php, refusing_addr};
+use crate::support::{Dns, Origin, Reap, Script, php, real_proxy, refusing_addr};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs/corpus");
 
@@ -434,14 +434,7 @@ async fn nginx(f: &Faults, dns: &Dns, silent: &Dns) -> Vec<Block> {
     )
     .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _nginx = peer(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _nginx = real_proxy("nginx", &conf, addr, None).await;
     let files: Vec<PathBuf> = [
         "nginx-error.log",
         "nginx-access.log",
@@ -507,15 +500,7 @@ async fn apache(f: &Faults) -> Vec<Block> {
     )
     .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _apache = peer(
-        Command::new("apache2")
-            .arg("-X")
-            .arg("-f")
-            .arg(&conf)
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _apache = real_proxy("apache2", &conf, addr, None).await;
     let files: Vec<PathBuf> = ["apache-error.log", "apache-access.log", "apache-timed.log"]
         .iter()
         .map(|n| dir.path().join(n))
@@ -580,16 +565,7 @@ async fn haproxy(f: &Faults) -> Vec<Block> {
     let log = dir.path().join("haproxy.log");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let addr2: SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
-    let _haproxy = peer(
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&conf)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null()),
-        addr,
-    )
-    .await;
+    let _haproxy = real_proxy("haproxy", &conf, addr, Some(&log)).await;
     // The health check marks `down` DOWN.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let files = [log];

@@ -432,6 +432,28 @@ impl Drop for Reap {
     }
 }
 
+/// A real nginx, Apache or HAProxy in the foreground on `conf`, listening
+/// on `addr`; HAProxy's log (to stdout) goes to `stdout` when given.
+pub async fn real_proxy(
+    which: &str,
+    conf: &std::path::Path,
+    addr: SocketAddr,
+    stdout: Option<&std::path::Path>,
+) -> Reap {
+    let mut cmd = std::process::Command::new(which);
+    match which {
+        "nginx" => cmd.arg("-c"),
+        "apache2" => cmd.args(["-X", "-f"]),
+        "haproxy" => cmd.args(["-db", "-f"]),
+        other => panic!("no such peer {other}"),
+    };
+    cmd.arg(conf).stderr(std::process::Stdio::null());
+    if let Some(out) = stdout {
+        cmd.stdout(std::fs::File::create(out).unwrap());
+    }
+    peer(&mut cmd, addr).await
+}
+
 /// Starts a program (nginx, HAProxy, Apache, `baton serve`) and waits
 /// until `addr` accepts connections; killed when the result drops.
 pub async fn peer(cmd: &mut std::process::Command, addr: SocketAddr) -> Reap {
