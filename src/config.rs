@@ -154,6 +154,12 @@ pub struct ClientLimits {
     pub max_body_bytes: Option<u64>,
     /// Client connections per worker beyond which new ones are closed.
     pub max_connections: usize,
+    /// `server.proxy_protocol`: every connection starts with a PROXY
+    /// protocol header (v1 or v2) naming the real client.
+    pub proxy_protocol: bool,
+    /// `server.trusted_proxies`: peers whose `X-Forwarded-For`,
+    /// `Forwarded` and `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

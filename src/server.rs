@@ -384,7 +384,10 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
                 let count = conns.add(&shared);
                 tokio::spawn(serve_connection(
                     s,
-                    tls.then_some(handshake_timeout),
+                    Opening {
+                        tls: tls.then_some(handshake_timeout),
+                        proxy_protocol: limits.proxy_protocol,
+                    },
                     peer,
                     local,
                     gw.clone(),
@@ -414,9 +417,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// asked to close, or the gateway stops.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    s: tokio::net::TcpStream,
-    tls: Option<Duration>,
-    peer: SocketAddr,
+    mut s: tokio::net::TcpStream,
+    opening: Opening,
+    mut peer: SocketAddr,
     local: SocketAddr,
     gw: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -427,7 +430,18 @@ async fn serve_connection(
 ) {
     // Until the protocol is known, hyper has no deadline of its own:
     // baton gives it one.
+    let tls = opening.tls;
     let first = async {
+        if opening.proxy_protocol {
+            match proxy_header(&mut s, deadlines.header).await {
+                Ok(Some(client)) => peer = client,
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::info!(target: "baton::proxy_protocol", peer = %peer.ip(), "closed a connection without a valid PROXY protocol header: {why}");
+                    return None;
+                }
+            }
+        }
         match tls {
             Some(limit) => tls_handshake(&gw, s, peer, limit).await,
             None => match protocol_known(&s, deadlines.header).await {
@@ -570,6 +584,85 @@ async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option
         }
     };
     tokio::time::timeout(deadline, known).await.ok().flatten()
+}
+
+/// How a listener's connections begin.
+#[derive(Clone, Copy)]
+struct Opening {
+    /// An HTTPS listener: the handshake's deadline.
+    tls: Option<Duration>,
+    /// A PROXY protocol header comes first (`server.proxy_protocol`).
+    proxy_protocol: bool,
+}
+
+/// Reads a PROXY protocol header (v1 text or v2 binary, HAProxy's
+/// spec) off the front of `s`, within `limit`: the client it names, or
+/// `None` for a `LOCAL`/`UNKNOWN` header (a health check by the proxy
+/// itself: the connection's own address stands). `Err`: no valid header,
+/// and the connection is closed, as nginx and HAProxy do. Parsed by the
+/// `ppp` crate; only the header's bytes are consumed.
+async fn proxy_header(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Result<Option<SocketAddr>, &'static str> {
+    use ppp::{HeaderResult, PartialResult};
+    use tokio::io::AsyncReadExt;
+    // v1 is at most 107 bytes; v2 is 16 plus its length (addresses and
+    // TLVs: 536 bytes is the spec's advice for a first read).
+    let mut buf = vec![0u8; 536];
+    let read = async {
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let n = s.peek(&mut buf).await.map_err(|_| "read failed")?;
+            if n == 0 {
+                return Err("closed before the header");
+            }
+            let parsed = HeaderResult::parse(&buf[..n]);
+            if parsed.is_incomplete() {
+                if n == buf.len() {
+                    return Err("header longer than 536 bytes");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            let (len, client) = match parsed {
+                HeaderResult::V1(Ok(h)) => (
+                    h.header.len(),
+                    match h.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Tcp6(a) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        ppp::v1::Addresses::Unknown => None,
+                    },
+                ),
+                HeaderResult::V2(Ok(h)) => (
+                    h.header.len(),
+                    match (h.command, h.addresses) {
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                            Some(SocketAddr::from((a.source_address, a.source_port)))
+                        }
+                        _ => None,
+                    },
+                ),
+                _ => return Err("not a PROXY protocol header"),
+            };
+            return Ok((len, client));
+        }
+    };
+    let (len, client) = tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| "no header within header_read_timeout")??;
+    s.read_exact(&mut buf[..len])
+        .await
+        .map_err(|_| "read failed")?;
+    Ok(client)
 }
 
 /// The TLS handshake of an HTTPS listener's connection, within `limit`

@@ -20,6 +20,7 @@ mod limits;
 mod logs;
 mod logs_corpus;
 mod proxying;
+mod real_client;
 mod resilience;
 mod supervise;
 mod tls;

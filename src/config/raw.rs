@@ -11,6 +11,8 @@ pub struct Server {
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub listen_tls: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub proxy_protocol: Option<bool>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub admin: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,

@@ -34,7 +34,11 @@ pub(super) struct Ctx {
     pub two_hosts: bool,
     pub client: SocketAddr,
     pub local: SocketAddr,
-    /// The client connection is TLS (an HTTPS listener).
+    /// The address the connection came from (after a PROXY protocol
+    /// header): `client` unless it is a trusted proxy.
+    pub peer: SocketAddr,
+    /// The request came over TLS: an HTTPS listener, or a trusted proxy's
+    /// `X-Forwarded-Proto: https` (or `Forwarded: proto=https`).
     pub https: bool,
     pub version: Version,
     pub start: Instant,
@@ -64,13 +68,16 @@ impl Ctx {
     pub fn new(
         gw: Arc<Gateway>,
         req: &Request<Incoming>,
-        client: SocketAddr,
+        peer: SocketAddr,
         local: SocketAddr,
         https: bool,
     ) -> Self {
         let start = Instant::now();
         let rt = gw.runtime.load_full();
         let h = req.headers();
+        // Behind a trusted proxy, the client and scheme it names.
+        let (client, forwarded_https) =
+            super::headers::real_client(h, peer, &rt.config.limits.trusted_proxies);
         let id = match h.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => gw.next_request_id(),
@@ -90,8 +97,9 @@ impl Ctx {
             two_hosts: hosts.next().is_some(),
             host_from_target: false,
             client,
+            peer,
             local,
-            https,
+            https: https || forwarded_https,
             version: req.version(),
             start,
             accept: h.get(header::ACCEPT).cloned(),

@@ -229,6 +229,96 @@ fn forwarded_for(prev: Option<&HeaderValue>, ip: std::net::IpAddr) -> HeaderValu
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+/// The client a request is for, and whether it came over HTTPS, when
+/// `peer` is a trusted proxy: from `Forwarded` (RFC 7239) if present,
+/// else `X-Forwarded-For` and `X-Forwarded-Proto`. The chain is walked
+/// from the right, past the trusted proxies; the first address that is
+/// not one is the client (an address further left could be made up by the
+/// client itself). Anything unreadable stops the walk at the last trusted
+/// hop. From an untrusted peer nothing is believed: `(peer, false)`.
+pub fn real_client(
+    h: &HeaderMap,
+    peer: std::net::SocketAddr,
+    trusted: &[ipnet::IpNet],
+) -> (std::net::SocketAddr, bool) {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(&ip));
+    if trusted.is_empty() || !is_trusted(peer.ip()) {
+        return (peer, false);
+    }
+    let joined = |name: &HeaderName| {
+        let parts: Vec<&str> = h
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(","))
+    };
+    // (address, proto) per hop, leftmost first.
+    let hops: Vec<(Option<std::net::SocketAddr>, Option<String>)> =
+        if let Some(f) = joined(&header::FORWARDED) {
+            f.split(',')
+                .map(|element| {
+                    let mut addr = None;
+                    let mut proto = None;
+                    for pair in element.split(';') {
+                        let Some((k, v)) = pair.trim().split_once('=') else {
+                            continue;
+                        };
+                        let v = v.trim().trim_matches('"');
+                        match k.trim().to_ascii_lowercase().as_str() {
+                            "for" => addr = node_addr(v),
+                            "proto" => proto = Some(v.to_ascii_lowercase()),
+                            _ => {}
+                        }
+                    }
+                    (addr, proto)
+                })
+                .collect()
+        } else {
+            let proto = joined(&X_FORWARDED_PROTO)
+                .and_then(|p| p.split(',').next().map(|p| p.trim().to_ascii_lowercase()));
+            let Some(xff) = joined(&X_FORWARDED_FOR) else {
+                return (peer, proto.as_deref() == Some("https"));
+            };
+            let n = xff.split(',').count();
+            xff.split(',')
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        node_addr(a.trim()),
+                        (i + 1 == n).then(|| proto.clone()).flatten(),
+                    )
+                })
+                .collect()
+        };
+    let xfp = hops.last().and_then(|(_, p)| p.clone());
+    let mut client = peer;
+    let mut proto = xfp;
+    for (addr, p) in hops.iter().rev() {
+        let Some(a) = addr else { break };
+        client = *a;
+        if p.is_some() {
+            proto = p.clone();
+        }
+        if !is_trusted(a.ip()) {
+            break;
+        }
+    }
+    (client, proto.as_deref() == Some("https"))
+}
+
+/// A forwarded node: `203.0.113.9`, `203.0.113.9:4711`, `[2001:db8::1]:443`
+/// or `2001:db8::1`; `None` for `unknown` or an obfuscated name.
+fn node_addr(v: &str) -> Option<std::net::SocketAddr> {
+    v.parse::<std::net::SocketAddr>()
+        .ok()
+        .or_else(|| v.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 0).into()))
+        .or_else(|| {
+            let ip = v.strip_prefix('[')?.strip_suffix(']')?;
+            ip.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 0).into())
+        })
+}
+
 /// A `Proxy-Status` structured-field string: printable ASCII, escaped.
 fn sf_string(out: &mut String, s: &str) {
     out.push('"');
@@ -301,7 +391,22 @@ pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool
             v
         }
     };
-    let xff = forwarded_for(headers.get(&X_FORWARDED_FOR), ctx.client.ip());
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): HAProxy's
+    // `option forwardfor` adds a line of its own.
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
+    let prev = match (lines.next(), lines.next()) {
+        (Some(first), None) => Some(first.clone()),
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            let all: Vec<&[u8]> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            HeaderValue::from_bytes(&all.join(&b", "[..])).ok()
+        }
+    };
+    let xff = forwarded_for(prev.as_ref(), ctx.peer.ip());
     headers.insert(&X_FORWARDED_FOR, xff);
     const HTTP: HeaderValue = HeaderValue::from_static("http");
     const HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -377,6 +482,74 @@ mod tests {
             forwarded_for(Some(&prev), "::1".parse().unwrap()),
             "203.0.113.9, ::1"
         );
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client_and_the_scheme() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        let peer: std::net::SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ip = |r: (std::net::SocketAddr, bool)| (r.0.ip().to_string(), r.1);
+        // The rightmost untrusted address; one the client wrote itself
+        // further left is not believed.
+        let m = h(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            ip(real_client(&m, peer, &trusted)),
+            ("203.0.113.9".into(), true)
+        );
+        // Two header lines are one list.
+        let m = h(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.7"),
+        ]);
+        assert_eq!(
+            ip(real_client(&m, peer, &trusted)),
+            ("203.0.113.9".into(), false)
+        );
+        // Forwarded wins over X-Forwarded-For; IPv6 with a port; proto per element.
+        let m = h(&[
+            (
+                "forwarded",
+                "for=\"[2001:db8::5]:4711\";proto=https, for=10.0.0.7;proto=http",
+            ),
+            ("x-forwarded-for", "6.6.6.6"),
+        ]);
+        assert_eq!(
+            ip(real_client(&m, peer, &trusted)),
+            ("2001:db8::5".into(), true)
+        );
+        // `unknown` stops at the last trusted hop.
+        let m = h(&[("forwarded", "for=unknown, for=10.0.0.7")]);
+        assert_eq!(
+            ip(real_client(&m, peer, &trusted)),
+            ("10.0.0.7".into(), false)
+        );
+        // From an untrusted peer nothing is believed.
+        let stranger: std::net::SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        let m = h(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            ip(real_client(&m, stranger, &trusted)),
+            ("198.51.100.1".into(), false)
+        );
+        assert_eq!(ip(real_client(&m, peer, &[])), ("10.0.0.2".into(), false));
     }
 
     #[test]

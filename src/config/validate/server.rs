@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use toml::Spanned;
+
 use super::Validator;
 use crate::config::raw;
 use crate::config::*;
@@ -72,6 +74,8 @@ impl Validator<'_> {
                 &server.send_timeout,
                 defaults::SEND_TIMEOUT,
             ),
+            proxy_protocol: server.proxy_protocol.unwrap_or(false),
+            trusted_proxies: self.networks("server.trusted_proxies", &server.trusted_proxies),
             max_request_header_bytes: self.int(
                 "server.max_request_header_bytes",
                 &server.max_request_header_bytes,
@@ -252,5 +256,31 @@ impl Validator<'_> {
                 "use 1 to 10",
             ) as usize,
         }
+    }
+}
+
+impl Validator<'_> {
+    /// A list of networks (`10.0.0.0/8`) or single addresses (`127.0.0.1`,
+    /// `::1`).
+    fn networks(&mut self, key: &str, v: &Option<Vec<Spanned<String>>>) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for n in v.iter().flatten() {
+            let text = n.get_ref().trim();
+            let parsed = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(ipnet::IpNet::from)
+            });
+            match parsed {
+                Some(net) => out.push(net.trunc()),
+                None => self.err(
+                    key,
+                    n.span(),
+                    format!("{text:?} is not an address or network"),
+                    "write an address (\"10.0.0.5\") or a network in CIDR form (\"10.0.0.0/8\", \"fd00::/8\")",
+                ),
+            }
+        }
+        out
     }
 }
