@@ -120,6 +120,11 @@ pub struct TlsConfig {
     /// `[[tls.certificates]]`, in file order; the first is served to a
     /// client that sends no server name.
     pub certificates: Vec<ServedCert>,
+    /// `server.redirect_https`: plain-HTTP requests get `308` to https.
+    pub redirect_https: bool,
+    /// `server.hsts`: the `Strict-Transport-Security` value sent on HTTPS
+    /// responses.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// One certificate chain and its key, ready to serve.

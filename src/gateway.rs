@@ -34,6 +34,9 @@ pub struct Gateway {
     /// Supervised backends by upstream name; they outlive reloads that
     /// leave their `[process]` unchanged.
     supervisors: ArcSwap<std::collections::HashMap<Arc<str>, Arc<Supervisor>>>,
+    /// The first HTTPS listener's port as bound (redirects to https name
+    /// it); 0 before the listeners are bound or without one.
+    pub https_port: std::sync::atomic::AtomicU16,
 }
 
 impl Gateway {
@@ -48,6 +51,7 @@ impl Gateway {
             logs,
             ids: RequestIds::new(),
             supervisors: ArcSwap::from_pointee(Default::default()),
+            https_port: std::sync::atomic::AtomicU16::new(0),
         }
     }
 

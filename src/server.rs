@@ -166,6 +166,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.iter().chain(&tls_addrs).copied().collect();
     let gateway = Arc::new(Gateway::new(rt, logs));
+    if let Some(a) = tls_addrs.first() {
+        gateway.https_port.store(a.port(), Ordering::Relaxed);
+    }
     gateway.spawn_incidents();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());

@@ -317,3 +317,53 @@ fn time_in_days(days: i64) -> (i32, u8, u8) {
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y as i32, m as u8, d as u8)
 }
+
+#[tokio::test]
+async fn plain_http_is_redirected_to_https_and_https_gets_hsts() {
+    let (_o, _dir, shop, _, gw) = site(
+        Script::Echo,
+        "redirect_https = true\nhsts = \"max-age=31536000\"",
+    )
+    .await;
+    let port = gw.tls_addr().port();
+    let r = send(gw.addr, get_with("/a/b?c=1", "host", "shop.test:8080")).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        format!("https://shop.test:{port}/a/b?c=1")
+    );
+    // No HSTS over plain HTTP (RFC 6797 §7.2).
+    assert_eq!(r.header("strict-transport-security"), "");
+    // ACME's HTTP-01 challenges stay on plain HTTP.
+    let r = send(
+        gw.addr,
+        get_with("/.well-known/acme-challenge/tok", "host", "shop.test"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = connect(
+        &client(std::slice::from_ref(&shop)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
+    let (mut send_h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let r = send_h2
+        .send_request(
+            http::Request::get("https://shop.test/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    gw.stop().await;
+}

@@ -12,6 +12,8 @@ pub struct Server {
     pub listen_tls: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls_handshake_timeout: Option<Spanned<String>>,
     pub proxy_protocol: Option<bool>,
+    pub redirect_https: Option<bool>,
+    pub hsts: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub admin: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,

@@ -28,6 +28,7 @@ use crate::upstream::files;
 /// request path).
 pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     host(ctx, req)?;
+    https_redirect(ctx, req)?;
     transfer_coding(ctx, req)?;
     status_page(ctx, req)?;
     route(ctx, req)?;
@@ -35,6 +36,43 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
     rate_limit(ctx, req)?;
     body_size(ctx, req)?;
     try_files(ctx, req)
+}
+
+/// `server.redirect_https`: a plain-HTTP request gets `308 Permanent
+/// Redirect` to the same host and path on the HTTPS listener (308 keeps
+/// the method and body, unlike 301). ACME's HTTP-01 challenges
+/// (`/.well-known/acme-challenge/`) stay on plain HTTP, as they must.
+fn https_redirect(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    if ctx.https || !ctx.rt.config.tls.redirect_https {
+        return Ok(());
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if path.starts_with("/.well-known/acme-challenge/") {
+        return Ok(());
+    }
+    let host = ctx.host();
+    let port = ctx.gw.https_port.load(std::sync::atomic::Ordering::Relaxed);
+    let location = match port {
+        443 | 0 => format!("https://{}{path}", bracket(host)),
+        p => format!("https://{}:{p}{path}", bracket(host)),
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(location) => Err(Answer::Redirect {
+            status: http::StatusCode::PERMANENT_REDIRECT,
+            location,
+        }),
+        // A host that cannot be a header value: the host filter's job.
+        Err(_) => Ok(()),
+    }
+}
+
+/// An IPv6 literal host in brackets, as a URL needs it.
+fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
 }
 
 /// One unambiguous host (RFC 9112 §3.2, RFC 9113 §8.3.1): two `Host`

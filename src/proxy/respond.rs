@@ -37,6 +37,11 @@ pub(super) enum Answer {
         content_type: &'static str,
         body: String,
     },
+    /// A redirect baton answers itself (plain HTTP to https).
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
     /// The upstream's response: its head (already through the upstream
     /// response filter) and its body, which logs when it ends.
     Proxied(Parts, Box<ProxiedBody>),
@@ -59,6 +64,18 @@ impl Answer {
 fn response_filters(ctx: &Ctx, h: &mut HeaderMap) {
     request_id(ctx, h);
     rate_limit_state(ctx, h);
+    hsts(ctx, h);
+}
+
+/// `Strict-Transport-Security` on HTTPS responses only (RFC 6797 §7.2: a
+/// browser ignores it over plain HTTP), unless the application set its own.
+fn hsts(ctx: &Ctx, h: &mut HeaderMap) {
+    if let Some(v) = &ctx.rt.config.tls.hsts
+        && ctx.https
+        && !h.contains_key(header::STRICT_TRANSPORT_SECURITY)
+    {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
+    }
 }
 
 fn request_id(ctx: &Ctx, h: &mut HeaderMap) {
@@ -108,6 +125,12 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
             *r.status_mut() = a.status;
             *r.headers_mut() = a.headers;
             (r, len, None)
+        }
+        Answer::Redirect { status, location } => {
+            let mut r = Response::new(RespBody::Local(None));
+            *r.status_mut() = status;
+            r.headers_mut().insert(header::LOCATION, location);
+            (r, 0, None)
         }
         Answer::Page { content_type, body } => {
             let len = body.len() as u64;

@@ -44,10 +44,37 @@ impl Validator<'_> {
                 "add a [[tls.certificates]] section with cert = \"FILE.crt\" and key = \"FILE.key\" (PEM)",
             );
         }
+        let redirect_https = server.redirect_https.unwrap_or(false);
+        if redirect_https && listen.is_empty() {
+            self.err(
+                "server.redirect_https",
+                0..0,
+                "redirect_https needs an HTTPS listener to send clients to",
+                "add server.listen_tls (and [[tls.certificates]]), or remove redirect_https",
+            );
+        }
+        let hsts = server.hsts.as_ref().and_then(|h| {
+            let v = h.get_ref().trim();
+            let ok = v.to_ascii_lowercase().starts_with("max-age=");
+            match http::HeaderValue::from_str(v) {
+                Ok(value) if ok => Some(value),
+                _ => {
+                    self.err(
+                        "server.hsts",
+                        h.span(),
+                        format!("{v:?} is not a Strict-Transport-Security value"),
+                        "write hsts = \"max-age=31536000\" (add \"; includeSubDomains\" only when every subdomain serves HTTPS)",
+                    );
+                    None
+                }
+            }
+        });
         TlsConfig {
             listen,
             handshake_timeout,
             certificates,
+            redirect_https,
+            hsts,
         }
     }
 
