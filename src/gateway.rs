@@ -37,6 +37,8 @@ pub struct Gateway {
     /// The first HTTPS listener's port as bound (redirects to https name
     /// it); 0 before the listeners are bound or without one.
     pub https_port: std::sync::atomic::AtomicU16,
+    /// HTTPS listeners' certificates (the config's and ACME's).
+    pub tls: tls::Tls,
 }
 
 impl Gateway {
@@ -46,6 +48,7 @@ impl Gateway {
         checks::spawn_checkers(&rt);
         crate::upstream::spawn_reapers(&rt.upstreams);
         Gateway {
+            tls: tls::Tls::new(&rt.config.tls),
             metrics: rt.metrics.clone(),
             runtime: ArcSwap::new(rt),
             logs,

@@ -691,11 +691,15 @@ async fn tls_handshake(
         plain_http_to_tls_port(s).await;
         return None;
     }
-    let cfg = gw.runtime.load().tls.clone()?;
-    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(s);
+    let accept = tokio_rustls::TlsAcceptor::from(gw.tls.server_config.clone()).accept(s);
     match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(tls)) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = tls.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::gateway::tls::ACME_TLS_ALPN) {
+                // An ACME TLS-ALPN-01 validation: the handshake was all.
+                return None;
+            }
+            let h2 = alpn == Some(b"h2");
             Some((conn::Stream::Tls(Box::new(tls)), h2))
         }
         Ok(Err(e)) => {

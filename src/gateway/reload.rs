@@ -61,6 +61,7 @@ impl Gateway {
         for (key, problem) in crate::upstream::socket_findings(&rt.config, true) {
             notes.push(format!("{key}: {}", problem.message()));
         }
+        self.tls.reload(&rt.config.tls);
         self.runtime.store(rt);
         self.sync_supervisors();
         tracing::info!(file = %path.display(), notes = %notes.join("; "), "config reloaded");

@@ -31,8 +31,6 @@ pub struct Runtime {
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub dialer: Dialer,
     pub metrics: Arc<Metrics>,
-    /// For HTTPS listeners: this config's certificates.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Runtime {
@@ -82,7 +80,6 @@ impl Runtime {
             })
             .collect();
         Ok(Runtime {
-            tls: crate::gateway::tls::server_config(&config.tls),
             config,
             upstreams,
             limiters,

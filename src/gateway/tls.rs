@@ -1,92 +1,174 @@
-//! The TLS side of HTTPS listeners: the rustls server config built from
-//! `[tls]`, with a certificate chosen by the client's server name (SNI).
+//! The TLS side of HTTPS listeners: one rustls server config for the
+//! gateway's life, whose certificate resolver reads the certificates of
+//! the current config (swapped on reload) and those ACME obtained.
 //!
 //! Owns: certificate selection (exact names, then `*.` wildcards one label
-//! deep, then the first certificate for a client that names no server) and
-//! the protocol policy (TLS 1.2 and 1.3 only, rustls's default cipher
-//! suites, which are all AEAD with forward secrecy; ALPN `h2` then
-//! `http/1.1`; session resumption by tickets and a session cache).
-//! Built into each [`super::Runtime`], so a reload serves rotated
-//! certificates to new connections while open ones keep theirs.
+//! deep, then the first certificate for a client that names no server;
+//! ACME's TLS-ALPN-01 challenge certificates for a validator that asks
+//! for `acme-tls/1`) and the protocol policy (TLS 1.2 and 1.3 only,
+//! rustls's default cipher suites, which are all AEAD with forward
+//! secrecy; ALPN `h2` then `http/1.1`; session resumption by tickets and a
+//! session cache). New connections see a reload's or a renewal's
+//! certificates; open ones keep theirs.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::TlsConfig;
 
-/// Picks a certificate by the client's server name.
-#[derive(Debug)]
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates by name.
+#[derive(Debug, Default)]
 struct BySni {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored under `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// For a client that sends no server name (an IP address in the URL).
-    default: Arc<CertifiedKey>,
+    default: Option<Arc<CertifiedKey>>,
 }
 
 impl BySni {
-    fn new(tls: &TlsConfig) -> Option<BySni> {
-        let default = tls.certificates.first()?.key.clone();
-        let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+    fn new<'a>(certs: impl IntoIterator<Item = (&'a [String], &'a Arc<CertifiedKey>)>) -> BySni {
+        let mut sni = BySni::default();
         // The first certificate listed for a name wins, as in the file.
-        for c in &tls.certificates {
-            for n in &c.names {
+        for (names, key) in certs {
+            sni.default.get_or_insert_with(|| key.clone());
+            for n in names {
                 match n.strip_prefix("*.") {
-                    Some(parent) => wildcard.entry(parent.to_string()),
-                    None => exact.entry(n.clone()),
+                    Some(parent) => sni.wildcard.entry(parent.to_string()),
+                    None => sni.exact.entry(n.clone()),
                 }
-                .or_insert_with(|| c.key.clone());
+                .or_insert_with(|| key.clone());
             }
         }
-        Some(BySni {
-            exact,
-            wildcard,
-            default,
-        })
+        sni
     }
 
-    /// The certificate for `name`; `None` when no certificate names it.
-    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = name else {
-            return Some(self.default.clone());
-        };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(k) = self.exact.get(&name) {
-            return Some(k.clone());
-        }
+    fn exact(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.exact.get(name).cloned()
+    }
+
+    fn wildcard(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let parent = name.split_once('.')?.1;
         self.wildcard.get(parent).cloned()
     }
 }
 
-impl ResolvesServerCert for BySni {
+/// What ACME obtained and what its validations need, shared with the
+/// ACME task (`gateway::acme`).
+#[derive(Debug, Default)]
+pub struct AcmeCerts {
+    /// Issued certificates by name.
+    pub issued: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// TLS-ALPN-01: the challenge certificate by name.
+    pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01: the key authorization by token.
+    pub http: Mutex<HashMap<String, String>>,
+}
+
+impl AcmeCerts {
+    /// Serves `key` for `names` from now on.
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+        let mut next = (**self.issued.load()).clone();
+        for n in names {
+            next.insert(n.clone(), key.clone());
+        }
+        self.issued.store(Arc::new(next));
+    }
+}
+
+#[derive(Debug)]
+struct Resolver {
+    configured: ArcSwap<BySni>,
+    acme: Arc<AcmeCerts>,
+}
+
+impl ResolvesServerCert for Resolver {
     /// A server name no certificate covers fails the handshake (rustls
     /// sends the `access_denied` alert): serving another site's certificate
     /// would only move the error to the browser's certificate warning.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        let name = hello
+            .server_name()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        let acme_validation = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+        if acme_validation {
+            let n = name?;
+            return self.acme.alpn.lock().ok()?.get(&n).cloned();
+        }
+        let configured = self.configured.load();
+        let Some(name) = name else {
+            return configured
+                .default
+                .clone()
+                .or_else(|| self.acme.issued.load().values().next().cloned());
+        };
+        configured
+            .exact(&name)
+            .or_else(|| self.acme.issued.load().get(&name).cloned())
+            .or_else(|| configured.wildcard(&name))
     }
 }
 
-/// The rustls server config for `tls`; `None` when it has no certificate.
-pub fn server_config(tls: &TlsConfig) -> Option<Arc<rustls::ServerConfig>> {
+/// The HTTPS side of the gateway.
+pub struct Tls {
+    resolver: Arc<Resolver>,
+    /// For HTTPS listeners; one for the gateway's life.
+    pub server_config: Arc<rustls::ServerConfig>,
+    pub acme: Arc<AcmeCerts>,
+}
+
+impl Tls {
+    pub fn new(tls: &TlsConfig) -> Tls {
+        let acme = Arc::new(AcmeCerts::default());
+        let resolver = Arc::new(Resolver {
+            configured: ArcSwap::from_pointee(configured(tls)),
+            acme: acme.clone(),
+        });
+        Tls {
+            server_config: server_config(resolver.clone()),
+            resolver,
+            acme,
+        }
+    }
+
+    /// Serves the certificates of a new config to new connections.
+    pub fn reload(&self, tls: &TlsConfig) {
+        self.resolver.configured.store(Arc::new(configured(tls)));
+    }
+}
+
+fn configured(tls: &TlsConfig) -> BySni {
+    BySni::new(
+        tls.certificates
+            .iter()
+            .map(|c| (c.names.as_slice(), &c.key)),
+    )
+}
+
+fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .ok()?
+        .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(BySni::new(tls)?));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     // Resumption: TLS 1.3 tickets (keys rotated every 6 hours) and the
     // session cache rustls keeps by default for TLS 1.2.
     if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
         cfg.ticketer = t;
     }
     cfg.send_tls13_tickets = 2;
-    Some(Arc::new(cfg))
+    Arc::new(cfg)
 }
 
 #[cfg(test)]
@@ -120,22 +202,27 @@ mod tests {
     ];
 
     #[test]
-    fn sni_picks_exact_then_wildcard_then_refuses() {
-        let sni = BySni {
-            exact: [("shop.example".to_string(), key("shop"))].into(),
-            wildcard: [("example".to_string(), key("wild"))].into(),
-            default: key("default"),
+    fn sni_picks_exact_then_wildcard_and_the_first_as_default() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (d, s, w) = (key("default"), key("shop"), key("wild"));
+        let (dn, sn, wn) = (
+            names(&["other.example"]),
+            names(&["shop.example"]),
+            names(&["*.example"]),
+        );
+        let sni = BySni::new([
+            (dn.as_slice(), &d),
+            (sn.as_slice(), &s),
+            (wn.as_slice(), &w),
+        ]);
+        let chain = |k: Option<Arc<CertifiedKey>>| {
+            k.map(|k| String::from_utf8(k.cert[0].to_vec()).unwrap())
         };
-        let chain = |n: Option<&str>| {
-            sni.pick(n)
-                .map(|k| String::from_utf8(k.cert[0].to_vec()).unwrap())
-        };
-        assert_eq!(chain(Some("shop.example")).as_deref(), Some("shop"));
-        assert_eq!(chain(Some("SHOP.example.")).as_deref(), Some("shop"));
-        assert_eq!(chain(Some("blog.example")).as_deref(), Some("wild"));
+        assert_eq!(chain(sni.exact("shop.example")).as_deref(), Some("shop"));
+        assert_eq!(chain(sni.wildcard("blog.example")).as_deref(), Some("wild"));
         // A wildcard covers one label only.
-        assert_eq!(chain(Some("a.blog.example")), None);
-        assert_eq!(chain(Some("other.test")), None);
-        assert_eq!(chain(None).as_deref(), Some("default"));
+        assert_eq!(chain(sni.wildcard("a.blog.example")), None);
+        assert_eq!(chain(sni.exact("other.test")), None);
+        assert_eq!(chain(sni.default.clone()).as_deref(), Some("default"));
     }
 }
