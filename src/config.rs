@@ -125,6 +125,83 @@ pub struct TlsConfig {
     /// `server.hsts`: the `Strict-Transport-Security` value sent on HTTPS
     /// responses.
     pub hsts: Option<http::HeaderValue>,
+    /// `[tls.acme]`: certificates obtained and renewed automatically.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[tls.acme]`: one certificate for `domains` from an ACME CA (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// A PEM root to trust for the directory's HTTPS (a test CA such as
+    /// pebble); the public roots otherwise.
+    pub directory_ca: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// Where the account and certificates are kept.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// A file under `/.well-known/acme-challenge/` on port 80.
+    Http01,
+    /// A special certificate on port 443 (RFC 8737).
+    TlsAlpn01,
+}
+
+/// What a certificate says about itself.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    /// DNS names (subjectAltName, else the subject's CN), lower case.
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The facts of a DER certificate; `None` when it cannot be parsed.
+pub fn cert_facts(der: &[u8]) -> Option<CertFacts> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let mut names: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    Some(CertFacts {
+        names,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// A chain and its key as rustls serves them; the reason when the key is
+/// unsupported or not the certificate's.
+pub fn certified_key(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rustls::pki_types::PrivateKeyDer<'_>,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let signer = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .map_err(|e| format!("the key does not belong to the certificate: {e}"))?;
+    Ok(certified)
 }
 
 /// One certificate chain and its key, ready to serve.

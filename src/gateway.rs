@@ -6,6 +6,7 @@
 //! IDs), reload, drain, the active health checkers. Must not: serve a
 //! request (`proxy`) or listen (`server`).
 
+pub mod acme;
 pub mod checks;
 pub mod limit;
 mod reload;
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub https_port: std::sync::atomic::AtomicU16,
     /// HTTPS listeners' certificates (the config's and ACME's).
     pub tls: tls::Tls,
+    /// The `[tls.acme]` task, and the config it runs.
+    acme: std::sync::Mutex<Option<(crate::config::AcmeConfig, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Gateway {
@@ -55,6 +58,26 @@ impl Gateway {
             ids: RequestIds::new(),
             supervisors: ArcSwap::from_pointee(Default::default()),
             https_port: std::sync::atomic::AtomicU16::new(0),
+            acme: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Starts, restarts or stops the ACME task to match the config's
+    /// `[tls.acme]` (a reload that leaves it unchanged leaves it running).
+    pub fn sync_acme(self: &Arc<Self>) {
+        let want = self.runtime.load().config.tls.acme.clone();
+        let Ok(mut cur) = self.acme.lock() else {
+            return;
+        };
+        if cur.as_ref().map(|(c, _)| c) == want.as_ref() {
+            return;
+        }
+        if let Some((_, task)) = cur.take() {
+            task.abort();
+        }
+        if let Some(cfg) = want {
+            let task = acme::spawn(self, cfg.clone());
+            *cur = Some((cfg, task));
         }
     }
 

@@ -170,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway.https_port.store(a.port(), Ordering::Relaxed);
     }
     gateway.spawn_incidents();
+    gateway.sync_acme();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());
     }

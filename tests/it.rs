@@ -2,6 +2,7 @@
 
 mod support;
 
+mod acme;
 mod browser;
 mod causes;
 mod config_errors;

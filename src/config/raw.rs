@@ -35,6 +35,18 @@ pub struct Server {
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub certificates: Option<Vec<TlsCertificate>>,
+    pub acme: Option<TlsAcme>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAcme {
+    pub domains: Spanned<Vec<Spanned<String>>>,
+    pub email: Option<Spanned<String>>,
+    pub directory: Option<Spanned<String>>,
+    pub directory_ca: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

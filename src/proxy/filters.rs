@@ -28,6 +28,7 @@ use crate::upstream::files;
 /// request path).
 pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     host(ctx, req)?;
+    acme_challenge(ctx, req)?;
     https_redirect(ctx, req)?;
     transfer_coding(ctx, req)?;
     status_page(ctx, req)?;
@@ -36,6 +37,34 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
     rate_limit(ctx, req)?;
     body_size(ctx, req)?;
     try_files(ctx, req)
+}
+
+/// ACME's HTTP-01 challenge (RFC 8555 §8.3): `GET
+/// /.well-known/acme-challenge/TOKEN` for a token of an order in progress
+/// answers its key authorization, on any host and listener.
+fn acme_challenge(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+    else {
+        return Ok(());
+    };
+    let answer = ctx
+        .gw
+        .tls
+        .acme
+        .http
+        .lock()
+        .ok()
+        .and_then(|m| m.get(token).cloned());
+    match answer {
+        Some(body) => Err(Answer::Page {
+            content_type: "application/octet-stream",
+            body,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `server.redirect_https`: a plain-HTTP request gets `308 Permanent

@@ -32,16 +32,21 @@ impl Validator<'_> {
                 certificates.push(served);
             }
         }
+        let acme = tls
+            .acme
+            .as_ref()
+            .and_then(|a| self.acme(a, !listen.is_empty()));
         if let Some(l) = &server.listen_tls
             && !listen.is_empty()
             && certificates.is_empty()
             && tls.certificates.as_ref().is_none_or(|c| c.is_empty())
+            && tls.acme.is_none()
         {
             self.err(
                 "server.listen_tls",
                 l.span(),
                 "an HTTPS listener with no certificate to serve",
-                "add a [[tls.certificates]] section with cert = \"FILE.crt\" and key = \"FILE.key\" (PEM)",
+                "add a [[tls.certificates]] section with cert = \"FILE.crt\" and key = \"FILE.key\" (PEM), or [tls.acme] with domains = [\"example.com\"]",
             );
         }
         let redirect_https = server.redirect_https.unwrap_or(false);
@@ -75,7 +80,105 @@ impl Validator<'_> {
             certificates,
             redirect_https,
             hsts,
+            acme,
         }
+    }
+
+    fn acme(&mut self, a: &raw::TlsAcme, https: bool) -> Option<AcmeConfig> {
+        let mut domains = Vec::new();
+        for d in a.domains.get_ref() {
+            let name = d
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.contains('.')
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if name.starts_with("*.") {
+                self.err(
+                    "tls.acme.domains",
+                    d.span(),
+                    format!("{name:?} is a wildcard: HTTP-01 and TLS-ALPN-01 cannot prove it"),
+                    "list each name (\"www.example.com\"), or get the wildcard by DNS-01 elsewhere and give it in [[tls.certificates]]",
+                );
+            } else if !valid {
+                self.err(
+                    "tls.acme.domains",
+                    d.span(),
+                    format!("{name:?} is not a DNS name a CA can issue for"),
+                    "write names such as \"example.com\" and \"www.example.com\"",
+                );
+            } else {
+                domains.push(name);
+            }
+        }
+        if a.domains.get_ref().is_empty() {
+            self.err(
+                "tls.acme.domains",
+                a.domains.span(),
+                "no domain to get a certificate for",
+                "write domains = [\"example.com\", \"www.example.com\"]",
+            );
+        }
+        if !https {
+            self.err(
+                "tls.acme",
+                a.domains.span(),
+                "an ACME certificate with no HTTPS listener to serve it",
+                "add server.listen_tls = [\"0.0.0.0:443\"]",
+            );
+        }
+        let directory = a.directory.as_ref().map_or(
+            "https://acme-v02.api.letsencrypt.org/directory".to_string(),
+            |d| d.get_ref().clone(),
+        );
+        if let Some(d) = &a.directory
+            && !d.get_ref().starts_with("https://")
+        {
+            self.err(
+                "tls.acme.directory",
+                d.span(),
+                format!("{:?} is not an https:// URL", d.get_ref()),
+                "use the CA's directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory",
+            );
+        }
+        let challenge = match a.challenge.as_ref().map(|c| c.get_ref().as_str()) {
+            None | Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some(other) => {
+                let c = a.challenge.as_ref().expect("matched Some");
+                self.err(
+                    "tls.acme.challenge",
+                    c.span(),
+                    format!("unknown challenge {other:?}"),
+                    "use \"http-01\" (port 80 must reach baton) or \"tls-alpn-01\" (port 443 must reach baton)",
+                );
+                AcmeChallenge::Http01
+            }
+        };
+        let directory_ca = a.directory_ca.as_ref().map(|c| {
+            let p = self.path(c.get_ref());
+            let _ = self.pem_certs("tls.acme.directory_ca".into(), c);
+            p
+        });
+        let dir = a.dir.as_ref().map_or_else(
+            || crate::config::state_dir().join("acme"),
+            |d| self.path(d.get_ref()),
+        );
+        (!domains.is_empty()).then_some(AcmeConfig {
+            domains,
+            email: a.email.as_ref().map(|e| e.get_ref().clone()),
+            directory,
+            directory_ca,
+            challenge,
+            dir,
+        })
     }
 
     fn served_cert(&mut self, i: usize, c: &raw::TlsCertificate) -> Option<ServedCert> {
@@ -97,39 +200,29 @@ impl Validator<'_> {
             }
         };
         let leaf = chain.first()?.clone();
-        let signer = match rustls::crypto::ring::sign::any_supported_type(&key) {
-            Ok(s) => s,
+        let certified = match certified_key(chain, &key) {
+            Ok(k) => k,
             Err(e) => {
                 self.err(
                     key_name("key"),
                     c.key.span(),
-                    format!("unsupported private key in {}: {e}", key_path.display()),
-                    "use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key",
+                    e,
+                    "pair each certificate with its own RSA, ECDSA or Ed25519 key (compare `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`)",
                 );
                 return None;
             }
         };
-        let certified = rustls::sign::CertifiedKey::new(chain, signer);
-        if let Err(e) = certified.keys_match() {
+        let Some(CertFacts {
+            names, not_after, ..
+        }) = cert_facts(&leaf)
+        else {
             self.err(
-                key_name("key"),
-                c.key.span(),
-                format!("the key does not belong to the certificate: {e}"),
-                "pair each certificate with its own key (compare `openssl x509 -noout -pubkey -in CERT` with `openssl pkey -pubout -in KEY`)",
+                key_name("cert"),
+                c.cert.span(),
+                "the first certificate in the file cannot be parsed",
+                "put the site's own certificate first, then its intermediates",
             );
             return None;
-        }
-        let (names, not_after) = match leaf_facts(&leaf) {
-            Some(f) => f,
-            None => {
-                self.err(
-                    key_name("cert"),
-                    c.cert.span(),
-                    "the first certificate in the file cannot be parsed",
-                    "put the site's own certificate first, then its intermediates",
-                );
-                return None;
-            }
         };
         self.expiry_warning(&key_name("cert"), &c.cert, not_after);
         Some(ServedCert {
@@ -162,28 +255,4 @@ impl Validator<'_> {
             );
         }
     }
-}
-
-/// The leaf's DNS names (subjectAltName, else the subject's CN), lower
-/// case, and its notAfter in Unix seconds.
-pub fn leaf_facts(der: &[u8]) -> Option<(Vec<String>, i64)> {
-    use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let mut names: Vec<String> = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                names.push(d.to_ascii_lowercase());
-            }
-        }
-    }
-    if names.is_empty() {
-        names.extend(
-            cert.subject()
-                .iter_common_name()
-                .filter_map(|cn| cn.as_str().ok())
-                .map(str::to_ascii_lowercase),
-        );
-    }
-    Some((names, cert.validity().not_after.timestamp()))
 }
