@@ -12,6 +12,7 @@ command -v nginx >/dev/null 2>&1 || need="$need nginx"           # side by side 
 command -v python3 >/dev/null 2>&1 || need="$need python3"       # a supervised Python app
 command -v haproxy >/dev/null 2>&1 || need="$need haproxy"       # `baton logs` reads a real HAProxy's log
 [ -x /usr/sbin/apache2 ] || need="$need apache2"                  # ... and a real Apache's
+command -v pebble >/dev/null 2>&1 || need="$need pebble"         # a real ACME CA for automatic certificates
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

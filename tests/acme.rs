@@ -229,3 +229,57 @@ async fn pebble_issues_by_http_01_and_tls_alpn_01_and_the_certificate_is_kept() 
     );
     gw.stop().await;
 }
+
+/// A CA that cannot reach baton for the challenge: the failure is logged
+/// with the CA's problem and the fix, and retried; HTTPS for other names
+/// keeps being served from the configured certificate.
+#[tokio::test]
+async fn an_unreachable_challenge_is_explained_with_the_fix() {
+    let dns = Dns::start(vec![("shop.test", "127.0.0.1".parse().unwrap())], false).await;
+    // Pebble validates on ports where nothing listens.
+    let p = pebble(refusing_addr().port(), refusing_addr().port(), dns.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = refusing_addr();
+    let log = dir.path().join("stderr.log");
+    let (_addr, _child) = serve_child(
+        dir.path(),
+        &format!(
+            "listen_tls = [\"{tls}\"]\n\n[tls.acme]\ndomains = [\"shop.test\"]\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\ndir = \"{}\"\n\n{}",
+            p.directory,
+            p.ca_file.display(),
+            dir.path().join("acme").display(),
+            one_route(refusing_addr())
+        ),
+        std::fs::File::create(&log).unwrap().into(),
+    )
+    .await;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ACME certificate not obtained") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = text
+        .lines()
+        .find(|l| l.contains("ACME certificate not obtained"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "error");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("ACME certificate not obtained: connection: "),
+        "{line}"
+    );
+    assert!(
+        v["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("the CA could not reach baton for the challenge: make port 80"),
+        "{line}"
+    );
+    assert_eq!(v["retry_in_s"], 30);
+}
