@@ -62,6 +62,32 @@ impl Gateway {
         }
     }
 
+    /// Sets the certificate expiry gauges: the config's certificates and
+    /// ACME's.
+    pub fn publish_certificates(&self) {
+        let g = &self.metrics.certificate_expiry;
+        g.clear();
+        let rt = self.runtime.load();
+        for c in &rt.config.tls.certificates {
+            for n in &c.names {
+                g.get_or_create(&crate::observe::metrics::CertLabels {
+                    name: n.clone(),
+                    source: "file",
+                })
+                .set(c.not_after);
+            }
+        }
+        if let Ok(e) = self.tls.acme.expiry.lock() {
+            for (n, t) in e.iter() {
+                g.get_or_create(&crate::observe::metrics::CertLabels {
+                    name: n.clone(),
+                    source: "acme",
+                })
+                .set(*t);
+            }
+        }
+    }
+
     /// Starts, restarts or stops the ACME task to match the config's
     /// `[tls.acme]` (a reload that leaves it unchanged leaves it running).
     pub fn sync_acme(self: &Arc<Self>) {

@@ -170,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         gateway.https_port.store(a.port(), Ordering::Relaxed);
     }
     gateway.spawn_incidents();
+    gateway.publish_certificates();
     gateway.sync_acme();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());
@@ -688,6 +689,7 @@ async fn tls_handshake(
     }
     // 0x16: a TLS handshake record; anything else is not TLS.
     if first[0] != 0x16 {
+        tls_failure(gw, "plain_http");
         proxy::client_fault(gw, peer, Cause::RequestMalformed);
         plain_http_to_tls_port(s).await;
         return None;
@@ -704,13 +706,50 @@ async fn tls_handshake(
             Some((conn::Stream::Tls(Box::new(tls)), h2))
         }
         Ok(Err(e)) => {
-            tracing::info!(target: "baton::tls", client = %peer.ip(), error = %e, "TLS handshake failed");
+            let reason = handshake_failure(&e);
+            tls_failure(gw, reason);
+            tracing::info!(target: "baton::tls", client = %peer.ip(), reason, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            tracing::info!(target: "baton::tls", client = %peer.ip(), "TLS handshake not complete within tls_handshake_timeout");
+            tls_failure(gw, "timeout");
+            tracing::info!(target: "baton::tls", client = %peer.ip(), reason = "timeout", "TLS handshake not complete within tls_handshake_timeout");
             None
         }
+    }
+}
+
+fn tls_failure(gw: &Gateway, reason: &'static str) {
+    gw.metrics
+        .tls_handshake_failures
+        .get_or_create(&crate::observe::metrics::TlsFailureLabels { reason })
+        .inc();
+}
+
+/// Why a client's TLS handshake failed, in a word for the metric and log:
+/// rustls's error kinds, grouped as an operator acts on them.
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "client_closed";
+    }
+    let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return "protocol";
+    };
+    match r {
+        rustls::Error::General(m) if m.contains("no server certificate") => "unknown_server_name",
+        rustls::Error::PeerIncompatible(p) => {
+            let p = format!("{p:?}");
+            if p.contains("Version") || p.contains("Tls12") {
+                "no_shared_version"
+            } else {
+                "no_shared_cipher"
+            }
+        }
+        // Typically `bad_certificate`/`unknown_ca`: the client does not
+        // trust the certificate baton served (expired, wrong name, missing
+        // intermediate).
+        rustls::Error::AlertReceived(_) => "client_alert",
+        _ => "protocol",
     }
 }
 

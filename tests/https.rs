@@ -126,6 +126,28 @@ async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_ups
     // A name no certificate covers fails the handshake.
     let e = connect(&c, gw.tls_addr(), "other.test").await.unwrap_err();
     assert_eq!(e.to_string(), "received fatal alert: AccessDenied");
+    // A client that does not trust the certificate says so with an alert.
+    let stranger = client(std::slice::from_ref(&blog));
+    assert!(
+        connect(&stranger, gw.tls_addr(), "shop.test")
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = gw.metrics().await;
+    for (reason, n) in [("unknown_server_name", 1), ("client_alert", 1)] {
+        assert!(
+            m.contains(&format!(
+                "baton_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}\n"
+            )),
+            "{reason}: {m}"
+        );
+    }
+    let not_after = baton::config::cert_facts(&shop).unwrap().not_after;
+    assert!(
+        m.contains(&format!("baton_tls_certificate_expiry_timestamp_seconds{{name=\"shop.test\",source=\"file\"}} {not_after}\n")),
+        "{m}"
+    );
 
     // HTTP/1.1 by ALPN works too, and the plain listener still says http.
     let mut one = rustls::ClientConfig::builder_with_provider(Arc::new(

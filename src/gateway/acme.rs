@@ -33,7 +33,8 @@ async fn run(gw: Weak<Gateway>, cfg: AcmeConfig) {
     let mut renew_at = match stored(&cfg) {
         Some((key, facts)) => {
             let Some(g) = gw.upgrade() else { return };
-            g.tls.acme.install(&cfg.domains, key);
+            g.tls.acme.install(&cfg.domains, key, facts.not_after);
+            g.publish_certificates();
             tracing::info!(target: "baton::acme", domains = %cfg.domains.join(", "), not_after = facts.not_after, "serving the stored ACME certificate");
             renewal_time(facts.not_before, facts.not_after)
         }
@@ -54,7 +55,8 @@ async fn run(gw: Weak<Gateway>, cfg: AcmeConfig) {
         let Some(g) = gw.upgrade() else { return };
         match obtain(&g, &cfg).await {
             Ok((key, facts)) => {
-                g.tls.acme.install(&cfg.domains, key);
+                g.tls.acme.install(&cfg.domains, key, facts.not_after);
+                g.publish_certificates();
                 tracing::info!(target: "baton::acme", domains = %cfg.domains.join(", "), not_after = facts.not_after, "ACME certificate obtained");
                 renew_at = renewal_time(facts.not_before, facts.not_after);
                 pause = FIRST_RETRY;

@@ -63,6 +63,7 @@ impl Gateway {
         }
         self.tls.reload(&rt.config.tls);
         self.runtime.store(rt);
+        self.publish_certificates();
         self.sync_acme();
         self.sync_supervisors();
         tracing::info!(file = %path.display(), notes = %notes.join("; "), "config reloaded");

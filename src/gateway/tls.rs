@@ -70,16 +70,23 @@ pub struct AcmeCerts {
     pub alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     /// HTTP-01: the key authorization by token.
     pub http: Mutex<HashMap<String, String>>,
+    /// The issued certificates' notAfter by name (for metrics).
+    pub expiry: Mutex<HashMap<String, i64>>,
 }
 
 impl AcmeCerts {
-    /// Serves `key` for `names` from now on.
-    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+    /// Serves `key` (valid until `not_after`) for `names` from now on.
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>, not_after: i64) {
         let mut next = (**self.issued.load()).clone();
         for n in names {
             next.insert(n.clone(), key.clone());
         }
         self.issued.store(Arc::new(next));
+        if let Ok(mut e) = self.expiry.lock() {
+            for n in names {
+                e.insert(n.clone(), not_after);
+            }
+        }
     }
 }
 

@@ -15,6 +15,18 @@ use prometheus_client::registry::Registry;
 use crate::core::cause::Cause;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub name: String,
+    /// `file` (`[[tls.certificates]]`) or `acme`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: Arc<str>,
     pub status: u16,
@@ -77,6 +89,10 @@ pub struct Metrics {
     /// The adaptive concurrency limit of each upstream that has one.
     pub concurrency_limit: Family<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>,
     pub connections_refused: Counter,
+    /// Client TLS handshakes that failed, by reason.
+    pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
+    /// Each served certificate's notAfter (Unix seconds), by name.
+    pub certificate_expiry: Family<CertLabels, prometheus_client::metrics::gauge::Gauge>,
     /// Lookups answered from the last good answer (shared by every
     /// resolver, across reloads).
     pub dns_stale: Counter,
@@ -167,6 +183,19 @@ impl Metrics {
             "Log lines dropped because the log writer fell behind",
             log_dropped.clone(),
         );
+        let tls_handshake_failures = Family::<TlsFailureLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed, by reason (unknown_server_name, no_shared_version, no_shared_cipher, client_alert: the client refused baton's certificate, client_closed, protocol, timeout, plain_http)",
+            tls_handshake_failures.clone(),
+        );
+        let certificate_expiry =
+            Family::<CertLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter, Unix seconds), by name and source (file or acme)",
+            certificate_expiry.clone(),
+        );
         let dns_stale = Counter::default();
         registry.register(
             "dns_stale_answers",
@@ -179,6 +208,8 @@ impl Metrics {
             concurrency_limit,
             dns_stale,
             connections_refused,
+            tls_handshake_failures,
+            certificate_expiry,
             health,
             shed,
             registry,
