@@ -17,6 +17,8 @@ if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need
 fi
+# a real gRPC client and server (grpcio) for HTTP/2 upstreams
+python3 -c "import grpc" 2>/dev/null || python3 -m pip install -q grpcio
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 cargo fmt --all -- --check

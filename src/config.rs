@@ -342,6 +342,9 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// `protocol = "fastcgi"`: the document root, try_files and params.
     pub fastcgi: Option<Arc<FastCgiConfig>>,
+    /// `protocol = "http2"` (or `"grpc"`): HTTP/2 to the servers, with
+    /// prior knowledge over plain TCP (h2c), by ALPN over TLS.
+    pub http2: bool,
     /// `[upstreams.NAME.process]`: a backend baton starts and supervises.
     pub process: Option<Arc<ProcessConfig>>,
 }
@@ -501,6 +504,10 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
     /// Extra trust anchors (PEM), on top of the Mozilla roots.
     pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// A client certificate and key to present (mTLS).
+    pub client: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// Offer HTTP/2 by ALPN (`protocol = "http2"`).
+    pub http2: bool,
 }
 
 /// How a route matches the request's host.

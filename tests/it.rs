@@ -12,6 +12,7 @@ mod docs;
 mod doctor;
 mod fastcgi;
 mod framing;
+mod grpc;
 mod hardening;
 mod https;
 mod incidents;

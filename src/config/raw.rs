@@ -121,6 +121,8 @@ pub struct Upstream {
     pub tls: Option<Spanned<bool>>,
     pub tls_server_name: Option<Spanned<String>>,
     pub tls_ca: Option<Spanned<String>>,
+    pub tls_client_cert: Option<Spanned<String>>,
+    pub tls_client_key: Option<Spanned<String>>,
     pub balance: Option<Spanned<String>>,
     pub hash_key: Option<Spanned<String>>,
     pub health: Option<Health>,

@@ -44,6 +44,9 @@ pub(super) struct Ctx {
     pub start: Instant,
     /// `Accept`, negotiated only if baton answers itself.
     pub accept: Option<HeaderValue>,
+    /// A gRPC request (`content-type: application/grpc...`): baton's own
+    /// failures are answered in gRPC's form.
+    pub grpc: bool,
     /// The route's index in the config, once routed.
     pub route_index: Option<usize>,
     pub route: Option<Arc<str>>,
@@ -103,6 +106,9 @@ impl Ctx {
             version: req.version(),
             start,
             accept: h.get(header::ACCEPT).cloned(),
+            grpc: h
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
             route_index: None,
             route: None,
             route_metrics: None,

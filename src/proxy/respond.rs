@@ -152,6 +152,48 @@ fn local(body: Bytes, content_type: &'static str) -> Response<RespBody> {
     r
 }
 
+/// A failure answered to a gRPC client, which cannot read an error page:
+/// a trailers-only response (HTTP 200, `content-type: application/grpc`,
+/// no body) whose `grpc-status` follows the status the cause has (gRPC's
+/// HTTP-to-status mapping, with timeouts as `DEADLINE_EXCEEDED` and limits
+/// as `RESOURCE_EXHAUSTED`), `grpc-message` the cause, and `Proxy-Status`.
+fn grpc_failure(f: &Failure, next_hop: Option<&str>) -> Response<RespBody> {
+    let code = match f.cause.status() {
+        504 | 408 => 4,       // DEADLINE_EXCEEDED
+        429 | 413 | 431 => 8, // RESOURCE_EXHAUSTED
+        403 => 7,             // PERMISSION_DENIED
+        404 => 12,            // UNIMPLEMENTED
+        502 | 503 => 14,      // UNAVAILABLE
+        _ => 13,              // INTERNAL
+    };
+    let mut message = format!("{}: {}", f.cause.id(), f.cause.title());
+    if let Some(d) = &f.details {
+        message.push_str(" (");
+        message.push_str(d);
+        message.push(')');
+    }
+    // grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
+    let encoded = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE).to_string();
+    let mut r = Response::new(RespBody::Local(None));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    h.insert(
+        &PROXY_STATUS,
+        proxy_status(f.cause, next_hop, f.details.as_deref(), f.received_status),
+    );
+    r
+}
+
+/// What grpc-message leaves as it is: printable ASCII but `%`.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// baton's own answer for a failure: status from the cause, `Proxy-Status`,
 /// and a page in the format the client asked for.
 fn error_page(
@@ -160,6 +202,9 @@ fn error_page(
     next_hop: Option<&str>,
     retry_after: Option<u64>,
 ) -> (Response<RespBody>, u64) {
+    if ctx.grpc {
+        return (grpc_failure(f, next_hop), 0);
+    }
     let format = Format::negotiate(ctx.accept.as_ref().map(|v| v.as_bytes()));
     let status = f.cause.status();
     let retry_after = retry_after.or((status == 503).then_some(RETRY_AFTER_SECS));

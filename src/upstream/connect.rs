@@ -19,11 +19,29 @@ use crate::core::failure::Failure;
 use rustls::pki_types::ServerName;
 
 /// Builds the TLS client for an upstream: Mozilla's roots plus `tls_ca`,
-/// ring as the provider, ALPN http/1.1.
+/// ring as the provider, ALPN `h2` then `http/1.1` for an HTTP/2 upstream
+/// (`http/1.1` otherwise), and the client certificate when one is set.
 pub(super) fn tls_client(
     tls: &crate::config::UpstreamTls,
 ) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
-    tls_connector(&tls.ca)
+    build_connector(&tls.ca, tls.client.clone(), tls.http2)
+}
+
+/// Presents one certificate to every server that asks (mTLS).
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A verifying TLS client: Mozilla's roots plus `ca`, ring, ALPN
@@ -31,18 +49,33 @@ pub(super) fn tls_client(
 pub(crate) fn tls_connector(
     ca: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    build_connector(ca, None, false)
+}
+
+fn build_connector(
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    client: Option<Arc<rustls::sign::CertifiedKey>>,
+    http2: bool,
+) -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for c in ca {
         roots.add(c.clone())?;
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(ck) => cfg.with_client_cert_resolver(Arc::new(ClientCert(ck))),
+        None => cfg.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
@@ -154,6 +187,13 @@ impl Server {
                 }
             }
         };
+        // HTTP/2: with prior knowledge without TLS (h2c), when ALPN chose it
+        // with TLS (a server that picked http/1.1 gets HTTP/1.1).
+        let h2 = cfg.http2
+            && match stream.alpn() {
+                Some(p) => p == b"h2",
+                None => cfg.tls.is_none(),
+            };
         let info = Arc::new(ConnInfo::new());
         let io = Metered {
             inner: stream,
@@ -161,6 +201,18 @@ impl Server {
             write_timeout: cfg.write_timeout,
             write_timer: None,
         };
+        if h2 {
+            let tx = self
+                .h2_handshake(io, cfg, &info)
+                .await
+                .map_err(|f| (f, peer.clone()))?;
+            return Ok(Conn {
+                tx: Some(Link::H2(tx)),
+                info,
+                reused: None,
+                peer,
+            });
+        }
         let wire = Box::new(Wire::new(io));
         Ok(Conn {
             tx: Some(if cfg.fastcgi.is_some() {
@@ -172,6 +224,44 @@ impl Server {
             reused: None,
             peer,
         })
+    }
+
+    /// Starts HTTP/2 on a new connection (hyper's client, driven by a task
+    /// of its own): the SETTINGS exchange within `connect_timeout`.
+    async fn h2_handshake(
+        self: &Arc<Self>,
+        io: Metered,
+        cfg: &UpstreamConfig,
+        info: &Arc<ConnInfo>,
+    ) -> Result<hyper::client::conn::http2::SendRequest<UpBody>, Failure> {
+        let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(cfg.max_response_header_bytes as u32)
+            // A server gone silent with streams open: found by PING.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let hs = b.handshake(TokioIo::new(io));
+        let (tx, conn) = match tokio::time::timeout(cfg.connect_timeout, hs).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                return Err(Failure::with(
+                    Cause::ProtocolError,
+                    format!("HTTP/2 handshake: {e}"),
+                ));
+            }
+            Err(_) => {
+                return Err(Failure::with(
+                    Cause::ProtocolError,
+                    "no HTTP/2 SETTINGS from the server: is it an HTTP/1.1-only port?",
+                ));
+            }
+        };
+        let task_info = info.clone();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            task_info.retired.store(true, Ordering::Relaxed);
+        });
+        Ok(tx)
     }
 
     /// Hands an idle HTTP/1.1 wire to hyper's client connection, driven by

@@ -137,6 +137,23 @@ pub async fn exchange(
                 },
             }
         }
+        Some(Link::H2(mut tx)) => {
+            let r = h2_request(req, cfg);
+            let ready = tx.ready().await;
+            conn.tx = Some(Link::H2(tx.clone()));
+            if let Err(e) = ready {
+                return Err(NoHead::Failed(classify_exchange(&e, &view)));
+            }
+            let fut = tx.send_request(r);
+            match await_head(fut, info, head_wait).await {
+                None => Err(NoHead::TimedOut),
+                Some(Ok(resp)) => Ok(Head {
+                    response: resp.map(UpIncoming::Http),
+                    upgrade: None,
+                }),
+                Some(Err(e)) => Err(NoHead::Failed(classify_exchange(&e, &view))),
+            }
+        }
         Some(Link::Fcgi(wire)) => {
             let tag = fastcgi::LogTag {
                 upstream: cfg.name.clone(),
@@ -205,4 +222,38 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.awaiting_worker.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The request as HTTP/2 sends it: an absolute target (`:scheme`,
+/// `:authority` from `Host`), no `Host` field, and `te: trailers` for gRPC
+/// (its servers require it; the client's `TE` was removed as hop-by-hop).
+fn h2_request(req: Request<'_>, cfg: &UpstreamConfig) -> http::Request<UpBody> {
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let mut headers = req.headers.clone();
+    let authority = headers
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let path = req
+        .target
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    let mut r = http::Request::new(req.body);
+    *r.method_mut() = req.method.clone();
+    *r.version_mut() = http::Version::HTTP_2;
+    *r.uri_mut() = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(path.as_str())
+        .build()
+        .unwrap_or_else(|_| req.target.clone());
+    *r.headers_mut() = headers;
+    r
 }

@@ -225,6 +225,27 @@ impl Server {
         self.refresh_name(dialer).await;
         loop {
             let mut idle = self.pop_idle(cfg)?;
+            if let Link::H2(tx) = &idle.tx {
+                // HTTP/2 carries many requests at once: the connection
+                // stays listed and this request gets a clone of its sender
+                // (hyper's PINGs watch it while it is idle).
+                if tx.is_closed() {
+                    continue;
+                }
+                let shared = Link::H2(tx.clone());
+                let info = idle.info.clone();
+                let age = idle.since.elapsed();
+                self.my_idle()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(idle);
+                return Some(Conn {
+                    tx: Some(shared),
+                    info,
+                    reused: Some(age),
+                    peer: self.label.clone(),
+                });
+            }
             let age = idle.since.elapsed();
             if idle.tx.is_closed() {
                 // A wire baton drives found closed while idle: the upstream
@@ -300,6 +321,10 @@ impl Server {
             return;
         }
         let mut idle = self.my_idle().lock().unwrap_or_else(|e| e.into_inner());
+        // An HTTP/2 connection is listed once, however many requests used it.
+        if matches!(tx, Link::H2(_)) && idle.iter().any(|i| Arc::ptr_eq(&i.info, &info)) {
+            return;
+        }
         if idle.len() >= cfg.max_idle_per_server {
             info.retired.store(true, Ordering::Relaxed);
             return;

@@ -311,6 +311,17 @@ pub enum Stream {
     TlsUnix(Box<tokio_rustls::client::TlsStream<UnixStream>>),
 }
 
+impl Stream {
+    /// The protocol the TLS handshake agreed on (ALPN); `None` without TLS.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Stream::Tls(s) => s.get_ref().1.alpn_protocol(),
+            Stream::TlsUnix(s) => s.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+}
+
 /// Dispatches an I/O call to whichever transport is underneath.
 macro_rules! on_stream {
     ($s:expr, $x:ident => $e:expr) => {
@@ -455,6 +466,9 @@ pub enum Link {
     H1(Box<Wire>),
     Http(SendRequest<UpBody>),
     Fcgi(Box<Wire>),
+    /// An HTTP/2 connection (`protocol = "http2"`): many requests at once;
+    /// the pool hands out clones of its sender.
+    H2(hyper::client::conn::http2::SendRequest<UpBody>),
 }
 
 impl Link {
@@ -462,6 +476,7 @@ impl Link {
     pub fn is_closed(&mut self) -> bool {
         match self {
             Link::Http(tx) => tx.is_closed(),
+            Link::H2(tx) => tx.is_closed(),
             Link::H1(w) | Link::Fcgi(w) => !w.is_open(),
         }
     }

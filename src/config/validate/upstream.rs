@@ -172,6 +172,7 @@ impl Validator<'_> {
             );
         }
         UpstreamConfig {
+            http2: http2(u),
             fastcgi,
             process,
             adaptive,
@@ -290,7 +291,62 @@ impl Validator<'_> {
             .as_ref()
             .map(|c| self.pem_certs(key("tls_ca"), c))
             .unwrap_or_default();
-        Some(UpstreamTls { server_name, ca })
+        let client = match (&u.tls_client_cert, &u.tls_client_key) {
+            (Some(c), Some(k)) => {
+                use rustls::pki_types::pem::PemObject;
+                let chain = self.pem_certs(key("tls_client_cert"), c);
+                let path = self.path(k.get_ref());
+                match rustls::pki_types::PrivateKeyDer::from_pem_file(&path) {
+                    Ok(pk) if !chain.is_empty() => match certified_key(chain, &pk) {
+                        Ok(ck) => Some(Arc::new(ck)),
+                        Err(e) => {
+                            self.err(
+                                key("tls_client_key"),
+                                k.span(),
+                                e,
+                                "pair the client certificate with its own key",
+                            );
+                            None
+                        }
+                    },
+                    Ok(_) => None,
+                    Err(e) => {
+                        self.err(
+                            key("tls_client_key"),
+                            k.span(),
+                            format!("cannot read a private key from {}: {e}", path.display()),
+                            "give the PEM private key of tls_client_cert",
+                        );
+                        None
+                    }
+                }
+            }
+            (Some(c), None) => {
+                self.err(
+                    key("tls_client_cert"),
+                    c.span(),
+                    "a client certificate without its key",
+                    "add tls_client_key = \"FILE.key\"",
+                );
+                None
+            }
+            (None, Some(k)) => {
+                self.err(
+                    key("tls_client_key"),
+                    k.span(),
+                    "a client key without its certificate",
+                    "add tls_client_cert = \"FILE.crt\"",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        Some(UpstreamTls {
+            server_name,
+            ca,
+            client,
+            http2: http2(u),
+        })
     }
 
     pub(super) fn fastcgi(
@@ -302,14 +358,14 @@ impl Validator<'_> {
         let fcgi = match &u.protocol {
             None => false,
             Some(p) => match p.get_ref().as_str() {
-                "http" => false,
+                "http" | "http2" | "grpc" => false,
                 "fastcgi" => true,
                 other => {
                     self.err(
                         key("protocol"),
                         p.span(),
                         format!("unknown protocol {other:?}"),
-                        "use \"http\" (the default) or \"fastcgi\" (PHP-FPM)",
+                        "use \"http\" (HTTP/1.1, the default), \"http2\" (or \"grpc\": HTTP/2, h2c or by ALPN over TLS) or \"fastcgi\" (PHP-FPM)",
                     );
                     false
                 }
@@ -805,4 +861,11 @@ fn gunicorn_timeout(p: &ProcessConfig) -> Option<Duration> {
         }
     }
     (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// `protocol = "http2"` or `"grpc"`.
+fn http2(u: &raw::Upstream) -> bool {
+    u.protocol
+        .as_ref()
+        .is_some_and(|p| matches!(p.get_ref().as_str(), "http2" | "grpc"))
 }
