@@ -228,3 +228,122 @@ async fn doctor_flags_an_expired_certificate() {
     assert!(d.contains("; EXPIRED on 2020-01-01"), "{d}");
     assert!(!d.contains("does not name"), "{d}");
 }
+
+/// `protocol = "http2"` over TLS: ALPN chooses h2 with a server that
+/// offers it (here another baton's HTTPS listener, whose access log says
+/// HTTP/2.0), and http/1.1 with one that does not.
+#[tokio::test]
+async fn http2_upstream_over_tls_by_alpn_and_http_1_1_when_not_offered() {
+    let origin = Origin::start(Script::Ok("deep".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["app.test".to_string()]).unwrap();
+    let (crt, key) = (dir.path().join("app.crt"), dir.path().join("app.key"));
+    std::fs::write(&crt, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let inner = Gw::start(&format!(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
+        crt.display(),
+        key.display(),
+        one_route(origin.addr)
+    ))
+    .await;
+    let outer = Gw::start(&tls_upstream(
+        inner.tls_addr(),
+        &format!(
+            "protocol = \"http2\"\ntls_server_name = \"app.test\"\ntls_ca = \"{}\"",
+            crt.display()
+        ),
+    ))
+    .await;
+    let r = send(outer.addr, get("/h2")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "deep"));
+    let line = inner.access(&r.request_id()).await;
+    assert_eq!(line["protocol"], "HTTP/2.0", "{line}");
+    // A TLS server that offers only http/1.1: HTTP/1.1 it is.
+    let p = pki(false);
+    let o = Origin::start_tls(Script::Ok("one\n".into()), p.server.clone())
+        .await
+        .unwrap();
+    let gw = Gw::start(&tls_upstream(
+        o.addr,
+        &format!(
+            "protocol = \"http2\"\ntls_server_name = \"app.test\"\ntls_ca = \"{}\"",
+            p.ca_pem.display()
+        ),
+    ))
+    .await;
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "one\n"));
+    gw.stop().await;
+    outer.stop().await;
+    inner.stop().await;
+}
+
+/// A server that requires a client certificate (mTLS): baton presents
+/// `tls_client_cert`; without one the handshake fails, explained.
+#[tokio::test]
+async fn client_certificate_to_an_upstream_that_requires_one() {
+    let p = pki(false);
+    // The client's own CA and certificate.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["baton.client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    std::fs::write(p.dir.path().join("client.crt"), client.pem()).unwrap();
+    std::fs::write(p.dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
+    // The origin trusts that CA for clients and requires a certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["app.test".to_string()]).unwrap();
+    std::fs::write(p.dir.path().join("server.pem"), ck.cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![ck.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    let o = Origin::start_tls(Script::Ok("mutual\n".into()), Arc::new(server))
+        .await
+        .unwrap();
+    let d = p.dir.path().display();
+    let gw = Gw::start(&tls_upstream(
+        o.addr,
+        &format!(
+            "tls_server_name = \"app.test\"\ntls_ca = \"{d}/server.pem\"\ntls_client_cert = \"{d}/client.crt\"\ntls_client_key = \"{d}/client.key\"\nretries = 0"
+        ),
+    ))
+    .await;
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "mutual\n"));
+    gw.stop().await;
+    // Without the client certificate: the server's alert, classified.
+    let gw = Gw::start(&tls_upstream(
+        o.addr,
+        &format!("tls_server_name = \"app.test\"\ntls_ca = \"{d}/server.pem\"\nretries = 0"),
+    ))
+    .await;
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.proxy_error().starts_with("tls_"),
+        "{}",
+        r.header("proxy-status")
+    );
+    gw.stop().await;
+}
