@@ -52,6 +52,24 @@ async fn https_get(
     Ok((cert, body))
 }
 
+/// base64(SHA-256(SubjectPublicKeyInfo)) of a DER certificate, as
+/// Chromium's `--ignore-certificate-errors-spki-list` wants it (by
+/// openssl, as the Chromium docs show).
+fn spki_sha256(der: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("root.der");
+    std::fs::write(&f, der).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -inform der -in {} -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            f.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 struct Pebble {
     child: Reap,
     _dir: tempfile::TempDir,
@@ -131,6 +149,66 @@ impl Pebble {
     }
 }
 
+/// The chain baton serves for `name` (leaf first), unverified.
+async fn served_chain(addr: SocketAddr, name: &str) -> Vec<Vec<u8>> {
+    #[derive(Debug)]
+    struct Any;
+    impl rustls::client::danger::ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(Any))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(sni, tcp)
+        .await
+        .unwrap();
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .unwrap()
+        .iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 /// Waits until baton serves `name` a certificate `root` vouches for.
 async fn served_by_acme(gw: &Gw, root: &[u8], addr: SocketAddr, name: &str) -> (Vec<u8>, String) {
     for _ in 0..300 {
@@ -186,6 +264,29 @@ async fn pebble_issues_by_http_01_and_tls_alpn_01_and_the_certificate_is_kept() 
     let mut names = baton::config::cert_facts(&cert).unwrap().names;
     names.sort();
     assert_eq!(names, ["shop.test", "www.shop.test"]);
+    // Chromium loads the page over HTTPS and HTTP/2, trusting the CA's
+    // issuing certificate (by its key, `--ignore-certificate-errors-spki-list`:
+    // Chromium matches it against the chain the server sends), the name
+    // mapped to loopback.
+    let intermediate = served_chain(tls, "www.shop.test").await[1].clone();
+    let spki = spki_sha256(&intermediate);
+    let url = format!("https://www.shop.test:{}/x", tls.port());
+    let (text, protocol) = tokio::task::spawn_blocking(move || {
+        let mut b = crate::support::cdp::Browser::open_with(
+            &url,
+            &[
+                "--host-resolver-rules=MAP www.shop.test 127.0.0.1".to_string(),
+                format!("--ignore-certificate-errors-spki-list={spki}"),
+            ],
+        );
+        let text = b.wait("document.body && document.body.innerText");
+        let protocol = b.eval("performance.getEntriesByType('navigation')[0].nextHopProtocol");
+        (text, protocol)
+    })
+    .await
+    .unwrap();
+    assert_eq!(text, "through https");
+    assert_eq!(protocol, "h2");
     gw.stop().await;
     // Kept in the state directory: a restart serves it without asking the
     // CA (the account too: one account file).

@@ -41,11 +41,17 @@ fn pipe() -> (i32, i32) {
 impl Browser {
     /// Starts Chromium and opens `url` in a new page.
     pub fn open(url: &str) -> Browser {
+        Browser::open_with(url, &[])
+    }
+
+    /// `open`, with more Chromium flags.
+    pub fn open_with(url: &str, flags: &[String]) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let (to_chrome, ours_w) = pipe();
         let (ours_r, from_chrome) = pipe();
         let mut cmd = std::process::Command::new("chromium");
         cmd.args(CHROMIUM_FLAGS)
+            .args(flags)
             .arg("--remote-debugging-pipe")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
