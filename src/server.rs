@@ -591,6 +591,31 @@ async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option
     tokio::time::timeout(deadline, known).await.ok().flatten()
 }
 
+/// Reads the HTTP/2 client preface off a TLS stream (it cannot be
+/// peeked), by `deadline`: `Ok` with the bytes read (all of the preface),
+/// `Err` when they are not the preface, `None` when the client closed or
+/// went silent.
+async fn h2_preface(
+    tls: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    deadline: tokio::time::Instant,
+) -> Option<Result<bytes::Bytes, ()>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::with_capacity(PREFACE.len());
+    let mut buf = [0u8; 24];
+    while got.len() < PREFACE.len() {
+        let want = PREFACE.len() - got.len();
+        let n = match tokio::time::timeout_at(deadline, tls.read(&mut buf[..want])).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        got.extend_from_slice(&buf[..n]);
+        if !PREFACE.starts_with(&got) {
+            return Some(Err(()));
+        }
+    }
+    Some(Ok(bytes::Bytes::from(got)))
+}
+
 /// How a listener's connections begin.
 #[derive(Clone, Copy)]
 struct Opening {
@@ -703,7 +728,28 @@ async fn tls_handshake(
                 return None;
             }
             let h2 = alpn == Some(b"h2");
-            Some((conn::Stream::Tls(Box::new(tls)), h2))
+            let mut tls = Box::new(tls);
+            let first = if h2 {
+                // hyper closes on an invalid HTTP/2 preface without a word;
+                // RFC 9113 §3.4 wants GOAWAY(PROTOCOL_ERROR), as on the
+                // plain port.
+                match h2_preface(&mut tls, deadline).await {
+                    Some(Ok(first)) => first,
+                    Some(Err(())) => {
+                        use tokio::io::AsyncWriteExt;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let _ = tls.write_all(&GOAWAY_PROTOCOL_ERROR).await;
+                            let _ = tls.shutdown().await;
+                        })
+                        .await;
+                        return None;
+                    }
+                    None => return None,
+                }
+            } else {
+                bytes::Bytes::new()
+            };
+            Some((conn::Stream::Tls(tls, first), h2))
         }
         Ok(Err(e)) => {
             let reason = handshake_failure(&e);
@@ -774,14 +820,16 @@ async fn plain_http_to_tls_port(mut s: tokio::net::TcpStream) {
     let _ = s.shutdown().await;
 }
 
+/// An HTTP/2 GOAWAY frame: length 8, type 7, no flags, stream 0; last
+/// stream 0, error PROTOCOL_ERROR (1).
+const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
 /// Ends a connection whose first line is neither HTTP/1.x nor the HTTP/2
 /// preface: an HTTP/2 `GOAWAY` with `PROTOCOL_ERROR` (RFC 9113 §3.4: an
 /// invalid preface is a connection error), then the close.
 async fn refuse_unknown_protocol(mut s: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
-    // Length 8, type GOAWAY (7), no flags, stream 0; last stream 0, error 1.
-    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&GOAWAY)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&GOAWAY_PROTOCOL_ERROR)).await;
 }
 
 /// One open client connection, counted for max_connections and the drain.

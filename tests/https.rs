@@ -389,3 +389,29 @@ async fn plain_http_is_redirected_to_https_and_https_gets_hsts() {
     assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
     gw.stop().await;
 }
+
+/// RFC 9113 §3.4 over TLS: an invalid preface after ALPN chose h2 gets
+/// GOAWAY(PROTOCOL_ERROR), as on the plain port (h2spec 3.5/2).
+#[tokio::test]
+async fn an_invalid_http2_preface_over_tls_gets_goaway() {
+    let (_o, _dir, shop, _, gw) = site(Script::Ok("hi".into()), "").await;
+    let mut s = connect(
+        &client(std::slice::from_ref(&shop)),
+        gw.tls_addr(),
+        "shop.test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let frames = h2_frames(&got);
+    assert_eq!(frames.len(), 1, "{got:?}");
+    let (kind, _, stream, payload) = &frames[0];
+    assert_eq!((*kind, *stream), (7, 0), "a GOAWAY");
+    assert_eq!(payload[4..8], [0, 0, 0, 1], "PROTOCOL_ERROR");
+    gw.stop().await;
+}

@@ -445,7 +445,9 @@ impl AsyncWrite for Guarded {
 /// state is large, and most connections of a plain listener never need it).
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS, and bytes already read from it (the HTTP/2 preface, checked
+    /// before hyper sees the connection), given back first.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, Bytes),
 }
 
 impl Stream {
@@ -456,7 +458,7 @@ impl Stream {
             Stream::Plain(s) => {
                 let _ = s.try_write(b);
             }
-            Stream::Tls(s) => {
+            Stream::Tls(s, _) => {
                 // Encrypts into rustls's buffer, then one non-blocking
                 // flush to the socket.
                 let (tcp, tls) = s.get_mut();
@@ -476,7 +478,7 @@ macro_rules! each_stream {
                 let $s = Pin::new($s);
                 $e
             }
-            Stream::Tls($s) => {
+            Stream::Tls($s, _) => {
                 let $s = Pin::new(&mut **$s);
                 $e
             }
@@ -487,10 +489,17 @@ macro_rules! each_stream {
 impl AsyncRead for Stream {
     #[inline]
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Stream::Tls(_, first) = self.as_mut().get_mut()
+            && !first.is_empty()
+        {
+            let n = first.len().min(buf.remaining());
+            buf.put_slice(&first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         each_stream!(self, s => s.poll_read(cx, buf))
     }
 }
@@ -515,7 +524,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Tls(s, _) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
