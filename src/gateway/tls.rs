@@ -169,6 +169,9 @@ fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    // The server's order of cipher suites (rustls's: AES-256-GCM first),
+    // not the client's.
+    cfg.ignore_client_order = true;
     // Resumption: TLS 1.3 tickets (keys rotated every 6 hours) and the
     // session cache rustls keeps by default for TLS 1.2.
     if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
