@@ -127,6 +127,9 @@ pub struct TlsConfig {
     pub hsts: Option<http::HeaderValue>,
     /// `[tls.acme]`: certificates obtained and renewed automatically.
     pub acme: Option<AcmeConfig>,
+    /// `tls.expiry_warning`: a certificate expiring within this is
+    /// reported (`baton check`, the dashboard, the log and its events).
+    pub expiry_warning: Duration,
 }
 
 /// `[tls.acme]`: one certificate for `domains` from an ACME CA (RFC 8555).

@@ -62,30 +62,76 @@ impl Gateway {
         }
     }
 
-    /// Sets the certificate expiry gauges: the config's certificates and
-    /// ACME's.
+    /// Every certificate served, by name: `(name, source, not_after)`,
+    /// `source` being `file` (`[[tls.certificates]]`) or `acme`.
+    pub fn certificates(&self) -> Vec<(String, &'static str, i64)> {
+        let rt = self.runtime.load();
+        let mut out: Vec<(String, &'static str, i64)> = rt
+            .config
+            .tls
+            .certificates
+            .iter()
+            .flat_map(|c| c.names.iter().map(|n| (n.clone(), "file", c.not_after)))
+            .collect();
+        if let Ok(e) = self.tls.acme.expiry.lock() {
+            out.extend(e.iter().map(|(n, t)| (n.clone(), "acme", *t)));
+        }
+        out.sort();
+        out
+    }
+
+    /// Sets the certificate expiry gauges.
     pub fn publish_certificates(&self) {
         let g = &self.metrics.certificate_expiry;
         g.clear();
-        let rt = self.runtime.load();
-        for c in &rt.config.tls.certificates {
-            for n in &c.names {
-                g.get_or_create(&crate::observe::metrics::CertLabels {
-                    name: n.clone(),
-                    source: "file",
-                })
-                .set(c.not_after);
-            }
+        for (name, source, not_after) in self.certificates() {
+            g.get_or_create(&crate::observe::metrics::CertLabels { name, source })
+                .set(not_after);
         }
-        if let Ok(e) = self.tls.acme.expiry.lock() {
-            for (n, t) in e.iter() {
-                g.get_or_create(&crate::observe::metrics::CertLabels {
-                    name: n.clone(),
-                    source: "acme",
-                })
-                .set(*t);
+    }
+
+    /// Checks every hour (first at once) for certificates that expire
+    /// within `tls.expiry_warning`: each is logged as a warning and
+    /// recorded as an event (the dashboard's "What changed", incident
+    /// timelines) once a day.
+    pub fn spawn_certificate_watch(self: &Arc<Self>) {
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut said: std::collections::HashMap<String, i64> = Default::default();
+            loop {
+                let Some(g) = gw.upgrade() else { return };
+                let now = crate::core::clock::now_s();
+                let within = g.runtime.load().config.tls.expiry_warning.as_secs() as i64;
+                for (name, source, not_after) in g.certificates() {
+                    let left = not_after - now;
+                    if left >= within || said.get(&name).is_some_and(|t| now - t < 86_400) {
+                        continue;
+                    }
+                    said.insert(name.clone(), now);
+                    let text = if left <= 0 {
+                        format!(
+                            "the certificate for {name} ({source}) has expired: browsers refuse it"
+                        )
+                    } else {
+                        format!(
+                            "the certificate for {name} ({source}) expires in {} days",
+                            left / 86_400
+                        )
+                    };
+                    let fix = if source == "acme" {
+                        "ACME has not renewed it: look for \"ACME certificate not obtained\" in the log"
+                    } else {
+                        "renew it and reload (`baton reload`)"
+                    };
+                    tracing::warn!(target: "baton::tls", name = %name, source, days_left = left / 86_400, fix, "{text}");
+                    g.metrics
+                        .incidents
+                        .event("certificate", None, format!("{text}; {fix}"));
+                }
+                drop(g);
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             }
-        }
+        });
     }
 
     /// Starts, restarts or stops the ACME task to match the config's

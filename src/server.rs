@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     gateway.spawn_incidents();
     gateway.publish_certificates();
+    gateway.spawn_certificate_watch();
     gateway.sync_acme();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());

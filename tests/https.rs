@@ -415,3 +415,51 @@ async fn an_invalid_http2_preface_over_tls_gets_goaway() {
     assert_eq!(payload[4..8], [0, 0, 0, 1], "PROTOCOL_ERROR");
     gw.stop().await;
 }
+
+/// A certificate that expires within `tls.expiry_warning`: on the
+/// dashboard (red, days left), in its events, and in metrics.
+#[tokio::test]
+async fn an_expiring_certificate_shows_on_the_dashboard_and_in_events() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["shop.test".to_string()]).unwrap();
+    let soon = time_in_days(10);
+    params.not_after = rcgen::date_time_ymd(soon.0, soon.1, soon.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let c = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("shop.crt"), c.pem()).unwrap();
+    std::fs::write(dir.path().join("shop.key"), key.serialize_pem()).unwrap();
+    let d = dir.path().display();
+    let gw = Gw::start(&format!(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n\n[tls]\nexpiry_warning = \"30d\"\n\n[[tls.certificates]]\ncert = \"{d}/shop.crt\"\nkey = \"{d}/shop.key\"\n\n{}",
+        one_route(o.addr)
+    ))
+    .await;
+    let mut state = serde_json::Value::Null;
+    for _ in 0..50 {
+        state = send(gw.admin, get("/api/state")).await.json();
+        if state["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cert = &state["tls"]["certificates"][0];
+    assert_eq!(cert["name"], "shop.test", "{state}");
+    assert_eq!(cert["source"], "file");
+    assert_eq!(cert["expiring"], true);
+    let days = cert["days_left"].as_i64().unwrap();
+    assert!((9..=10).contains(&days), "{days}");
+    let event = state["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "certificate")
+        .unwrap_or_else(|| panic!("{state}"));
+    assert!(
+        event["text"].as_str().unwrap().starts_with(&format!(
+            "the certificate for shop.test (file) expires in {days} days; renew it and reload"
+        )),
+        "{event}"
+    );
+    gw.stop().await;
+}

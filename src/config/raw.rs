@@ -35,6 +35,7 @@ pub struct Server {
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub certificates: Option<Vec<TlsCertificate>>,
+    pub expiry_warning: Option<Spanned<String>>,
     pub acme: Option<TlsAcme>,
 }
 

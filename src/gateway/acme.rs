@@ -42,7 +42,7 @@ async fn run(gw: Weak<Gateway>, cfg: AcmeConfig) {
     };
     let mut pause = FIRST_RETRY;
     loop {
-        let now = unix_now();
+        let now = crate::core::clock::now_s();
         if now < renew_at {
             // Sleep in steps, so a dropped gateway ends the task.
             let wait = Duration::from_secs((renew_at - now).min(3600) as u64);
@@ -63,7 +63,7 @@ async fn run(gw: Weak<Gateway>, cfg: AcmeConfig) {
             }
             Err(f) => {
                 tracing::error!(target: "baton::acme", domains = %cfg.domains.join(", "), fix = %f.fix, retry_in_s = pause.as_secs(), "ACME certificate not obtained: {}", f.what);
-                renew_at = unix_now() + pause.as_secs() as i64;
+                renew_at = crate::core::clock::now_s() + pause.as_secs() as i64;
                 pause = (pause * 2).min(MAX_RETRY);
             }
         }
@@ -75,12 +75,6 @@ async fn run(gw: Weak<Gateway>, cfg: AcmeConfig) {
 /// 60 days into a 90-day certificate).
 fn renewal_time(not_before: i64, not_after: i64) -> i64 {
     not_before + (not_after - not_before) * 2 / 3
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn cert_path(cfg: &AcmeConfig) -> std::path::PathBuf {
@@ -100,7 +94,9 @@ fn stored(cfg: &AcmeConfig) -> Option<(Arc<rustls::sign::CertifiedKey>, crate::c
         .ok()?;
     let key = PrivateKeyDer::from_pem_file(key_path(cfg)).ok()?;
     let facts = cert_facts(chain.first()?)?;
-    if facts.not_after <= unix_now() || !cfg.domains.iter().all(|d| facts.names.contains(d)) {
+    if facts.not_after <= crate::core::clock::now_s()
+        || !cfg.domains.iter().all(|d| facts.names.contains(d))
+    {
         return None;
     }
     Some((Arc::new(certified_key(chain, &key).ok()?), facts))

@@ -14,6 +14,18 @@ use prometheus_client::registry::Registry;
 
 use crate::core::cause::Cause;
 
+/// Why client TLS handshakes fail, as counted (`server.rs`).
+pub const TLS_FAILURE_REASONS: [&str; 8] = [
+    "unknown_server_name",
+    "no_shared_version",
+    "no_shared_cipher",
+    "client_alert",
+    "client_closed",
+    "protocol",
+    "timeout",
+    "plain_http",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsFailureLabels {
     pub reason: &'static str,

@@ -62,7 +62,34 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
             })
         })
         .collect();
+    let now_s = crate::core::clock::now_s();
+    let within = rt.config.tls.expiry_warning.as_secs() as i64;
+    let certificates: Vec<serde_json::Value> = gw
+        .certificates()
+        .into_iter()
+        .map(|(name, source, not_after)| {
+            let left = not_after - now_s;
+            json!({"name": name, "source": source, "not_after": not_after, "days_left": left.div_euclid(86_400), "expiring": left < within})
+        })
+        .collect();
+    let handshake_failures: serde_json::Map<String, serde_json::Value> =
+        crate::observe::metrics::TLS_FAILURE_REASONS
+            .iter()
+            .map(|&reason| {
+                let n = gw
+                    .metrics
+                    .tls_handshake_failures
+                    .get_or_create(&crate::observe::metrics::TlsFailureLabels { reason })
+                    .get();
+                (reason.to_string(), json!(n))
+            })
+            .collect();
     json!({
+        "tls": {
+            "listen": rt.config.tls.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "certificates": certificates,
+            "handshake_failures": handshake_failures,
+        },
         "time": crate::core::clock::now(),
         "version": env!("CARGO_PKG_VERSION"),
         "listen": rt.config.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),

@@ -26,9 +26,14 @@ impl Validator<'_> {
             &server.tls_handshake_timeout,
             defaults::TLS_HANDSHAKE_TIMEOUT,
         );
+        let expiry_warning = self.duration(
+            "tls.expiry_warning",
+            &tls.expiry_warning,
+            defaults::CERT_EXPIRY_WARNING,
+        );
         let mut certificates = Vec::new();
         for (i, c) in tls.certificates.iter().flatten().enumerate() {
-            if let Some(served) = self.served_cert(i, c) {
+            if let Some(served) = self.served_cert(i, c, expiry_warning) {
                 certificates.push(served);
             }
         }
@@ -81,6 +86,7 @@ impl Validator<'_> {
             redirect_https,
             hsts,
             acme,
+            expiry_warning,
         }
     }
 
@@ -181,7 +187,12 @@ impl Validator<'_> {
         })
     }
 
-    fn served_cert(&mut self, i: usize, c: &raw::TlsCertificate) -> Option<ServedCert> {
+    fn served_cert(
+        &mut self,
+        i: usize,
+        c: &raw::TlsCertificate,
+        warn_within: std::time::Duration,
+    ) -> Option<ServedCert> {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
         let key_name = |k: &str| format!("tls.certificates[{i}].{k}");
@@ -224,7 +235,7 @@ impl Validator<'_> {
             );
             return None;
         };
-        self.expiry_warning(&key_name("cert"), &c.cert, not_after);
+        self.expiry_warning(&key_name("cert"), &c.cert, not_after, warn_within);
         Some(ServedCert {
             names,
             key: Arc::new(certified),
@@ -233,12 +244,15 @@ impl Validator<'_> {
         })
     }
 
-    fn expiry_warning(&mut self, key: &str, c: &Spanned<String>, not_after: i64) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let left = not_after - now;
-        let soon = defaults::CERT_EXPIRY_WARNING.as_secs() as i64;
+    fn expiry_warning(
+        &mut self,
+        key: &str,
+        c: &Spanned<String>,
+        not_after: i64,
+        within: std::time::Duration,
+    ) {
+        let left = not_after - crate::core::clock::now_s();
+        let soon = within.as_secs() as i64;
         if left <= 0 {
             self.warn(
                 key,
