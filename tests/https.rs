@@ -81,16 +81,22 @@ fn served(s: &Tls) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
-/// Sends GET `path` over HTTP/2 on `s`; the status and the echoed
-/// request's headers.
-async fn h2_get(s: Tls, path: &str, host: &str) -> (u16, serde_json::Value) {
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
+/// An HTTP/2 client connection over `s`, driven by a task of its own.
+async fn h2(s: Tls) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(s),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
+    send
+}
+
+/// Sends GET `path` over HTTP/2 on `s`; the status and the echoed
+/// request's headers.
+async fn h2_get(s: Tls, path: &str, host: &str) -> (u16, serde_json::Value) {
+    let mut send = h2(s).await;
     let req = http::Request::get(format!("https://{host}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -242,13 +248,7 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     )
     .await
     .unwrap();
-    let (mut send_old, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(before),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send_old = h2(before).await;
 
     let new = cert(dir.path(), "shop", &["shop.test"]);
     let body_only = &b[b.find("[[tls.certificates]]").unwrap()..];
@@ -370,13 +370,7 @@ async fn plain_http_is_redirected_to_https_and_https_gets_hsts() {
     )
     .await
     .unwrap();
-    let (mut send_h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(s),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send_h2 = h2(s).await;
     let r = send_h2
         .send_request(
             http::Request::get("https://shop.test/x")

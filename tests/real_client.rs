@@ -29,9 +29,11 @@ async fn from_other_address(addr: SocketAddr, path: &str) -> String {
     out
 }
 
-/// HAProxy in front of baton (`server_opts` on its server line).
+/// HAProxy in front of baton (`front` lines in its frontend, `server_opts`
+/// on its server line).
 async fn haproxy_in_front(
     baton: SocketAddr,
+    front: &str,
     server_opts: &str,
 ) -> (Reap, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +42,7 @@ async fn haproxy_in_front(
     std::fs::write(
         &conf,
         format!(
-            "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend web\n  bind 127.0.0.1:{port}\n  default_backend baton\nbackend baton\n  server b1 {baton} {server_opts}\n"
+            "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend web\n  bind 127.0.0.1:{port}\n{front}  default_backend baton\nbackend baton\n  server b1 {baton} {server_opts}\n"
         ),
     )
     .unwrap();
@@ -78,7 +80,7 @@ async fn proxy_protocol_v1_and_v2_from_haproxy_give_the_real_client() {
     ))
     .await;
     for opts in ["send-proxy", "send-proxy-v2"] {
-        let (_h, front, _d) = haproxy_in_front(gw.addr, opts).await;
+        let (_h, front, _d) = haproxy_in_front(gw.addr, "", opts).await;
         let answer = from_other_address(front, "/pp").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{opts}: {answer}");
         // The client's own X-Forwarded-For is kept (baton does not trust
@@ -108,19 +110,12 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
     .await;
     // Through HAProxy (127.0.0.1, trusted) with `option forwardfor`: the
     // client is the address HAProxy appended, not the one the client made up.
-    let dir = tempfile::tempdir().unwrap();
-    let port = refusing_addr().port();
-    let conf = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &conf,
-        format!(
-            "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend web\n  bind 127.0.0.1:{port}\n  option forwardfor\n  http-request set-header X-Forwarded-Proto https\n  default_backend baton\nbackend baton\n  server b1 {}\n",
-            gw.addr
-        ),
+    let (_h, front, _d) = haproxy_in_front(
+        gw.addr,
+        "  option forwardfor\n  http-request set-header X-Forwarded-Proto https\n",
+        "",
     )
-    .unwrap();
-    let front: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _h = real_proxy("haproxy", &conf, front, None).await;
+    .await;
     let answer = from_other_address(front, "/xff").await;
     assert_eq!(echoed_xff(&answer), "6.6.6.6, 127.0.0.5, 127.0.0.1");
     let line = gw.access(&request_id(&answer)).await;

@@ -330,7 +330,7 @@ fn parse_target(t: &str) -> Result<Target, String> {
 /// what a server presents even when verification (the connect step, with
 /// the gateway's own verifier) rejects it. Signatures are still checked.
 #[derive(Debug)]
-struct Inspect(Arc<rustls::crypto::CryptoProvider>);
+pub struct Inspect(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for Inspect {
     fn verify_server_cert(
