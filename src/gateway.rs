@@ -124,9 +124,13 @@ impl Gateway {
                         "renew it and reload (`baton reload`)"
                     };
                     tracing::warn!(target: "baton::tls", name = %name, source, days_left = left / 86_400, fix, "{text}");
-                    g.metrics
-                        .incidents
-                        .event("certificate", None, format!("{text}; {fix}"));
+                    let text = format!("{text}; {fix}");
+                    g.metrics.incidents.event("certificate", None, text.clone());
+                    crate::observe::incidents::send_notice(
+                        &g.runtime.load().config.alerts,
+                        "certificate_expiring",
+                        &text,
+                    );
                 }
                 drop(g);
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;

@@ -425,7 +425,7 @@ async fn an_expiring_certificate_shows_on_the_dashboard_and_in_events() {
     std::fs::write(dir.path().join("shop.key"), key.serialize_pem()).unwrap();
     let d = dir.path().display();
     let gw = Gw::start(&format!(
-        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n\n[tls]\nexpiry_warning = \"30d\"\n\n[[tls.certificates]]\ncert = \"{d}/shop.crt\"\nkey = \"{d}/shop.key\"\n\n{}",
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n\n[tls]\nexpiry_warning = \"30d\"\n\n[[tls.certificates]]\ncert = \"{d}/shop.crt\"\nkey = \"{d}/shop.key\"\n\n[alerts]\ncommand = \"cat > {d}/alert.json\"\n\n{}",
         one_route(o.addr)
     ))
     .await;
@@ -455,5 +455,18 @@ async fn an_expiring_certificate_shows_on_the_dashboard_and_in_events() {
         )),
         "{event}"
     );
+    // The alert command got it too.
+    let mut alert = String::new();
+    for _ in 0..50 {
+        alert = std::fs::read_to_string(dir.path().join("alert.json")).unwrap_or_default();
+        if !alert.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&alert).unwrap_or_else(|e| panic!("{e}: {alert:?}"));
+    assert_eq!(v["event"], "certificate_expiring");
+    assert_eq!(v["text"], event["text"]);
     gw.stop().await;
 }

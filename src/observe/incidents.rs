@@ -782,8 +782,52 @@ pub fn alert_body(event: &str, i: &Incident, slack: bool) -> String {
 /// Sends an alert in the background: never blocks the detector. Retried
 /// three times with a growing pause; each failure is logged.
 fn send_alert(cfg: &AlertConfig, event: &'static str, i: &Incident) {
+    deliver(
+        cfg,
+        event,
+        alert_body(event, i, cfg.slack),
+        alert_body(event, i, false),
+        vec![
+            ("BATON_INCIDENT_ID", i.id.to_string()),
+            ("BATON_UPSTREAM", i.upstream.clone()),
+            ("BATON_REASON", i.reason.clone()),
+        ],
+    );
+}
+
+/// A notice that is no incident (a certificate about to expire), sent
+/// where incident alerts go: the webhook gets `{"event", "text"}` (Slack:
+/// `{"text"}`), the command `BATON_EVENT`, `BATON_REASON` and the JSON
+/// on stdin.
+pub fn send_notice(cfg: &AlertConfig, event: &'static str, text: &str) {
+    let json = serde_json::json!({"event": event, "text": text}).to_string();
+    let web = if cfg.slack {
+        serde_json::json!({"text": format!(":warning: baton: {text}")}).to_string()
+    } else {
+        json.clone()
+    };
+    deliver(
+        cfg,
+        event,
+        web,
+        json,
+        vec![("BATON_REASON", text.to_string())],
+    );
+}
+
+/// Delivers an alert to the webhook (`web_body`) and the command
+/// (`cmd_body` on stdin, `env` and `BATON_EVENT` in its environment), in
+/// the background. The webhook is tried three times with a growing pause;
+/// each failure is logged.
+fn deliver(
+    cfg: &AlertConfig,
+    event: &'static str,
+    web_body: String,
+    cmd_body: String,
+    env: Vec<(&'static str, String)>,
+) {
     if let Some(url) = cfg.webhook.clone() {
-        let body = alert_body(event, i, cfg.slack);
+        let body = web_body;
         let ca = cfg.webhook_ca.clone();
         tokio::spawn(async move {
             let shown = shown_url(&url);
@@ -803,17 +847,14 @@ fn send_alert(cfg: &AlertConfig, event: &'static str, i: &Incident) {
         });
     }
     if let Some(cmd) = cfg.command.clone() {
-        let body = alert_body(event, i, false);
-        let (id, up, reason) = (i.id.to_string(), i.upstream.clone(), i.reason.clone());
+        let body = cmd_body;
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             let child = tokio::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(&cmd)
                 .env("BATON_EVENT", event)
-                .env("BATON_INCIDENT_ID", id)
-                .env("BATON_UPSTREAM", up)
-                .env("BATON_REASON", reason)
+                .envs(env)
                 .stdin(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn();
