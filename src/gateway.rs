@@ -9,6 +9,7 @@
 pub mod acme;
 pub mod checks;
 pub mod limit;
+pub mod ocsp;
 mod reload;
 mod runtime;
 pub mod tls;

@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     gateway.spawn_incidents();
     gateway.publish_certificates();
     gateway.spawn_certificate_watch();
+    crate::gateway::ocsp::spawn(&gateway);
     gateway.sync_acme();
     for (key, problem) in crate::upstream::socket_findings(&gateway.runtime.load().config, false) {
         tracing::error!(target: "baton::sockets", key, "{}", problem.message());

@@ -470,3 +470,98 @@ async fn an_expiring_certificate_shows_on_the_dashboard_and_in_events() {
     assert_eq!(v["text"], event["text"]);
     gw.stop().await;
 }
+
+/// OCSP stapling: a certificate that names a responder (a real `openssl
+/// ocsp` responder for a test CA) gets the responder's answer in the
+/// handshake, as `openssl s_client -status` sees it.
+#[tokio::test]
+async fn the_ocsp_response_is_stapled_when_the_certificate_names_a_responder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let ocsp = refusing_addr();
+    std::fs::write(
+        dir.path().join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = ca_default\n[ca_default]\ndir = {d}\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\ndefault_md = sha256\npolicy = any\ndefault_days = 30\ncopy_extensions = copy\n[any]\ncommonName = supplied\n[leaf]\nsubjectAltName = DNS:shop.test\nauthorityInfoAccess = OCSP;URI:http://{ocsp}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("index.txt"), "").unwrap();
+    std::fs::write(dir.path().join("serial"), "01\n").unwrap();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 30 -subj '/CN=Test CA' -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    );
+    sh(
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout shop.key -out shop.csr -subj /CN=shop.test",
+    );
+    sh(
+        "openssl ca -batch -config ca.cnf -extensions leaf -in shop.csr -out shop.crt -cert ca.crt -keyfile ca.key -notext",
+    );
+    sh("cat shop.crt ca.crt > chain.crt");
+    // Not `peer()`: a probing connect would hold openssl's one-at-a-time
+    // responder for good; it says when it listens.
+    let log = dir.path().join("ocsp.log");
+    let _responder = Reap(Some(
+        std::process::Command::new("openssl")
+            .args(["ocsp", "-index", "index.txt", "-port"])
+            .arg(ocsp.port().to_string())
+            .args([
+                "-rsigner", "ca.crt", "-rkey", "ca.key", "-CA", "ca.crt", "-ndays", "1",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("waiting for OCSP client connections"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nlisten_tls = [\"127.0.0.1:0\"]\n\n[[tls.certificates]]\ncert = \"{d}/chain.crt\"\nkey = \"{d}/shop.key\"\n\n{}",
+        one_route(o.addr)
+    ))
+    .await;
+    let tls = gw.tls_addr();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "openssl s_client -connect {tls} -servername shop.test -status < /dev/null 2>&1"
+                ))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        seen = String::from_utf8_lossy(&out.stdout).to_string();
+        if seen.contains("OCSP Response Status: successful") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains("OCSP Response Status: successful"), "{seen}");
+    assert!(seen.contains("Cert Status: good"), "{seen}");
+    gw.stop().await;
+}

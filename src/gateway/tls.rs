@@ -94,6 +94,13 @@ impl AcmeCerts {
 struct Resolver {
     configured: ArcSwap<BySni>,
     acme: Arc<AcmeCerts>,
+    /// The configured certificates with an OCSP response stapled, by the
+    /// address of the configured `CertifiedKey`.
+    stapled: ArcSwap<HashMap<usize, Arc<CertifiedKey>>>,
+}
+
+fn key_id(k: &Arc<CertifiedKey>) -> usize {
+    Arc::as_ptr(k) as usize
 }
 
 impl ResolvesServerCert for Resolver {
@@ -116,17 +123,29 @@ impl ResolvesServerCert for Resolver {
             return configured
                 .default
                 .clone()
+                .map(|k| self.with_staple(k))
                 .or_else(|| self.acme.issued.load().values().next().cloned());
         };
         configured
             .exact(&name)
+            .map(|k| self.with_staple(k))
             .or_else(|| self.acme.issued.load().get(&name).cloned())
-            .or_else(|| configured.wildcard(&name))
+            .or_else(|| configured.wildcard(&name).map(|k| self.with_staple(k)))
     }
 }
 
+impl Resolver {
+    fn with_staple(&self, k: Arc<CertifiedKey>) -> Arc<CertifiedKey> {
+        self.stapled.load().get(&key_id(&k)).cloned().unwrap_or(k)
+    }
+}
+
+/// When each staple is due again, by key id: `(refresh_at, expires_at)`.
+type Due = Mutex<HashMap<usize, (i64, i64)>>;
+
 /// The HTTPS side of the gateway.
 pub struct Tls {
+    due: Due,
     resolver: Arc<Resolver>,
     /// For HTTPS listeners; one for the gateway's life.
     pub server_config: Arc<rustls::ServerConfig>,
@@ -139,17 +158,63 @@ impl Tls {
         let resolver = Arc::new(Resolver {
             configured: ArcSwap::from_pointee(configured(tls)),
             acme: acme.clone(),
+            stapled: ArcSwap::from_pointee(HashMap::new()),
         });
         Tls {
+            due: Mutex::new(HashMap::new()),
             server_config: server_config(resolver.clone()),
             resolver,
             acme,
         }
     }
 
-    /// Serves the certificates of a new config to new connections.
+    /// Serves the certificates of a new config to new connections (their
+    /// staples are fetched anew).
     pub fn reload(&self, tls: &TlsConfig) {
         self.resolver.configured.store(Arc::new(configured(tls)));
+        self.resolver.stapled.store(Arc::new(HashMap::new()));
+        if let Ok(mut d) = self.due.lock() {
+            d.clear();
+        }
+    }
+
+    /// Whether `key`'s OCSP response should be fetched now.
+    pub fn staple_due(&self, key: &Arc<CertifiedKey>) -> bool {
+        let now = crate::core::clock::now_s();
+        self.due
+            .lock()
+            .map(|d| d.get(&key_id(key)).is_none_or(|(at, _)| now >= *at))
+            .unwrap_or(false)
+    }
+
+    /// Staples `s` to `key` from now on.
+    pub fn staple(&self, key: &Arc<CertifiedKey>, s: super::ocsp::Staple) {
+        let stapled = Arc::new(CertifiedKey {
+            cert: key.cert.clone(),
+            key: key.key.clone(),
+            ocsp: Some(s.der),
+        });
+        let mut next = (**self.resolver.stapled.load()).clone();
+        next.insert(key_id(key), stapled);
+        self.resolver.stapled.store(Arc::new(next));
+        if let Ok(mut d) = self.due.lock() {
+            d.insert(key_id(key), (s.refresh_at, s.next_update));
+        }
+    }
+
+    /// A fetch failed: try again in 5 minutes; drop a staple that is no
+    /// longer current (an expired response would fail the handshake in
+    /// clients that check it).
+    pub fn staple_failed(&self, key: &Arc<CertifiedKey>) {
+        let now = crate::core::clock::now_s();
+        let Ok(mut d) = self.due.lock() else { return };
+        let expires = d.get(&key_id(key)).map_or(0, |(_, e)| *e);
+        d.insert(key_id(key), (now + 300, expires));
+        if expires <= now {
+            let mut next = (**self.resolver.stapled.load()).clone();
+            next.remove(&key_id(key));
+            self.resolver.stapled.store(Arc::new(next));
+        }
     }
 }
 
