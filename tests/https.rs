@@ -81,6 +81,14 @@ fn served(s: &Tls) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// A TLS connection to `gw`'s HTTPS listener as `shop.test`, trusting
+/// `root` only.
+async fn open(gw: &Gw, root: &[u8]) -> Tls {
+    connect(&client(&[root.to_vec()]), gw.tls_addr(), "shop.test")
+        .await
+        .unwrap()
+}
+
 /// An HTTP/2 client connection over `s`, driven by a task of its own.
 async fn h2(s: Tls) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let (send, conn) = hyper::client::conn::http2::handshake(
@@ -241,13 +249,7 @@ async fn a_handshake_that_stalls_is_dropped_at_the_deadline() {
 async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_finish() {
     let (o, dir, old, _, gw) = site(Script::Echo, "").await;
     let b = body(dir.path(), o.addr, "");
-    let before = connect(
-        &client(std::slice::from_ref(&old)),
-        gw.tls_addr(),
-        "shop.test",
-    )
-    .await
-    .unwrap();
+    let before = open(&gw, &old).await;
     let mut send_old = h2(before).await;
 
     let new = cert(dir.path(), "shop", &["shop.test"]);
@@ -255,13 +257,7 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     let r = gw.reload_with(body_only).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let s = connect(
-        &client(std::slice::from_ref(&new)),
-        gw.tls_addr(),
-        "shop.test",
-    )
-    .await
-    .unwrap();
+    let s = open(&gw, &new).await;
     assert_eq!(served(&s), new);
     // The connection made before the reload carries on.
     let req = http::Request::get("https://shop.test/still")
@@ -275,13 +271,7 @@ async fn a_certificate_rotated_on_reload_goes_to_new_connections_while_old_ones_
     let r = gw.reload_with(body_only).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("tls.certificates[0].key"), "{}", r.text());
-    let s = connect(
-        &client(std::slice::from_ref(&new)),
-        gw.tls_addr(),
-        "shop.test",
-    )
-    .await
-    .unwrap();
+    let s = open(&gw, &new).await;
     assert_eq!(served(&s), new);
     gw.stop().await;
 }
@@ -363,13 +353,7 @@ async fn plain_http_is_redirected_to_https_and_https_gets_hsts() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let s = connect(
-        &client(std::slice::from_ref(&shop)),
-        gw.tls_addr(),
-        "shop.test",
-    )
-    .await
-    .unwrap();
+    let s = open(&gw, &shop).await;
     let mut send_h2 = h2(s).await;
     let r = send_h2
         .send_request(
@@ -389,13 +373,7 @@ async fn plain_http_is_redirected_to_https_and_https_gets_hsts() {
 #[tokio::test]
 async fn an_invalid_http2_preface_over_tls_gets_goaway() {
     let (_o, _dir, shop, _, gw) = site(Script::Ok("hi".into()), "").await;
-    let mut s = connect(
-        &client(std::slice::from_ref(&shop)),
-        gw.tls_addr(),
-        "shop.test",
-    )
-    .await
-    .unwrap();
+    let mut s = open(&gw, &shop).await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     s.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n")
         .await
