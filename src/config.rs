@@ -245,6 +245,11 @@ pub struct ClientLimits {
     /// `server.trusted_proxies`: peers whose `X-Forwarded-For`,
     /// `Forwarded` and `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `server.details_to`: clients shown a failure's details (socket
+    /// paths, addresses, users) on error pages and in `Proxy-Status`;
+    /// everyone else gets the cause and the request ID. Loopback by
+    /// default; the admin token shows them too.
+    pub details_to: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -420,3 +420,74 @@ async fn an_applications_json_error_passes_through_labelled_json() {
     assert_eq!(r.text(), body);
     assert_eq!(r.header("proxy-status"), "");
 }
+
+/// A failure's details (addresses, socket paths, users) are for the
+/// operator: a client outside `server.details_to` gets the cause and the
+/// request ID only; the admin token shows them.
+#[tokio::test]
+async fn failure_details_reach_only_trusted_clients() {
+    let down = refusing_addr();
+    let sock = "/run/baton-test-missing/app.sock";
+    let gw = Gw::start(&format!(
+        "[server]\ndetails_to = []\nadmin_token = \"s3cret\"\n[upstreams.a]\nservers = [\"{down}\"]\nretries = 0\n[upstreams.b]\nservers = [\"unix:{sock}\"]\nretries = 0\n[[routes]]\npath = \"/a\"\nupstream = \"a\"\n[[routes]]\npath = \"/b\"\nupstream = \"b\"\n"
+    ))
+    .await;
+    for (path, leak) in [("/a", down.to_string()), ("/b", sock.to_string())] {
+        let r = send(gw.addr, get_with(path, "accept", "text/html")).await;
+        assert_eq!(r.status, if path == "/a" { 502 } else { 503 });
+        let ps = r.header("proxy-status");
+        assert!(!ps.contains("details") && !ps.contains("next-hop"), "{ps}");
+        assert!(!r.text().contains(&leak), "{path} leaks {leak}");
+        assert!(
+            r.text().contains(&r.request_id()),
+            "the request ID is shown"
+        );
+        // The log keeps them.
+        let line = gw.failures(&r.request_id()).await.pop().unwrap();
+        assert!(line.to_string().contains(&leak), "{line}");
+        // The admin token shows them.
+        let mut req = get_with(path, "accept", "text/html");
+        req.headers_mut()
+            .insert("authorization", "Bearer s3cret".parse().unwrap());
+        let r = send(gw.addr, req).await;
+        assert!(
+            r.header("proxy-status").contains("details="),
+            "{}",
+            r.header("proxy-status")
+        );
+        assert!(r.text().contains(&leak));
+    }
+    gw.stop().await;
+}
+
+/// The error page retries by itself only for a method that may be sent
+/// again: a POST's page never resends the form.
+#[tokio::test]
+async fn the_error_page_reloads_itself_only_for_safe_methods() {
+    let gw = Gw::start(&one_route(refusing_addr())).await;
+    let r = send(gw.addr, get_with("/", "accept", "text/html")).await;
+    assert!(
+        r.text().contains(r#"if ("1" !== "1") return;"#),
+        "GET retries"
+    );
+    assert!(r.text().contains("this page will do so by itself"));
+    let post = Request::post("/")
+        .header("host", "t")
+        .header("accept", "text/html")
+        .body(Full::new(Bytes::from_static(b"comment=hi")))
+        .unwrap();
+    let r = send(gw.addr, post).await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text().contains(r#"if ("0" !== "1") return;"#),
+        "POST does not"
+    );
+    assert!(
+        r.text().contains(
+            "What you sent may or may not have been received: check before sending it again."
+        ),
+        "{}",
+        r.text()
+    );
+    gw.stop().await;
+}

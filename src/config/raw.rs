@@ -15,6 +15,7 @@ pub struct Server {
     pub redirect_https: Option<bool>,
     pub hsts: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub details_to: Option<Vec<Spanned<String>>>,
     pub admin: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub header_read_timeout: Option<Spanned<String>>,

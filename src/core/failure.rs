@@ -10,7 +10,8 @@ use crate::core::cause::Cause;
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub cause: Cause,
-    /// Short, safe to show (goes into `Proxy-Status` `details`).
+    /// Short; shown to trusted clients (`server.details_to`) in
+    /// `Proxy-Status` `details` and on the error page, and always logged.
     pub details: Option<String>,
     pub errno: Option<i32>,
     /// The status the upstream sent, when it sent one before failing.

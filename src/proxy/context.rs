@@ -47,6 +47,9 @@ pub(super) struct Ctx {
     /// A gRPC request (`content-type: application/grpc...`): baton's own
     /// failures are answered in gRPC's form.
     pub grpc: bool,
+    /// A client shown failure details (`server.details_to`, or the admin
+    /// token as `Authorization: Bearer`).
+    pub trusted: bool,
     /// The route's index in the config, once routed.
     pub route_index: Option<usize>,
     pub route: Option<Arc<str>>,
@@ -109,6 +112,18 @@ impl Ctx {
             grpc: h
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
+            trusted: rt
+                .config
+                .limits
+                .details_to
+                .iter()
+                .any(|n| n.contains(&client.ip()))
+                || rt.config.admin_token.as_ref().is_some_and(|t| {
+                    h.get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .is_some_and(|v| v.trim() == t)
+                }),
             route_index: None,
             route: None,
             route_metrics: None,

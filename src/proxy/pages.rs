@@ -58,6 +58,9 @@ pub struct PageInfo<'a> {
     pub retry_after: Option<u64>,
     /// `[server] status_page`: linked from the page.
     pub status_page: Option<&'a str>,
+    /// The request may be sent again by the page (GET, HEAD, OPTIONS): a
+    /// form POST reloaded by the page's script would be a duplicate order.
+    pub safe_method: bool,
 }
 
 /// Renders the body for `format`, from the operator's template if given.
@@ -88,13 +91,18 @@ fn retry_words(p: &PageInfo<'_>) -> String {
         return "Trying again will not help until the site's operator changes its configuration."
             .into();
     }
-    match p.retry_after {
-        Some(s) => format!(
-            "It is worth trying again in about {s} seconds; this page will do so by itself."
-        ),
-        None => {
-            "It is worth trying again in a little while; this page will do so by itself.".into()
-        }
+    let when = match p.retry_after {
+        Some(s) => format!("in about {s} seconds"),
+        None => "in a little while".into(),
+    };
+    if p.safe_method {
+        format!("It is worth trying again {when}; this page will do so by itself.")
+    } else {
+        // What was sent (a form, an order) must not be sent twice behind
+        // the visitor's back.
+        format!(
+            "It is worth trying again {when}. What you sent may or may not have been received: check before sending it again."
+        )
     }
 }
 
@@ -142,7 +150,11 @@ fn fill(template: &str, p: &PageInfo<'_>, f: Format) -> String {
         Format::Text => s.to_string(),
     };
     let retry = p.retry_after.map_or(String::new(), |r| r.to_string());
-    let auto = if p.cause.transient() { "1" } else { "0" };
+    let auto = if p.cause.transient() && p.safe_method {
+        "1"
+    } else {
+        "0"
+    };
     let status_link = match (p.status_page, f) {
         (Some(path), Format::Html) => format!(
             "<p><a href=\"{}\">Is it down for everyone? The site's status</a></p>",
@@ -254,6 +266,7 @@ mod tests {
     #[test]
     fn templates_fill_and_escape() {
         let p = PageInfo {
+            safe_method: true,
             status_page: None,
             cause: Cause::ConnectionRefused,
             status: 502,

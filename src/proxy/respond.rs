@@ -202,6 +202,18 @@ fn error_page(
     next_hop: Option<&str>,
     retry_after: Option<u64>,
 ) -> (Response<RespBody>, u64) {
+    // Details (socket paths, addresses, users) and the next hop are for
+    // the operator: the public gets the cause and the request ID.
+    let public;
+    let (f, next_hop) = if ctx.trusted {
+        (f, next_hop)
+    } else {
+        public = Failure {
+            details: None,
+            ..f.clone()
+        };
+        (&public, None)
+    };
     if ctx.grpc {
         return (grpc_failure(f, next_hop), 0);
     }
@@ -217,6 +229,10 @@ fn error_page(
             request_id: ctx.id(),
             retry_after,
             status_page: ctx.rt.config.status_page.as_deref(),
+            safe_method: matches!(
+                ctx.method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            ),
         },
         &ctx.rt.config.pages,
     );

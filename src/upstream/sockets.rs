@@ -39,14 +39,24 @@ pub fn socket_problem(p: &Path) -> Option<SocketProblem> {
             continue;
         };
         if !may_access(dir, nix::unistd::AccessFlags::X_OK) {
+            // Never advise opening a privileged directory or joining a
+            // privileged group: move the socket instead.
+            let fix = if privileged(md.uid(), md.gid()) {
+                "move the socket to a directory meant for it (PHP-FPM: listen = /run/php/NAME.sock)"
+                    .to_string()
+            } else {
+                format!(
+                    "give it search permission (`chmod o+x {}`, or add {me} to group {})",
+                    dir.display(),
+                    group_name(md.gid())
+                )
+            };
             return Some(SocketProblem::Permission(format!(
-                "baton runs as {me} and may not enter {} (owner {}:{}, mode {:04o}): give it search permission (`chmod o+x {}`, or add {me} to group {})",
+                "baton runs as {me} and may not enter {} (owner {}:{}, mode {:04o}): {fix}",
                 dir.display(),
                 user_name(md.uid()),
                 group_name(md.gid()),
                 md.mode() & 0o7777,
-                dir.display(),
-                group_name(md.gid()),
             )));
         }
     }
@@ -76,16 +86,30 @@ pub fn socket_problem(p: &Path) -> Option<SocketProblem> {
     }
     if !may_access(p, nix::unistd::AccessFlags::W_OK) {
         let (owner, group) = (user_name(md.uid()), group_name(md.gid()));
+        let user = me.split(' ').next().unwrap_or(&me);
+        let join = if privileged(md.uid(), md.gid()) {
+            String::new()
+        } else {
+            format!(" (or add {user} to group {group})")
+        };
         return Some(SocketProblem::Permission(format!(
-            "baton runs as {me} but socket {} is {owner}:{group} mode {:04o}: in the PHP-FPM pool set listen.owner = {}, or listen.group = {} with listen.mode = 0660 (or add {} to group {group}), then restart PHP-FPM",
+            "baton runs as {me} but socket {} is {owner}:{group} mode {:04o}: in the PHP-FPM pool set listen.owner = {user}, or listen.group = {} with listen.mode = 0660{join}, then restart PHP-FPM",
             p.display(),
             md.mode() & 0o7777,
-            me.split(' ').next().unwrap_or(&me),
             my_group(),
-            me.split(' ').next().unwrap_or(&me),
         )));
     }
     None
+}
+
+/// Owned by root's group, or a group that grants power (reading every
+/// log, the disks, sudo, Docker): joining it or opening it up would
+/// weaken the machine, so baton never advises it.
+fn privileged(uid: u32, gid: u32) -> bool {
+    const POWERFUL: [&str; 8] = [
+        "root", "sudo", "wheel", "adm", "shadow", "disk", "docker", "admin",
+    ];
+    gid == 0 || (uid == 0 && gid < 1000) || POWERFUL.contains(&group_name(gid).as_str())
 }
 
 fn may_access(p: &Path, mode: nix::unistd::AccessFlags) -> bool {

@@ -76,6 +76,13 @@ impl Validator<'_> {
             ),
             proxy_protocol: server.proxy_protocol.unwrap_or(false),
             trusted_proxies: self.networks("server.trusted_proxies", &server.trusted_proxies),
+            details_to: match &server.details_to {
+                Some(_) => self.networks("server.details_to", &server.details_to),
+                None => vec![
+                    "127.0.0.0/8".parse().expect("literal"),
+                    "::1/128".parse().expect("literal"),
+                ],
+            },
             max_request_header_bytes: self.int(
                 "server.max_request_header_bytes",
                 &server.max_request_header_bytes,
