@@ -363,7 +363,8 @@ pub struct FastCgiConfig {
     /// Document root: SCRIPT_FILENAME and static files (absolute).
     pub root: PathBuf,
     /// Directory index (`index.php`).
-    pub index: String,
+    /// Index files tried in a directory, in order.
+    pub index: Vec<String>,
     /// nginx-style list: `$uri`, `$uri/`, and a last entry that is a
     /// fallback URI (`/index.php?$args`) or `=404`.
     pub try_files: Vec<String>,
@@ -538,7 +539,8 @@ impl std::fmt::Display for HostMatch {
 
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub host: Option<HostMatch>,
+    /// Any of these hosts; empty: every host.
+    pub host: Vec<HostMatch>,
     pub path: String,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,

@@ -76,6 +76,50 @@ async fn front_controller_path_info_and_directory_index() {
     let r = send(gw.addr, get("/status.php")).await;
     assert_eq!((r.status, r.text().as_str()), (418, "teapot"));
     assert_eq!(r.header("x-app"), "yes");
+    // A directory without its slash (WordPress's /wp-admin): 301 to it,
+    // query kept, as nginx answers; the page's relative links then work.
+    let r = send(gw.addr, get("/sub?tab=1")).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), "/sub/?tab=1");
+}
+
+/// Several index files, tried in order (nginx's `index index.html
+/// index.php`); nginx's one-string habit is an error with the fix.
+#[tokio::test]
+async fn index_files_are_tried_in_order() {
+    let fpm = php::start("").await;
+    std::fs::write(fpm.root.join("sub/index.html"), "static sub index").unwrap();
+    php::set_mode(&fpm.root.join("sub/index.html"), 0o644);
+    let with_index = |index: &str| {
+        fpm.upstream("")
+            .replace("index = \"index.php\"", &format!("index = {index}"))
+    };
+    let gw = Gw::start(&with_index("[\"index.html\", \"index.php\"]")).await;
+    let r = send(gw.addr, get("/sub/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "static sub index"));
+    // The root has only index.php: the second name.
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["SCRIPT_NAME"], "/index.php");
+    gw.stop().await;
+    let e = baton::config::parse(
+        &with_index("\"index.php index.html\"").replace(
+            "[[routes]]",
+            "[[routes]]\nhost = \"example.com www.example.com\"",
+        ),
+        "baton.toml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("\"index.php index.html\" is several file names in one string: no file has that name\n    fix: write a list: index = [\"index.php\", \"index.html\"]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("\"example.com www.example.com\" is several names in one string: no request would match it\n    fix: write a list: host = [\"example.com\", \"www.example.com\"]"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

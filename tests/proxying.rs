@@ -491,3 +491,24 @@ async fn the_error_page_reloads_itself_only_for_safe_methods() {
     );
     gw.stop().await;
 }
+
+/// A route for several host names (nginx's `server_name a b`).
+#[tokio::test]
+async fn a_route_takes_a_list_of_hosts() {
+    let a = Origin::start(Script::Ok("site".into())).await.unwrap();
+    let b = Origin::start(Script::Ok("other".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.a]\nservers = [\"{}\"]\n[upstreams.b]\nservers = [\"{}\"]\n[[routes]]\nhost = [\"example.com\", \"www.example.com\"]\nupstream = \"a\"\n[[routes]]\nupstream = \"b\"\n",
+        a.addr, b.addr
+    ))
+    .await;
+    for (host, want) in [
+        ("example.com", "site"),
+        ("WWW.example.com:8080", "site"),
+        ("x.example.com", "other"),
+    ] {
+        let r = send(gw.addr, get_with("/", "host", host)).await;
+        assert_eq!(r.text(), want, "{host}");
+    }
+    gw.stop().await;
+}

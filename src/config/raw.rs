@@ -138,7 +138,7 @@ pub struct Upstream {
     pub queue_timeout: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub root: Option<Spanned<String>>,
-    pub index: Option<Spanned<String>>,
+    pub index: Option<Spanned<OneOrMany>>,
     pub try_files: Option<Spanned<Vec<Spanned<String>>>>,
     pub script_ext: Option<Spanned<String>>,
     pub params: Option<Spanned<std::collections::BTreeMap<String, String>>>,
@@ -193,7 +193,7 @@ pub struct Outlier {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    pub host: Option<Spanned<String>>,
+    pub host: Option<Spanned<OneOrMany>>,
     pub path: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
     pub maintenance: Option<Spanned<String>>,
@@ -207,4 +207,22 @@ pub struct Route {
     pub retry_backoff: Option<Spanned<String>>,
     pub retry_budget_percent: Option<Spanned<i64>>,
     pub retry_budget_min: Option<Spanned<i64>>,
+}
+
+/// A key that takes one value or a list: `host = "a.com"` or
+/// `host = ["a.com", "www.a.com"]`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }

@@ -104,17 +104,14 @@ impl Runtime {
         let mut host = Some(host);
         let mut seen: Option<&str> = None;
         self.config.routes.iter().position(|r| {
-            let host_ok = match &r.host {
-                None => true,
-                Some(m) => {
-                    let h = *seen.get_or_insert_with(|| host.take().map_or("", |f| f()));
-                    match m {
-                        HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
-                        HostMatch::Suffix(s) => {
-                            h.len() > s.len() && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                        }
+            let host_ok = r.host.is_empty() || {
+                let h = *seen.get_or_insert_with(|| host.take().map_or("", |f| f()));
+                r.host.iter().any(|m| match m {
+                    HostMatch::Exact(e) => e.eq_ignore_ascii_case(h),
+                    HostMatch::Suffix(s) => {
+                        h.len() > s.len() && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
                     }
-                }
+                })
             };
             host_ok && path_matches(&r.path, path)
         })

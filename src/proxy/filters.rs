@@ -275,6 +275,13 @@ fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
             format!("nothing under {} for this path", fc.root.display()),
         ))),
         Target::Forbidden => Err(Answer::failure(Failure::new(Cause::Forbidden))),
+        Target::AddSlash(location) => match HeaderValue::from_str(&location) {
+            Ok(location) => Err(Answer::Redirect {
+                status: http::StatusCode::MOVED_PERMANENTLY,
+                location,
+            }),
+            Err(_) => Err(Answer::failure(Failure::new(Cause::Forbidden))),
+        },
     }
 }
 

@@ -134,7 +134,7 @@ fn public_name(cfg: &crate::config::Config, i: usize) -> Option<String> {
     let names: Vec<String> = mine
         .iter()
         .map(|r| {
-            let host = r.host.as_ref().map_or(String::new(), |h| h.to_string());
+            let host = r.host.first().map_or(String::new(), |h| h.to_string());
             match (host.is_empty(), r.path.as_str()) {
                 (true, "/") if alone => "The site".to_string(),
                 (true, "/") => "The rest of the site".to_string(),

@@ -56,7 +56,7 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
         .map(|r| {
             json!({
                 "name": &*r.name,
-                "host": r.host.as_ref().map_or("*".to_string(), |h| h.to_string()),
+                "host": if r.host.is_empty() { "*".to_string() } else { r.host.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ") },
                 "path": r.path,
                 "upstream": &*rt.config.upstreams[r.upstream].name,
             })

@@ -37,11 +37,21 @@ impl Validator<'_> {
             );
             return None;
         };
-        let host = match &r.host {
-            None => None,
-            Some(h) => {
-                let s = h.get_ref().to_ascii_lowercase();
-                if let Some(rest) = s.strip_prefix("*.") {
+        let mut host = Vec::new();
+        if let Some(h) = &r.host {
+            for s in h.get_ref().items() {
+                let s = s.to_ascii_lowercase();
+                if s.split_whitespace().count() > 1 {
+                    // nginx's server_name habit: one string, many names.
+                    let list: Vec<String> =
+                        s.split_whitespace().map(|n| format!("{n:?}")).collect();
+                    self.err(
+                        format!("routes[{i}].host"),
+                        h.span(),
+                        format!("{s:?} is several names in one string: no request would match it"),
+                        &format!("write a list: host = [{}]", list.join(", ")),
+                    );
+                } else if let Some(rest) = s.strip_prefix("*.") {
                     if rest.is_empty() || rest.contains('*') {
                         self.err(
                             format!("routes[{i}].host"),
@@ -50,7 +60,7 @@ impl Validator<'_> {
                             "write \"*.example.com\"",
                         );
                     }
-                    Some(HostMatch::Suffix(format!(".{rest}")))
+                    host.push(HostMatch::Suffix(format!(".{rest}")));
                 } else if s.is_empty() || s.contains('*') || s.contains('/') {
                     self.err(
                         format!("routes[{i}].host"),
@@ -58,12 +68,11 @@ impl Validator<'_> {
                         format!("invalid host {s:?}"),
                         "write \"example.com\" or \"*.example.com\" (no scheme, no path)",
                     );
-                    None
                 } else {
-                    Some(HostMatch::Exact(s))
+                    host.push(HostMatch::Exact(s));
                 }
             }
-        };
+        }
         let path = match &r.path {
             None => "/".to_string(),
             Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
@@ -79,7 +88,7 @@ impl Validator<'_> {
         };
         let name = format!(
             "{}{}",
-            r.host.as_ref().map_or("*", |h| h.get_ref().as_str()),
+            host.first().map_or("*".to_string(), |h| h.to_string()),
             path
         );
         let maintenance = r.maintenance.as_ref().map(|m| Maintenance {
@@ -134,11 +143,9 @@ impl Validator<'_> {
         // Never matched: an earlier route takes every request it would.
         let span = r.path.as_ref().map_or(r.upstream.span(), |p| p.span());
         if let Some(earlier) = routes.iter().find(|e: &&Route| {
-            let host_covers = match (&e.host, &host) {
-                (None, _) => true,
-                (Some(a), Some(b)) => a == b,
-                (Some(_), None) => false,
-            };
+            // Every host of this route is one the earlier route takes.
+            let host_covers =
+                e.host.is_empty() || (!host.is_empty() && host.iter().all(|h| e.host.contains(h)));
             host_covers && path_prefix_covers(&e.path, &path)
         }) {
             self.warn(

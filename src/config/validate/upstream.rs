@@ -429,24 +429,41 @@ impl Validator<'_> {
                 p
             }
         };
-        let index = u
+        let span = u.index.as_ref().map_or(0..0, |i| i.span());
+        let mut index: Vec<String> = Vec::new();
+        for f in u
             .index
             .as_ref()
-            .map_or_else(|| "index.php".to_string(), |i| i.get_ref().clone());
-        if index.contains('/') || index.is_empty() {
-            let span = u.index.as_ref().map_or(0..0, |i| i.span());
-            self.err(
-                key("index"),
-                span,
-                format!("index {index:?} must be a file name"),
-                "write index = \"index.php\"",
-            );
+            .map_or(vec!["index.php"], |i| i.get_ref().items())
+        {
+            if f.split_whitespace().count() > 1 {
+                // nginx's `index index.php index.html;` habit.
+                let list: Vec<String> = f.split_whitespace().map(|n| format!("{n:?}")).collect();
+                self.err(
+                    key("index"),
+                    span.clone(),
+                    format!("{f:?} is several file names in one string: no file has that name"),
+                    &format!("write a list: index = [{}]", list.join(", ")),
+                );
+            } else if f.contains('/') || f.is_empty() {
+                self.err(
+                    key("index"),
+                    span.clone(),
+                    format!("index {f:?} must be a file name"),
+                    "write index = \"index.php\" or a list, index = [\"index.php\", \"index.html\"]",
+                );
+            } else {
+                index.push(f.to_string());
+            }
         }
         let try_files = match &u.try_files {
             None => vec![
                 "$uri".to_string(),
                 "$uri/".to_string(),
-                format!("/{index}?$args"),
+                format!(
+                    "/{}?$args",
+                    index.first().map_or("index.php", String::as_str)
+                ),
             ],
             Some(list) => {
                 let v: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();

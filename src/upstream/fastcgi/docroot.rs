@@ -18,6 +18,10 @@ pub enum Target {
     /// A path baton refuses to map: `..`, NUL, a hidden file, a symbolic
     /// link out of the root.
     Forbidden,
+    /// A directory asked for without its trailing slash (`/wp-admin`):
+    /// `301` to this location (path and query), as nginx answers, so that
+    /// the page's relative links resolve inside the directory.
+    AddSlash(String),
 }
 
 /// The script a request runs, split as nginx's `fastcgi_split_path_info`.
@@ -127,14 +131,25 @@ pub fn resolve(cfg: &FastCgiConfig, root: &DocRoot, raw_path: &str, query: &str)
             return script_or_file(cfg, root, &epath, &equery);
         }
         if epath.ends_with('/') {
-            // `$uri/`: a directory with an index file.
+            // `$uri/`: a directory with an index file (the first of
+            // `index` that exists).
             let dir = epath.trim_end_matches('/');
             if matches!(root.lookup(dir, false), Kind::Dir) {
-                let index = format!("{dir}/{}", cfg.index);
-                if let t @ (Target::Script(_) | Target::Static(..) | Target::Forbidden) =
-                    script_or_file(cfg, root, &index, &equery)
-                {
-                    return t;
+                if !path.ends_with('/') && !dir.is_empty() {
+                    let q = if query.is_empty() {
+                        String::new()
+                    } else {
+                        format!("?{query}")
+                    };
+                    return Target::AddSlash(format!("{raw_path}/{q}"));
+                }
+                for name in &cfg.index {
+                    let index = format!("{dir}/{name}");
+                    if let t @ (Target::Script(_) | Target::Static(..) | Target::Forbidden) =
+                        script_or_file(cfg, root, &index, &equery)
+                    {
+                        return t;
+                    }
                 }
             }
             continue;
