@@ -180,3 +180,48 @@ async fn check_probes_every_server_and_the_timeout_ladder() {
     assert!(!out.contains("servers[0]:"), "{out}");
     assert!(!out.contains("upstreams.py.servers"), "{out}");
 }
+
+/// An nginx admin's file: every mistake of every table in one run, each
+/// named by its key, nginx's directives pointed at baton's keys.
+#[test]
+fn nginx_habits_are_all_reported_at_once_with_baton_s_keys() {
+    let (ok, _, err) = check(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\nclient_max_body_size = \"10m\"\nworkers = \"two\"\nkeepalive_timeout = \"65s\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:3000\"]\nproxy_read_timeout = \"60s\"\nretries = \"1\"\n\n[[routes]]\nserver_name = \"example.com\"\nupstream = \"app\"\n\n[location]\npath = \"/\"\n",
+    );
+    assert!(!ok);
+    assert!(err.starts_with("baton.toml: 7 problems\n"), "{err}");
+    for (place, fix) in [
+        (
+            "baton.toml:3:1: server.client_max_body_size:",
+            "fix: that is nginx's `client_max_body_size`: in baton it is `max_body_bytes` in [server]",
+        ),
+        (
+            "baton.toml:4:11: server.workers: invalid type",
+            "fix: check the value's type",
+        ),
+        (
+            "baton.toml:5:1: server.keepalive_timeout:",
+            "fix: that is nginx's `keepalive_timeout`: in baton the client side is `idle_timeout` in [server]",
+        ),
+        (
+            "baton.toml:9:1: upstreams.app.proxy_read_timeout:",
+            "fix: that is nginx's `proxy_read_timeout`: in baton it is `read_timeout` in [upstreams.NAME]",
+        ),
+        (
+            "baton.toml:10:11: upstreams.app.retries: invalid type",
+            "fix: check the value's type",
+        ),
+        (
+            "baton.toml:13:1: routes[0].server_name:",
+            "fix: that is nginx's `server_name`: in baton it is `host` in a [[routes]] entry",
+        ),
+        (
+            "baton.toml:16:2: location: unknown section",
+            "fix: that is nginx's `location`: in baton a location is a [[routes]] entry",
+        ),
+    ] {
+        let at = err.find(place).unwrap_or_else(|| panic!("{place}\n{err}"));
+        let next = err[at..].lines().nth(1).unwrap();
+        assert!(next.trim_start().starts_with(fix), "{place}: {next}");
+    }
+}

@@ -121,17 +121,52 @@ impl<'s> Validator<'s> {
         key: &str,
         value: Spanned<toml::de::DeValue<'s>>,
     ) -> Option<T> {
-        let span = value.span();
-        match T::deserialize(serde::de::IntoDeserializer::into_deserializer(value)) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let span = e.span().unwrap_or(span);
-                let msg = e.message().trim().to_string();
-                let (key, fix) = explain_serde_error(key, &msg, &self.src[span.clone()]);
-                self.err(key, span, msg, &fix);
-                None
+        let whole = value.span();
+        let mut value = value;
+        let mut failed = false;
+        // Every problem of the table at once: each unknown key or value of
+        // the wrong type is reported, taken out, and the rest read again.
+        for _ in 0..64 {
+            let e = match T::deserialize(serde::de::IntoDeserializer::into_deserializer(
+                value.clone(),
+            )) {
+                Ok(t) => return (!failed).then_some(t),
+                Err(e) => e,
+            };
+            failed = true;
+            let span = e.span().unwrap_or(whole.clone());
+            let msg = e.message().trim().to_string();
+            let (mut name, fix) = explain_serde_error(key, &msg, &self.src[span.clone()]);
+            let toml::de::DeValue::Table(t) = value.get_mut() else {
+                self.err(name, span, msg, &fix);
+                return None;
+            };
+            let unknown = msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string);
+            // The entry the error is about: by name, else by position.
+            let hit = t
+                .iter()
+                .find(|(k, v)| {
+                    unknown.as_deref() == Some(k.get_ref().as_ref())
+                        || (v.span().start <= span.start && span.end <= v.span().end)
+                })
+                .map(|(k, _)| k.get_ref().to_string());
+            if unknown.is_none()
+                && let Some(k) = &hit
+            {
+                name = format!("{key}.{k}");
+            }
+            self.err(name, span, msg, &fix);
+            match hit {
+                Some(k) => {
+                    t.remove(k.as_str());
+                }
+                None => return None,
             }
         }
+        None
     }
 
     pub(super) fn duration(
@@ -412,9 +447,10 @@ impl<'s> Validator<'s> {
                     }
                 }
                 other => {
-                    let fix = match closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts", "tls"]) {
-                        Some(s) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls"),
-                        None => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls".into(),
+                    let fix = match (closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts", "tls"]), super::diagnostics::from_nginx(other)) {
+                        (Some(s), _) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls"),
+                        (None, Some(n)) => format!("that is nginx's `{other}`: {n}"),
+                        (None, None) => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls".into(),
                     };
                     self.err(
                         other.to_string(),
