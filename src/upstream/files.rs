@@ -1,10 +1,11 @@
 //! Static files from a FastCGI upstream's document root.
 //!
 //! Owns: answering GET and HEAD for a file `fastcgi::resolve` found under
-//! the root: `Content-Type` from the extension, `Last-Modified` and a weak
-//! `ETag` (size and modification time, as nginx), `304` for
-//! `If-None-Match`/`If-Modified-Since`, `Cache-Control: max-age`, and the
-//! body streamed in 64 KiB reads.
+//! the root: `Content-Type` from the extension, `Last-Modified` and a
+//! strong `ETag` (modification time and size, as nginx), `304` for
+//! `If-None-Match`/`If-Modified-Since`, one byte range (`206`, `416`,
+//! `If-Range`; RFC 9110 §14), `Cache-Control: max-age`, and the body
+//! streamed in 64 KiB reads.
 //!
 //! Must not: map paths (that is `fastcgi::resolve`, which keeps them under
 //! the root) or serve scripts.
@@ -48,7 +49,7 @@ pub fn answer(
         Err(_) => (0, UNIX_EPOCH),
     };
     let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = format!("W/\"{secs:x}-{len:x}\"");
+    let etag = format!("\"{secs:x}-{len:x}\"");
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
@@ -105,12 +106,99 @@ pub fn answer(
     if let Ok(v) = HeaderValue::from_str(&ctype) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // If-Range: the range only if the client's copy is this one (a strong
+    // ETag or the exact date); otherwise the whole file.
+    let if_range_ok = req.get(header::IF_RANGE).is_none_or(|v| {
+        let v = v.to_str().unwrap_or("");
+        v == etag || v == last_modified
+    });
+    let range = req
+        .get(header::RANGE)
+        .filter(|_| if_range_ok)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| byte_range(v, len));
+    let (status, start, count) = match range {
+        Some(Ok(Some((a, b)))) => {
+            let cr = format!("bytes {a}-{b}/{len}");
+            if let Ok(v) = HeaderValue::from_str(&cr) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+        Some(Err(())) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            headers.remove(header::CONTENT_TYPE);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Answer {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers,
+                body: None,
+            };
+        }
+        // No range, or one baton does not serve (several ranges): the
+        // whole file, which RFC 9110 §14.2 allows.
+        _ => (StatusCode::OK, 0, len),
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    let body = (method == Method::GET)
+        .then(|| {
+            let mut file = file;
+            if start > 0 {
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(start)).ok()?;
+            }
+            Some((tokio::fs::File::from_std(file), count))
+        })
+        .flatten();
     Answer {
-        status: StatusCode::OK,
+        status,
         headers,
-        body: (method == Method::GET).then(|| (tokio::fs::File::from_std(file), len)),
+        body,
+    }
+}
+
+/// One `bytes=` range of a file of `len` bytes (RFC 9110 §14.1.2):
+/// `Ok(Some((first, last)))` to serve, `Ok(None)` to ignore (not bytes,
+/// several ranges, malformed), `Err` when it lies past the end (416).
+fn byte_range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => match num(b) {
+            Some(0) => Err(()),
+            Some(n) if len > 0 => Ok(Some((len.saturating_sub(n), len - 1))),
+            Some(_) => Err(()),
+            None => Ok(None),
+        },
+        (false, _) => {
+            let Some(first) = num(a) else { return Ok(None) };
+            let last = if b.trim().is_empty() {
+                len.saturating_sub(1)
+            } else {
+                match num(b) {
+                    Some(l) if l >= first => l.min(len.saturating_sub(1)),
+                    _ => return Ok(None),
+                }
+            };
+            if first >= len {
+                Err(())
+            } else {
+                Ok(Some((first, last)))
+            }
+        }
+        (true, true) => Ok(None),
     }
 }
 
@@ -155,5 +243,25 @@ impl FileBody {
 
     pub fn is_end(&self) -> bool {
         self.left == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_follow_rfc_9110() {
+        assert_eq!(byte_range("bytes=0-3", 10), Ok(Some((0, 3))));
+        assert_eq!(byte_range("bytes=4-", 10), Ok(Some((4, 9))));
+        assert_eq!(byte_range("bytes=-3", 10), Ok(Some((7, 9))));
+        assert_eq!(byte_range("bytes=-30", 10), Ok(Some((0, 9))));
+        assert_eq!(byte_range("bytes=5-100", 10), Ok(Some((5, 9))));
+        assert_eq!(byte_range("bytes=10-", 10), Err(()));
+        assert_eq!(byte_range("bytes=-0", 10), Err(()));
+        assert_eq!(byte_range("bytes=0-1,4-5", 10), Ok(None));
+        assert_eq!(byte_range("bytes=5-2", 10), Ok(None));
+        assert_eq!(byte_range("items=0-1", 10), Ok(None));
+        assert_eq!(byte_range("bytes=x-1", 10), Ok(None));
     }
 }
