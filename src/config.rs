@@ -551,6 +551,29 @@ pub struct Route {
     /// Per-client rate limit.
     pub rate_limit: Option<RateLimit>,
     pub retry: RetryPolicy,
+    /// Header fields set or removed on every response of the route
+    /// (security headers, `X-Powered-By`).
+    pub response_headers: HeaderRules,
+    /// Header fields set or removed on the request sent upstream.
+    pub request_headers: HeaderRules,
+}
+
+/// Fields to remove, then fields to set (replacing any of that name).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub remove: Vec<http::HeaderName>,
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl HeaderRules {
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+    }
 }
 
 /// How a route retries (on top of the upstream's `retries`).

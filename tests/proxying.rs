@@ -512,3 +512,61 @@ async fn a_route_takes_a_list_of_hosts() {
     }
     gw.stop().await;
 }
+
+/// A route's header rules: set and remove, on every response of the
+/// route (baton's error pages too) and on the request sent upstream.
+#[tokio::test]
+async fn route_header_rules_set_and_remove_fields() {
+    let o = Origin::start(Script::Raw {
+        bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Powered-By: PHP/8.2\r\nServer: app\r\n\r\nok".to_vec(),
+        close: false,
+    })
+    .await
+    .unwrap();
+    let echo = Origin::start(Script::Echo).await.unwrap();
+    let rules = "response_headers = { set = { \"X-Frame-Options\" = \"DENY\", \"Strict-Transport-Security\" = \"max-age=63072000\" }, remove = [\"X-Powered-By\"] }\nrequest_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"Cookie\"] }";
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[upstreams.echo]\nservers = [\"{}\"]\n[upstreams.down]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\npath = \"/echo\"\nupstream = \"echo\"\n{rules}\n[[routes]]\npath = \"/down\"\nupstream = \"down\"\n{rules}\n[[routes]]\nupstream = \"app\"\n{rules}\n",
+        o.addr,
+        echo.addr,
+        refusing_addr()
+    ))
+    .await;
+    let r = send(gw.addr, get("/")).await;
+    assert_eq!(r.text(), "ok");
+    assert_eq!(r.header("x-frame-options"), "DENY");
+    assert_eq!(r.header("strict-transport-security"), "max-age=63072000");
+    assert_eq!(r.header("x-powered-by"), "");
+    assert_eq!(r.header("server"), "app");
+    // baton's own error page of the route too.
+    let r = send(gw.addr, get("/down")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-frame-options"), "DENY");
+    // The request sent upstream.
+    let v = send(gw.addr, get_with("/echo", "cookie", "session=1"))
+        .await
+        .json();
+    let has = |name: &str| {
+        v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_string())
+    };
+    assert_eq!(has("x-env").as_deref(), Some("prod"));
+    assert_eq!(has("cookie"), None);
+    gw.stop().await;
+    // Framing fields are baton's.
+    let e = baton::config::parse(
+        &format!(
+            "{}response_headers = {{ set = {{ \"Content-Length\" = \"1\" }} }}\n",
+            one_route(refusing_addr())
+        ),
+        "baton.toml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("routes[0].response_headers: \"Content-Length\" is a connection or framing field baton manages"), "{e}");
+}

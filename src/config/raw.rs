@@ -207,6 +207,16 @@ pub struct Route {
     pub retry_backoff: Option<Spanned<String>>,
     pub retry_budget_percent: Option<Spanned<i64>>,
     pub retry_budget_min: Option<Spanned<i64>>,
+    pub response_headers: Option<Spanned<HeaderRules>>,
+    pub request_headers: Option<Spanned<HeaderRules>>,
+}
+
+/// `{ set = { "Name" = "value" }, remove = ["Name"] }`.
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    pub set: Option<std::collections::BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
 }
 
 /// A key that takes one value or a list: `host = "a.com"` or

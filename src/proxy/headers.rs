@@ -374,6 +374,9 @@ pub(super) fn strip_port(raw: &str) -> &str {
 /// not copied) into the one sent upstream.
 pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool) {
     let _ = strip_hop_by_hop(headers, upgrade);
+    if let Some(route) = ctx.route_config() {
+        route.request_headers.apply(headers);
+    }
     // The one host the request is for (the host filter settled it: `Host`,
     // an absolute-form target's authority, or HTTP/2's :authority), sent
     // upstream as `Host` whatever `Connection` named.

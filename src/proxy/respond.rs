@@ -62,6 +62,9 @@ impl Answer {
 /// made it. A rule for every response (a security header, say) is one
 /// function called here.
 fn response_filters(ctx: &Ctx, h: &mut HeaderMap) {
+    if let Some(route) = ctx.route_config() {
+        route.response_headers.apply(h);
+    }
     request_id(ctx, h);
     rate_limit_state(ctx, h);
     hsts(ctx, h);

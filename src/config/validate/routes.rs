@@ -169,7 +169,15 @@ impl Validator<'_> {
                 "make per_try_timeout shorter than read_timeout, or remove it",
             );
         }
+        let response_headers = self.header_rules(
+            &format!("routes[{i}].response_headers"),
+            &r.response_headers,
+        );
+        let request_headers =
+            self.header_rules(&format!("routes[{i}].request_headers"), &r.request_headers);
         Some(Route {
+            response_headers,
+            request_headers,
             retry,
             host,
             path,
@@ -178,6 +186,68 @@ impl Validator<'_> {
             maintenance,
             rate_limit,
         })
+    }
+
+    fn header_rules(
+        &mut self,
+        key: &str,
+        raw: &Option<toml::Spanned<raw::HeaderRules>>,
+    ) -> HeaderRules {
+        let mut out = HeaderRules::default();
+        let Some(r) = raw else { return out };
+        let span = r.span();
+        // Fields that describe the connection or the framing are baton's to
+        // set (RFC 9110 §7.6.1, RFC 9112 §6).
+        const FRAMING: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "content-length",
+            "host",
+        ];
+        let name = |v: &mut Self, n: &str| match http::HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) if FRAMING.contains(&h.as_str()) => {
+                v.err(
+                    key,
+                    span.clone(),
+                    format!("{n:?} is a connection or framing field baton manages"),
+                    "remove it from the rule",
+                );
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                v.err(
+                    key,
+                    span.clone(),
+                    format!("{n:?} is not a header field name"),
+                    "use letters, digits and - only, e.g. \"X-Frame-Options\"",
+                );
+                None
+            }
+        };
+        for n in r.get_ref().remove.iter().flatten() {
+            if let Some(h) = name(self, n) {
+                out.remove.push(h);
+            }
+        }
+        for (n, v) in r.get_ref().set.iter().flatten() {
+            let Some(h) = name(self, n) else { continue };
+            match http::HeaderValue::from_str(v) {
+                Ok(value) => out.set.push((h, value)),
+                Err(_) => self.err(
+                    key,
+                    span.clone(),
+                    format!("the value of {n:?} has characters a header cannot carry"),
+                    "use printable ASCII",
+                ),
+            }
+        }
+        out
     }
 
     pub(super) fn rate_limit(&mut self, i: usize, r: &raw::Route) -> Option<RateLimit> {
