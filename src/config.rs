@@ -556,6 +556,9 @@ pub struct Route {
     pub response_headers: HeaderRules,
     /// Header fields set or removed on the request sent upstream.
     pub request_headers: HeaderRules,
+    /// `compress`: responses compressed (zstd, br, gzip) for clients that
+    /// accept it.
+    pub compress: bool,
 }
 
 /// Fields to remove, then fields to set (replacing any of that name).

@@ -25,6 +25,7 @@
 
 mod attempt;
 mod body;
+mod compress;
 mod context;
 mod filters;
 mod headers;

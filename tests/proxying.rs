@@ -570,3 +570,109 @@ async fn route_header_rules_set_and_remove_fields() {
     .to_string();
     assert!(e.contains("routes[0].response_headers: \"Content-Length\" is a connection or framing field baton manages"), "{e}");
 }
+
+/// `compress = true`: zstd, br or gzip as the client prefers; never twice,
+/// never against `no-transform`, `Vary` set, validators weakened.
+#[tokio::test]
+async fn compression_follows_accept_encoding_and_never_double_encodes() {
+    let page = "<p>hello baton</p>\n".repeat(500);
+    let raw = |headers: &str, body: &str| Script::Raw {
+        bytes: format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        close: false,
+    };
+    let html = Origin::start(raw("Content-Type: text/html\r\nETag: \"v1\"\r\n", &page))
+        .await
+        .unwrap();
+    let gz = Origin::start(raw(
+        "Content-Type: text/html\r\nContent-Encoding: gzip\r\n",
+        "not really gzip",
+    ))
+    .await
+    .unwrap();
+    let nt = Origin::start(raw(
+        "Content-Type: text/html\r\nCache-Control: no-transform\r\n",
+        &page,
+    ))
+    .await
+    .unwrap();
+    let png = Origin::start(raw("Content-Type: image/png\r\n", &page))
+        .await
+        .unwrap();
+    let small = Origin::start(raw("Content-Type: text/html\r\n", "<p>hi</p>"))
+        .await
+        .unwrap();
+    let mut body = String::new();
+    for (name, o) in [
+        ("html", &html),
+        ("gz", &gz),
+        ("nt", &nt),
+        ("png", &png),
+        ("small", &small),
+    ] {
+        body += &format!(
+            "[upstreams.{name}]\nservers = [\"{}\"]\n[[routes]]\npath = \"/{name}\"\nupstream = \"{name}\"\ncompress = true\n",
+            o.addr
+        );
+    }
+    let gw = Gw::start(&body).await;
+    let get_ae = |path: &str, ae: &str| get_with(path, "accept-encoding", ae);
+    for (ae, coding) in [
+        ("gzip", "gzip"),
+        ("gzip, br", "br"),
+        ("gzip, deflate, br, zstd", "zstd"),
+    ] {
+        let r = send(gw.addr, get_ae("/html", ae)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), coding, "{ae}");
+        assert_eq!(r.header("vary"), "Accept-Encoding");
+        assert_eq!(r.header("content-length"), "");
+        assert_eq!(r.header("etag"), "W/\"v1\"");
+        let bytes = r.body.clone().unwrap();
+        assert!(
+            bytes.len() < page.len() / 10,
+            "{coding}: {} bytes",
+            bytes.len()
+        );
+        let plain = match coding {
+            "gzip" => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(&bytes[..]),
+                    &mut s,
+                )
+                .unwrap();
+                s
+            }
+            "br" => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(
+                    &mut brotli::Decompressor::new(&bytes[..], 4096),
+                    &mut s,
+                )
+                .unwrap();
+                s
+            }
+            _ => String::from_utf8(zstd::decode_all(&bytes[..]).unwrap()).unwrap(),
+        };
+        assert_eq!(plain, page, "{coding}");
+    }
+    // No Accept-Encoding: as it is, but Vary says it could differ.
+    let r = send(gw.addr, get("/html")).await;
+    assert_eq!(
+        (r.header("content-encoding"), r.header("vary")),
+        ("", "Accept-Encoding")
+    );
+    assert_eq!(r.text(), page);
+    // Never twice, never against no-transform, not images, not tiny.
+    for (path, want) in [("/gz", "gzip"), ("/nt", ""), ("/png", ""), ("/small", "")] {
+        let r = send(gw.addr, get_ae(path, "gzip, br")).await;
+        assert_eq!(r.header("content-encoding"), want, "{path}");
+    }
+    let r = send(gw.addr, get_ae("/gz", "gzip")).await;
+    assert_eq!(r.text(), "not really gzip");
+    gw.stop().await;
+}

@@ -208,6 +208,7 @@ pub struct Route {
     pub retry_budget_percent: Option<Spanned<i64>>,
     pub retry_budget_min: Option<Spanned<i64>>,
     pub response_headers: Option<Spanned<HeaderRules>>,
+    pub compress: Option<bool>,
     pub request_headers: Option<Spanned<HeaderRules>>,
 }
 

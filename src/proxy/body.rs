@@ -23,6 +23,8 @@ pub enum RespBody {
     Local(Option<Bytes>),
     Proxied(Box<ProxiedBody>),
     File(Box<crate::upstream::files::FileBody>),
+    /// Compressed on the way out (`compress = true`).
+    Encoded(Box<super::compress::Encoded>),
 }
 
 impl Body for RespBody {
@@ -36,6 +38,7 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(p) => p.poll_frame(cx),
+            RespBody::Encoded(e) => e.poll_frame(cx),
             RespBody::File(f) => f.poll_chunk(cx).map(|c| {
                 c.map(|r| {
                     r.map(Frame::data).map_err(|e| {
@@ -53,6 +56,7 @@ impl Body for RespBody {
             RespBody::Local(b) => b.is_none(),
             RespBody::Proxied(p) => p.body.is_end_stream(),
             RespBody::File(f) => f.is_end(),
+            RespBody::Encoded(e) => e.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
@@ -60,6 +64,7 @@ impl Body for RespBody {
             RespBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Proxied(p) => p.body.size_hint(),
             RespBody::File(_) => SizeHint::default(),
+            RespBody::Encoded(e) => e.size_hint(),
         }
     }
 }

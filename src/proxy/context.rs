@@ -44,6 +44,7 @@ pub(super) struct Ctx {
     pub start: Instant,
     /// `Accept`, negotiated only if baton answers itself.
     pub accept: Option<HeaderValue>,
+    pub accept_encoding: Option<HeaderValue>,
     /// A gRPC request (`content-type: application/grpc...`): baton's own
     /// failures are answered in gRPC's form.
     pub grpc: bool,
@@ -109,6 +110,7 @@ impl Ctx {
             version: req.version(),
             start,
             accept: h.get(header::ACCEPT).cloned(),
+            accept_encoding: h.get(header::ACCEPT_ENCODING).cloned(),
             grpc: h
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),

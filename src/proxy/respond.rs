@@ -106,9 +106,11 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
             response_filters(&ctx, &mut parts.headers);
+            let coding = compression(&ctx, parts.status, &mut parts.headers);
             // The body logs the request when it ends.
             body.ctx = Some(ctx);
-            return Response::from_parts(parts, RespBody::Proxied(body));
+            let body = encoded(RespBody::Proxied(body), coding, &mut parts.headers);
+            return Response::from_parts(parts, body);
         }
         Answer::Failure {
             failure,
@@ -145,7 +147,44 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     };
     response_filters(&ctx, r.headers_mut());
     ctx.finish(r.status().as_u16(), len, cause);
+    if ctx.served_here {
+        let status = r.status();
+        let coding = compression(&ctx, status, r.headers_mut());
+        let (mut parts, body) = r.into_parts();
+        let body = encoded(body, coding, &mut parts.headers);
+        return Response::from_parts(parts, body);
+    }
     r
+}
+
+/// The coding for this response when the route compresses and the
+/// response and the client allow it (`Vary` set whenever the response
+/// could have been compressed).
+fn compression(
+    ctx: &Ctx,
+    status: StatusCode,
+    h: &mut HeaderMap,
+) -> Option<super::compress::Coding> {
+    use super::compress;
+    if !ctx.route_config().is_some_and(|r| r.compress)
+        || !compress::eligible(&ctx.method, status, h)
+    {
+        return None;
+    }
+    compress::vary(h);
+    compress::choose(ctx.accept_encoding.as_ref())
+}
+
+/// `body` encoded with `coding` and `h` marked so, or as it is.
+fn encoded(body: RespBody, coding: Option<super::compress::Coding>, h: &mut HeaderMap) -> RespBody {
+    let Some(c) = coding else { return body };
+    match super::compress::Encoded::new(body, c) {
+        Ok(e) => {
+            super::compress::encode_headers(h, c);
+            RespBody::Encoded(Box::new(e))
+        }
+        Err(b) => b,
+    }
 }
 
 fn local(body: Bytes, content_type: &'static str) -> Response<RespBody> {

@@ -176,6 +176,7 @@ impl Validator<'_> {
         let request_headers =
             self.header_rules(&format!("routes[{i}].request_headers"), &r.request_headers);
         Some(Route {
+            compress: r.compress.unwrap_or(false),
             response_headers,
             request_headers,
             retry,
