@@ -559,6 +559,10 @@ pub struct Route {
     /// `compress`: responses compressed (zstd, br, gzip) for clients that
     /// accept it.
     pub compress: bool,
+    /// `allow`: when not empty, only these clients get through.
+    pub allow: Vec<ipnet::IpNet>,
+    /// `deny`: these clients never get through (wins over `allow`).
+    pub deny: Vec<ipnet::IpNet>,
 }
 
 /// Fields to remove, then fields to set (replacing any of that name).

@@ -676,3 +676,49 @@ async fn compression_follows_accept_encoding_and_never_double_encodes() {
     assert_eq!(r.text(), "not really gzip");
     gw.stop().await;
 }
+
+/// A route's `allow` and `deny` lists (nginx's allow/deny): 403
+/// `access_denied` on the real client address; `deny = ["all"]` blocks a
+/// path for everyone (WordPress's xmlrpc.php).
+#[tokio::test]
+async fn allow_and_deny_lists_on_the_client_address() {
+    let o = Origin::start(Script::Ok("in".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/xmlrpc.php\"\nupstream = \"app\"\ndeny = [\"all\"]\n[[routes]]\npath = \"/admin\"\nupstream = \"app\"\nallow = [\"127.0.0.5\", \"10.0.0.0/8\"]\n[[routes]]\nupstream = \"app\"\ndeny = [\"127.0.0.6\"]\n",
+        o.addr
+    ))
+    .await;
+    async fn from(ip: &str, addr: std::net::SocketAddr, path: &str) -> u16 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out[9..12].parse().unwrap()
+    }
+    for (ip, path, want) in [
+        ("127.0.0.5", "/xmlrpc.php", 403),
+        ("127.0.0.5", "/admin", 200),
+        ("127.0.0.7", "/admin", 403),
+        ("127.0.0.7", "/", 200),
+        ("127.0.0.6", "/", 403),
+    ] {
+        assert_eq!(from(ip, gw.addr, path).await, want, "{ip} {path}");
+    }
+    let r = send(gw.addr, get("/xmlrpc.php")).await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.header("proxy-status")
+            .starts_with("baton; error=http_request_denied"),
+        "{}",
+        r.header("proxy-status")
+    );
+    let line = gw.access(&r.request_id()).await;
+    assert_eq!(line["cause"], "access_denied");
+    gw.stop().await;
+}

@@ -209,6 +209,8 @@ pub struct Route {
     pub retry_budget_min: Option<Spanned<i64>>,
     pub response_headers: Option<Spanned<HeaderRules>>,
     pub compress: Option<bool>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
     pub request_headers: Option<Spanned<HeaderRules>>,
 }
 

@@ -146,6 +146,13 @@ causes! {
         seen: "A route with `maintenance` set: planned downtime announced the way search engines want it (503 with Retry-After).",
         fix: "Remove `maintenance` from the route and reload when the work is done.",
     },
+    AccessDenied {
+        id: "access_denied", token: "http_request_denied", status: 403, phase: Route, side: Client, retry: Never,
+        title: "Access to this address is restricted",
+        visitor: "This part of the site is not open to your network.",
+        seen: "A client outside a route's allow list or inside its deny list: an admin area open to the office only, an endpoint blocked for everyone (xmlrpc.php), or a visitor on another network than expected (a VPN, a proxy).",
+        fix: "If the client should get in, add its address or network to the route's allow list (or take it out of deny); behind a load balancer, set server.trusted_proxies so baton sees the real client address.",
+    },
     RateLimited {
         id: "rate_limited", token: "http_request_denied", status: 429, phase: Route, side: Client, retry: Never,
         title: "Too many requests",

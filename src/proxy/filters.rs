@@ -33,6 +33,7 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
     transfer_coding(ctx, req)?;
     status_page(ctx, req)?;
     route(ctx, req)?;
+    access(ctx, req)?;
     maintenance(ctx, req)?;
     rate_limit(ctx, req)?;
     body_size(ctx, req)?;
@@ -182,6 +183,19 @@ fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     ctx.route_metrics = Some(ctx.rt.route_metrics[i].clone());
     ctx.upstream = Some(upstream);
     ctx.route_index = Some(i);
+    Ok(())
+}
+
+/// The route's `allow` and `deny` lists, on the real client address
+/// (after the PROXY protocol and trusted proxies): 403 `access_denied`.
+fn access(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
+    let route = ctx.route_config().expect("routed");
+    let ip = ctx.client.ip();
+    let denied = route.deny.iter().any(|n| n.contains(&ip))
+        || (!route.allow.is_empty() && !route.allow.iter().any(|n| n.contains(&ip)));
+    if denied {
+        return Err(Answer::failure(Failure::new(Cause::AccessDenied)));
+    }
     Ok(())
 }
 

@@ -175,7 +175,11 @@ impl Validator<'_> {
         );
         let request_headers =
             self.header_rules(&format!("routes[{i}].request_headers"), &r.request_headers);
+        let allow = self.client_list(&format!("routes[{i}].allow"), &r.allow);
+        let deny = self.client_list(&format!("routes[{i}].deny"), &r.deny);
         Some(Route {
+            allow,
+            deny,
             compress: r.compress.unwrap_or(false),
             response_headers,
             request_headers,
@@ -187,6 +191,26 @@ impl Validator<'_> {
             maintenance,
             rate_limit,
         })
+    }
+
+    /// `"all"`, an address or a CIDR network, each.
+    fn client_list(
+        &mut self,
+        key: &str,
+        v: &Option<Vec<toml::Spanned<String>>>,
+    ) -> Vec<ipnet::IpNet> {
+        let mut all = Vec::new();
+        let mut rest = Vec::new();
+        for s in v.iter().flatten() {
+            if s.get_ref().trim() == "all" {
+                all.push("0.0.0.0/0".parse().expect("literal"));
+                all.push("::/0".parse().expect("literal"));
+            } else {
+                rest.push(s.clone());
+            }
+        }
+        all.extend(self.networks(key, &Some(rest)));
+        all
     }
 
     fn header_rules(

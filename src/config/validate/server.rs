@@ -269,7 +269,11 @@ impl Validator<'_> {
 impl Validator<'_> {
     /// A list of networks (`10.0.0.0/8`) or single addresses (`127.0.0.1`,
     /// `::1`).
-    fn networks(&mut self, key: &str, v: &Option<Vec<Spanned<String>>>) -> Vec<ipnet::IpNet> {
+    pub(super) fn networks(
+        &mut self,
+        key: &str,
+        v: &Option<Vec<Spanned<String>>>,
+    ) -> Vec<ipnet::IpNet> {
         let mut out = Vec::new();
         for n in v.iter().flatten() {
             let text = n.get_ref().trim();

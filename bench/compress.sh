@@ -1,0 +1,64 @@
+#!/bin/sh
+# Compression cost: baton (compress = true, gzip level 5) vs nginx (gzip on,
+# gzip_comp_level 5) in front of the same backend serving a 20 KB HTML page,
+# clients asking for gzip; and each without compression, for the cost.
+# Usage: sh bench/compress.sh [workers] [seconds]
+set -eu
+cd "$(dirname "$0")/.."
+WORKERS=${1:-1}
+SECS=${2:-8}
+for p in nginx wrk; do
+    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk; break; }
+done
+BIN=${BATON:-./target/release/baton}
+[ -n "${BATON:-}" ] || cargo build --release -q
+T=$(mktemp -d)
+trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+python3 -c "print('<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.</p>' * 260)" > $T/page.html
+cat > $T/backend.conf <<CONF
+worker_processes 1; daemon off; pid $T/backend.nginxpid; error_log $T/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; types { text/html html; }
+  server { listen 127.0.0.1:18090 backlog=4096; root $T; location / { try_files /page.html =404; } } }
+CONF
+nginx -c $T/backend.conf & echo $! > $T/backend.pid
+cat > $T/nginx.conf <<CONF
+worker_processes $WORKERS; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream be { server 127.0.0.1:18090; keepalive 128; }
+  server { listen 127.0.0.1:18091; gzip on; gzip_comp_level 5; gzip_types text/html; gzip_proxied any;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:18092;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
+for v in 18093:true 18094:false; do
+    cat > $T/baton-${v%%:*}.toml <<CONF
+[server]
+listen = ["127.0.0.1:${v%%:*}"]
+workers = $WORKERS
+[log]
+access = "off"
+errors = "off"
+[incidents]
+dir = "off"
+[upstreams.be]
+servers = ["127.0.0.1:18090"]
+[[routes]]
+upstream = "be"
+compress = ${v#*:}
+CONF
+    "$BIN" serve --config $T/baton-${v%%:*}.toml 2>$T/baton.err & echo $! > $T/baton-${v%%:*}.pid
+done
+sleep 1
+rps() { wrk -t2 -c32 -d${SECS}s -H "Accept-Encoding: gzip" http://127.0.0.1:$1/ | sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p'; }
+size() { curl -s -H "Accept-Encoding: gzip" http://127.0.0.1:$1/ | wc -c; }
+for p in 18091 18092 18093 18094; do wrk -t2 -c32 -d2s -H "Accept-Encoding: gzip" http://127.0.0.1:$p/ >/dev/null; done
+NG=$(rps 18091); NP=$(rps 18092); BG=$(rps 18093); BP=$(rps 18094)
+echo "page $(wc -c < $T/page.html) bytes; gzip level 5; workers=$WORKERS duration=${SECS}s wrk -t2 -c32"
+echo "nginx gzip   $NG req/s, $(size 18091) bytes sent"
+echo "nginx plain  $NP req/s"
+echo "baton gzip   $BG req/s, $(size 18093) bytes sent"
+echo "baton plain  $BP req/s"
+python3 -c "print(f'baton/nginx with gzip: {$BG/$NG:.2f}x; gzip costs nginx {1-$NG/$NP:.0%} of its throughput, baton {1-$BG/$BP:.0%}')"
