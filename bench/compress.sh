@@ -14,11 +14,24 @@ BIN=${BATON:-./target/release/baton}
 [ -n "${BATON:-}" ] || cargo build --release -q
 T=$(mktemp -d)
 trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
-python3 -c "print('<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.</p>' * 260)" > $T/page.html
+# An article-like page: words drawn from a vocabulary (seeded), so it
+# compresses about as much as real HTML (to ~30 %), not to nothing.
+python3 - > $T/page.html <<'PY'
+import random
+random.seed(7)
+words = [''.join(random.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(random.randint(2, 9))) for _ in range(3000)]
+out = ['<!doctype html><html><head><title>bench</title></head><body>']
+while sum(map(len, out)) < 20000:
+    out.append('<p class="c%d">' % random.randint(0, 9) + ' '.join(random.choice(words) for _ in range(25)) + '.</p>\n')
+out.append('</body></html>')
+print(''.join(out))
+PY
+# nginx's workers (nobody) read the page.
+chmod 755 $T && chmod 644 $T/page.html
 cat > $T/backend.conf <<CONF
 worker_processes 1; daemon off; pid $T/backend.nginxpid; error_log $T/backend.err;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; types { text/html html; }
+http { access_log off; keepalive_requests 1000000; types { text/html html; } default_type text/html;
   server { listen 127.0.0.1:18090 backlog=4096; root $T; location / { try_files /page.html =404; } } }
 CONF
 nginx -c $T/backend.conf & echo $! > $T/backend.pid
@@ -54,6 +67,7 @@ done
 sleep 1
 rps() { wrk -t2 -c32 -d${SECS}s -H "Accept-Encoding: gzip" http://127.0.0.1:$1/ | sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p'; }
 size() { curl -s -H "Accept-Encoding: gzip" http://127.0.0.1:$1/ | wc -c; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18090/)" = 200 ] || { echo "the backend does not serve the page" >&2; exit 1; }
 for p in 18091 18092 18093 18094; do wrk -t2 -c32 -d2s -H "Accept-Encoding: gzip" http://127.0.0.1:$p/ >/dev/null; done
 NG=$(rps 18091); NP=$(rps 18092); BG=$(rps 18093); BP=$(rps 18094)
 echo "page $(wc -c < $T/page.html) bytes; gzip level 5; workers=$WORKERS duration=${SECS}s wrk -t2 -c32"
