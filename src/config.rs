@@ -542,8 +542,10 @@ pub struct Route {
     /// Any of these hosts; empty: every host.
     pub host: Vec<HostMatch>,
     pub path: String,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None` for a redirect route.
+    pub upstream: Option<usize>,
+    /// `redirect`: answered by baton itself, no upstream.
+    pub redirect: Option<RouteRedirect>,
     /// The route's name in logs and metrics: `host/path`.
     pub name: Arc<str>,
     /// Planned downtime: answer 503 with this message and `Retry-After`.
@@ -563,6 +565,30 @@ pub struct Route {
     pub allow: Vec<ipnet::IpNet>,
     /// `deny`: these clients never get through (wins over `allow`).
     pub deny: Vec<ipnet::IpNet>,
+}
+
+/// A route that redirects: `Location` from a template with `{scheme}`,
+/// `{host}`, `{uri}` (path and query), `{path}`, `{query}`.
+#[derive(Debug, Clone)]
+pub struct RouteRedirect {
+    pub template: String,
+    pub status: u16,
+}
+
+impl RouteRedirect {
+    /// The `Location` for a request.
+    pub fn location(&self, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+        let uri = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        self.template
+            .replace("{scheme}", scheme)
+            .replace("{host}", host)
+            .replace("{uri}", &uri)
+            .replace("{path}", path)
+            .replace("{query}", query.unwrap_or(""))
+    }
 }
 
 /// Fields to remove, then fields to set (replacing any of that name).

@@ -722,3 +722,51 @@ async fn allow_and_deny_lists_on_the_client_address() {
     assert_eq!(line["cause"], "access_denied");
     gw.stop().await;
 }
+
+/// Redirect routes (nginx's `return 301 https://...$request_uri`): no
+/// upstream, `Location` from a template, 301 unless told.
+#[tokio::test]
+async fn redirect_routes_answer_without_an_upstream() {
+    let o = Origin::start(Script::Ok("site".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nhost = \"old.example.com\"\nredirect = \"https://example.com{{uri}}\"\n[[routes]]\nhost = \"www.example.com\"\nredirect = \"{{scheme}}://example.com{{path}}\"\nredirect_status = 308\n[[routes]]\nhost = \"example.com\"\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let r = send(gw.addr, get_with("/a/b?c=1", "host", "old.example.com")).await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, "https://example.com/a/b?c=1")
+    );
+    let r = send(gw.addr, get_with("/a/b?c=1", "host", "www.example.com")).await;
+    assert_eq!(
+        (r.status, r.header("location")),
+        (308, "http://example.com/a/b")
+    );
+    let r = send(gw.addr, get_with("/", "host", "example.com")).await;
+    assert_eq!(r.text(), "site");
+    let line = gw
+        .access(
+            &send(gw.addr, get_with("/x", "host", "old.example.com"))
+                .await
+                .request_id(),
+        )
+        .await;
+    assert_eq!(line["status"], 301);
+    gw.stop().await;
+    // Mistakes are named.
+    let e = baton::config::parse(
+        &format!(
+            "{}[[routes]]\nhost = \"a.test\"\nredirect = \"https://b.test{{url}}\"\n",
+            one_route(o.addr)
+        ),
+        "baton.toml",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("routes[1].redirect: unknown placeholder {url}"),
+        "{e}"
+    );
+}

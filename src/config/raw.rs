@@ -195,7 +195,9 @@ pub struct Outlier {
 pub struct Route {
     pub host: Option<Spanned<OneOrMany>>,
     pub path: Option<Spanned<String>>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
+    pub redirect: Option<Spanned<String>>,
+    pub redirect_status: Option<Spanned<i64>>,
     pub maintenance: Option<Spanned<String>>,
     pub maintenance_retry_after: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<String>>,

@@ -75,7 +75,11 @@ impl Runtime {
                             route: r.name.clone(),
                         })
                         .clone(),
-                    track: metrics.incidents.get(&config.upstreams[r.upstream].name),
+                    // A redirect route's answers are tallied under its name.
+                    track: metrics.incidents.get(
+                        &r.upstream
+                            .map_or_else(|| r.name.clone(), |u| config.upstreams[u].name.clone()),
+                    ),
                 })
             })
             .collect();

@@ -67,7 +67,7 @@ struct Failed {
 pub(super) async fn run(ctx: &mut Ctx, mut req: UpRequest) -> Answer {
     let rt = ctx.rt.clone();
     let route = &rt.config.routes[ctx.route_index.expect("routed")];
-    let up = &rt.upstreams[route.upstream];
+    let up = &rt.upstreams[ctx.upstream_index()];
     let mut l = Attempts {
         up,
         cfg: &up.cfg,

@@ -164,6 +164,14 @@ impl Ctx {
         self.route_index.map(|i| &self.rt.config.routes[i])
     }
 
+    /// The upstream of the route: a route without one (a redirect) is
+    /// answered by the route filter before anything asks.
+    pub fn upstream_index(&self) -> usize {
+        self.route_config()
+            .and_then(|r| r.upstream)
+            .expect("routed to an upstream")
+    }
+
     /// The protocol as logs and CGI write it.
     pub fn protocol(&self) -> &'static str {
         match self.version {

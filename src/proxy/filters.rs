@@ -178,11 +178,30 @@ fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
         return Err(Answer::failure(Failure::new(Cause::NoRoute)));
     };
     let route = &ctx.rt.config.routes[i];
-    let upstream = ctx.rt.config.upstreams[route.upstream].name.clone();
     ctx.route = Some(route.name.clone());
     ctx.route_metrics = Some(ctx.rt.route_metrics[i].clone());
-    ctx.upstream = Some(upstream);
     ctx.route_index = Some(i);
+    let Some(u) = route.upstream else {
+        // A redirect route: answered here, nothing goes upstream.
+        let rd = route
+            .redirect
+            .as_ref()
+            .expect("a route without an upstream redirects");
+        let scheme = if ctx.https { "https" } else { "http" };
+        let location = rd.location(scheme, ctx.host(), req.uri().path(), req.uri().query());
+        return Err(match HeaderValue::from_str(&location) {
+            Ok(location) => Answer::Redirect {
+                status: http::StatusCode::from_u16(rd.status)
+                    .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
+                location,
+            },
+            Err(_) => Answer::failure(Failure::with(
+                Cause::RequestMalformed,
+                "the redirect target is not a valid header value",
+            )),
+        });
+    };
+    ctx.upstream = Some(ctx.rt.config.upstreams[u].name.clone());
     Ok(())
 }
 
@@ -202,7 +221,7 @@ fn access(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
 /// A route or upstream under maintenance: 503 with its message.
 fn maintenance(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
     let route = ctx.route_config().expect("routed");
-    let up = &ctx.rt.config.upstreams[route.upstream];
+    let up = &ctx.rt.config.upstreams[ctx.upstream_index()];
     let Some(m) = route.maintenance.as_ref().or(up.maintenance.as_ref()) else {
         return Ok(());
     };
@@ -263,8 +282,7 @@ fn body_size(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 /// script goes on to the app, a static file is served here, nothing is 404
 /// and a path out of the root is 403.
 fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
-    let route = ctx.route_config().expect("routed");
-    let up = &ctx.rt.upstreams[route.upstream];
+    let up = &ctx.rt.upstreams[ctx.upstream_index()];
     let Some(fc) = &up.cfg.fastcgi else {
         return Ok(());
     };

@@ -123,14 +123,18 @@ pub(super) fn render(ctx: &Ctx) -> Answer {
 /// upstream names are never shown.
 fn public_name(cfg: &crate::config::Config, i: usize) -> Option<String> {
     let u = cfg.upstreams.get(i)?;
-    let mine: Vec<&crate::config::Route> = cfg.routes.iter().filter(|r| r.upstream == i).collect();
+    let mine: Vec<&crate::config::Route> = cfg
+        .routes
+        .iter()
+        .filter(|r| r.upstream == Some(i))
+        .collect();
     if mine.is_empty() {
         return None;
     }
     if let Some(d) = &u.display_name {
         return Some(d.clone());
     }
-    let alone = cfg.routes.iter().all(|r| r.upstream == i);
+    let alone = cfg.routes.iter().all(|r| r.upstream == Some(i));
     let names: Vec<String> = mine
         .iter()
         .map(|r| {

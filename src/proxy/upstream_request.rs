@@ -106,7 +106,7 @@ impl UpRequest {
 
 /// Builds the upstream request from the client's, consuming it.
 pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpRequest, Answer> {
-    let cfg = &ctx.rt.upstreams[ctx.route_config().expect("routed").upstream].cfg;
+    let cfg = &ctx.rt.upstreams[ctx.upstream_index()].cfg;
     let upgrade = is_upgrade(req.headers()) && ctx.script.is_none();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();

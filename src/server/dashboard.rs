@@ -58,7 +58,7 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
                 "name": &*r.name,
                 "host": if r.host.is_empty() { "*".to_string() } else { r.host.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ") },
                 "path": r.path,
-                "upstream": &*rt.config.upstreams[r.upstream].name,
+                "upstream": r.upstream.map_or("(redirect)", |u| &*rt.config.upstreams[u].name),
             })
         })
         .collect();

@@ -21,21 +21,48 @@ impl Validator<'_> {
         upstreams: &[Arc<UpstreamConfig>],
         routes: &[Route],
     ) -> Option<Route> {
-        let up = r.upstream.get_ref();
-        let Some(&ui) = index.get(up) else {
-            let names: Vec<&str> = index.keys().map(String::as_str).collect();
-            let fix = match closest(up, &names) {
-                Some(s) => format!("did you mean \"{s}\"?"),
-                None if names.is_empty() => "define it with an [upstreams.NAME] section".into(),
-                None => format!("use one of: {}", names.join(", ")),
-            };
-            self.err(
-                format!("routes[{i}].upstream"),
-                r.upstream.span(),
-                format!("unknown upstream {up:?}"),
-                &fix,
-            );
-            return None;
+        let redirect = self.redirect(i, r);
+        let ui = match (&r.upstream, &redirect) {
+            (Some(u), None) => {
+                let up = u.get_ref();
+                let Some(&ui) = index.get(up) else {
+                    let names: Vec<&str> = index.keys().map(String::as_str).collect();
+                    let fix = match closest(up, &names) {
+                        Some(s) => format!("did you mean \"{s}\"?"),
+                        None if names.is_empty() => {
+                            "define it with an [upstreams.NAME] section".into()
+                        }
+                        None => format!("use one of: {}", names.join(", ")),
+                    };
+                    self.err(
+                        format!("routes[{i}].upstream"),
+                        u.span(),
+                        format!("unknown upstream {up:?}"),
+                        &fix,
+                    );
+                    return None;
+                };
+                Some(ui)
+            }
+            (None, Some(_)) => None,
+            (Some(u), Some(_)) => {
+                self.err(
+                    format!("routes[{i}].redirect"),
+                    u.span(),
+                    "a route either redirects or has an upstream",
+                    "remove upstream from the redirecting route, or make it two routes",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    format!("routes[{i}].upstream"),
+                    0..0,
+                    "the route names no upstream and no redirect",
+                    "add upstream = \"NAME\", or redirect = \"https://example.com{uri}\"",
+                );
+                return None;
+            }
         };
         let mut host = Vec::new();
         if let Some(h) = &r.host {
@@ -141,7 +168,13 @@ impl Validator<'_> {
             ) as u32,
         };
         // Never matched: an earlier route takes every request it would.
-        let span = r.path.as_ref().map_or(r.upstream.span(), |p| p.span());
+        let span = r
+            .path
+            .as_ref()
+            .map(|p| p.span())
+            .or_else(|| r.upstream.as_ref().map(|u| u.span()))
+            .or_else(|| r.redirect.as_ref().map(|u| u.span()))
+            .unwrap_or(0..0);
         if let Some(earlier) = routes.iter().find(|e: &&Route| {
             // Every host of this route is one the earlier route takes.
             let host_covers =
@@ -155,7 +188,8 @@ impl Validator<'_> {
                 "move this route above the broader one, or narrow the earlier route's host or path",
             );
         }
-        if let (Some(p), Some(t)) = (retry.per_try_timeout, r.per_try_timeout.as_ref())
+        if let (Some(p), Some(t), Some(ui)) =
+            (retry.per_try_timeout, r.per_try_timeout.as_ref(), ui)
             && p >= upstreams[ui].read_timeout
         {
             self.warn(
@@ -187,10 +221,46 @@ impl Validator<'_> {
             host,
             path,
             upstream: ui,
+            redirect,
             name: name.into(),
             maintenance,
             rate_limit,
         })
+    }
+
+    /// `redirect` and `redirect_status`.
+    fn redirect(&mut self, i: usize, r: &raw::Route) -> Option<RouteRedirect> {
+        let t = r.redirect.as_ref()?;
+        let template = t.get_ref().clone();
+        let mut rest = template.as_str();
+        while let Some(at) = rest.find('{') {
+            let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
+            let name = &rest[at..end];
+            if !matches!(name, "{scheme}" | "{host}" | "{uri}" | "{path}" | "{query}") {
+                self.err(
+                    format!("routes[{i}].redirect"),
+                    t.span(),
+                    format!("unknown placeholder {name}"),
+                    "use {scheme}, {host}, {uri} (path and query), {path} or {query}",
+                );
+                return None;
+            }
+            rest = &rest[end..];
+        }
+        let status = match &r.redirect_status {
+            None => 301,
+            Some(s) if matches!(*s.get_ref(), 301 | 302 | 303 | 307 | 308) => *s.get_ref() as u16,
+            Some(s) => {
+                self.err(
+                    format!("routes[{i}].redirect_status"),
+                    s.span(),
+                    format!("{} is not a redirect status", s.get_ref()),
+                    "use 301 or 308 (permanent; 308 keeps the method), 302, 303 or 307 (temporary)",
+                );
+                301
+            }
+        };
+        Some(RouteRedirect { template, status })
     }
 
     /// `"all"`, an address or a CIDR network, each.
