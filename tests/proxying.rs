@@ -458,6 +458,24 @@ async fn failure_details_reach_only_trusted_clients() {
         assert!(r.text().contains(&leak));
     }
     gw.stop().await;
+    // Loopback is trusted by default, but not a visitor forwarded through
+    // a proxy baton does not trust (nginx in front on the same host).
+    let gw = Gw::start(&format!(
+        "[upstreams.a]\nservers = [\"{down}\"]\nretries = 0\n[[routes]]\nupstream = \"a\"\n"
+    ))
+    .await;
+    let r = send(gw.addr, get("/")).await;
+    assert!(
+        r.header("proxy-status").contains("details="),
+        "loopback itself"
+    );
+    let r = send(gw.addr, get_with("/", "x-forwarded-for", "203.0.113.9")).await;
+    assert!(
+        !r.header("proxy-status").contains("details="),
+        "{}",
+        r.header("proxy-status")
+    );
+    gw.stop().await;
 }
 
 /// The error page retries by itself only for a method that may be sent

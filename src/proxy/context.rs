@@ -114,12 +114,17 @@ impl Ctx {
             grpc: h
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
-            trusted: rt
+            // A request forwarded by a proxy baton does not trust (nginx on
+            // the same host: every visitor arrives from 127.0.0.1) comes
+            // from someone unknown: no details then.
+            trusted: (rt
                 .config
                 .limits
                 .details_to
                 .iter()
                 .any(|n| n.contains(&client.ip()))
+                && (client != peer
+                    || !(h.contains_key("x-forwarded-for") || h.contains_key(header::FORWARDED))))
                 || rt.config.admin_token.as_ref().is_some_and(|t| {
                     h.get(header::AUTHORIZATION)
                         .and_then(|v| v.to_str().ok())
