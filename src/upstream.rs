@@ -40,7 +40,7 @@ pub use classify::{
     AttemptView, Exchange, await_head, classify_body, classify_connect_io, classify_dns,
     classify_exchange, classify_h1, classify_h1_body, classify_tls, keepalive_hint,
 };
-pub(crate) use connect::tls_connector;
+pub(crate) use connect::post;
 pub use pool::{Conn, Dialer, Server, Upstream, set_worker, spawn_reapers};
 pub use sockets::{SocketProblem, socket_findings, socket_problem, whoami};
 pub(crate) use wire::is_dead_peer;

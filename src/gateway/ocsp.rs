@@ -95,43 +95,17 @@ pub async fn fetch(chain: &[CertificateDer<'static>], url: &str) -> Result<Stapl
     })
 }
 
-/// POSTs an OCSP request to `url` (HTTP/1.1, 10 s at most); the body.
+/// POSTs an OCSP request to `url`; the body of a 2xx answer.
 async fn post(url: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
-    use http_body_util::{BodyExt, Full};
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let host = uri.host().ok_or("no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    let (status, answer) =
+        crate::upstream::post(&uri, &[], "application/ocsp-request", body.into())
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let (mut tx, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(
-                http::header::HOST,
-                uri.authority().map_or(host.as_str(), |a| a.as_str()),
-            )
-            .header(http::header::CONTENT_TYPE, "application/ocsp-request")
-            .body(Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("{url} answered {}", resp.status()));
-        }
-        let b = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(b.to_bytes().to_vec())
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| format!("{url} did not answer within 10 s"))?
+    if !(200..300).contains(&status) {
+        return Err(format!("{url} answered {status}"));
+    }
+    Ok(answer.to_vec())
 }
 
 /// Keeps the configured certificates' staples fresh, checking every

@@ -832,7 +832,10 @@ fn deliver(
         tokio::spawn(async move {
             let shown = shown_url(&url);
             for attempt in 1..=3u32 {
-                match post(&url, &ca, &body).await {
+                match crate::upstream::post(&url, &ca, "application/json", body.clone().into())
+                    .await
+                    .map(|(s, _)| s)
+                {
                     Ok(s) if (200..300).contains(&s) => return,
                     Ok(s) => {
                         tracing::warn!(target: "baton::alerts", url = %shown, status = s, attempt, "webhook refused the alert")
@@ -879,70 +882,6 @@ fn deliver(
             }
         });
     }
-}
-
-/// POSTs JSON `body` to an `http://` or `https://` URL (verified against
-/// Mozilla's roots plus `ca`); returns the status.
-async fn post(
-    url: &http::Uri,
-    ca: &[rustls::pki_types::CertificateDer<'static>],
-    body: &str,
-) -> Result<u16, String> {
-    use http_body_util::Full;
-    let host = url.host().ok_or("no host")?.to_string();
-    let https = url.scheme_str() == Some("https");
-    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let req = http::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
-        .header(
-            http::header::HOST,
-            url.authority().map_or(host.as_str(), |a| a.as_str()),
-        )
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("baton/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let send = async {
-        if https {
-            let name =
-                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-            let tls = crate::upstream::tls_connector(ca)
-                .map_err(|e| e.to_string())?
-                .connect(name, tcp)
-                .await
-                .map_err(|e| e.to_string())?;
-            exchange(hyper_util::rt::TokioIo::new(tls), req).await
-        } else {
-            exchange(hyper_util::rt::TokioIo::new(tcp), req).await
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), send)
-        .await
-        .map_err(|_| "no answer in 10s".to_string())?
-}
-
-async fn exchange<T>(
-    io: T,
-    req: http::Request<http_body_util::Full<bytes::Bytes>>,
-) -> Result<u16, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
 }
 
 // --------------------------------------------------------------- output

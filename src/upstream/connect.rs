@@ -79,6 +79,75 @@ fn build_connector(
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
+/// POSTs `body` to an `http://` or `https://` URL (verified against
+/// Mozilla's roots plus `ca`) for baton's own needs (alert webhooks, OCSP
+/// responders): connect within 5 s, the whole exchange within 10 s. The
+/// status and the answer's body (up to 1 MiB).
+pub async fn post(
+    url: &http::Uri,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    content_type: &'static str,
+    body: bytes::Bytes,
+) -> Result<(u16, bytes::Bytes), String> {
+    use http_body_util::{BodyExt, Full, Limited};
+    let host = url.host().ok_or("no host")?.to_string();
+    let https = url.scheme_str() == Some("https");
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let req = http::Request::post(url.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            url.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(
+            http::header::USER_AGENT,
+            concat!("baton/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    async fn exchange<T>(
+        io: T,
+        req: http::Request<Full<bytes::Bytes>>,
+    ) -> Result<(u16, bytes::Bytes), String>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut tx, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+    let send = async {
+        if https {
+            let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let tls = tls_connector(ca)
+                .map_err(|e| e.to_string())?
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            exchange(TokioIo::new(tls), req).await
+        } else {
+            exchange(TokioIo::new(tcp), req).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .map_err(|_| "no answer in 10s".to_string())?
+}
+
 /// The name a server's certificate must carry.
 pub(super) fn tls_name(
     tls: &crate::config::UpstreamTls,
