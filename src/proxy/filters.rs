@@ -86,14 +86,8 @@ fn https_redirect(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
         443 | 0 => format!("https://{}{path}", bracket(host)),
         p => format!("https://{}:{p}{path}", bracket(host)),
     };
-    match HeaderValue::from_str(&location) {
-        Ok(location) => Err(Answer::Redirect {
-            status: http::StatusCode::PERMANENT_REDIRECT,
-            location,
-        }),
-        // A host that cannot be a header value: the host filter's job.
-        Err(_) => Ok(()),
-    }
+    // A host that cannot be a header value: the host filter's job.
+    Answer::redirect(http::StatusCode::PERMANENT_REDIRECT, &location).map_or(Ok(()), Err)
 }
 
 /// An IPv6 literal host in brackets, as a URL needs it.
@@ -189,17 +183,14 @@ fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
             .expect("a route without an upstream redirects");
         let scheme = if ctx.https { "https" } else { "http" };
         let location = rd.location(scheme, ctx.host(), req.uri().path(), req.uri().query());
-        return Err(match HeaderValue::from_str(&location) {
-            Ok(location) => Answer::Redirect {
-                status: http::StatusCode::from_u16(rd.status)
-                    .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
-                location,
-            },
-            Err(_) => Answer::failure(Failure::with(
+        let status =
+            http::StatusCode::from_u16(rd.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
+        return Err(Answer::redirect(status, &location).unwrap_or_else(|| {
+            Answer::failure(Failure::with(
                 Cause::RequestMalformed,
                 "the redirect target is not a valid header value",
-            )),
-        });
+            ))
+        }));
     };
     ctx.upstream = Some(ctx.rt.config.upstreams[u].name.clone());
     Ok(())
@@ -307,13 +298,11 @@ fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
             format!("nothing under {} for this path", fc.root.display()),
         ))),
         Target::Forbidden => Err(Answer::failure(Failure::new(Cause::Forbidden))),
-        Target::AddSlash(location) => match HeaderValue::from_str(&location) {
-            Ok(location) => Err(Answer::Redirect {
-                status: http::StatusCode::MOVED_PERMANENTLY,
-                location,
-            }),
-            Err(_) => Err(Answer::failure(Failure::new(Cause::Forbidden))),
-        },
+        Target::AddSlash(location) => Err(Answer::redirect(
+            http::StatusCode::MOVED_PERMANENTLY,
+            &location,
+        )
+        .unwrap_or_else(|| Answer::failure(Failure::new(Cause::Forbidden)))),
     }
 }
 

@@ -48,6 +48,13 @@ pub(super) enum Answer {
 }
 
 impl Answer {
+    /// A redirect to `location`; `None` when it cannot be a header value.
+    pub(super) fn redirect(status: StatusCode, location: &str) -> Option<Answer> {
+        HeaderValue::from_str(location)
+            .ok()
+            .map(|location| Answer::Redirect { status, location })
+    }
+
     /// baton's page for `failure`, with no next hop or `Retry-After`.
     pub fn failure(failure: Failure) -> Self {
         Answer::Failure {
