@@ -570,19 +570,39 @@ fn speaks(first: &[u8], full: bool) -> Option<Speaks> {
 /// the preface (`PRI * HTTP`) or of a first line, or closed, within the
 /// deadline; the connection is dropped. hyper-util's protocol detection
 /// waits forever, so a silent connection would hold a descriptor for good
-/// (nginx and HAProxy close it within their header timeouts). Peeks: the
-/// bytes stay for hyper. A first line cut in pieces is looked at again
-/// after 5 ms, doubling to 1 s, so that slow clients cost few wake-ups.
+/// (nginx and HAProxy close it within their header timeouts). Peeks
+/// ([`peek_until`]): the bytes stay for hyper.
 async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<Speaks> {
+    let mut buf = [0u8; 256];
+    peek_until(s, &mut buf, deadline, speaks).await.ok()
+}
+
+/// How [`peek_until`] ended without an answer.
+enum PeekEnd {
+    /// The client closed (or the read failed).
+    Closed,
+    TimedOut,
+}
+
+/// Peeks at a new connection's first bytes (they stay for whoever reads
+/// next) until `decide`, given the bytes so far and whether `buf` is full,
+/// has an answer, within `limit`. Bytes that arrive in pieces are looked at
+/// again after 5 ms, doubling to 1 s, so that slow clients cost few
+/// wake-ups.
+async fn peek_until<T>(
+    s: &tokio::net::TcpStream,
+    buf: &mut [u8],
+    limit: Duration,
+    mut decide: impl FnMut(&[u8], bool) -> Option<T>,
+) -> Result<T, PeekEnd> {
     let known = async {
-        let mut buf = [0u8; 256];
         let mut pause = Duration::from_millis(5);
         loop {
-            match s.peek(&mut buf).await {
-                Ok(0) | Err(_) => return None,
+            match s.peek(buf).await {
+                Ok(0) | Err(_) => return Err(PeekEnd::Closed),
                 Ok(n) => {
-                    if let Some(p) = speaks(&buf[..n], n == buf.len()) {
-                        return Some(p);
+                    if let Some(t) = decide(&buf[..n], n == buf.len()) {
+                        return Ok(t);
                     }
                 }
             }
@@ -590,7 +610,9 @@ async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option
             pause = (pause * 2).min(Duration::from_secs(1));
         }
     };
-    tokio::time::timeout(deadline, known).await.ok().flatten()
+    tokio::time::timeout(limit, known)
+        .await
+        .unwrap_or(Err(PeekEnd::TimedOut))
 }
 
 /// Reads the HTTP/2 client preface off a TLS stream (it cannot be
@@ -642,55 +664,45 @@ async fn proxy_header(
     // v1 is at most 107 bytes; v2 is 16 plus its length (addresses and
     // TLVs: 536 bytes is the spec's advice for a first read).
     let mut buf = vec![0u8; 536];
-    let read = async {
-        let mut pause = Duration::from_millis(5);
-        loop {
-            let n = s.peek(&mut buf).await.map_err(|_| "read failed")?;
-            if n == 0 {
-                return Err("closed before the header");
-            }
-            let parsed = HeaderResult::parse(&buf[..n]);
-            if parsed.is_incomplete() {
-                if n == buf.len() {
-                    return Err("header longer than 536 bytes");
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            let (len, client) = match parsed {
-                HeaderResult::V1(Ok(h)) => (
-                    h.header.len(),
-                    match h.addresses {
-                        ppp::v1::Addresses::Tcp4(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        ppp::v1::Addresses::Tcp6(a) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        ppp::v1::Addresses::Unknown => None,
-                    },
-                ),
-                HeaderResult::V2(Ok(h)) => (
-                    h.header.len(),
-                    match (h.command, h.addresses) {
-                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
-                            Some(SocketAddr::from((a.source_address, a.source_port)))
-                        }
-                        _ => None,
-                    },
-                ),
-                _ => return Err("not a PROXY protocol header"),
-            };
-            return Ok((len, client));
+    let found = peek_until(s, &mut buf, limit, |first, full| {
+        let parsed = HeaderResult::parse(first);
+        if parsed.is_incomplete() {
+            return full.then_some(Err("header longer than 536 bytes"));
         }
+        Some(Ok(match parsed {
+            HeaderResult::V1(Ok(h)) => (
+                h.header.len(),
+                match h.addresses {
+                    ppp::v1::Addresses::Tcp4(a) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    ppp::v1::Addresses::Tcp6(a) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    ppp::v1::Addresses::Unknown => None,
+                },
+            ),
+            HeaderResult::V2(Ok(h)) => (
+                h.header.len(),
+                match (h.command, h.addresses) {
+                    (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
+                        Some(SocketAddr::from((a.source_address, a.source_port)))
+                    }
+                    _ => None,
+                },
+            ),
+            _ => return Some(Err("not a PROXY protocol header")),
+        }))
+    })
+    .await;
+    let (len, client) = match found {
+        Ok(r) => r?,
+        Err(PeekEnd::Closed) => return Err("closed before the header"),
+        Err(PeekEnd::TimedOut) => return Err("no header within header_read_timeout"),
     };
-    let (len, client) = tokio::time::timeout(limit, read)
-        .await
-        .map_err(|_| "no header within header_read_timeout")??;
     s.read_exact(&mut buf[..len])
         .await
         .map_err(|_| "read failed")?;
