@@ -30,6 +30,9 @@ pub use values::{lookup_user, parse_duration, parse_server, parse_server_spec, s
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `server.user`: the account baton runs as once its ports are bound
+    /// (and its keys read), when started as root.
+    pub user: Option<RunAs>,
     /// `server.listen_tls` and `[tls]`: HTTPS listeners and what they serve.
     pub tls: TlsConfig,
     pub admin: Option<SocketAddr>,
@@ -260,11 +263,108 @@ pub enum LogTarget {
     File(PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessFormat {
     Json,
     /// The NCSA combined format, which GoAccess and most log tools read.
     Combined,
+    /// A line from a template with nginx's variable names
+    /// (`$remote_addr - [$time_local] "$request" $status ...`).
+    Template(Vec<LogPiece>),
+}
+
+/// A piece of an access-log template: literal text or a variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogPiece {
+    Text(String),
+    Var(LogVar),
+}
+
+/// The variables an access-log template may use: nginx's names, so an
+/// nginx `log_format` reads the same, and baton's own (`$cause`,
+/// `$route`, `$attempts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVar {
+    RemoteAddr,
+    TimeLocal,
+    TimeIso8601,
+    Request,
+    RequestMethod,
+    RequestUri,
+    ServerProtocol,
+    Host,
+    Status,
+    BodyBytesSent,
+    RequestTime,
+    HttpReferer,
+    HttpUserAgent,
+    RequestId,
+    UpstreamAddr,
+    Upstream,
+    Route,
+    Attempts,
+    Cause,
+}
+
+impl LogVar {
+    pub const ALL: [(&'static str, LogVar); 20] = [
+        ("remote_addr", LogVar::RemoteAddr),
+        ("time_local", LogVar::TimeLocal),
+        ("time_iso8601", LogVar::TimeIso8601),
+        ("request", LogVar::Request),
+        ("request_method", LogVar::RequestMethod),
+        ("request_uri", LogVar::RequestUri),
+        ("server_protocol", LogVar::ServerProtocol),
+        ("host", LogVar::Host),
+        ("status", LogVar::Status),
+        ("body_bytes_sent", LogVar::BodyBytesSent),
+        ("bytes_sent", LogVar::BodyBytesSent),
+        ("request_time", LogVar::RequestTime),
+        ("http_referer", LogVar::HttpReferer),
+        ("http_user_agent", LogVar::HttpUserAgent),
+        ("request_id", LogVar::RequestId),
+        ("upstream_addr", LogVar::UpstreamAddr),
+        ("upstream", LogVar::Upstream),
+        ("route", LogVar::Route),
+        ("attempts", LogVar::Attempts),
+        ("cause", LogVar::Cause),
+    ];
+
+    /// Reads a template: `$name` or `${name}`; an unknown name is an
+    /// error naming it.
+    pub fn template(s: &str) -> Result<Vec<LogPiece>, String> {
+        let mut out = Vec::new();
+        let mut text = String::new();
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            text.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            let (name, after) = if let Some(r) = rest.strip_prefix('{') {
+                let end = r.find('}').ok_or("a ${ without its }")?;
+                (&r[..end], &r[end + 1..])
+            } else {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            };
+            let var = LogVar::ALL
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| format!("unknown variable ${name}"))?;
+            if !text.is_empty() {
+                out.push(LogPiece::Text(std::mem::take(&mut text)));
+            }
+            out.push(LogPiece::Var(var));
+            rest = after;
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            out.push(LogPiece::Text(text));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -357,18 +457,24 @@ pub struct UpstreamConfig {
     pub process: Option<Arc<ProcessConfig>>,
 }
 
-/// A FastCGI upstream (PHP-FPM): where scripts and static files live.
+/// A FastCGI upstream (PHP-FPM) or a static one (`protocol = "static"`):
+/// where scripts and static files live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FastCgiConfig {
     /// Document root: SCRIPT_FILENAME and static files (absolute).
     pub root: PathBuf,
+    /// `alias`: URL prefixes (ending in `/`) served from another
+    /// directory, as nginx's `alias` (Debian's WordPress: `/wp-content/`
+    /// from `/var/lib/wordpress/wp-content/`).
+    pub aliases: Vec<(String, PathBuf)>,
     /// Directory index (`index.php`).
     /// Index files tried in a directory, in order.
     pub index: Vec<String>,
     /// nginx-style list: `$uri`, `$uri/`, and a last entry that is a
     /// fallback URI (`/index.php?$args`) or `=404`.
     pub try_files: Vec<String>,
-    /// Paths ending in this (or followed by `/`) are scripts.
+    /// Paths ending in this (or followed by `/`) are scripts; empty for a
+    /// static upstream (`protocol = "static"`: files only, no servers).
     pub script_ext: String,
     /// Extra parameters (`fastcgi_param`), sent after the standard ones.
     pub params: Vec<(String, String)>,
@@ -565,6 +671,148 @@ pub struct Route {
     pub allow: Vec<ipnet::IpNet>,
     /// `deny`: these clients never get through (wins over `allow`).
     pub deny: Vec<ipnet::IpNet>,
+    /// `path_regex`: the route matches paths this matches (instead of the
+    /// `path` prefix); its groups are `$1`..`$9` in `redirect` and
+    /// `rewrite`.
+    pub path_regex: Option<regex::Regex>,
+    /// `rewrite`: the path (and query) the upstream is asked for instead.
+    pub rewrite: Option<String>,
+    /// `basic_auth`: users and password hashes (an htpasswd file).
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    /// `expires`: `Cache-Control: max-age` and `Expires` on the route's
+    /// successful and redirect responses, as nginx's `expires`.
+    pub expires: Option<Duration>,
+}
+
+/// `$1`..`$9` in a template replaced by a regex's groups (an absent group
+/// is empty); `$$` is a `$`.
+pub fn with_groups<'t>(
+    template: &'t str,
+    groups: Option<&regex::Captures<'_>>,
+) -> std::borrow::Cow<'t, str> {
+    let Some(g) = groups else {
+        return template.into();
+    };
+    if !template.contains('$') {
+        return template.into();
+    }
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut chars = template.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match (c, chars.peek()) {
+            ('$', Some(&(_, d))) if d.is_ascii_digit() && d != '0' => {
+                chars.next();
+                let i = d as usize - '0' as usize;
+                out.push_str(g.get(i).map_or("", |m| m.as_str()));
+            }
+            ('$', Some(&(_, '$'))) => {
+                chars.next();
+                out.push('$');
+            }
+            _ => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// A route's `basic_auth` file, read when the config is loaded: `user:hash`
+/// lines as `htpasswd` writes them (bcrypt `$2y$`, Apache's `$apr1$`,
+/// `{SHA}`, and crypt's `$1$`, `$5$`, `$6$`).
+pub struct BasicAuth {
+    pub realm: String,
+    pub users: std::collections::HashMap<String, String>,
+    /// `Authorization` values that verified, so a browser's repeated
+    /// credentials cost a lookup, not a bcrypt round each request
+    /// (bounded; cleared when full).
+    pub verified: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("realm", &self.realm)
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl BasicAuth {
+    /// Whether an `Authorization` field's value names a user of the file
+    /// with their password.
+    pub fn allows(&self, authorization: &[u8]) -> bool {
+        const KEEP: usize = 1024;
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(authorization)
+        {
+            return true;
+        }
+        let ok = self.check(authorization);
+        if ok {
+            let mut v = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if v.len() >= KEEP {
+                v.clear();
+            }
+            v.insert(authorization.to_vec());
+        }
+        ok
+    }
+
+    fn check(&self, authorization: &[u8]) -> bool {
+        use base64::Engine as _;
+        let Some(b64) = authorization
+            .split_at_checked(6)
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"basic "))
+            .map(|(_, rest)| rest.trim_ascii())
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            return false;
+        };
+        let Ok(pair) = std::str::from_utf8(&decoded) else {
+            return false;
+        };
+        let Some((user, password)) = pair.split_once(':') else {
+            return false;
+        };
+        let Some(hash) = self.users.get(user) else {
+            return false;
+        };
+        verify_password(password, hash)
+    }
+}
+
+/// One htpasswd hash. `{SHA}` (base64 of SHA-1) is checked here; the crypt
+/// family by crypt3_rs, the one maintained crate that also reads Apache's
+/// `$apr1$` (htpasswd's default).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    if let Some(sha) = hash.strip_prefix("{SHA}") {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        let mine = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(password));
+        // Compared in full whatever the first difference.
+        return mine.len() == sha.len()
+            && mine
+                .bytes()
+                .zip(sha.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+    }
+    if hash.starts_with('$') {
+        return crypt3_rs::unix::verify(password, hash);
+    }
+    false
+}
+
+/// Whether a hash is in a format [`verify_password`] reads.
+pub fn known_hash(hash: &str) -> bool {
+    hash.starts_with("{SHA}")
+        || ["$2y$", "$2b$", "$2a$", "$apr1$", "$1$", "$5$", "$6$"]
+            .iter()
+            .any(|p| hash.starts_with(p))
 }
 
 /// A route that redirects: `Location` from a template with `{scheme}`,
@@ -576,18 +824,53 @@ pub struct RouteRedirect {
 }
 
 impl RouteRedirect {
-    /// The `Location` for a request.
-    pub fn location(&self, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
-        let uri = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
-        self.template
-            .replace("{scheme}", scheme)
-            .replace("{host}", host)
-            .replace("{uri}", &uri)
-            .replace("{path}", path)
-            .replace("{query}", query.unwrap_or(""))
+    /// The `Location` for a request (`groups`: a `path_regex` route's).
+    pub fn location(
+        &self,
+        scheme: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        groups: Option<&regex::Captures<'_>>,
+    ) -> String {
+        // One pass, so a value (a path with `{host}` or `$1` in it) is
+        // never read as a placeholder.
+        let t = &self.template;
+        let mut out = String::with_capacity(t.len() + path.len() + 32);
+        let mut rest = t.as_str();
+        while let Some(at) = rest.find(['{', '$']) {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            let value = |name: &str| match name {
+                "{scheme}" => Some(scheme),
+                "{host}" => Some(host),
+                "{path}" => Some(path),
+                "{query}" => Some(query.unwrap_or("")),
+                _ => None,
+            };
+            let end = if rest.starts_with('{') {
+                rest.find('}').map_or(1, |e| e + 1)
+            } else {
+                2.min(rest.len())
+            };
+            let token = &rest[..end];
+            if token == "{uri}" {
+                out.push_str(path);
+                if let Some(q) = query {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            } else if let Some(v) = value(token) {
+                out.push_str(v);
+            } else if token.len() == 2 && token.starts_with('$') {
+                out.push_str(&with_groups(token, groups));
+            } else {
+                out.push_str(token);
+            }
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
     }
 }
 

@@ -162,6 +162,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let logs = Logs::open(&config.log).map_err(StartError::Log)?;
+    if let Some(u) = &config.user {
+        drop_privileges(u, &config).map_err(StartError::Log)?;
+    }
     let metrics = Arc::new(crate::observe::metrics::Metrics::new());
     let mut rt = Runtime::new(config, n, metrics).map_err(StartError::Resolver)?;
     rt.dialer.own = addrs.iter().chain(&tls_addrs).copied().collect();
@@ -237,6 +240,63 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         workers,
     })
+}
+
+/// `server.user`: with the ports bound, the logs open and the keys read,
+/// baton becomes that user for good (supplementary groups, group, then
+/// user; glibc applies each to every thread). What it writes later (the
+/// state directory: incidents, ACME; the log files, reopened on reload)
+/// is handed to the user first. Started as that user already: nothing to
+/// do; as anyone else: an error, not a silent run as the wrong account.
+fn drop_privileges(u: &crate::config::RunAs, config: &Config) -> std::io::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let me = nix::unistd::geteuid();
+    if me.as_raw() == u.uid {
+        return Ok(());
+    }
+    if !me.is_root() {
+        return Err(std::io::Error::other(format!(
+            "server.user = {:?} needs baton to start as root (it runs as uid {me})",
+            u.name
+        )));
+    }
+    let mut owned: Vec<std::path::PathBuf> = vec![crate::config::state_dir()];
+    owned.extend(config.incidents.dir.clone());
+    owned.extend(config.tls.acme.as_ref().map(|a| a.dir.clone()));
+    for t in [&config.log.access, &config.log.errors] {
+        if let crate::config::LogTarget::File(p) = t {
+            owned.push(p.clone());
+        }
+    }
+    let (uid, gid) = (Uid::from_raw(u.uid), Gid::from_raw(u.gid));
+    let _ = std::fs::create_dir_all(crate::config::state_dir());
+    for p in &owned {
+        hand_over(p, uid, gid, 3);
+    }
+    let name = std::ffi::CString::new(u.name.clone()).map_err(std::io::Error::other)?;
+    nix::unistd::initgroups(&name, gid)?;
+    nix::unistd::setgid(gid)?;
+    nix::unistd::setuid(uid)?;
+    // Never back: a process that could regain root has not dropped it.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(std::io::Error::other("root could be regained after setuid"));
+    }
+    tracing::info!(user = %u.name, uid = u.uid, "privileges dropped");
+    Ok(())
+}
+
+/// `chown` a path (and what a directory holds, `depth` levels down).
+fn hand_over(p: &std::path::Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid, depth: u32) {
+    if nix::unistd::chown(p, Some(uid), Some(gid)).is_err() {
+        return;
+    }
+    if depth > 0
+        && let Ok(entries) = std::fs::read_dir(p)
+    {
+        for e in entries.flatten() {
+            hand_over(&e.path(), uid, gid, depth - 1);
+        }
+    }
 }
 
 /// What an accept loop knows of its connections: how many are open (for

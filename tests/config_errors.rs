@@ -38,7 +38,7 @@ fn every_problem_is_listed_with_line_and_fix() {
     assert_eq!(
         err,
         "baton.toml: 4 problems\n\
-baton.toml:3:1: server.admn: unknown field `admn`, expected one of `listen`, `listen_tls`, `tls_handshake_timeout`, `proxy_protocol`, `redirect_https`, `hsts`, `trusted_proxies`, `details_to`, `admin`, `workers`, `header_read_timeout`, `idle_timeout`, `body_read_timeout`, `send_timeout`, `outer_idle_timeout`, `admin_token`, `admin_hosts`, `status_page`, `dashboard_actions`, `max_request_header_bytes`, `max_body_bytes`, `max_connections`\n    fix: did you mean `admin`?\n\
+baton.toml:3:1: server.admn: unknown field `admn`, expected one of `listen`, `listen_tls`, `tls_handshake_timeout`, `proxy_protocol`, `redirect_https`, `hsts`, `trusted_proxies`, `details_to`, `admin`, `workers`, `header_read_timeout`, `idle_timeout`, `body_read_timeout`, `send_timeout`, `outer_idle_timeout`, `admin_token`, `admin_hosts`, `status_page`, `dashboard_actions`, `max_request_header_bytes`, `max_body_bytes`, `max_connections`, `user`\n    fix: did you mean `admin`?\n\
 baton.toml:6:30: upstreams.app.servers: \"http://bad:1\" has a scheme; servers are addresses\n    fix: write \"127.0.0.1:3000\", \"[::1]:3000\", \"app.internal:3000\" or \"unix:/run/app.sock\"\n\
 baton.toml:7:19: upstreams.app.connect_timeout: invalid duration \"2x\"\n    fix: write a number with a unit: \"500ms\", \"2s\", \"1m\", \"1h\"\n\
 baton.toml:11:12: routes[0].upstream: unknown upstream \"ap\"\n    fix: did you mean \"app\"?\n"

@@ -30,6 +30,7 @@ pub struct Server {
     pub max_request_header_bytes: Option<Spanned<i64>>,
     pub max_body_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -109,7 +110,8 @@ pub struct ErrorPages {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub servers: Spanned<Vec<Spanned<String>>>,
+    /// Absent only for `protocol = "static"`.
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
     pub display_name: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
@@ -138,6 +140,7 @@ pub struct Upstream {
     pub queue_timeout: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub root: Option<Spanned<String>>,
+    pub alias: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     pub index: Option<Spanned<OneOrMany>>,
     pub try_files: Option<Spanned<Vec<Spanned<String>>>>,
     pub script_ext: Option<Spanned<String>>,
@@ -214,6 +217,11 @@ pub struct Route {
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
     pub request_headers: Option<Spanned<HeaderRules>>,
+    pub path_regex: Option<Spanned<String>>,
+    pub rewrite: Option<Spanned<String>>,
+    pub basic_auth: Option<Spanned<String>>,
+    pub basic_auth_realm: Option<Spanned<String>>,
+    pub expires: Option<Spanned<String>>,
 }
 
 /// `{ set = { "Name" = "value" }, remove = ["Name"] }`.

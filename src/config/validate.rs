@@ -347,7 +347,24 @@ impl<'s> Validator<'s> {
                 routes.push(route);
             }
         }
+        // A supervised backend's own user needs baton to keep root.
+        if let Some(u) = &server.user {
+            for up in &upstreams {
+                if let Some(p) = &up.process
+                    && let Some(pu) = &p.user
+                    && pu.uid != u.uid
+                {
+                    self.err(
+                        format!("upstreams.{}.process.user", up.name),
+                        0..0,
+                        format!("baton runs as {} (server.user), which cannot start a process as {}", u.name, pu.name),
+                        "remove one of the two: run the backend as server.user, or keep baton as root",
+                    );
+                }
+            }
+        }
         Some(Config {
+            user: server.user,
             listen: server.listen,
             tls,
             admin: server.admin,

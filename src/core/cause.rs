@@ -153,6 +153,13 @@ causes! {
         seen: "A client outside a route's allow list or inside its deny list: an admin area open to the office only, an endpoint blocked for everyone (xmlrpc.php), or a visitor on another network than expected (a VPN, a proxy).",
         fix: "If the client should get in, add its address or network to the route's allow list (or take it out of deny); behind a load balancer, set server.trusted_proxies so baton sees the real client address.",
     },
+    AuthRequired {
+        id: "auth_required", token: "http_request_denied", status: 401, phase: Route, side: Client, retry: Never,
+        title: "Sign-in required",
+        visitor: "This part of the site needs a user name and password.",
+        seen: "A request without credentials, or with a user or password not in the route's basic_auth file: a browser asks its user, a scanner moves on.",
+        fix: "If a user should get in, add them to the route's basic_auth file (`htpasswd -B FILE USER`) and reload.",
+    },
     RateLimited {
         id: "rate_limited", token: "http_request_denied", status: 429, phase: Route, side: Client, retry: Never,
         title: "Too many requests",
@@ -520,8 +527,11 @@ mod tests {
                 // a transfer coding baton does not implement (RFC 9112
                 // §6.1), 400 otherwise.
                 "destination_not_found" => 404,
-                // A hidden file or `..` under a FastCGI root: 403.
+                // A hidden file or `..` under a FastCGI root, or a client
+                // outside an allow list: 403; no credentials a route's
+                // basic_auth accepts: 401 (RFC 9110 §15.5.2).
                 "http_request_denied" if c.status() == 403 => 403,
+                "http_request_denied" if *c == Cause::AuthRequired => 401,
                 "http_request_denied" => 429,
                 "http_request_error" => {
                     assert!([400, 408, 413, 431, 501].contains(&c.status()), "{c}");

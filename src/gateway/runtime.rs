@@ -102,7 +102,7 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// First route in file order whose host and path prefix match. `host`
+    /// First route in file order whose host and path (prefix or regex) match. `host`
     /// is asked for only when a route names a host.
     pub fn route<'h>(&self, host: impl FnOnce() -> &'h str, path: &str) -> Option<usize> {
         let mut host = Some(host);
@@ -117,7 +117,11 @@ impl Runtime {
                     }
                 })
             };
-            host_ok && path_matches(&r.path, path)
+            host_ok
+                && match &r.path_regex {
+                    Some(re) => re.is_match(path),
+                    None => path_matches(&r.path, path),
+                }
         })
     }
 }

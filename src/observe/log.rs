@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::{AccessFormat, LogConfig, LogTarget};
+use crate::config::{AccessFormat, LogConfig, LogPiece, LogTarget, LogVar};
 
 const QUEUE_LINES: usize = 65_536;
 
@@ -100,7 +100,7 @@ impl Logs {
     pub fn open(cfg: &LogConfig) -> io::Result<Logs> {
         Ok(Logs {
             access: Sink::open(&cfg.access)?,
-            access_format: cfg.access_format,
+            access_format: cfg.access_format.clone(),
             errors: Sink::open(&cfg.errors)?,
             recent: Default::default(),
         })
@@ -139,7 +139,7 @@ impl Logs {
         if !self.access.enabled() {
             return;
         }
-        let line = match self.access_format {
+        let line = match &self.access_format {
             AccessFormat::Json => {
                 // Sized for a whole line at once (to_vec starts at 128
                 // bytes and grows twice for a typical 300-byte line).
@@ -149,6 +149,7 @@ impl Logs {
                 v
             }
             AccessFormat::Combined => combined(r),
+            AccessFormat::Template(pieces) => templated(pieces, r),
         };
         self.access.write(line);
     }
@@ -249,6 +250,72 @@ fn combined(r: &AccessRecord<'_>) -> Vec<u8> {
     quoted(&mut out, r.referer);
     out.push(b' ');
     quoted(&mut out, r.user_agent);
+    out.push(b'\n');
+    out
+}
+
+/// A line from an access-log template; nginx's `-` for a value baton
+/// does not have, and nginx's `\xHH` for a quote, a backslash or a
+/// control byte a client sent (so a field cannot forge another).
+fn templated(pieces: &[LogPiece], r: &AccessRecord<'_>) -> Vec<u8> {
+    fn or_dash(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) if !s.is_empty() => {
+                for &b in s.as_bytes() {
+                    if b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f {
+                        let _ = write!(out, "\\x{b:02X}");
+                    } else {
+                        out.push(b);
+                    }
+                }
+            }
+            _ => out.push(b'-'),
+        }
+    }
+    let mut out = Vec::with_capacity(128 + r.path.len() + r.user_agent.len());
+    for p in pieces {
+        match p {
+            LogPiece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            LogPiece::Var(v) => match v {
+                LogVar::RemoteAddr => {
+                    let _ = write!(out, "{}", r.client);
+                }
+                LogVar::TimeLocal => clf_time(&mut out, r.time),
+                LogVar::TimeIso8601 => {
+                    let _ = write!(out, "{}", crate::core::clock::Rfc3339(r.time));
+                }
+                LogVar::Request if r.method.is_empty() => out.push(b'-'),
+                LogVar::Request => {
+                    let _ = write!(out, "{} ", r.method);
+                    or_dash(&mut out, Some(r.path));
+                    let _ = write!(out, " {}", r.protocol);
+                }
+                LogVar::RequestMethod => or_dash(&mut out, Some(r.method)),
+                LogVar::RequestUri => or_dash(&mut out, Some(r.path)),
+                LogVar::ServerProtocol => or_dash(&mut out, Some(r.protocol)),
+                LogVar::Host => or_dash(&mut out, Some(r.host)),
+                LogVar::Status => {
+                    let _ = write!(out, "{}", r.status);
+                }
+                LogVar::BodyBytesSent => {
+                    let _ = write!(out, "{}", r.bytes);
+                }
+                LogVar::RequestTime => {
+                    let _ = write!(out, "{:.3}", r.duration_ms / 1000.0);
+                }
+                LogVar::HttpReferer => or_dash(&mut out, Some(r.referer)),
+                LogVar::HttpUserAgent => or_dash(&mut out, Some(r.user_agent)),
+                LogVar::RequestId => or_dash(&mut out, Some(r.request_id)),
+                LogVar::UpstreamAddr => or_dash(&mut out, r.server),
+                LogVar::Upstream => or_dash(&mut out, r.upstream),
+                LogVar::Route => or_dash(&mut out, r.route),
+                LogVar::Attempts => {
+                    let _ = write!(out, "{}", r.attempts);
+                }
+                LogVar::Cause => or_dash(&mut out, r.cause),
+            },
+        }
+    }
     out.push(b'\n');
     out
 }

@@ -66,6 +66,9 @@ pub(super) struct Ctx {
     pub user_agent: Option<HeaderValue>,
     /// `RateLimit-Policy` and `RateLimit`, added to the response.
     pub rate_headers: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
+    /// The route's `rewrite`: the path and query the upstream is asked
+    /// for (the logs keep the client's).
+    pub rewritten: Option<String>,
     /// FastCGI: the script `try_files` chose (boxed: the HTTP path moves
     /// the context without it).
     pub script: Option<Box<Script>>,
@@ -141,6 +144,7 @@ impl Ctx {
             referer: kept(header::REFERER),
             user_agent: kept(header::USER_AGENT),
             rate_headers: None,
+            rewritten: None,
             script: None,
             rt,
             gw,

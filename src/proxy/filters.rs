@@ -34,6 +34,7 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
     status_page(ctx, req)?;
     route(ctx, req)?;
     access(ctx, req)?;
+    basic_auth(ctx, req)?;
     maintenance(ctx, req)?;
     rate_limit(ctx, req)?;
     body_size(ctx, req)?;
@@ -166,15 +167,41 @@ fn status_page(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     Ok(())
 }
 
-/// The first route in file order whose host and path prefix match.
+/// The first route in file order whose host and path match; a redirect
+/// route answers here, a `rewrite` sets the upstream's target.
 fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
-    let Some(i) = ctx.rt.route(|| ctx.host(), req.uri().path()) else {
+    let path = req.uri().path();
+    let Some(i) = ctx.rt.route(|| ctx.host(), path) else {
         return Err(Answer::failure(Failure::new(Cause::NoRoute)));
     };
-    let route = &ctx.rt.config.routes[i];
+    let rt = ctx.rt.clone();
+    let route = &rt.config.routes[i];
     ctx.route = Some(route.name.clone());
     ctx.route_metrics = Some(ctx.rt.route_metrics[i].clone());
     ctx.route_index = Some(i);
+    // The regex's groups, read only when a template uses them.
+    let groups = match &route.path_regex {
+        Some(re) if route.rewrite.is_some() || route.redirect.is_some() => re.captures(path),
+        _ => None,
+    };
+    if let Some(w) = &route.rewrite {
+        let mut target = crate::config::with_groups(w, groups.as_ref()).into_owned();
+        // nginx's rule: the client's query goes along, after the
+        // rewrite's own, unless the rewrite ends in `?`.
+        if let Some(stripped) = target.strip_suffix('?') {
+            target.truncate(stripped.len());
+        } else if let Some(q) = req.uri().query() {
+            target.push(if target.contains('?') { '&' } else { '?' });
+            target.push_str(q);
+        }
+        if http::uri::PathAndQuery::try_from(target.as_str()).is_err() {
+            return Err(Answer::failure(Failure::with(
+                Cause::RequestMalformed,
+                "the rewritten target is not a valid URI",
+            )));
+        }
+        ctx.rewritten = Some(target);
+    }
     let Some(u) = route.upstream else {
         // A redirect route: answered here, nothing goes upstream.
         let rd = route
@@ -182,7 +209,7 @@ fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
             .as_ref()
             .expect("a route without an upstream redirects");
         let scheme = if ctx.https { "https" } else { "http" };
-        let location = rd.location(scheme, ctx.host(), req.uri().path(), req.uri().query());
+        let location = rd.location(scheme, ctx.host(), path, req.uri().query(), groups.as_ref());
         let status =
             http::StatusCode::from_u16(rd.status).unwrap_or(http::StatusCode::MOVED_PERMANENTLY);
         return Err(Answer::redirect(status, &location).unwrap_or_else(|| {
@@ -207,6 +234,26 @@ fn access(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
         return Err(Answer::failure(Failure::new(Cause::AccessDenied)));
     }
     Ok(())
+}
+
+/// The route's `basic_auth`: 401 `auth_required` (the exit adds
+/// `WWW-Authenticate`) without a user and password of its file.
+fn basic_auth(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+    let Some(auth) = &ctx.route_config().expect("routed").basic_auth else {
+        return Ok(());
+    };
+    let given = req.headers().get(header::AUTHORIZATION);
+    if given.is_some_and(|v| auth.allows(v.as_bytes())) {
+        return Ok(());
+    }
+    Err(Answer::failure(Failure::with(
+        Cause::AuthRequired,
+        if given.is_some() {
+            "unknown user or wrong password"
+        } else {
+            "no credentials"
+        },
+    )))
 }
 
 /// A route or upstream under maintenance: 503 with its message.
@@ -277,8 +324,12 @@ fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
     let Some(fc) = &up.cfg.fastcgi else {
         return Ok(());
     };
+    let (path, query) = match &ctx.rewritten {
+        Some(t) => t.split_once('?').unwrap_or((t, "")),
+        None => (req.uri().path(), req.uri().query().unwrap_or("")),
+    };
     let target = match &up.docroot {
-        Some(root) => fastcgi::resolve(fc, root, req.uri().path(), req.uri().query().unwrap_or("")),
+        Some(root) => fastcgi::resolve(fc, root, path, query),
         None => Target::NotFound,
     };
     match target {

@@ -77,6 +77,28 @@ fn response_filters(ctx: &Ctx, h: &mut HeaderMap) {
     hsts(ctx, h);
 }
 
+/// The route's `expires`, as nginx's: on a successful or redirect
+/// response, `Cache-Control: max-age` and `Expires`, replacing the
+/// upstream's.
+fn expires(ctx: &Ctx, status: StatusCode, h: &mut HeaderMap) {
+    let Some(d) = ctx.route_config().and_then(|r| r.expires) else {
+        return;
+    };
+    if !matches!(
+        status.as_u16(),
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    ) {
+        return;
+    }
+    let at = std::time::SystemTime::now() + d;
+    if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", d.as_secs())) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+        h.insert(header::EXPIRES, v);
+    }
+}
+
 /// `Strict-Transport-Security` on HTTPS responses only (RFC 6797 §7.2: a
 /// browser ignores it over plain HTTP), unless the application set its own.
 fn hsts(ctx: &Ctx, h: &mut HeaderMap) {
@@ -113,6 +135,7 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
             response_filters(&ctx, &mut parts.headers);
+            expires(&ctx, parts.status, &mut parts.headers);
             let coding = compression(&ctx, parts.status, &mut parts.headers);
             // The body logs the request when it ends.
             body.ctx = Some(ctx);
@@ -153,6 +176,9 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
         }
     };
     response_filters(&ctx, r.headers_mut());
+    if cause.is_none() {
+        expires(&ctx, r.status(), r.headers_mut());
+    }
     ctx.finish(r.status().as_u16(), len, cause);
     if ctx.served_here {
         let status = r.status();
@@ -297,6 +323,16 @@ fn error_page(
     );
     if let Some(s) = retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    // The challenge a browser answers with its sign-in box (RFC 7617).
+    if f.cause == crate::core::cause::Cause::AuthRequired
+        && let Some(auth) = ctx.route_config().and_then(|r| r.basic_auth.as_ref())
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "Basic realm=\"{}\", charset=\"UTF-8\"",
+            auth.realm
+        ))
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
     }
     (r, len)
 }

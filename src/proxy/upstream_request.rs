@@ -112,8 +112,13 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpReq
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
     headers::upstream_request(ctx, &mut hdrs, upgrade);
-    // The origin-form target, reusing the parsed path (no re-parse).
-    let target = match parts.uri.path_and_query() {
+    // The origin-form target, reusing the parsed path (no re-parse), or
+    // the route's rewrite (checked by the route filter).
+    let rewritten = ctx
+        .rewritten
+        .as_deref()
+        .and_then(|t| http::uri::PathAndQuery::try_from(t).ok());
+    let target = match rewritten.as_ref().or(parts.uri.path_and_query()) {
         Some(pq) => {
             let mut up = http::uri::Parts::default();
             up.path_and_query = Some(pq.clone());

@@ -124,7 +124,7 @@ impl Upstream {
             .max_concurrent
             .map(|n| crate::upstream::balance::Slots::new(n, cfg.queue, cfg.adaptive.as_ref()));
         let docroot = cfg.fastcgi.as_ref().and_then(|f| {
-            crate::upstream::fastcgi::DocRoot::open(&f.root)
+            crate::upstream::fastcgi::DocRoot::open(f)
                 .map_err(|e| {
                     tracing::error!(upstream = %cfg.name, root = %f.root.display(), error = %e, "cannot open the document root");
                 })

@@ -100,7 +100,18 @@ impl Validator<'_> {
                 }
             }
         }
+        let path_regex = self.path_regex(i, r);
         let path = match &r.path {
+            Some(p) if path_regex.is_some() => {
+                self.err(
+                    format!("routes[{i}].path"),
+                    p.span(),
+                    "a route matches a path prefix or a path_regex, not both",
+                    "keep one: path = \"/blog/\" or path_regex = \"^/blog/(\\\\d+)$\"",
+                );
+                return None;
+            }
+            None if path_regex.is_some() => "/".to_string(),
             None => "/".to_string(),
             Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
             Some(p) => {
@@ -116,7 +127,9 @@ impl Validator<'_> {
         let name = format!(
             "{}{}",
             host.first().map_or("*".to_string(), |h| h.to_string()),
-            path
+            r.path_regex
+                .as_ref()
+                .map_or(path.as_str(), |re| re.get_ref().as_str())
         );
         let maintenance = r.maintenance.as_ref().map(|m| Maintenance {
             message: m.get_ref().clone(),
@@ -179,7 +192,14 @@ impl Validator<'_> {
             // Every host of this route is one the earlier route takes.
             let host_covers =
                 e.host.is_empty() || (!host.is_empty() && host.iter().all(|h| e.host.contains(h)));
-            host_covers && path_prefix_covers(&e.path, &path)
+            // A regex route covers nothing for sure; one is covered only
+            // by an earlier route for every path.
+            let path_covers = match (&e.path_regex, &path_regex) {
+                (Some(_), _) => false,
+                (None, Some(_)) => e.path == "/",
+                (None, None) => path_prefix_covers(&e.path, &path),
+            };
+            host_covers && path_covers
         }) {
             self.warn(
                 format!("routes[{i}]"),
@@ -211,7 +231,52 @@ impl Validator<'_> {
             self.header_rules(&format!("routes[{i}].request_headers"), &r.request_headers);
         let allow = self.client_list(&format!("routes[{i}].allow"), &r.allow);
         let deny = self.client_list(&format!("routes[{i}].deny"), &r.deny);
+        let groups = path_regex.as_ref().map_or(0, |re| re.captures_len() - 1);
+        let rewrite = r.rewrite.as_ref().and_then(|w| {
+            let t = w.get_ref();
+            let problem = if ui.is_none() {
+                Some("a redirect route sends nothing upstream to rewrite".to_string())
+            } else if !t.starts_with('/') {
+                Some(format!("rewrite {t:?} does not start with /"))
+            } else {
+                highest_group(t)
+                    .filter(|&n| n > groups)
+                    .map(|n| format!("rewrite uses ${n} but the route's path_regex has {groups} group(s)"))
+            };
+            match problem {
+                Some(p) => {
+                    self.err(
+                        format!("routes[{i}].rewrite"),
+                        w.span(),
+                        p,
+                        "write a path, with $1..$9 for path_regex groups: path_regex = \"^/post/(\\\\d+)$\", rewrite = \"/index.php?p=$1\"",
+                    );
+                    None
+                }
+                None => Some(t.clone()),
+            }
+        });
+        if let (Some(rd), Some(t)) = (&redirect, &r.redirect)
+            && let Some(n) = highest_group(&rd.template).filter(|&n| n > groups)
+        {
+            self.err(
+                format!("routes[{i}].redirect"),
+                t.span(),
+                format!("redirect uses ${n} but the route has {groups} path_regex group(s)"),
+                "add groups to path_regex, or write $$ for a literal $",
+            );
+        }
+        let basic_auth = self.basic_auth(i, r);
+        let expires = r.expires.as_ref().map(|e| match e.get_ref().as_str() {
+            // nginx's `expires max`: ten years.
+            "max" => Duration::from_secs(315_360_000),
+            _ => self.duration(&format!("routes[{i}].expires"), &r.expires, Duration::ZERO),
+        });
         Some(Route {
+            path_regex,
+            rewrite,
+            basic_auth,
+            expires,
             allow,
             deny,
             compress: r.compress.unwrap_or(false),
@@ -228,11 +293,95 @@ impl Validator<'_> {
         })
     }
 
+    /// `path_regex`: compiled, or the error with its position.
+    fn path_regex(&mut self, i: usize, r: &raw::Route) -> Option<regex::Regex> {
+        let p = r.path_regex.as_ref()?;
+        match regex::Regex::new(p.get_ref()) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.err(
+                    format!("routes[{i}].path_regex"),
+                    p.span(),
+                    format!("not a regular expression: {e}"),
+                    "write a Rust regex (like nginx's, without (?<name>) lookarounds), e.g. \"^/blog/(\\\\d+)/(.*)$\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// `basic_auth` (an htpasswd file, read now) and `basic_auth_realm`.
+    fn basic_auth(&mut self, i: usize, r: &raw::Route) -> Option<Arc<BasicAuth>> {
+        let f = r.basic_auth.as_ref()?;
+        let key = format!("routes[{i}].basic_auth");
+        let path = self.path(f.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(
+                    key,
+                    f.span(),
+                    format!("cannot read {}: {e}", path.display()),
+                    "create it with `htpasswd -cB FILE USER` (apache2-utils), readable by baton",
+                );
+                return None;
+            }
+        };
+        let mut users = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once(':') {
+                Some((u, h)) if known_hash(h.split(':').next().unwrap_or(h)) => {
+                    users.insert(u.to_string(), h.split(':').next().unwrap_or(h).to_string());
+                }
+                _ => {
+                    self.err(
+                        key.clone(),
+                        f.span(),
+                        format!("{} line {}: not a user with a password hash baton reads", path.display(), n + 1),
+                        "write lines with `htpasswd -B FILE USER` (bcrypt); $apr1$, {SHA}, $1$, $5$ and $6$ hashes are read too; plain-text passwords are not",
+                    );
+                    return None;
+                }
+            }
+        }
+        if users.is_empty() {
+            self.err(
+                key,
+                f.span(),
+                format!("{} has no users: nobody could get in", path.display()),
+                "add one with `htpasswd -B FILE USER`",
+            );
+            return None;
+        }
+        let realm = r
+            .basic_auth_realm
+            .as_ref()
+            .map_or_else(|| "Restricted".to_string(), |v| v.get_ref().clone());
+        if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+            self.err(
+                format!("routes[{i}].basic_auth_realm"),
+                r.basic_auth_realm.as_ref().map_or(0..0, |v| v.span()),
+                "a realm is shown in the browser's sign-in box: no quotes, backslashes or control characters",
+                "write basic_auth_realm = \"Staff only\"",
+            );
+        }
+        Some(Arc::new(BasicAuth {
+            realm,
+            users,
+            verified: Default::default(),
+        }))
+    }
+
     /// `redirect` and `redirect_status`.
     fn redirect(&mut self, i: usize, r: &raw::Route) -> Option<RouteRedirect> {
         let t = r.redirect.as_ref()?;
         let template = t.get_ref().clone();
         let mut rest = template.as_str();
+        // `$1`..`$9` are path_regex groups, checked with the route.
         while let Some(at) = rest.find('{') {
             let end = rest[at..].find('}').map_or(rest.len(), |e| at + e + 1);
             let name = &rest[at..end];
@@ -406,4 +555,25 @@ impl Validator<'_> {
 /// Whether route prefix `a` matches every path prefix `b` matches.
 fn path_prefix_covers(a: &str, b: &str) -> bool {
     b.starts_with(a) && (a.ends_with('/') || b.len() == a.len() || b[a.len()..].starts_with('/'))
+}
+
+/// The highest `$N` group a template names (`$$` is a literal `$`).
+fn highest_group(t: &str) -> Option<usize> {
+    let b = t.as_bytes();
+    let mut i = 0;
+    let mut max = None;
+    while i + 1 < b.len() {
+        if b[i] == b'$' {
+            if b[i + 1] == b'$' {
+                i += 2;
+                continue;
+            }
+            if (b'1'..=b'9').contains(&b[i + 1]) {
+                let n = (b[i + 1] - b'0') as usize;
+                max = Some(max.map_or(n, |m: usize| m.max(n)));
+            }
+        }
+        i += 1;
+    }
+    max
 }

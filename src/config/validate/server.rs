@@ -20,6 +20,7 @@ pub(super) struct ServerPart {
     pub admin_token: Option<String>,
     pub admin_hosts: Vec<String>,
     pub status_page: Option<String>,
+    pub user: Option<RunAs>,
 }
 
 impl Validator<'_> {
@@ -142,12 +143,26 @@ impl Validator<'_> {
             Some(f) => match f.get_ref().as_str() {
                 "json" => AccessFormat::Json,
                 "combined" => AccessFormat::Combined,
+                t if t.contains('$') => match LogVar::template(t) {
+                    Ok(pieces) => AccessFormat::Template(pieces),
+                    Err(e) => {
+                        let names: Vec<String> =
+                            LogVar::ALL.iter().map(|(n, _)| format!("${n}")).collect();
+                        self.err(
+                            "log.access_format",
+                            f.span(),
+                            format!("the access log template has {e}"),
+                            &format!("use these variables: {}", names.join(" ")),
+                        );
+                        AccessFormat::Json
+                    }
+                },
                 other => {
                     self.err(
                         "log.access_format",
                         f.span(),
                         format!("unknown access log format {other:?}"),
-                        "use \"json\" or \"combined\"",
+                        "use \"json\", \"combined\", or a template such as \"$remote_addr [$time_iso8601] \\\"$request\\\" $status $request_time $cause\"",
                     );
                     AccessFormat::Json
                 }
@@ -202,7 +217,30 @@ impl Validator<'_> {
             None => None,
         };
 
+        let user = server.user.as_ref().and_then(|u| {
+            let found = crate::config::values::lookup_user(u.get_ref());
+            if found.is_none() {
+                self.err(
+                    "server.user",
+                    u.span(),
+                    format!("no user {:?} on this machine", u.get_ref()),
+                    "name an existing unprivileged user, e.g. user = \"www-data\"",
+                );
+            }
+            found.filter(|r| {
+                if r.uid == 0 {
+                    self.err(
+                        "server.user",
+                        u.span(),
+                        "user is the account baton drops to after binding: root keeps every privilege",
+                        "name an unprivileged user, e.g. user = \"www-data\", or remove the key",
+                    );
+                }
+                r.uid != 0
+            })
+        });
         ServerPart {
+            user,
             listen,
             admin,
             workers,

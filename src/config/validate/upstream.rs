@@ -20,15 +20,30 @@ impl Validator<'_> {
         let n = name.get_ref();
         let key = |k: &str| format!("upstreams.{n}.{k}");
         let mut servers = Vec::new();
-        if u.servers.get_ref().is_empty() {
+        let is_static = u
+            .protocol
+            .as_ref()
+            .is_some_and(|p| p.get_ref() == "static");
+        let (listed, servers_span) = match &u.servers {
+            Some(s) => (s.get_ref().as_slice(), s.span()),
+            None => (&[][..], u.protocol.as_ref().map_or(0..0, |p| p.span())),
+        };
+        if is_static && !listed.is_empty() {
             self.err(
                 key("servers"),
-                u.servers.span(),
+                servers_span.clone(),
+                "a static upstream serves files itself: it has no servers",
+                "remove servers, or use protocol = \"fastcgi\" for PHP-FPM",
+            );
+        } else if !is_static && listed.is_empty() {
+            self.err(
+                key("servers"),
+                servers_span.clone(),
                 "an upstream needs at least one server",
-                "list addresses: servers = [\"127.0.0.1:3000\"]",
+                "list addresses: servers = [\"127.0.0.1:3000\"], or serve files with protocol = \"static\" and root = \"/var/www/html\"",
             );
         }
-        for s in u.servers.get_ref() {
+        for s in listed {
             self.place(format!("{}[{}]", key("servers"), servers.len()), s.span());
             match parse_server_spec(s.get_ref()) {
                 Ok(a) => servers.push(a),
@@ -59,7 +74,7 @@ impl Validator<'_> {
         if !servers.is_empty() && servers.iter().all(|s| s.backup) {
             self.err(
                 key("servers"),
-                u.servers.span(),
+                servers_span.clone(),
                 "every server is a backup: none would ever get traffic",
                 "remove `backup` from at least one server",
             );
@@ -150,7 +165,7 @@ impl Validator<'_> {
         let rt_span = u
             .read_timeout
             .as_ref()
-            .map_or(u.servers.span(), |r| r.span());
+            .map_or(servers_span, |r| r.span());
         if let Some((a, from)) = app_timeout
             && a >= read_timeout
         {
@@ -355,25 +370,31 @@ impl Validator<'_> {
         u: &raw::Upstream,
         tls: &Option<UpstreamTls>,
     ) -> Option<Arc<FastCgiConfig>> {
+        let mut is_static = false;
         let fcgi = match &u.protocol {
             None => false,
             Some(p) => match p.get_ref().as_str() {
                 "http" | "http2" | "grpc" => false,
                 "fastcgi" => true,
+                "static" => {
+                    is_static = true;
+                    true
+                }
                 other => {
                     self.err(
                         key("protocol"),
                         p.span(),
                         format!("unknown protocol {other:?}"),
-                        "use \"http\" (HTTP/1.1, the default), \"http2\" (or \"grpc\": HTTP/2, h2c or by ALPN over TLS) or \"fastcgi\" (PHP-FPM)",
+                        "use \"http\" (HTTP/1.1, the default), \"http2\" (or \"grpc\": HTTP/2, h2c or by ALPN over TLS), \"fastcgi\" (PHP-FPM) or \"static\" (files from root, no servers)",
                     );
                     false
                 }
             },
         };
         if !fcgi {
-            let only: [(&str, Option<Span>); 6] = [
+            let only: [(&str, Option<Span>); 7] = [
                 ("root", u.root.as_ref().map(|v| v.span())),
+                ("alias", u.alias.as_ref().map(|v| v.span())),
                 ("index", u.index.as_ref().map(|v| v.span())),
                 ("try_files", u.try_files.as_ref().map(|v| v.span())),
                 ("script_ext", u.script_ext.as_ref().map(|v| v.span())),
@@ -388,8 +409,8 @@ impl Validator<'_> {
                     self.err(
                         key(k),
                         span,
-                        format!("{k} only applies to FastCGI upstreams"),
-                        "add protocol = \"fastcgi\" to this upstream, or remove the key",
+                        format!("{k} only applies to FastCGI and static upstreams"),
+                        "add protocol = \"fastcgi\" (or \"static\") to this upstream, or remove the key",
                     );
                 }
             }
@@ -411,8 +432,8 @@ impl Validator<'_> {
                 self.err(
                     key("root"),
                     span,
-                    "a FastCGI upstream needs its document root",
-                    "add root = \"/var/www/html\" (the path PHP-FPM sees, for SCRIPT_FILENAME)",
+                    "a FastCGI or static upstream needs its document root",
+                    "add root = \"/var/www/html\" (for FastCGI, the path PHP-FPM sees, for SCRIPT_FILENAME)",
                 );
                 PathBuf::new()
             }
@@ -429,12 +450,37 @@ impl Validator<'_> {
                 p
             }
         };
+        let mut aliases = Vec::new();
+        for (prefix, dir) in u.alias.as_ref().map(|a| a.get_ref().iter()).into_iter().flatten() {
+            let span = u.alias.as_ref().map_or(0..0, |a| a.span());
+            if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
+                self.err(
+                    key("alias"),
+                    span.clone(),
+                    format!("alias prefix {prefix:?} must be a URL path under / ending in /"),
+                    "write alias = { \"/wp-content/\" = \"/var/lib/wordpress/wp-content/\" }",
+                );
+                continue;
+            }
+            let p = self.path(dir);
+            if !p.is_dir() {
+                self.err(
+                    key("alias"),
+                    span,
+                    format!("alias {prefix:?}: {} is not a directory", p.display()),
+                    "give the directory that URL prefix is served from",
+                );
+                continue;
+            }
+            aliases.push((prefix.clone(), p));
+        }
         let span = u.index.as_ref().map_or(0..0, |i| i.span());
         let mut index: Vec<String> = Vec::new();
+        let default_index = if is_static { "index.html" } else { "index.php" };
         for f in u
             .index
             .as_ref()
-            .map_or(vec!["index.php"], |i| i.get_ref().items())
+            .map_or(vec![default_index], |i| i.get_ref().items())
         {
             if f.split_whitespace().count() > 1 {
                 // nginx's `index index.php index.html;` habit.
@@ -457,6 +503,7 @@ impl Validator<'_> {
             }
         }
         let try_files = match &u.try_files {
+            None if is_static => vec!["$uri".into(), "$uri/".into(), "=404".into()],
             None => vec![
                 "$uri".to_string(),
                 "$uri/".to_string(),
@@ -495,11 +542,27 @@ impl Validator<'_> {
                 v
             }
         };
-        let script_ext = u
-            .script_ext
-            .as_ref()
-            .map_or_else(|| ".php".to_string(), |e| e.get_ref().clone());
-        if !script_ext.starts_with('.') || script_ext.len() < 2 {
+        if is_static {
+            for (k, span) in [
+                ("script_ext", u.script_ext.as_ref().map(|v| v.span())),
+                ("params", u.params.as_ref().map(|v| v.span())),
+            ] {
+                if let Some(span) = span {
+                    self.err(
+                        key(k),
+                        span,
+                        format!("{k} only applies to FastCGI upstreams: a static upstream runs no scripts"),
+                        "remove the key, or use protocol = \"fastcgi\"",
+                    );
+                }
+            }
+        }
+        let script_ext = match &u.script_ext {
+            _ if is_static => String::new(),
+            None => ".php".to_string(),
+            Some(e) => e.get_ref().clone(),
+        };
+        if !is_static && (!script_ext.starts_with('.') || script_ext.len() < 2) {
             let span = u.script_ext.as_ref().map_or(0..0, |e| e.span());
             self.err(
                 key("script_ext"),
@@ -521,6 +584,7 @@ impl Validator<'_> {
         );
         Some(Arc::new(FastCgiConfig {
             root,
+            aliases,
             index,
             try_files,
             script_ext,

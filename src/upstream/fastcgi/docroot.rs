@@ -55,12 +55,32 @@ fn decoded_path(path: &str) -> Option<String> {
     Some(d)
 }
 
-/// The document root, held open: every lookup is one `openat2` with
-/// `RESOLVE_BENEATH`, so the kernel refuses any path (`..`, a symbolic
-/// link) that would leave the root, and nothing is re-walked from `/`.
+/// The document root and the `alias` directories, held open: every
+/// lookup is one `openat2` with `RESOLVE_BENEATH`, so the kernel refuses
+/// any path (`..`, a symbolic link) that would leave the directory, and
+/// nothing is re-walked from `/`.
+///
+/// A symbolic link is followed only into the upstream's own directories
+/// (the root or an alias): Debian's WordPress links its themes from
+/// `/var/lib/wordpress/wp-content` back into `/usr/share/wordpress`. The
+/// link's target is resolved by the kernel (`canonicalize`), then opened
+/// beneath the directory that holds it, so a link swapped meanwhile can
+/// still not reach anything else.
 #[derive(Debug)]
 pub struct DocRoot {
-    dir: std::os::fd::OwnedFd,
+    /// `(url prefix, directory)`: the aliases, longest prefix first, then
+    /// the root as `/`.
+    dirs: Vec<Dir>,
+}
+
+#[derive(Debug)]
+struct Dir {
+    prefix: String,
+    fd: std::os::fd::OwnedFd,
+    /// As configured (for SCRIPT_FILENAME).
+    path: PathBuf,
+    /// With its links resolved (to match a link's target against).
+    real: PathBuf,
 }
 
 /// What a path under the root is.
@@ -72,38 +92,110 @@ enum Kind {
 }
 
 impl DocRoot {
-    pub fn open(path: &Path) -> io::Result<DocRoot> {
+    pub fn open(cfg: &FastCgiConfig) -> io::Result<DocRoot> {
         use nix::fcntl::OFlag;
-        let dir = nix::fcntl::open(
-            path,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        Ok(DocRoot { dir })
+        let mut all: Vec<(&str, &Path)> = cfg
+            .aliases
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_path()))
+            .collect();
+        all.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        all.push(("/", &cfg.root));
+        let mut dirs = Vec::new();
+        for (prefix, path) in all {
+            let fd = nix::fcntl::open(
+                path,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            dirs.push(Dir {
+                prefix: prefix.to_string(),
+                fd,
+                path: path.to_path_buf(),
+                real: std::fs::canonicalize(path)?,
+            });
+        }
+        Ok(DocRoot { dirs })
+    }
+
+    /// The directory a URL path is under, and the path relative to it.
+    fn place<'p>(&self, path: &'p str) -> (&Dir, &'p str) {
+        for d in &self.dirs {
+            if let Some(rest) = path.strip_prefix(d.prefix.as_str()) {
+                return (d, rest);
+            }
+            // `/wp-content` itself: the alias's directory.
+            if d.prefix.len() > 1 && path == &d.prefix[..d.prefix.len() - 1] {
+                return (d, "");
+            }
+        }
+        let root = self.dirs.last().expect("the root is always there");
+        (root, path.trim_start_matches('/'))
+    }
+
+    /// The file name a URL path maps to (SCRIPT_FILENAME).
+    fn filename(&self, cfg: &FastCgiConfig, path: &str) -> PathBuf {
+        let (d, rel) = self.place(path);
+        if d.prefix == "/" {
+            return script_filename(cfg, path);
+        }
+        d.path.join(rel)
     }
 
     fn lookup(&self, path: &str, read: bool) -> Kind {
-        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-        let rel = path.trim_start_matches('/');
-        let rel = if rel.is_empty() { "." } else { rel };
-        // openat2 refuses O_PATH with any flag but O_CLOEXEC (EINVAL).
-        let flags = if read {
-            OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK
-        } else {
-            OFlag::O_PATH
-        };
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        match nix::fcntl::openat2(&self.dir, rel, how) {
-            Ok(fd) => match nix::sys::stat::fstat(&fd) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Kind::File(fd),
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Kind::Dir,
-                _ => Kind::Missing,
-            },
-            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => Kind::Escapes,
-            Err(_) => Kind::Missing,
+        let (d, rel) = self.place(path);
+        match open_beneath(&d.fd, rel, read) {
+            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => self.follow(d, rel, read),
+            r => kind(r),
         }
+    }
+
+    /// A path whose symbolic link leads out of its directory: allowed
+    /// only into another of the upstream's directories.
+    fn follow(&self, d: &Dir, rel: &str, read: bool) -> Kind {
+        let Ok(target) = std::fs::canonicalize(d.path.join(rel)) else {
+            return Kind::Missing;
+        };
+        for other in &self.dirs {
+            if let Ok(inner) = target.strip_prefix(&other.real) {
+                let Some(inner) = inner.to_str() else { break };
+                return match open_beneath(&other.fd, inner, read) {
+                    Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => Kind::Escapes,
+                    r => kind(r),
+                };
+            }
+        }
+        Kind::Escapes
+    }
+}
+
+fn open_beneath(
+    dir: &std::os::fd::OwnedFd,
+    rel: &str,
+    read: bool,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let rel = if rel.is_empty() { "." } else { rel };
+    // openat2 refuses O_PATH with any flag but O_CLOEXEC (EINVAL).
+    let flags = if read {
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK
+    } else {
+        OFlag::O_PATH
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    nix::fcntl::openat2(dir, rel, how)
+}
+
+fn kind(r: nix::Result<std::os::fd::OwnedFd>) -> Kind {
+    match r {
+        Ok(fd) => match nix::sys::stat::fstat(&fd) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Kind::File(fd),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Kind::Dir,
+            _ => Kind::Missing,
+        },
+        Err(_) => Kind::Missing,
     }
 }
 
@@ -167,10 +259,11 @@ pub fn resolve(cfg: &FastCgiConfig, root: &DocRoot, raw_path: &str, query: &str)
 /// file, if it exists.
 fn script_or_file(cfg: &FastCgiConfig, root: &DocRoot, path: &str, query: &str) -> Target {
     let ext = &cfg.script_ext;
+    // A static upstream (no script extension) has no scripts.
     let split = path
         .match_indices(ext.as_str())
         .map(|(i, _)| i + ext.len())
-        .find(|&end| end == path.len() || path.as_bytes()[end] == b'/');
+        .find(|&end| !ext.is_empty() && (end == path.len() || path.as_bytes()[end] == b'/'));
     match split {
         Some(end) => {
             let name = &path[..end];
@@ -178,7 +271,7 @@ fn script_or_file(cfg: &FastCgiConfig, root: &DocRoot, path: &str, query: &str) 
                 Kind::File(_) => Target::Script(Script {
                     name: name.to_string(),
                     path_info: path[end..].to_string(),
-                    filename: script_filename(cfg, name),
+                    filename: root.filename(cfg, name),
                     query: query.to_string(),
                 }),
                 Kind::Escapes => Target::Forbidden,
@@ -193,7 +286,8 @@ fn script_or_file(cfg: &FastCgiConfig, root: &DocRoot, path: &str, query: &str) 
     }
 }
 
-/// SCRIPT_FILENAME: the configured root (as PHP-FPM sees it) + the name.
+/// SCRIPT_FILENAME of a path under the root itself (the health check's
+/// ping path): the configured root (as PHP-FPM sees it) + the name.
 pub(super) fn script_filename(cfg: &FastCgiConfig, name: &str) -> PathBuf {
     let mut f = cfg.root.as_os_str().to_owned();
     if cfg.root.as_os_str().as_encoded_bytes().last() == Some(&b'/') {
