@@ -13,6 +13,7 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"       # a supervised 
 command -v haproxy >/dev/null 2>&1 || need="$need haproxy"       # `baton logs` reads a real HAProxy's log
 [ -x /usr/sbin/apache2 ] || need="$need apache2"                  # ... and a real Apache's
 command -v pebble >/dev/null 2>&1 || need="$need pebble"         # a real ACME CA for automatic certificates
+command -v htpasswd >/dev/null 2>&1 || need="$need apache2-utils"  # basic_auth files as htpasswd writes them
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

@@ -24,5 +24,6 @@ mod logs_corpus;
 mod proxying;
 mod real_client;
 mod resilience;
+mod site;
 mod supervise;
 mod tls;

@@ -20,10 +20,7 @@ impl Validator<'_> {
         let n = name.get_ref();
         let key = |k: &str| format!("upstreams.{n}.{k}");
         let mut servers = Vec::new();
-        let is_static = u
-            .protocol
-            .as_ref()
-            .is_some_and(|p| p.get_ref() == "static");
+        let is_static = u.protocol.as_ref().is_some_and(|p| p.get_ref() == "static");
         let (listed, servers_span) = match &u.servers {
             Some(s) => (s.get_ref().as_slice(), s.span()),
             None => (&[][..], u.protocol.as_ref().map_or(0..0, |p| p.span())),
@@ -162,10 +159,7 @@ impl Validator<'_> {
                 .and_then(gunicorn_timeout)
                 .map(|t| (t, "gunicorn's --timeout")),
         };
-        let rt_span = u
-            .read_timeout
-            .as_ref()
-            .map_or(servers_span, |r| r.span());
+        let rt_span = u.read_timeout.as_ref().map_or(servers_span, |r| r.span());
         if let Some((a, from)) = app_timeout
             && a >= read_timeout
         {
@@ -451,7 +445,13 @@ impl Validator<'_> {
             }
         };
         let mut aliases = Vec::new();
-        for (prefix, dir) in u.alias.as_ref().map(|a| a.get_ref().iter()).into_iter().flatten() {
+        for (prefix, dir) in u
+            .alias
+            .as_ref()
+            .map(|a| a.get_ref().iter())
+            .into_iter()
+            .flatten()
+        {
             let span = u.alias.as_ref().map_or(0..0, |a| a.span());
             if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix == "/" {
                 self.err(

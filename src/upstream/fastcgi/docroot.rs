@@ -145,7 +145,9 @@ impl DocRoot {
     fn lookup(&self, path: &str, read: bool) -> Kind {
         let (d, rel) = self.place(path);
         match open_beneath(&d.fd, rel, read) {
-            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => self.follow(d, rel, read),
+            Err(nix::errno::Errno::EXDEV) | Err(nix::errno::Errno::ELOOP) => {
+                self.follow(d, rel, read)
+            }
             r => kind(r),
         }
     }
