@@ -9,6 +9,7 @@
 pub mod check;
 pub mod demo;
 pub mod doctor;
+mod import;
 mod incidents;
 pub mod logs;
 mod reload;
@@ -101,6 +102,32 @@ enum Cmd {
     },
     /// Print the cause table (the one in docs/errors.md).
     Causes,
+    /// Read an nginx or Apache config (includes, server blocks or
+    /// virtual hosts, locations, upstreams) and write a baton.toml, with a
+    /// report of each directive: mapped, approximated or not mapped, and
+    /// why. Exit 0: written and it loads, 1: written but `baton check`
+    /// finds errors, 2: could not read.
+    Import {
+        /// `nginx` or `apache`.
+        server: String,
+        /// nginx.conf or a site's file (sites-available/...); Apache's
+        /// vhost files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the config here instead of stdout.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Write the report here instead of stderr.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Listen here instead of the imported addresses (to try it
+        /// beside the server it came from); repeatable.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// HTTPS listen addresses instead of the imported ones.
+        #[arg(long)]
+        listen_tls: Vec<String>,
+    },
     /// Walk an upstream step by step (socket, DNS, connect, TLS, HTTP) and
     /// say what is wrong and how to fix it. Exit 0: nothing wrong, 1: a
     /// problem found, 2: could not run.
@@ -215,6 +242,21 @@ pub fn run() -> ExitCode {
             follow,
         })),
         Cmd::Doctor(args) => doctor::command::run(args),
+        Cmd::Import {
+            server,
+            files,
+            out,
+            report,
+            listen,
+            listen_tls,
+        } => ExitCode::from(import::run(&import::Options {
+            kind: server,
+            files,
+            out,
+            report,
+            listen,
+            listen_tls,
+        })),
         Cmd::Causes => {
             print!("{}", crate::core::cause::Cause::markdown_table());
             ExitCode::SUCCESS

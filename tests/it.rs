@@ -15,6 +15,7 @@ mod framing;
 mod grpc;
 mod hardening;
 mod https;
+mod import;
 mod incidents;
 mod keepalive;
 mod layers;
