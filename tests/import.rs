@@ -459,3 +459,118 @@ fn the_https_parts_of_a_config_import() {
         "{report}"
     );
 }
+
+/// `baton import apache`: Debian's default vhost loads; a vhost with a
+/// document root, an alias, a proxied API with its prefix replaced, a
+/// redirect and header rules serves the same as Apache running it.
+#[tokio::test]
+async fn an_apache_vhost_serves_the_same() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "import",
+            "apache",
+            "/etc/apache2/sites-available/000-default.conf",
+        ])
+        .output()
+        .unwrap();
+    let (toml, report) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{toml}\n{report}");
+    assert!(toml.contains("root = \"/var/www/html\""), "{toml}");
+    assert!(toml.contains("access_format = \"combined\""), "{toml}");
+
+    let api = Origin::start(Script::Echo).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    php::set_mode(dir.path(), 0o755);
+    let d = dir.path().display().to_string();
+    let www = dir.path().join("www");
+    let media = dir.path().join("media");
+    for p in [&www, &www.join("docs"), &media] {
+        std::fs::create_dir_all(p).unwrap();
+        php::set_mode(p, 0o755);
+    }
+    for (f, body) in [
+        (www.join("index.html"), "<h1>home</h1>"),
+        (www.join("docs/index.html"), "<h1>docs</h1>"),
+        (media.join("a.txt"), "media file"),
+    ] {
+        std::fs::write(&f, body).unwrap();
+        php::set_mode(&f, 0o644);
+    }
+    let port = loopback().port();
+    let vhost = dir.path().join("site.conf");
+    std::fs::write(
+        &vhost,
+        format!(
+            "<VirtualHost 127.0.0.1:{port}>\n    ServerName example.com\n    DocumentRoot {d}/www\n    Alias /media {d}/media\n    ProxyPass /api/ http://{api}/v1/\n    ProxyPassReverse /api/ http://{api}/v1/\n    Redirect permanent /old /docs\n    Header always set X-Frame-Options DENY\n    Header unset X-Powered-By\n</VirtualHost>\n",
+            api = api.addr
+        ),
+    )
+    .unwrap();
+    let m = "/usr/lib/apache2/modules";
+    let main = dir.path().join("apache2.conf");
+    std::fs::write(
+        &main,
+        format!(
+            "ServerRoot {d}\nServerName localhost\nListen 127.0.0.1:{port}\nPidFile {d}/httpd.pid\nDefaultRuntimeDir {d}\nMutex file:{d} default\nErrorLog {d}/error.log\nUser www-data\nGroup www-data\nLoadModule mpm_event_module {m}/mod_mpm_event.so\nLoadModule authz_core_module {m}/mod_authz_core.so\nLoadModule dir_module {m}/mod_dir.so\nLoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\nLoadModule alias_module {m}/mod_alias.so\nLoadModule headers_module {m}/mod_headers.so\nLoadModule proxy_module {m}/mod_proxy.so\nLoadModule proxy_http_module {m}/mod_proxy_http.so\n<Directory {d}>\n    Require all granted\n</Directory>\nInclude {}\n",
+            vhost.display()
+        ),
+    )
+    .unwrap();
+    let b = loopback();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["import", "apache"])
+        .arg(&vhost)
+        .args(["--listen", &b.to_string(), "--out"])
+        .arg(dir.path().join("baton.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _apache = real_proxy("apache2", &main, n, None).await;
+    let _baton = peer(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("baton.toml"))
+            .env("BATON_STATE_DIR", dir.path().join("state"))
+            .stderr(std::process::Stdio::null()),
+        b,
+    )
+    .await;
+    for path in [
+        "/",
+        "/docs/",
+        "/docs",
+        "/media/a.txt",
+        "/api/users?x=1",
+        "/old/page",
+        "/nothing",
+    ] {
+        let (x, y) = both(n, b, || get_with(path, "host", "example.com")).await;
+        assert_eq!(x.status, y.status, "{path}");
+        assert_eq!(
+            x.header("x-frame-options"),
+            y.header("x-frame-options"),
+            "{path}"
+        );
+        let loc = |r: &Resp| {
+            r.header("location")
+                .trim_start_matches(&format!("http://example.com:{port}"))
+                .trim_start_matches("http://example.com")
+                .to_string()
+        };
+        assert_eq!(loc(&x), loc(&y), "{path}");
+        if x.status == 200 && x.header("content-type").starts_with("application/json") {
+            assert_eq!(x.json()["path"], y.json()["path"], "{path}");
+        } else if x.status == 200 {
+            assert_eq!(x.body, y.body, "{path}");
+        }
+    }
+}
