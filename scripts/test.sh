@@ -14,6 +14,8 @@ command -v haproxy >/dev/null 2>&1 || need="$need haproxy"       # `baton logs` 
 [ -x /usr/sbin/apache2 ] || need="$need apache2"                  # ... and a real Apache's
 command -v pebble >/dev/null 2>&1 || need="$need pebble"         # a real ACME CA for automatic certificates
 command -v htpasswd >/dev/null 2>&1 || need="$need apache2-utils"  # basic_auth files as htpasswd writes them
+[ -d /usr/share/wordpress ] || need="$need wordpress"           # Debian's WordPress side by side with nginx
+command -v mariadbd >/dev/null 2>&1 || need="$need mariadb-server" # ... on its database
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need

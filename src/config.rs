@@ -478,8 +478,9 @@ pub struct FastCgiConfig {
     pub script_ext: String,
     /// Extra parameters (`fastcgi_param`), sent after the standard ones.
     pub params: Vec<(String, String)>,
-    /// `Cache-Control: max-age` for static files (0: `no-cache`).
-    pub static_max_age: Duration,
+    /// `Cache-Control: max-age` for static files (0: `no-cache`; `None`,
+    /// written "off": no Cache-Control).
+    pub static_max_age: Option<Duration>,
 }
 
 /// `[upstreams.NAME.process]`: a supervised backend.

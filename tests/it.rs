@@ -28,3 +28,4 @@ mod resilience;
 mod site;
 mod supervise;
 mod tls;
+mod wordpress;

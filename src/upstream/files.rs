@@ -33,7 +33,7 @@ pub fn answer(
     name: &str,
     method: &Method,
     req: &HeaderMap,
-    max_age: Duration,
+    max_age: Option<Duration>,
 ) -> Answer {
     let mut headers = HeaderMap::new();
     if method != Method::GET && method != Method::HEAD {
@@ -57,12 +57,14 @@ pub fn answer(
     if let Ok(v) = HeaderValue::from_str(&last_modified) {
         headers.insert(header::LAST_MODIFIED, v);
     }
-    let cc = if max_age.is_zero() {
-        "no-cache".to_string()
-    } else {
-        format!("public, max-age={}", max_age.as_secs())
-    };
-    if let Ok(v) = HeaderValue::from_str(&cc) {
+    let cc = max_age.map(|a| {
+        if a.is_zero() {
+            "no-cache".to_string()
+        } else {
+            format!("public, max-age={}", a.as_secs())
+        }
+    });
+    if let Some(v) = cc.and_then(|c| HeaderValue::from_str(&c).ok()) {
         headers.insert(header::CACHE_CONTROL, v);
     }
     let not_modified = match req.get(header::IF_NONE_MATCH) {

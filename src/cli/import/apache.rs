@@ -629,6 +629,8 @@ fn vhost(plan: &mut Plan, v: &Node) {
             }
         }
         k.insert("root".into(), s(r));
+        // Apache sends no Cache-Control for a file unless told.
+        k.insert("static_max_age".into(), s("off"));
         let idx = index.clone().unwrap_or_else(|| vec!["index.html".into()]);
         k.insert("index".into(), strings(&idx));
         if !aliases.is_empty() {

@@ -1194,6 +1194,8 @@ fn files_upstream(
         }
     }
     k.insert("root".into(), s(root));
+    // nginx sends no Cache-Control for a file unless `expires` says so.
+    k.insert("static_max_age".into(), s("off"));
     if let Some(i) = &inh.index {
         k.insert("index".into(), strings(i));
     } else if fastcgi.is_none() {
@@ -1743,15 +1745,14 @@ fn server(
             );
             continue;
         }
-        if !effective && route_keys(&linh, http) == route_keys(&inh, http) {
-            plan.note(
-                at,
-                &l.text(),
-                Verdict::Mapped,
-                "nothing baton needs a route for",
-            );
-            continue;
-        }
+        // Kept even when it only serves files as the server does: in
+        // nginx it takes its paths from every location after it (a
+        // later regex with `expires` does not apply to them).
+        let why = if !effective && route_keys(&linh, http) == route_keys(&inh, http) {
+            "a route of its own, as the server's, so routes after it do not take its paths (nginx's first match)"
+        } else {
+            "a route (in nginx's order: exact, ^~, regex, then longest prefix)"
+        };
         match (&prefix, &regex, &rewrite) {
             (Some(p), _, Some(w)) => {
                 let base = p.trim_end_matches('/');
@@ -1769,12 +1770,7 @@ fn server(
             }
             _ => {}
         }
-        plan.note(
-            at,
-            &l.text(),
-            Verdict::Mapped,
-            "a route (in nginx's order: exact, ^~, regex, then longest prefix)",
-        );
+        plan.note(at, &l.text(), Verdict::Mapped, why);
         out.push(route);
     }
     let catch_all = catch_all.or_else(|| {

@@ -577,11 +577,16 @@ impl Validator<'_> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         });
-        let static_max_age = self.duration(
-            &key("static_max_age"),
-            &u.static_max_age,
-            Duration::from_secs(3600),
-        );
+        // "off": no Cache-Control at all (nginx's and Apache's default;
+        // `baton import` writes it).
+        let static_max_age = match &u.static_max_age {
+            Some(v) if v.get_ref() == "off" => None,
+            _ => Some(self.duration(
+                &key("static_max_age"),
+                &u.static_max_age,
+                Duration::from_secs(3600),
+            )),
+        };
         Some(Arc::new(FastCgiConfig {
             root,
             aliases,
