@@ -63,7 +63,7 @@ impl Body for RespBody {
         match self {
             RespBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RespBody::Proxied(p) => p.body.size_hint(),
-            RespBody::File(_) => SizeHint::default(),
+            RespBody::File(f) => SizeHint::with_exact(f.remaining()),
             RespBody::Encoded(e) => e.size_hint(),
         }
     }

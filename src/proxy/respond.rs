@@ -152,9 +152,9 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
         }
         Answer::File(a) => {
             let a = *a;
-            let len = a.body.as_ref().map_or(0, |b| b.1);
+            let len = a.body.as_ref().map_or(0, files::FileBody::remaining);
             let mut r = Response::new(match a.body {
-                Some((f, n)) => RespBody::File(Box::new(files::FileBody::new(f, n))),
+                Some(f) => RespBody::File(Box::new(f)),
                 None => RespBody::Local(None),
             });
             *r.status_mut() = a.status;
