@@ -75,15 +75,7 @@ async fn side_by_side(
     let (code, toml, report) = import(&main, b_addr, dir);
     assert_eq!(code, 0, "{toml}\n{report}");
     let nginx = real_proxy("nginx", &main, n_addr, None).await;
-    let baton = peer(
-        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(dir.join("baton.toml"))
-            .env("BATON_STATE_DIR", dir.join("state"))
-            .stderr(std::process::Stdio::null()),
-        b_addr,
-    )
-    .await;
+    let baton = serve_file(&dir.join("baton.toml"), b_addr, &dir.join("state")).await;
     (n_addr, b_addr, nginx, baton, toml, report)
 }
 
@@ -535,15 +527,7 @@ async fn an_apache_vhost_serves_the_same() {
     );
     let n: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _apache = real_proxy("apache2", &main, n, None).await;
-    let _baton = peer(
-        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("baton.toml"))
-            .env("BATON_STATE_DIR", dir.path().join("state"))
-            .stderr(std::process::Stdio::null()),
-        b,
-    )
-    .await;
+    let _baton = serve_file(&dir.path().join("baton.toml"), b, &dir.path().join("state")).await;
     for path in [
         "/",
         "/docs/",

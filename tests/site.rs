@@ -324,17 +324,7 @@ async fn user_drops_privileges_after_binding() {
         ),
     )
     .unwrap();
-    let child = peer(
-        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            // The state directory (incidents) is handed to the user: this
-            // test's, not the machine's.
-            .env("BATON_STATE_DIR", dir.path().join("state"))
-            .stderr(std::process::Stdio::null()),
-        addr,
-    )
-    .await;
+    let child = serve_file(&cfg, addr, &dir.path().join("state")).await;
     assert_eq!(send(addr, get("/")).await.status, 200);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;

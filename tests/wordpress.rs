@@ -348,15 +348,7 @@ async fn debians_wordpress_behind_nginx_and_behind_baton() {
     let toml = std::fs::read_to_string(dir.path().join("baton.toml")).unwrap();
     assert!(toml.contains("\"/wp-content/\""), "{toml}");
     let _nginx = real_proxy("nginx", &main, n, None).await;
-    let _baton = peer(
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("baton.toml"))
-            .env("BATON_STATE_DIR", dir.path().join("state"))
-            .stderr(Stdio::null()),
-        b,
-    )
-    .await;
+    let _baton = serve_file(&dir.path().join("baton.toml"), b, &dir.path().join("state")).await;
 
     // Install, through baton.
     let none = Jar::default();

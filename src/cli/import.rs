@@ -96,6 +96,17 @@ impl Plan {
         n
     }
 
+    /// nginx's and Apache's `user`: the account baton drops to.
+    pub fn user(&mut self, at: &At, directive: &str, name: &str) {
+        self.server.insert("user".into(), s(name));
+        self.note(
+            at,
+            directive,
+            Verdict::Mapped,
+            "server.user: baton drops to it after binding its ports",
+        );
+    }
+
     pub fn upstream_keys(&mut self, name: &str) -> Option<&mut Map<String, Value>> {
         self.upstreams
             .iter_mut()

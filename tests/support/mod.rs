@@ -504,6 +504,20 @@ pub async fn serve_child(
     (addr, child)
 }
 
+/// `baton serve --config cfg` as its own process, with its state
+/// directory (incidents) under `state`, waiting until it listens on `addr`.
+pub async fn serve_file(cfg: &std::path::Path, addr: SocketAddr, state: &std::path::Path) -> Reap {
+    peer(
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("BATON_STATE_DIR", state)
+            .stderr(std::process::Stdio::null()),
+        addr,
+    )
+    .await
+}
+
 /// A TLS server config (ring, safe defaults) serving one certificate with
 /// its PKCS#8 key.
 pub fn tls_server(

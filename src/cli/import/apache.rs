@@ -219,13 +219,7 @@ fn collect(plan: &mut Plan, nodes: &[Node], vhosts: &mut Vec<Node>) {
                 "read with each VirtualHost's address",
             ),
             ("User", None) => {
-                plan.server.insert("user".into(), s(n.arg(0)));
-                plan.note(
-                    &n.at,
-                    &n.text(),
-                    Verdict::Mapped,
-                    "server.user: baton drops to it after binding its ports",
-                );
+                plan.user(&n.at, &n.text(), n.arg(0));
             }
             _ => plan.note(
                 &n.at,

@@ -523,13 +523,7 @@ fn walk_top(
                 );
             }
             ("user", None) => {
-                plan.server.insert("user".into(), s(d.arg(0)));
-                plan.note(
-                    &d.at,
-                    &d.text(),
-                    Verdict::Mapped,
-                    "server.user: baton drops to it after binding its ports",
-                );
+                plan.user(&d.at, &d.text(), d.arg(0));
             }
             ("worker_processes", None) => {
                 if let Ok(n) = d.arg(0).parse::<i64>() {
