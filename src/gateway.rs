@@ -41,6 +41,9 @@ pub struct Gateway {
     pub https_port: std::sync::atomic::AtomicU16,
     /// HTTPS listeners' certificates (the config's and ACME's).
     pub tls: tls::Tls,
+    /// Small static files' contents, for every upstream's root (kept
+    /// across reloads; each hit is checked against the file's `fstat`).
+    pub files: crate::upstream::files::FileCache,
     /// The `[tls.acme]` task, and the config it runs.
     acme: std::sync::Mutex<Option<(crate::config::AcmeConfig, tokio::task::JoinHandle<()>)>>,
 }
@@ -59,6 +62,7 @@ impl Gateway {
             ids: RequestIds::new(),
             supervisors: ArcSwap::from_pointee(Default::default()),
             https_port: std::sync::atomic::AtomicU16::new(0),
+            files: crate::upstream::files::FileCache::new(64 * 1024 * 1024),
             acme: std::sync::Mutex::new(None),
         }
     }

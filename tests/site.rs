@@ -193,13 +193,18 @@ async fn static_sites_and_spas_without_an_application() {
     assert_eq!(r.header("cache-control"), "max-age=2592000");
     let r = send(gw.addr, get_with("/assets/app.js", "range", "bytes=8-")).await;
     assert_eq!((r.status, r.text().as_str()), (206, "log(1)"));
+    // Small files are kept in memory: an edit (here the same size, within
+    // the same second) is served at once.
+    std::fs::write(site.join("assets/app.js"), "console.log(2)").unwrap();
+    let r = send(gw.addr, get("/assets/app.js")).await;
+    assert_eq!(r.text(), "console.log(2)");
     // The SPA: any path is the app's page, a file is itself.
     for p in ["/", "/settings/profile", "/docs"] {
         let r = send(gw.addr, get_with(p, "host", "app.test")).await;
         assert_eq!((r.status, r.text().as_str()), (200, "<h1>home</h1>"), "{p}");
     }
     let r = send(gw.addr, get_with("/assets/app.js", "host", "app.test")).await;
-    assert_eq!(r.text(), "console.log(1)");
+    assert_eq!(r.text(), "console.log(2)");
     gw.stop().await;
     // A static upstream has no servers and runs no scripts.
     let e = baton::config::parse(

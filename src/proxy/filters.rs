@@ -343,6 +343,7 @@ fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
             req.method(),
             req.headers(),
             fc.static_max_age,
+            &ctx.gw.files,
         )))),
         Target::NotFound => Err(Answer::failure(Failure::with(
             Cause::FileNotFound,

@@ -11,6 +11,7 @@
 //! the root) or serve scripts.
 
 use std::io;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -33,6 +34,7 @@ pub fn answer(
     method: &Method,
     req: &HeaderMap,
     max_age: Option<Duration>,
+    cache: &FileCache,
 ) -> Answer {
     let mut headers = HeaderMap::new();
     if method != Method::GET && method != Method::HEAD {
@@ -43,9 +45,10 @@ pub fn answer(
             body: None,
         };
     }
-    let (len, mtime) = match file.metadata() {
-        Ok(m) => (m.len(), m.modified().unwrap_or(UNIX_EPOCH)),
-        Err(_) => (0, UNIX_EPOCH),
+    let meta = file.metadata().ok();
+    let (len, mtime) = match &meta {
+        Some(m) => (m.len(), m.modified().unwrap_or(UNIX_EPOCH)),
+        None => (0, UNIX_EPOCH),
     };
     let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let etag = format!("\"{secs:x}-{len:x}\"");
@@ -144,7 +147,20 @@ pub fn answer(
         _ => (StatusCode::OK, 0, len),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let body = (method == Method::GET).then(|| FileBody::new(file, start, count));
+    let body = (method == Method::GET).then(|| {
+        let whole = meta
+            .as_ref()
+            .filter(|_| len <= SMALL)
+            .and_then(|m| cache.get(&file, m).ok());
+        match whole {
+            Some(b) => FileBody::Memory(Some(b.slice(start as usize..(start + count) as usize))),
+            None => FileBody::Disk {
+                file,
+                offset: start,
+                left: count,
+            },
+        }
+    });
     Answer {
         status,
         headers,
@@ -194,63 +210,118 @@ fn byte_range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     }
 }
 
-/// A file's bytes, read with `pread` from the request's own task: the
-/// whole file in one read when it is small (the usual asset), else
-/// 256 KiB at a time. A read of the page cache takes microseconds, far
-/// less than the thread hop an async file read costs (tokio's files go
-/// through its blocking pool for every read), which is what nginx does
-/// too without `aio`. hyper writes `Bytes`, so `sendfile` is not
-/// available here.
-pub struct FileBody {
-    file: std::fs::File,
-    offset: u64,
-    left: u64,
+/// Small files kept in memory, keyed by device and inode and checked
+/// against the modification time and size `fstat` gives on every request
+/// (so an edited file is read again at once). nginx keeps descriptors
+/// (`open_file_cache`) and sends with `sendfile`; hyper writes `Bytes`, so
+/// the contents themselves are what saves the work here: a hit is a
+/// reference count, no read, no copy into a new buffer.
+pub struct FileCache {
+    files: moka::sync::Cache<(u64, u64), Arc<Cached>>,
 }
 
-/// Files up to this size are read in one piece.
-const ONE_READ: u64 = 256 * 1024;
+pub struct Cached {
+    mtime_ns: i128,
+    bytes: Bytes,
+}
 
-impl FileBody {
-    pub fn new(file: std::fs::File, offset: u64, len: u64) -> Self {
-        FileBody {
-            file,
-            offset,
-            left: len,
+/// Files up to this size are kept whole; larger ones are read in pieces
+/// of this size.
+const SMALL: u64 = 1024 * 1024;
+const PIECE: u64 = 256 * 1024;
+
+impl FileCache {
+    /// Up to `bytes` of file contents.
+    pub fn new(bytes: u64) -> Self {
+        FileCache {
+            files: moka::sync::Cache::builder()
+                .max_capacity(bytes)
+                .weigher(|_, c: &Arc<Cached>| u32::try_from(c.bytes.len()).unwrap_or(u32::MAX))
+                .build(),
         }
     }
 
-    pub fn poll_chunk(&mut self, _cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        use std::os::unix::fs::FileExt;
-        if self.left == 0 {
-            return Poll::Ready(None);
+    /// The whole file, from memory when it is the same file as last read.
+    fn get(&self, file: &std::fs::File, m: &std::fs::Metadata) -> io::Result<Bytes> {
+        use std::os::unix::fs::MetadataExt;
+        let key = (m.dev(), m.ino());
+        let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        if let Some(c) = self.files.get(&key)
+            && c.mtime_ns == mtime_ns
+            && c.bytes.len() as u64 == m.len()
+        {
+            return Ok(c.bytes.clone());
         }
-        let want = self.left.min(ONE_READ) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        let mut got = 0;
-        while got < want {
-            match self.file.read_at(&mut buf[got..], self.offset + got as u64) {
-                Ok(0) => {
-                    // The file shrank while being served.
-                    self.left = 0;
-                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+        let bytes = read_at(file, 0, m.len() as usize)?;
+        self.files.insert(
+            key,
+            Arc::new(Cached {
+                mtime_ns,
+                bytes: bytes.clone(),
+            }),
+        );
+        Ok(bytes)
+    }
+}
+
+/// `len` bytes at `offset`, in one buffer.
+fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf.freeze())
+}
+
+/// A file's bytes: in memory (a small file, from the [`FileCache`]), or
+/// read with `pread` from the request's own task 256 KiB at a time. A read
+/// of the page cache takes microseconds, far less than the thread hop an
+/// async file read costs (tokio's files go through its blocking pool for
+/// every read); nginx reads the same way without `aio`.
+pub enum FileBody {
+    Memory(Option<Bytes>),
+    Disk {
+        file: std::fs::File,
+        offset: u64,
+        left: u64,
+    },
+}
+
+impl FileBody {
+    pub fn poll_chunk(&mut self, _cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        match self {
+            FileBody::Memory(b) => Poll::Ready(b.take().map(Ok)),
+            FileBody::Disk { left: 0, .. } => Poll::Ready(None),
+            FileBody::Disk { file, offset, left } => {
+                let want = (*left).min(PIECE) as usize;
+                match read_at(file, *offset, want) {
+                    Ok(b) => {
+                        *offset += want as u64;
+                        *left -= want as u64;
+                        Poll::Ready(Some(Ok(b)))
+                    }
+                    Err(e) => {
+                        // The file shrank while being served, or the disk failed.
+                        *left = 0;
+                        Poll::Ready(Some(Err(e)))
+                    }
                 }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
             }
         }
-        self.offset += want as u64;
-        self.left -= want as u64;
-        Poll::Ready(Some(Ok(buf.freeze())))
     }
 
     pub fn is_end(&self) -> bool {
-        self.left == 0
+        match self {
+            FileBody::Memory(b) => b.is_none(),
+            FileBody::Disk { left, .. } => *left == 0,
+        }
     }
 
     /// The bytes still to send.
     pub fn remaining(&self) -> u64 {
-        self.left
+        match self {
+            FileBody::Memory(b) => b.as_ref().map_or(0, |b| b.len() as u64),
+            FileBody::Disk { left, .. } => *left,
+        }
     }
 }
 
