@@ -1,11 +1,11 @@
-//! Static files from a FastCGI upstream's document root.
+//! Static files from a FastCGI or static upstream's document root.
 //!
 //! Owns: answering GET and HEAD for a file `fastcgi::resolve` found under
 //! the root: `Content-Type` from the extension, `Last-Modified` and a
 //! strong `ETag` (modification time and size, as nginx), `304` for
 //! `If-None-Match`/`If-Modified-Since`, one byte range (`206`, `416`,
 //! `If-Range`; RFC 9110 §14), `Cache-Control: max-age`, and the body
-//! streamed in 64 KiB reads.
+//! (small files from memory, [`FileCache`]).
 //!
 //! Must not: map paths (that is `fastcgi::resolve`, which keeps them under
 //! the root) or serve scripts.
@@ -45,37 +45,37 @@ pub fn answer(
             body: None,
         };
     }
-    let meta = file.metadata().ok();
-    let (len, mtime) = match &meta {
-        Some(m) => (m.len(), m.modified().unwrap_or(UNIX_EPOCH)),
-        None => (0, UNIX_EPOCH),
+    let Ok(meta) = file.metadata() else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        return Answer {
+            status: StatusCode::NOT_FOUND,
+            headers,
+            body: None,
+        };
     };
-    let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let etag = format!("\"{secs:x}-{len:x}\"");
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        headers.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&last_modified) {
-        headers.insert(header::LAST_MODIFIED, v);
-    }
+    let f = cache.facts(&meta, name);
+    let len = f.len;
+    headers.insert(header::ETAG, f.etag.clone());
+    headers.insert(header::LAST_MODIFIED, f.last_modified.clone());
     let cc = max_age.map(|a| {
         if a.is_zero() {
-            "no-cache".to_string()
+            HeaderValue::from_static("no-cache")
         } else {
-            format!("public, max-age={}", a.as_secs())
+            HeaderValue::from_str(&format!("public, max-age={}", a.as_secs()))
+                .unwrap_or(HeaderValue::from_static("no-cache"))
         }
     });
-    if let Some(v) = cc.and_then(|c| HeaderValue::from_str(&c).ok()) {
+    if let Some(v) = cc {
         headers.insert(header::CACHE_CONTROL, v);
     }
+    let etag = f.etag.as_bytes();
     let not_modified = match req.get(header::IF_NONE_MATCH) {
         // RFC 9110 §13.1.2: weak comparison; If-None-Match wins over
         // If-Modified-Since.
         Some(inm) => inm.to_str().is_ok_and(|v| {
             v.split(',').any(|t| {
                 let t = t.trim();
-                t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
+                t == "*" || t.trim_start_matches("W/").as_bytes() == etag
             })
         }),
         None => req
@@ -85,7 +85,7 @@ pub fn answer(
             .is_some_and(|since| {
                 since
                     .duration_since(UNIX_EPOCH)
-                    .is_ok_and(|s| s.as_secs() >= secs)
+                    .is_ok_and(|s| s.as_secs() >= f.secs)
             }),
     };
     if not_modified {
@@ -95,28 +95,13 @@ pub fn answer(
             body: None,
         };
     }
-    let ctype = mime_guess::from_path(name).first_or_octet_stream();
-    let ctype = match ctype.type_() {
-        mime_guess::mime::TEXT | mime_guess::mime::APPLICATION
-            if ctype.get_param("charset").is_none()
-                && (ctype.type_() == mime_guess::mime::TEXT
-                    || ctype.subtype() == mime_guess::mime::JAVASCRIPT
-                    || ctype.subtype() == mime_guess::mime::JSON) =>
-        {
-            format!("{ctype}; charset=utf-8")
-        }
-        _ => ctype.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&ctype) {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
+    headers.insert(header::CONTENT_TYPE, f.content_type.clone());
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // If-Range: the range only if the client's copy is this one (a strong
     // ETag or the exact date); otherwise the whole file.
-    let if_range_ok = req.get(header::IF_RANGE).is_none_or(|v| {
-        let v = v.to_str().unwrap_or("");
-        v == etag || v == last_modified
-    });
+    let if_range_ok = req
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.as_bytes() == etag || v == f.last_modified);
     let range = req
         .get(header::RANGE)
         .filter(|_| if_range_ok)
@@ -148,10 +133,16 @@ pub fn answer(
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     let body = (method == Method::GET).then(|| {
-        let whole = meta
-            .as_ref()
-            .filter(|_| len <= SMALL)
-            .and_then(|m| cache.get(&file, m).ok());
+        // A small file's contents come from memory; a range of a file not
+        // in memory yet reads only the range.
+        let whole = f.bytes.get().cloned().or_else(|| {
+            (len <= SMALL && status == StatusCode::OK)
+                .then(|| read_at(&file, 0, len as usize).ok())
+                .flatten()
+                .inspect(|b| {
+                    let _ = f.bytes.set(b.clone());
+                })
+        });
         match whole {
             Some(b) => FileBody::Memory(Some(b.slice(start as usize..(start + count) as usize))),
             None => FileBody::Disk {
@@ -210,24 +201,35 @@ fn byte_range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     }
 }
 
-/// Small files kept in memory, keyed by device and inode and checked
+/// What baton knows of a file, keyed by device and inode and checked
 /// against the modification time and size `fstat` gives on every request
-/// (so an edited file is read again at once). nginx keeps descriptors
+/// (so an edited file is read again at once): its validators and type as
+/// header values, and a small file's contents. nginx keeps descriptors
 /// (`open_file_cache`) and sends with `sendfile`; hyper writes `Bytes`, so
 /// the contents themselves are what saves the work here: a hit is a
-/// reference count, no read, no copy into a new buffer.
+/// reference count, no read, no copy, no header formatted.
 pub struct FileCache {
-    files: moka::sync::Cache<(u64, u64), Arc<Cached>>,
+    files: moka::sync::Cache<(u64, u64), Arc<Facts>>,
 }
 
-pub struct Cached {
+pub struct Facts {
     mtime_ns: i128,
-    bytes: Bytes,
+    len: u64,
+    /// Modification time in whole seconds (for `If-Modified-Since`).
+    secs: u64,
+    etag: HeaderValue,
+    last_modified: HeaderValue,
+    /// The name's extension the type was taken from.
+    ext: Box<str>,
+    content_type: HeaderValue,
+    /// The whole file, once a full GET has read it (files up to
+    /// [`SMALL`]).
+    bytes: std::sync::OnceLock<Bytes>,
 }
 
 /// Files up to this size are kept whole; larger ones are read in pieces
-/// of this size.
-const SMALL: u64 = 1024 * 1024;
+/// of [`PIECE`].
+const SMALL: u64 = 4 * 1024 * 1024;
 const PIECE: u64 = 256 * 1024;
 
 impl FileCache {
@@ -236,32 +238,64 @@ impl FileCache {
         FileCache {
             files: moka::sync::Cache::builder()
                 .max_capacity(bytes)
-                .weigher(|_, c: &Arc<Cached>| u32::try_from(c.bytes.len()).unwrap_or(u32::MAX))
+                // A small file may hold its contents; a larger one never does.
+                .weigher(|_, f: &Arc<Facts>| {
+                    let contents = if f.len <= SMALL { f.len } else { 0 };
+                    u32::try_from(contents + 256).unwrap_or(u32::MAX)
+                })
                 .build(),
         }
     }
 
-    /// The whole file, from memory when it is the same file as last read.
-    fn get(&self, file: &std::fs::File, m: &std::fs::Metadata) -> io::Result<Bytes> {
+    /// The file's facts: remembered when it is the same file as last time.
+    fn facts(&self, m: &std::fs::Metadata, name: &str) -> Arc<Facts> {
         use std::os::unix::fs::MetadataExt;
         let key = (m.dev(), m.ino());
         let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-        if let Some(c) = self.files.get(&key)
-            && c.mtime_ns == mtime_ns
-            && c.bytes.len() as u64 == m.len()
+        let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+        if let Some(f) = self.files.get(&key)
+            && f.mtime_ns == mtime_ns
+            && f.len == m.len()
+            && *f.ext == *ext
         {
-            return Ok(c.bytes.clone());
+            return f;
         }
-        let bytes = read_at(file, 0, m.len() as usize)?;
-        self.files.insert(
-            key,
-            Arc::new(Cached {
-                mtime_ns,
-                bytes: bytes.clone(),
-            }),
-        );
-        Ok(bytes)
+        let len = m.len();
+        let secs = u64::try_from(m.mtime()).unwrap_or(0);
+        let f = Arc::new(Facts {
+            mtime_ns,
+            len,
+            secs,
+            etag: HeaderValue::from_str(&format!("\"{secs:x}-{len:x}\""))
+                .unwrap_or(HeaderValue::from_static("\"0\"")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(
+                UNIX_EPOCH + Duration::from_secs(secs),
+            ))
+            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            ext: ext.into(),
+            content_type: content_type(name),
+            bytes: std::sync::OnceLock::new(),
+        });
+        self.files.insert(key, f.clone());
+        f
     }
+}
+
+/// The type by the name's extension, `charset=utf-8` for text.
+fn content_type(name: &str) -> HeaderValue {
+    let ctype = mime_guess::from_path(name).first_or_octet_stream();
+    let ctype = match ctype.type_() {
+        mime_guess::mime::TEXT | mime_guess::mime::APPLICATION
+            if ctype.get_param("charset").is_none()
+                && (ctype.type_() == mime_guess::mime::TEXT
+                    || ctype.subtype() == mime_guess::mime::JAVASCRIPT
+                    || ctype.subtype() == mime_guess::mime::JSON) =>
+        {
+            format!("{ctype}; charset=utf-8")
+        }
+        _ => ctype.to_string(),
+    };
+    HeaderValue::from_str(&ctype).unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
 /// `len` bytes at `offset`, in one buffer.
