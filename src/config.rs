@@ -29,6 +29,7 @@ pub use values::{lookup_user, parse_duration, parse_server, parse_server_spec, s
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub cache: CacheConfig,
     pub listen: Vec<SocketAddr>,
     /// `server.user`: the account baton runs as once its ports are bound
     /// (and its keys read), when started as root.
@@ -683,6 +684,34 @@ pub struct Route {
     /// `expires`: `Cache-Control: max-age` and `Expires` on the route's
     /// successful and redirect responses, as nginx's `expires`.
     pub expires: Option<Duration>,
+    /// `cache = true`: the route's responses go through the shared cache.
+    pub cache: Option<RouteCache>,
+}
+
+/// A route's cache settings.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// `stale_if_error`: a stored response is served up to this long past
+    /// its freshness when the upstream fails (the operator's policy for
+    /// origins that send no `stale-if-error`).
+    pub stale_if_error: Duration,
+    /// `cache_bypass_cookies`: a request carrying a cookie whose name
+    /// starts with one of these is never answered from the cache nor
+    /// stored (WordPress's logged-in, comment-author and password
+    /// cookies by default on FastCGI upstreams).
+    pub bypass_cookies: Vec<String>,
+}
+
+/// `[cache]`: the shared HTTP cache's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Bytes of stored responses kept in memory.
+    pub memory: u64,
+    /// A response larger than this is passed on, not stored.
+    pub max_object: u64,
+    /// How long concurrent misses for one URL wait for the first one's
+    /// response (request coalescing) before going upstream themselves.
+    pub lock_timeout: Duration,
 }
 
 /// `$1`..`$9` in a template replaced by a regex's groups (an absent group

@@ -7,6 +7,7 @@
 //! request (`proxy`) or listen (`server`).
 
 pub mod acme;
+pub mod cache;
 pub mod checks;
 pub mod limit;
 pub mod ocsp;
@@ -41,6 +42,9 @@ pub struct Gateway {
     pub https_port: std::sync::atomic::AtomicU16,
     /// HTTPS listeners' certificates (the config's and ACME's).
     pub tls: tls::Tls,
+    /// The shared HTTP cache (`cache = true` routes), kept across
+    /// reloads (its size is the first config's `[cache] memory`).
+    pub cache: Arc<cache::Store>,
     /// Small static files' contents, for every upstream's root (kept
     /// across reloads; each hit is checked against the file's `fstat`).
     pub files: crate::upstream::files::FileCache,
@@ -55,6 +59,7 @@ impl Gateway {
         checks::spawn_checkers(&rt);
         crate::upstream::spawn_reapers(&rt.upstreams);
         Gateway {
+            cache: Arc::new(cache::Store::new(rt.config.cache.memory)),
             tls: tls::Tls::new(&rt.config.tls),
             metrics: rt.metrics.clone(),
             runtime: ArcSwap::new(rt),
@@ -63,6 +68,7 @@ impl Gateway {
             supervisors: ArcSwap::from_pointee(Default::default()),
             https_port: std::sync::atomic::AtomicU16::new(0),
             files: crate::upstream::files::FileCache::new(64 * 1024 * 1024),
+
             acme: std::sync::Mutex::new(None),
         }
     }

@@ -25,6 +25,7 @@
 
 mod attempt;
 mod body;
+mod cache;
 mod compress;
 mod context;
 mod filters;
@@ -61,11 +62,33 @@ pub async fn handle(
     if let Err(answer) = filters::run(&mut ctx, &req) {
         return respond::exit(ctx, answer);
     }
-    let answer = match upstream_request::build(&ctx, req).await {
-        Ok(up) => attempt::run(&mut ctx, up).await,
+    match cache::lookup(&mut ctx, &req).await {
+        cache::Look::Go => {}
+        cache::Look::Answer(answer) => return respond::exit(ctx, answer),
+        cache::Look::StaleRefresh(answer) => {
+            // Served stale; the same request goes upstream in the
+            // background and its answer is stored.
+            let mut bg = Box::new(ctx.fork(&req));
+            tokio::spawn(async move {
+                let answer = fetch(&mut bg, req).await;
+                let resp = respond::exit(bg, answer);
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            });
+            return respond::exit(ctx, answer);
+        }
+    }
+    let answer = fetch(&mut ctx, req).await;
+    respond::exit(ctx, answer)
+}
+
+/// The upstream request, its attempts, and what the cache makes of the
+/// answer.
+async fn fetch(ctx: &mut context::Ctx, req: Request<Incoming>) -> respond::Answer {
+    let answer = match upstream_request::build(ctx, req).await {
+        Ok(up) => attempt::run(ctx, up).await,
         Err(answer) => answer,
     };
-    respond::exit(ctx, answer)
+    cache::after(ctx, answer)
 }
 
 #[cfg(test)]

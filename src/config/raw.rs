@@ -61,6 +61,14 @@ pub struct TlsCertificate {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub memory: Option<Spanned<String>>,
+    pub max_object: Option<Spanned<String>>,
+    pub lock_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Incidents {
     pub dir: Option<Spanned<String>>,
     pub error_rate: Option<Spanned<f64>>,
@@ -222,6 +230,9 @@ pub struct Route {
     pub basic_auth: Option<Spanned<String>>,
     pub basic_auth_realm: Option<Spanned<String>>,
     pub expires: Option<Spanned<String>>,
+    pub cache: Option<bool>,
+    pub stale_if_error: Option<Spanned<String>>,
+    pub cache_bypass_cookies: Option<Vec<Spanned<String>>>,
 }
 
 /// `{ set = { "Name" = "value" }, remove = ["Name"] }`.

@@ -40,6 +40,7 @@ struct Sections {
     server: raw::Server,
     log: raw::Log,
     incidents: raw::Incidents,
+    cache: raw::Cache,
     alerts: raw::Alerts,
     resolver: raw::Resolver,
     pages: raw::ErrorPages,
@@ -363,7 +364,9 @@ impl<'s> Validator<'s> {
                 }
             }
         }
+        let cache = self.cache(&s.cache);
         Some(Config {
+            cache,
             user: server.user,
             listen: server.listen,
             tls,
@@ -405,6 +408,7 @@ impl<'s> Validator<'s> {
         let mut server = raw::Server::default();
         let mut log = raw::Log::default();
         let mut incidents = raw::Incidents::default();
+        let mut cache = raw::Cache::default();
         let mut alerts = raw::Alerts::default();
         let mut resolver = raw::Resolver::default();
         let mut pages = raw::ErrorPages::default();
@@ -420,6 +424,7 @@ impl<'s> Validator<'s> {
                 "server" => server = self.section("server", v).unwrap_or_default(),
                 "log" => log = self.section("log", v).unwrap_or_default(),
                 "incidents" => incidents = self.section("incidents", v).unwrap_or_default(),
+                "cache" => cache = self.section("cache", v).unwrap_or_default(),
                 "alerts" => alerts = self.section("alerts", v).unwrap_or_default(),
                 "resolver" => resolver = self.section("resolver", v).unwrap_or_default(),
                 "error_pages" => pages = self.section("error_pages", v).unwrap_or_default(),
@@ -464,10 +469,10 @@ impl<'s> Validator<'s> {
                     }
                 }
                 other => {
-                    let fix = match (closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts", "tls"]), super::diagnostics::from_nginx(other)) {
-                        (Some(s), _) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls"),
+                    let fix = match (closest(other, &["server", "log", "resolver", "error_pages", "upstreams", "routes", "incidents", "alerts", "tls", "cache"]), super::diagnostics::from_nginx(other)) {
+                        (Some(s), _) => format!("did you mean `{s}`? Known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls, cache"),
                         (None, Some(n)) => format!("that is nginx's `{other}`: {n}"),
-                        (None, None) => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls".into(),
+                        (None, None) => "remove it; known sections: server, log, resolver, error_pages, upstreams, routes, incidents, alerts, tls, cache".into(),
                     };
                     self.err(
                         other.to_string(),
@@ -484,6 +489,7 @@ impl<'s> Validator<'s> {
             server,
             log,
             incidents,
+            cache,
             alerts,
             resolver,
             pages,

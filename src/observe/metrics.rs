@@ -84,6 +84,14 @@ pub struct ShedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// hit, stale_revalidate (served while refreshed), stale_error
+    /// (served in place of a failure), revalidated (a 304), miss (stored),
+    /// uncacheable, bypass.
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub upstream: Arc<str>,
 }
@@ -108,6 +116,8 @@ pub struct Metrics {
     /// Lookups answered from the last good answer (shared by every
     /// resolver, across reloads).
     pub dns_stale: Counter,
+    /// The shared cache's answers, by what happened.
+    pub cache: Family<CacheLabels, Counter>,
     pub health: Family<HealthLabels, Counter>,
     pub shed: Family<ShedLabels, Counter>,
     pub registry: Registry,
@@ -214,7 +224,14 @@ impl Metrics {
             "Lookups answered with the last good answer because the resolver failed",
             dns_stale.clone(),
         );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests on cached routes by what the cache did: hit, stale_revalidate, stale_error (a stored response served in place of a failure), revalidated, miss (stored), uncacheable, bypass",
+            cache.clone(),
+        );
         Metrics {
+            cache,
             backend_state,
             backend_restarts,
             concurrency_limit,
@@ -232,6 +249,10 @@ impl Metrics {
             log_dropped,
             incidents: Arc::default(),
         }
+    }
+
+    pub fn cache_event(&self, event: &'static str) {
+        self.cache.get_or_create(&CacheLabels { event }).inc();
     }
 
     pub fn transition(&self, upstream: &Arc<str>, server: &Arc<str>, to: &'static str) {

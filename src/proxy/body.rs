@@ -25,6 +25,58 @@ pub enum RespBody {
     File(Box<crate::upstream::files::FileBody>),
     /// Compressed on the way out (`compress = true`).
     Encoded(Box<super::compress::Encoded>),
+    /// Passed on and kept, to be stored when it ends whole (a cached
+    /// route's storable response).
+    Storing(Box<Storing>),
+}
+
+/// A response body copied as it passes, stored by the cache when it
+/// ends whole and within `max_object` (a larger one is passed on and
+/// dropped from the copy).
+pub struct Storing {
+    inner: RespBody,
+    kept: Option<(bytes::BytesMut, super::cache::Pending)>,
+}
+
+impl Storing {
+    pub(super) fn new(inner: RespBody, p: super::cache::Pending) -> Self {
+        Storing {
+            inner,
+            kept: Some((bytes::BytesMut::new(), p)),
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, upstream::BodyError>>> {
+        let f = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &f {
+            Some(Ok(frame)) => {
+                if let (Some(d), Some((buf, p))) = (frame.data_ref(), self.kept.as_mut()) {
+                    if (buf.len() + d.len()) as u64 > p.max() {
+                        self.kept = None;
+                    } else {
+                        buf.extend_from_slice(d);
+                    }
+                }
+            }
+            // A failed body is not stored.
+            Some(Err(_)) => self.kept = None,
+            None => {
+                if let Some((buf, p)) = self.kept.take() {
+                    p.finish(buf.freeze());
+                }
+            }
+        }
+        // hyper stops polling a body that says it has ended.
+        if self.inner.is_end_stream()
+            && let Some((buf, p)) = self.kept.take()
+        {
+            p.finish(buf.freeze());
+        }
+        Poll::Ready(f)
+    }
 }
 
 impl Body for RespBody {
@@ -39,6 +91,7 @@ impl Body for RespBody {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(p) => p.poll_frame(cx),
             RespBody::Encoded(e) => e.poll_frame(cx),
+            RespBody::Storing(s) => s.poll_frame(cx),
             RespBody::File(f) => f.poll_chunk(cx).map(|c| {
                 c.map(|r| {
                     r.map(Frame::data).map_err(|e| {
@@ -57,6 +110,7 @@ impl Body for RespBody {
             RespBody::Proxied(p) => p.body.is_end_stream(),
             RespBody::File(f) => f.is_end(),
             RespBody::Encoded(e) => e.is_end_stream(),
+            RespBody::Storing(s) => s.inner.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
@@ -65,6 +119,7 @@ impl Body for RespBody {
             RespBody::Proxied(p) => p.body.size_hint(),
             RespBody::File(f) => SizeHint::with_exact(f.remaining()),
             RespBody::Encoded(e) => e.size_hint(),
+            RespBody::Storing(s) => s.inner.size_hint(),
         }
     }
 }

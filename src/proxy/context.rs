@@ -69,6 +69,12 @@ pub(super) struct Ctx {
     /// The route's `rewrite`: the path and query the upstream is asked
     /// for (the logs keep the client's).
     pub rewritten: Option<String>,
+    /// A cached route's lookup and what `Cache-Status` says.
+    pub cache: Option<Box<super::cache::CacheCtx>>,
+    /// A response to store when its body ends.
+    pub cache_store: Option<super::cache::Pending>,
+    /// A stored response was served in place of a failure with this cause.
+    pub cache_served_stale: Option<crate::core::cause::Cause>,
     /// FastCGI: the script `try_files` chose (boxed: the HTTP path moves
     /// the context without it).
     pub script: Option<Box<Script>>,
@@ -145,10 +151,28 @@ impl Ctx {
             user_agent: kept(header::USER_AGENT),
             rate_headers: None,
             rewritten: None,
+            cache: None,
+            cache_store: None,
+            cache_served_stale: None,
             script: None,
             rt,
             gw,
         }
+    }
+
+    /// A second context for the same request, routed the same (a cache
+    /// refresh in the background): its own request ID and clock.
+    pub fn fork(&self, req: &Request<Incoming>) -> Ctx {
+        let mut c = Ctx::new(self.gw.clone(), req, self.peer, self.local, self.https);
+        c.rt = self.rt.clone();
+        c.route_index = self.route_index;
+        c.route = self.route.clone();
+        c.route_metrics = self.route_metrics.clone();
+        c.upstream = self.upstream.clone();
+        c.rewritten = self.rewritten.clone();
+        c.script = self.script.clone();
+        c.cache = self.cache.as_ref().map(|k| Box::new(k.refresh()));
+        c
     }
 
     pub fn id(&self) -> &str {

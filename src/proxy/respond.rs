@@ -45,6 +45,12 @@ pub(super) enum Answer {
     /// The upstream's response: its head (already through the upstream
     /// response filter) and its body, which logs when it ends.
     Proxied(Parts, Box<ProxiedBody>),
+    /// A stored response (`cache = true` routes).
+    Cached {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    },
 }
 
 impl Answer {
@@ -71,6 +77,9 @@ impl Answer {
 fn response_filters(ctx: &Ctx, h: &mut HeaderMap) {
     if let Some(route) = ctx.route_config() {
         route.response_headers.apply(h);
+    }
+    if let Some(v) = ctx.cache.as_deref().and_then(super::cache::status_header) {
+        h.insert(HeaderName::from_static("cache-status"), v);
     }
     request_id(ctx, h);
     rate_limit_state(ctx, h);
@@ -131,16 +140,35 @@ const RETRY_AFTER_SECS: u64 = 5;
 
 /// The one exit.
 pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
-    ctx.served_here = matches!(answer, Answer::File(_) | Answer::Page { .. });
+    ctx.served_here = matches!(
+        answer,
+        Answer::File(_) | Answer::Page { .. } | Answer::Cached { .. }
+    );
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
+            let store = ctx.cache_store.take();
             response_filters(&ctx, &mut parts.headers);
             expires(&ctx, parts.status, &mut parts.headers);
             let coding = compression(&ctx, parts.status, &mut parts.headers);
             // The body logs the request when it ends.
             body.ctx = Some(ctx);
-            let body = encoded(RespBody::Proxied(body), coding, &mut parts.headers);
+            let mut inner = RespBody::Proxied(body);
+            if let Some(p) = store {
+                inner = RespBody::Storing(Box::new(super::body::Storing::new(inner, p)));
+            }
+            let body = encoded(inner, coding, &mut parts.headers);
             return Response::from_parts(parts, body);
+        }
+        Answer::Cached {
+            status,
+            headers,
+            body,
+        } => {
+            let len = body.as_ref().map_or(0, |b| b.len() as u64);
+            let mut r = Response::new(RespBody::Local(body));
+            *r.status_mut() = status;
+            *r.headers_mut() = headers;
+            (r, len, ctx.cache_served_stale)
         }
         Answer::Failure {
             failure,

@@ -112,6 +112,14 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpReq
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
     headers::upstream_request(ctx, &mut hdrs, upgrade);
+    // A cache revalidation asks with the stored response's validators.
+    if let Some(cond) = ctx.cache.as_ref().and_then(|c| c.revalidate.as_ref()) {
+        hdrs.remove(http::header::IF_NONE_MATCH);
+        hdrs.remove(http::header::IF_MODIFIED_SINCE);
+        for (k, v) in cond {
+            hdrs.insert(k, v.clone());
+        }
+    }
     // The origin-form target, reusing the parsed path (no re-parse), or
     // the route's rewrite (checked by the route filter).
     let rewritten = ctx

@@ -7,6 +7,33 @@ use crate::config::raw;
 use crate::config::*;
 
 impl Validator<'_> {
+    /// `[cache]`: sizes as `"256MiB"`, `"1GiB"`, `"512KiB"` or bytes.
+    pub(super) fn cache(&mut self, r: &raw::Cache) -> CacheConfig {
+        let memory = self.size("cache.memory", &r.memory, 64 << 20);
+        let max_object = self.size("cache.max_object", &r.max_object, 8 << 20);
+        CacheConfig {
+            memory,
+            max_object,
+            lock_timeout: self.duration("cache.lock_timeout", &r.lock_timeout, Duration::from_secs(5)),
+        }
+    }
+
+    fn size(&mut self, key: &str, v: &Option<toml::Spanned<String>>, default: u64) -> u64 {
+        let Some(x) = v else { return default };
+        match parse_size(x.get_ref()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.err(
+                    key,
+                    x.span(),
+                    format!("{:?} is not a size", x.get_ref()),
+                    "write \"256MiB\", \"1GiB\", \"512KiB\" or a number of bytes",
+                );
+                default
+            }
+        }
+    }
+
     pub(super) fn incidents(&mut self, r: &raw::Incidents) -> IncidentConfig {
         let error_rate = match &r.error_rate {
             None => 0.2,
@@ -109,4 +136,20 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// `"256MiB"`, `"1GiB"`, `"512KiB"`, `"10MB"`, `"4096"`.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }

@@ -272,7 +272,48 @@ impl Validator<'_> {
             "max" => Duration::from_secs(315_360_000),
             _ => self.duration(&format!("routes[{i}].expires"), &r.expires, Duration::ZERO),
         });
+        let cache = r.cache.unwrap_or(false).then(|| {
+            let fastcgi = ui.is_some_and(|u| upstreams[u].fastcgi.is_some());
+            RouteCache {
+                stale_if_error: match &r.stale_if_error {
+                    None => Duration::ZERO,
+                    Some(_) => self.duration(
+                        &format!("routes[{i}].stale_if_error"),
+                        &r.stale_if_error,
+                        Duration::ZERO,
+                    ),
+                },
+                bypass_cookies: match &r.cache_bypass_cookies {
+                    Some(list) => list.iter().map(|c| c.get_ref().clone()).collect(),
+                    // The standard WordPress recipes' bypass: logged-in
+                    // users, commenters, password-protected posts.
+                    None if fastcgi => ["wordpress_logged_in_", "wp-postpass_", "comment_author_", "wordpress_sec_"]
+                        .map(String::from)
+                        .to_vec(),
+                    None => Vec::new(),
+                },
+            }
+        });
+        if cache.is_none() {
+            for (k, span) in [
+                ("stale_if_error", r.stale_if_error.as_ref().map(|v| v.span())),
+                (
+                    "cache_bypass_cookies",
+                    r.cache_bypass_cookies.as_ref().and_then(|v| v.first()).map(|v| v.span()),
+                ),
+            ] {
+                if let Some(span) = span {
+                    self.err(
+                        format!("routes[{i}].{k}"),
+                        span,
+                        format!("{k} applies to a cached route"),
+                        "add cache = true to the route, or remove the key",
+                    );
+                }
+            }
+        }
         Some(Route {
+            cache,
             path_regex,
             rewrite,
             basic_auth,

@@ -25,7 +25,7 @@ pub enum Target {
 }
 
 /// The script a request runs, split as nginx's `fastcgi_split_path_info`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
     /// URL path of the script (`/index.php`).
     pub name: String,

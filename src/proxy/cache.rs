@@ -1,0 +1,439 @@
+//! The cache phases of a `cache = true` route: the lookup before the
+//! upstream request (a fresh hit answers; a stale one is revalidated, or
+//! served while it is refreshed in the background; concurrent misses wait
+//! for the first), and what happens to the upstream's answer (stored, a
+//! `304` refreshing what is stored, or a stored response served in place
+//! of a failure within the stale windows). Every response of a cached
+//! route says what happened in `Cache-Status` (RFC 9211).
+//!
+//! Must not: decide cacheability itself (that is the stored
+//! `CachePolicy`'s, RFC 9111) or talk to an upstream (the attempt loop
+//! does, for the cache too).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
+use hyper::body::Incoming;
+
+use super::context::Ctx;
+use super::respond::Answer;
+use crate::gateway::cache::{Leader, Miss, Store, Stored};
+
+/// The cache's part of a request's context.
+pub(super) struct CacheCtx {
+    pub key: String,
+    /// The request as the cache sees it (for the policy).
+    req: http::request::Parts,
+    /// A stored response that needs revalidation, kept to answer a `304`
+    /// or to serve in place of a failure.
+    pub stale: Option<Arc<Stored>>,
+    /// Conditional fields for the upstream request (`If-None-Match`,
+    /// `If-Modified-Since`) when revalidating.
+    pub revalidate: Option<HeaderMap>,
+    leader: Option<Leader>,
+    /// What `Cache-Status` says.
+    pub status: String,
+    /// An unsafe method: what is stored for the target goes if it succeeds.
+    invalidate: bool,
+    stale_if_error: Duration,
+    /// A follower that waited for another request's response.
+    collapsed: bool,
+}
+
+impl CacheCtx {
+    /// The same lookup, for the background request that refreshes a
+    /// stale response served meanwhile.
+    pub fn refresh(&self) -> CacheCtx {
+        CacheCtx {
+            key: self.key.clone(),
+            req: self.req.clone(),
+            stale: self.stale.clone(),
+            revalidate: self.revalidate.clone(),
+            leader: None,
+            status: "fwd=stale; detail=background".into(),
+            invalidate: false,
+            stale_if_error: self.stale_if_error,
+            collapsed: false,
+        }
+    }
+}
+
+/// What the lookup decided.
+pub(super) enum Look {
+    /// Go upstream (a miss, a revalidation, or not cacheable).
+    Go,
+    /// Answered from the cache.
+    Answer(Answer),
+    /// Answered with a stale response (within `stale-while-revalidate`);
+    /// the caller refreshes it in the background.
+    StaleRefresh(Answer),
+}
+
+/// The key: scheme, host and target (method aside: HEAD is answered from
+/// a GET's response).
+fn key(ctx: &Ctx, req: &Request<Incoming>) -> String {
+    format!(
+        "{}://{}{}",
+        if ctx.https { "https" } else { "http" },
+        ctx.host().to_ascii_lowercase(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    )
+}
+
+fn parts(req: &Request<Incoming>) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone());
+    if let Some(h) = b.headers_mut() {
+        *h = req.headers().clone();
+    }
+    b.body(()).expect("parts of a valid request").into_parts().0
+}
+
+/// The lookup.
+pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
+    let Some(rc) = ctx.route_config().and_then(|r| r.cache.clone()) else {
+        return Look::Go;
+    };
+    let store = ctx.gw.cache.clone();
+    let key = key(ctx, req);
+    let mut c = CacheCtx {
+        key,
+        req: parts(req),
+        stale: None,
+        revalidate: None,
+        leader: None,
+        status: String::new(),
+        invalidate: false,
+        stale_if_error: rc.stale_if_error,
+        collapsed: false,
+    };
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        // RFC 9111 §4.4: a successful unsafe request invalidates.
+        c.invalidate = !matches!(*method, Method::OPTIONS | Method::TRACE);
+        c.status = "fwd=method".into();
+        ctx.cache = Some(Box::new(c));
+        return Look::Go;
+    }
+    if let Some(name) = bypass_cookie(req.headers(), &rc.bypass_cookies) {
+        c.status = format!("fwd=bypass; detail=\"cookie {name}\"");
+        ctx.gw.metrics.cache_event("bypass");
+        ctx.cache = Some(Box::new(c));
+        return Look::Go;
+    }
+    for round in 0..2 {
+        let now = SystemTime::now();
+        let variants = store.get(&c.key);
+        let mut vary_miss = variants.is_some();
+        let mut stale: Option<(Arc<Stored>, HeaderMap)> = None;
+        for s in variants.iter().flat_map(|v| v.iter()) {
+            match s.policy.before_request(&c.req, now) {
+                BeforeRequest::Fresh(p) => {
+                    let ttl = s.policy.time_to_live(now).as_secs();
+                    c.status = if c.collapsed {
+                        format!("hit; ttl={ttl}; collapsed")
+                    } else {
+                        format!("hit; ttl={ttl}")
+                    };
+                    let answer = cached(s, p.headers, &c.req);
+                    ctx.cache = Some(Box::new(c));
+                    ctx.gw.metrics.cache_event("hit");
+                    return Look::Answer(answer);
+                }
+                BeforeRequest::Stale {
+                    request,
+                    matches: true,
+                } => {
+                    vary_miss = false;
+                    stale = Some((s.clone(), request.headers));
+                    break;
+                }
+                BeforeRequest::Stale { .. } => {}
+            }
+        }
+        if let Some((s, headers)) = stale {
+            let late = s.staleness(now);
+            // RFC 5861: within stale-while-revalidate, serve it and refresh
+            // in the background (unless the client asked for a fresh one).
+            if late <= s.stale_while_revalidate && !no_cache(req.headers()) {
+                c.status = format!(
+                    "hit; ttl=-{}; detail=stale-while-revalidate",
+                    late.as_secs()
+                );
+                let mut h = s.headers.clone();
+                h.insert(header::AGE, HeaderValue::from(s.policy.age(now).as_secs()));
+                let answer = cached(&s, h, &c.req);
+                c.revalidate = Some(conditionals(&headers));
+                c.stale = Some(s);
+                ctx.cache = Some(Box::new(c));
+                ctx.gw.metrics.cache_event("stale_revalidate");
+                return Look::StaleRefresh(answer);
+            }
+            c.revalidate = Some(conditionals(&headers));
+            c.stale = Some(s);
+            c.status = "fwd=stale".into();
+            ctx.cache = Some(Box::new(c));
+            return Look::Go;
+        }
+        // A miss: the first request for the key leads, the others wait for
+        // its response (bounded), then look again.
+        match store.miss(&c.key) {
+            Miss::Lead(l) => {
+                c.leader = Some(l);
+                c.status = if vary_miss { "fwd=vary-miss" } else { "fwd=uri-miss" }.into();
+                break;
+            }
+            Miss::Follow(n) if round == 0 => {
+                store
+                    .follow(&c.key, &n, ctx.rt.config.cache.lock_timeout)
+                    .await;
+                c.collapsed = true;
+            }
+            Miss::Follow(_) => {
+                c.status = "fwd=uri-miss; collapsed".into();
+                break;
+            }
+        }
+    }
+    ctx.cache = Some(Box::new(c));
+    Look::Go
+}
+
+/// The conditional fields of a revalidation request.
+fn conditionals(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        if let Some(v) = h.get(&name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
+}
+
+fn no_cache(h: &HeaderMap) -> bool {
+    h.get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("no-cache"))
+        || h.get(header::PRAGMA)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+}
+
+/// The first cookie whose name starts with a bypass prefix.
+fn bypass_cookie<'a>(h: &HeaderMap, prefixes: &'a [String]) -> Option<&'a str> {
+    if prefixes.is_empty() {
+        return None;
+    }
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let name = c.trim().split('=').next().unwrap_or("");
+            prefixes
+                .iter()
+                .find(|p| name.starts_with(p.as_str()))
+                .map(String::as_str)
+        })
+}
+
+/// A stored response as an answer: its status and `headers` (the
+/// policy's, with `Age`), its body unless HEAD, `304` when the client's
+/// own validator matches.
+fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts) -> Answer {
+    let etag = s.headers.get(header::ETAG);
+    let not_modified = match (req.headers.get(header::IF_NONE_MATCH), etag) {
+        (Some(inm), Some(e)) => inm.to_str().is_ok_and(|v| {
+            let e = e.to_str().unwrap_or("").trim_start_matches("W/");
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == e)
+        }),
+        _ => false,
+    };
+    if not_modified && s.status == StatusCode::OK {
+        headers.remove(header::CONTENT_LENGTH);
+        return Answer::Cached {
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            body: None,
+        };
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(s.body.len()));
+    Answer::Cached {
+        status: s.status,
+        headers,
+        body: (req.method != Method::HEAD).then(|| s.body.clone()),
+    }
+}
+
+/// What the cache does with the upstream's answer.
+pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
+    let Some(c) = ctx.cache.as_mut() else {
+        return answer;
+    };
+    let store = ctx.gw.cache.clone();
+    let now = SystemTime::now();
+    match answer {
+        Answer::Proxied(parts, body) => {
+            if c.invalidate {
+                if parts.status.is_success() || parts.status.is_redirection() {
+                    store.remove(&c.key);
+                }
+                return Answer::Proxied(parts, body);
+            }
+            // A revalidation answered 304: what is stored is fresh again.
+            if parts.status == StatusCode::NOT_MODIFIED
+                && let Some(s) = c.stale.take()
+            {
+                if let AfterResponse::NotModified(policy, p) =
+                    s.policy.after_response(&c.req, &parts, now)
+                {
+                    let fresh = Arc::new(Stored::new(
+                        policy,
+                        s.status,
+                        strip_age(p.headers.clone()),
+                        s.body.clone(),
+                        now,
+                    ));
+                    store.put(&c.key, &c.req, fresh.clone());
+                    c.status = "fwd=stale; fwd-status=304; stored".into();
+                    ctx.gw.metrics.cache_event("revalidated");
+                    return cached(&fresh, p.headers, &c.req);
+                }
+                c.stale = Some(s);
+            }
+            // The origin answered with a server error: the stored response
+            // instead, within the stale windows.
+            if matches!(parts.status.as_u16(), 500 | 502 | 503 | 504)
+                && let Some(a) = serve_stale(c, &format!("{}", parts.status.as_u16()), now)
+            {
+                ctx.gw.metrics.cache_event("stale_error");
+                return a;
+            }
+            let policy = CachePolicy::new(&c.req, &parts);
+            let fits = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_none_or(|n| n <= ctx.rt.config.cache.max_object);
+            let status = parts.status.as_u16();
+            // A response that sets a cookie is one visitor's: never
+            // stored (RFC 9111 allows it; nginx and Varnish refuse too),
+            // so no other visitor can be served it, stale or fresh.
+            let cookie = parts.headers.contains_key(header::SET_COOKIE);
+            if policy.is_storable() && fits && !cookie && c.req.method == Method::GET {
+                c.status = format!("{}; fwd-status={status}; stored", c.status);
+                ctx.gw.metrics.cache_event("miss");
+                ctx.cache_store = Some(Pending {
+                    key: c.key.clone(),
+                    req: c.req.clone(),
+                    policy,
+                    status: parts.status,
+                    headers: parts.headers.clone(),
+                    max: ctx.rt.config.cache.max_object,
+                    store,
+                    leader: c.leader.take(),
+                });
+            } else {
+                c.status = format!("{}; fwd-status={status}", c.status);
+                ctx.gw.metrics.cache_event("uncacheable");
+            }
+            Answer::Proxied(parts, body)
+        }
+        Answer::Failure {
+            failure,
+            next_hop,
+            retry_after,
+        } => {
+            let cause = failure.cause;
+            // Only the upstream's failures: a client's fault (a bad request,
+            // a body too large) gets its own answer.
+            if cause.side() != crate::core::cause::Side::Client
+                && let Some(a) = serve_stale(c, cause.id(), now)
+            {
+                ctx.gw.metrics.cache_event("stale_error");
+                ctx.cache_served_stale = Some(cause);
+                return a;
+            }
+            Answer::Failure {
+                failure,
+                next_hop,
+                retry_after,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The stale response kept for this request, if it is within the stale
+/// windows (the response's `stale-if-error`, or the route's policy).
+fn serve_stale(c: &mut CacheCtx, why: &str, now: SystemTime) -> Option<Answer> {
+    let s = c.stale.as_ref()?;
+    let late = s.staleness(now);
+    if late > s.stale_if_error.max(c.stale_if_error) {
+        return None;
+    }
+    let fwd = c.status.split(';').next().unwrap_or("fwd=stale").to_string();
+    c.status = format!(
+        "{fwd}; fwd-status={}; ttl=-{}; detail=\"stale-if-error {why}\"",
+        if why.bytes().all(|b| b.is_ascii_digit()) {
+            why
+        } else {
+            "502"
+        },
+        late.as_secs()
+    );
+    let mut h = s.headers.clone();
+    h.insert(header::AGE, HeaderValue::from(s.policy.age(now).as_secs()));
+    Some(cached(s, h, &c.req))
+}
+
+/// `Age` is computed when served, never stored.
+fn strip_age(mut h: HeaderMap) -> HeaderMap {
+    h.remove(header::AGE);
+    h
+}
+
+/// A response on its way to the client that is stored when its body ends
+/// whole (and within `max_object`).
+pub(super) struct Pending {
+    key: String,
+    req: http::request::Parts,
+    policy: CachePolicy,
+    status: StatusCode,
+    headers: HeaderMap,
+    max: u64,
+    store: Arc<Store>,
+    /// Released (waiters go on) when the response is stored or dropped.
+    leader: Option<Leader>,
+}
+
+impl Pending {
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The whole body arrived: store it.
+    pub fn finish(self, body: bytes::Bytes) {
+        let now = SystemTime::now();
+        let s = Arc::new(Stored::new(
+            self.policy,
+            self.status,
+            strip_age(self.headers),
+            body,
+            now,
+        ));
+        self.store.put(&self.key, &self.req, s);
+        drop(self.leader);
+    }
+}
+
+/// `Cache-Status` for the response.
+pub(super) fn status_header(c: &CacheCtx) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("baton; {}", c.status)).ok()
+}
