@@ -4,6 +4,7 @@ mod support;
 
 mod acme;
 mod browser;
+mod cache;
 mod causes;
 mod config_errors;
 mod dashboard;

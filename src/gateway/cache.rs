@@ -55,7 +55,8 @@ impl Stored {
 
     /// How long past its freshness it is (zero while fresh).
     pub fn staleness(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.fresh_until).unwrap_or(Duration::ZERO)
+        now.duration_since(self.fresh_until)
+            .unwrap_or(Duration::ZERO)
     }
 
     fn weight(&self) -> u32 {

@@ -19,7 +19,7 @@ use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
 use hyper::body::Incoming;
 
 use super::context::Ctx;
-use super::respond::Answer;
+use super::respond::{Answer, Cached};
 use crate::gateway::cache::{Leader, Miss, Store, Stored};
 
 /// The cache's part of a request's context.
@@ -41,6 +41,11 @@ pub(super) struct CacheCtx {
     stale_if_error: Duration,
     /// A follower that waited for another request's response.
     collapsed: bool,
+    /// Not the cache's business: an unsafe method (after `invalidate`) or
+    /// a bypass cookie.
+    pass: bool,
+    /// A HEAD: answered from a stored GET, never stored itself.
+    head: bool,
 }
 
 impl CacheCtx {
@@ -57,6 +62,8 @@ impl CacheCtx {
             invalidate: false,
             stale_if_error: self.stale_if_error,
             collapsed: false,
+            pass: false,
+            head: self.head,
         }
     }
 }
@@ -110,16 +117,22 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
         invalidate: false,
         stale_if_error: rc.stale_if_error,
         collapsed: false,
+        pass: false,
+        head: req.method() == Method::HEAD,
     };
+    // A HEAD is answered from a stored GET (RFC 9110 §9.3.2).
+    c.req.method = Method::GET;
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         // RFC 9111 §4.4: a successful unsafe request invalidates.
         c.invalidate = !matches!(*method, Method::OPTIONS | Method::TRACE);
+        c.pass = true;
         c.status = "fwd=method".into();
         ctx.cache = Some(Box::new(c));
         return Look::Go;
     }
     if let Some(name) = bypass_cookie(req.headers(), &rc.bypass_cookies) {
+        c.pass = true;
         c.status = format!("fwd=bypass; detail=\"cookie {name}\"");
         ctx.gw.metrics.cache_event("bypass");
         ctx.cache = Some(Box::new(c));
@@ -139,7 +152,7 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
                     } else {
                         format!("hit; ttl={ttl}")
                     };
-                    let answer = cached(s, p.headers, &c.req);
+                    let answer = cached(s, p.headers, &c.req, c.head);
                     ctx.cache = Some(Box::new(c));
                     ctx.gw.metrics.cache_event("hit");
                     return Look::Answer(answer);
@@ -166,7 +179,7 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
                 );
                 let mut h = s.headers.clone();
                 h.insert(header::AGE, HeaderValue::from(s.policy.age(now).as_secs()));
-                let answer = cached(&s, h, &c.req);
+                let answer = cached(&s, h, &c.req, c.head);
                 c.revalidate = Some(conditionals(&headers));
                 c.stale = Some(s);
                 ctx.cache = Some(Box::new(c));
@@ -184,7 +197,12 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
         match store.miss(&c.key) {
             Miss::Lead(l) => {
                 c.leader = Some(l);
-                c.status = if vary_miss { "fwd=vary-miss" } else { "fwd=uri-miss" }.into();
+                c.status = if vary_miss {
+                    "fwd=vary-miss"
+                } else {
+                    "fwd=uri-miss"
+                }
+                .into();
                 break;
             }
             Miss::Follow(n) if round == 0 => {
@@ -244,7 +262,7 @@ fn bypass_cookie<'a>(h: &HeaderMap, prefixes: &'a [String]) -> Option<&'a str> {
 /// A stored response as an answer: its status and `headers` (the
 /// policy's, with `Age`), its body unless HEAD, `304` when the client's
 /// own validator matches.
-fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts) -> Answer {
+fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts, head: bool) -> Answer {
     let etag = s.headers.get(header::ETAG);
     let not_modified = match (req.headers.get(header::IF_NONE_MATCH), etag) {
         (Some(inm), Some(e)) => inm.to_str().is_ok_and(|v| {
@@ -256,18 +274,18 @@ fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts) -> Ans
     };
     if not_modified && s.status == StatusCode::OK {
         headers.remove(header::CONTENT_LENGTH);
-        return Answer::Cached {
+        return Answer::Cached(Box::new(Cached {
             status: StatusCode::NOT_MODIFIED,
             headers,
             body: None,
-        };
+        }));
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(s.body.len()));
-    Answer::Cached {
+    Answer::Cached(Box::new(Cached {
         status: s.status,
         headers,
-        body: (req.method != Method::HEAD).then(|| s.body.clone()),
-    }
+        body: (!head).then(|| s.body.clone()),
+    }))
 }
 
 /// What the cache does with the upstream's answer.
@@ -279,8 +297,8 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
     let now = SystemTime::now();
     match answer {
         Answer::Proxied(parts, body) => {
-            if c.invalidate {
-                if parts.status.is_success() || parts.status.is_redirection() {
+            if c.pass {
+                if c.invalidate && (parts.status.is_success() || parts.status.is_redirection()) {
                     store.remove(&c.key);
                 }
                 return Answer::Proxied(parts, body);
@@ -302,7 +320,7 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
                     store.put(&c.key, &c.req, fresh.clone());
                     c.status = "fwd=stale; fwd-status=304; stored".into();
                     ctx.gw.metrics.cache_event("revalidated");
-                    return cached(&fresh, p.headers, &c.req);
+                    return cached(&fresh, p.headers, &c.req, c.head);
                 }
                 c.stale = Some(s);
             }
@@ -326,7 +344,7 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
             // stored (RFC 9111 allows it; nginx and Varnish refuse too),
             // so no other visitor can be served it, stale or fresh.
             let cookie = parts.headers.contains_key(header::SET_COOKIE);
-            if policy.is_storable() && fits && !cookie && c.req.method == Method::GET {
+            if policy.is_storable() && fits && !cookie && !c.head {
                 c.status = format!("{}; fwd-status={status}; stored", c.status);
                 ctx.gw.metrics.cache_event("miss");
                 ctx.cache_store = Some(Pending {
@@ -378,7 +396,12 @@ fn serve_stale(c: &mut CacheCtx, why: &str, now: SystemTime) -> Option<Answer> {
     if late > s.stale_if_error.max(c.stale_if_error) {
         return None;
     }
-    let fwd = c.status.split(';').next().unwrap_or("fwd=stale").to_string();
+    let fwd = c
+        .status
+        .split(';')
+        .next()
+        .unwrap_or("fwd=stale")
+        .to_string();
     c.status = format!(
         "{fwd}; fwd-status={}; ttl=-{}; detail=\"stale-if-error {why}\"",
         if why.bytes().all(|b| b.is_ascii_digit()) {
@@ -390,7 +413,7 @@ fn serve_stale(c: &mut CacheCtx, why: &str, now: SystemTime) -> Option<Answer> {
     );
     let mut h = s.headers.clone();
     h.insert(header::AGE, HeaderValue::from(s.policy.age(now).as_secs()));
-    Some(cached(s, h, &c.req))
+    Some(cached(s, h, &c.req, c.head))
 }
 
 /// `Age` is computed when served, never stored.

@@ -46,11 +46,15 @@ pub(super) enum Answer {
     /// response filter) and its body, which logs when it ends.
     Proxied(Parts, Box<ProxiedBody>),
     /// A stored response (`cache = true` routes).
-    Cached {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Option<Bytes>,
-    },
+    Cached(Box<Cached>),
+}
+
+/// A stored response as it is sent: its status, its headers (with `Age`),
+/// its body unless HEAD or 304.
+pub(super) struct Cached {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
 }
 
 impl Answer {
@@ -142,7 +146,7 @@ const RETRY_AFTER_SECS: u64 = 5;
 pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     ctx.served_here = matches!(
         answer,
-        Answer::File(_) | Answer::Page { .. } | Answer::Cached { .. }
+        Answer::File(_) | Answer::Page { .. } | Answer::Cached(_)
     );
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
@@ -159,11 +163,12 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
             let body = encoded(inner, coding, &mut parts.headers);
             return Response::from_parts(parts, body);
         }
-        Answer::Cached {
-            status,
-            headers,
-            body,
-        } => {
+        Answer::Cached(c) => {
+            let Cached {
+                status,
+                headers,
+                body,
+            } = *c;
             let len = body.as_ref().map_or(0, |b| b.len() as u64);
             let mut r = Response::new(RespBody::Local(body));
             *r.status_mut() = status;

@@ -14,7 +14,11 @@ impl Validator<'_> {
         CacheConfig {
             memory,
             max_object,
-            lock_timeout: self.duration("cache.lock_timeout", &r.lock_timeout, Duration::from_secs(5)),
+            lock_timeout: self.duration(
+                "cache.lock_timeout",
+                &r.lock_timeout,
+                Duration::from_secs(5),
+            ),
         }
     }
 

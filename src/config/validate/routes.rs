@@ -287,19 +287,30 @@ impl Validator<'_> {
                     Some(list) => list.iter().map(|c| c.get_ref().clone()).collect(),
                     // The standard WordPress recipes' bypass: logged-in
                     // users, commenters, password-protected posts.
-                    None if fastcgi => ["wordpress_logged_in_", "wp-postpass_", "comment_author_", "wordpress_sec_"]
-                        .map(String::from)
-                        .to_vec(),
+                    None if fastcgi => [
+                        "wordpress_logged_in_",
+                        "wp-postpass_",
+                        "comment_author_",
+                        "wordpress_sec_",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
                     None => Vec::new(),
                 },
             }
         });
         if cache.is_none() {
             for (k, span) in [
-                ("stale_if_error", r.stale_if_error.as_ref().map(|v| v.span())),
+                (
+                    "stale_if_error",
+                    r.stale_if_error.as_ref().map(|v| v.span()),
+                ),
                 (
                     "cache_bypass_cookies",
-                    r.cache_bypass_cookies.as_ref().and_then(|v| v.first()).map(|v| v.span()),
+                    r.cache_bypass_cookies
+                        .as_ref()
+                        .and_then(|v| v.first())
+                        .map(|v| v.span()),
                 ),
             ] {
                 if let Some(span) = span {

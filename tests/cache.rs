@@ -1,0 +1,394 @@
+//! The shared cache (`cache = true`): RFC 9111 storage and reuse, Vary,
+//! no-store/private/Set-Cookie, a 304 refreshing what is stored, requests
+//! coalesced, unsafe methods invalidating, stale served when the origin
+//! fails (with the failure still logged), stale-while-revalidate, and
+//! WordPress's cookies bypassing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// An origin whose answers are chosen by path, counting requests per
+/// path; `stop` closes it (connections refused afterwards).
+struct Origin {
+    addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, u32>>>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let h = hits.clone();
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let all = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                let conn = tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            buf.drain(..end + 4 + len.min(buf.len() - end - 4));
+                            let mut first = head.lines().next().unwrap_or("").split(' ');
+                            let (method, path) = (
+                                first.next().unwrap_or("").to_string(),
+                                first.next().unwrap_or("").to_string(),
+                            );
+                            let n = {
+                                let mut m = h.lock().unwrap();
+                                let c = m.entry(path.clone()).or_default();
+                                *c += 1;
+                                *c
+                            };
+                            let header = |name: &str| {
+                                head.lines().find_map(|l| {
+                                    l.split_once(':')
+                                        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                                        .map(|(_, v)| v.trim().to_string())
+                                })
+                            };
+                            let (status, extra, body): (&str, String, String) =
+                                match path.split('?').next().unwrap_or("") {
+                                    "/fresh" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=60\r\n".into(),
+                                        format!("fresh {n}"),
+                                    ),
+                                    "/private" => (
+                                        "200 OK",
+                                        "Cache-Control: private, max-age=60\r\n".into(),
+                                        format!("private {n}"),
+                                    ),
+                                    "/nostore" => (
+                                        "200 OK",
+                                        "Cache-Control: no-store\r\n".into(),
+                                        format!("nostore {n}"),
+                                    ),
+                                    "/cookie" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=60\r\nSet-Cookie: session=abc\r\n"
+                                            .into(),
+                                        format!("cookie {n}"),
+                                    ),
+                                    "/vary" => {
+                                        let lang = header("accept-language").unwrap_or_default();
+                                        (
+                                        "200 OK",
+                                        "Cache-Control: max-age=60\r\nVary: Accept-Language\r\n"
+                                            .into(),
+                                        format!("vary {lang} {n}"),
+                                    )
+                                    }
+                                    "/etag"
+                                        if header("if-none-match").as_deref() == Some("\"v1\"") =>
+                                    {
+                                        (
+                                            "304 Not Modified",
+                                            "Cache-Control: max-age=0\r\nETag: \"v1\"\r\n".into(),
+                                            String::new(),
+                                        )
+                                    }
+                                    "/etag" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=0\r\nETag: \"v1\"\r\n".into(),
+                                        format!("etag {n}"),
+                                    ),
+                                    "/slow" => {
+                                        tokio::time::sleep(Duration::from_millis(300)).await;
+                                        (
+                                            "200 OK",
+                                            "Cache-Control: max-age=60\r\n".into(),
+                                            format!("slow {n}"),
+                                        )
+                                    }
+                                    "/swr" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=1, stale-while-revalidate=60\r\n"
+                                            .into(),
+                                        format!("swr {n}"),
+                                    ),
+                                    "/short" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=1\r\n".into(),
+                                        format!("short {n}"),
+                                    ),
+                                    "/wp" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=60\r\n".into(),
+                                        format!("wp {n}"),
+                                    ),
+                                    "/post" if method == "POST" => {
+                                        ("200 OK", String::new(), "posted".into())
+                                    }
+                                    "/post" => (
+                                        "200 OK",
+                                        "Cache-Control: max-age=60\r\n".into(),
+                                        format!("post {n}"),
+                                    ),
+                                    "/down" => {
+                                        ("503 Service Unavailable", String::new(), "down".into())
+                                    }
+                                    _ => ("404 Not Found", String::new(), "no".into()),
+                                };
+                            let resp = format!(
+                                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+                all.lock().unwrap().push(conn);
+            }
+        });
+        Origin {
+            addr,
+            hits,
+            task,
+            conns,
+        }
+    }
+
+    fn hits(&self, path: &str) -> u32 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Closes the listener and every connection (kept-alive ones too).
+    fn stop(&self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().iter() {
+            c.abort();
+        }
+    }
+}
+
+async fn gateway(o: &Origin, extra: &str) -> Gw {
+    Gw::start(&format!(
+        "[upstreams.app]\nservers = [\"{}\"]\nretries = 0\n[[routes]]\nupstream = \"app\"\ncache = true\n{extra}",
+        o.addr
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn fresh_responses_are_stored_and_served_with_age_and_cache_status() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "").await;
+    let r = send(gw.addr, get("/fresh")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fresh 1"));
+    assert_eq!(
+        r.header("cache-status"),
+        "baton; fwd=uri-miss; fwd-status=200; stored"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(gw.addr, get("/fresh")).await;
+    assert_eq!(r.text(), "fresh 1");
+    assert!(
+        r.header("cache-status").starts_with("baton; hit; ttl=5"),
+        "{}",
+        r.header("cache-status")
+    );
+    assert!(
+        r.header("age").parse::<u64>().unwrap() >= 1,
+        "{}",
+        r.header("age")
+    );
+    assert_eq!(o.hits("/fresh"), 1);
+    // HEAD from the stored GET; the client's own validator gets 304.
+    let head = hyper::Request::head("/fresh")
+        .header("host", "test.local")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = send(gw.addr, head).await;
+    assert_eq!((r.status, r.body.as_ref().unwrap().len()), (200, 0));
+    // Not stored: private, no-store, a Set-Cookie.
+    for p in ["/private", "/nostore", "/cookie"] {
+        let a = send(gw.addr, get(p)).await;
+        let b = send(gw.addr, get(p)).await;
+        assert_ne!(a.text(), b.text(), "{p}");
+        assert_eq!(o.hits(p), 2, "{p}");
+        assert!(
+            b.header("cache-status")
+                .starts_with("baton; fwd=uri-miss; fwd-status=200"),
+            "{p}: {}",
+            b.header("cache-status")
+        );
+        assert!(!b.header("cache-status").contains("stored"), "{p}");
+    }
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_cache_requests_total{event=\"hit\"} 2"),
+        "{m}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn vary_keeps_variants_apart_and_304_refreshes_what_is_stored() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "").await;
+    for (lang, n) in [("en", 1), ("fr", 2), ("en", 1), ("fr", 2)] {
+        let r = send(gw.addr, get_with("/vary", "accept-language", lang)).await;
+        assert_eq!(r.text(), format!("vary {lang} {n}"));
+    }
+    assert_eq!(o.hits("/vary"), 2);
+    // max-age=0 with an ETag: each reuse is revalidated, the origin says
+    // 304, the stored body is served.
+    let r = send(gw.addr, get("/etag")).await;
+    assert_eq!(r.text(), "etag 1");
+    let r = send(gw.addr, get("/etag")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "etag 1"));
+    assert_eq!(
+        r.header("cache-status"),
+        "baton; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(o.hits("/etag"), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_make_one_upstream_request() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "").await;
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move { send(addr, get("/slow")).await }));
+    }
+    let mut collapsed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "slow 1"));
+        collapsed += r.header("cache-status").contains("collapsed") as u32;
+    }
+    assert_eq!(o.hits("/slow"), 1);
+    assert!(collapsed > 900, "{collapsed}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_and_cookies_bypass() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "cache_bypass_cookies = [\"wordpress_logged_in_\"]").await;
+    assert_eq!(send(gw.addr, get("/post")).await.text(), "post 1");
+    assert_eq!(send(gw.addr, get("/post")).await.text(), "post 1");
+    let post = hyper::Request::post("/post")
+        .header("host", "test.local")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x=1")))
+        .unwrap();
+    let r = send(gw.addr, post).await;
+    assert_eq!(r.header("cache-status"), "baton; fwd=method");
+    assert_eq!(send(gw.addr, get("/post")).await.text(), "post 3");
+    // A logged-in WordPress user is never served (nor stores) a page.
+    assert_eq!(send(gw.addr, get("/wp")).await.text(), "wp 1");
+    let r = send(
+        gw.addr,
+        get_with("/wp", "cookie", "a=b; wordpress_logged_in_abc=admin%7C1"),
+    )
+    .await;
+    assert_eq!(r.text(), "wp 2");
+    assert_eq!(
+        r.header("cache-status"),
+        "baton; fwd=bypass; detail=\"cookie wordpress_logged_in_\""
+    );
+    assert_eq!(send(gw.addr, get("/wp")).await.text(), "wp 1");
+    gw.stop().await;
+}
+
+/// The origin killed: cached URLs keep answering (the stored response,
+/// `Cache-Status` saying why) within the stale window, uncached ones get
+/// baton's explained 502; every failure is logged with its cause and
+/// counted by incidents.
+#[tokio::test]
+async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "stale_if_error = \"1h\"").await;
+    assert_eq!(send(gw.addr, get("/short")).await.text(), "short 1");
+    // stale-while-revalidate: served at once, refreshed behind.
+    assert_eq!(send(gw.addr, get("/swr")).await.text(), "swr 1");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = send(gw.addr, get("/swr")).await;
+    assert_eq!(r.text(), "swr 1");
+    assert!(
+        r.header("cache-status")
+            .contains("detail=stale-while-revalidate"),
+        "{}",
+        r.header("cache-status")
+    );
+    for _ in 0..50 {
+        if o.hits("/swr") == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(o.hits("/swr"), 2, "refreshed in the background");
+    o.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut errors = 0;
+    for _ in 0..20 {
+        let r = send(gw.addr, get("/short")).await;
+        if r.status != 200 || r.text() != "short 1" {
+            errors += 1;
+        }
+        assert!(
+            r.header("cache-status")
+                .starts_with("baton; fwd=stale; fwd-status=502; ttl=-"),
+            "{}",
+            r.header("cache-status")
+        );
+        assert!(
+            r.header("cache-status")
+                .ends_with("detail=\"stale-if-error connection_refused\""),
+            "{}",
+            r.header("cache-status")
+        );
+    }
+    assert_eq!(errors, 0);
+    let r = send(gw.addr, get("/never-cached")).await;
+    assert_eq!((r.status, r.proxy_error()), (502, "connection_refused"));
+    // The failures behind the stale answers are in the failure log, the
+    // access log names the cause with the 200, and incidents count them.
+    let id = send(gw.addr, get("/short")).await.request_id();
+    let f = gw.failures(&id).await;
+    assert_eq!(f[0]["cause"], "connection_refused");
+    let a = gw.access(&id).await;
+    assert_eq!(
+        (a["status"].as_u64(), a["cause"].as_str()),
+        (Some(200), Some("connection_refused"))
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("baton_cache_requests_total{event=\"stale_error\"} 21"),
+        "{m}"
+    );
+    gw.stop().await;
+}
