@@ -392,3 +392,31 @@ async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
     );
     gw.stop().await;
 }
+
+/// Purge on the admin address: one URL, or a prefix.
+#[tokio::test]
+async fn purge_by_url_and_by_prefix() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "").await;
+    for p in ["/fresh", "/fresh?a=1", "/vary"] {
+        send(gw.addr, get(p)).await;
+    }
+    let purge = |q: &str| {
+        hyper::Request::post(format!("/cache/purge?{q}"))
+            .header("host", gw.admin.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = send(gw.admin, purge("url=http://test.local/fresh")).await;
+    assert_eq!(r.json()["purged"], 1);
+    // Counted per path and query by the origin.
+    assert_eq!(send(gw.addr, get("/fresh")).await.text(), "fresh 2");
+    assert_eq!(send(gw.addr, get("/fresh?a=1")).await.text(), "fresh 1");
+    let r = send(gw.admin, purge("prefix=http://test.local/fresh")).await;
+    assert_eq!(r.json()["purged"], 2);
+    assert_eq!(send(gw.addr, get("/fresh?a=1")).await.text(), "fresh 2");
+    assert_eq!(send(gw.addr, get("/vary")).await.text(), "vary  1");
+    let r = send(gw.admin, purge("")).await;
+    assert_eq!(r.status, 400);
+    gw.stop().await;
+}

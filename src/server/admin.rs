@@ -181,6 +181,31 @@ fn admin(
             }).collect();
             json(StatusCode::OK, serde_json::json!({"processes": list}))
         }
+        (&Method::POST, "/cache/purge") => {
+            // ?url=http://host/path?q (one key) or ?prefix=http://host/blog/
+            let arg = |name: &str| {
+                query.split('&').find_map(|kv| kv.strip_prefix(name)).map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+            };
+            match (arg("url="), arg("prefix=")) {
+                (Some(u), _) => {
+                    let had = gw.cache.get(&u).is_some();
+                    gw.cache.remove(&u);
+                    json(StatusCode::OK, serde_json::json!({"purged": had as usize, "url": u}))
+                }
+                (None, Some(p)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"purged": gw.cache.purge_prefix(&p), "prefix": p}),
+                ),
+                (None, None) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "pass ?url=http://HOST/PATH or ?prefix=http://HOST/PATH (the cache's key: scheme, host, path and query)"}),
+                ),
+            }
+        }
         (&Method::POST, "/reload") => match gw.reload() {
             Ok(notes) => json(StatusCode::OK, serde_json::json!({"reloaded": true, "notes": notes})),
             Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({"reloaded": false, "error": e})),
@@ -196,7 +221,7 @@ fn admin(
                 None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no such server; pass ?server=ADDRESS as written in servers"})),
             }
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /dashboard, GET /api/state, GET /api/failure?id=REQUEST_ID, GET /metrics, GET /healthz, GET /processes, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: GET /dashboard, GET /api/state, GET /api/failure?id=REQUEST_ID, GET /metrics, GET /healthz, GET /processes, POST /reload, POST|GET /drain?server=ADDR, POST /undrain?server=ADDR, POST /cache/purge?url=URL|prefix=URL\n".to_string()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
