@@ -296,6 +296,17 @@ impl Gateway {
 
     /// Publishes log drops into the metric (called when metrics are read).
     pub fn sync_counters(&self) {
+        let (bytes, entries) = self.cache.size();
+        self.metrics.cache_bytes.set(bytes as i64);
+        self.metrics.cache_entries.set(entries as i64);
+        let ev = self
+            .cache
+            .evictions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let c = &self.metrics.cache_evictions;
+        if ev > c.get() {
+            c.inc_by(ev - c.get());
+        }
         for sup in self.supervisors() {
             let st = sup.status();
             for state in [

@@ -118,6 +118,9 @@ pub struct Metrics {
     pub dns_stale: Counter,
     /// The shared cache's answers, by what happened.
     pub cache: Family<CacheLabels, Counter>,
+    pub cache_bytes: prometheus_client::metrics::gauge::Gauge,
+    pub cache_entries: prometheus_client::metrics::gauge::Gauge,
+    pub cache_evictions: Counter,
     pub health: Family<HealthLabels, Counter>,
     pub shed: Family<ShedLabels, Counter>,
     pub registry: Registry,
@@ -230,7 +233,28 @@ impl Metrics {
             "Requests on cached routes by what the cache did: hit, stale_revalidate, stale_error (a stored response served in place of a failure), revalidated, miss (stored), uncacheable, bypass",
             cache.clone(),
         );
+        let cache_bytes = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes the shared cache holds (bodies and heads)",
+            cache_bytes.clone(),
+        );
+        let cache_entries = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "cache_entries",
+            "URLs the shared cache holds",
+            cache_entries.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "cache_evictions",
+            "Stored responses dropped to stay within [cache] memory",
+            cache_evictions.clone(),
+        );
         Metrics {
+            cache_bytes,
+            cache_entries,
+            cache_evictions,
             cache,
             backend_state,
             backend_restarts,
