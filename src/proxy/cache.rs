@@ -263,6 +263,12 @@ fn bypass_cookie<'a>(h: &HeaderMap, prefixes: &'a [String]) -> Option<&'a str> {
 /// policy's, with `Age`), its body unless HEAD, `304` when the client's
 /// own validator matches.
 fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts, head: bool) -> Answer {
+    // The origin's Date, as stored (the policy writes its own, and not as
+    // an HTTP-date).
+    match s.headers.get(header::DATE) {
+        Some(d) => headers.insert(header::DATE, d.clone()),
+        None => headers.remove(header::DATE),
+    };
     let etag = s.headers.get(header::ETAG);
     let not_modified = match (req.headers.get(header::IF_NONE_MATCH), etag) {
         (Some(inm), Some(e)) => inm.to_str().is_ok_and(|v| {
@@ -300,6 +306,13 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
             if c.pass {
                 if c.invalidate && (parts.status.is_success() || parts.status.is_redirection()) {
                     store.remove(&c.key);
+                    // And the same site's Location and Content-Location
+                    // (RFC 9111 §4.4).
+                    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                        if let Some(u) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
+                            store.remove(&same_site(&c.key, u));
+                        }
+                    }
                 }
                 return Answer::Proxied(parts, body);
             }
@@ -360,6 +373,8 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
             } else {
                 c.status = format!("{}; fwd-status={status}", c.status);
                 ctx.gw.metrics.cache_event("uncacheable");
+                // Nothing to wait for: requests for the same URL go on now.
+                c.leader = None;
             }
             Answer::Proxied(parts, body)
         }
@@ -414,6 +429,25 @@ fn serve_stale(c: &mut CacheCtx, why: &str, now: SystemTime) -> Option<Answer> {
     let mut h = s.headers.clone();
     h.insert(header::AGE, HeaderValue::from(s.policy.age(now).as_secs()));
     Some(cached(s, h, &c.req, c.head))
+}
+
+/// The key a `Location` names on the same site as `key` (an absolute URL
+/// is kept, so another site's is never found).
+fn same_site(key: &str, target: &str) -> String {
+    if target.contains("://") {
+        return target.to_string();
+    }
+    let origin_end = key
+        .find("://")
+        .and_then(|i| key[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(key.len());
+    if target.starts_with('/') {
+        format!("{}{target}", &key[..origin_end])
+    } else {
+        // Relative to the target's directory.
+        let dir_end = key.rfind('/').map_or(key.len(), |i| i + 1);
+        format!("{}{target}", &key[..dir_end.max(origin_end)])
+    }
 }
 
 /// `Age` is computed when served, never stored.
