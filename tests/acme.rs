@@ -121,6 +121,14 @@ async fn pebble(http_port: u16, tls_port: u16, dns: SocketAddr) -> Pebble {
         listen,
     )
     .await;
+    // Pebble opens its management listener after the main one: wait for
+    // it too (under load it came second by a few milliseconds).
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(management).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Pebble {
         child,
         directory: format!("https://{listen}/dir"),
