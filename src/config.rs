@@ -707,6 +707,9 @@ pub struct RouteCache {
 pub struct CacheConfig {
     /// Bytes of stored responses kept in memory.
     pub memory: u64,
+    /// `dir` and `disk`: a second tier on disk (bytes), kept across
+    /// restarts.
+    pub disk: Option<(PathBuf, u64)>,
     /// A response larger than this is passed on, not stored.
     pub max_object: u64,
     /// How long concurrent misses for one URL wait for the first one's

@@ -59,7 +59,10 @@ impl Gateway {
         checks::spawn_checkers(&rt);
         crate::upstream::spawn_reapers(&rt.upstreams);
         Gateway {
-            cache: Arc::new(cache::Store::new(rt.config.cache.memory)),
+            cache: Arc::new(cache::Store::new(
+                rt.config.cache.memory,
+                rt.config.cache.disk.clone(),
+            )),
             tls: tls::Tls::new(&rt.config.tls),
             metrics: rt.metrics.clone(),
             runtime: ArcSwap::new(rt),

@@ -420,3 +420,54 @@ async fn purge_by_url_and_by_prefix() {
     assert_eq!(r.status, 400);
     gw.stop().await;
 }
+
+/// The disk tier: what was stored is there after a restart, even with
+/// the origin gone; a purge removes it from disk too.
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart() {
+    let o = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = format!(
+        "[cache]\ndir = \"{}\"\ndisk = \"10MiB\"\n",
+        dir.path().display()
+    );
+    let gw = gateway(&o, &cache).await;
+    assert_eq!(send(gw.addr, get("/fresh")).await.text(), "fresh 1");
+    assert_eq!(send(gw.addr, get("/vary")).await.text(), "vary  1");
+    // Written off the request's thread: wait for the files.
+    for _ in 0..100 {
+        if std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "entry")
+            })
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+    o.stop();
+    let gw = gateway(&o, &cache).await;
+    let r = send(gw.addr, get("/fresh")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fresh 1"));
+    assert!(
+        r.header("cache-status").starts_with("baton; hit; ttl="),
+        "{}",
+        r.header("cache-status")
+    );
+    let purge = hyper::Request::post("/cache/purge?prefix=http://test.local/")
+        .header("host", gw.admin.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gw.admin, purge).await.json()["purged"], 2);
+    let r = send(gw.addr, get("/fresh")).await;
+    assert_eq!((r.status, r.proxy_error()), (502, "connection_refused"));
+    gw.stop().await;
+}

@@ -63,6 +63,8 @@ pub struct TlsCertificate {
 #[serde(deny_unknown_fields)]
 pub struct Cache {
     pub memory: Option<Spanned<String>>,
+    pub dir: Option<Spanned<String>>,
+    pub disk: Option<Spanned<String>>,
     pub max_object: Option<Spanned<String>>,
     pub lock_timeout: Option<Spanned<String>>,
 }

@@ -140,7 +140,10 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
     }
     for round in 0..2 {
         let now = SystemTime::now();
-        let variants = store.get(&c.key);
+        let variants = match store.get(&c.key) {
+            Some(v) => Some(v),
+            None => store.load(&c.key).await,
+        };
         let mut vary_miss = variants.is_some();
         let mut stale: Option<(Arc<Stored>, HeaderMap)> = None;
         for s in variants.iter().flat_map(|v| v.iter()) {

@@ -11,7 +11,20 @@ impl Validator<'_> {
     pub(super) fn cache(&mut self, r: &raw::Cache) -> CacheConfig {
         let memory = self.size("cache.memory", &r.memory, 64 << 20);
         let max_object = self.size("cache.max_object", &r.max_object, 8 << 20);
+        let disk = r.dir.as_ref().map(|d| {
+            let dir = self.path(d.get_ref());
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                self.err(
+                    "cache.dir",
+                    d.span(),
+                    format!("cannot create {}: {e}", dir.display()),
+                    "give a directory baton can write (e.g. /var/cache/baton), or remove dir for a memory-only cache",
+                );
+            }
+            (dir, self.size("cache.disk", &r.disk, 1 << 30))
+        });
         CacheConfig {
+            disk,
             memory,
             max_object,
             lock_timeout: self.duration(
