@@ -390,6 +390,22 @@ async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
         m.contains("baton_cache_requests_total{event=\"stale_error\"} 21"),
         "{m}"
     );
+    // And on the dashboard's cache panel.
+    let state = send(
+        gw.admin,
+        hyper::Request::get("/api/state")
+            .header("host", gw.admin.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        state["cache"]["events"]["stale_error"], 21,
+        "{}",
+        state["cache"]
+    );
+    assert_eq!(state["cache"]["routes"][0], "*/");
     gw.stop().await;
 }
 

@@ -618,8 +618,14 @@ async fn real_haproxy_logs_are_classified() {
     let log = dir.path().join("haproxy.log");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _haproxy = real_proxy("haproxy", &conf, addr, Some(&log)).await;
-    // Let the health check mark the `down` server DOWN.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let the health check mark the `down` server DOWN (HAProxy logs it;
+    // under load it takes longer than its 100 ms interval).
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is DOWN")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let statuses = hit(
         addr,
         &[

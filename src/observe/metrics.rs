@@ -83,6 +83,17 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// Every `event` of `baton_cache_requests_total`, for the dashboard.
+pub const CACHE_EVENTS: [&str; 7] = [
+    "hit",
+    "miss",
+    "uncacheable",
+    "revalidated",
+    "stale_revalidate",
+    "stale_error",
+    "bypass",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     /// hit, stale_revalidate (served while refreshed), stale_error

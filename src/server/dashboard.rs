@@ -84,7 +84,26 @@ pub fn state(gw: &Gateway) -> serde_json::Value {
                 (reason.to_string(), json!(n))
             })
             .collect();
+    let events: serde_json::Map<String, serde_json::Value> = crate::observe::metrics::CACHE_EVENTS
+        .iter()
+        .map(|&event| {
+            let n = gw
+                .metrics
+                .cache
+                .get_or_create(&crate::observe::metrics::CacheLabels { event })
+                .get();
+            (event.to_string(), json!(n))
+        })
+        .collect();
+    let (bytes, entries) = gw.cache.size();
     json!({
+        "cache": {
+            "routes": rt.config.routes.iter().filter(|r| r.cache.is_some()).map(|r| &*r.name).collect::<Vec<_>>(),
+            "memory": rt.config.cache.memory,
+            "bytes": bytes,
+            "entries": entries,
+            "events": events,
+        },
         "tls": {
             "listen": rt.config.tls.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "certificates": certificates,
