@@ -256,6 +256,51 @@ fn sanitize(name: &str) -> String {
     if n.is_empty() { "app".into() } else { n }
 }
 
+/// The files an `include` (nginx) or `Include` (Apache) names: an
+/// absolute path, or a relative one tried from the including file's
+/// directory, its parent, then the server's own directory (`prefix`:
+/// `/etc/nginx`, `/etc/apache2`); a `*` in the file name is a glob
+/// (sorted, as both servers read them).
+pub fn include_files(pattern: &str, from: &Path, prefix: &str) -> Vec<PathBuf> {
+    let p = Path::new(pattern);
+    let candidates: Vec<PathBuf> = if p.is_absolute() {
+        vec![p.to_path_buf()]
+    } else {
+        let dir = from.parent().unwrap_or(Path::new("."));
+        let mut c = vec![dir.join(p)];
+        if let Some(up) = dir.parent() {
+            c.push(up.join(p));
+        }
+        c.push(Path::new(prefix).join(p));
+        c
+    };
+    for c in candidates {
+        let name = c.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some((pre, post)) = name.split_once('*') else {
+            if c.is_file() {
+                return vec![c];
+            }
+            continue;
+        };
+        let Some(Ok(entries)) = c.parent().map(std::fs::read_dir) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|f| {
+                f.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
+                    && f.is_file()
+            })
+            .collect();
+        found.sort();
+        return found;
+    }
+    Vec::new()
+}
+
 /// nginx's and Apache's sizes (`64m`, `1G`, `512k`, bytes) in bytes.
 pub fn size(v: &str) -> Option<u64> {
     let v = v.trim();

@@ -135,7 +135,7 @@ fn read(path: &Path, depth: u32) -> Result<Vec<Node>, String> {
         };
         let nodes = if matches!(node.name.as_str(), "Include" | "IncludeOptional") {
             let mut inc = Vec::new();
-            for f in include_files(node.arg(0), path) {
+            for f in super::include_files(node.arg(0), path, "/etc/apache2") {
                 inc.extend(read(&f, depth + 1)?);
             }
             inc
@@ -151,44 +151,6 @@ fn read(path: &Path, depth: u32) -> Result<Vec<Node>, String> {
         return Err(format!("{file}: a <section> is never closed"));
     }
     Ok(top)
-}
-
-fn include_files(pattern: &str, from: &Path) -> Vec<PathBuf> {
-    let p = Path::new(pattern);
-    let full = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        Path::new("/etc/apache2").join(p)
-    };
-    let full = if full.exists() || full.to_string_lossy().contains('*') {
-        full
-    } else {
-        from.parent().unwrap_or(Path::new(".")).join(p)
-    };
-    let name = full.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !name.contains('*') {
-        return if full.is_file() {
-            vec![full]
-        } else {
-            Vec::new()
-        };
-    }
-    let (pre, post) = name.split_once('*').unwrap_or((name, ""));
-    let mut v: Vec<PathBuf> = full
-        .parent()
-        .and_then(|d| std::fs::read_dir(d).ok())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|f| {
-            f.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 pub fn import(files: &[PathBuf]) -> Result<Plan, String> {

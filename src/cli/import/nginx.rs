@@ -216,9 +216,8 @@ fn parse_block(
     Ok(out)
 }
 
-/// `include` replaced by the directives of the files it names (a `*` in
-/// the file name is a glob); relative paths from the including file's
-/// directory, its parent, then /etc/nginx (nginx's prefix).
+/// `include` replaced by the directives of the files it names
+/// ([`super::include_files`]).
 fn expand_includes(ds: &mut Vec<Directive>, from: &Path, depth: u32) -> Result<(), String> {
     if depth > 16 {
         return Err("includes nest more than 16 deep (a loop?)".into());
@@ -233,7 +232,7 @@ fn expand_includes(ds: &mut Vec<Directive>, from: &Path, depth: u32) -> Result<(
             continue;
         }
         let pattern = ds[i].arg(0).to_string();
-        let files = include_files(&pattern, from);
+        let files = super::include_files(&pattern, from, "/etc/nginx");
         let mut read_in = Vec::new();
         for f in &files {
             let mut inner = read(f)?;
@@ -251,48 +250,6 @@ fn expand_includes(ds: &mut Vec<Directive>, from: &Path, depth: u32) -> Result<(
         i += n;
     }
     Ok(())
-}
-
-fn include_files(pattern: &str, from: &Path) -> Vec<PathBuf> {
-    let p = Path::new(pattern);
-    let candidates: Vec<PathBuf> = if p.is_absolute() {
-        vec![p.to_path_buf()]
-    } else {
-        let dir = from.parent().unwrap_or(Path::new("."));
-        let mut c = vec![dir.join(p)];
-        if let Some(up) = dir.parent() {
-            c.push(up.join(p));
-        }
-        c.push(Path::new("/etc/nginx").join(p));
-        c
-    };
-    for c in candidates {
-        let name = c.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.contains('*') {
-            if c.is_file() {
-                return vec![c];
-            }
-            continue;
-        }
-        let (pre, post) = name.split_once('*').unwrap_or((name, ""));
-        let Some(dir) = c.parent() else { continue };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut found: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|f| {
-                f.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(pre) && n.ends_with(post))
-                    && f.is_file()
-            })
-            .collect();
-        found.sort();
-        return found;
-    }
-    Vec::new()
 }
 
 /// The directives every context may hold that baton does on its own, or
