@@ -331,7 +331,11 @@ async fn unsafe_methods_invalidate_and_cookies_bypass() {
 #[tokio::test]
 async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
     let o = Origin::start().await;
-    let gw = gateway(&o, "stale_if_error = \"1h\"").await;
+    let gw = gateway(
+        &o,
+        "stale_if_error = \"1h\"\n[incidents]\ndir = \"off\"\nerror_rate = 0.5\nmin_requests = 3\nwindow = \"10s\"",
+    )
+    .await;
     assert_eq!(send(gw.addr, get("/short")).await.text(), "short 1");
     // stale-while-revalidate: served at once, refreshed behind.
     assert_eq!(send(gw.addr, get("/swr")).await.text(), "swr 1");
@@ -406,6 +410,17 @@ async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
         state["cache"]
     );
     assert_eq!(state["cache"]["routes"][0], "*/");
+    // The outage opened an incident, though every visitor got the page.
+    let mut open = serde_json::Value::Null;
+    for _ in 0..60 {
+        let s = send(gw.admin, get("/api/state")).await.json();
+        if let Some(i) = s["incidents_open"].as_array().and_then(|a| a.first()) {
+            open = i.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open["upstream"], "app", "{open}");
     gw.stop().await;
 }
 
