@@ -700,6 +700,11 @@ pub struct RouteCache {
     /// stored (WordPress's logged-in, comment-author and password
     /// cookies by default on FastCGI upstreams).
     pub bypass_cookies: Vec<String>,
+    /// `cache_ttl`: how long a `200`, `301` or `404` that says nothing of
+    /// its freshness (no `Cache-Control` lifetime, no `Expires`; PHP
+    /// pages) is fresh, as nginx's `fastcgi_cache_valid`. Zero: only what
+    /// RFC 9111 allows.
+    pub ttl: Duration,
 }
 
 /// `[cache]`: the shared HTTP cache's bounds.

@@ -502,3 +502,53 @@ async fn the_disk_tier_survives_a_restart() {
     assert_eq!((r.status, r.proxy_error()), (502, "connection_refused"));
     gw.stop().await;
 }
+
+/// PHP pages (no cache headers) behind a real PHP-FPM: cached for the
+/// route's `cache_ttl`, as nginx's `fastcgi_cache_valid`; a WordPress
+/// logged-in cookie is never served the cached page (the default bypass
+/// on FastCGI upstreams).
+#[tokio::test]
+async fn php_pages_are_cached_for_cache_ttl_and_logged_in_users_bypass() {
+    let fpm = crate::support::php::start("").await;
+    std::fs::write(
+        fpm.root.join("page.php"),
+        "<?php echo 'page at ', microtime(true), ' pid ', getmypid();\n",
+    )
+    .unwrap();
+    crate::support::php::set_mode(&fpm.root.join("page.php"), 0o644);
+    let gw = Gw::start(&format!(
+        "{}cache = true\ncache_ttl = \"1m\"\n",
+        fpm.upstream("")
+    ))
+    .await;
+    let first = send(gw.addr, get("/page.php")).await;
+    assert_eq!(first.status, 200);
+    assert!(
+        first
+            .header("cache-status")
+            .ends_with("fwd-status=200; stored"),
+        "{}",
+        first.header("cache-status")
+    );
+    let again = send(gw.addr, get("/page.php")).await;
+    assert_eq!(again.text(), first.text());
+    assert!(
+        again.header("cache-status").starts_with("baton; hit"),
+        "{}",
+        again.header("cache-status")
+    );
+    // Logged in: PHP runs, nothing is stored, the cached page stays.
+    let mine = send(
+        gw.addr,
+        get_with("/page.php", "cookie", "wordpress_logged_in_123=admin%7Cx"),
+    )
+    .await;
+    assert_ne!(mine.text(), first.text());
+    assert!(
+        mine.header("cache-status").starts_with("baton; fwd=bypass"),
+        "{}",
+        mine.header("cache-status")
+    );
+    assert_eq!(send(gw.addr, get("/page.php")).await.text(), first.text());
+    gw.stop().await;
+}

@@ -234,6 +234,7 @@ pub struct Route {
     pub expires: Option<Spanned<String>>,
     pub cache: Option<bool>,
     pub stale_if_error: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
     pub cache_bypass_cookies: Option<Vec<Spanned<String>>>,
 }
 

@@ -39,6 +39,8 @@ pub(super) struct CacheCtx {
     /// An unsafe method: what is stored for the target goes if it succeeds.
     invalidate: bool,
     stale_if_error: Duration,
+    /// The route's `cache_ttl`.
+    ttl: Duration,
     /// A follower that waited for another request's response.
     collapsed: bool,
     /// Not the cache's business: an unsafe method (after `invalidate`) or
@@ -61,6 +63,7 @@ impl CacheCtx {
             status: "fwd=stale; detail=background".into(),
             invalidate: false,
             stale_if_error: self.stale_if_error,
+            ttl: self.ttl,
             collapsed: false,
             pass: false,
             head: self.head,
@@ -116,6 +119,7 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
         status: String::new(),
         invalidate: false,
         stale_if_error: rc.stale_if_error,
+        ttl: rc.ttl,
         collapsed: false,
         pass: false,
         head: req.method() == Method::HEAD,
@@ -348,7 +352,10 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
                 ctx.gw.metrics.cache_event("stale_error");
                 return a;
             }
-            let policy = CachePolicy::new(&c.req, &parts);
+            let policy = match with_ttl(&parts, c.ttl) {
+                Some(p) => CachePolicy::new(&c.req, &p),
+                None => CachePolicy::new(&c.req, &parts),
+            };
             let fits = parts
                 .headers
                 .get(header::CONTENT_LENGTH)
@@ -451,6 +458,41 @@ fn same_site(key: &str, target: &str) -> String {
         let dir_end = key.rfind('/').map_or(key.len(), |i| i + 1);
         format!("{}{target}", &key[..dir_end.max(origin_end)])
     }
+}
+
+/// The route's `cache_ttl` for a response that says nothing of its
+/// freshness: the same head with `s-maxage` added (what the policy reads,
+/// and what a stored answer carries).
+fn with_ttl(parts: &http::response::Parts, ttl: Duration) -> Option<http::response::Parts> {
+    if ttl.is_zero() || !matches!(parts.status.as_u16(), 200 | 301 | 404) {
+        return None;
+    }
+    let says = parts.headers.contains_key(header::EXPIRES)
+        || parts
+            .headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                let v = v.to_ascii_lowercase();
+                ["max-age", "s-maxage", "no-store", "no-cache", "private"]
+                    .iter()
+                    .any(|d| v.contains(d))
+            });
+    if says {
+        return None;
+    }
+    let mut b = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+        h.append(
+            header::CACHE_CONTROL,
+            HeaderValue::from_str(&format!("s-maxage={}", ttl.as_secs())).ok()?,
+        );
+    }
+    b.body(()).ok().map(|r| r.into_parts().0)
 }
 
 /// `Age` is computed when served, never stored.

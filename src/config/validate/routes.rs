@@ -283,6 +283,14 @@ impl Validator<'_> {
                         Duration::ZERO,
                     ),
                 },
+                ttl: match &r.cache_ttl {
+                    None => Duration::ZERO,
+                    Some(_) => self.duration(
+                        &format!("routes[{i}].cache_ttl"),
+                        &r.cache_ttl,
+                        Duration::ZERO,
+                    ),
+                },
                 bypass_cookies: match &r.cache_bypass_cookies {
                     Some(list) => list.iter().map(|c| c.get_ref().clone()).collect(),
                     // The standard WordPress recipes' bypass: logged-in
@@ -305,6 +313,7 @@ impl Validator<'_> {
                     "stale_if_error",
                     r.stale_if_error.as_ref().map(|v| v.span()),
                 ),
+                ("cache_ttl", r.cache_ttl.as_ref().map(|v| v.span())),
                 (
                     "cache_bypass_cookies",
                     r.cache_bypass_cookies
