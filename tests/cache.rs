@@ -230,6 +230,12 @@ async fn fresh_responses_are_stored_and_served_with_age_and_cache_status() {
         .unwrap();
     let r = send(gw.addr, head).await;
     assert_eq!((r.status, r.body.as_ref().unwrap().len()), (200, 0));
+    // A range of the stored response.
+    let r = send(gw.addr, get_with("/fresh", "range", "bytes=0-4")).await;
+    assert_eq!((r.status, r.text().as_str()), (206, "fresh"));
+    assert_eq!(r.header("content-range"), "bytes 0-4/7");
+    let r = send(gw.addr, get_with("/fresh", "range", "bytes=50-")).await;
+    assert_eq!((r.status, r.header("content-range")), (416, "bytes */7"));
     // Not stored: private, no-store, a Set-Cookie.
     for p in ["/private", "/nostore", "/cookie"] {
         let a = send(gw.addr, get(p)).await;
@@ -246,7 +252,7 @@ async fn fresh_responses_are_stored_and_served_with_age_and_cache_status() {
     }
     let m = gw.metrics().await;
     assert!(
-        m.contains("baton_cache_requests_total{event=\"hit\"} 2"),
+        m.contains("baton_cache_requests_total{event=\"hit\"} 4"),
         "{m}"
     );
     gw.stop().await;

@@ -293,7 +293,44 @@ fn cached(s: &Stored, mut headers: HeaderMap, req: &http::request::Parts, head: 
             body: None,
         }));
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(s.body.len()));
+    // One byte range of a stored whole response (media seeking), as the
+    // files baton serves itself: If-Range with the stored validator.
+    let len = s.body.len() as u64;
+    let if_range_ok = req.headers.get(header::IF_RANGE).is_none_or(|v| {
+        Some(v) == s.headers.get(header::ETAG) || Some(v) == s.headers.get(header::LAST_MODIFIED)
+    });
+    let range = req
+        .headers
+        .get(header::RANGE)
+        .filter(|_| s.status == StatusCode::OK && if_range_ok)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| crate::upstream::files::byte_range(v, len));
+    match range {
+        Some(Ok(Some((a, b)))) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b - a + 1));
+            return Answer::Cached(Box::new(Cached {
+                status: StatusCode::PARTIAL_CONTENT,
+                headers,
+                body: (!head).then(|| s.body.slice(a as usize..=b as usize)),
+            }));
+        }
+        Some(Err(())) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            return Answer::Cached(Box::new(Cached {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers,
+                body: None,
+            }));
+        }
+        _ => {}
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     Answer::Cached(Box::new(Cached {
         status: s.status,
         headers,
