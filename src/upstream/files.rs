@@ -162,7 +162,7 @@ pub fn answer(
 /// One `bytes=` range of a file of `len` bytes (RFC 9110 §14.1.2):
 /// `Ok(Some((first, last)))` to serve, `Ok(None)` to ignore (not bytes,
 /// several ranges, malformed), `Err` when it lies past the end (416).
-pub fn byte_range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn byte_range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
