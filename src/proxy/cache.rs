@@ -179,7 +179,10 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
             let late = s.staleness(now);
             // RFC 5861: within stale-while-revalidate, serve it and refresh
             // in the background (unless the client asked for a fresh one).
-            if late <= s.stale_while_revalidate && !no_cache(req.headers()) {
+            // Only a response that is stale by its age: one the policy
+            // sends back for another reason (the client's `max-age=0`,
+            // `no-cache` on the response) is revalidated first.
+            if !late.is_zero() && late <= s.stale_while_revalidate && !no_cache(req.headers()) {
                 c.status = format!(
                     "hit; ttl=-{}; detail=stale-while-revalidate",
                     late.as_secs()
