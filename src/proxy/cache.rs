@@ -41,6 +41,10 @@ pub(super) struct CacheCtx {
     stale_if_error: Duration,
     /// The route's `cache_ttl`.
     ttl: Duration,
+    /// A response to store when its body ends (taken by the exit).
+    pub store: Option<Pending>,
+    /// A stored response was served in place of a failure with this cause.
+    pub served_stale: Option<crate::core::cause::Cause>,
     /// A follower that waited for another request's response.
     collapsed: bool,
     /// Not the cache's business: an unsafe method (after `invalidate`) or
@@ -64,6 +68,8 @@ impl CacheCtx {
             invalidate: false,
             stale_if_error: self.stale_if_error,
             ttl: self.ttl,
+            store: None,
+            served_stale: None,
             collapsed: false,
             pass: false,
             head: self.head,
@@ -120,6 +126,8 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
         invalidate: false,
         stale_if_error: rc.stale_if_error,
         ttl: rc.ttl,
+        store: None,
+        served_stale: None,
         collapsed: false,
         pass: false,
         head: req.method() == Method::HEAD,
@@ -410,7 +418,7 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
             if policy.is_storable() && fits && !cookie && !c.head {
                 c.status = format!("{}; fwd-status={status}; stored", c.status);
                 ctx.gw.metrics.cache_event("miss");
-                ctx.cache_store = Some(Pending {
+                c.store = Some(Pending {
                     key: c.key.clone(),
                     req: c.req.clone(),
                     policy,
@@ -440,7 +448,7 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
                 && let Some(a) = serve_stale(c, cause.id(), now)
             {
                 ctx.gw.metrics.cache_event("stale_error");
-                ctx.cache_served_stale = Some(cause);
+                c.served_stale = Some(cause);
                 return a;
             }
             Answer::Failure {

@@ -69,12 +69,9 @@ pub(super) struct Ctx {
     /// The route's `rewrite`: the path and query the upstream is asked
     /// for (the logs keep the client's).
     pub rewritten: Option<String>,
-    /// A cached route's lookup and what `Cache-Status` says.
+    /// A cached route's lookup, what `Cache-Status` says, and what is to
+    /// be stored.
     pub cache: Option<Box<super::cache::CacheCtx>>,
-    /// A response to store when its body ends.
-    pub cache_store: Option<super::cache::Pending>,
-    /// A stored response was served in place of a failure with this cause.
-    pub cache_served_stale: Option<crate::core::cause::Cause>,
     /// FastCGI: the script `try_files` chose (boxed: the HTTP path moves
     /// the context without it).
     pub script: Option<Box<Script>>,
@@ -152,8 +149,6 @@ impl Ctx {
             rate_headers: None,
             rewritten: None,
             cache: None,
-            cache_store: None,
-            cache_served_stale: None,
             script: None,
             rt,
             gw,

@@ -150,7 +150,7 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
     );
     let (mut r, len, cause) = match answer {
         Answer::Proxied(mut parts, mut body) => {
-            let store = ctx.cache_store.take();
+            let store = ctx.cache.as_mut().and_then(|c| c.store.take());
             response_filters(&ctx, &mut parts.headers);
             expires(&ctx, parts.status, &mut parts.headers);
             let coding = compression(&ctx, parts.status, &mut parts.headers);
@@ -173,7 +173,7 @@ pub(super) fn exit(mut ctx: Box<Ctx>, answer: Answer) -> Response<RespBody> {
             let mut r = Response::new(RespBody::Local(body));
             *r.status_mut() = status;
             *r.headers_mut() = headers;
-            (r, len, ctx.cache_served_stale)
+            (r, len, ctx.cache.as_ref().and_then(|c| c.served_stale))
         }
         Answer::Failure {
             failure,
