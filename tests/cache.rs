@@ -74,89 +74,96 @@ impl Origin {
                                         .map(|(_, v)| v.trim().to_string())
                                 })
                             };
-                            let (status, extra, body): (&str, String, String) =
-                                match path.split('?').next().unwrap_or("") {
-                                    "/fresh" => (
-                                        "200 OK",
-                                        "Cache-Control: max-age=60\r\n".into(),
-                                        format!("fresh {n}"),
-                                    ),
-                                    "/private" => (
-                                        "200 OK",
-                                        "Cache-Control: private, max-age=60\r\n".into(),
-                                        format!("private {n}"),
-                                    ),
-                                    "/nostore" => (
-                                        "200 OK",
-                                        "Cache-Control: no-store\r\n".into(),
-                                        format!("nostore {n}"),
-                                    ),
-                                    "/cookie" => (
-                                        "200 OK",
-                                        "Cache-Control: max-age=60\r\nSet-Cookie: session=abc\r\n"
-                                            .into(),
-                                        format!("cookie {n}"),
-                                    ),
-                                    "/vary" => {
-                                        let lang = header("accept-language").unwrap_or_default();
-                                        (
+                            let (status, extra, body): (&str, String, String) = match path
+                                .split('?')
+                                .next()
+                                .unwrap_or("")
+                            {
+                                "/fresh" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=60\r\n".into(),
+                                    format!("fresh {n}"),
+                                ),
+                                "/private" => (
+                                    "200 OK",
+                                    "Cache-Control: private, max-age=60\r\n".into(),
+                                    format!("private {n}"),
+                                ),
+                                "/nostore" => (
+                                    "200 OK",
+                                    "Cache-Control: no-store\r\n".into(),
+                                    format!("nostore {n}"),
+                                ),
+                                "/cookie" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=60\r\nSet-Cookie: session=abc\r\n"
+                                        .into(),
+                                    format!("cookie {n}"),
+                                ),
+                                "/vary" => {
+                                    let lang = header("accept-language").unwrap_or_default();
+                                    (
                                         "200 OK",
                                         "Cache-Control: max-age=60\r\nVary: Accept-Language\r\n"
                                             .into(),
                                         format!("vary {lang} {n}"),
                                     )
-                                    }
-                                    "/etag"
-                                        if header("if-none-match").as_deref() == Some("\"v1\"") =>
-                                    {
-                                        (
-                                            "304 Not Modified",
-                                            "Cache-Control: max-age=0\r\nETag: \"v1\"\r\n".into(),
-                                            String::new(),
-                                        )
-                                    }
-                                    "/etag" => (
-                                        "200 OK",
+                                }
+                                "/etag" if header("if-none-match").as_deref() == Some("\"v1\"") => {
+                                    (
+                                        "304 Not Modified",
                                         "Cache-Control: max-age=0\r\nETag: \"v1\"\r\n".into(),
-                                        format!("etag {n}"),
-                                    ),
-                                    "/slow" => {
-                                        tokio::time::sleep(Duration::from_millis(300)).await;
-                                        (
-                                            "200 OK",
-                                            "Cache-Control: max-age=60\r\n".into(),
-                                            format!("slow {n}"),
-                                        )
-                                    }
-                                    "/swr" => (
-                                        "200 OK",
-                                        "Cache-Control: max-age=1, stale-while-revalidate=60\r\n"
-                                            .into(),
-                                        format!("swr {n}"),
-                                    ),
-                                    "/short" => (
-                                        "200 OK",
-                                        "Cache-Control: max-age=1\r\n".into(),
-                                        format!("short {n}"),
-                                    ),
-                                    "/wp" => (
+                                        String::new(),
+                                    )
+                                }
+                                "/etag" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=0\r\nETag: \"v1\"\r\n".into(),
+                                    format!("etag {n}"),
+                                ),
+                                "/slow" => {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                    (
                                         "200 OK",
                                         "Cache-Control: max-age=60\r\n".into(),
-                                        format!("wp {n}"),
-                                    ),
-                                    "/post" if method == "POST" => {
-                                        ("200 OK", String::new(), "posted".into())
-                                    }
-                                    "/post" => (
-                                        "200 OK",
-                                        "Cache-Control: max-age=60\r\n".into(),
-                                        format!("post {n}"),
-                                    ),
-                                    "/down" => {
-                                        ("503 Service Unavailable", String::new(), "down".into())
-                                    }
-                                    _ => ("404 Not Found", String::new(), "no".into()),
-                                };
+                                        format!("slow {n}"),
+                                    )
+                                }
+                                "/swr" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=1, stale-while-revalidate=60\r\n"
+                                        .into(),
+                                    format!("swr {n}"),
+                                ),
+                                "/short" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=1\r\n".into(),
+                                    format!("short {n}"),
+                                ),
+                                "/cdn" => (
+                                    "200 OK",
+                                    "Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n"
+                                        .into(),
+                                    format!("cdn {n}"),
+                                ),
+                                "/wp" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=60\r\n".into(),
+                                    format!("wp {n}"),
+                                ),
+                                "/post" if method == "POST" => {
+                                    ("200 OK", String::new(), "posted".into())
+                                }
+                                "/post" => (
+                                    "200 OK",
+                                    "Cache-Control: max-age=60\r\n".into(),
+                                    format!("post {n}"),
+                                ),
+                                "/down" => {
+                                    ("503 Service Unavailable", String::new(), "down".into())
+                                }
+                                _ => ("404 Not Found", String::new(), "no".into()),
+                            };
                             let resp = format!(
                                 "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
                                 body.len()
@@ -556,5 +563,24 @@ async fn php_pages_are_cached_for_cache_ttl_and_logged_in_users_bypass() {
         mine.header("cache-status")
     );
     assert_eq!(send(gw.addr, get("/page.php")).await.text(), first.text());
+    gw.stop().await;
+}
+
+/// RFC 9213: the origin tells caches like baton apart from browsers with
+/// `CDN-Cache-Control`; the browser still gets the `Cache-Control` sent.
+#[tokio::test]
+async fn cdn_cache_control_is_for_the_gateway_cache_only() {
+    let o = Origin::start().await;
+    let gw = gateway(&o, "").await;
+    assert_eq!(send(gw.addr, get("/cdn")).await.text(), "cdn 1");
+    let r = send(gw.addr, get("/cdn")).await;
+    assert_eq!(r.text(), "cdn 1");
+    assert!(
+        r.header("cache-status").starts_with("baton; hit"),
+        "{}",
+        r.header("cache-status")
+    );
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert_eq!(o.hits("/cdn"), 1);
     gw.stop().await;
 }

@@ -167,7 +167,14 @@ pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
                     } else {
                         format!("hit; ttl={ttl}")
                     };
-                    let answer = cached(s, p.headers, &c.req, c.head);
+                    // The head as the origin sent it, with the policy's Age
+                    // (the policy's own copy may carry what it was told by
+                    // CDN-Cache-Control or cache_ttl).
+                    let mut h = s.headers.clone();
+                    if let Some(age) = p.headers.get(header::AGE) {
+                        h.insert(header::AGE, age.clone());
+                    }
+                    let answer = cached(s, h, &c.req, c.head);
                     ctx.cache = Some(Box::new(c));
                     ctx.gw.metrics.cache_event("hit");
                     return Look::Answer(answer);
@@ -400,7 +407,10 @@ pub(super) fn after(ctx: &mut Ctx, answer: Answer) -> Answer {
                 ctx.gw.metrics.cache_event("stale_error");
                 return a;
             }
-            let policy = match with_ttl(&parts, c.ttl) {
+            // What the policy reads: the origin's CDN-Cache-Control (RFC
+            // 9213, for caches like this one) in place of Cache-Control,
+            // else the route's cache_ttl for a page that says nothing.
+            let policy = match targeted(&parts).or_else(|| with_ttl(&parts, c.ttl)) {
                 Some(p) => CachePolicy::new(&c.req, &p),
                 None => CachePolicy::new(&c.req, &parts),
             };
@@ -506,6 +516,43 @@ fn same_site(key: &str, target: &str) -> String {
         let dir_end = key.rfind('/').map_or(key.len(), |i| i + 1);
         format!("{}{target}", &key[..dir_end.max(origin_end)])
     }
+}
+
+/// RFC 9213: a response with a valid `CDN-Cache-Control` is read by a
+/// gateway cache with that field in place of `Cache-Control` and
+/// `Expires`; the client still gets both as sent.
+fn targeted(parts: &http::response::Parts) -> Option<http::response::Parts> {
+    const CDN: http::HeaderName = http::HeaderName::from_static("cdn-cache-control");
+    let v = parts.headers.get(&CDN)?.to_str().ok()?.trim();
+    // A structured-field dictionary: `max-age=60, stale-if-error=30`.
+    let valid = !v.is_empty()
+        && v.split(',').all(|d| {
+            let d = d.trim();
+            let name = d.split('=').next().unwrap_or("");
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && d.split_once('=').is_none_or(|(k, n)| {
+                    // Lifetimes are integers; other values may be strings.
+                    n.parse::<u64>().is_ok()
+                        || (!k.contains("age")
+                            && !k.starts_with("stale")
+                            && (n.starts_with('"') || n == "?1"))
+                })
+        });
+    if !valid {
+        return None;
+    }
+    let mut b = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+        h.remove(header::EXPIRES);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_str(v).ok()?);
+    }
+    b.body(()).ok().map(|r| r.into_parts().0)
 }
 
 /// The route's `cache_ttl` for a response that says nothing of its
