@@ -544,15 +544,25 @@ fn targeted(parts: &http::response::Parts) -> Option<http::response::Parts> {
     if !valid {
         return None;
     }
-    let mut b = http::Response::builder()
-        .status(parts.status)
-        .version(parts.version);
-    if let Some(h) = b.headers_mut() {
-        *h = parts.headers.clone();
+    let cc = HeaderValue::from_str(v).ok()?;
+    Some(with_headers(parts, |h| {
         h.remove(header::EXPIRES);
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_str(v).ok()?);
-    }
-    b.body(()).ok().map(|r| r.into_parts().0)
+        h.insert(header::CACHE_CONTROL, cc);
+    }))
+}
+
+/// A copy of a response head with its fields changed (what the policy
+/// reads; the stored head stays as sent).
+fn with_headers(
+    parts: &http::response::Parts,
+    change: impl FnOnce(&mut HeaderMap),
+) -> http::response::Parts {
+    let mut r = http::Response::new(());
+    *r.status_mut() = parts.status;
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    change(r.headers_mut());
+    r.into_parts().0
 }
 
 /// The route's `cache_ttl` for a response that says nothing of its
@@ -577,17 +587,10 @@ fn with_ttl(parts: &http::response::Parts, ttl: Duration) -> Option<http::respon
     if says {
         return None;
     }
-    let mut b = http::Response::builder()
-        .status(parts.status)
-        .version(parts.version);
-    if let Some(h) = b.headers_mut() {
-        *h = parts.headers.clone();
-        h.append(
-            header::CACHE_CONTROL,
-            HeaderValue::from_str(&format!("s-maxage={}", ttl.as_secs())).ok()?,
-        );
-    }
-    b.body(()).ok().map(|r| r.into_parts().0)
+    let cc = HeaderValue::from_str(&format!("s-maxage={}", ttl.as_secs())).ok()?;
+    Some(with_headers(parts, |h| {
+        h.append(header::CACHE_CONTROL, cc);
+    }))
 }
 
 /// `Age` is computed when served, never stored.
