@@ -1221,6 +1221,152 @@ fn proxy_upstream(plan: &mut Plan, target: &str, tls: bool, inh: &Inherited, grp
     plan.upstream(&name, k)
 }
 
+/// A `listen` directive: its address in `server.listen` or `listen_tls`
+/// (`proxy_protocol` too); whether it is an HTTPS one.
+fn listen(plan: &mut Plan, d: &Directive) -> bool {
+    let ssl = d.args.iter().any(|a| a == "ssl" || a == "quic");
+    let addr = listen_addr(d.arg(0));
+    let list = if ssl {
+        &mut plan.listen_tls
+    } else {
+        &mut plan.listen
+    };
+    let addr = if ssl
+        && d.arg(0).parse::<u16>().is_err()
+        && d.arg(0).starts_with('[')
+        && !d.arg(0).contains("]:")
+    {
+        addr.replace(":80", ":443")
+    } else {
+        addr
+    };
+    if !list.contains(&addr) {
+        list.push(addr);
+    }
+    let extra: Vec<&String> = d.args[1..]
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.as_str(),
+                "ssl" | "default_server" | "default" | "http2" | "reuseport" | "ipv6only=on"
+            )
+        })
+        .collect();
+    if d.args.iter().any(|a| a == "proxy_protocol") {
+        plan.server
+            .insert("proxy_protocol".into(), Value::Boolean(true));
+    }
+    if extra.iter().all(|a| a.as_str() == "proxy_protocol") {
+        plan.note(
+            &d.at,
+            &d.text(),
+            Verdict::Mapped,
+            if ssl {
+                "server.listen_tls (HTTP/2 by ALPN)"
+            } else {
+                "server.listen (HTTP/1.1 and h2c)"
+            },
+        );
+    } else {
+        plan.note(&d.at, &d.text(), Verdict::Approximated, "the address is listened on; baton has no per-listener options besides TLS and proxy_protocol");
+    }
+    ssl
+}
+
+/// What the server's files are: the FastCGI address of its PHP location
+/// (whose settings go to the FastCGI upstream), and the root, index and
+/// try_files of the server and its `location /`.
+fn files_context(
+    plan: &mut Plan,
+    locations: &[Directive],
+    inh: &Inherited,
+    http: &Http,
+) -> (Option<String>, Inherited) {
+    let mut fastcgi: Option<String> = None;
+    let mut root_inh = inh.clone();
+    for l in locations {
+        let body = l.block.as_deref().unwrap_or(&[]);
+        if let Some(fp) = body.iter().find(|d| d.name == "fastcgi_pass") {
+            let (addr, _, _) = pass_target(fp.arg(0));
+            if fastcgi.is_none() {
+                fastcgi = Some(with_port(&addr, false));
+            }
+            // The PHP location's settings belong to the FastCGI upstream
+            // (params, timeouts) and its responses (hidden fields).
+            for d in body {
+                match d.name.as_str() {
+                    "fastcgi_pass" => plan.note(&d.at, &d.text(), Verdict::Mapped, "the FastCGI upstream's server: scripts under the root run there, files are served by baton"),
+                    "try_files" => plan.note(&d.at, &d.text(), Verdict::Mapped, "baton checks the script exists before passing it (404 file_not_found)"),
+                    _ => common(plan, d, &mut root_inh, http, "location"),
+                }
+            }
+        }
+        if l.args == ["/"] {
+            for d in body {
+                if matches!(d.name.as_str(), "root" | "index" | "try_files") {
+                    let mut scratch = Plan::default();
+                    common(&mut scratch, d, &mut root_inh, http, "location");
+                }
+            }
+        }
+    }
+    (fastcgi, root_inh)
+}
+
+/// Locations in nginx's match order: exact, `^~` (longest first),
+/// regexes (file order), prefixes (longest first); with each one's rank.
+fn nginx_order(locations: &[Directive]) -> Vec<(u8, usize, &Directive)> {
+    let mut sorted: Vec<(u8, usize, &Directive)> = locations
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (location_match(&l.args).0, i, l))
+        .collect();
+    sorted.sort_by_key(|(rank, i, l)| {
+        let len = location_match(&l.args).1.map_or(0, |p| p.len());
+        match rank {
+            1 | 3 => (*rank, usize::MAX - len, *i),
+            _ => (*rank, 0, *i),
+        }
+    });
+    sorted
+}
+
+/// The `alias` of each location, as the files upstream's `alias` map.
+fn location_aliases(plan: &mut Plan, sorted: &[(u8, usize, &Directive)]) -> Map<String, Value> {
+    let mut aliases = Map::new();
+    for (_, _, l) in sorted {
+        let body = l.block.as_deref().unwrap_or(&[]);
+        if let Some(a) = body.iter().find(|d| d.name == "alias") {
+            let (_, prefix, regex) = location_match(&l.args);
+            let url = prefix.or_else(|| regex.as_deref().and_then(regex_prefix));
+            let dir = a.arg(0).trim_end_matches("$1").to_string();
+            match url {
+                Some(u) if u.ends_with('/') && (regex.is_none() || a.arg(0).ends_with("$1")) => {
+                    let dir = if dir.ends_with('/') {
+                        dir
+                    } else {
+                        format!("{dir}/")
+                    };
+                    aliases.insert(u.clone(), s(dir));
+                    plan.note(
+                        &a.at,
+                        &a.text(),
+                        Verdict::Mapped,
+                        format!("alias {u} on the files upstream"),
+                    );
+                }
+                _ => plan.note(
+                    &a.at,
+                    &a.text(),
+                    Verdict::NotMapped,
+                    "baton's alias maps a URL prefix ending in / to a directory",
+                ),
+            }
+        }
+    }
+    aliases
+}
+
 fn server(
     plan: &mut Plan,
     sv: &[Directive],
@@ -1231,7 +1377,6 @@ fn server(
     let mut inh = http_inh.clone();
     let hosts = names(sv);
     let mut tls = false;
-    let mut plain_listens = Vec::new();
     let mut cert: Option<String> = None;
     let mut key: Option<String> = None;
     let mut locations = Vec::new();
@@ -1253,63 +1398,7 @@ fn server(
     }
     for d in sv {
         match d.name.as_str() {
-            "listen" => {
-                let ssl = d.args.iter().any(|a| a == "ssl" || a == "quic");
-                let addr = listen_addr(d.arg(0));
-                let list = if ssl {
-                    &mut plan.listen_tls
-                } else {
-                    &mut plan.listen
-                };
-                let addr = if ssl
-                    && d.arg(0).parse::<u16>().is_err()
-                    && d.arg(0).starts_with('[')
-                    && !d.arg(0).contains("]:")
-                {
-                    addr.replace(":80", ":443")
-                } else {
-                    addr
-                };
-                if !list.contains(&addr) {
-                    list.push(addr);
-                }
-                tls |= ssl;
-                if !ssl {
-                    plain_listens.push(d.arg(0).to_string());
-                }
-                let extra: Vec<&String> = d.args[1..]
-                    .iter()
-                    .filter(|a| {
-                        !matches!(
-                            a.as_str(),
-                            "ssl"
-                                | "default_server"
-                                | "default"
-                                | "http2"
-                                | "reuseport"
-                                | "ipv6only=on"
-                        )
-                    })
-                    .collect();
-                if d.args.iter().any(|a| a == "proxy_protocol") {
-                    plan.server
-                        .insert("proxy_protocol".into(), Value::Boolean(true));
-                }
-                if extra.iter().all(|a| a.as_str() == "proxy_protocol") {
-                    plan.note(
-                        &d.at,
-                        &d.text(),
-                        Verdict::Mapped,
-                        if ssl {
-                            "server.listen_tls (HTTP/2 by ALPN)"
-                        } else {
-                            "server.listen (HTTP/1.1 and h2c)"
-                        },
-                    );
-                } else {
-                    plan.note(&d.at, &d.text(), Verdict::Approximated, "the address is listened on; baton has no per-listener options besides TLS and proxy_protocol");
-                }
-            }
+            "listen" => tls |= listen(plan, d),
             "http2" => plan.note(
                 &d.at,
                 &d.text(),
@@ -1384,85 +1473,13 @@ fn server(
         return;
     }
     // What `location /` (or the server) says about files, and where PHP goes.
-    let mut aliases = Map::new();
-    let mut fastcgi: Option<String> = None;
-    let mut root_inh = inh.clone();
-    for l in &locations {
-        let body = l.block.as_deref().unwrap_or(&[]);
-        if let Some(fp) = body.iter().find(|d| d.name == "fastcgi_pass") {
-            let (addr, _, _) = pass_target(fp.arg(0));
-            if fastcgi.is_none() {
-                fastcgi = Some(with_port(&addr, false));
-            }
-            // The PHP location's settings belong to the FastCGI upstream
-            // (params, timeouts) and its responses (hidden fields).
-            for d in body {
-                match d.name.as_str() {
-                    "fastcgi_pass" => plan.note(&d.at, &d.text(), Verdict::Mapped, "the FastCGI upstream's server: scripts under the root run there, files are served by baton"),
-                    "try_files" => plan.note(&d.at, &d.text(), Verdict::Mapped, "baton checks the script exists before passing it (404 file_not_found)"),
-                    _ => common(plan, d, &mut root_inh, http, "location"),
-                }
-            }
-        }
-        if l.args == ["/"] {
-            for d in body {
-                if matches!(d.name.as_str(), "root" | "index" | "try_files") {
-                    let mut scratch = Plan::default();
-                    common(&mut scratch, d, &mut root_inh, http, "location");
-                }
-            }
-        }
-    }
+    let (fastcgi, root_inh) = files_context(plan, &locations, &inh, http);
     inh.hide = root_inh.hide.clone();
-    // The front controller: nginx's `try_files ... /index.php?$args`.
-    let files_up = |plan: &mut Plan, aliases: &Map<String, Value>| {
-        files_upstream(plan, &root_inh, fastcgi.as_deref(), aliases)
-    };
-    let mut sorted: Vec<(u8, usize, &Directive)> = locations
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (location_match(&l.args).0, i, l))
-        .collect();
-    sorted.sort_by_key(|(rank, i, l)| {
-        let len = location_match(&l.args).1.map_or(0, |p| p.len());
-        match rank {
-            1 | 3 => (*rank, usize::MAX - len, *i),
-            _ => (*rank, 0, *i),
-        }
-    });
+    let sorted = nginx_order(&locations);
     // Aliases first: they belong to the files upstream.
-    for (_, _, l) in &sorted {
-        let body = l.block.as_deref().unwrap_or(&[]);
-        if let Some(a) = body.iter().find(|d| d.name == "alias") {
-            let (_, prefix, regex) = location_match(&l.args);
-            let url = prefix.or_else(|| regex.as_deref().and_then(regex_prefix));
-            let dir = a.arg(0).trim_end_matches("$1").to_string();
-            match url {
-                Some(u) if u.ends_with('/') && (regex.is_none() || a.arg(0).ends_with("$1")) => {
-                    let dir = if dir.ends_with('/') {
-                        dir
-                    } else {
-                        format!("{dir}/")
-                    };
-                    aliases.insert(u.clone(), s(dir));
-                    plan.note(
-                        &a.at,
-                        &a.text(),
-                        Verdict::Mapped,
-                        format!("alias {u} on the files upstream"),
-                    );
-                }
-                _ => plan.note(
-                    &a.at,
-                    &a.text(),
-                    Verdict::NotMapped,
-                    "baton's alias maps a URL prefix ending in / to a directory",
-                ),
-            }
-        }
-    }
+    let aliases = location_aliases(plan, &sorted);
     let main = if fastcgi.is_some() || root_inh.root.is_some() {
-        files_up(plan, &aliases)
+        files_upstream(plan, &root_inh, fastcgi.as_deref(), &aliases)
     } else {
         None
     };
