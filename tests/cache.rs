@@ -424,15 +424,7 @@ async fn a_dead_origin_is_answered_from_the_cache_within_the_stale_window() {
     );
     assert_eq!(state["cache"]["routes"][0], "*/");
     // The outage opened an incident, though every visitor got the page.
-    let mut open = serde_json::Value::Null;
-    for _ in 0..60 {
-        let s = send(gw.admin, get("/api/state")).await.json();
-        if let Some(i) = s["incidents_open"].as_array().and_then(|a| a.first()) {
-            open = i.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let open = gw.open_incident().await;
     assert_eq!(open["upstream"], "app", "{open}");
     gw.stop().await;
 }

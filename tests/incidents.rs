@@ -502,15 +502,7 @@ async fn an_incident_starts_at_its_first_failure_and_counts_from_one_window() {
     for _ in 0..3 {
         assert_eq!(send(gw.addr, get("/")).await.status, 502);
     }
-    let mut open = Value::Null;
-    for _ in 0..60 {
-        let s = send(gw.admin, get("/api/state")).await.json();
-        if let Some(i) = s["incidents_open"].as_array().and_then(|a| a.first()) {
-            open = i.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let open = gw.open_incident().await;
     let started = open["started"].as_i64().expect("an incident opened");
     assert!(started >= t0, "started {started}, the gateway at {t0}");
     assert_eq!(open["reason"], "100% of 3 requests failed in 10s");

@@ -144,6 +144,19 @@ impl Gw {
         String::new()
     }
 
+    /// The first open incident on the dashboard's state, waiting up to
+    /// 6 s for the detector; `null` if none opened.
+    pub async fn open_incident(&self) -> Value {
+        for _ in 0..60 {
+            let s = send(self.admin, get("/api/state")).await.json();
+            if let Some(i) = s["incidents_open"].as_array().and_then(|a| a.first()) {
+                return i.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Value::Null
+    }
+
     pub async fn metrics(&self) -> String {
         let r = send(self.admin, get("/metrics")).await;
         String::from_utf8(r.body.unwrap().to_vec()).unwrap()
