@@ -1,9 +1,11 @@
 //! The core types every layer shares, and nothing else: the closed table
-//! of failure causes, the one failure type, clocks and small text helpers.
+//! of failure causes, the one failure type, the client's request body,
+//! clocks and small text helpers.
 //!
 //! Must not: import any other module of baton (the bottom layer; see
 //! ARCHITECTURE.md, "Layers").
 
+pub mod body;
 pub mod cause;
 pub mod clock;
 pub mod failure;

@@ -40,8 +40,8 @@ mod upstream_request;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::core::body::RequestBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 pub use body::{ProxiedBody, RespBody};
 pub use log::{client_error, client_fault};
@@ -51,7 +51,7 @@ use crate::gateway::Gateway;
 /// Serves one request.
 pub async fn handle(
     gw: Arc<Gateway>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     client: SocketAddr,
     local: SocketAddr,
     https: bool,
@@ -83,7 +83,7 @@ pub async fn handle(
 
 /// The upstream request, its attempts, and what the cache makes of the
 /// answer.
-async fn fetch(ctx: &mut context::Ctx, req: Request<Incoming>) -> respond::Answer {
+async fn fetch(ctx: &mut context::Ctx, req: Request<RequestBody>) -> respond::Answer {
     let answer = match upstream_request::build(ctx, req).await {
         Ok(up) => attempt::run(ctx, up).await,
         Err(answer) => answer,

@@ -8,6 +8,7 @@
 mod admin;
 mod conn;
 mod dashboard;
+mod h1;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,14 +18,15 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::core::body::RequestBody;
 use crate::core::cause::Cause;
 use crate::gateway::{Gateway, Runtime};
 use crate::observe::log::Logs;
@@ -398,16 +400,9 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
     let limits = gw.runtime.load().config.limits.clone();
     let deadlines = conn::Deadlines::new(&limits);
     let handshake_timeout = gw.runtime.load().config.tls.handshake_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 is baton's own (server/h1.rs); HTTP/2 is hyper's.
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        // The head's deadline is baton's (conn.rs), which answers 408;
-        // hyper's own would close silently, and costs a timer a request.
-        .header_read_timeout(None)
-        // A head larger than this gets 431 from hyper.
-        .max_buf_size(limits.max_request_header_bytes);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         // The decoded header list, held to the HTTP/1.1 head's limit
         // (HPACK can make a few bytes decode to many).
@@ -459,6 +454,7 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
                     local,
                     gw.clone(),
                     builder.clone(),
+                    limits.max_request_header_bytes,
                     shared,
                     deadlines,
                     stop.clone(),
@@ -489,7 +485,8 @@ async fn serve_connection(
     mut peer: SocketAddr,
     local: SocketAddr,
     gw: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
+    max_head: usize,
     shared: Arc<conn::Shared>,
     deadlines: conn::Deadlines,
     mut stop: watch::Receiver<bool>,
@@ -532,21 +529,31 @@ async fn serve_connection(
         _ = stop.changed() => return,
     };
     let https = tls.is_some();
+    let io = conn::Guarded::new(s, shared.clone(), deadlines, h2);
+    if !h2 {
+        let site = h1::Site {
+            gw: gw.clone(),
+            peer,
+            local,
+            https,
+            max_head,
+        };
+        h1::serve(io, site, shared.clone(), &mut stop).await;
+        ended(&gw, peer, &shared, Ok(()));
+        return;
+    }
     let for_svc = gw.clone();
     let for_svc_shared = shared.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let active = conn::Active::new(&for_svc_shared);
         let gw = for_svc.clone();
         async move {
+            let req = req.map(RequestBody::Hyper);
             let resp = proxy::handle(gw, req, peer, local, https).await;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                active.upgraded();
-            }
             Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
         }
     });
-    let io = TokioIo::new(conn::Guarded::new(s, shared.clone(), deadlines, h2));
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let grace = tokio::select! {
         r = conn.as_mut() => {
@@ -568,12 +575,7 @@ async fn serve_connection(
 /// malformed or oversized head (hyper answered 400 or 431), a head that
 /// did not arrive in time (baton answered 408), a client that stopped
 /// reading.
-fn ended(
-    gw: &Gateway,
-    peer: SocketAddr,
-    shared: &conn::Shared,
-    r: Result<(), Box<dyn std::error::Error + Send + Sync>>,
-) {
+fn ended(gw: &Gateway, peer: SocketAddr, shared: &conn::Shared, r: Result<(), hyper::Error>) {
     match shared.expired() {
         conn::EXPIRED_HEAD => proxy::client_fault(gw, peer, Cause::RequestTimeout),
         conn::EXPIRED_SEND => tracing::info!(
@@ -581,10 +583,8 @@ fn ended(
             "closed a client connection that took no response data for send_timeout"
         ),
         _ => {
-            if let Err(e) = r
-                && let Some(e) = e.downcast_ref::<hyper::Error>()
-            {
-                proxy::client_error(gw, peer, e);
+            if let Err(e) = r {
+                proxy::client_error(gw, peer, &e);
             }
         }
     }

@@ -23,6 +23,7 @@ use super::respond::Answer;
 use super::retry::{self, Budget, Facts, Stage};
 use super::upstream_request::UpRequest;
 use crate::config::{RetryPolicy, UpstreamConfig};
+use crate::core::body::ClientUpgrade;
 use crate::core::cause::Cause;
 use crate::core::clock::now_ms;
 use crate::core::failure::Failure;
@@ -487,7 +488,7 @@ fn success(
     resp: Response<UpIncoming>,
     conn: Conn,
     server: Arc<Server>,
-    upgrades: Option<(hyper::upgrade::OnUpgrade, hyper::upgrade::OnUpgrade)>,
+    upgrades: Option<(ClientUpgrade, hyper::upgrade::OnUpgrade)>,
     read_before: u64,
     sent: u64,
     held: Held,
@@ -504,9 +505,8 @@ fn success(
     let upgraded = status == StatusCode::SWITCHING_PROTOCOLS && upgrades.is_some();
     if let Some((client_upgrade, upstream_upgrade)) = upgrades.filter(|_| upgraded) {
         tokio::spawn(async move {
-            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+            if let (Some(mut c), Ok(u)) = (client_upgrade.wait().await, upstream_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut TokioIo::new(u)).await;
             }
         });
     }

@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::core::body::RequestBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_cache_semantics::{AfterResponse, BeforeRequest, CachePolicy};
-use hyper::body::Incoming;
 
 use super::context::Ctx;
 use super::respond::{Answer, Cached};
@@ -90,7 +90,7 @@ pub(super) enum Look {
 
 /// The key: scheme, host and target (method aside: HEAD is answered from
 /// a GET's response).
-fn key(ctx: &Ctx, req: &Request<Incoming>) -> String {
+fn key(ctx: &Ctx, req: &Request<RequestBody>) -> String {
     format!(
         "{}://{}{}",
         if ctx.https { "https" } else { "http" },
@@ -99,7 +99,7 @@ fn key(ctx: &Ctx, req: &Request<Incoming>) -> String {
     )
 }
 
-fn parts(req: &Request<Incoming>) -> http::request::Parts {
+fn parts(req: &Request<RequestBody>) -> http::request::Parts {
     let mut r = Request::new(());
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();
@@ -108,7 +108,7 @@ fn parts(req: &Request<Incoming>) -> http::request::Parts {
 }
 
 /// The lookup.
-pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<Incoming>) -> Look {
+pub(super) async fn lookup(ctx: &mut Ctx, req: &Request<RequestBody>) -> Look {
     let Some(rc) = ctx.route_config().and_then(|r| r.cache.clone()) else {
         return Look::Go;
     };

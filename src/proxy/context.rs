@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::core::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
-use hyper::body::Incoming;
 
 use super::headers::{X_REQUEST_ID, strip_port, valid_request_id};
 use crate::config::Route;
@@ -80,7 +80,7 @@ pub(super) struct Ctx {
 impl Ctx {
     pub fn new(
         gw: Arc<Gateway>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         peer: SocketAddr,
         local: SocketAddr,
         https: bool,
@@ -157,7 +157,7 @@ impl Ctx {
 
     /// A second context for the same request, routed the same (a cache
     /// refresh in the background): its own request ID and clock.
-    pub fn fork(&self, req: &Request<Incoming>) -> Ctx {
+    pub fn fork(&self, req: &Request<RequestBody>) -> Ctx {
         let mut c = Ctx::new(self.gw.clone(), req, self.peer, self.local, self.https);
         c.rt = self.rt.clone();
         c.route_index = self.route_index;

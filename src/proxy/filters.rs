@@ -6,10 +6,10 @@
 //! Must not: talk to an upstream (the attempt loop does), or build a
 //! response (the one exit does, from the [`Answer`]).
 
+use crate::core::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Request, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use super::context::Ctx;
 use super::respond::Answer;
@@ -23,10 +23,10 @@ use crate::upstream::fastcgi::{self, Target};
 use crate::upstream::files;
 
 /// The request filters, in order; the first answer wins. Each is
-/// `fn(&mut Ctx, &Request<Incoming>) -> Result<(), Answer>`, called
+/// `fn(&mut Ctx, &Request<RequestBody>) -> Result<(), Answer>`, called
 /// directly (not through a table of pointers: they inline into the
 /// request path).
-pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+pub(super) fn run(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     host(ctx, req)?;
     acme_challenge(ctx, req)?;
     https_redirect(ctx, req)?;
@@ -44,7 +44,7 @@ pub(super) fn run(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
 /// ACME's HTTP-01 challenge (RFC 8555 §8.3): `GET
 /// /.well-known/acme-challenge/TOKEN` for a token of an order in progress
 /// answers its key authorization, on any host and listener.
-fn acme_challenge(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn acme_challenge(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let Some(token) = req
         .uri()
         .path()
@@ -73,7 +73,7 @@ fn acme_challenge(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> 
 /// Redirect` to the same host and path on the HTTPS listener (308 keeps
 /// the method and body, unlike 301). ACME's HTTP-01 challenges
 /// (`/.well-known/acme-challenge/`) stay on plain HTTP, as they must.
-fn https_redirect(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn https_redirect(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     if ctx.https || !ctx.rt.config.tls.redirect_https {
         return Ok(());
     }
@@ -106,7 +106,7 @@ fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
 /// (`GET http://example.com/ HTTP/1.1`) names the host itself: its
 /// authority wins over `Host` (RFC 9112 §3.2.2), for routing and for the
 /// `Host` sent upstream.
-fn host(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn host(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let bad = |why: &str| Err(Answer::failure(Failure::with(Cause::RequestMalformed, why)));
     if ctx.two_hosts {
         return bad("two Host fields");
@@ -138,7 +138,7 @@ fn host(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 /// `cow, chunked`) is a coding baton does not implement: 501 (RFC 9112
 /// §6.1), as nginx answers, rather than leave the framing to the reading
 /// of whichever server is next.
-fn transfer_coding(_: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn transfer_coding(_: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     // No body, no framing to doubt (most requests: no lookup).
     if req.body().is_end_stream() {
         return Ok(());
@@ -160,7 +160,7 @@ fn transfer_coding(_: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 }
 
 /// `[server] status_page`: baton answers it itself, on any host.
-fn status_page(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn status_page(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     if ctx.rt.config.status_page.as_deref() == Some(req.uri().path()) {
         return Err(status_page::render(ctx));
     }
@@ -169,7 +169,7 @@ fn status_page(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 
 /// The first route in file order whose host and path match; a redirect
 /// route answers here, a `rewrite` sets the upstream's target.
-fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn route(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let path = req.uri().path();
     let Some(i) = ctx.rt.route(|| ctx.host(), path) else {
         return Err(Answer::failure(Failure::new(Cause::NoRoute)));
@@ -225,7 +225,7 @@ fn route(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 
 /// The route's `allow` and `deny` lists, on the real client address
 /// (after the PROXY protocol and trusted proxies): 403 `access_denied`.
-fn access(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
+fn access(ctx: &mut Ctx, _: &Request<RequestBody>) -> Result<(), Answer> {
     let route = ctx.route_config().expect("routed");
     let ip = ctx.client.ip();
     let denied = route.deny.iter().any(|n| n.contains(&ip))
@@ -238,7 +238,7 @@ fn access(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
 
 /// The route's `basic_auth`: 401 `auth_required` (the exit adds
 /// `WWW-Authenticate`) without a user and password of its file.
-fn basic_auth(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn basic_auth(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let Some(auth) = &ctx.route_config().expect("routed").basic_auth else {
         return Ok(());
     };
@@ -257,7 +257,7 @@ fn basic_auth(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 }
 
 /// A route or upstream under maintenance: 503 with its message.
-fn maintenance(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
+fn maintenance(ctx: &mut Ctx, _: &Request<RequestBody>) -> Result<(), Answer> {
     let route = ctx.route_config().expect("routed");
     let up = &ctx.rt.config.upstreams[ctx.upstream_index()];
     let Some(m) = route.maintenance.as_ref().or(up.maintenance.as_ref()) else {
@@ -272,7 +272,7 @@ fn maintenance(ctx: &mut Ctx, _: &Request<Incoming>) -> Result<(), Answer> {
 
 /// The route's per-client rate limit: 429 over it; the limit's state
 /// goes on every response either way.
-fn rate_limit(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn rate_limit(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let i = ctx.route_index.expect("routed");
     let Some(limiter) = &ctx.rt.limiters[i] else {
         return Ok(());
@@ -305,7 +305,7 @@ fn rate_limit(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 
 /// A declared body over `max_body_bytes`: 413 before anything is read.
 /// (A body without a length is held to the limit as it is read.)
-fn body_size(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn body_size(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     if let Some(max) = ctx.rt.config.limits.max_body_bytes
         && let Some(n) = declared_length(req.headers())
         && n > max
@@ -319,7 +319,7 @@ fn body_size(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
 /// A FastCGI upstream maps the path under its document root first: a
 /// script goes on to the app, a static file is served here, nothing is 404
 /// and a path out of the root is 403.
-fn try_files(ctx: &mut Ctx, req: &Request<Incoming>) -> Result<(), Answer> {
+fn try_files(ctx: &mut Ctx, req: &Request<RequestBody>) -> Result<(), Answer> {
     let up = &ctx.rt.upstreams[ctx.upstream_index()];
     let Some(fc) = &up.cfg.fastcgi else {
         return Ok(());

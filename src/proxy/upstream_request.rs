@@ -5,12 +5,12 @@
 //!
 //! Must not: choose a server or talk to one (the attempt loop does).
 
+use crate::core::body::{ClientUpgrade, RequestBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::context::Ctx;
 use super::filters::{client_key, declared_length};
@@ -37,7 +37,7 @@ pub(super) struct UpRequest {
     pub fcgi_head: Option<Vec<u8>>,
     pub body: BodyPlan,
     /// The client's side of a protocol upgrade it asked for.
-    pub client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub client_upgrade: Option<ClientUpgrade>,
     /// The consistent-hash key, when the upstream hashes.
     pub hash_key: Option<u64>,
 }
@@ -105,10 +105,14 @@ impl UpRequest {
 }
 
 /// Builds the upstream request from the client's, consuming it.
-pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpRequest, Answer> {
+pub(super) async fn build(ctx: &Ctx, mut req: Request<RequestBody>) -> Result<UpRequest, Answer> {
     let cfg = &ctx.rt.upstreams[ctx.upstream_index()].cfg;
     let upgrade = is_upgrade(req.headers()) && ctx.script.is_none();
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = if upgrade {
+        req.extensions_mut().remove::<ClientUpgrade>()
+    } else {
+        None
+    };
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
     headers::upstream_request(ctx, &mut hdrs, upgrade);
@@ -158,7 +162,7 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<Incoming>) -> Result<UpReq
 async fn body_plan(
     ctx: &Ctx,
     cfg: &UpstreamConfig,
-    body: Incoming,
+    body: RequestBody,
     declared: Option<u64>,
 ) -> Result<BodyPlan, Answer> {
     let body = ClientBody::new(body, ctx.rt.config.limits.body_read_timeout);

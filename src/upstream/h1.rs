@@ -208,16 +208,22 @@ enum Framing {
 }
 
 #[derive(Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Bytes left of the current chunk's data.
     Data(u64),
     /// Expecting the CRLF after a chunk's data.
     DataEnd,
-    /// After the last chunk: trailer lines up to an empty line.
-    Trailers,
+    /// After the last chunk: trailer lines up to an empty line (the bytes
+    /// of them read so far).
+    Trailers(usize),
 }
+
+/// The longest chunk-size line (with its extensions) and the largest
+/// trailer section read: more is a framing attack, not a body (hyper's
+/// bound on extensions is 16 KiB too).
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 
 fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing, Exchange> {
     if *method == Method::HEAD
@@ -281,7 +287,7 @@ pub struct H1Body {
     held: Option<BodyFault>,
 }
 
-/// How a response body failed.
+/// How a body read off a connection failed.
 #[derive(Debug)]
 pub enum BodyFault {
     /// The server closed the connection before the end.
@@ -432,7 +438,7 @@ pub fn fuzz_chunked(data: &[u8]) {
 }
 
 /// What the chunked decoder made of the buffered bytes.
-enum Step {
+pub(crate) enum Step {
     Data(Bytes),
     /// It needs more bytes.
     More,
@@ -441,21 +447,37 @@ enum Step {
 }
 
 /// Advances the chunked decoder over what is buffered.
-fn step_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyFault> {
+///
+/// Stricter than httparse's chunk-size reader, as hyper's decoder is: the
+/// size line starts with a hex digit (httparse reads an empty one as the
+/// last chunk), and no line holds a bare CR or LF or another control byte
+/// (two readers could end it at different places). Lines and the trailer
+/// section are bounded by `MAX_CHUNK_LINE`.
+pub(crate) fn step_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyFault> {
     loop {
         match *state {
-            Chunk::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, 0))) => {
-                    buf.advance(used);
-                    *state = Chunk::Trailers;
+            Chunk::Size => {
+                let Some(eol) = clean_line(buf)? else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(BodyFault::BadChunk);
+                    }
+                    return Ok(Step::More);
+                };
+                if eol > MAX_CHUNK_LINE || !buf[0].is_ascii_hexdigit() {
+                    return Err(BodyFault::BadChunk);
                 }
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *state = Chunk::Data(size);
+                match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, 0))) => {
+                        buf.advance(used);
+                        *state = Chunk::Trailers(0);
+                    }
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *state = Chunk::Data(size);
+                    }
+                    _ => return Err(BodyFault::BadChunk),
                 }
-                Ok(httparse::Status::Partial) => return Ok(Step::More),
-                Err(_) => return Err(BodyFault::BadChunk),
-            },
+            }
             Chunk::Data(left) => {
                 if buf.is_empty() {
                     return Ok(Step::More);
@@ -478,19 +500,47 @@ fn step_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Step, BodyFault> 
                 buf.advance(2);
                 *state = Chunk::Size;
             }
-            Chunk::Trailers => {
+            Chunk::Trailers(read) => {
                 // Trailer fields are dropped; the section ends at an empty
                 // line.
-                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                let Some(eol) = clean_line(buf)? else {
+                    if read + buf.len() > MAX_CHUNK_LINE {
+                        return Err(BodyFault::BadChunk);
+                    }
                     return Ok(Step::More);
                 };
+                if read + eol > MAX_CHUNK_LINE {
+                    return Err(BodyFault::BadChunk);
+                }
                 buf.advance(eol + 2);
                 if eol == 0 {
                     return Ok(Step::End);
                 }
+                *state = Chunk::Trailers(read + eol + 2);
             }
         }
     }
+}
+
+/// The length of the complete line at the start of `buf` (its CRLF not
+/// counted), `None` when no line ends yet; a bare CR or LF, or a control
+/// byte other than a tab, is a framing error.
+fn clean_line(buf: &[u8]) -> Result<Option<usize>, BodyFault> {
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    Some(b'\n') => Ok(Some(i)),
+                    Some(_) => Err(BodyFault::BadChunk),
+                    None => Ok(None),
+                };
+            }
+            b'\t' => {}
+            b'\n' | 0..0x20 | 0x7f => return Err(BodyFault::BadChunk),
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 impl Body for H1Body {

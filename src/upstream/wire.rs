@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Sleep;
 
+use crate::core::body::{BodyError, RequestBody};
 use crate::core::cause::Cause;
 use crate::core::failure::Failure;
 
@@ -34,7 +34,7 @@ pub enum UpBody {
 /// (`server.body_read_timeout`): no data for that long between two reads
 /// is the client's fault.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     idle: super::body::IdleTimer,
 }
 
@@ -42,7 +42,7 @@ pub struct ClientBody {
 #[derive(Debug)]
 pub enum ClientBodyError {
     /// Malformed framing, or the connection closed or reset mid-body.
-    Broken(hyper::Error),
+    Broken(BodyError),
     /// No data for this long.
     Stalled(Duration),
 }
@@ -73,7 +73,7 @@ impl ClientBodyError {
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, idle: Duration) -> Self {
+    pub fn new(inner: RequestBody, idle: Duration) -> Self {
         ClientBody {
             inner,
             idle: super::body::IdleTimer::new(idle),

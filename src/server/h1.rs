@@ -1,0 +1,973 @@
+//! Baton's own HTTP/1.1 server connection: one task per connection, the
+//! head parsed with httparse off a buffer that exists only while a head
+//! or a body is being read, the response written in as few writes as the
+//! body allows.
+//!
+//! Written by hand rather than through hyper's server connection for
+//! three measured reasons (docs/benchmarks.md): hyper's dispatcher and
+//! header encoding were the largest user-space cost left per proxied
+//! request; it keeps an 8 KB read buffer, an 8 KB write buffer and the box
+//! it moves each request's future into for the connection's whole life
+//! (an idle keep-alive connection cost ~36 KB against nginx's 0.7 KB);
+//! and its writes cannot send a file with `sendfile`. HTTP/2 stays hyper's.
+//!
+//! The reading is hyper's to the letter, because the request-smuggling
+//! results depend on it (docs/security.md): httparse with its default
+//! configuration, at most 100 fields, the head bounded by
+//! `max_request_header_bytes` (431); RFC 9112 §6.3 framing:
+//! `Transfer-Encoding` in HTTP/1.0 or not ending in `chunked` is 400, with
+//! `Content-Length` as well the length is dropped and the connection closed
+//! after the response, differing or malformed lengths are 400. Chunked
+//! bodies go through the same strict decoder as upstream responses
+//! (`upstream::h1::step_chunk`).
+//!
+//! The deadlines are the socket's (`conn::Guarded`): a head not complete
+//! in time gets 408, an idle connection is closed, a client that takes no
+//! response data is dropped.
+
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use super::conn::{Active, Guarded, Shared, Tracked};
+use crate::core::body::{ClientUpgrade, PipeTx, RequestBody, Tunnel, Want, pipe};
+use crate::core::cause::Cause;
+use crate::gateway::Gateway;
+use crate::proxy;
+use crate::upstream::h1::{Chunk, Step, step_chunk};
+
+/// httparse's limit on header fields (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// hyper's bound on a request target.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+/// A body is read in pieces of up to this.
+const BODY_READ: usize = 64 * 1024;
+/// Response frames are gathered into one write up to this.
+const GATHER: usize = 64 * 1024;
+/// A frame at least this large is written from where it is, not copied.
+const COPY_MAX: usize = 8 * 1024;
+
+/// The connection-level facts a request needs.
+pub(super) struct Site {
+    pub gw: Arc<Gateway>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub https: bool,
+    pub max_head: usize,
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes, a deadline passes, a
+/// response must end the connection, or `closer` (a close asked for, the
+/// gateway stopping) fires between requests.
+pub(super) async fn serve(
+    io: Guarded,
+    site: Site,
+    shared: Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let mut c = Conn {
+        io,
+        rbuf: BytesMut::new(),
+        feed: None,
+    };
+    let closer = async {
+        tokio::select! {
+            _ = shared.close.notified() => {}
+            _ = stop.changed() => {}
+        }
+    };
+    tokio::pin!(closer);
+    loop {
+        let head = tokio::select! {
+            biased;
+            h = c.read_head(site.max_head) => h,
+            _ = &mut closer => return,
+        };
+        let head = match head {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(cause) => {
+                proxy::client_fault(&site.gw, site.peer, cause);
+                let _ = c.io.write_all(refusal(cause)).await;
+                let _ = c.io.shutdown().await;
+                return;
+            }
+        };
+        let Head {
+            mut req,
+            length,
+            mut keep_alive,
+            expect_continue,
+            wants_upgrade,
+        } = head;
+        let head_request = req.method() == Method::HEAD;
+        let connect = req.method() == Method::CONNECT;
+        let version = req.version();
+        let te_trailers = req.headers().get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
+        let active = Active::new(&shared);
+        if let Some(length) = length {
+            let (tx, rx) = pipe(match length {
+                Length::Bytes(n) => Some(n),
+                Length::Chunked => None,
+            });
+            *req.body_mut() = RequestBody::Piped(rx);
+            c.feed = Some(Feed {
+                tx,
+                length: match length {
+                    Length::Bytes(n) => Framing::Left(n),
+                    Length::Chunked => Framing::Chunked(Chunk::Size),
+                },
+                continue_at: expect_continue.then_some(0),
+                end: None,
+            });
+        }
+        let upgrade = wants_upgrade.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            req.extensions_mut().insert(ClientUpgrade::new(rx));
+            tx
+        });
+        let mut handling = Box::pin(proxy::handle(
+            site.gw.clone(),
+            req,
+            site.peer,
+            site.local,
+            site.https,
+        ));
+        let resp = poll_fn(|cx| {
+            c.poll_feed(cx);
+            handling.as_mut().poll(cx)
+        })
+        .await;
+        drop(handling);
+        let status = resp.status();
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        if switching {
+            active.upgraded();
+        }
+        let (mut parts, body) = resp.into_parts();
+        if connection_close(&parts.headers) {
+            keep_alive = false;
+        }
+        let mut out = Out::default();
+        let framing = out.head(
+            &mut parts,
+            version,
+            head_request || connect && status.is_success(),
+            &body,
+            &mut keep_alive,
+            switching,
+        );
+        let mut writing = Writing {
+            body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
+            framing: framing.unwrap_or(Framing::Left(0)),
+            trailers: te_trailers,
+        };
+        let written = poll_fn(|cx| {
+            c.poll_feed(cx);
+            c.poll_respond(cx, &mut out, &mut writing)
+        })
+        .await;
+        if written.is_err() {
+            return;
+        }
+        if switching {
+            if let Some(tx) = upgrade {
+                let rest = std::mem::take(&mut c.rbuf).freeze();
+                let _ = tx.send(Box::new(Rewound { rest, io: c.io }) as Box<dyn Tunnel>);
+            }
+            return;
+        }
+        // A body not read to its end (the answer came first, or nobody
+        // wanted it) leaves the connection's framing unknown: close it.
+        match c.feed.take() {
+            Some(f) if f.end != Some(true) => {
+                c.linger().await;
+                return;
+            }
+            _ => {}
+        }
+        if !keep_alive {
+            let _ = c.io.shutdown().await;
+            return;
+        }
+        if c.rbuf.is_empty() {
+            // Idle: hold no buffer.
+            c.rbuf = BytesMut::new();
+        }
+    }
+}
+
+/// How a request body is delimited.
+#[derive(Clone, Copy)]
+enum Length {
+    Bytes(u64),
+    Chunked,
+}
+
+/// A parsed request head.
+struct Head {
+    req: Request<RequestBody>,
+    /// None: no body.
+    length: Option<Length>,
+    keep_alive: bool,
+    expect_continue: bool,
+    wants_upgrade: bool,
+}
+
+/// How a body on the wire is delimited, and how much is left.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// Bytes left of a known length.
+    Left(u64),
+    Chunked(Chunk),
+    /// Until the connection closes (an HTTP/1.0 client, a length unknown).
+    Close,
+}
+
+/// The request body being read off the connection.
+struct Feed {
+    tx: PipeTx,
+    length: Framing,
+    /// `100 Continue` is owed once the body is asked for: how much of it
+    /// was written.
+    continue_at: Option<usize>,
+    /// Ended: whole (`true`) or not.
+    end: Option<bool>,
+}
+
+struct Conn {
+    io: Guarded,
+    /// What the client sent and was not consumed yet; no allocation while
+    /// the connection is idle.
+    rbuf: BytesMut,
+    feed: Option<Feed>,
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl Conn {
+    /// Reads until a complete head: `None` when the client closed (or a
+    /// deadline ended the connection) first.
+    async fn read_head(&mut self, max: usize) -> Result<Option<Head>, Cause> {
+        loop {
+            if !self.rbuf.is_empty()
+                && let Some(h) = parse_head(&mut self.rbuf, max)?
+            {
+                return Ok(Some(h));
+            }
+            match poll_fn(|cx| self.poll_fill(cx, 4096)).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads more into `rbuf`. With nothing buffered the read lands on the
+    /// stack and only what came is kept: an idle connection allocates
+    /// nothing until its client sends.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() == 0 {
+            let mut tmp = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut rb = ReadBuf::uninit(&mut tmp);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.rbuf = BytesMut::with_capacity(n.max(want.min(1024)));
+            self.rbuf.extend_from_slice(rb.filled());
+            return Poll::Ready(Ok(n));
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < want / 2 {
+            self.rbuf.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
+
+    /// Moves the request body along as far as its reader wants.
+    fn poll_feed(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let Some(f) = self.feed.as_mut() else { return };
+            if f.end.is_some() {
+                return;
+            }
+            match f.tx.poll_want(cx, f.continue_at.is_some()) {
+                Poll::Pending => return,
+                Poll::Ready(Want::Nothing) => {
+                    f.end = Some(false);
+                    return;
+                }
+                Poll::Ready(Want::Chunk) => {}
+            }
+            if let Some(at) = f.continue_at.as_mut() {
+                while *at < CONTINUE.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &CONTINUE[*at..]) {
+                        Poll::Pending => return,
+                        Poll::Ready(Ok(n)) if n > 0 => *at += n,
+                        Poll::Ready(_) => {
+                            f.tx.end(Err("the client went away".into()));
+                            f.end = Some(false);
+                            return;
+                        }
+                    }
+                }
+                f.continue_at = None;
+            }
+            match &mut f.length {
+                Framing::Left(left) if !self.rbuf.is_empty() => {
+                    let n = (*left).min(self.rbuf.len() as u64) as usize;
+                    *left -= n as u64;
+                    f.tx.send(self.rbuf.split_to(n).freeze());
+                    if *left == 0 {
+                        f.tx.end(Ok(()));
+                        f.end = Some(true);
+                    }
+                    continue;
+                }
+                Framing::Chunked(state) => match step_chunk(state, &mut self.rbuf) {
+                    Ok(Step::Data(d)) => {
+                        f.tx.send(d);
+                        continue;
+                    }
+                    Ok(Step::End) => {
+                        f.tx.end(Ok(()));
+                        f.end = Some(true);
+                        return;
+                    }
+                    Ok(Step::More) => {}
+                    Err(_) => {
+                        f.tx.end(Err("malformed chunked framing".into()));
+                        f.end = Some(false);
+                        return;
+                    }
+                },
+                _ => {}
+            }
+            match self.poll_fill(cx, BODY_READ) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(r) => {
+                    let why = match r {
+                        Err(e) => format!("reading the request body: {e}"),
+                        Ok(_) => "the client closed the connection mid-body".into(),
+                    };
+                    if let Some(f) = self.feed.as_mut() {
+                        f.tx.end(Err(why));
+                        f.end = Some(false);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the response: the head gathered with whatever the body has
+    /// ready, then the rest as it comes.
+    fn poll_respond(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Out,
+        w: &mut Writing,
+    ) -> Poll<Result<(), ()>> {
+        loop {
+            while out.len < GATHER
+                && let Some(body) = w.body.as_mut()
+            {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(None) => {
+                        w.body = None;
+                        match w.framing {
+                            Framing::Chunked(_) => out.put_static(b"0\r\n\r\n"),
+                            Framing::Left(0) | Framing::Close => {}
+                            // Shorter than its Content-Length: the client
+                            // must not take it for whole.
+                            Framing::Left(_) => return Poll::Ready(Err(())),
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if !w.frame(out, frame) {
+                            return Poll::Ready(Err(()));
+                        }
+                    }
+                }
+            }
+            if out.len == 0 {
+                return if w.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            match ready!(out.poll_write(&mut self.io, cx)) {
+                Ok(()) => {}
+                Err(_) => return Poll::Ready(Err(())),
+            }
+        }
+    }
+
+    /// The connection closes with request bytes unread: the answer is
+    /// sent, the sending side shut, and what the client still sends is
+    /// read and dropped for a moment (as nginx's lingering close), so
+    /// unread bytes do not make the kernel reset the connection before
+    /// the client has read the answer.
+    async fn linger(&mut self) {
+        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut drained = 0usize;
+            loop {
+                self.rbuf.clear();
+                match poll_fn(|cx| self.poll_fill(cx, BODY_READ)).await {
+                    Ok(n) if n > 0 && drained < 4 << 20 => drained += n,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// The response being written.
+struct Writing {
+    body: Option<Tracked>,
+    framing: Framing,
+    trailers: bool,
+}
+
+impl Writing {
+    /// Frames one body frame into `out`; false when the body says more
+    /// than its length.
+    fn frame(&mut self, out: &mut Out, frame: Frame<Bytes>) -> bool {
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                // Trailers: sent only in a chunked body to a client that
+                // asked for them; the chunked end follows with them.
+                if let (Framing::Chunked(_), Ok(t), true) =
+                    (self.framing, frame.into_trailers(), self.trailers)
+                {
+                    out.put_static(b"0\r\n");
+                    for (k, v) in &t {
+                        out.put(k.as_str().as_bytes());
+                        out.put(b": ");
+                        out.put(v.as_bytes());
+                        out.put(b"\r\n");
+                    }
+                    out.put(b"\r\n");
+                    self.framing = Framing::Left(0);
+                }
+                return true;
+            }
+        };
+        if data.is_empty() {
+            return true;
+        }
+        match &mut self.framing {
+            Framing::Left(left) => {
+                if data.len() as u64 > *left {
+                    return false;
+                }
+                *left -= data.len() as u64;
+                out.data(data);
+            }
+            Framing::Chunked(_) => {
+                let mut line = [0u8; 18];
+                let n = hex_line(&mut line, data.len());
+                out.put(&line[..n]);
+                out.data(data);
+                out.put(b"\r\n");
+            }
+            Framing::Close => out.data(data),
+        }
+        true
+    }
+}
+
+/// `{len:x}\r\n` into `buf`; its length.
+fn hex_line(buf: &mut [u8; 18], len: usize) -> usize {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, b) in buf.iter_mut().take(digits).enumerate() {
+        *b = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Output waiting to be written: large frames where they are, small
+/// pieces copied into one buffer behind them.
+#[derive(Default)]
+struct Out {
+    segs: std::collections::VecDeque<Bytes>,
+    tail: Vec<u8>,
+    /// Bytes waiting in all.
+    len: usize,
+}
+
+impl Out {
+    fn put(&mut self, b: &[u8]) {
+        self.tail.extend_from_slice(b);
+        self.len += b.len();
+    }
+    fn put_static(&mut self, b: &'static [u8]) {
+        self.put(b);
+    }
+    fn data(&mut self, d: Bytes) {
+        if d.len() < COPY_MAX {
+            self.put(&d);
+            return;
+        }
+        if !self.tail.is_empty() {
+            self.segs
+                .push_back(Bytes::from(std::mem::take(&mut self.tail)));
+        }
+        self.len += d.len();
+        self.segs.push_back(d);
+    }
+
+    /// Writes until everything waiting is written or the socket is full.
+    fn poll_write(&mut self, io: &mut Guarded, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.len > 0 {
+            let n = if self.segs.is_empty() {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.tail))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); 16];
+                let mut k = 0;
+                for s in self.segs.iter().take(15) {
+                    slices[k] = IoSlice::new(s);
+                    k += 1;
+                }
+                if k == self.segs.len() && !self.tail.is_empty() {
+                    slices[k] = IoSlice::new(&self.tail);
+                    k += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            match self.segs.front_mut() {
+                Some(s) if s.len() <= n => {
+                    n -= s.len();
+                    self.segs.pop_front();
+                }
+                Some(s) => {
+                    s.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.drain(..n);
+                    return;
+                }
+            }
+        }
+        if self.len == 0 {
+            self.tail.clear();
+        }
+    }
+
+    /// Encodes the response head and chooses the body's framing (`None`:
+    /// no body is written). Field names go out as they are (lower case).
+    fn head(
+        &mut self,
+        parts: &mut http::response::Parts,
+        version: Version,
+        no_body: bool,
+        body: &proxy::RespBody,
+        keep_alive: &mut bool,
+        switching: bool,
+    ) -> Option<Framing> {
+        let status = parts.status;
+        let h = &mut parts.headers;
+        // The framing is baton's to choose.
+        h.remove(header::TRANSFER_ENCODING);
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if status.is_informational() || status == StatusCode::NO_CONTENT {
+            h.remove(header::CONTENT_LENGTH);
+        }
+        let declared = declared_length(h);
+        let hint = body.size_hint().exact();
+        let framing = if switching || bodiless {
+            None
+        } else if let Some(n) = declared {
+            (!no_body).then_some(Framing::Left(n))
+        } else if let Some(n) = hint {
+            if !no_body || n > 0 {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            (!no_body).then_some(Framing::Left(n))
+        } else if no_body {
+            None
+        } else if version == Version::HTTP_11 {
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Some(Framing::Chunked(Chunk::Size))
+        } else {
+            *keep_alive = false;
+            Some(Framing::Close)
+        };
+        if !h.contains_key(header::DATE) {
+            h.insert(header::DATE, date());
+        }
+        if !switching {
+            if !*keep_alive {
+                if !connection_close(h) {
+                    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+            } else if version == Version::HTTP_10 && !h.contains_key(header::CONNECTION) {
+                h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+        }
+        let t = &mut self.tail;
+        t.reserve(256 + h.len() * 48);
+        // An HTTP/1.0 client is answered in its version (as hyper does).
+        t.extend_from_slice(if version == Version::HTTP_10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        t.extend_from_slice(status.as_str().as_bytes());
+        t.push(b' ');
+        t.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        t.extend_from_slice(b"\r\n");
+        for (k, v) in h.iter() {
+            t.extend_from_slice(k.as_str().as_bytes());
+            t.extend_from_slice(b": ");
+            t.extend_from_slice(v.as_bytes());
+            t.extend_from_slice(b"\r\n");
+        }
+        t.extend_from_slice(b"\r\n");
+        self.len = t.len();
+        framing
+    }
+}
+
+/// A `Content-Length` the handler set (the proxied response's).
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_LENGTH)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
+/// `Connection: close` among the fields.
+fn connection_close(h: &HeaderMap) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// `Connection: keep-alive` among the fields (an HTTP/1.0 client's ask).
+fn connection_keep_alive(v: &HeaderValue) -> bool {
+    v.as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+}
+
+/// The `Date` field, formatted once a second per thread.
+fn date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_none() {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            *c = (secs, Some(v));
+        }
+        c.1.clone().unwrap_or_else(|| HeaderValue::from_static(""))
+    })
+}
+
+/// The answer to a head baton will not read (written raw: there is no
+/// request to answer), with the cause in `Proxy-Status`.
+fn refusal(cause: Cause) -> &'static [u8] {
+    use std::sync::OnceLock;
+    static MALFORMED: OnceLock<Vec<u8>> = OnceLock::new();
+    static TOO_LARGE: OnceLock<Vec<u8>> = OnceLock::new();
+    let cell = if cause == Cause::RequestHeaderTooLarge {
+        &TOO_LARGE
+    } else {
+        &MALFORMED
+    };
+    cell.get_or_init(|| {
+        let status = StatusCode::from_u16(cause.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        format!(
+            "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: baton; error={}; details=\"{}\"\r\n\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            cause.proxy_status(),
+            cause.id()
+        )
+        .into_bytes()
+    })
+}
+
+/// Parses a request head at the start of `buf` (consumed when complete):
+/// `None` when more bytes are needed; the cause when it must be refused.
+fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut r, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n > max => return Err(Cause::RequestHeaderTooLarge),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max => {
+            return Err(Cause::RequestHeaderTooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Cause::RequestHeaderTooLarge),
+        Err(_) => return Err(Cause::RequestMalformed),
+    };
+    let (Some(method), Some(path), Some(minor)) = (r.method, r.path, r.version) else {
+        return Err(Cause::RequestMalformed);
+    };
+    if path.len() > MAX_TARGET {
+        return Err(Cause::RequestHeaderTooLarge);
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| Cause::RequestMalformed)?;
+    let http11 = minor == 1;
+    // Names now; the target and values as offsets, to be slices of the
+    // frozen head (no copies) once the parser's borrow of the buffer ends.
+    let base = buf.as_ptr() as usize;
+    let target = (path.as_ptr() as usize - base, path.len());
+    let mut fields = Vec::with_capacity(r.headers.len());
+    for h in r.headers.iter() {
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Cause::RequestMalformed)?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| Cause::RequestMalformed)?;
+    let mut keep_alive = http11;
+    let mut saw_close = false;
+    let mut expect_continue = false;
+    let mut wants_upgrade = method == Method::CONNECT;
+    let (mut te, mut te_chunked, mut cl_seen) = (false, false, false);
+    let mut length: Option<u64> = None;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Cause::RequestMalformed)?;
+        match name {
+            header::TRANSFER_ENCODING => {
+                if !http11 {
+                    return Err(Cause::RequestMalformed);
+                }
+                te = true;
+                if length.take().is_some() {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+                te_chunked = value
+                    .as_bytes()
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            header::CONTENT_LENGTH => {
+                cl_seen = true;
+                if te {
+                    continue;
+                }
+                let n = content_length(value.as_bytes()).ok_or(Cause::RequestMalformed)?;
+                match length {
+                    Some(prev) if prev != n => return Err(Cause::RequestMalformed),
+                    Some(_) => continue,
+                    None => length = Some(n),
+                }
+            }
+            header::CONNECTION => {
+                if saw_close || connection_close_value(&value) {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = connection_keep_alive(&value);
+                }
+            }
+            header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            header::UPGRADE => wants_upgrade = http11,
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    if te && !te_chunked {
+        return Err(Cause::RequestMalformed);
+    }
+    if te && cl_seen {
+        keep_alive = false;
+    }
+    let body_length = if te {
+        Some(Length::Chunked)
+    } else {
+        length.filter(|n| *n > 0).map(Length::Bytes)
+    };
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    *req.headers_mut() = headers;
+    Ok(Some(Head {
+        req,
+        length: body_length,
+        keep_alive,
+        expect_continue,
+        wants_upgrade,
+    }))
+}
+
+fn connection_close_value(v: &HeaderValue) -> bool {
+    v.as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// A `Content-Length` value: digits, or a list of equal ones (hyper's
+/// reading: `5, 5` is 5, `5, 6` is refused).
+fn content_length(v: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// A connection handed to a tunnel, with what the client sent after the
+/// upgrade request given back first.
+struct Rewound {
+    rest: Bytes,
+    io: Guarded,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.rest.is_empty() {
+            let n = this.rest.len().min(buf.remaining());
+            buf.put_slice(&this.rest.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<Head>, Cause> {
+        parse_head(&mut BytesMut::from(s), 8192)
+    }
+
+    #[test]
+    fn framing_is_read_as_hyper_reads_it() {
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.length, Some(Length::Bytes(5))) && h.keep_alive);
+        // Chunked wins over a length, which is dropped; the connection
+        // closes after.
+        let h = parse("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.length, Some(Length::Chunked)) && !h.keep_alive);
+        assert!(!h.req.headers().contains_key(header::CONTENT_LENGTH));
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad).err(), Some(Cause::RequestMalformed), "{bad:?}");
+        }
+        assert!(parse("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        let big = format!("GET / HTTP/1.1\r\nCookie: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(&big).err(), Some(Cause::RequestHeaderTooLarge));
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.keep_alive && h.length.is_none());
+        let h = parse("GET / HTTP/1.1\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 65535, 1 << 20] {
+            let mut b = [0u8; 18];
+            let k = hex_line(&mut b, n);
+            assert_eq!(&b[..k], format!("{n:x}\r\n").as_bytes());
+        }
+    }
+}
