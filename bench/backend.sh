@@ -17,13 +17,16 @@ CONF
 # a baton config proxying everything to the backend, errors off, the
 # access log as LOG_LINES say (off unless told).
 baton_toml() {
+    # The default outside the here-document: dash drops the quotes of a
+    # default word inside one.
+    _log=${5:-'access = "off"'}
     cat <<CONF
 [server]
 listen = ["127.0.0.1:$1"]
 workers = $3
 ${4:-}
 [log]
-${5:-access = "off"}
+$_log
 errors = "off"
 ${6:-}
 [upstreams.be]

@@ -10,6 +10,9 @@ mod conn;
 mod dashboard;
 mod h1;
 
+#[doc(hidden)]
+pub use h1::fuzz_request;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

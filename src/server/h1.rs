@@ -110,15 +110,11 @@ pub(super) async fn serve(
             mut keep_alive,
             expect_continue,
             wants_upgrade,
+            te_trailers,
         } = head;
         let head_request = req.method() == Method::HEAD;
         let connect = req.method() == Method::CONNECT;
         let version = req.version();
-        let te_trailers = req.headers().get_all(header::TE).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
         let active = Active::new(&shared);
         if let Some(length) = length {
             let (tx, rx) = pipe(match length {
@@ -159,13 +155,10 @@ pub(super) async fn serve(
         if switching {
             active.upgraded();
         }
-        let (mut parts, body) = resp.into_parts();
-        if connection_close(&parts.headers) {
-            keep_alive = false;
-        }
+        let (parts, body) = resp.into_parts();
         let mut out = Out::default();
         let framing = out.head(
-            &mut parts,
+            &parts,
             version,
             head_request || connect && status.is_success(),
             &body,
@@ -227,6 +220,8 @@ struct Head {
     keep_alive: bool,
     expect_continue: bool,
     wants_upgrade: bool,
+    /// `TE: trailers`: the client takes trailer fields.
+    te_trailers: bool,
 }
 
 /// How a body on the wire is delimited, and how much is left.
@@ -588,10 +583,12 @@ impl Out {
     }
 
     /// Encodes the response head and chooses the body's framing (`None`:
-    /// no body is written). Field names go out as they are (lower case).
+    /// no body is written), in one pass over the fields: the framing
+    /// fields are baton's and follow the handler's. Names go out as they
+    /// are (lower case).
     fn head(
         &mut self,
-        parts: &mut http::response::Parts,
+        parts: &http::response::Parts,
         version: Version,
         no_body: bool,
         body: &proxy::RespBody,
@@ -599,50 +596,10 @@ impl Out {
         switching: bool,
     ) -> Option<Framing> {
         let status = parts.status;
-        let h = &mut parts.headers;
-        // The framing is baton's to choose.
-        h.remove(header::TRANSFER_ENCODING);
-        let bodiless = status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        if status.is_informational() || status == StatusCode::NO_CONTENT {
-            h.remove(header::CONTENT_LENGTH);
-        }
-        let declared = declared_length(h);
-        let hint = body.size_hint().exact();
-        let framing = if switching || bodiless {
-            None
-        } else if let Some(n) = declared {
-            (!no_body).then_some(Framing::Left(n))
-        } else if let Some(n) = hint {
-            if !no_body || n > 0 {
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            (!no_body).then_some(Framing::Left(n))
-        } else if no_body {
-            None
-        } else if version == Version::HTTP_11 {
-            h.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-            Some(Framing::Chunked(Chunk::Size))
-        } else {
-            *keep_alive = false;
-            Some(Framing::Close)
-        };
-        if !h.contains_key(header::DATE) {
-            h.insert(header::DATE, date());
-        }
-        if !switching {
-            if !*keep_alive {
-                if !connection_close(h) {
-                    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-            } else if version == Version::HTTP_10 && !h.contains_key(header::CONNECTION) {
-                h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-            }
-        }
+        let h = &parts.headers;
+        // 1xx and 204 have no length at all (RFC 9110 §8.6).
+        let lengthless = status.is_informational() || status == StatusCode::NO_CONTENT;
+        let bodiless = lengthless || status == StatusCode::NOT_MODIFIED;
         let t = &mut self.tail;
         t.reserve(256 + h.len() * 48);
         // An HTTP/1.0 client is answered in its version (as hyper does).
@@ -655,31 +612,77 @@ impl Out {
         t.push(b' ');
         t.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         t.extend_from_slice(b"\r\n");
+        let (mut declared, mut dated, mut close, mut connection) = (None, false, false, false);
         for (k, v) in h.iter() {
+            match *k {
+                // The framing is baton's to choose.
+                header::TRANSFER_ENCODING => continue,
+                header::CONTENT_LENGTH if lengthless => continue,
+                header::CONTENT_LENGTH => {
+                    if declared.is_some() {
+                        continue;
+                    }
+                    match std::str::from_utf8(v.as_bytes())
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                    {
+                        Some(n) => declared = Some(n),
+                        None => continue,
+                    }
+                }
+                header::DATE => dated = true,
+                header::CONNECTION => {
+                    connection = true;
+                    close |= connection_close_value(v);
+                }
+                _ => {}
+            }
             t.extend_from_slice(k.as_str().as_bytes());
             t.extend_from_slice(b": ");
             t.extend_from_slice(v.as_bytes());
             t.extend_from_slice(b"\r\n");
         }
+        if close {
+            *keep_alive = false;
+        }
+        let framing = if switching || bodiless {
+            None
+        } else if let Some(n) = declared {
+            (!no_body).then_some(Framing::Left(n))
+        } else if let Some(n) = body.size_hint().exact() {
+            if !no_body || n > 0 {
+                t.extend_from_slice(b"content-length: ");
+                t.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                t.extend_from_slice(b"\r\n");
+            }
+            (!no_body).then_some(Framing::Left(n))
+        } else if no_body {
+            None
+        } else if version == Version::HTTP_11 {
+            t.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Some(Framing::Chunked(Chunk::Size))
+        } else {
+            *keep_alive = false;
+            Some(Framing::Close)
+        };
+        if !dated {
+            t.extend_from_slice(b"date: ");
+            date(t);
+            t.extend_from_slice(b"\r\n");
+        }
+        if !switching {
+            if !*keep_alive {
+                if !close {
+                    t.extend_from_slice(b"connection: close\r\n");
+                }
+            } else if version == Version::HTTP_10 && !connection {
+                t.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+        }
         t.extend_from_slice(b"\r\n");
         self.len = t.len();
         framing
     }
-}
-
-/// A `Content-Length` the handler set (the proxied response's).
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    let v = h.get(header::CONTENT_LENGTH)?;
-    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
-}
-
-/// `Connection: close` among the fields.
-fn connection_close(h: &HeaderMap) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
 }
 
 /// `Connection: keep-alive` among the fields (an HTTP/1.0 client's ask).
@@ -689,23 +692,21 @@ fn connection_keep_alive(v: &HeaderValue) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
 }
 
-/// The `Date` field, formatted once a second per thread.
-fn date() -> HeaderValue {
+/// Appends the `Date` field's value, formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_none() {
-            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
-            *c = (secs, Some(v));
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
         }
-        c.1.clone().unwrap_or_else(|| HeaderValue::from_static(""))
+        out.extend_from_slice(c.1.as_bytes());
     })
 }
 
@@ -776,9 +777,12 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
     let mut saw_close = false;
     let mut expect_continue = false;
     let mut wants_upgrade = method == Method::CONNECT;
+    let mut te_trailers = false;
     let (mut te, mut te_chunked, mut cl_seen) = (false, false, false);
     let mut length: Option<u64> = None;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds (X-Forwarded-*, Via,
+    // X-Request-Id) without growing.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 8);
     for (name, start, end) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Cause::RequestMalformed)?;
@@ -821,6 +825,12 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
             header::UPGRADE => wants_upgrade = http11,
+            header::TE => {
+                te_trailers |= value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            }
             _ => {}
         }
         headers.append(name, value);
@@ -851,6 +861,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
         keep_alive,
         expect_continue,
         wants_upgrade,
+        te_trailers,
     }))
 }
 
@@ -917,9 +928,81 @@ impl AsyncWrite for Rewound {
     }
 }
 
+/// The fuzz entry point for the request reading (cargo fuzz target
+/// `h1_request`, and the in-suite test): pipelined heads parsed as the
+/// connection parses them, each body skipped as its framing says. Must
+/// never panic, and what is forwarded is never ambiguous: a request with
+/// `Transfer-Encoding` is chunked and keeps no `Content-Length`.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    for _ in 0..4 {
+        let before = buf.len();
+        let Ok(Some(h)) = parse_head(&mut buf, 8192) else {
+            return;
+        };
+        assert!(buf.len() < before);
+        let fields = h.req.headers();
+        if fields.contains_key(header::TRANSFER_ENCODING) {
+            assert!(matches!(h.length, Some(Length::Chunked)));
+            assert!(!fields.contains_key(header::CONTENT_LENGTH));
+        }
+        match h.length {
+            Some(Length::Chunked) => {
+                let (mut state, mut body, before) = (Chunk::Size, 0, buf.len());
+                loop {
+                    match step_chunk(&mut state, &mut buf) {
+                        Ok(Step::Data(d)) => body += d.len(),
+                        Ok(Step::End) => break,
+                        _ => return,
+                    }
+                }
+                assert!(body <= before);
+            }
+            Some(Length::Bytes(n)) => {
+                if (buf.len() as u64) < n {
+                    return;
+                }
+                buf.advance(n as usize);
+            }
+            None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fuzz_entry_point_holds_on_random_input() {
+        let mut next = crate::core::xorshift(0x9E37_79B9_7F4A_7C15u64);
+        let pieces: [&[u8]; 12] = [
+            b"POST / HTTP/1.1\r\n",
+            b"GET /a?b HTTP/1.0\r\n",
+            b"Host: a\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Transfer-Encoding: gzip\r\n",
+            b"Content-Length: 5\r\n",
+            b"Content-Length: 5, 5\r\n",
+            b"\r\n",
+            b"5\r\nhello\r\n",
+            b"0\r\n\r\n",
+            b"3;ext=1\r\nabc\r\n",
+            b"\n",
+        ];
+        for _ in 0..20_000 {
+            let mut data = Vec::new();
+            for _ in 0..(next() % 10) {
+                if next().is_multiple_of(5) {
+                    data.extend((0..next() % 16).map(|_| next() as u8));
+                } else {
+                    data.extend_from_slice(pieces[(next() % 12) as usize]);
+                }
+            }
+            fuzz_request(&data);
+        }
+    }
 
     fn parse(s: &str) -> Result<Option<Head>, Cause> {
         parse_head(&mut BytesMut::from(s), 8192)
