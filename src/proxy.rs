@@ -97,12 +97,12 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Each open HTTP/1.1 connection holds an allocation of this size for
-    /// as long as it is open (hyper's dispatcher keeps the box it moves
-    /// each request's future into). Boxing the whole attempt phase would
-    /// make it 624 bytes but costs ~620 instructions a request (2.2%,
-    /// docs/benchmarks.md); the rare large futures are boxed instead
-    /// (FastCGI's exchange, hyper's handshake).
+    /// Each request in flight holds an allocation of this size (moved
+    /// into it when the request starts: a larger future is more to copy).
+    /// Boxing the whole attempt phase would make it 624 bytes but costs
+    /// ~620 instructions a request (2.2%, docs/benchmarks.md); the rare
+    /// large futures are boxed instead (FastCGI's exchange, hyper's
+    /// handshake).
     #[test]
     fn the_request_future_a_connection_keeps_stays_small() {
         let n = future_size(super::handle);

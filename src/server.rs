@@ -378,6 +378,14 @@ impl Conns {
         shed
     }
 
+    /// Asks every open connection to close once it has no request in
+    /// flight (the gateway is stopping).
+    fn close_all(&self) {
+        for c in self.all.iter().filter_map(Weak::upgrade) {
+            c.close.notify_one();
+        }
+    }
+
     /// Waits until every connection has closed.
     async fn drain(&self) {
         loop {
@@ -468,6 +476,7 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
         }
     }
     drop(l);
+    conns.close_all();
     conns.drain().await;
 }
 
@@ -523,6 +532,10 @@ async fn serve_connection(
             },
         }
     };
+    // Boxed, as the HTTP/2 connection below: the task an idle HTTP/1.1
+    // connection keeps is then only what HTTP/1.1 needs (the TLS
+    // handshake's and hyper's HTTP/2 state would size it at ~9.6 KB).
+    let first = Box::pin(first);
     let (s, h2) = tokio::select! {
         r = first => match r {
             Some(x) => x,
@@ -541,10 +554,24 @@ async fn serve_connection(
             https,
             max_head,
         };
-        h1::serve(io, site, shared.clone(), &mut stop).await;
+        h1::serve(io, site, shared.clone()).await;
         ended(&gw, peer, &shared, Ok(()));
         return;
     }
+    let site = (peer, local, https);
+    Box::pin(serve_h2(io, gw, builder, shared, site, stop)).await;
+}
+
+/// Serves HTTP/2 on `io` with hyper until it ends, or closes it
+/// gracefully (GOAWAY) when asked to or when the gateway stops.
+async fn serve_h2(
+    io: conn::Guarded,
+    gw: Arc<Gateway>,
+    builder: Arc<http2::Builder<TokioExecutor>>,
+    shared: Arc<conn::Shared>,
+    (peer, local, https): (SocketAddr, SocketAddr, bool),
+    mut stop: watch::Receiver<bool>,
+) {
     let for_svc = gw.clone();
     let for_svc_shared = shared.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
@@ -563,7 +590,10 @@ async fn serve_connection(
             ended(&gw, peer, &shared, r);
             return;
         }
-        _ = shared.close.notified() => Some(CLOSE_GRACE),
+        // Asked to close: by a deadline or a shortage (GOAWAY, then a
+        // short grace), or because the gateway stops (in-flight streams
+        // finish).
+        _ = shared.close.notified() => (!*stop.borrow()).then_some(CLOSE_GRACE),
         _ = stop.changed() => None,
     };
     conn.as_mut().graceful_shutdown();
@@ -574,10 +604,11 @@ async fn serve_connection(
     ended(&gw, peer, &shared, r);
 }
 
-/// Logs how a client connection ended, when it says something: a
-/// malformed or oversized head (hyper answered 400 or 431), a head that
-/// did not arrive in time (baton answered 408), a client that stopped
-/// reading.
+/// Logs how a client connection ended, when it says something: a head
+/// that did not arrive in time (baton answered 408), a client that
+/// stopped reading, an HTTP/2 error of the client's. (HTTP/1.1's
+/// malformed and oversized heads are logged where they are answered,
+/// `server/h1.rs`.)
 fn ended(gw: &Gateway, peer: SocketAddr, shared: &conn::Shared, r: Result<(), hyper::Error>) {
     match shared.expired() {
         conn::EXPIRED_HEAD => proxy::client_fault(gw, peer, Cause::RequestTimeout),
@@ -923,6 +954,23 @@ impl Drop for ConnCount {
 #[cfg(test)]
 mod tests {
     use super::{Speaks, speaks};
+
+    #[allow(clippy::too_many_arguments)]
+    fn future_size<A, B, C, D, E, F, G, H, I, J, K, R: std::future::Future>(
+        _: impl Fn(A, B, C, D, E, F, G, H, I, J, K) -> R,
+    ) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What an idle HTTP/1.1 connection's task holds besides its socket:
+    /// the request's future, the TLS handshake and HTTP/2 are boxed while
+    /// they run (9.6 KB when they were not, 36 KB a connection with
+    /// hyper's buffers; docs/benchmarks.md).
+    #[test]
+    fn an_idle_connection_keeps_a_small_task() {
+        let n = future_size(super::serve_connection);
+        assert!(n <= 1700, "serve_connection's future is {n} bytes");
+    }
 
     #[test]
     fn first_bytes_name_the_protocol() {

@@ -38,7 +38,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 
 use super::conn::{Active, Guarded, Shared, Tracked};
 use crate::core::body::{ClientUpgrade, PipeTx, RequestBody, Tunnel, Want, pipe};
@@ -68,25 +67,18 @@ pub(super) struct Site {
 }
 
 /// Serves HTTP/1.1 on `io` until the client closes, a deadline passes, a
-/// response must end the connection, or `closer` (a close asked for, the
-/// gateway stopping) fires between requests.
-pub(super) async fn serve(
-    io: Guarded,
-    site: Site,
-    shared: Arc<Shared>,
-    stop: &mut watch::Receiver<bool>,
-) {
+/// response must end the connection, or a close is asked for
+/// (`Shared::close`: a deadline, a shortage of descriptors, the gateway
+/// stopping), which is heeded between requests.
+pub(super) async fn serve(io: Guarded, site: Site, shared: Arc<Shared>) {
     let mut c = Conn {
         io,
         rbuf: BytesMut::new(),
         feed: None,
     };
-    let closer = async {
-        tokio::select! {
-            _ = shared.close.notified() => {}
-            _ = stop.changed() => {}
-        }
-    };
+    // Asked to close (a deadline, a shortage of descriptors, the gateway
+    // stopping): heeded between requests.
+    let closer = shared.close.notified();
     tokio::pin!(closer);
     loop {
         let head = tokio::select! {
@@ -94,114 +86,129 @@ pub(super) async fn serve(
             h = c.read_head(site.max_head) => h,
             _ = &mut closer => return,
         };
+        // One request, in one allocation: the proxy's future and the
+        // response's state live only while a request does, so an idle
+        // connection's task holds only the connection. (The head is moved
+        // into it before anything waits.)
         let head = match head {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(cause) => {
                 proxy::client_fault(&site.gw, site.peer, cause);
-                let _ = c.io.write_all(refusal(cause)).await;
-                let _ = c.io.shutdown().await;
+                Box::pin(c.end(Next::Refuse(cause))).await;
                 return;
             }
         };
-        let Head {
-            mut req,
-            length,
-            mut keep_alive,
-            expect_continue,
-            wants_upgrade,
-            te_trailers,
-        } = head;
-        let head_request = req.method() == Method::HEAD;
-        let connect = req.method() == Method::CONNECT;
-        let version = req.version();
-        let active = Active::new(&shared);
-        if let Some(length) = length {
-            let (tx, rx) = pipe(match length {
-                Length::Bytes(n) => Some(n),
-                Length::Chunked => None,
-            });
-            *req.body_mut() = RequestBody::Piped(rx);
-            c.feed = Some(Feed {
-                tx,
-                length: match length {
-                    Length::Bytes(n) => Framing::Left(n),
-                    Length::Chunked => Framing::Chunked(Chunk::Size),
-                },
-                continue_at: expect_continue.then_some(0),
-                end: None,
-            });
+        let next = Box::pin(exchange(&mut c, head, &site, &shared)).await;
+        if let Next::Request = next {
+            if c.rbuf.is_empty() {
+                // Idle: hold no buffer.
+                c.rbuf = BytesMut::new();
+            }
+            continue;
         }
-        let upgrade = wants_upgrade.then(|| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            req.extensions_mut().insert(ClientUpgrade::new(rx));
-            tx
+        // The end of the connection (boxed too: rare, and its timers
+        // would size every connection's task).
+        Box::pin(c.end(next)).await;
+        return;
+    }
+}
+
+/// What follows a request on the connection.
+enum Next {
+    /// The next request.
+    Request,
+    /// The response said so, or the request: close.
+    Close,
+    /// A request body is left unread: close without a reset.
+    Linger,
+    /// A head baton will not read: answered with this cause, closed.
+    Refuse(Cause),
+    /// A `101` was written: the connection goes to the tunnel.
+    Upgrade(tokio::sync::oneshot::Sender<Box<dyn Tunnel>>),
+    /// The connection failed.
+    Gone,
+}
+
+/// Serves one request whose head was read.
+async fn exchange(c: &mut Conn, head: Head, site: &Site, shared: &Arc<Shared>) -> Next {
+    let Head {
+        mut req,
+        length,
+        mut keep_alive,
+        expect_continue,
+        wants_upgrade,
+        te_trailers,
+    } = head;
+    let head_request = req.method() == Method::HEAD;
+    let connect = req.method() == Method::CONNECT;
+    let version = req.version();
+    let active = Active::new(shared);
+    if let Some(length) = length {
+        let (tx, rx) = pipe(match length {
+            Length::Bytes(n) => Some(n),
+            Length::Chunked => None,
         });
-        let mut handling = Box::pin(proxy::handle(
-            site.gw.clone(),
-            req,
-            site.peer,
-            site.local,
-            site.https,
-        ));
-        let resp = poll_fn(|cx| {
-            c.poll_feed(cx);
-            handling.as_mut().poll(cx)
-        })
-        .await;
-        drop(handling);
-        let status = resp.status();
-        let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
-        if switching {
-            active.upgraded();
-        }
-        let (parts, body) = resp.into_parts();
-        let mut out = Out::default();
-        let framing = out.head(
-            &parts,
-            version,
-            head_request || connect && status.is_success(),
-            &body,
-            &mut keep_alive,
-            switching,
-        );
-        let mut writing = Writing {
-            body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
-            framing: framing.unwrap_or(Framing::Left(0)),
-            trailers: te_trailers,
-        };
-        let written = poll_fn(|cx| {
-            c.poll_feed(cx);
-            c.poll_respond(cx, &mut out, &mut writing)
-        })
-        .await;
-        if written.is_err() {
-            return;
-        }
-        if switching {
-            if let Some(tx) = upgrade {
-                let rest = std::mem::take(&mut c.rbuf).freeze();
-                let _ = tx.send(Box::new(Rewound { rest, io: c.io }) as Box<dyn Tunnel>);
-            }
-            return;
-        }
-        // A body not read to its end (the answer came first, or nobody
-        // wanted it) leaves the connection's framing unknown: close it.
-        match c.feed.take() {
-            Some(f) if f.end != Some(true) => {
-                c.linger().await;
-                return;
-            }
-            _ => {}
-        }
-        if !keep_alive {
-            let _ = c.io.shutdown().await;
-            return;
-        }
-        if c.rbuf.is_empty() {
-            // Idle: hold no buffer.
-            c.rbuf = BytesMut::new();
-        }
+        *req.body_mut() = RequestBody::Piped(rx);
+        c.feed = Some(Feed {
+            tx,
+            length: match length {
+                Length::Bytes(n) => Framing::Left(n),
+                Length::Chunked => Framing::Chunked(Chunk::Size),
+            },
+            continue_at: expect_continue.then_some(0),
+            end: None,
+        });
+    }
+    let upgrade = wants_upgrade.then(|| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        req.extensions_mut().insert(ClientUpgrade::new(rx));
+        tx
+    });
+    let handling = proxy::handle(site.gw.clone(), req, site.peer, site.local, site.https);
+    tokio::pin!(handling);
+    let resp = poll_fn(|cx| {
+        c.poll_feed(cx);
+        handling.as_mut().poll(cx)
+    })
+    .await;
+    let status = resp.status();
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+    if switching {
+        active.upgraded();
+    }
+    let (parts, body) = resp.into_parts();
+    let mut out = Out::default();
+    let framing = out.head(
+        &parts,
+        version,
+        head_request || connect && status.is_success(),
+        &body,
+        &mut keep_alive,
+        switching,
+    );
+    let mut writing = Writing {
+        body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
+        framing: framing.unwrap_or(Framing::Left(0)),
+        trailers: te_trailers,
+    };
+    let written = poll_fn(|cx| {
+        c.poll_feed(cx);
+        c.poll_respond(cx, &mut out, &mut writing)
+    })
+    .await;
+    if written.is_err() {
+        return Next::Gone;
+    }
+    if switching {
+        return upgrade.map_or(Next::Gone, Next::Upgrade);
+    }
+    // A body not read to its end (the answer came first, or nobody
+    // wanted it) leaves the connection's framing unknown: close it.
+    match c.feed.take() {
+        Some(f) if f.end != Some(true) => Next::Linger,
+        _ if !keep_alive => Next::Close,
+        _ => Next::Request,
     }
 }
 
@@ -410,6 +417,25 @@ impl Conn {
             match ready!(out.poll_write(&mut self.io, cx)) {
                 Ok(()) => {}
                 Err(_) => return Poll::Ready(Err(())),
+            }
+        }
+    }
+
+    /// Ends the connection as `next` says.
+    async fn end(mut self, next: Next) {
+        match next {
+            Next::Request | Next::Gone => {}
+            Next::Refuse(cause) => {
+                let _ = self.io.write_all(refusal(cause)).await;
+                let _ = self.io.shutdown().await;
+            }
+            Next::Close => {
+                let _ = self.io.shutdown().await;
+            }
+            Next::Linger => self.linger().await,
+            Next::Upgrade(tx) => {
+                let rest = self.rbuf.freeze();
+                let _ = tx.send(Box::new(Rewound { rest, io: self.io }) as Box<dyn Tunnel>);
             }
         }
     }
