@@ -1,11 +1,10 @@
 //! One client connection's deadlines, on its socket.
 //!
-//! hyper times nothing on a server connection but (optionally) the
-//! HTTP/1.1 head, and closes without an answer when it does; HTTP/2 has no
-//! idle, preface or SETTINGS deadline at all, and nothing notices a client
-//! that stops reading. [`Guarded`] wraps the socket hyper reads and writes
-//! and gives every phase a deadline from the requests it sees start and
-//! end ([`Shared`]):
+//! hyper's HTTP/2 server has no idle, preface or SETTINGS deadline at all,
+//! and nothing notices a client that stops reading; baton's own HTTP/1.1
+//! connection (`server/h1.rs`) keeps no timers of its own either.
+//! [`Guarded`] wraps the socket both read and write and gives every phase
+//! a deadline from the requests it sees start and end ([`Shared`]):
 //!
 //! | phase | deadline | then |
 //! |---|---|---|
@@ -16,7 +15,7 @@
 //!
 //! A request body has its own deadline (`body_read_timeout`, in the body:
 //! `upstream::ClientBody`); the first bytes of a new connection are
-//! waited for before hyper gets it (`server::protocol_known`).
+//! waited for before either protocol gets it (`server::protocol_known`).
 //!
 //! One timer per connection, created on the first wait and moved only
 //! when a deadline comes closer: a keep-alive request costs two atomic
@@ -206,14 +205,29 @@ enum Wait {
     Stalled,
 }
 
-/// The answer to a head that did not arrive in time (written raw: hyper
-/// has no request to answer).
-fn timeout_408() -> &'static [u8] {
-    static ANSWER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    ANSWER.get_or_init(|| {
-        let c = Cause::RequestTimeout;
+/// The answer to a head baton will not read, or that did not arrive in
+/// time (written raw: there is no request to answer), with the cause in
+/// `Proxy-Status`: `request_malformed` (400), `request_header_too_large`
+/// (431) or `request_timeout` (408).
+pub fn refusal(cause: Cause) -> &'static [u8] {
+    use std::sync::OnceLock;
+    static ANSWERS: [OnceLock<Vec<u8>>; 3] = [const { OnceLock::new() }; 3];
+    let slot = match cause {
+        Cause::RequestTimeout => 0,
+        Cause::RequestHeaderTooLarge => 1,
+        _ => 2,
+    };
+    ANSWERS[slot].get_or_init(|| {
+        let c = [
+            Cause::RequestTimeout,
+            Cause::RequestHeaderTooLarge,
+            Cause::RequestMalformed,
+        ][slot];
+        let status = http::StatusCode::from_u16(c.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
         format!(
-            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: baton; error={}; details=\"{}\"\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: baton; error={}; details=\"{}\"\r\n\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
             c.proxy_status(),
             c.id()
         )
@@ -318,7 +332,7 @@ impl Guarded {
                     self.expire(EXPIRED_HEAD);
                     // Best effort: the socket has room for a short answer
                     // unless the client also stopped reading.
-                    self.io.try_send(timeout_408());
+                    self.io.try_send(refusal(Cause::RequestTimeout));
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request head not complete within header_read_timeout",

@@ -39,7 +39,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::conn::{Active, Guarded, Shared, Tracked};
+use super::conn::{Active, Guarded, Shared, Tracked, refusal};
 use crate::core::body::{ClientUpgrade, PipeTx, RequestBody, Tunnel, Want, pipe};
 use crate::core::cause::Cause;
 use crate::gateway::Gateway;
@@ -733,30 +733,6 @@ fn date(out: &mut Vec<u8>) {
             *c = (secs, httpdate::fmt_http_date(now));
         }
         out.extend_from_slice(c.1.as_bytes());
-    })
-}
-
-/// The answer to a head baton will not read (written raw: there is no
-/// request to answer), with the cause in `Proxy-Status`.
-fn refusal(cause: Cause) -> &'static [u8] {
-    use std::sync::OnceLock;
-    static MALFORMED: OnceLock<Vec<u8>> = OnceLock::new();
-    static TOO_LARGE: OnceLock<Vec<u8>> = OnceLock::new();
-    let cell = if cause == Cause::RequestHeaderTooLarge {
-        &TOO_LARGE
-    } else {
-        &MALFORMED
-    };
-    cell.get_or_init(|| {
-        let status = StatusCode::from_u16(cause.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        format!(
-            "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: 0\r\nproxy-status: baton; error={}; details=\"{}\"\r\n\r\n",
-            status.as_str(),
-            status.canonical_reason().unwrap_or(""),
-            cause.proxy_status(),
-            cause.id()
-        )
-        .into_bytes()
     })
 }
 
