@@ -6,6 +6,7 @@ mod acme;
 mod browser;
 mod cache;
 mod causes;
+mod client_h1;
 mod config_errors;
 mod dashboard;
 mod deadlines;

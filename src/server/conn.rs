@@ -508,10 +508,8 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if let Stream::Tls(_, first) = self.as_mut().get_mut()
-            && !first.is_empty()
+            && give_back(first, buf)
         {
-            let n = first.len().min(buf.remaining());
-            buf.put_slice(&first.split_to(n));
             return Poll::Ready(Ok(()));
         }
         each_stream!(self, s => s.poll_read(cx, buf))
@@ -547,6 +545,18 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each_stream!(self, s => s.poll_shutdown(cx))
     }
+}
+
+/// Bytes read ahead of whoever reads next (the HTTP/2 preface checked
+/// before hyper, what a client sent after an upgrade request): handed
+/// over first. False when none are left.
+pub(super) fn give_back(ahead: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if ahead.is_empty() {
+        return false;
+    }
+    let n = ahead.len().min(buf.remaining());
+    buf.put_slice(&ahead.split_to(n));
+    true
 }
 
 /// RFC 9110 §2.5: a request line of a later HTTP/1 minor version

@@ -39,7 +39,7 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::conn::{Active, Guarded, Shared, Tracked, refusal};
+use super::conn::{Active, Guarded, Shared, Tracked, give_back, refusal};
 use crate::core::body::{ClientUpgrade, PipeTx, RequestBody, Tunnel, Want, pipe};
 use crate::core::cause::Cause;
 use crate::gateway::Gateway;
@@ -50,6 +50,8 @@ use crate::upstream::h1::{Chunk, Step, step_chunk};
 const MAX_HEADERS: usize = 100;
 /// hyper's bound on a request target.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
+/// A head is read in pieces of up to this.
+const HEAD_READ: usize = 4096;
 /// A body is read in pieces of up to this.
 const BODY_READ: usize = 64 * 1024;
 /// Response frames are gathered into one write up to this.
@@ -177,6 +179,11 @@ async fn exchange(c: &mut Conn, head: Head, site: &Site, shared: &Arc<Shared>) -
     if switching {
         active.upgraded();
     }
+    // A request body not yet read to its end when the answer is ready:
+    // the connection will close after it, and the answer says so.
+    if c.feed.as_ref().is_some_and(|f| f.end != Some(true)) {
+        keep_alive = false;
+    }
     let (parts, body) = resp.into_parts();
     let mut out = Out::default();
     let framing = out.head(
@@ -272,19 +279,20 @@ impl Conn {
             {
                 return Ok(Some(h));
             }
-            match poll_fn(|cx| self.poll_fill(cx, 4096)).await {
+            match poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             }
         }
     }
 
-    /// Reads more into `rbuf`. With nothing buffered the read lands on the
-    /// stack and only what came is kept: an idle connection allocates
-    /// nothing until its client sends.
+    /// Reads more into `rbuf`, up to about `want`. A head read with no
+    /// buffer lands on the stack and only what came is kept: an idle
+    /// connection allocates nothing until its client sends. (A body's
+    /// reads go straight into the buffer.)
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() == 0 {
-            let mut tmp = [MaybeUninit::<u8>::uninit(); 4096];
+        if self.rbuf.capacity() == 0 && want <= HEAD_READ {
+            let mut tmp = [MaybeUninit::<u8>::uninit(); HEAD_READ];
             let mut rb = ReadBuf::uninit(&mut tmp);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
@@ -905,9 +913,7 @@ impl AsyncRead for Rewound {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.rest.is_empty() {
-            let n = this.rest.len().min(buf.remaining());
-            buf.put_slice(&this.rest.split_to(n));
+        if give_back(&mut this.rest, buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)
