@@ -236,3 +236,70 @@ fn dechunk(mut b: &str) -> String {
         b = &rest[n + 2..];
     }
 }
+
+#[tokio::test]
+async fn static_files_go_whole_and_in_range_with_sendfile_on_plain_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 KB (kept in memory, sent with sendfile) and 5 MB (read from
+    // disk): distinct bytes everywhere, so a misplaced offset shows.
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + i / 251) as u8).collect() };
+    let small = pattern(100 * 1024);
+    let large = pattern(5 * 1024 * 1024);
+    std::fs::write(dir.path().join("photo.jpg"), &small).unwrap();
+    std::fs::write(dir.path().join("clip.mp4"), &large).unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.site]\nprotocol = \"static\"\nroot = \"{}\"\n[[routes]]\nupstream = \"site\"\n",
+        dir.path().display()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for (path, want, range) in [
+        ("/photo.jpg", &small[..], None),
+        ("/clip.mp4", &large[..], None),
+        (
+            "/clip.mp4",
+            &large[1_000_000..3_000_001],
+            Some("bytes=1000000-3000000"),
+        ),
+        ("/photo.jpg", &small[40_000..], Some("bytes=40000-")),
+    ] {
+        let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n{range}\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Read the head, then exactly its Content-Length.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut b = [0u8; 4096];
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&b[..n]);
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+        let status = if range.is_empty() { "200" } else { "206" };
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{path}: {head}"
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, want.len(), "{path}: {head}");
+        buf.drain(..end);
+        while buf.len() < len {
+            let mut b = vec![0u8; 256 * 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "{path}: closed after {} of {len}", buf.len());
+            buf.extend_from_slice(&b[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        assert!(body == want, "{path} {range:?}: the bytes differ");
+    }
+}

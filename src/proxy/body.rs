@@ -79,6 +79,17 @@ impl Storing {
     }
 }
 
+impl RespBody {
+    /// A static file sent as it is (not compressed, not being stored):
+    /// what a connection may send with `sendfile`.
+    pub fn file_mut(&mut self) -> Option<&mut crate::upstream::files::FileBody> {
+        match self {
+            RespBody::File(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
 impl Body for RespBody {
     type Data = Bytes;
     type Error = upstream::BodyError;

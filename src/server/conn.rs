@@ -131,6 +131,13 @@ impl Tracked {
     }
 }
 
+impl Tracked {
+    /// The response body (for a connection that sends a file itself).
+    pub fn body_mut(&mut self) -> &mut RespBody {
+        &mut self.body
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
         if self.holding {
@@ -373,6 +380,37 @@ impl Guarded {
             io::ErrorKind::TimedOut,
             "the client took no response data within send_timeout",
         ))
+    }
+}
+
+impl Guarded {
+    /// Whether files can go to this socket with `sendfile` (plain TCP).
+    pub fn can_sendfile(&self) -> bool {
+        matches!(self.io, Stream::Plain(_))
+    }
+
+    /// Sends the next piece of `f` with `sendfile`, under the same send
+    /// deadline as a write. Plain TCP only ([`Guarded::can_sendfile`]).
+    pub fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: &mut crate::upstream::files::FileBody,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let Stream::Plain(tcp) = &self.io else {
+                return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
+            };
+            match tcp.try_io(tokio::io::Interest::WRITABLE, || f.sendfile(tcp)) {
+                Ok(n) => return self.wrote(cx, Poll::Ready(Ok(n))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            match tcp.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.wrote(cx, Poll::Pending),
+            }
+        }
     }
 }
 

@@ -56,6 +56,9 @@ const HEAD_READ: usize = 4096;
 const BODY_READ: usize = 64 * 1024;
 /// Response frames are gathered into one write up to this.
 const GATHER: usize = 64 * 1024;
+/// A file at least this large goes with `sendfile` on a plain connection
+/// (a smaller one goes in the head's write).
+const SENDFILE_MIN: u64 = 32 * 1024;
 /// A frame at least this large is written from where it is, not copied.
 const COPY_MAX: usize = 8 * 1024;
 
@@ -198,7 +201,15 @@ async fn exchange(c: &mut Conn, head: Head, site: &Site, shared: &Arc<Shared>) -
         body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
         framing: framing.unwrap_or(Framing::Left(0)),
         trailers: te_trailers,
+        sendfile: false,
     };
+    // A static file as it is, large enough to be worth a second system
+    // call, to a plain socket: `sendfile`, as nginx's `sendfile on`.
+    if let (Some(b), Framing::Left(n)) = (writing.body.as_mut(), writing.framing) {
+        writing.sendfile = c.io.can_sendfile()
+            && n >= SENDFILE_MIN
+            && b.body_mut().file_mut().is_some_and(|f| f.remaining() == n);
+    }
     let written = poll_fn(|cx| {
         c.poll_feed(cx);
         c.poll_respond(cx, &mut out, &mut writing)
@@ -392,7 +403,22 @@ impl Conn {
         w: &mut Writing,
     ) -> Poll<Result<(), ()>> {
         loop {
+            if w.sendfile && out.len == 0 {
+                // The head is out; the file goes from the page cache.
+                let Some(f) = w.body.as_mut().and_then(|b| b.body_mut().file_mut()) else {
+                    return Poll::Ready(Ok(()));
+                };
+                if f.is_end() {
+                    w.body = None;
+                    return Poll::Ready(Ok(()));
+                }
+                match ready!(self.io.poll_sendfile(cx, f)) {
+                    Ok(_) => continue,
+                    Err(_) => return Poll::Ready(Err(())),
+                }
+            }
             while out.len < GATHER
+                && !w.sendfile
                 && let Some(body) = w.body.as_mut()
             {
                 match Pin::new(body).poll_frame(cx) {
@@ -474,6 +500,8 @@ struct Writing {
     body: Option<Tracked>,
     framing: Framing,
     trailers: bool,
+    /// The body is a file sent with `sendfile` after the head.
+    sendfile: bool,
 }
 
 impl Writing {

@@ -143,13 +143,11 @@ pub fn answer(
                     let _ = f.bytes.set(b.clone());
                 })
         });
-        match whole {
-            Some(b) => FileBody::Memory(Some(b.slice(start as usize..(start + count) as usize))),
-            None => FileBody::Disk {
-                file,
-                offset: start,
-                left: count,
-            },
+        FileBody {
+            memory: whole.map(|b| b.slice(start as usize..(start + count) as usize)),
+            file,
+            offset: start,
+            left: count,
         }
     });
     Answer {
@@ -310,52 +308,68 @@ fn read_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
 /// read with `pread` from the request's own task 256 KiB at a time. A read
 /// of the page cache takes microseconds, far less than the thread hop an
 /// async file read costs (tokio's files go through its blocking pool for
-/// every read); nginx reads the same way without `aio`.
-pub enum FileBody {
-    Memory(Option<Bytes>),
-    Disk {
-        file: std::fs::File,
-        offset: u64,
-        left: u64,
-    },
+/// every read); nginx reads the same way without `aio`. A plain HTTP/1.1
+/// connection sends it with `sendfile` instead ([`FileBody::sendfile`]).
+pub struct FileBody {
+    /// The bytes to send, when the file is small enough to be kept.
+    memory: Option<Bytes>,
+    file: std::fs::File,
+    offset: u64,
+    left: u64,
 }
 
 impl FileBody {
     pub fn poll_chunk(&mut self, _cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        match self {
-            FileBody::Memory(b) => Poll::Ready(b.take().map(Ok)),
-            FileBody::Disk { left: 0, .. } => Poll::Ready(None),
-            FileBody::Disk { file, offset, left } => {
-                let want = (*left).min(PIECE) as usize;
-                match read_at(file, *offset, want) {
-                    Ok(b) => {
-                        *offset += want as u64;
-                        *left -= want as u64;
-                        Poll::Ready(Some(Ok(b)))
-                    }
-                    Err(e) => {
-                        // The file shrank while being served, or the disk failed.
-                        *left = 0;
-                        Poll::Ready(Some(Err(e)))
-                    }
-                }
+        if let Some(b) = self.memory.take() {
+            self.left = 0;
+            return Poll::Ready(Some(Ok(b)));
+        }
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let want = self.left.min(PIECE) as usize;
+        match read_at(&self.file, self.offset, want) {
+            Ok(b) => {
+                self.offset += want as u64;
+                self.left -= want as u64;
+                Poll::Ready(Some(Ok(b)))
+            }
+            Err(e) => {
+                // The file shrank while being served, or the disk failed.
+                self.left = 0;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
 
-    pub fn is_end(&self) -> bool {
-        match self {
-            FileBody::Memory(b) => b.is_none(),
-            FileBody::Disk { left, .. } => *left == 0,
+    /// Sends the next piece straight from the file to `socket` (a
+    /// non-blocking TCP socket): the kernel reads the page cache into the
+    /// socket, no copy through baton. Bytes sent; `WouldBlock` when the
+    /// socket is full.
+    pub fn sendfile(&mut self, socket: impl std::os::fd::AsFd) -> io::Result<usize> {
+        // Once pieces go by sendfile, the kept bytes are not used.
+        self.memory = None;
+        let mut offset = self.offset as libc::off_t;
+        let want = self.left.min(1 << 30) as usize;
+        let n = nix::sys::sendfile::sendfile(socket, &self.file, Some(&mut offset), want)
+            .map_err(io::Error::from)?;
+        if n == 0 && want > 0 {
+            // The file shrank while being served.
+            self.left = 0;
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        self.offset += n as u64;
+        self.left -= n as u64;
+        Ok(n as usize)
+    }
+
+    pub fn is_end(&self) -> bool {
+        self.left == 0
     }
 
     /// The bytes still to send.
     pub fn remaining(&self) -> u64 {
-        match self {
-            FileBody::Memory(b) => b.as_ref().map_or(0, |b| b.len() as u64),
-            FileBody::Disk { left, .. } => *left,
-        }
+        self.left
     }
 }
 
