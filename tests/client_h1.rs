@@ -238,10 +238,11 @@ fn dechunk(mut b: &str) -> String {
 }
 
 #[tokio::test]
-async fn static_files_go_whole_and_in_range_with_sendfile_on_plain_connections() {
+async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
     let dir = tempfile::tempdir().unwrap();
-    // 100 KB (kept in memory, sent with sendfile) and 5 MB (read from
-    // disk): distinct bytes everywhere, so a misplaced offset shows.
+    // 100 KB (kept in memory, written with the head) and 5 MB (not kept:
+    // sent with sendfile): distinct bytes everywhere, so a misplaced
+    // offset shows.
     let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + i / 251) as u8).collect() };
     let small = pattern(100 * 1024);
     let large = pattern(5 * 1024 * 1024);

@@ -203,12 +203,17 @@ async fn exchange(c: &mut Conn, head: Head, site: &Site, shared: &Arc<Shared>) -
         trailers: te_trailers,
         sendfile: false,
     };
-    // A static file as it is, large enough to be worth a second system
-    // call, to a plain socket: `sendfile`, as nginx's `sendfile on`.
+    // A static file as it is, not kept in memory and large enough to be
+    // worth a second system call, to a plain socket: `sendfile`, as
+    // nginx's `sendfile on` (no read into baton, no copy out of it). A
+    // file kept in memory goes in the head's write instead: one system
+    // call, and the same one copy into the socket.
     if let (Some(b), Framing::Left(n)) = (writing.body.as_mut(), writing.framing) {
         writing.sendfile = c.io.can_sendfile()
             && n >= SENDFILE_MIN
-            && b.body_mut().file_mut().is_some_and(|f| f.remaining() == n);
+            && b.body_mut()
+                .file_mut()
+                .is_some_and(|f| !f.in_memory() && f.remaining() == n);
     }
     let written = poll_fn(|cx| {
         c.poll_feed(cx);
