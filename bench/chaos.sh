@@ -9,7 +9,9 @@ SECS=${1:-20}
 for p in nginx haproxy wrk; do
     command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
 done
-cargo build --release -q
+# BATON=PATH runs that binary instead of building this tree's.
+BIN=${BATON:-./target/release/baton}
+[ -n "${BATON:-}" ] || cargo build --release -q
 T=$(mktemp -d)
 cleanup() { for f in $T/*.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null || true; done; rm -rf $T; }
 trap cleanup EXIT
@@ -103,7 +105,7 @@ run() { # name port start-cmd
 }
 run nginx 18181 "nginx -c $T/nginx.conf"
 run haproxy 18182 "haproxy -f $T/haproxy.cfg"
-run baton 18183 "./target/release/baton serve --config $T/baton.toml"
+run baton 18183 "$BIN serve --config $T/baton.toml"
 
 python3 - $T <<'PY'
 import re, sys

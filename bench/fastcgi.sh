@@ -18,7 +18,9 @@ if [ "$(python3 -c "print(int($load > 1.0))")" = "1" ]; then
     echo "load average is $load: another job is running; refusing to benchmark" >&2
     exit 1
 fi
-cargo build --release -q
+# BATON=PATH runs that binary instead of building this tree's.
+BIN=${BATON:-./target/release/baton}
+[ -n "${BATON:-}" ] || cargo build --release -q
 T=$(mktemp -d)
 chmod 755 $T
 trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf $T' EXIT
@@ -75,7 +77,7 @@ root = "$T/www"
 [[routes]]
 upstream = "php"
 CONF
-./target/release/baton serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
+$BIN serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
 sleep 1
 [ -n "${PERF:-}" ] && (perf record -g -o /tmp/w/perf.data -p $(cat $T/baton.pid) -- sleep 8 >/dev/null 2>&1 &)
 
