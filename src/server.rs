@@ -1,7 +1,8 @@
 //! Listeners: accept client connections (HTTP/1.1 and HTTP/2 prior
 //! knowledge) and the admin endpoint, and drain on shutdown.
 //!
-//! Owns: binding, the accept loops, the per-connection hyper server, the
+//! Owns: binding, the accept loops, the per-connection server (baton's
+//! own HTTP/1.1, `h1.rs`; hyper's HTTP/2), the
 //! admin routes (`/metrics`, `/healthz`), and graceful shutdown.
 //! Must not: make per-request decisions (that is `proxy`).
 
@@ -504,8 +505,8 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     _count: ConnCount,
 ) {
-    // Until the protocol is known, hyper has no deadline of its own:
-    // baton gives it one.
+    // Until the protocol is known, neither server has a deadline of its
+    // own: baton gives it one.
     let tls = opening.tls;
     let first = async {
         if opening.proxy_protocol {
@@ -639,8 +640,8 @@ enum Speaks {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What `first` (the bytes so far) says, or `None` to wait for more.
-/// HTTP/1.x whenever it may be (anything hyper should answer, a TLS
-/// handshake to this plain port included: hyper's 400); `Neither` only for
+/// HTTP/1.x whenever it may be (anything the HTTP/1.1 reader should
+/// answer, a TLS handshake to this plain port included: a 400); `Neither` only for
 /// a complete line of text with no HTTP version in it.
 fn speaks(first: &[u8], full: bool) -> Option<Speaks> {
     let n = first.len().min(PREFACE.len());
@@ -662,10 +663,9 @@ fn speaks(first: &[u8], full: bool) -> Option<Speaks> {
 /// Waits, up to `deadline`, until the client's first bytes say which
 /// protocol it speaks (`speaks`). `None`: it sent nothing, only part of
 /// the preface (`PRI * HTTP`) or of a first line, or closed, within the
-/// deadline; the connection is dropped. hyper-util's protocol detection
-/// waits forever, so a silent connection would hold a descriptor for good
-/// (nginx and HAProxy close it within their header timeouts). Peeks
-/// ([`peek_until`]): the bytes stay for hyper.
+/// deadline; the connection is dropped (nginx and HAProxy close it within
+/// their header timeouts). Peeks ([`peek_until`]): the bytes stay for the
+/// protocol's server.
 async fn protocol_known(s: &tokio::net::TcpStream, deadline: Duration) -> Option<Speaks> {
     let mut buf = [0u8; 256];
     peek_until(s, &mut buf, deadline, speaks).await.ok()
@@ -988,7 +988,7 @@ mod tests {
             ),
             (b"GET /a-long-path", false, None),
             (b"GET /a-long-path", true, Some(Speaks::Http1)),
-            // A TLS ClientHello to this plain port: hyper answers 400.
+            // A TLS ClientHello to this plain port: the HTTP/1.1 reader answers 400.
             (b"\x16\x03\x01\x02\x00\x01", false, Some(Speaks::Http1)),
             // h2spec 3.5/2: an invalid preface.
             (
