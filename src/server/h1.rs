@@ -44,7 +44,7 @@ use crate::core::body::{ClientUpgrade, PipeTx, RequestBody, Tunnel, Want, pipe};
 use crate::core::cause::Cause;
 use crate::gateway::Gateway;
 use crate::proxy;
-use crate::upstream::h1::{Chunk, Step, step_chunk};
+use crate::upstream::h1::{Chunk, Step, content_length, has_token, step_chunk};
 
 /// httparse's limit on header fields (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -700,7 +700,7 @@ impl Out {
                 header::DATE => dated = true,
                 header::CONNECTION => {
                     connection = true;
-                    close |= connection_close_value(v);
+                    close |= has_token(v.as_bytes(), b"close");
                 }
                 _ => {}
             }
@@ -750,13 +750,6 @@ impl Out {
         self.len = t.len();
         framing
     }
-}
-
-/// `Connection: keep-alive` among the fields (an HTTP/1.0 client's ask).
-fn connection_keep_alive(v: &HeaderValue) -> bool {
-    v.as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
 }
 
 /// Appends the `Date` field's value, formatted once a second per thread.
@@ -857,11 +850,11 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
                 }
             }
             header::CONNECTION => {
-                if saw_close || connection_close_value(&value) {
+                if saw_close || has_token(value.as_bytes(), b"close") {
                     saw_close = true;
                     keep_alive = false;
                 } else if !keep_alive {
-                    keep_alive = connection_keep_alive(&value);
+                    keep_alive = has_token(value.as_bytes(), b"keep-alive");
                 }
             }
             header::EXPECT => {
@@ -869,10 +862,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
             }
             header::UPGRADE => wants_upgrade = http11,
             header::TE => {
-                te_trailers |= value
-                    .as_bytes()
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                te_trailers |= has_token(value.as_bytes(), b"trailers");
             }
             _ => {}
         }
@@ -906,30 +896,6 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, Cause> {
         wants_upgrade,
         te_trailers,
     }))
-}
-
-fn connection_close_value(v: &HeaderValue) -> bool {
-    v.as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-/// A `Content-Length` value: digits, or a list of equal ones (hyper's
-/// reading: `5, 5` is 5, `5, 6` is refused).
-fn content_length(v: &[u8]) -> Option<u64> {
-    let mut length = None;
-    for part in v.split(|b| *b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
-    }
-    length
 }
 
 /// A connection handed to a tunnel, with what the client sent after the

@@ -243,34 +243,49 @@ fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing
     }
     let mut length = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(Exchange::Parse)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Exchange::Parse);
-            }
-            length = Some(n);
+        let n = content_length(v.as_bytes()).ok_or(Exchange::Parse)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Exchange::Parse);
         }
+        length = Some(n);
     }
     Ok(length.map_or(Framing::ToEnd, Framing::Length))
+}
+
+/// A `Content-Length` value: digits, or a list of equal ones (`5, 5` is
+/// 5; `5, 6`, `+5` and an empty part are `None`). Both directions read
+/// lengths with it.
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
+/// Whether a comma-separated field value (`Connection`, `TE`) lists
+/// `token`, in any case.
+pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether the connection may carry another request after this response.
 fn keep_alive(version: Version, h: &HeaderMap) -> bool {
     let mut keep = version == Version::HTTP_11;
     for v in h.get_all(header::CONNECTION) {
-        for t in v.as_bytes().split(|b| *b == b',') {
-            let t = t.trim_ascii();
-            if t.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if t.eq_ignore_ascii_case(b"keep-alive") {
-                keep = true;
-            }
+        if has_token(v.as_bytes(), b"close") {
+            return false;
         }
+        keep |= has_token(v.as_bytes(), b"keep-alive");
     }
     keep
 }
