@@ -170,9 +170,27 @@ where
 }
 
 /// An address on loopback where nothing listens (connections are refused).
+///
+/// The port stays bound, never listening, for the life of the process, so
+/// no other socket picking a free port (`:0`) can take it and start
+/// answering: a bound port is refused and is skipped by the kernel's
+/// choice. `SO_REUSEADDR` is set, so a server told to listen on this
+/// address later (the upstream that "comes back") still can: Linux lets
+/// sockets that all set it share a port while at most one listens.
 pub fn refusing_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().expect("local addr")
+    use socket2::{Domain, Socket, Type};
+    static HELD: std::sync::Mutex<Vec<Socket>> = std::sync::Mutex::new(Vec::new());
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind loopback");
+    let addr = s
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet");
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    addr
 }
 
 /// A listener whose accept queue is full, so new connects hang (a connect
