@@ -202,7 +202,7 @@ pub fn certified_key(
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: &rustls::pki_types::PrivateKeyDer<'_>,
 ) -> Result<rustls::sign::CertifiedKey, String> {
-    let signer = rustls::crypto::ring::sign::any_supported_type(key)
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
     let certified = rustls::sign::CertifiedKey::new(chain, signer);
     certified

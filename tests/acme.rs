@@ -17,7 +17,7 @@ fn trusting(root: &[u8]) -> Arc<rustls::ClientConfig> {
     store.add(root.to_vec().into()).unwrap();
     Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -160,14 +160,14 @@ impl Pebble {
 /// The chain baton serves for `name` (leaf first), unverified.
 async fn served_chain(addr: SocketAddr, name: &str) -> Vec<Vec<u8>> {
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .dangerous()
     // The doctor's verifier: takes any chain, still checks signatures.
     .with_custom_certificate_verifier(Arc::new(baton::cli::doctor::Inspect(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))))
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

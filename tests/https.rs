@@ -55,7 +55,7 @@ fn client(roots: &[Vec<u8>]) -> tokio_rustls::TlsConnector {
         store.add(r.clone().into()).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -122,6 +122,52 @@ fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
         .and_then(|h| h[1].as_str())
 }
 
+/// Baton's suite order wins over the client's (AES-128-GCM first, as
+/// Mozilla's "intermediate"), and the post-quantum hybrid is preferred
+/// when offered: a rustls client offering X25519MLKEM768 and AES-256-GCM
+/// first, and OpenSSL's `s_client` (AES-256-GCM first, no hybrid).
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_and_the_post_quantum_hybrid() {
+    let (_o, dir, shop, _blog, gw) = site(Script::Ok("ok".into()), "").await;
+    let s = open(&gw, &shop).await;
+    let tls = s.get_ref().1;
+    assert_eq!(
+        tls.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    assert_eq!(
+        tls.negotiated_key_exchange_group().unwrap().name(),
+        rustls::NamedGroup::X25519MLKEM768
+    );
+    drop(s);
+
+    let addr = gw.tls_addr();
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "shop.test",
+        ])
+        .arg("-CAfile")
+        .arg(dir.path().join("shop.crt"))
+        .args([
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"),
+        "{text}"
+    );
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+}
+
 #[tokio::test]
 async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_upstream() {
     let (_o, _dir, shop, blog, gw) = site(Script::Echo, "").await;
@@ -165,7 +211,7 @@ async fn https_serves_h2_by_alpn_picks_the_certificate_by_sni_and_says_https_ups
 
     // HTTP/1.1 by ALPN works too, and the plain listener still says http.
     let mut one = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

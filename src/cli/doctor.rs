@@ -391,7 +391,7 @@ async fn certificate(peer: &str, sni: &str, timeout: Duration) -> Step {
         ms: ms(start),
         detail,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = match rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
     {

@@ -328,7 +328,8 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<rustls::sign::Certi
     let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     // Not through `certified_key`: its key check parses the certificate
     // with webpki, which refuses the critical acmeIdentifier extension.
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    let signer =
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
     Ok(Arc::new(rustls::sign::CertifiedKey::new(
         vec![cert.der().clone()],
         signer,

@@ -19,7 +19,7 @@ use crate::core::failure::Failure;
 use rustls::pki_types::ServerName;
 
 /// Builds the TLS client for an upstream: Mozilla's roots plus `tls_ca`,
-/// ring as the provider, ALPN `h2` then `http/1.1` for an HTTP/2 upstream
+/// aws-lc-rs as the provider, ALPN `h2` then `http/1.1` for an HTTP/2 upstream
 /// (`http/1.1` otherwise), and the client certificate when one is set.
 pub(super) fn tls_client(
     tls: &crate::config::UpstreamTls,
@@ -44,7 +44,7 @@ impl rustls::client::ResolvesClientCert for ClientCert {
     }
 }
 
-/// A verifying TLS client: Mozilla's roots plus `ca`, ring, ALPN
+/// A verifying TLS client: Mozilla's roots plus `ca`, aws-lc-rs, ALPN
 /// http/1.1 (upstreams, and the alert webhook with no extra roots).
 pub(crate) fn tls_connector(
     ca: &[rustls::pki_types::CertificateDer<'static>],
@@ -63,7 +63,7 @@ fn build_connector(
         roots.add(c.clone())?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots);

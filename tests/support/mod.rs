@@ -538,7 +538,7 @@ pub fn tls_server(
     pkcs8_key: Vec<u8>,
 ) -> std::sync::Arc<rustls::ServerConfig> {
     let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
