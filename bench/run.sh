@@ -10,6 +10,9 @@
 # dashboards' worth), to show what the observing costs the gateway.
 # BATON=PATH runs that binary instead of building this tree's (an A/B of
 # two builds on one machine: run the script once with each).
+# H2=1 adds HTTP/2 without TLS (prior knowledge, h2c) after the HTTP/1.1
+# rounds: `h2load -c16 -m16` against each proxy, same rounds, medians
+# (nginx and HAProxy on a second port each; baton serves both on one).
 # Recipe: wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run.
 set -eu
@@ -17,8 +20,8 @@ cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
 ROUNDS=${2:-3}
 SECS=${3:-10}
-for p in nginx haproxy wrk; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
+for p in nginx haproxy wrk h2load; do
+    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk nghttp2-client; break; }
 done
 load=$(cut -d' ' -f1 /proc/loadavg)
 if [ "$(echo "$load > 1.0" | bc 2>/dev/null || python3 -c "print(int($load > 1.0))")" = "1" ]; then
@@ -48,7 +51,8 @@ worker_processes $WORKERS; daemon off; pid $T/proxy.nginxpid; error_log $T/nginx
 events { worker_connections 4096; }
 http { $NGINX_LOG
   upstream be { server 127.0.0.1:18080; keepalive 128; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:18081 backlog=4096; keepalive_requests 1000000;
+  server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18091 http2 backlog=4096;
+    keepalive_requests 1000000;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
@@ -66,6 +70,7 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:18082
+  bind 127.0.0.1:18092 proto h2
   default_backend be
 backend be
   server s1 127.0.0.1:18080
@@ -111,6 +116,17 @@ if [ "${LOGS:-0}" = 1 ]; then
     sleep 1
     echo "access log lines: nginx $(wc -l < $T/nginx-access.log), haproxy $(wc -l < $T/haproxy-access.log), baton $(wc -l < $T/baton-access.log)"
 fi
+if [ "${H2:-0}" = 1 ]; then
+    : > $T/h2results
+    r=1
+    while [ $r -le $ROUNDS ]; do
+        for n in nginx:18091 haproxy:18092 baton:18083; do
+            h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
+            echo "${n%%:*} $(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' $T/h2.out) $(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' $T/h2.out)" >> $T/h2results
+        done
+        r=$((r + 1))
+    done
+fi
 python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
@@ -126,6 +142,18 @@ for n in by:
     print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
 for peer in ("nginx", "haproxy"):
     print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x")
+import os
+h2 = sys.argv[1].replace("results", "h2results")
+if os.path.exists(h2):
+    hb = {}
+    for name, rps, ok in (l.split() for l in open(h2)):
+        hb.setdefault(name, []).append((float(rps), int(ok)))
+    print(f"HTTP/2 (h2c) h2load -c16 -m16, {sys.argv[3]} rounds")
+    for n in hb:
+        rs = [v[0] for v in hb[n]]
+        print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])}")
+    for peer in ("nginx", "haproxy"):
+        print(f"baton/{peer} h2c: req/s {st.median(v[0] for v in hb['baton']) / st.median(v[0] for v in hb[peer]):.2f}x")
 if "baton-obs" in by:
     print(f"baton-obs/baton: req/s {med('baton-obs',0)/med('baton',0):.2f}x, p99 {med('baton-obs',2)/med('baton',2):.2f}x")
 PY

@@ -75,47 +75,61 @@ pub(super) struct Site {
 /// response must end the connection, or a close is asked for
 /// (`Shared::close`: a deadline, a shortage of descriptors, the gateway
 /// stopping), which is heeded between requests.
-pub(super) async fn serve(io: Guarded, site: Site, shared: Arc<Shared>) {
-    let mut c = Conn {
-        io,
-        rbuf: BytesMut::new(),
-        feed: None,
-    };
-    // Asked to close (a deadline, a shortage of descriptors, the gateway
-    // stopping): heeded between requests.
-    let closer = shared.close.notified();
-    tokio::pin!(closer);
-    loop {
-        let head = tokio::select! {
-            biased;
-            h = c.read_head(site.max_head) => h,
-            _ = &mut closer => return,
-        };
-        // One request, in one allocation: the proxy's future and the
-        // response's state live only while a request does, so an idle
-        // connection's task holds only the connection. (The head is moved
-        // into it before anything waits.)
-        let head = match head {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(cause) => {
-                proxy::client_fault(&site.gw, site.peer, cause);
-                Box::pin(c.end(Next::Refuse(cause))).await;
-                return;
+///
+/// A function returning an `async move` block, not an `async fn`: an
+/// `async fn` copies its arguments into locals and keeps both in the task
+/// (the connection, ~290 bytes, twice in every idle connection's task);
+/// a block's captures are used in place.
+#[allow(clippy::manual_async_fn)] // the task's size: see the comment
+pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future<Output = ()> {
+    async move {
+        // Asked to close (a deadline, a shortage of descriptors, the gateway
+        // stopping): heeded between requests.
+        let closer = shared.close.notified();
+        tokio::pin!(closer);
+        loop {
+            // The head is parsed between waits, never across one: a head held
+            // over an `await` (as a wait's result) would take its ~300 bytes,
+            // twice or more, in every idle connection's task.
+            let head = loop {
+                // (The parse's result ends with this statement: a `match`
+                // that waits would keep it, ~300 bytes, in the task.)
+                let refused = match c.buffered_head(site.max_head) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => None,
+                    Err(cause) => Some(cause),
+                };
+                if let Some(cause) = refused {
+                    proxy::client_fault(&site.gw, site.peer, cause);
+                    Box::pin(c.end(Next::Refuse(cause))).await;
+                    return;
+                }
+                let more = tokio::select! {
+                    biased;
+                    more = c.read_more() => more,
+                    _ = &mut closer => return,
+                };
+                if !more {
+                    return;
+                }
+            };
+            // One request, in one allocation: the proxy's future and the
+            // response's state live only while a request does, so an idle
+            // connection's task holds only the connection. (The head is moved
+            // into it before anything waits.)
+            let next = Box::pin(exchange(&mut c, head, &site, &shared)).await;
+            if let Next::Request = next {
+                if c.rbuf.is_empty() {
+                    // Idle: hold no buffer.
+                    c.rbuf = BytesMut::new();
+                }
+                continue;
             }
-        };
-        let next = Box::pin(exchange(&mut c, head, &site, &shared)).await;
-        if let Next::Request = next {
-            if c.rbuf.is_empty() {
-                // Idle: hold no buffer.
-                c.rbuf = BytesMut::new();
-            }
-            continue;
+            // The end of the connection (boxed too: rare, and its timers
+            // would size every connection's task).
+            Box::pin(c.end(next)).await;
+            return;
         }
-        // The end of the connection (boxed too: rare, and its timers
-        // would size every connection's task).
-        Box::pin(c.end(next)).await;
-        return;
     }
 }
 
@@ -275,7 +289,7 @@ struct Feed {
     end: Option<bool>,
 }
 
-struct Conn {
+pub(super) struct Conn {
     io: Guarded,
     /// What the client sent and was not consumed yet; no allocation while
     /// the connection is idle.
@@ -286,20 +300,26 @@ struct Conn {
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 impl Conn {
-    /// Reads until a complete head: `None` when the client closed (or a
-    /// deadline ended the connection) first.
-    async fn read_head(&mut self, max: usize) -> Result<Option<Head>, Cause> {
-        loop {
-            if !self.rbuf.is_empty()
-                && let Some(h) = parse_head(&mut self.rbuf, max)?
-            {
-                return Ok(Some(h));
-            }
-            match poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
-            }
+    pub(super) fn new(io: Guarded) -> Self {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            feed: None,
         }
+    }
+
+    /// The head at the front of what was read, if it is complete.
+    fn buffered_head(&mut self, max: usize) -> Result<Option<Head>, Cause> {
+        if self.rbuf.is_empty() {
+            return Ok(None);
+        }
+        parse_head(&mut self.rbuf, max)
+    }
+
+    /// Waits for more of a head: false when the client closed (or a
+    /// deadline ended the connection) first.
+    async fn read_more(&mut self) -> bool {
+        matches!(poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await, Ok(n) if n > 0)
     }
 
     /// Reads more into `rbuf`, up to about `want`. A head read with no
