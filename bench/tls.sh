@@ -8,6 +8,9 @@
 #                 "Connection: close": a full handshake per request)
 #   h1 req/s      HTTPS keep-alive, HTTP/1.1 (wrk -t2 -c64)
 #   h2 req/s      HTTP/2 over TLS, 64 connections x 10 streams (h2load)
+#   us/handshake  the proxy's CPU (user + system, all its processes) per
+#                 handshake during the handshakes/s run: what a handshake
+#                 costs, apart from how the shared cores were scheduled
 # and prints baton's ratios to each peer.
 set -eu
 cd "$(dirname "$0")/.."
@@ -65,26 +68,34 @@ sleep 1
 
 TARGETS="nginx:18441 haproxy:18442 baton:18443"
 rps() { sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' "$1"; }
+cpu() { # clock ticks of user + system time of PID and its children
+    for p in $1 $(cat /proc/$1/task/*/children 2>/dev/null); do cut -d' ' -f14,15 /proc/$p/stat; done |
+        awk '{ t += $1 + $2 } END { print t }'
+}
+hs_requests() { sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1"; }
 : > $T/results
 for n in $TARGETS; do
     name=${n%%:*}; port=${n#*:}
     wrk -t2 -c64 -d3s https://127.0.0.1:$port/ >/dev/null 2>&1   # warm-up
+    c0=$(cpu $(cat $T/$name.pid))
     wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
+    c1=$(cpu $(cat $T/$name.pid))
+    us=$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $(hs_requests $T/hs.out))")
     wrk -t2 -c64 -d${SECS}s https://127.0.0.1:$port/ > $T/h1.out 2>&1
     h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
     h2=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' $T/h2.out)
     h2ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' $T/h2.out)
-    echo "$name $(rps $T/hs.out) $(rps $T/h1.out) ${h2:-0} ${h2ok:-0}" >> $T/results
+    echo "$name $(rps $T/hs.out) $(rps $T/h1.out) ${h2:-0} ${h2ok:-0} $us" >> $T/results
 done
 python3 - "$T/results" "$WORKERS" "$SECS" <<'PY'
 import sys
 rows = {l.split()[0]: [float(x) for x in l.split()[1:]] for l in open(sys.argv[1])}
 print(f"workers={sys.argv[2]} duration={sys.argv[3]}s, ECDSA P-256, TLS 1.3")
-print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9}")
-for n, (hs, h1, h2, ok) in rows.items():
-    print(f"{n:<9} {hs:>13.0f} {h1:>10.0f} {h2:>10.0f} {ok:>9.0f}")
+print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9} {'us/handshake':>13}")
+for n, (hs, h1, h2, ok, us) in rows.items():
+    print(f"{n:<9} {hs:>13.0f} {h1:>10.0f} {h2:>10.0f} {ok:>9.0f} {us:>13.0f}")
 b = rows["baton"]
 for peer in ("nginx", "haproxy"):
     p = rows[peer]
-    print(f"baton/{peer}: handshakes {b[0]/p[0]:.2f}x, h1 {b[1]/p[1]:.2f}x, h2 {b[2]/p[2]:.2f}x")
+    print(f"baton/{peer}: handshakes {b[0]/p[0]:.2f}x, h1 {b[1]/p[1]:.2f}x, h2 {b[2]/p[2]:.2f}x, CPU a handshake {b[4]/p[4]:.2f}x")
 PY
