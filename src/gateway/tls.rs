@@ -228,9 +228,10 @@ fn configured(tls: &TlsConfig) -> BySni {
 
 fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     use rustls::crypto::aws_lc_rs::cipher_suite::*;
-    // aws-lc-rs, not ring: its X25519, P-256 and SHA-2 are the assembly
-    // OpenSSL-class servers use; with ring a full handshake cost about a
-    // third more CPU (docs/benchmarks.md, "HTTPS handshakes").
+    // aws-lc-rs, not ring: its X25519, P-256 and SHA-2 are assembly of
+    // the kind OpenSSL's are; with ring, baton served a quarter fewer full
+    // handshakes a second in the same run (docs/benchmarks.md, "HTTPS
+    // handshakes").
     let provider = rustls::crypto::CryptoProvider {
         // The server's order, not the client's (`ignore_client_order`),
         // and Mozilla's "intermediate" order: AES-128-GCM first. Its
