@@ -16,6 +16,7 @@ command -v pebble >/dev/null 2>&1 || need="$need pebble"         # a real ACME C
 command -v htpasswd >/dev/null 2>&1 || need="$need apache2-utils"  # basic_auth files as htpasswd writes them
 [ -d /usr/share/wordpress ] || need="$need wordpress"           # Debian's WordPress side by side with nginx
 command -v mariadbd >/dev/null 2>&1 || need="$need mariadb-server" # ... on its database
+command -v openssl >/dev/null 2>&1 || need="$need openssl"       # OCSP responder, s_client against the HTTPS listener
 if [ -n "$need" ]; then
     echo "installing:$need"
     apt-get update -qq && apt-get install -y -qq $need
