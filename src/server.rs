@@ -587,11 +587,13 @@ async fn serve_h2(
     let svc = service_fn(move |req: Request<Incoming>| {
         let active = conn::Active::new(&for_svc_shared);
         let gw = for_svc.clone();
-        async move {
+        // Boxed: hyper spawns a task a stream, and the stream's future is
+        // otherwise moved whole (~5 KB) into it, and more than once.
+        Box::pin(async move {
             let req = req.map(RequestBody::Hyper);
             let resp = proxy::handle(gw, req, peer, local, https).await;
             Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
-        }
+        })
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
