@@ -183,12 +183,7 @@ async fn an_answer_that_does_not_wait_for_the_body_reaches_the_client_whole() {
     });
     let got = String::from_utf8_lossy(&sender.await.unwrap()).into_owned();
     assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
-    let len: usize = got
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let len = content_length(&got);
     let body = got.split_once("\r\n\r\n").unwrap().1;
     assert_eq!(body.len(), len, "the whole answer, not a reset: {got}");
     assert!(got.contains("\r\nconnection: close\r\n"), "{got}");
@@ -283,12 +278,7 @@ async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
             head.starts_with(&format!("HTTP/1.1 {status} ")),
             "{path}: {head}"
         );
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len = content_length(&head);
         assert_eq!(len, want.len(), "{path}: {head}");
         buf.drain(..end);
         while buf.len() < len {
@@ -303,4 +293,14 @@ async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
         let body: Vec<u8> = buf.drain(..len).collect();
         assert!(body == want, "{path} {range:?}: the bytes differ");
     }
+}
+
+/// The `content-length` a response head (baton writes names in lower case)
+/// gives.
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length field")
+        .parse()
+        .expect("a decimal length")
 }
