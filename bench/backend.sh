@@ -35,3 +35,11 @@ servers = ["127.0.0.1:$2"]
 upstream = "be"
 CONF
 }
+
+# h2load_result FILE: "REQ/S 2XX" from an h2load output (0 0 when it
+# failed).
+h2load_result() {
+    _rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$1")
+    _ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$1")
+    echo "${_rps:-0} ${_ok:-0}"
+}

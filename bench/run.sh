@@ -122,7 +122,7 @@ if [ "${H2:-0}" = 1 ]; then
     while [ $r -le $ROUNDS ]; do
         for n in nginx:18091 haproxy:18092 baton:18083; do
             h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
-            echo "${n%%:*} $(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' $T/h2.out) $(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' $T/h2.out)" >> $T/h2results
+            echo "${n%%:*} $(h2load_result $T/h2.out)" >> $T/h2results
         done
         r=$((r + 1))
     done

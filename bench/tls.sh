@@ -83,9 +83,7 @@ for n in $TARGETS; do
     us=$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $(hs_requests $T/hs.out))")
     wrk -t2 -c64 -d${SECS}s https://127.0.0.1:$port/ > $T/h1.out 2>&1
     h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
-    h2=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' $T/h2.out)
-    h2ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' $T/h2.out)
-    echo "$name $(rps $T/hs.out) $(rps $T/h1.out) ${h2:-0} ${h2ok:-0} $us" >> $T/results
+    echo "$name $(rps $T/hs.out) $(rps $T/h1.out) $(h2load_result $T/h2.out) $us" >> $T/results
 done
 python3 - "$T/results" "$WORKERS" "$SECS" <<'PY'
 import sys

@@ -129,9 +129,7 @@ impl Tracked {
             holding,
         }
     }
-}
 
-impl Tracked {
     /// The response body (for a connection that sends a file itself).
     pub fn body_mut(&mut self) -> &mut RespBody {
         &mut self.body
@@ -381,9 +379,7 @@ impl Guarded {
             "the client took no response data within send_timeout",
         ))
     }
-}
 
-impl Guarded {
     /// Whether files can go to this socket with `sendfile` (plain TCP).
     pub fn can_sendfile(&self) -> bool {
         matches!(self.io, Stream::Plain(_))
