@@ -8,6 +8,7 @@
 //! Must not: classify raw errors (`upstream` does), or decide a retry
 //! anywhere but through [`retry::plan`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -65,41 +66,47 @@ struct Failed {
 }
 
 /// Runs attempts until one answers.
-pub(super) async fn run(ctx: &mut Ctx, mut req: UpRequest) -> Answer {
-    let rt = ctx.rt.clone();
-    let route = &rt.config.routes[ctx.route_index.expect("routed")];
-    let up = &rt.upstreams[ctx.upstream_index()];
-    let mut l = Attempts {
-        up,
-        cfg: &up.cfg,
-        policy: &route.retry,
-        retries: route.retry.retries.unwrap_or(up.cfg.retries) as usize,
-        deadline: route.retry.deadline.map(|d| ctx.start + d),
-        supervisor: up
-            .cfg
-            .process
-            .as_ref()
-            .and_then(|_| ctx.gw.supervisor(&up.cfg.name)),
-        tried: Vec::with_capacity(2),
-        again: None,
-        used: retry::Used::default(),
-        permit: None,
-        now: now_ms(),
-    };
-    up.budget.request(l.now);
-    match slot(ctx, &l).await {
-        Ok(p) => l.permit = p,
-        Err(a) => return a,
-    }
-    // A supervised backend that is (re)starting: hold the request briefly.
-    if let Some(sup) = &l.supervisor
-        && let Err(f) = sup.wait_ready(None, ctx.start).await
-    {
-        return backend_unavailable(ctx, sup, f);
-    }
-    loop {
-        if let Some(answer) = attempt(ctx, &mut l, &mut req).await {
-            return answer;
+///
+/// An `async move` block (not an `async fn`, which would keep the request
+/// twice in the future: as its argument and as the local it is moved to).
+#[allow(clippy::manual_async_fn)] // the future's size: see the comment
+pub(super) fn run(ctx: &mut Ctx, mut req: UpRequest) -> impl Future<Output = Answer> + Send {
+    async move {
+        let rt = ctx.rt.clone();
+        let route = &rt.config.routes[ctx.route_index.expect("routed")];
+        let up = &rt.upstreams[ctx.upstream_index()];
+        let mut l = Attempts {
+            up,
+            cfg: &up.cfg,
+            policy: &route.retry,
+            retries: route.retry.retries.unwrap_or(up.cfg.retries) as usize,
+            deadline: route.retry.deadline.map(|d| ctx.start + d),
+            supervisor: up
+                .cfg
+                .process
+                .as_ref()
+                .and_then(|_| ctx.gw.supervisor(&up.cfg.name)),
+            tried: Vec::with_capacity(2),
+            again: None,
+            used: retry::Used::default(),
+            permit: None,
+            now: now_ms(),
+        };
+        up.budget.request(l.now);
+        match slot(ctx, &l).await {
+            Ok(p) => l.permit = p,
+            Err(a) => return a,
+        }
+        // A supervised backend that is (re)starting: hold the request briefly.
+        if let Some(sup) = &l.supervisor
+            && let Err(f) = sup.wait_ready(None, ctx.start).await
+        {
+            return backend_unavailable(ctx, sup, f);
+        }
+        loop {
+            if let Some(answer) = attempt(ctx, &mut l, &mut req).await {
+                return answer;
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::core::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::headers::{X_REQUEST_ID, strip_port, valid_request_id};
+use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID, strip_port, valid_request_id};
 use crate::config::Route;
 use crate::gateway::{Gateway, RouteMetrics, Runtime};
 use crate::upstream::fastcgi::Script;
@@ -77,6 +77,22 @@ pub(super) struct Ctx {
     pub script: Option<Box<Script>>,
 }
 
+/// The request fields [`Ctx::new`] reads: the first of each name.
+#[derive(Default)]
+struct Seen<'a> {
+    host: Option<&'a HeaderValue>,
+    two_hosts: bool,
+    request_id: Option<&'a HeaderValue>,
+    accept: Option<&'a HeaderValue>,
+    accept_encoding: Option<&'a HeaderValue>,
+    content_type: Option<&'a HeaderValue>,
+    authorization: Option<&'a HeaderValue>,
+    referer: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+    /// `Forwarded` or `X-Forwarded-For` is present.
+    forwarded: bool,
+}
+
 impl Ctx {
     pub fn new(
         gw: Arc<Gateway>,
@@ -91,23 +107,49 @@ impl Ctx {
         // Behind a trusted proxy, the client and scheme it names.
         let (client, forwarded_https) =
             super::headers::real_client(h, peer, &rt.config.limits.trusted_proxies);
-        let id = match h.get(&X_REQUEST_ID) {
+        // One pass over the fields finds what the context keeps (a lookup
+        // by name costs a hash each; a request has few fields).
+        let logged = gw.logs.access.enabled();
+        let mut seen = Seen::default();
+        for (name, value) in h {
+            let slot = match *name {
+                header::HOST => {
+                    seen.two_hosts |= seen.host.is_some();
+                    &mut seen.host
+                }
+                header::ACCEPT => &mut seen.accept,
+                header::ACCEPT_ENCODING => &mut seen.accept_encoding,
+                header::CONTENT_TYPE => &mut seen.content_type,
+                header::AUTHORIZATION => &mut seen.authorization,
+                header::FORWARDED => {
+                    seen.forwarded = true;
+                    continue;
+                }
+                // Referer and User-Agent are kept only when an access line
+                // shows them (both formats do).
+                header::REFERER if logged => &mut seen.referer,
+                header::USER_AGENT if logged => &mut seen.user_agent,
+                _ if *name == X_REQUEST_ID => &mut seen.request_id,
+                _ if *name == X_FORWARDED_FOR => {
+                    seen.forwarded = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        let id = match seen.request_id {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => gw.next_request_id(),
         };
-        // Referer and User-Agent are kept only when an access line shows
-        // them (both formats do).
-        let logged = gw.logs.access.enabled();
-        let kept = |name| if logged { h.get(name).cloned() } else { None };
-        // One lookup finds the Host field and whether there is a second.
-        let mut hosts = h.get_all(header::HOST).iter();
-        let first_host = hosts.next();
         Ctx {
             id,
             method: req.method().clone(),
             uri: req.uri().clone(),
-            host_field: first_host.cloned(),
-            two_hosts: hosts.next().is_some(),
+            host_field: seen.host.cloned(),
+            two_hosts: seen.two_hosts,
             host_from_target: false,
             client,
             peer,
@@ -115,10 +157,10 @@ impl Ctx {
             https: https || forwarded_https,
             version: req.version(),
             start,
-            accept: h.get(header::ACCEPT).cloned(),
-            accept_encoding: h.get(header::ACCEPT_ENCODING).cloned(),
-            grpc: h
-                .get(header::CONTENT_TYPE)
+            accept: seen.accept.cloned(),
+            accept_encoding: seen.accept_encoding.cloned(),
+            grpc: seen
+                .content_type
                 .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
             // A request forwarded by a proxy baton does not trust (nginx on
             // the same host: every visitor arrives from 127.0.0.1) comes
@@ -129,10 +171,9 @@ impl Ctx {
                 .details_to
                 .iter()
                 .any(|n| n.contains(&client.ip()))
-                && (client != peer
-                    || !(h.contains_key("x-forwarded-for") || h.contains_key(header::FORWARDED))))
+                && (client != peer || !seen.forwarded))
                 || rt.config.admin_token.as_ref().is_some_and(|t| {
-                    h.get(header::AUTHORIZATION)
+                    seen.authorization
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.strip_prefix("Bearer "))
                         .is_some_and(|v| v.trim() == t)
@@ -144,8 +185,8 @@ impl Ctx {
             server: None,
             attempts: 0,
             served_here: false,
-            referer: kept(header::REFERER),
-            user_agent: kept(header::USER_AGENT),
+            referer: seen.referer.cloned(),
+            user_agent: seen.user_agent.cloned(),
             rate_headers: None,
             rewritten: None,
             cache: None,

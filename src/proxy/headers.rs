@@ -24,7 +24,7 @@ pub(super) fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(super) static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");

@@ -117,7 +117,14 @@ pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future
             // response's state live only while a request does, so an idle
             // connection's task holds only the connection. (The head is moved
             // into it before anything waits.)
-            let next = Box::pin(exchange(&mut c, head, &site, &shared)).await;
+            // The box is allocated before the future is made, so that it is
+            // made in place (`Box::pin` would make ~5 KB on the stack, then
+            // copy them into the box).
+            let next = Box::into_pin(Box::write(
+                Box::new_uninit(),
+                exchange(&mut c, head, &site, &shared),
+            ))
+            .await;
             if let Next::Request = next {
                 if c.rbuf.is_empty() {
                     // Idle: hold no buffer.
@@ -150,102 +157,110 @@ enum Next {
 }
 
 /// Serves one request whose head was read.
-async fn exchange(c: &mut Conn, head: Head, site: &Site, shared: &Arc<Shared>) -> Next {
-    let Head {
-        mut req,
-        length,
-        mut keep_alive,
-        expect_continue,
-        wants_upgrade,
-        te_trailers,
-    } = head;
-    let head_request = req.method() == Method::HEAD;
-    let connect = req.method() == Method::CONNECT;
-    let version = req.version();
-    let active = Active::new(shared);
-    if let Some(length) = length {
-        let (tx, rx) = pipe(match length {
-            Length::Bytes(n) => Some(n),
-            Length::Chunked => None,
+///
+/// An `async move` block, not an `async fn`: that would keep the head
+/// twice in the request's future (the argument, and the locals it is
+/// moved to), and the future is moved into its box whole.
+#[allow(clippy::manual_async_fn)] // the future's size: see the comment
+fn exchange<'a>(
+    c: &'a mut Conn,
+    mut head: Head,
+    site: &'a Site,
+    shared: &'a Arc<Shared>,
+) -> impl Future<Output = Next> + 'a {
+    async move {
+        // The head's fields are used where they are (moved into locals, the
+        // request would be in the future twice).
+        let req = &mut head.req;
+        let mut keep_alive = head.keep_alive;
+        let head_request = req.method() == Method::HEAD;
+        let connect = req.method() == Method::CONNECT;
+        let version = req.version();
+        let active = Active::new(shared);
+        if let Some(length) = head.length {
+            let (tx, rx) = pipe(match length {
+                Length::Bytes(n) => Some(n),
+                Length::Chunked => None,
+            });
+            *req.body_mut() = RequestBody::Piped(rx);
+            c.feed = Some(Feed {
+                tx,
+                length: match length {
+                    Length::Bytes(n) => Framing::Left(n),
+                    Length::Chunked => Framing::Chunked(Chunk::Size),
+                },
+                continue_at: head.expect_continue.then_some(0),
+                end: None,
+            });
+        }
+        let upgrade = head.wants_upgrade.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            req.extensions_mut().insert(ClientUpgrade::new(rx));
+            tx
         });
-        *req.body_mut() = RequestBody::Piped(rx);
-        c.feed = Some(Feed {
-            tx,
-            length: match length {
-                Length::Bytes(n) => Framing::Left(n),
-                Length::Chunked => Framing::Chunked(Chunk::Size),
-            },
-            continue_at: expect_continue.then_some(0),
-            end: None,
-        });
-    }
-    let upgrade = wants_upgrade.then(|| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        req.extensions_mut().insert(ClientUpgrade::new(rx));
-        tx
-    });
-    let handling = proxy::handle(site.gw.clone(), req, site.peer, site.local, site.https);
-    tokio::pin!(handling);
-    let resp = poll_fn(|cx| {
-        c.poll_feed(cx);
-        handling.as_mut().poll(cx)
-    })
-    .await;
-    let status = resp.status();
-    let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
-    if switching {
-        active.upgraded();
-    }
-    // A request body not yet read to its end when the answer is ready:
-    // the connection will close after it, and the answer says so.
-    if c.feed.as_ref().is_some_and(|f| f.end != Some(true)) {
-        keep_alive = false;
-    }
-    let (parts, body) = resp.into_parts();
-    let mut out = Out::default();
-    let framing = out.head(
-        &parts,
-        version,
-        head_request || connect && status.is_success(),
-        &body,
-        &mut keep_alive,
-        switching,
-    );
-    let mut writing = Writing {
-        body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
-        framing: framing.unwrap_or(Framing::Left(0)),
-        trailers: te_trailers,
-        sendfile: false,
-    };
-    // A static file as it is, not kept in memory and large enough to be
-    // worth a second system call, to a plain socket: `sendfile`, as
-    // nginx's `sendfile on` (no read into baton, no copy out of it). A
-    // file kept in memory goes in the head's write instead: one system
-    // call, and the same one copy into the socket.
-    if let (Some(b), Framing::Left(n)) = (writing.body.as_mut(), writing.framing) {
-        writing.sendfile = c.io.can_sendfile()
-            && n >= SENDFILE_MIN
-            && b.body_mut()
-                .file_mut()
-                .is_some_and(|f| !f.in_memory() && f.remaining() == n);
-    }
-    let written = poll_fn(|cx| {
-        c.poll_feed(cx);
-        c.poll_respond(cx, &mut out, &mut writing)
-    })
-    .await;
-    if written.is_err() {
-        return Next::Gone;
-    }
-    if switching {
-        return upgrade.map_or(Next::Gone, Next::Upgrade);
-    }
-    // A body not read to its end (the answer came first, or nobody
-    // wanted it) leaves the connection's framing unknown: close it.
-    match c.feed.take() {
-        Some(f) if f.end != Some(true) => Next::Linger,
-        _ if !keep_alive => Next::Close,
-        _ => Next::Request,
+        let handling = proxy::handle(site.gw.clone(), head.req, site.peer, site.local, site.https);
+        tokio::pin!(handling);
+        let resp = poll_fn(|cx| {
+            c.poll_feed(cx);
+            handling.as_mut().poll(cx)
+        })
+        .await;
+        let status = resp.status();
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
+        if switching {
+            active.upgraded();
+        }
+        // A request body not yet read to its end when the answer is ready:
+        // the connection will close after it, and the answer says so.
+        if c.feed.as_ref().is_some_and(|f| f.end != Some(true)) {
+            keep_alive = false;
+        }
+        let (parts, body) = resp.into_parts();
+        let mut out = Out::default();
+        let framing = out.head(
+            &parts,
+            version,
+            head_request || connect && status.is_success(),
+            &body,
+            &mut keep_alive,
+            switching,
+        );
+        let mut writing = Writing {
+            body: (framing.is_some() && !switching).then(|| Tracked::new(body, active)),
+            framing: framing.unwrap_or(Framing::Left(0)),
+            trailers: head.te_trailers,
+            sendfile: false,
+        };
+        // A static file as it is, not kept in memory and large enough to be
+        // worth a second system call, to a plain socket: `sendfile`, as
+        // nginx's `sendfile on` (no read into baton, no copy out of it). A
+        // file kept in memory goes in the head's write instead: one system
+        // call, and the same one copy into the socket.
+        if let (Some(b), Framing::Left(n)) = (writing.body.as_mut(), writing.framing) {
+            writing.sendfile = c.io.can_sendfile()
+                && n >= SENDFILE_MIN
+                && b.body_mut()
+                    .file_mut()
+                    .is_some_and(|f| !f.in_memory() && f.remaining() == n);
+        }
+        let written = poll_fn(|cx| {
+            c.poll_feed(cx);
+            c.poll_respond(cx, &mut out, &mut writing)
+        })
+        .await;
+        if written.is_err() {
+            return Next::Gone;
+        }
+        if switching {
+            return upgrade.map_or(Next::Gone, Next::Upgrade);
+        }
+        // A body not read to its end (the answer came first, or nobody
+        // wanted it) leaves the connection's framing unknown: close it.
+        match c.feed.take() {
+            Some(f) if f.end != Some(true) => Next::Linger,
+            _ if !keep_alive => Next::Close,
+            _ => Next::Request,
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`Failure`] (through `upstream`'s classifiers). Must not: decide what
 //! happens after a failure (the proxy's retry decision does).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -67,140 +68,146 @@ const FASTCGI_POKE: Duration = Duration::from_millis(2);
 /// (the clock restarts while the request body is still being written).
 /// `read_before` is what the connection had read before this request, for
 /// the classifiers. A link that carries a response body moves into it.
-pub async fn exchange(
-    server: &Arc<Server>,
-    cfg: &UpstreamConfig,
-    conn: &mut Conn,
-    req: Request<'_>,
+///
+/// An `async move` block, not an `async fn`: that would keep the request
+/// twice in the future (the argument, and the local it is moved to).
+#[allow(clippy::manual_async_fn)] // the future's size: see the comment
+pub fn exchange<'a>(
+    server: &'a Arc<Server>,
+    cfg: &'a UpstreamConfig,
+    conn: &'a mut Conn,
+    req: Request<'a>,
     head_wait: Duration,
     read_before: u64,
-) -> Outcome {
-    let info = &conn.info;
-    // A streamed body or an upgrade goes through hyper's client, which
-    // reads the response while a body is still being sent.
-    if matches!(req.body, UpBody::Stream(..)) || req.upgrade {
-        conn.tx = match conn.tx.take() {
-            // Boxed: hyper's handshake would make every exchange's future
-            // (and its moves) as large as itself, for a rare path.
-            Some(link) => match Box::pin(server.hyper_link(cfg, link, info)).await {
-                Ok(l) => Some(l),
-                Err(f) => return Err(NoHead::Failed(f)),
-            },
-            None => None,
-        };
-    }
-    let view = AttemptView {
-        info,
-        reused: conn.reused.is_some(),
-        read_before,
-        max_header_bytes: cfg.max_response_header_bytes,
-    };
-    match conn.tx.take() {
-        Some(Link::H1(wire)) => {
-            let head = h1::Head {
-                method: req.method,
-                target: req.target,
-                headers: req.headers,
-            };
-            let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
-            match await_head(fut, info, head_wait).await {
-                None => Err(NoHead::TimedOut),
-                Some(h1::Sent::Head(resp)) => Ok(Head {
-                    response: resp.map(UpIncoming::H1),
-                    upgrade: None,
-                }),
-                Some(h1::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
-                Some(h1::Sent::Failed(e)) => Err(NoHead::Failed(classify_h1(&e, &view))),
-            }
-        }
-        Some(Link::Http(mut tx)) => {
-            let mut r = http::Request::new(req.body);
-            *r.method_mut() = req.method.clone();
-            *r.uri_mut() = req.target.clone();
-            *r.headers_mut() = req.headers.clone();
-            let fut = tx.try_send_request(r);
-            conn.tx = Some(Link::Http(tx));
-            match await_head(fut, info, head_wait).await {
-                None => Err(NoHead::TimedOut),
-                Some(Ok(mut resp)) => {
-                    let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && req.upgrade)
-                        .then(|| hyper::upgrade::on(&mut resp));
-                    Ok(Head {
-                        response: resp.map(UpIncoming::Http),
-                        upgrade: up_upgrade,
-                    })
-                }
-                Some(Err(mut e)) => match e.take_message() {
-                    Some(req) => Err(NoHead::Unsent(req.into_body())),
-                    None => Err(NoHead::Failed(classify_exchange(e.error(), &view))),
+) -> impl Future<Output = Outcome> + Send + 'a {
+    async move {
+        let info = &conn.info;
+        // A streamed body or an upgrade goes through hyper's client, which
+        // reads the response while a body is still being sent.
+        if matches!(req.body, UpBody::Stream(..)) || req.upgrade {
+            conn.tx = match conn.tx.take() {
+                // Boxed: hyper's handshake would make every exchange's future
+                // (and its moves) as large as itself, for a rare path.
+                Some(link) => match Box::pin(server.hyper_link(cfg, link, info)).await {
+                    Ok(l) => Some(l),
+                    Err(f) => return Err(NoHead::Failed(f)),
                 },
-            }
-        }
-        Some(Link::H2(mut tx)) => {
-            let r = h2_request(req, cfg);
-            let ready = tx.ready().await;
-            conn.tx = Some(Link::H2(tx.clone()));
-            if let Err(e) = ready {
-                return Err(NoHead::Failed(classify_exchange(&e, &view)));
-            }
-            let fut = tx.send_request(r);
-            match await_head(fut, info, head_wait).await {
-                None => Err(NoHead::TimedOut),
-                Some(Ok(resp)) => Ok(Head {
-                    response: resp.map(UpIncoming::Http),
-                    upgrade: None,
-                }),
-                Some(Err(e)) => Err(NoHead::Failed(classify_exchange(&e, &view))),
-            }
-        }
-        Some(Link::Fcgi(wire)) => {
-            let tag = fastcgi::LogTag {
-                upstream: cfg.name.clone(),
-                server: conn.peer.clone(),
-                request_id: req.request_id.clone(),
+                None => None,
             };
-            let fut = fastcgi::exchange(
-                wire,
-                req.fcgi_head,
-                req.body,
-                cfg.max_response_header_bytes,
-                &tag,
-            );
-            // On a new connection, no head after 2 ms may mean this request
-            // sits in the accept queue behind workers that baton's own idle
-            // connections hold: from then on it counts as waiting (finished
-            // connections close instead of idling), and the idle ones close
-            // now.
-            let poked = async {
-                if conn.reused.is_some() {
-                    return fut.await;
-                }
-                let mut fut = std::pin::pin!(fut);
-                tokio::select! {
-                    r = &mut fut => return r,
-                    _ = tokio::time::sleep(FASTCGI_POKE) => {}
-                }
-                let _queued = Waiting::new(server);
-                server.clear();
-                fut.await
-            };
-            // Boxed: FastCGI's exchange is the largest future here, and
-            // every exchange (HTTP/1.1 too) would otherwise be its size.
-            match await_head(Box::pin(poked), info, head_wait).await {
-                None => Err(NoHead::TimedOut),
-                Some(fastcgi::Sent::Head(resp)) => Ok(Head {
-                    response: resp.map(UpIncoming::Fcgi),
-                    upgrade: None,
-                }),
-                Some(fastcgi::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
-                Some(fastcgi::Sent::Failed(f)) => Err(NoHead::Failed(f)),
-            }
         }
-        None => Err(NoHead::Failed(Failure::with(
-            Cause::Internal,
-            "connection without a link",
-        ))),
+        let view = AttemptView {
+            info,
+            reused: conn.reused.is_some(),
+            read_before,
+            max_header_bytes: cfg.max_response_header_bytes,
+        };
+        match conn.tx.take() {
+            Some(Link::H1(wire)) => {
+                let head = h1::Head {
+                    method: req.method,
+                    target: req.target,
+                    headers: req.headers,
+                };
+                let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
+                match await_head(fut, info, head_wait).await {
+                    None => Err(NoHead::TimedOut),
+                    Some(h1::Sent::Head(resp)) => Ok(Head {
+                        response: resp.map(UpIncoming::H1),
+                        upgrade: None,
+                    }),
+                    Some(h1::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
+                    Some(h1::Sent::Failed(e)) => Err(NoHead::Failed(classify_h1(&e, &view))),
+                }
+            }
+            Some(Link::Http(mut tx)) => {
+                let mut r = http::Request::new(req.body);
+                *r.method_mut() = req.method.clone();
+                *r.uri_mut() = req.target.clone();
+                *r.headers_mut() = req.headers.clone();
+                let fut = tx.try_send_request(r);
+                conn.tx = Some(Link::Http(tx));
+                match await_head(fut, info, head_wait).await {
+                    None => Err(NoHead::TimedOut),
+                    Some(Ok(mut resp)) => {
+                        let up_upgrade = (resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                            && req.upgrade)
+                            .then(|| hyper::upgrade::on(&mut resp));
+                        Ok(Head {
+                            response: resp.map(UpIncoming::Http),
+                            upgrade: up_upgrade,
+                        })
+                    }
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(req) => Err(NoHead::Unsent(req.into_body())),
+                        None => Err(NoHead::Failed(classify_exchange(e.error(), &view))),
+                    },
+                }
+            }
+            Some(Link::H2(mut tx)) => {
+                let r = h2_request(req, cfg);
+                let ready = tx.ready().await;
+                conn.tx = Some(Link::H2(tx.clone()));
+                if let Err(e) = ready {
+                    return Err(NoHead::Failed(classify_exchange(&e, &view)));
+                }
+                let fut = tx.send_request(r);
+                match await_head(fut, info, head_wait).await {
+                    None => Err(NoHead::TimedOut),
+                    Some(Ok(resp)) => Ok(Head {
+                        response: resp.map(UpIncoming::Http),
+                        upgrade: None,
+                    }),
+                    Some(Err(e)) => Err(NoHead::Failed(classify_exchange(&e, &view))),
+                }
+            }
+            Some(Link::Fcgi(wire)) => {
+                let tag = fastcgi::LogTag {
+                    upstream: cfg.name.clone(),
+                    server: conn.peer.clone(),
+                    request_id: req.request_id.clone(),
+                };
+                let fut = fastcgi::exchange(
+                    wire,
+                    req.fcgi_head,
+                    req.body,
+                    cfg.max_response_header_bytes,
+                    &tag,
+                );
+                // On a new connection, no head after 2 ms may mean this request
+                // sits in the accept queue behind workers that baton's own idle
+                // connections hold: from then on it counts as waiting (finished
+                // connections close instead of idling), and the idle ones close
+                // now.
+                let poked = async {
+                    if conn.reused.is_some() {
+                        return fut.await;
+                    }
+                    let mut fut = std::pin::pin!(fut);
+                    tokio::select! {
+                        r = &mut fut => return r,
+                        _ = tokio::time::sleep(FASTCGI_POKE) => {}
+                    }
+                    let _queued = Waiting::new(server);
+                    server.clear();
+                    fut.await
+                };
+                // Boxed: FastCGI's exchange is the largest future here, and
+                // every exchange (HTTP/1.1 too) would otherwise be its size.
+                match await_head(Box::pin(poked), info, head_wait).await {
+                    None => Err(NoHead::TimedOut),
+                    Some(fastcgi::Sent::Head(resp)) => Ok(Head {
+                        response: resp.map(UpIncoming::Fcgi),
+                        upgrade: None,
+                    }),
+                    Some(fastcgi::Sent::Unsent(body)) => Err(NoHead::Unsent(body)),
+                    Some(fastcgi::Sent::Failed(f)) => Err(NoHead::Failed(f)),
+                }
+            }
+            None => Err(NoHead::Failed(Failure::with(
+                Cause::Internal,
+                "connection without a link",
+            ))),
+        }
     }
 }
 

@@ -53,15 +53,20 @@ pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head
     }
     drop(out);
     let head = std::future::poll_fn(|cx| poll_head(&mut wire, cx, max_head)).await;
-    let (status, version, headers) = match head {
+    let RespHead {
+        status,
+        version,
+        headers,
+        fields,
+    } = match head {
         Ok(h) => h,
         Err(e) => return Sent::Failed(e),
     };
-    let framing = match framing(req.method, status, &headers) {
+    let framing = match framing(req.method, status, &fields) {
         Ok(f) => f,
         Err(e) => return Sent::Failed(e),
     };
-    let keep_alive = keep_alive(version, &headers) && !matches!(framing, Framing::ToEnd);
+    let keep_alive = keep_alive(version, &fields) && !matches!(framing, Framing::ToEnd);
     let done = matches!(framing, Framing::Length(0));
     let mut r = Response::new(H1Body {
         wire: Some(wire),
@@ -124,7 +129,62 @@ fn encode(req: &Head<'_>, body: &UpBody) -> Vec<u8> {
     out
 }
 
-type RespHead = (StatusCode, Version, HeaderMap);
+/// A final response head, and what its fields say of framing and the
+/// connection.
+struct RespHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    fields: Framed,
+}
+
+/// What a response's framing and connection fields said, noted while the
+/// head is read (a lookup by name afterwards costs a hash each).
+struct Framed {
+    /// The last `Transfer-Encoding` line ends in `chunked`; `None`: none.
+    te_chunked: Option<bool>,
+    /// The `Content-Length` lines: none, one length (repeated lines agree),
+    /// or `Err` (malformed or disagreeing).
+    length: Result<Option<u64>, ()>,
+    /// `Connection: close` was said.
+    close: bool,
+    /// `Connection: keep-alive` was said.
+    keep_alive: bool,
+}
+
+impl Default for Framed {
+    fn default() -> Self {
+        Framed {
+            te_chunked: None,
+            length: Ok(None),
+            close: false,
+            keep_alive: false,
+        }
+    }
+}
+
+impl Framed {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        match *name {
+            header::TRANSFER_ENCODING => {
+                let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+                self.te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            header::CONTENT_LENGTH => {
+                self.length = match (self.length, content_length(value)) {
+                    (Ok(None), Some(n)) => Ok(Some(n)),
+                    (Ok(Some(l)), Some(n)) if l == n => Ok(Some(n)),
+                    _ => Err(()),
+                };
+            }
+            header::CONNECTION => {
+                self.close |= has_token(value, b"close");
+                self.keep_alive |= has_token(value, b"keep-alive");
+            }
+            _ => {}
+        }
+    }
+}
 
 /// Reads until a final response head is complete.
 fn poll_head(
@@ -189,13 +249,22 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Parsed, Exchange> {
         fields.push((name, start, start + h.value.len()));
     }
     let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for what the response filters add (Via, X-Request-Id) without
+    // growing.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    let mut framed = Framed::default();
     for (name, start, end) in fields {
         let value =
             HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| Exchange::Parse)?;
+        framed.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    Ok(Parsed::Final((status, version, headers)))
+    Ok(Parsed::Final(RespHead {
+        status,
+        version,
+        headers,
+        fields: framed,
+    }))
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -225,7 +294,7 @@ pub(crate) enum Chunk {
 /// bound on extensions is 16 KiB too).
 const MAX_CHUNK_LINE: usize = 16 * 1024;
 
-fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing, Exchange> {
+fn framing(method: &Method, status: StatusCode, f: &Framed) -> Result<Framing, Exchange> {
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -233,22 +302,12 @@ fn framing(method: &Method, status: StatusCode, h: &HeaderMap) -> Result<Framing
     {
         return Ok(Framing::Length(0));
     }
-    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let last = te.as_bytes().rsplit(|b| *b == b',').next().unwrap_or(b"");
-        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::ToEnd
-        });
+    match f.te_chunked {
+        Some(true) => return Ok(Framing::Chunked(Chunk::Size)),
+        Some(false) => return Ok(Framing::ToEnd),
+        None => {}
     }
-    let mut length = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        let n = content_length(v.as_bytes()).ok_or(Exchange::Parse)?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Exchange::Parse);
-        }
-        length = Some(n);
-    }
+    let length = f.length.map_err(|()| Exchange::Parse)?;
     Ok(length.map_or(Framing::ToEnd, Framing::Length))
 }
 
@@ -279,15 +338,8 @@ pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
 }
 
 /// Whether the connection may carry another request after this response.
-fn keep_alive(version: Version, h: &HeaderMap) -> bool {
-    let mut keep = version == Version::HTTP_11;
-    for v in h.get_all(header::CONNECTION) {
-        if has_token(v.as_bytes(), b"close") {
-            return false;
-        }
-        keep |= has_token(v.as_bytes(), b"keep-alive");
-    }
-    keep
+fn keep_alive(version: Version, f: &Framed) -> bool {
+    !f.close && (version == Version::HTTP_11 || f.keep_alive)
 }
 
 /// A response body read off the wire.
@@ -407,9 +459,8 @@ pub fn fuzz_response(data: &[u8]) {
             _ => return,
         }
     };
-    let (status, version, headers) = head;
-    let _ = keep_alive(version, &headers);
-    if let Ok(Framing::Chunked(mut state)) = framing(&Method::GET, status, &headers) {
+    let _ = keep_alive(head.version, &head.fields);
+    if let Ok(Framing::Chunked(mut state)) = framing(&Method::GET, head.status, &head.fields) {
         let before = buf.len();
         let mut body = 0;
         while let Ok(Step::Data(d)) = step_chunk(&mut state, &mut buf) {
@@ -624,17 +675,14 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
+            let mut f = Framed::default();
             for (k, v) in pairs {
-                m.append(
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
+                f.note(&HeaderName::from_bytes(k.as_bytes()).unwrap(), v.as_bytes());
             }
-            m
+            f
         };
         let ok = StatusCode::OK;
-        let len = |m: &Method, s, hm: &HeaderMap| match framing(m, s, hm) {
+        let len = |m: &Method, s, f: &Framed| match framing(m, s, f) {
             Ok(Framing::Length(n)) => Some(n),
             _ => None,
         };
@@ -669,15 +717,21 @@ mod tests {
 
     #[test]
     fn keep_alive_by_version_and_connection() {
-        let with = |v: &str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::CONNECTION, HeaderValue::from_str(v).unwrap());
-            m
+        let with = |lines: &[&str]| {
+            let mut f = Framed::default();
+            for v in lines {
+                f.note(&header::CONNECTION, v.as_bytes());
+            }
+            f
         };
-        assert!(keep_alive(Version::HTTP_11, &HeaderMap::new()));
-        assert!(!keep_alive(Version::HTTP_11, &with("Close")));
-        assert!(!keep_alive(Version::HTTP_10, &HeaderMap::new()));
-        assert!(keep_alive(Version::HTTP_10, &with("keep-alive")));
+        assert!(keep_alive(Version::HTTP_11, &with(&[])));
+        assert!(!keep_alive(Version::HTTP_11, &with(&["Close"])));
+        assert!(!keep_alive(Version::HTTP_10, &with(&[])));
+        assert!(keep_alive(Version::HTTP_10, &with(&["keep-alive"])));
+        assert!(!keep_alive(
+            Version::HTTP_10,
+            &with(&["keep-alive", "close"])
+        ));
     }
 
     #[test]
@@ -701,9 +755,9 @@ mod tests {
         assert!(matches!(parse_head(&mut b, 100), Err(Exchange::Parse)));
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody"[..]);
         match parse_head(&mut b, 100) {
-            Ok(Parsed::Final((s, v, h))) => {
+            Ok(Parsed::Final(h)) => {
                 assert_eq!(
-                    (s, v, h["a"].as_bytes()),
+                    (h.status, h.version, h.headers["a"].as_bytes()),
                     (StatusCode::OK, Version::HTTP_11, &b"1"[..])
                 );
                 assert_eq!(&b[..], b"body", "the body stays in the buffer");
