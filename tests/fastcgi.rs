@@ -49,6 +49,13 @@ async fn php_page_gets_the_cgi_parameters_nginx_sends() {
     assert_eq!(v["GATEWAY_INTERFACE"], "CGI/1.1");
     assert_eq!(v["HTTP_HOST"], "test.local");
     assert_eq!(v["HTTP_X_CUSTOM"], "yes");
+    // Baton's own fields reach PHP too (WordPress behind a proxy reads
+    // the scheme from HTTP_X_FORWARDED_PROTO).
+    assert_eq!(v["HTTP_X_FORWARDED_FOR"], "127.0.0.1");
+    assert_eq!(v["HTTP_X_FORWARDED_PROTO"], "http");
+    assert_eq!(v["HTTP_X_FORWARDED_HOST"], "test.local");
+    assert_eq!(v["HTTP_VIA"], "1.1 baton");
+    assert_eq!(v["HTTP_X_REQUEST_ID"], r.header("x-request-id"));
     assert_eq!(v["APP_ENV"], "test");
     // httpoxy: the Proxy header never becomes HTTP_PROXY.
     assert_eq!(v["HTTP_PROXY"], serde_json::Value::Null);

@@ -51,6 +51,9 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
         .header("keep-alive", "timeout=5")
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-request-id", "client-id-123")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .header("via", "1.0 squid")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let r = send(gw.addr, req).await;
@@ -76,11 +79,23 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
         .collect();
     let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("host"), Some("shop.example"), "Host is kept");
+    // Baton's own fields: the client's replaced (the proto and host it
+    // claims are not believed) or continued, each sent once.
     assert_eq!(get("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(get("x-forwarded-proto"), Some("http"));
     assert_eq!(get("x-forwarded-host"), Some("shop.example"));
-    assert_eq!(get("via"), Some("1.1 baton"));
+    assert_eq!(get("via"), Some("1.0 squid, 1.1 baton"));
     assert_eq!(get("x-request-id"), Some("client-id-123"));
+    for own in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "via",
+        "x-request-id",
+    ] {
+        let lines = h.iter().filter(|(n, _)| n == own).count();
+        assert_eq!(lines, 1, "{own} is sent once: {h:?}");
+    }
     assert_eq!(
         get("x-private"),
         None,

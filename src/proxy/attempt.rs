@@ -199,6 +199,7 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
             method: &req.method,
             target: &req.target,
             headers: &req.headers,
+            added: &req.added,
             fcgi_head: req.fcgi_head.as_deref().unwrap_or_default(),
             body: req.body.take(),
             upgrade: req.client_upgrade.is_some(),

@@ -13,7 +13,7 @@ use crate::core::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::headers::{X_FORWARDED_FOR, X_REQUEST_ID, strip_port, valid_request_id};
+use super::headers::{HAS_REQUEST_ID, HAS_XFF, own_field, strip_port, valid_request_id};
 use crate::config::Route;
 use crate::gateway::{Gateway, RouteMetrics, Runtime};
 use crate::upstream::fastcgi::Script;
@@ -72,6 +72,9 @@ pub(super) struct Ctx {
     /// A cached route's lookup, what `Cache-Status` says, and what is to
     /// be stored.
     pub cache: Option<Box<super::cache::CacheCtx>>,
+    /// Which of the fields baton sets upstream the client sent
+    /// (`headers::HAS_*` bits): the others need no lookup to be replaced.
+    pub own_fields: u8,
     /// FastCGI: the script `try_files` chose (boxed: the HTTP path moves
     /// the context without it).
     pub script: Option<Box<Script>>,
@@ -91,6 +94,8 @@ struct Seen<'a> {
     user_agent: Option<&'a HeaderValue>,
     /// `Forwarded` or `X-Forwarded-For` is present.
     forwarded: bool,
+    /// [`Ctx::own_fields`].
+    own: u8,
 }
 
 impl Ctx {
@@ -129,12 +134,16 @@ impl Ctx {
                 // shows them (both formats do).
                 header::REFERER if logged => &mut seen.referer,
                 header::USER_AGENT if logged => &mut seen.user_agent,
-                _ if *name == X_REQUEST_ID => &mut seen.request_id,
-                _ if *name == X_FORWARDED_FOR => {
-                    seen.forwarded = true;
-                    continue;
+                _ => {
+                    // Fields of the names baton sets upstream.
+                    let own = own_field(name);
+                    seen.own |= own;
+                    seen.forwarded |= own == HAS_XFF;
+                    if own != HAS_REQUEST_ID {
+                        continue;
+                    }
+                    &mut seen.request_id
                 }
-                _ => continue,
             };
             if slot.is_none() {
                 *slot = Some(value);
@@ -190,6 +199,7 @@ impl Ctx {
             rate_headers: None,
             rewritten: None,
             cache: None,
+            own_fields: seen.own,
             script: None,
             rt,
             gw,

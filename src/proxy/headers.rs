@@ -24,7 +24,7 @@ pub(super) fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(super) static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
@@ -188,20 +188,25 @@ fn via_value(v: Version) -> HeaderValue {
 pub(super) fn append_via(h: &mut HeaderMap, v: Version) {
     match h.entry(header::VIA) {
         header::Entry::Occupied(mut e) => {
-            let old = e.get().as_bytes();
-            let ours = via_value(v);
-            let mut joined = Vec::with_capacity(old.len() + 2 + ours.len());
-            joined.extend_from_slice(old);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ours.as_bytes());
-            if let Ok(hv) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-                e.insert(hv);
-            }
+            let joined = continued_via(Some(e.get()), v);
+            e.insert(joined);
         }
         header::Entry::Vacant(e) => {
             e.insert(via_value(v));
         }
     }
+}
+
+/// `Via` with baton's hop after `prev`'s.
+fn continued_via(prev: Option<&HeaderValue>, v: Version) -> HeaderValue {
+    let ours = via_value(v);
+    let Some(old) = prev else { return ours };
+    let old = old.as_bytes();
+    let mut joined = Vec::with_capacity(old.len() + 2 + ours.len());
+    joined.extend_from_slice(old);
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(ours.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or(ours)
 }
 
 /// `X-Forwarded-For` with the client's address appended. IPv4 is written by
@@ -370,12 +375,52 @@ pub(super) fn strip_port(raw: &str) -> &str {
     }
 }
 
-/// The upstream request filter: rewrites the client's header block (moved,
-/// not copied) into the one sent upstream.
-pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool) {
+/// The fields baton adds to an upstream request. They are not inserted
+/// in the request's map (a hashed insert each): baton's HTTP/1.1 client
+/// writes them after the client's fields, and hyper's, HTTP/2's and
+/// FastCGI's requests add them to their copy of the map
+/// (`upstream::exchange::Request::added`).
+pub(super) type Added = Vec<(HeaderName, HeaderValue)>;
+
+/// Bits of [`Ctx::own_fields`]: the client's request carries a field of
+/// this name (so the map must be looked at; clear, it is surely absent).
+pub(super) const HAS_XFF: u8 = 1;
+pub(super) const HAS_XFP: u8 = 1 << 1;
+pub(super) const HAS_XFH: u8 = 1 << 2;
+pub(super) const HAS_VIA: u8 = 1 << 3;
+pub(super) const HAS_REQUEST_ID: u8 = 1 << 4;
+
+/// The [`Ctx::own_fields`] bit of a field name, if it is one baton sets.
+pub(super) fn own_field(name: &HeaderName) -> u8 {
+    if *name == header::VIA {
+        HAS_VIA
+    } else if *name == X_FORWARDED_FOR {
+        HAS_XFF
+    } else if *name == X_FORWARDED_PROTO {
+        HAS_XFP
+    } else if *name == X_FORWARDED_HOST {
+        HAS_XFH
+    } else if *name == X_REQUEST_ID {
+        HAS_REQUEST_ID
+    } else {
+        0
+    }
+}
+
+/// The upstream request filter: hop-by-hop fields out, the route's rules,
+/// `Host`; and baton's own fields (`X-Forwarded-For`, `-Proto`, `-Host`,
+/// `Via`, `X-Request-Id`) returned, the client's fields of those names
+/// taken out of the map (`X-Forwarded-For` and `Via` are continued).
+pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool) -> Added {
     let _ = strip_hop_by_hop(headers, upgrade);
+    // The fields of baton's names the map may hold: the client's, and any
+    // a route's rules set.
+    let mut own = ctx.own_fields;
     if let Some(route) = ctx.route_config() {
         route.request_headers.apply(headers);
+        for (n, _) in &route.request_headers.set {
+            own |= own_field(n);
+        }
     }
     // The one host the request is for (the host filter settled it: `Host`,
     // an absolute-form target's authority, or HTTP/2's :authority), sent
@@ -394,31 +439,59 @@ pub(super) fn upstream_request(ctx: &Ctx, headers: &mut HeaderMap, upgrade: bool
             v
         }
     };
+    let mut added = Added::with_capacity(5);
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): HAProxy's
     // `option forwardfor` adds a line of its own.
-    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
-    let prev = match (lines.next(), lines.next()) {
-        (Some(first), None) => Some(first.clone()),
-        (None, _) => None,
-        (Some(_), Some(_)) => {
-            let all: Vec<&[u8]> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            HeaderValue::from_bytes(&all.join(&b", "[..])).ok()
-        }
+    let prev = if own & HAS_XFF == 0 {
+        None
+    } else {
+        let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
+        let prev = match (lines.next(), lines.next()) {
+            (Some(first), None) => Some(first.clone()),
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                let all: Vec<&[u8]> = headers
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes())
+                    .collect();
+                HeaderValue::from_bytes(&all.join(&b", "[..])).ok()
+            }
+        };
+        headers.remove(&X_FORWARDED_FOR);
+        prev
     };
-    let xff = forwarded_for(prev.as_ref(), ctx.peer.ip());
-    headers.insert(&X_FORWARDED_FOR, xff);
+    added.push((
+        X_FORWARDED_FOR.clone(),
+        forwarded_for(prev.as_ref(), ctx.peer.ip()),
+    ));
     const HTTP: HeaderValue = HeaderValue::from_static("http");
     const HTTPS: HeaderValue = HeaderValue::from_static("https");
-    headers.insert(&X_FORWARDED_PROTO, if ctx.https { HTTPS } else { HTTP });
-    if let Some(h) = host {
-        headers.insert(&X_FORWARDED_HOST, h);
+    if own & HAS_XFP != 0 {
+        headers.remove(&X_FORWARDED_PROTO);
     }
-    append_via(headers, ctx.version);
-    headers.insert(&X_REQUEST_ID, ctx.id.clone());
+    added.push((
+        X_FORWARDED_PROTO.clone(),
+        if ctx.https { HTTPS } else { HTTP },
+    ));
+    if own & HAS_XFH != 0 {
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    if let Some(h) = host {
+        added.push((X_FORWARDED_HOST.clone(), h));
+    }
+    let via = if own & HAS_VIA == 0 {
+        via_value(ctx.version)
+    } else {
+        let prev = headers.remove(header::VIA);
+        continued_via(prev.as_ref(), ctx.version)
+    };
+    added.push((header::VIA, via));
+    if own & HAS_REQUEST_ID != 0 {
+        headers.remove(&X_REQUEST_ID);
+    }
+    added.push((X_REQUEST_ID.clone(), ctx.id.clone()));
+    added
 }
 
 /// The upstream response filter: hop-by-hop fields out (what they said

@@ -33,6 +33,8 @@ pub(super) struct UpRequest {
     /// Origin-form target.
     pub target: Uri,
     pub headers: HeaderMap,
+    /// Baton's own fields, sent after `headers` (`headers::Added`).
+    pub added: headers::Added,
     /// FastCGI: BEGIN_REQUEST and the CGI parameters.
     pub fcgi_head: Option<Vec<u8>>,
     pub body: BodyPlan,
@@ -115,7 +117,7 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<RequestBody>) -> Result<Up
     };
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
-    headers::upstream_request(ctx, &mut hdrs, upgrade);
+    let added = headers::upstream_request(ctx, &mut hdrs, upgrade);
     // A cache revalidation asks with the stored response's validators.
     if let Some(cond) = ctx.cache.as_ref().and_then(|c| c.revalidate.as_ref()) {
         hdrs.remove(http::header::IF_NONE_MATCH);
@@ -145,12 +147,13 @@ pub(super) async fn build(ctx: &Ctx, mut req: Request<RequestBody>) -> Result<Up
     } else {
         body_plan(ctx, cfg, body, declared).await?
     };
-    let fcgi_head = fcgi_head(ctx, cfg, &parts.method, &hdrs, declared, &body);
+    let fcgi_head = fcgi_head(ctx, cfg, &parts.method, &hdrs, &added, declared, &body);
     Ok(UpRequest {
-        hash_key: hash_key(&cfg.balance, &hdrs, ctx.client),
+        hash_key: hash_key(&cfg.balance, &hdrs, &added, ctx.client),
         method: parts.method,
         target,
         headers: hdrs,
+        added,
         fcgi_head,
         body,
         client_upgrade,
@@ -200,6 +203,7 @@ fn fcgi_head(
     cfg: &UpstreamConfig,
     method: &Method,
     headers: &HeaderMap,
+    added: &headers::Added,
     declared: Option<u64>,
     body: &BodyPlan,
 ) -> Option<Vec<u8>> {
@@ -215,6 +219,7 @@ fn fcgi_head(
             method: method.as_str(),
             request_uri: ctx.path(),
             headers,
+            added,
             content_length,
             protocol: ctx.protocol(),
             client: ctx.client,
@@ -226,13 +231,22 @@ fn fcgi_head(
 }
 
 /// The request's consistent-hash key, when the upstream hashes.
-fn hash_key(balance: &Balance, headers: &HeaderMap, client: std::net::SocketAddr) -> Option<u64> {
+fn hash_key(
+    balance: &Balance,
+    headers: &HeaderMap,
+    added: &headers::Added,
+    client: std::net::SocketAddr,
+) -> Option<u64> {
     let Balance::Hash(k) = balance else {
         return None;
     };
     match k {
         HashKey::ClientIp => Some(client_key(client)),
-        HashKey::Header(name) => headers.get(name).map(|v| fnv1a(v.as_bytes())),
+        HashKey::Header(name) => added
+            .iter()
+            .find_map(|(n, v)| (n == name).then_some(v))
+            .or_else(|| headers.get(name))
+            .map(|v| fnv1a(v.as_bytes())),
         HashKey::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 
 use super::{
@@ -31,6 +32,10 @@ pub struct Request<'a> {
     /// Origin-form target.
     pub target: &'a Uri,
     pub headers: &'a HeaderMap,
+    /// Fields sent after `headers` (baton's `X-Forwarded-*`, `Via`,
+    /// `X-Request-Id`), which `headers` does not hold: kept apart so that
+    /// no request pays a hashed insert for each.
+    pub added: &'a [(HeaderName, HeaderValue)],
     /// FastCGI only: BEGIN_REQUEST and the CGI parameters, built once.
     pub fcgi_head: &'a [u8],
     pub body: UpBody,
@@ -107,6 +112,7 @@ pub fn exchange<'a>(
                     method: req.method,
                     target: req.target,
                     headers: req.headers,
+                    added: req.added,
                 };
                 let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
                 match await_head(fut, info, head_wait).await {
@@ -123,7 +129,7 @@ pub fn exchange<'a>(
                 let mut r = http::Request::new(req.body);
                 *r.method_mut() = req.method.clone();
                 *r.uri_mut() = req.target.clone();
-                *r.headers_mut() = req.headers.clone();
+                *r.headers_mut() = with_added(req.headers, req.added);
                 let fut = tx.try_send_request(r);
                 conn.tx = Some(Link::Http(tx));
                 match await_head(fut, info, head_wait).await {
@@ -231,12 +237,22 @@ impl Drop for Waiting {
     }
 }
 
+/// A copy of `headers` with `added` in it: the request as hyper's client,
+/// HTTP/2 and FastCGI take it.
+pub fn with_added(headers: &HeaderMap, added: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    let mut h = headers.clone();
+    for (n, v) in added {
+        h.insert(n.clone(), v.clone());
+    }
+    h
+}
+
 /// The request as HTTP/2 sends it: an absolute target (`:scheme`,
 /// `:authority` from `Host`), no `Host` field, and `te: trailers` for gRPC
 /// (its servers require it; the client's `TE` was removed as hop-by-hop).
 fn h2_request(req: Request<'_>, cfg: &UpstreamConfig) -> http::Request<UpBody> {
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    let mut headers = req.headers.clone();
+    let mut headers = with_added(req.headers, req.added);
     let authority = headers
         .remove(http::header::HOST)
         .and_then(|h| h.to_str().ok().map(str::to_string))

@@ -90,6 +90,8 @@ pub struct Head<'a> {
     /// The origin-form target (path and query).
     pub target: &'a http::Uri,
     pub headers: &'a HeaderMap,
+    /// Sent after `headers` (`exchange::Request::added`).
+    pub added: &'a [(HeaderName, HeaderValue)],
 }
 
 /// The request head, and a buffered body after it.
@@ -100,7 +102,11 @@ fn encode(req: &Head<'_>, body: &UpBody) -> Vec<u8> {
     };
     let path = req.target.path_and_query().map_or("/", |p| p.as_str());
     let mut size = req.method.as_str().len() + path.len() + 16 + full.len() + 24;
-    for (k, v) in req.headers {
+    for (k, v) in req
+        .headers
+        .iter()
+        .chain(req.added.iter().map(|(k, v)| (k, v)))
+    {
         size += k.as_str().len() + v.len() + 4;
     }
     let mut out = Vec::with_capacity(size);
@@ -108,7 +114,11 @@ fn encode(req: &Head<'_>, body: &UpBody) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (k, v) in req.headers {
+    for (k, v) in req
+        .headers
+        .iter()
+        .chain(req.added.iter().map(|(k, v)| (k, v)))
+    {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());

@@ -278,6 +278,7 @@ pub async fn probe(
             method: &Method::GET,
             target: &target,
             headers: &headers,
+            added: &[],
             fcgi_head: &fcgi_head,
             body: UpBody::Empty,
             upgrade: false,

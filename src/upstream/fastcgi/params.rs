@@ -13,6 +13,8 @@ pub struct RequestInfo<'a> {
     /// `path?query` as the client sent it.
     pub request_uri: &'a str,
     pub headers: &'a HeaderMap,
+    /// Fields sent after `headers` (`exchange::Request::added`).
+    pub added: &'a [(http::HeaderName, http::HeaderValue)],
     pub content_length: Option<u64>,
     pub protocol: &'a str,
     pub client: std::net::SocketAddr,
@@ -74,11 +76,7 @@ pub fn request_head(cfg: &FastCgiConfig, s: &Script, r: &RequestInfo<'_>) -> Vec
     // PHP built with --enable-force-cgi-redirect checks this.
     pair("REDIRECT_STATUS", b"200");
     let mut name = String::with_capacity(32);
-    for k in r.headers.keys() {
-        // httpoxy: a `Proxy` header must never become HTTP_PROXY.
-        if k == "proxy" || k == http::header::CONTENT_TYPE || k == http::header::CONTENT_LENGTH {
-            continue;
-        }
+    let mut field = |k: &http::HeaderName, value: &[u8]| {
         name.clear();
         name.push_str("HTTP_");
         for c in k.as_str().chars() {
@@ -88,10 +86,17 @@ pub fn request_head(cfg: &FastCgiConfig, s: &Script, r: &RequestInfo<'_>) -> Vec
                 c.to_ascii_uppercase()
             });
         }
+        pair(&name, value);
+    };
+    for k in r.headers.keys() {
+        // httpoxy: a `Proxy` header must never become HTTP_PROXY.
+        if k == "proxy" || k == http::header::CONTENT_TYPE || k == http::header::CONTENT_LENGTH {
+            continue;
+        }
         let mut vals = r.headers.get_all(k).iter();
         let first = vals.next().map_or(&b""[..], |v| v.as_bytes());
         match vals.next() {
-            None => pair(&name, first),
+            None => field(k, first),
             Some(second) => {
                 let sep: &[u8] = if k == http::header::COOKIE {
                     b"; "
@@ -103,9 +108,12 @@ pub fn request_head(cfg: &FastCgiConfig, s: &Script, r: &RequestInfo<'_>) -> Vec
                     joined.extend_from_slice(sep);
                     joined.extend_from_slice(v.as_bytes());
                 }
-                pair(&name, &joined);
+                field(k, &joined);
             }
         }
+    }
+    for (k, v) in r.added {
+        field(k, v.as_bytes());
     }
     for (k, v) in &cfg.params {
         pair(k, v.as_bytes());
@@ -135,6 +143,7 @@ pub fn health_request(cfg: &FastCgiConfig, path: &str) -> Vec<u8> {
             method: "GET",
             request_uri: path,
             headers: &headers,
+            added: &[],
             content_length: None,
             protocol: "HTTP/1.1",
             client: lo,
