@@ -65,8 +65,11 @@ pub fn handle(
     async move {
         // Boxed: the context moves from phase to phase and into the response
         // body, which logs from it when it ends (a pointer moves, not ~600
-        // bytes).
-        let mut ctx = Box::new(context::Ctx::new(gw, &req, client, local, https));
+        // bytes). Made in its box (allocated first), not copied into it.
+        let mut ctx = Box::write(
+            Box::new_uninit(),
+            context::Ctx::new(gw, &req, client, local, https),
+        );
         if let Err(answer) = filters::run(&mut ctx, &req) {
             return respond::exit(ctx, answer);
         }

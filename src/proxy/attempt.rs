@@ -190,7 +190,9 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
     let written_before = info.stats.written.load(Ordering::Relaxed);
     info.stats.begin_response();
     let head_wait = head_wait(l);
-    let sent_at = Instant::now();
+    // The head's latency feeds only an adaptive limit (a clock read less
+    // for a request without one).
+    let sent_at = l.up.slots.is_some().then(Instant::now);
     let outcome = exchange::exchange(
         &server,
         l.cfg,
@@ -209,7 +211,11 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
         read_before,
     )
     .await;
-    observe_latency(ctx, l, outcome.is_ok().then(|| sent_at.elapsed()));
+    observe_latency(
+        ctx,
+        l,
+        sent_at.filter(|_| outcome.is_ok()).map(|t| t.elapsed()),
+    );
     let sent = info
         .stats
         .written
@@ -519,7 +525,14 @@ fn success(
         });
     }
     let (mut parts, body) = resp.into_parts();
-    let hop = headers::upstream_response(&mut parts.headers, upgraded);
+    let mut hop = headers::upstream_response(&mut parts.headers, upgraded);
+    // Baton's own HTTP/1.1 client keeps most hop-by-hop fields out of the
+    // map: what they said comes with the body.
+    if let UpIncoming::H1(b) = &body {
+        let said = b.hop();
+        hop.close |= said.close;
+        hop.keepalive_ms = hop.keepalive_ms.or(said.keepalive_ms);
+    }
     if let Some(ms) = hop.keepalive_ms {
         info.keepalive_hint_ms.store(ms, Ordering::Relaxed);
     }
@@ -533,15 +546,19 @@ fn success(
         tx: conn.tx,
         info,
     });
-    let body = ProxiedBody::new(Upstreamed {
-        body: TimedBody::new(body, cfg.read_timeout),
-        status: status.as_u16(),
-        pool,
-        read_before,
-        sent,
-        held,
-    });
-    Answer::Proxied(parts, Box::new(body))
+    // Made in its box (allocated first), not copied into it.
+    let body = Box::write(
+        Box::new_uninit(),
+        ProxiedBody::new(Upstreamed {
+            body: TimedBody::new(body, cfg.read_timeout),
+            status: status.as_u16(),
+            pool,
+            read_before,
+            sent,
+            held,
+        }),
+    );
+    Answer::Proxied(parts, body)
 }
 
 /// A failed attempt on `server`: passive ejection, logged and counted.

@@ -13,6 +13,7 @@ use http::{Method, Version};
 use super::context::Ctx;
 use crate::core::cause::Cause;
 use crate::upstream;
+use crate::upstream::h1::Hop;
 
 /// An incoming `X-Request-Id` is kept when it is 1-128 safe characters.
 pub(super) fn valid_request_id(v: &HeaderValue) -> bool {
@@ -52,15 +53,6 @@ fn hop_by_hop_fields() -> [&'static HeaderName; 7] {
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
     ]
-}
-
-/// What the hop-by-hop fields said about the connection they came on.
-#[derive(Default)]
-pub(super) struct Hop {
-    /// `Connection: close`.
-    pub close: bool,
-    /// `Keep-Alive: timeout=N`, in ms.
-    pub keepalive_ms: Option<u64>,
 }
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): those named in

@@ -75,6 +75,10 @@ pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head
         keep_alive,
         burst: false,
         held: None,
+        hop: Hop {
+            close: fields.close,
+            keepalive_ms: fields.keepalive_ms,
+        },
     });
     // The upstream's version stays on this hop (the client's response is
     // baton's own, HTTP/1.1 or HTTP/2).
@@ -160,6 +164,8 @@ struct Framed {
     close: bool,
     /// `Connection: keep-alive` was said.
     keep_alive: bool,
+    /// `Keep-Alive: timeout=N`, in ms.
+    keepalive_ms: Option<u64>,
 }
 
 impl Default for Framed {
@@ -169,16 +175,24 @@ impl Default for Framed {
             length: Ok(None),
             close: false,
             keep_alive: false,
+            keepalive_ms: None,
         }
     }
 }
 
 impl Framed {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Notes what a field says; true when the field is hop-by-hop and
+    /// said all it had to say here, so that it need not go in the map
+    /// (to be taken out again by the response filter, a hashed lookup
+    /// and removal): `Transfer-Encoding`, `Keep-Alive`, and `Connection`
+    /// when it names only `close` or `keep-alive`. A `Connection` naming
+    /// other fields (or `upgrade`) stays, for the filter to act on.
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         match *name {
             header::TRANSFER_ENCODING => {
                 let last = value.rsplit(|b| *b == b',').next().unwrap_or(b"");
                 self.te_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                true
             }
             header::CONTENT_LENGTH => {
                 self.length = match (self.length, content_length(value)) {
@@ -186,12 +200,26 @@ impl Framed {
                     (Ok(Some(l)), Some(n)) if l == n => Ok(Some(n)),
                     _ => Err(()),
                 };
+                false
             }
             header::CONNECTION => {
-                self.close |= has_token(value, b"close");
-                self.keep_alive |= has_token(value, b"keep-alive");
+                let mut only_these = true;
+                for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !t.is_empty() {
+                        only_these = false;
+                    }
+                }
+                only_these
             }
-            _ => {}
+            _ if *name == "keep-alive" => {
+                self.keepalive_ms = crate::upstream::keepalive_hint(value).or(self.keepalive_ms);
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -266,8 +294,9 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Parsed, Exchange> {
     for (name, start, end) in fields {
         let value =
             HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| Exchange::Parse)?;
-        framed.note(&name, value.as_bytes());
-        headers.append(name, value);
+        if !framed.note(&name, value.as_bytes()) {
+            headers.append(name, value);
+        }
     }
     Ok(Parsed::Final(RespHead {
         status,
@@ -358,10 +387,23 @@ pub struct H1Body {
     framing: Framing,
     done: bool,
     keep_alive: bool,
+    /// What the hop-by-hop fields left out of the head's map said.
+    hop: Hop,
     /// Data was returned since the last `Pending`.
     burst: bool,
     /// A failure held back until the data before it was flushed.
     held: Option<BodyFault>,
+}
+
+/// What a message's hop-by-hop fields said about the connection it came
+/// on (baton's HTTP/1.1 client notes it while reading a head, leaving
+/// those fields out of the map; the response filter, from the fields).
+#[derive(Clone, Copy, Default)]
+pub struct Hop {
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Keep-Alive: timeout=N`, in ms.
+    pub keepalive_ms: Option<u64>,
 }
 
 /// How a body read off a connection failed.
@@ -375,6 +417,11 @@ pub enum BodyFault {
 }
 
 impl H1Body {
+    /// What the response's hop-by-hop fields said.
+    pub fn hop(&self) -> Hop {
+        self.hop
+    }
+
     /// The connection, once the response ended cleanly and it may be reused.
     pub fn take_wire(&mut self) -> Option<Box<Wire>> {
         match &self.wire {
@@ -774,6 +821,35 @@ mod tests {
             }
             _ => panic!("a complete head"),
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_that_said_all_stay_out_of_the_map() {
+        let head = |raw: &str| match parse_head(&mut BytesMut::from(raw.as_bytes()), 1024) {
+            Ok(Parsed::Final(h)) => h,
+            _ => panic!("a complete head"),
+        };
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5, max=100\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n",
+        );
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-app"]);
+        assert!(h.fields.keep_alive && !h.fields.close);
+        assert_eq!(h.fields.keepalive_ms, Some(5000));
+        assert!(matches!(
+            framing(&Method::GET, h.status, &h.fields),
+            Ok(Framing::Chunked(_))
+        ));
+        // Naming another field (or `upgrade`): left for the response filter,
+        // which removes it and the field it names.
+        let h = head("HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nX-Secret: s\r\n\r\n");
+        assert_eq!(h.headers["connection"], "close, x-secret");
+        assert!(h.fields.close);
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(h.headers["connection"], "Upgrade");
+        assert_eq!(h.headers["upgrade"], "websocket");
     }
 
     /// The fuzz entry points on seeded random bytes (the cargo-fuzz
