@@ -195,33 +195,7 @@ fn collect(plan: &mut Plan, nodes: &[Node], vhosts: &mut Vec<Node>) {
 
 fn vhost(plan: &mut Plan, v: &Node) {
     let body = v.block.as_deref().unwrap_or(&[]);
-    let port = v
-        .arg(0)
-        .rsplit_once(':')
-        .map_or("80", |(_, p)| p)
-        .to_string();
-    let ssl = body
-        .iter()
-        .any(|n| n.name == "SSLEngine" && n.arg(0).eq_ignore_ascii_case("on"));
-    let addr = format!("0.0.0.0:{port}");
-    let list = if ssl {
-        &mut plan.listen_tls
-    } else {
-        &mut plan.listen
-    };
-    if !list.contains(&addr) {
-        list.push(addr);
-    }
-    plan.note(
-        &v.at,
-        &v.text(),
-        Verdict::Mapped,
-        if ssl {
-            "server.listen_tls"
-        } else {
-            "server.listen"
-        },
-    );
+    listener(plan, v, body);
     let mut hosts: Vec<String> = Vec::new();
     let mut root = None;
     let mut index = None;
@@ -274,7 +248,7 @@ fn vhost(plan: &mut Plan, v: &Node) {
                     plan.note(at, &t, Verdict::Approximated, "an exclusion: write a route for that path to the files upstream above the proxied one");
                     continue;
                 }
-                let (path, url) = (n.arg(0).to_string(), n.arg(1).to_string());
+                let (path, url) = (n.arg(0).to_string(), n.arg(1));
                 if let Some(h) = url.strip_prefix("fcgi://") {
                     fastcgi = Some(h.split('/').next().unwrap_or(h).to_string());
                     plan.note(
@@ -285,30 +259,7 @@ fn vhost(plan: &mut Plan, v: &Node) {
                     );
                     continue;
                 }
-                let tls = url.starts_with("https://");
-                let rest = url
-                    .trim_start_matches("https://")
-                    .trim_start_matches("http://");
-                let (hostport, uri) = match rest.find('/') {
-                    Some(i) => (rest[..i].to_string(), Some(rest[i..].to_string())),
-                    None => (rest.to_string(), None),
-                };
-                let hp = if hostport.contains(':') {
-                    hostport.clone()
-                } else {
-                    format!("{hostport}:{}", if tls { 443 } else { 80 })
-                };
-                let mut k = Map::new();
-                k.insert("servers".into(), strings(&[hp]));
-                if tls {
-                    k.insert("tls".into(), Value::Boolean(true));
-                }
-                let name = if hostport.starts_with("127.") || hostport.starts_with("localhost") {
-                    "app"
-                } else {
-                    hostport.split(':').next().unwrap_or("app")
-                };
-                let up = plan.upstream(name, k);
+                let (up, uri) = proxied_upstream(plan, url);
                 proxies.push((path, up, uri));
                 plan.note(at, &t, Verdict::Mapped, "a route to the upstream");
             }
@@ -359,78 +310,11 @@ fn vhost(plan: &mut Plan, v: &Node) {
                 }
             }
             "Alias" => {
-                let (u, d) = (n.arg(0), n.arg(1));
-                let u = if u.ends_with('/') {
-                    u.to_string()
-                } else {
-                    format!("{u}/")
-                };
-                let d = if d.ends_with('/') {
-                    d.to_string()
-                } else {
-                    format!("{d}/")
-                };
-                aliases.insert(u, s(d));
+                aliases.insert(with_slash(n.arg(0)), s(with_slash(n.arg(1))));
                 plan.note(at, &t, Verdict::Mapped, "alias on the files upstream");
             }
             "Redirect" | "RedirectPermanent" | "RedirectMatch" => {
-                let mut args: Vec<&str> = n.args.iter().map(String::as_str).collect();
-                let mut status = if n.name == "RedirectPermanent" {
-                    301
-                } else {
-                    302
-                };
-                if let Some(first) = args.first() {
-                    match *first {
-                        "permanent" => {
-                            status = 301;
-                            args.remove(0);
-                        }
-                        "temp" => {
-                            status = 302;
-                            args.remove(0);
-                        }
-                        "seeother" => {
-                            status = 303;
-                            args.remove(0);
-                        }
-                        c if c.parse::<i64>().is_ok() => {
-                            status = c.parse().unwrap_or(302);
-                            args.remove(0);
-                        }
-                        _ => {}
-                    }
-                }
-                let (from, to) = (
-                    args.first().copied().unwrap_or("/"),
-                    args.get(1).copied().unwrap_or(""),
-                );
-                let mut r = Map::new();
-                if n.name == "RedirectMatch" {
-                    r.insert("path_regex".into(), s(from));
-                    r.insert("redirect".into(), s(to));
-                } else if from == "/" {
-                    r.insert(
-                        "redirect".into(),
-                        s(format!("{}{{uri}}", to.trim_end_matches('/'))),
-                    );
-                } else {
-                    r.insert(
-                        "path_regex".into(),
-                        s(format!(
-                            "^{}(.*)$",
-                            regex::escape(from.trim_end_matches('/'))
-                        )),
-                    );
-                    r.insert(
-                        "redirect".into(),
-                        s(format!("{}$1", to.trim_end_matches('/'))),
-                    );
-                }
-                if status != 301 {
-                    r.insert("redirect_status".into(), Value::Integer(status));
-                }
-                routes.push(r);
+                routes.push(redirect_route(n));
                 plan.note(at, &t, Verdict::Mapped, "a redirect route");
             }
             "RewriteEngine" | "RewriteBase" => {
@@ -572,31 +456,189 @@ fn vhost(plan: &mut Plan, v: &Node) {
     if let (Some(c), Some(k)) = (cert, key) {
         plan.certificates.push((c, k));
     }
-    // The files upstream (FastCGI or static) when there is a DocumentRoot.
-    let main = root.map(|r| {
-        let mut k = Map::new();
-        match &fastcgi {
-            Some(a) => {
-                k.insert("protocol".into(), s("fastcgi"));
-                k.insert("servers".into(), strings(std::slice::from_ref(a)));
+    let main = root.map(|r| files_upstream(plan, r, fastcgi.as_deref(), index, aliases));
+    let common = route_common(&hosts, compress, headers, remove);
+    let out = vhost_routes(&common, routes, proxies, main);
+    if hosts.is_empty() {
+        plan.default_routes.extend(out);
+    } else {
+        plan.routes.extend(out);
+    }
+}
+
+/// The virtual host's address, in `server.listen` or, with `SSLEngine on`,
+/// `server.listen_tls`.
+fn listener(plan: &mut Plan, v: &Node, body: &[Node]) {
+    let port = v
+        .arg(0)
+        .rsplit_once(':')
+        .map_or("80", |(_, p)| p)
+        .to_string();
+    let ssl = body
+        .iter()
+        .any(|n| n.name == "SSLEngine" && n.arg(0).eq_ignore_ascii_case("on"));
+    let addr = format!("0.0.0.0:{port}");
+    let list = if ssl {
+        &mut plan.listen_tls
+    } else {
+        &mut plan.listen
+    };
+    if !list.contains(&addr) {
+        list.push(addr);
+    }
+    plan.note(
+        &v.at,
+        &v.text(),
+        Verdict::Mapped,
+        if ssl {
+            "server.listen_tls"
+        } else {
+            "server.listen"
+        },
+    );
+}
+
+/// A `ProxyPass` target (`http://` or `https://`) as an upstream: its
+/// name, and the path the target adds, if any.
+fn proxied_upstream(plan: &mut Plan, url: &str) -> (String, Option<String>) {
+    let tls = url.starts_with("https://");
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let (hostport, uri) = match rest.find('/') {
+        Some(i) => (rest[..i].to_string(), Some(rest[i..].to_string())),
+        None => (rest.to_string(), None),
+    };
+    let hp = if hostport.contains(':') {
+        hostport.clone()
+    } else {
+        format!("{hostport}:{}", if tls { 443 } else { 80 })
+    };
+    let mut k = Map::new();
+    k.insert("servers".into(), strings(&[hp]));
+    if tls {
+        k.insert("tls".into(), Value::Boolean(true));
+    }
+    let name = if hostport.starts_with("127.") || hostport.starts_with("localhost") {
+        "app"
+    } else {
+        hostport.split(':').next().unwrap_or("app")
+    };
+    (plan.upstream(name, k), uri)
+}
+
+/// `p` ending in `/`.
+fn with_slash(p: &str) -> String {
+    if p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
+/// A `Redirect`, `RedirectPermanent` or `RedirectMatch` as a redirect route
+/// (the status as its first argument, or by its keyword).
+fn redirect_route(n: &Node) -> Map<String, Value> {
+    let mut args: Vec<&str> = n.args.iter().map(String::as_str).collect();
+    let mut status = if n.name == "RedirectPermanent" {
+        301
+    } else {
+        302
+    };
+    if let Some(first) = args.first() {
+        match *first {
+            "permanent" => {
+                status = 301;
+                args.remove(0);
             }
-            None => {
-                k.insert("protocol".into(), s("static"));
+            "temp" => {
+                status = 302;
+                args.remove(0);
             }
+            "seeother" => {
+                status = 303;
+                args.remove(0);
+            }
+            c if c.parse::<i64>().is_ok() => {
+                status = c.parse().unwrap_or(302);
+                args.remove(0);
+            }
+            _ => {}
         }
-        k.insert("root".into(), s(r));
-        // Apache sends no Cache-Control for a file unless told.
-        k.insert("static_max_age".into(), s("off"));
-        let idx = index.clone().unwrap_or_else(|| vec!["index.html".into()]);
-        k.insert("index".into(), strings(&idx));
-        if !aliases.is_empty() {
-            k.insert("alias".into(), Value::Table(aliases.clone()));
+    }
+    let (from, to) = (
+        args.first().copied().unwrap_or("/"),
+        args.get(1).copied().unwrap_or(""),
+    );
+    let mut r = Map::new();
+    if n.name == "RedirectMatch" {
+        r.insert("path_regex".into(), s(from));
+        r.insert("redirect".into(), s(to));
+    } else if from == "/" {
+        r.insert(
+            "redirect".into(),
+            s(format!("{}{{uri}}", to.trim_end_matches('/'))),
+        );
+    } else {
+        r.insert(
+            "path_regex".into(),
+            s(format!(
+                "^{}(.*)$",
+                regex::escape(from.trim_end_matches('/'))
+            )),
+        );
+        r.insert(
+            "redirect".into(),
+            s(format!("{}$1", to.trim_end_matches('/'))),
+        );
+    }
+    if status != 301 {
+        r.insert("redirect_status".into(), Value::Integer(status));
+    }
+    r
+}
+
+/// The files upstream of a `DocumentRoot`: FastCGI when the virtual host
+/// hands scripts to PHP-FPM, else static.
+fn files_upstream(
+    plan: &mut Plan,
+    root: String,
+    fastcgi: Option<&str>,
+    index: Option<Vec<String>>,
+    aliases: Map<String, Value>,
+) -> String {
+    let mut k = Map::new();
+    match fastcgi {
+        Some(a) => {
+            k.insert("protocol".into(), s("fastcgi"));
+            k.insert("servers".into(), strings(&[a.to_string()]));
         }
-        plan.upstream(if fastcgi.is_some() { "php" } else { "static" }, k)
-    });
+        None => {
+            k.insert("protocol".into(), s("static"));
+        }
+    }
+    k.insert("root".into(), s(root));
+    // Apache sends no Cache-Control for a file unless told.
+    k.insert("static_max_age".into(), s("off"));
+    let idx = index.unwrap_or_else(|| vec!["index.html".into()]);
+    k.insert("index".into(), strings(&idx));
+    if !aliases.is_empty() {
+        k.insert("alias".into(), Value::Table(aliases));
+    }
+    plan.upstream(if fastcgi.is_some() { "php" } else { "static" }, k)
+}
+
+/// What every route of the virtual host carries: its hosts, compression,
+/// the `Header` rules.
+fn route_common(
+    hosts: &[String],
+    compress: bool,
+    headers: Map<String, Value>,
+    remove: Vec<String>,
+) -> Map<String, Value> {
     let mut common = Map::new();
     if !hosts.is_empty() {
-        common.insert("host".into(), strings(&hosts));
+        common.insert("host".into(), strings(hosts));
     }
     if compress {
         common.insert("compress".into(), Value::Boolean(true));
@@ -611,6 +653,17 @@ fn vhost(plan: &mut Plan, v: &Node) {
         }
         common.insert("response_headers".into(), Value::Table(h));
     }
+    common
+}
+
+/// The virtual host's routes in order: redirects and rewrites, the proxied
+/// prefixes (longest first), then the files upstream.
+fn vhost_routes(
+    common: &Map<String, Value>,
+    routes: Vec<Map<String, Value>>,
+    mut proxies: Vec<(String, String, Option<String>)>,
+    main: Option<String>,
+) -> Vec<Map<String, Value>> {
     let mut out = Vec::new();
     for mut r in routes {
         if r.contains_key("rewrite") {
@@ -638,13 +691,7 @@ fn vhost(plan: &mut Plan, v: &Node) {
                         regex::escape(path.trim_end_matches('/'))
                     )),
                 );
-                r.insert(
-                    "rewrite".into(),
-                    s(format!(
-                        "{}$1",
-                        if u.ends_with('/') { u } else { format!("{u}/") }
-                    )),
-                );
+                r.insert("rewrite".into(), s(format!("{}$1", with_slash(&u))));
             }
             None if path != "/" => {
                 r.insert("path".into(), s(path));
@@ -659,9 +706,5 @@ fn vhost(plan: &mut Plan, v: &Node) {
         r.insert("upstream".into(), s(m));
         out.push(r);
     }
-    if hosts.is_empty() {
-        plan.default_routes.extend(out);
-    } else {
-        plan.routes.extend(out);
-    }
+    out
 }
