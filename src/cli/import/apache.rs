@@ -322,64 +322,13 @@ fn vhost(plan: &mut Plan, v: &Node) {
             }
             "RewriteCond" => conds.push(n.clone()),
             "RewriteRule" => {
-                let (pat, to) = (n.arg(0), n.arg(1));
-                let flags = n.arg(2);
-                let https = conds.iter().any(|c| {
-                    c.arg(0) == "%{HTTPS}" && c.arg(1) == "off"
-                        || c.arg(0) == "%{SERVER_PORT}" && c.arg(1) == "80"
-                });
-                if https && to.starts_with("https://") {
-                    plan.server
-                        .insert("redirect_https".into(), Value::Boolean(true));
-                    plan.note(at, &t, Verdict::Mapped, "server.redirect_https");
-                } else if !conds.is_empty() {
-                    plan.note(at, &t, Verdict::NotMapped, "a rule under RewriteCond: baton has no conditions; a front controller is the FastCGI upstream's try_files");
-                } else {
-                    let mut r = Map::new();
-                    let re = if pat.starts_with('^') && !pat.starts_with("^/") {
-                        format!("^/{}", &pat[1..])
-                    } else {
-                        pat.to_string()
-                    };
-                    r.insert("path_regex".into(), s(re));
-                    let status = flags
-                        .split([',', '[', ']'])
-                        .find_map(|f| f.strip_prefix("R="))
-                        .and_then(|c| c.parse::<i64>().ok());
-                    let redirect = flags.contains("R")
-                        && flags
-                            .split([',', '[', ']'])
-                            .any(|f| f == "R" || f.starts_with("R="));
-                    match redirect_template(to, hosts.first().map(String::as_str)) {
-                        Some(tpl) if redirect || to.starts_with("http") => {
-                            r.insert("redirect".into(), s(tpl));
-                            r.insert(
-                                "redirect_status".into(),
-                                Value::Integer(status.unwrap_or(302)),
-                            );
-                            routes.push(r);
-                            plan.note(at, &t, Verdict::Mapped, "a redirect route with path_regex");
-                        }
-                        Some(tpl) => {
-                            r.insert(
-                                "rewrite".into(),
-                                s(if tpl.starts_with('/') {
-                                    tpl
-                                } else {
-                                    format!("/{tpl}")
-                                }),
-                            );
-                            routes.push(r);
-                            plan.note(at, &t, Verdict::Approximated, "a route with path_regex and rewrite to the virtual host's main upstream");
-                        }
-                        None => plan.note(
-                            at,
-                            &t,
-                            Verdict::NotMapped,
-                            "the substitution uses a variable baton has no placeholder for",
-                        ),
-                    }
-                }
+                rewrite_rule(
+                    plan,
+                    n,
+                    &conds,
+                    hosts.first().map(String::as_str),
+                    &mut routes,
+                );
                 conds.clear();
             }
             "Header" => {
@@ -533,6 +482,82 @@ fn with_slash(p: &str) -> String {
         p.to_string()
     } else {
         format!("{p}/")
+    }
+}
+
+/// A `RewriteRule` under the `RewriteCond`s before it: `server.redirect_https`
+/// for the usual HTTPS redirect, else (with no conditions) a route with
+/// `path_regex` that redirects or rewrites, pushed on `routes`.
+fn rewrite_rule(
+    plan: &mut Plan,
+    n: &Node,
+    conds: &[Node],
+    host: Option<&str>,
+    routes: &mut Vec<Map<String, Value>>,
+) {
+    let (at, t) = (&n.at, n.text());
+    let (pat, to) = (n.arg(0), n.arg(1));
+    let flags = n.arg(2);
+    let https = conds.iter().any(|c| {
+        c.arg(0) == "%{HTTPS}" && c.arg(1) == "off"
+            || c.arg(0) == "%{SERVER_PORT}" && c.arg(1) == "80"
+    });
+    if https && to.starts_with("https://") {
+        plan.server
+            .insert("redirect_https".into(), Value::Boolean(true));
+        plan.note(at, &t, Verdict::Mapped, "server.redirect_https");
+    } else if !conds.is_empty() {
+        plan.note(at, &t, Verdict::NotMapped, "a rule under RewriteCond: baton has no conditions; a front controller is the FastCGI upstream's try_files");
+    } else {
+        let mut r = Map::new();
+        let re = if pat.starts_with('^') && !pat.starts_with("^/") {
+            format!("^/{}", &pat[1..])
+        } else {
+            pat.to_string()
+        };
+        r.insert("path_regex".into(), s(re));
+        let status = flags
+            .split([',', '[', ']'])
+            .find_map(|f| f.strip_prefix("R="))
+            .and_then(|c| c.parse::<i64>().ok());
+        let redirect = flags.contains("R")
+            && flags
+                .split([',', '[', ']'])
+                .any(|f| f == "R" || f.starts_with("R="));
+        match redirect_template(to, host) {
+            Some(tpl) if redirect || to.starts_with("http") => {
+                r.insert("redirect".into(), s(tpl));
+                r.insert(
+                    "redirect_status".into(),
+                    Value::Integer(status.unwrap_or(302)),
+                );
+                routes.push(r);
+                plan.note(at, &t, Verdict::Mapped, "a redirect route with path_regex");
+            }
+            Some(tpl) => {
+                r.insert(
+                    "rewrite".into(),
+                    s(if tpl.starts_with('/') {
+                        tpl
+                    } else {
+                        format!("/{tpl}")
+                    }),
+                );
+                routes.push(r);
+                plan.note(
+                    at,
+                    &t,
+                    Verdict::Approximated,
+                    "a route with path_regex and rewrite to the virtual host's main upstream",
+                );
+            }
+            None => plan.note(
+                at,
+                &t,
+                Verdict::NotMapped,
+                "the substitution uses a variable baton has no placeholder for",
+            ),
+        }
     }
 }
 
