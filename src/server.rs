@@ -10,6 +10,7 @@ mod admin;
 mod conn;
 mod dashboard;
 mod h1;
+mod park;
 
 #[doc(hidden)]
 pub use h1::fuzz_request;
@@ -344,10 +345,12 @@ impl Conns {
     }
 
     /// Out of descriptors: asks up to [`SHED_AT_ONCE`] connections with no
-    /// request in flight (oldest first) to close, and warns at most once a
+    /// request in flight (oldest first) to close, counting the `parked`
+    /// ones the park closed first, and warns at most once a
     /// second. Returns how many were asked.
-    fn shed(&mut self, e: &std::io::Error) -> usize {
-        let mut shed = 0;
+    fn shed(&mut self, e: &std::io::Error, parked: usize) -> usize {
+        // `parked` were closed in the park already (idle, oldest first).
+        let mut shed = parked;
         for w in &self.all {
             if shed == SHED_AT_ONCE {
                 break;
@@ -428,15 +431,34 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut conns = Conns::new();
+    // Idle HTTP/1.1 connections of a plain listener are parked without a
+    // task (server/park.rs).
+    let (mut park, door) = match tls {
+        true => (None, None),
+        false => {
+            match park::Park::new(limits.idle_timeout, gw.metrics.connections_parked.clone()) {
+                Ok((p, d)) => (Some(p), Some(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "idle connections will keep their tasks: no epoll instance for the park");
+                    (None, None)
+                }
+            }
+        }
+    };
     loop {
         tokio::select! {
+            p = woken(&mut park) => {
+                let door = door.clone().expect("a park has a door");
+                tokio::spawn(resume(p, gw.clone(), local, limits.max_request_header_bytes, deadlines, door));
+            }
             r = l.accept() => {
                 let (s, peer) = match r {
                     Ok(x) => x,
                     Err(e) if out_of_descriptors(&e) => {
                         // Keep serving: idle connections make room (their
                         // tasks close them), else back off.
-                        let pause = if conns.shed(&e) > 0 { 5 } else { 50 };
+                        let parked = park.as_mut().map_or(0, |p| p.shed(SHED_AT_ONCE));
+                        let pause = if conns.shed(&e, parked) > 0 { 5 } else { 50 };
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                         continue;
                     }
@@ -461,6 +483,7 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
                     Opening {
                         tls: tls.then_some(handshake_timeout),
                         proxy_protocol: limits.proxy_protocol,
+                        door: door.clone(),
                     },
                     peer,
                     local,
@@ -477,8 +500,76 @@ async fn accept_loop(l: TcpListener, tls: bool, gw: Arc<Gateway>, mut stop: watc
         }
     }
     drop(l);
+    // Parked connections are idle: closed at once.
+    drop(park);
     conns.close_all();
     conns.drain().await;
+}
+
+/// The next parked connection whose client sent something, if the
+/// listener parks.
+async fn woken(park: &mut Option<park::Park>) -> park::Parked {
+    match park {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A parked connection whose client sent something, served again in
+/// its own task.
+#[allow(clippy::manual_async_fn)] // the task's size: see serve_connection
+fn resume(
+    p: park::Parked,
+    gw: Arc<Gateway>,
+    local: SocketAddr,
+    max_head: usize,
+    deadlines: conn::Deadlines,
+    door: park::Door,
+) -> impl Future<Output = ()> {
+    async move {
+        let Ok(tcp) = tokio::net::TcpStream::from_std(p.tcp) else {
+            return;
+        };
+        let io = conn::Guarded::resumed(
+            conn::Stream::Plain(tcp),
+            p.shared.clone(),
+            deadlines,
+            p.idle_since,
+        );
+        let site = h1::Site {
+            gw,
+            peer: p.peer,
+            local,
+            https: false,
+            max_head,
+            parks: true,
+        };
+        if let h1::Served::Idle(tcp, since, peer) =
+            h1::serve(h1::Conn::new(io), site, p.shared.clone()).await
+        {
+            park_idle((tcp, since, peer), p.shared, p.count, Some(door));
+        }
+    }
+}
+
+/// Gives an idle HTTP/1.1 connection to the park (`door`: server/park.rs).
+fn park_idle(
+    (tcp, idle_since, peer): (std::net::TcpStream, tokio::time::Instant, SocketAddr),
+    shared: Arc<conn::Shared>,
+    count: ConnCount,
+    door: Option<park::Door>,
+) {
+    if let Some(door) = door {
+        // A park that is gone (the gateway stopping) drops it: closed, as
+        // an idle connection then is.
+        let _ = door.send(park::Parked {
+            tcp,
+            peer,
+            idle_since,
+            shared,
+            count,
+        });
+    }
 }
 
 /// An HTTP/2 PING after this long without frames from the client...
@@ -557,14 +648,18 @@ fn serve_connection(
         let io = conn::Guarded::new(s, shared.clone(), deadlines, h2);
         if !h2 {
             let site = h1::Site {
-                gw: gw.clone(),
+                gw,
                 peer,
                 local,
                 https,
                 max_head,
+                parks: opening.door.is_some(),
             };
-            h1::serve(h1::Conn::new(io), site, shared.clone()).await;
-            ended(&gw, peer, &shared, Ok(()));
+            if let h1::Served::Idle(tcp, since, peer) =
+                h1::serve(h1::Conn::new(io), site, shared.clone()).await
+            {
+                park_idle((tcp, since, peer), shared, count, opening.door);
+            }
             return;
         }
         let site = (peer, local, https);
@@ -746,12 +841,13 @@ async fn h2_preface(
 }
 
 /// How a listener's connections begin.
-#[derive(Clone, Copy)]
 struct Opening {
     /// An HTTPS listener: the handshake's deadline.
     tls: Option<Duration>,
     /// A PROXY protocol header comes first (`server.proxy_protocol`).
     proxy_protocol: bool,
+    /// Where an idle HTTP/1.1 connection is parked (plain listeners).
+    door: Option<park::Door>,
 }
 
 /// Reads a PROXY protocol header (v1 text or v2 binary, HAProxy's

@@ -1,7 +1,8 @@
 //! Every phase of a client connection has a deadline: the head, keep-alive
 //! and HTTP/2 idle time (a preface and SETTINGS only, a header block never
 //! ended), a stalled body, a client that stops reading; silent connections
-//! and a descriptor shortage do not lock a normal client out.
+//! and a descriptor shortage do not lock a normal client out; an idle
+//! HTTP/1.1 connection parked without a task keeps every one of those.
 
 use std::time::{Duration, Instant};
 
@@ -285,6 +286,17 @@ async fn two_thousand_silent_connections_do_not_lock_out_a_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn out_of_descriptors_idle_connections_make_room() {
+    idle_connections_make_room(Duration::from_millis(300)).await;
+}
+
+/// The same with the idle connections parked (idle for over a second):
+/// the park closes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_descriptors_parked_connections_make_room() {
+    idle_connections_make_room(Duration::from_millis(1600)).await;
+}
+
+async fn idle_connections_make_room(idle_for: Duration) {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let errors = dir.path().join("errors.log");
@@ -322,7 +334,7 @@ async fn out_of_descriptors_idle_connections_make_room() {
             .unwrap();
         idle.push(c);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(idle_for).await;
     // A new client is served: idle connections were closed to make room.
     for _ in 0..5 {
         let r = tokio::time::timeout(Duration::from_secs(3), send(addr, get("/")))
@@ -336,4 +348,125 @@ async fn out_of_descriptors_idle_connections_make_room() {
     assert!((1..=3).contains(&warnings), "{warnings} warnings: {log}");
     assert!(log.contains(r#""limit":128"#), "{log}");
     drop(idle);
+}
+
+/// `baton_connections_parked`'s value.
+async fn parked(gw: &Gw) -> u64 {
+    let m = gw.metrics().await;
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("baton_connections_parked "))
+        .unwrap_or_else(|| panic!("no baton_connections_parked in {m}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Sends one request on `c` and reads its whole response (`fine`).
+async fn one_request(c: &mut TcpStream) -> String {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"fine") {
+        let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
+            .await
+            .expect("a response within 3 s")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_parked_and_served_again() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        assert!(one_request(&mut c).await.starts_with("HTTP/1.1 200 "));
+        conns.push(c);
+    }
+    let t0 = Instant::now();
+    // Busy connections are not parked; idle ones are, after a second.
+    assert_eq!(parked(&gw).await, 0);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(parked(&gw).await, 10);
+
+    // A client that closes a parked connection: it is gone from the park.
+    drop(conns.remove(9));
+    // One that sends part of a head: woken, and the head's deadline runs.
+    let begun = Instant::now();
+    conns[8]
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(parked(&gw).await, 8);
+
+    // A parked connection's next request is served on it, in a task again.
+    for c in &mut conns[..4] {
+        let r = one_request(c).await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    }
+    assert_eq!(parked(&gw).await, 4);
+
+    // The head begun on a parked connection: 408 at header_read_timeout.
+    let (out, _) = until_closed(&mut conns[8]).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    about_one_second(begun.elapsed(), "a head begun on a parked connection");
+
+    // The rest stay parked until idle_timeout (3 s) from their last
+    // request, then are closed without a word, as a task would close them.
+    let (out, _) = until_closed(&mut conns[7]).await;
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    let at = t0.elapsed();
+    assert!(
+        at >= Duration::from_millis(2800) && at < Duration::from_millis(3800),
+        "closed {at:?} after its request"
+    );
+    // The four served again (at 1.6 s) parked again, and close at their
+    // own deadline.
+    let (out, _) = until_closed(&mut conns[0]).await;
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    let at = t0.elapsed();
+    assert!(
+        at >= Duration::from_millis(4400) && at < Duration::from_millis(5500),
+        "closed {at:?} after its first request"
+    );
+    for c in &mut conns[1..] {
+        let (out, _) = until_closed(c).await;
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    }
+    assert_eq!(parked(&gw).await, 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_gateway_closes_parked_connections_at_once() {
+    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
+    let gw = Gw::start(&format!(
+        "[server]\nidle_timeout = \"60s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        o.addr
+    ))
+    .await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(one_request(&mut c).await.starts_with("HTTP/1.1 200 "));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(parked(&gw).await, 1);
+    let start = Instant::now();
+    gw.stop().await;
+    let (out, _) = until_closed(&mut c).await;
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
 }

@@ -120,6 +120,9 @@ pub struct Metrics {
     /// The adaptive concurrency limit of each upstream that has one.
     pub concurrency_limit: Family<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>,
     pub connections_refused: Counter,
+    /// Idle HTTP/1.1 client connections parked without a task
+    /// (server/park.rs).
+    pub connections_parked: prometheus_client::metrics::gauge::Gauge,
     /// Client TLS handshakes that failed, by reason.
     pub tls_handshake_failures: Family<TlsFailureLabels, Counter>,
     /// Each served certificate's notAfter (Unix seconds), by name.
@@ -163,6 +166,7 @@ impl Metrics {
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
         let connections_refused = Counter::default();
+        let connections_parked = prometheus_client::metrics::gauge::Gauge::default();
         let backend_state =
             Family::<BackendLabels, prometheus_client::metrics::gauge::Gauge>::default();
         let backend_restarts = Family::<UpstreamLabels, Counter>::default();
@@ -187,6 +191,11 @@ impl Metrics {
             "connections_refused",
             "Client connections closed at once because max_connections was reached",
             connections_refused.clone(),
+        );
+        registry.register(
+            "connections_parked",
+            "Idle HTTP/1.1 client connections parked without a task (after 1 s with no request)",
+            connections_parked.clone(),
         );
         registry.register(
             "upstream_health_transitions",
@@ -272,6 +281,7 @@ impl Metrics {
             concurrency_limit,
             dns_stale,
             connections_refused,
+            connections_parked,
             tls_handshake_failures,
             certificate_expiry,
             health,

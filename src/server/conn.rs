@@ -208,6 +208,9 @@ enum Wait {
     /// Responses wait for the client to take a frame, and none has been
     /// taken since (HTTP/2 flow control the client keeps shut).
     Stalled,
+    /// A request, on an HTTP/1.1 connection that may be parked
+    /// ([`Guarded::allow_park`]) once idle for [`super::park::PARK_AFTER`].
+    Park,
 }
 
 /// The answer to a head baton will not read, or that did not arrive in
@@ -257,6 +260,15 @@ pub struct Guarded {
     timer: Option<Pin<Box<Sleep>>>,
     /// A deadline fired and the close was asked for.
     closing: bool,
+    /// The wait for the next request may end in parking
+    /// ([`Guarded::allow_park`]).
+    parkable: bool,
+    /// It did: the read ended for the connection to be parked.
+    parking: bool,
+    /// Served again from the park, and nothing read yet: not parked
+    /// again before it reads (its first wait is for the readiness that
+    /// woke it, which the runtime has yet to learn of).
+    resumed: bool,
 }
 
 impl Guarded {
@@ -272,6 +284,48 @@ impl Guarded {
             moved: (0, Instant::now()),
             timer: None,
             closing: false,
+            parkable: false,
+            parking: false,
+            resumed: false,
+        }
+    }
+
+    /// A parked connection served again: its idle time goes on from
+    /// `idle_since` (the idle deadline does not start over).
+    pub fn resumed(
+        io: Stream,
+        shared: Arc<Shared>,
+        limits: Deadlines,
+        idle_since: Instant,
+    ) -> Self {
+        let started = shared.started.load(Ordering::Relaxed);
+        let mut g = Guarded::new(io, shared, limits, false);
+        g.idle = (started, idle_since);
+        g.resumed = true;
+        g
+    }
+
+    /// Whether the wait for the next request (HTTP/1.1, nothing of it read
+    /// yet) may end after [`super::park::PARK_AFTER`] of idleness with the
+    /// read returning no bytes and [`Guarded::park`] giving the socket to
+    /// the park. Plain TCP only: a TLS connection's state stays in its
+    /// task. Any bytes read end the permission.
+    pub fn allow_park(&mut self, yes: bool) {
+        self.parkable = yes && !self.h2 && !self.resumed && matches!(self.io, Stream::Plain(_));
+    }
+
+    /// Whether the last read ended for the connection to be parked.
+    pub fn parking(&self) -> bool {
+        self.parking
+    }
+
+    /// The socket, taken off the runtime to be parked, and since when the
+    /// connection is idle (`None`: the runtime would not let it go, and
+    /// the connection is closed).
+    pub fn park(self) -> Option<(std::net::TcpStream, Instant)> {
+        match self.io {
+            Stream::Plain(tcp) => tcp.into_std().ok().map(|t| (t, self.idle.1)),
+            Stream::Tls(..) => None,
         }
     }
 
@@ -296,6 +350,9 @@ impl Guarded {
         }
         match self.head {
             Some((g, t)) if g == started => (Wait::Head, t + self.limits.header),
+            _ if self.parkable && super::park::PARK_AFTER < self.limits.idle => {
+                (Wait::Park, self.idle.1 + super::park::PARK_AFTER)
+            }
             _ => (Wait::Idle, self.idle.1 + self.limits.idle),
         }
     }
@@ -342,6 +399,12 @@ impl Guarded {
                         io::ErrorKind::TimedOut,
                         "request head not complete within header_read_timeout",
                     )))
+                }
+                Wait::Park => {
+                    // The end of this task's reading: the connection waits
+                    // on in the park, without a task (server/park.rs).
+                    self.parking = true;
+                    Poll::Ready(Ok(()))
                 }
                 Wait::Stalled => {
                     // The client keeps its window shut: GOAWAY, then the
@@ -423,6 +486,8 @@ impl AsyncRead for Guarded {
             Poll::Pending => this.poll_read_deadline(cx),
             Poll::Ready(Ok(())) => {
                 if !this.h2 && buf.filled().len() > before {
+                    this.parkable = false;
+                    this.resumed = false;
                     // The first bytes of a head start its deadline.
                     let started = this.shared.started.load(Ordering::Relaxed);
                     if this.head.is_none_or(|(g, _)| g != started)

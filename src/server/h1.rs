@@ -69,25 +69,37 @@ pub(super) struct Site {
     pub local: SocketAddr,
     pub https: bool,
     pub max_head: usize,
+    /// An idle connection may be parked (server/park.rs).
+    pub parks: bool,
 }
 
-/// Serves HTTP/1.1 on `io` until the client closes, a deadline passes, a
+/// How [`serve`] ended.
+pub(super) enum Served {
+    /// The connection is over (and how, logged).
+    Closed,
+    /// It was idle for `park::PARK_AFTER`: its socket, taken off the
+    /// runtime to be parked, since when it is idle, and the client.
+    Idle(std::net::TcpStream, tokio::time::Instant, SocketAddr),
+}
+
+/// Serves HTTP/1.1 on `c` until the client closes, a deadline passes, a
 /// response must end the connection, or a close is asked for
 /// (`Shared::close`: a deadline, a shortage of descriptors, the gateway
-/// stopping), which is heeded between requests.
+/// stopping), which is heeded between requests; or, where `site.parks`,
+/// until it was idle for `park::PARK_AFTER` ([`Served::Idle`]).
 ///
 /// A function returning an `async move` block, not an `async fn`: an
 /// `async fn` copies its arguments into locals and keeps both in the task
 /// (the connection, ~290 bytes, twice in every idle connection's task);
 /// a block's captures are used in place.
 #[allow(clippy::manual_async_fn)] // the task's size: see the comment
-pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future<Output = ()> {
+pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future<Output = Served> {
     async move {
         // Asked to close (a deadline, a shortage of descriptors, the gateway
         // stopping): heeded between requests.
         let closer = shared.close.notified();
         tokio::pin!(closer);
-        loop {
+        let served = 'conn: loop {
             // The head is parsed between waits, never across one: a head held
             // over an `await` (as a wait's result) would take its ~300 bytes,
             // twice or more, in every idle connection's task.
@@ -102,15 +114,24 @@ pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future
                 if let Some(cause) = refused {
                     proxy::client_fault(&site.gw, site.peer, cause);
                     Box::pin(c.end(Next::Refuse(cause))).await;
-                    return;
+                    break 'conn Served::Closed;
                 }
+                // Nothing of the next request yet: the wait may end in
+                // parking.
+                c.io.allow_park(site.parks && c.rbuf.is_empty());
                 let more = tokio::select! {
                     biased;
                     more = c.read_more() => more,
-                    _ = &mut closer => return,
+                    _ = &mut closer => break 'conn Served::Closed,
                 };
                 if !more {
-                    return;
+                    if c.io.parking() {
+                        return match c.io.park() {
+                            Some((tcp, since)) => Served::Idle(tcp, since, site.peer),
+                            None => Served::Closed,
+                        };
+                    }
+                    break 'conn Served::Closed;
                 }
             };
             // One request, in one allocation: the proxy's future and the
@@ -135,8 +156,10 @@ pub(super) fn serve(mut c: Conn, site: Site, shared: Arc<Shared>) -> impl Future
             // The end of the connection (boxed too: rare, and its timers
             // would size every connection's task).
             Box::pin(c.end(next)).await;
-            return;
-        }
+            break 'conn Served::Closed;
+        };
+        super::ended(&site.gw, site.peer, &shared, Ok(()));
+        served
     }
 }
 
