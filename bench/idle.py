@@ -5,16 +5,18 @@ Usage: python3 bench/idle.py PORT PIDS MODE N
   MODE h1:        one HTTP/1.1 request, answered, then the connection idles
   MODE h2:        HTTP/2 preface, SETTINGS, one request answered, then idle
   MODE slowloris: part of an HTTP/1.1 head, then nothing
+  MODE https:     TLS 1.3, one HTTP/1.1 request answered, then idle
   PIDS: comma-separated pids whose RSS is summed (nginx: master and worker)
 Prints one line: mode, connections held, KB of RSS per connection, and
 the latency (p50, p99 ms) and successes of 200 requests made meanwhile on
-the same port (fresh connections, HTTP/1.1; for h2, on the h1 port given
-as H1PORT in the environment).
+the same port (fresh connections, HTTP/1.1; for h2 and https, on the h1
+port given as H1PORT in the environment).
 """
 
 import asyncio
 import os
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -36,8 +38,8 @@ def rss_kb(pids):
     return total
 
 
-async def h1(port):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+async def h1(port, tls=None):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     w.write(b"GET / HTTP/1.1\r\nHost: b\r\n\r\n")
     await w.drain()
     got = b""
@@ -47,6 +49,16 @@ async def h1(port):
             raise ConnectionError("closed")
         got += chunk
     return w
+
+
+# One context for every connection (each would load the CA store).
+TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+TLS.check_hostname = False
+TLS.verify_mode = ssl.CERT_NONE
+
+
+async def https(port):
+    return await h1(port, TLS)
 
 
 async def h2(port):
@@ -105,7 +117,7 @@ def one_request(port):
 
 async def main():
     port, pids, mode, n = int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4])
-    open_one = {"h1": h1, "h2": h2, "slowloris": slowloris}[mode]
+    open_one = {"h1": h1, "h2": h2, "slowloris": slowloris, "https": https}[mode]
     before = rss_kb(pids)
     held = []
     for i in range(0, n, 500):
