@@ -378,20 +378,24 @@ async fn one_request(c: &mut TcpStream) -> String {
     String::from_utf8(got).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn idle_keep_alive_connections_are_parked_and_served_again() {
+/// A gateway with `server` as its `[server]` section, and `n` keep-alive
+/// connections that made one request each (answered `fine`).
+async fn idle_clients(server: &str, n: usize) -> (Origin, Gw, Vec<TcpStream>) {
     let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
+    let gw = Gw::start(&format!("[server]\n{server}{}", one_route(o.addr))).await;
     let mut conns = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..n {
         let mut c = TcpStream::connect(gw.addr).await.unwrap();
         assert!(one_request(&mut c).await.starts_with("HTTP/1.1 200 "));
         conns.push(c);
     }
+    (o, gw, conns)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_parked_and_served_again() {
+    let (_o, gw, mut conns) =
+        idle_clients("header_read_timeout = \"1s\"\nidle_timeout = \"3s\"\n", 10).await;
     let t0 = Instant::now();
     // Busy connections are not parked; idle ones are, after a second.
     assert_eq!(parked(&gw).await, 0);
@@ -410,10 +414,27 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
     assert_eq!(parked(&gw).await, 8);
 
     // A parked connection's next request is served on it, in a task again.
-    for c in &mut conns[..4] {
+    for c in &mut conns[..3] {
         let r = one_request(c).await;
         assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
     }
+    // Two pipelined in one write: both answered, in order.
+    conns[3]
+        .write_all(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(4).filter(|w| w == b"fine").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(3), conns[3].read(&mut buf))
+            .await
+            .expect("both responses within 3 s")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    assert_eq!(got.matches("HTTP/1.1 200 ").count(), 2, "{got}");
     assert_eq!(parked(&gw).await, 4);
 
     // The head begun on a parked connection: 408 at header_read_timeout.
@@ -450,19 +471,13 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_gateway_closes_parked_connections_at_once() {
-    let o = Origin::start(Script::Ok("fine".into())).await.unwrap();
-    let gw = Gw::start(&format!(
-        "[server]\nidle_timeout = \"60s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
-        o.addr
-    ))
-    .await;
-    let mut c = TcpStream::connect(gw.addr).await.unwrap();
-    assert!(one_request(&mut c).await.starts_with("HTTP/1.1 200 "));
+    let (_o, gw, mut conns) = idle_clients("idle_timeout = \"60s\"\n", 1).await;
+    let c = &mut conns[0];
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(parked(&gw).await, 1);
     let start = Instant::now();
     gw.stop().await;
-    let (out, _) = until_closed(&mut c).await;
+    let (out, _) = until_closed(c).await;
     assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
     assert!(
         start.elapsed() < Duration::from_secs(1),
