@@ -485,3 +485,20 @@ async fn a_stopping_gateway_closes_parked_connections_at_once() {
         start.elapsed()
     );
 }
+
+/// The allocator commits memory on demand, so what idle connections free
+/// leaves the process (`src/main.rs` sets mimalloc's option by its index,
+/// which an upgrade of mimalloc could move: this names it).
+#[test]
+fn the_allocator_commits_memory_on_demand() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("--version")
+        .env("MIMALLOC_VERBOSE", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("option 'arena_eager_commit': 0"),
+        "mimalloc's options: {said}"
+    );
+}
