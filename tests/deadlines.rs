@@ -360,6 +360,14 @@ async fn parked(gw: &Gw) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// Waits until the gateway closes `c` without sending anything: when,
+/// counted from `t0`.
+async fn closed_silently(c: &mut TcpStream, t0: Instant) -> Duration {
+    let (out, _) = until_closed(c).await;
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    t0.elapsed()
+}
+
 /// Sends one request on `c` and reads its whole response (`fine`).
 async fn one_request(c: &mut TcpStream) -> String {
     c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -445,25 +453,20 @@ async fn idle_keep_alive_connections_are_parked_and_served_again() {
 
     // The rest stay parked until idle_timeout (3 s) from their last
     // request, then are closed without a word, as a task would close them.
-    let (out, _) = until_closed(&mut conns[7]).await;
-    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
-    let at = t0.elapsed();
+    let at = closed_silently(&mut conns[7], t0).await;
     assert!(
         at >= Duration::from_millis(2800) && at < Duration::from_millis(3800),
         "closed {at:?} after its request"
     );
     // The four served again (at 1.6 s) parked again, and close at their
     // own deadline.
-    let (out, _) = until_closed(&mut conns[0]).await;
-    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
-    let at = t0.elapsed();
+    let at = closed_silently(&mut conns[0], t0).await;
     assert!(
         at >= Duration::from_millis(4400) && at < Duration::from_millis(5500),
         "closed {at:?} after its first request"
     );
     for c in &mut conns[1..] {
-        let (out, _) = until_closed(c).await;
-        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+        closed_silently(c, t0).await;
     }
     assert_eq!(parked(&gw).await, 0);
     gw.stop().await;
@@ -477,13 +480,8 @@ async fn a_stopping_gateway_closes_parked_connections_at_once() {
     assert_eq!(parked(&gw).await, 1);
     let start = Instant::now();
     gw.stop().await;
-    let (out, _) = until_closed(c).await;
-    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
+    let at = closed_silently(c, start).await;
+    assert!(at < Duration::from_secs(1), "{at:?}");
 }
 
 /// The allocator commits memory on demand, so what idle connections free

@@ -137,11 +137,20 @@ impl Park {
                     // Idle for idle_timeout: closed quietly, as a task
                     // would have (dropping the socket closes it, which
                     // also takes it out of the epoll set).
-                    self.parked.remove(key);
-                    self.gauge.dec();
+                    self.take(key);
                 }
             }
         }
+    }
+
+    /// Takes a connection out of the slab (its expiry is the caller's to
+    /// remove).
+    fn take(&mut self, key: usize) -> Option<(Parked, delay_queue::Key)> {
+        let taken = self.parked.try_remove(key);
+        if taken.is_some() {
+            self.gauge.dec();
+        }
+        taken
     }
 
     fn park(&mut self, p: Parked) {
@@ -171,12 +180,11 @@ impl Park {
             };
             for ev in &events[..n] {
                 let key = ev.data() as usize;
-                let Some((p, timer)) = self.parked.try_remove(key) else {
+                let Some((p, timer)) = self.take(key) else {
                     continue;
                 };
                 self.expiry.remove(&timer);
                 let _ = self.epoll.get_ref().0.delete(p.tcp.as_fd());
-                self.gauge.dec();
                 self.woken.push(p);
             }
             if n < events.len() {
@@ -194,8 +202,7 @@ impl Park {
                 break;
             };
             let key = self.expiry.remove(&timer).into_inner();
-            self.parked.remove(key);
-            self.gauge.dec();
+            self.take(key);
             shed += 1;
         }
         shed
