@@ -13,9 +13,10 @@
 //! Why: a task per idle connection costs its future, tokio's task header,
 //! tokio's registration of the socket (256 bytes) and a timer, about
 //! 1.4 KB of live allocations, where nginx keeps ~0.7 KB. A parked one
-//! costs its slab entry and its expiry (about 150 bytes) and the kernel's
-//! epoll entry. Connections busier than one request a second never park,
-//! so a keep-alive request pays nothing for it.
+//! costs its slab entry, its expiry and its shared state (about 250
+//! bytes) and the kernel's epoll entry. Connections busier than one
+//! request a second never park, so a keep-alive request pays nothing for
+//! it.
 //!
 //! Written by hand because tokio gives no way to wait on a socket without
 //! registering it (and a waker) per socket; the park is the one place
