@@ -235,6 +235,21 @@ fn key(k: &str) -> String {
     }
 }
 
+/// The protocol of an upstream that serves a document root: FastCGI at
+/// `fastcgi` when the site hands scripts to PHP-FPM there, else static
+/// files (the keys both importers write).
+pub fn files_protocol(k: &mut Map<String, Value>, fastcgi: Option<&str>) {
+    match fastcgi {
+        Some(a) => {
+            k.insert("protocol".into(), s("fastcgi"));
+            k.insert("servers".into(), strings(&[a.to_string()]));
+        }
+        None => {
+            k.insert("protocol".into(), s("static"));
+        }
+    }
+}
+
 pub fn strings(v: &[String]) -> Value {
     Value::Array(v.iter().cloned().map(Value::String).collect())
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::Value;
 use toml::map::Map;
 
-use super::{At, Plan, Verdict, redirect_template, s, size, strings};
+use super::{At, Plan, Verdict, files_protocol, redirect_template, s, size, strings};
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -633,15 +633,7 @@ fn files_upstream(
     aliases: Map<String, Value>,
 ) -> String {
     let mut k = Map::new();
-    match fastcgi {
-        Some(a) => {
-            k.insert("protocol".into(), s("fastcgi"));
-            k.insert("servers".into(), strings(&[a.to_string()]));
-        }
-        None => {
-            k.insert("protocol".into(), s("static"));
-        }
-    }
+    files_protocol(&mut k, fastcgi);
     k.insert("root".into(), s(root));
     // Apache sends no Cache-Control for a file unless told.
     k.insert("static_max_age".into(), s("off"));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use toml::Value;
 use toml::map::Map;
 
-use super::{At, Plan, Verdict, duration, redirect_template, s, size, strings};
+use super::{At, Plan, Verdict, duration, files_protocol, redirect_template, s, size, strings};
 
 /// One directive, with its block if it has one.
 #[derive(Debug, Clone)]
@@ -1126,22 +1126,16 @@ fn files_upstream(
 ) -> Option<String> {
     let root = inh.root.clone()?;
     let mut k = inh.upstream_keys.clone();
-    match fastcgi {
-        Some(addr) => {
-            k.insert("protocol".into(), s("fastcgi"));
-            k.insert("servers".into(), strings(&[addr.to_string()]));
-        }
-        None => {
-            k.insert("protocol".into(), s("static"));
-            // Timeouts and retries mean nothing without servers.
-            for t in [
-                "read_timeout",
-                "connect_timeout",
-                "write_timeout",
-                "retries",
-            ] {
-                k.remove(t);
-            }
+    files_protocol(&mut k, fastcgi);
+    if fastcgi.is_none() {
+        // Timeouts and retries mean nothing without servers.
+        for t in [
+            "read_timeout",
+            "connect_timeout",
+            "write_timeout",
+            "retries",
+        ] {
+            k.remove(t);
         }
     }
     k.insert("root".into(), s(root));
