@@ -15,6 +15,9 @@
 # (nginx and HAProxy on a second port each; baton serves both on one).
 # Recipe: wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run.
+# Each row also gives the proxy's own CPU a request (user + system time of
+# all its processes from /proc, over the requests of the round): steadier
+# than req/s when the load generator and the backend share the cores.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -105,10 +108,18 @@ for n in $TARGETS; do
     wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
 done
 : > $T/results
+# cpu NAME: CPU ticks (user + system) its processes have used so far.
+cpu() {
+    _p=$(cat $T/$1.pid)
+    for p in $_p $(pgrep -P $_p); do cat /proc/$p/stat; done |
+        awk '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s }'
+}
 r=1
 while [ $r -le $ROUNDS ]; do
     for n in $TARGETS; do
-        echo "${n%%:*} $(bench ${n%%:*} ${n#*:})" >> $T/results
+        _a=$(cpu ${n%%:*})
+        _b=$(bench ${n%%:*} ${n#*:})
+        echo "${n%%:*} $_b $(($(cpu ${n%%:*}) - _a))" >> $T/results
     done
     r=$((r + 1))
 done
@@ -121,39 +132,45 @@ if [ "${H2:-0}" = 1 ]; then
     r=1
     while [ $r -le $ROUNDS ]; do
         for n in nginx:18091 haproxy:18092 baton:18083; do
+            _a=$(cpu ${n%%:*})
             h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
-            echo "${n%%:*} $(h2load_result $T/h2.out)" >> $T/h2results
+            echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu ${n%%:*}) - _a))" >> $T/h2results
         done
         r=$((r + 1))
     done
 fi
-python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" <<'PY'
+python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for name, rps, p50, p99, errs in rows:
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
+secs, tck = float(sys.argv[4]), float(sys.argv[6])
+for name, rps, p50, p99, errs, ticks in rows:
+    # The proxy's own CPU (user + system, all its processes) a request.
+    us = int(ticks) / tck * 1e6 / (float(rps) * secs)
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), us))
 def med(name, i): return st.median(v[i] for v in by[name])
 print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}")
-print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
 for n in by:
     rs = [v[0] for v in by[n]]
     spread = (max(rs) - min(rs)) / st.median(rs) * 100
-    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
+    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f}")
 for peer in ("nginx", "haproxy"):
-    print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x")
+    print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x, CPU a request {med('baton',4)/med(peer,4):.2f}x")
 import os
 h2 = sys.argv[1].replace("results", "h2results")
 if os.path.exists(h2):
     hb = {}
-    for name, rps, ok in (l.split() for l in open(h2)):
-        hb.setdefault(name, []).append((float(rps), int(ok)))
+    for name, rps, ok, ticks in (l.split() for l in open(h2)):
+        us = int(ticks) / tck * 1e6 / max(float(rps) * secs, 1)
+        hb.setdefault(name, []).append((float(rps), int(ok), us))
+    def hmed(n, i): return st.median(v[i] for v in hb[n])
     print(f"HTTP/2 (h2c) h2load -c16 -m16, {sys.argv[3]} rounds")
     for n in hb:
         rs = [v[0] for v in hb[n]]
-        print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])}")
+        print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])} CPU {hmed(n, 2):.1f} us/req")
     for peer in ("nginx", "haproxy"):
-        print(f"baton/{peer} h2c: req/s {st.median(v[0] for v in hb['baton']) / st.median(v[0] for v in hb[peer]):.2f}x")
+        print(f"baton/{peer} h2c: req/s {hmed('baton', 0) / hmed(peer, 0):.2f}x, CPU a request {hmed('baton', 2) / hmed(peer, 2):.2f}x")
 if "baton-obs" in by:
     print(f"baton-obs/baton: req/s {med('baton-obs',0)/med('baton',0):.2f}x, p99 {med('baton-obs',2)/med('baton',2):.2f}x")
 PY

@@ -683,12 +683,13 @@ async fn serve_h2(
         let active = conn::Active::new(&for_svc_shared);
         let gw = for_svc.clone();
         // Boxed: hyper spawns a task a stream, and the stream's future is
-        // otherwise moved whole (~5 KB) into it, and more than once.
-        Box::pin(async move {
+        // otherwise moved whole (~5 KB) into it, and more than once. Made
+        // in its box (allocated first), not on the stack and copied.
+        Box::into_pin(Box::write(Box::new_uninit(), async move {
             let req = req.map(RequestBody::Hyper);
             let resp = proxy::handle(gw, req, peer, local, https).await;
             Ok::<_, Infallible>(resp.map(|b| conn::Tracked::new(b, active)))
-        })
+        }))
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);

@@ -803,3 +803,174 @@ async fn redirect_routes_answer_without_an_upstream() {
         "{e}"
     );
 }
+
+/// HPACK's Huffman code (RFC 7541, Appendix B) for the symbols of
+/// `x-request-id` and of request IDs in hex: (symbol, bits, code).
+const HUFFMAN: &[(u8, u32, u32)] = &[
+    (b'-', 6, 0b010110),
+    (b'0', 5, 0b00000),
+    (b'1', 5, 0b00001),
+    (b'2', 5, 0b00010),
+    (b'3', 6, 0b011001),
+    (b'4', 6, 0b011010),
+    (b'5', 6, 0b011011),
+    (b'6', 6, 0b011100),
+    (b'7', 6, 0b011101),
+    (b'8', 6, 0b011110),
+    (b'9', 6, 0b011111),
+    (b'a', 5, 0b00011),
+    (b'b', 6, 0b100011),
+    (b'c', 5, 0b00100),
+    (b'd', 6, 0b100100),
+    (b'e', 5, 0b00101),
+    (b'f', 6, 0b100101),
+    (b'i', 5, 0b00110),
+    (b'q', 7, 0b1110110),
+    (b'r', 6, 0b101100),
+    (b's', 5, 0b01000),
+    (b't', 5, 0b01001),
+    (b'u', 6, 0b101101),
+    (b'x', 7, 0b1111001),
+];
+
+/// A Huffman-coded string, when all its symbols are in [`HUFFMAN`].
+fn huffman(b: &[u8]) -> Option<Vec<u8>> {
+    let (mut code, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for bit in b
+        .iter()
+        .flat_map(|x| (0..8).rev().map(move |i| (x >> i) & 1))
+    {
+        code = code << 1 | u32::from(bit);
+        bits += 1;
+        if let Some(s) = HUFFMAN.iter().find(|h| h.1 == bits && h.2 == code) {
+            out.push(s.0);
+            (code, bits) = (0, 0);
+        } else if bits > 7 {
+            return None;
+        }
+    }
+    // The rest is padding: fewer than 8 bits, all ones.
+    (code == (1 << bits) - 1).then_some(out)
+}
+
+/// An HPACK integer with a `bits`-bit prefix (RFC 7541 §5.1).
+fn hpack_int(b: &[u8], at: &mut usize, bits: u32) -> usize {
+    let max = (1usize << bits) - 1;
+    let mut v = usize::from(b[*at]) & max;
+    *at += 1;
+    if v == max {
+        let mut shift = 0;
+        loop {
+            let c = b[*at];
+            *at += 1;
+            v += usize::from(c & 0x7f) << shift;
+            shift += 7;
+            if c & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    v
+}
+
+/// An HPACK string literal (§5.2), its Huffman coding undone when
+/// [`huffman`] can.
+fn hpack_str(b: &[u8], at: &mut usize) -> Option<Vec<u8>> {
+    let coded = b[*at] & 0x80 != 0;
+    let len = hpack_int(b, at, 7);
+    let s = &b[*at..*at + len];
+    *at += len;
+    if coded { huffman(s) } else { Some(s.to_vec()) }
+}
+
+/// An HPACK block's representations in order (§6): the kind, and for a
+/// literal its new name (if not indexed) and its value.
+type Field = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>);
+fn hpack_fields(b: &[u8]) -> Vec<Field> {
+    let (mut at, mut fields) = (0, Vec::new());
+    while at < b.len() {
+        let (kind, bits) = match b[at] {
+            f if f & 0x80 != 0 => ("indexed", 7),
+            f if f & 0xc0 == 0x40 => ("incremental indexing", 6),
+            f if f & 0xe0 == 0x20 => ("table size update", 5),
+            f if f & 0xf0 == 0x10 => ("never indexed", 4),
+            _ => ("without indexing", 4),
+        };
+        let index = hpack_int(b, &mut at, bits);
+        if bits >= 5 && kind != "incremental indexing" {
+            fields.push((kind, None, None));
+            continue;
+        }
+        let name = if index == 0 {
+            hpack_str(b, &mut at)
+        } else {
+            None
+        };
+        fields.push((kind, name, hpack_str(b, &mut at)));
+    }
+    fields
+}
+
+#[tokio::test]
+async fn http2_responses_send_the_request_id_never_indexed() {
+    // A request ID is new in every response: in HPACK's dynamic table it
+    // would only push out fields that repeat (and h2's encoder walked the
+    // name's earlier values to insert it each time). Baton's own ID and a
+    // client's go as literals never indexed; nothing else does.
+    let o = Origin::start(Script::Echo).await.unwrap();
+    let gw = Gw::start(&route("app", &[o.addr.to_string()], "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // GET / (static table), :authority "t" without indexing; stream 3
+    // also carries the client's own ID.
+    let get = [0x82, 0x86, 0x84, 0x01, 0x01, b't'];
+    let own = [&get[..], &[0x00, 12], b"x-request-id", &[8], b"0123-abc"].concat();
+    let (settings, headers) = (4, 1);
+    s.write_all(
+        &[
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            &h2_frame(settings, 0, 0, &[]),
+            &h2_frame(headers, 0x5, 1, &get),
+            &h2_frame(headers, 0x5, 3, &own),
+            &h2_frame(headers, 0x5, 5, &get),
+        ]
+        .concat(),
+    )
+    .await
+    .unwrap();
+    let (mut wire, mut buf) = (Vec::new(), [0u8; 16384]);
+    let blocks = loop {
+        let blocks: Vec<(u32, Vec<u8>)> = h2_frames(&wire)
+            .into_iter()
+            .filter(|f| f.0 == headers)
+            .map(|f| (f.2, f.3))
+            .collect();
+        if blocks.len() == 3 {
+            break blocks;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("three responses within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", h2_frames(&wire));
+        wire.extend_from_slice(&buf[..n]);
+    };
+    let mut ids = Vec::new();
+    for (stream, block) in blocks {
+        let fields = hpack_fields(&block);
+        let never: Vec<&Field> = fields.iter().filter(|f| f.0 == "never indexed").collect();
+        assert_eq!(never.len(), 1, "stream {stream}: {fields:?}");
+        assert_eq!(
+            never[0].1.as_deref(),
+            Some(&b"x-request-id"[..]),
+            "{fields:?}"
+        );
+        let id = never[0].2.clone().expect("an ID of hex digits");
+        if stream == 3 {
+            assert_eq!(id, b"0123-abc");
+        } else {
+            assert_eq!(id.len(), 16, "{:?}", String::from_utf8_lossy(&id));
+            ids.push(id);
+        }
+    }
+    assert_ne!(ids[0], ids[1], "each request its own ID");
+}

@@ -149,10 +149,16 @@ impl Ctx {
                 *slot = Some(value);
             }
         }
-        let id = match seen.request_id {
+        let mut id = match seen.request_id {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => gw.next_request_id(),
         };
+        // Unique to this request: in HPACK's dynamic table it would only
+        // churn (h2's encoder walks the name's earlier values, inserts it
+        // and evicts another, each time), so HTTP/2 sends it as a literal
+        // never indexed, as HAProxy sends every field. HTTP/1.1 ignores the
+        // mark.
+        id.set_sensitive(true);
         Ctx {
             id,
             method: req.method().clone(),
