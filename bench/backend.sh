@@ -43,3 +43,12 @@ h2load_result() {
     _ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$1")
     echo "${_rps:-0} ${_ok:-0}"
 }
+
+# cpu_ticks PID: clock ticks of user + system time PID and its children
+# have used so far: a proxy's own CPU, apart from how the shared cores
+# were scheduled. (The fields after the command's name: it may hold a
+# space.)
+cpu_ticks() {
+    for p in $1 $(cat /proc/$1/task/*/children 2>/dev/null); do cat /proc/$p/stat; done |
+        awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
+}

@@ -108,18 +108,12 @@ for n in $TARGETS; do
     wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
 done
 : > $T/results
-# cpu NAME: CPU ticks (user + system) its processes have used so far.
-cpu() {
-    _p=$(cat $T/$1.pid)
-    for p in $_p $(pgrep -P $_p); do cat /proc/$p/stat; done |
-        awk '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s }'
-}
 r=1
 while [ $r -le $ROUNDS ]; do
     for n in $TARGETS; do
-        _a=$(cpu ${n%%:*})
+        _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
         _b=$(bench ${n%%:*} ${n#*:})
-        echo "${n%%:*} $_b $(($(cpu ${n%%:*}) - _a))" >> $T/results
+        echo "${n%%:*} $_b $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/results
     done
     r=$((r + 1))
 done
@@ -132,9 +126,9 @@ if [ "${H2:-0}" = 1 ]; then
     r=1
     while [ $r -le $ROUNDS ]; do
         for n in nginx:18091 haproxy:18092 baton:18083; do
-            _a=$(cpu ${n%%:*})
+            _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
             h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
-            echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu ${n%%:*}) - _a))" >> $T/h2results
+            echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/h2results
         done
         r=$((r + 1))
     done

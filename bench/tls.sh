@@ -68,18 +68,14 @@ sleep 1
 
 TARGETS="nginx:18441 haproxy:18442 baton:18443"
 rps() { sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' "$1"; }
-cpu() { # clock ticks of user + system time of PID and its children
-    for p in $1 $(cat /proc/$1/task/*/children 2>/dev/null); do cut -d' ' -f14,15 /proc/$p/stat; done |
-        awk '{ t += $1 + $2 } END { print t }'
-}
 hs_requests() { sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1"; }
 : > $T/results
 for n in $TARGETS; do
     name=${n%%:*}; port=${n#*:}
     wrk -t2 -c64 -d3s https://127.0.0.1:$port/ >/dev/null 2>&1   # warm-up
-    c0=$(cpu $(cat $T/$name.pid))
+    c0=$(cpu_ticks $(cat $T/$name.pid))
     wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
-    c1=$(cpu $(cat $T/$name.pid))
+    c1=$(cpu_ticks $(cat $T/$name.pid))
     us=$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $(hs_requests $T/hs.out))")
     wrk -t2 -c64 -d${SECS}s https://127.0.0.1:$port/ > $T/h1.out 2>&1
     h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
