@@ -156,8 +156,7 @@ impl Ctx {
         // Unique to this request: in HPACK's dynamic table it would only
         // churn (h2's encoder walks the name's earlier values, inserts it
         // and evicts another, each time), so HTTP/2 sends it as a literal
-        // never indexed, as HAProxy sends every field. HTTP/1.1 ignores the
-        // mark.
+        // never indexed. HTTP/1.1 ignores the mark.
         id.set_sensitive(true);
         Ctx {
             id,
