@@ -1361,6 +1361,50 @@ fn location_aliases(plan: &mut Plan, sorted: &[(u8, usize, &Directive)]) -> Map<
     aliases
 }
 
+/// A server without `listen` listens where nginx's default does: every
+/// address, port 80.
+fn default_listen(plan: &mut Plan, sv: &[Directive]) {
+    if sv.iter().any(|d| d.name == "listen") {
+        return;
+    }
+    let addr = "0.0.0.0:80".to_string();
+    if !plan.listen.contains(&addr) {
+        plan.listen.push(addr);
+    }
+    let at = sv.first().map(|d| d.at.clone()).unwrap_or_default();
+    plan.note(
+        &at,
+        "server { (no listen) }",
+        Verdict::Mapped,
+        "nginx's default listen *:80: server.listen = [\"0.0.0.0:80\"]",
+    );
+}
+
+/// The upstream `location /` proxies to, with its own timeouts, if it
+/// proxies.
+fn root_proxy_upstream(
+    plan: &mut Plan,
+    locations: &[Directive],
+    inh: &Inherited,
+    http: &Http,
+) -> Option<String> {
+    let root_loc = locations.iter().find(|l| l.args == ["/"])?;
+    let pass = root_loc
+        .block
+        .as_deref()?
+        .iter()
+        .find(|d| d.name == "proxy_pass")?;
+    let (addr, tls, _) = pass_target(pass.arg(0));
+    let mut linh = inh.clone();
+    for d in root_loc.block.as_deref().unwrap_or(&[]) {
+        if d.name.ends_with("_timeout") {
+            let mut scratch = Plan::default();
+            common(&mut scratch, d, &mut linh, http, "location");
+        }
+    }
+    Some(proxy_upstream(plan, &addr, tls, &linh, false))
+}
+
 fn server(
     plan: &mut Plan,
     sv: &[Directive],
@@ -1376,20 +1420,7 @@ fn server(
     let mut locations = Vec::new();
     let mut rewrites = Vec::new();
     let mut returns = None;
-    if !sv.iter().any(|d| d.name == "listen") {
-        // nginx's default: every address, port 80.
-        let addr = "0.0.0.0:80".to_string();
-        if !plan.listen.contains(&addr) {
-            plan.listen.push(addr);
-        }
-        let at = sv.first().map(|d| d.at.clone()).unwrap_or_default();
-        plan.note(
-            &at,
-            "server { (no listen) }",
-            Verdict::Mapped,
-            "nginx's default listen *:80: server.listen = [\"0.0.0.0:80\"]",
-        );
-    }
+    default_listen(plan, sv);
     for d in sv {
         match d.name.as_str() {
             "listen" => tls |= listen(plan, d),
@@ -1479,23 +1510,9 @@ fn server(
     };
     // Where a rewritten or refused request goes: the files upstream, or
     // what `location /` proxies to.
-    let fallback = main.clone().or_else(|| {
-        let root_loc = locations.iter().find(|l| l.args == ["/"])?;
-        let pass = root_loc
-            .block
-            .as_deref()?
-            .iter()
-            .find(|d| d.name == "proxy_pass")?;
-        let (addr, tls, _) = pass_target(pass.arg(0));
-        let mut linh = inh.clone();
-        for d in root_loc.block.as_deref().unwrap_or(&[]) {
-            if d.name.ends_with("_timeout") {
-                let mut scratch = Plan::default();
-                common(&mut scratch, d, &mut linh, http, "location");
-            }
-        }
-        Some(proxy_upstream(plan, &addr, tls, &linh, false))
-    });
+    let fallback = main
+        .clone()
+        .or_else(|| root_proxy_upstream(plan, &locations, &inh, http));
     // Server-level rewrites, in order, before any location (as nginx).
     for r in &rewrites {
         let mut route = route_keys(&inh, http);
