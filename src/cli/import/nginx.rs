@@ -1405,6 +1405,36 @@ fn root_proxy_upstream(
     Some(proxy_upstream(plan, &addr, tls, &linh, false))
 }
 
+/// The server's certificate and key, once for all servers naming them.
+fn certificate(plan: &mut Plan, sv: &[Directive], cert: &str, key: &str) {
+    if !plan.certificates.iter().any(|(a, _)| a == cert) {
+        plan.certificates.push((cert.to_string(), key.to_string()));
+    }
+    let at = sv
+        .iter()
+        .find(|d| d.name == "ssl_certificate")
+        .map(|d| d.at.clone())
+        .unwrap_or_default();
+    plan.note(
+        &at,
+        &format!("ssl_certificate {cert}"),
+        Verdict::Mapped,
+        "[[tls.certificates]] (chosen by SNI)",
+    );
+}
+
+/// `return 301 https://$host$request_uri;` (or the same to the server's
+/// own names over HTTPS): all a plain-HTTP server does is send visitors to
+/// HTTPS.
+fn redirects_to_https(r: &Directive, hosts: &[String], https_names: &[String]) -> bool {
+    matches!(r.arg(0), "301" | "302" | "307" | "308")
+        && r.arg(1).starts_with("https://")
+        && (r.arg(1).ends_with("$request_uri") || r.arg(1).ends_with("$uri"))
+        && (hosts.is_empty()
+            || hosts.iter().all(|h| https_names.contains(h))
+            || r.arg(1).contains("$host"))
+}
+
 fn server(
     plan: &mut Plan,
     sv: &[Directive],
@@ -1446,31 +1476,12 @@ fn server(
         }
     }
     if let (Some(c), Some(k)) = (&cert, &key) {
-        if !plan.certificates.iter().any(|(a, _)| a == c) {
-            plan.certificates.push((c.clone(), k.clone()));
-        }
-        let at = sv
-            .iter()
-            .find(|d| d.name == "ssl_certificate")
-            .map(|d| d.at.clone())
-            .unwrap_or_default();
-        plan.note(
-            &at,
-            &format!("ssl_certificate {c}"),
-            Verdict::Mapped,
-            "[[tls.certificates]] (chosen by SNI)",
-        );
+        certificate(plan, sv, c, k);
     }
-    // `return 301 https://$host$request_uri;` on a plain-HTTP server.
     if let Some(r) = &returns
         && !tls
         && locations.is_empty()
-        && matches!(r.arg(0), "301" | "302" | "307" | "308")
-        && r.arg(1).starts_with("https://")
-        && (r.arg(1).ends_with("$request_uri") || r.arg(1).ends_with("$uri"))
-        && (hosts.is_empty()
-            || hosts.iter().all(|h| https_names.contains(h))
-            || r.arg(1).contains("$host"))
+        && redirects_to_https(r, &hosts, https_names)
     {
         plan.server
             .insert("redirect_https".into(), Value::Boolean(true));
