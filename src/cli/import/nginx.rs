@@ -1435,6 +1435,266 @@ fn redirects_to_https(r: &Directive, hosts: &[String], https_names: &[String]) -
             || r.arg(1).contains("$host"))
 }
 
+/// What a server's locations are read against: its inherited settings,
+/// those of `location /`, its names, and the upstreams its files and
+/// rewrites go to.
+struct ServerFacts<'a> {
+    inh: &'a Inherited,
+    root_inh: &'a Inherited,
+    http: &'a Http,
+    hosts: &'a [String],
+    main: &'a Option<String>,
+    fallback: &'a Option<String>,
+    aliases: &'a Map<String, Value>,
+}
+
+/// One location (in nginx's order): its routes go to `out`, except the
+/// route of `location /`, which becomes the server's catch-all.
+fn location(
+    plan: &mut Plan,
+    cx: &ServerFacts,
+    rank: u8,
+    l: &Directive,
+    out: &mut Vec<Map<String, Value>>,
+    catch_all: &mut Option<Map<String, Value>>,
+) {
+    let ServerFacts {
+        inh,
+        root_inh,
+        http,
+        hosts,
+        main,
+        fallback,
+        aliases,
+    } = *cx;
+    let host_key = |r: &mut Map<String, Value>| {
+        if !hosts.is_empty() {
+            r.insert("host".into(), strings(hosts));
+        }
+    };
+    let body = l.block.as_deref().unwrap_or(&[]);
+    let (_, prefix, regex) = location_match(&l.args);
+    let at = &l.at;
+    if rank == 9 {
+        plan.note(
+            at,
+            &l.text(),
+            Verdict::NotMapped,
+            "named and nested locations have no baton equivalent",
+        );
+        return;
+    }
+    if body.iter().any(|d| d.name == "fastcgi_pass") && !body.iter().any(|d| d.name == "proxy_pass")
+    {
+        plan.note(at, &l.text(), Verdict::Mapped, "scripts: the FastCGI upstream runs what exists under the root with the script extension");
+        return;
+    }
+    let mut linh = inh.clone();
+    // nginx: add_header in a location replaces the server's.
+    if body.iter().any(|d| d.name == "add_header") {
+        linh.headers.clear();
+    }
+    let mut target: Option<String> = None;
+    let mut rewrite: Option<String> = None;
+    let mut php = false;
+    let mut loc_returns = None;
+    let mut loc_rewrites = Vec::new();
+    let mut effective = false;
+    for d in body {
+        match d.name.as_str() {
+            "proxy_pass" | "grpc_pass" => {
+                let (addr, tls, uri) = pass_target(d.arg(0));
+                let grpc = d.name == "grpc_pass" || d.arg(0).starts_with("grpc");
+                let addr = addr
+                    .trim_start_matches("grpc://")
+                    .trim_start_matches("grpcs://")
+                    .to_string();
+                target = Some(proxy_upstream(plan, &addr, tls, &linh, grpc));
+                effective = true;
+                match (&uri, &prefix) {
+                    (Some(u), Some(p)) if u != p => {
+                        rewrite = Some(format!("{u}$1"));
+                        plan.note(&d.at, &d.text(), Verdict::Mapped, format!("route {p} to upstream {}, the prefix replaced by {u} (path_regex and rewrite)", target.as_deref().unwrap_or("")));
+                    }
+                    (Some(_), None) if regex.is_some() => {
+                        plan.note(&d.at, &d.text(), Verdict::Approximated, "the URI after the address is dropped: nginx forbids it in a regex location too");
+                    }
+                    _ => plan.note(
+                        &d.at,
+                        &d.text(),
+                        Verdict::Mapped,
+                        format!("route to upstream {}", target.as_deref().unwrap_or("")),
+                    ),
+                }
+            }
+            "fastcgi_pass" => {
+                php = true;
+                effective = true;
+                plan.note(
+                    &d.at,
+                    &d.text(),
+                    Verdict::Mapped,
+                    format!(
+                        "scripts under the root run on the FastCGI upstream {}",
+                        main.as_deref().unwrap_or("php")
+                    ),
+                );
+            }
+            "alias" => {}
+            "return" => loc_returns = Some(d.clone()),
+            "rewrite" => loc_rewrites.push(d.clone()),
+            "location" => plan.note(
+                &d.at,
+                &d.text(),
+                Verdict::NotMapped,
+                "nested locations: write each as its own route",
+            ),
+            "access_log" | "log_not_found" => {
+                let mut scratch = Inherited::default();
+                common(plan, d, &mut scratch, http, "location");
+            }
+            "root" | "index" | "try_files" if l.args == ["/"] => {
+                plan.note(&d.at, &d.text(), Verdict::Mapped, "of the files upstream");
+            }
+            "root" => {
+                effective = true;
+                let mut x = linh.clone();
+                common(plan, d, &mut x, http, "location");
+                linh.root = x.root;
+            }
+            _ => {
+                effective = true;
+                common(plan, d, &mut linh, http, "location");
+            }
+        }
+    }
+    // Hidden files: baton never serves them from a root.
+    if regex.as_deref().is_some_and(|r| r.contains("/\\."))
+        && linh.deny.iter().any(|d| d == "all")
+        && target.is_none()
+    {
+        plan.note(
+            at,
+            &l.text(),
+            Verdict::Mapped,
+            "baton never serves hidden files (.ht*, .git, .env) from a root: 403",
+        );
+        return;
+    }
+    for r in &loc_rewrites {
+        let mut route = route_keys(&linh, http);
+        host_key(&mut route);
+        if rewrite_route(
+            plan,
+            r,
+            &mut route,
+            target.as_deref().or(fallback.as_deref()),
+            hosts.first().map(String::as_str),
+        ) {
+            out.push(route);
+        }
+    }
+    let mut route = route_keys(&linh, http);
+    host_key(&mut route);
+    if let Some(r) = &loc_returns {
+        if let Some(p) = &prefix {
+            route.insert("path".into(), s(p.clone()));
+        }
+        if let Some(re) = &regex {
+            route.insert("path_regex".into(), s(re.clone()));
+        }
+        if return_route(
+            plan,
+            r,
+            &mut route,
+            hosts.first().map(String::as_str),
+            fallback.as_deref(),
+        ) {
+            out.push(route);
+        }
+        return;
+    }
+    if php && target.is_none() {
+        // `location ~ \.php$`: the FastCGI upstream decides per path.
+        return;
+    }
+    let alias_dir = body
+        .iter()
+        .find(|d| d.name == "alias")
+        .and(prefix.as_ref())
+        .and_then(|p| {
+            aliases
+                .get(p)
+                .and_then(Value::as_str)
+                .map(|d| (p.clone(), d.to_string()))
+        });
+    let upstream = match (&target, linh.root != root_inh.root && linh.root.is_some()) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => files_upstream(plan, &linh, None, &Map::new()),
+        (None, false) if main.is_none() && alias_dir.is_some() => {
+            // A directory served beside a proxied app: a static
+            // upstream of its own.
+            let (p, d) = alias_dir.clone().unwrap_or_default();
+            let mut x = linh.clone();
+            x.root = Some(d.trim_end_matches('/').to_string());
+            let mut a = Map::new();
+            a.insert(p, s(d));
+            effective = true;
+            files_upstream(plan, &x, None, &a)
+        }
+        (None, false) => main.clone(),
+    };
+    let Some(upstream) = upstream else {
+        if effective {
+            plan.note(
+                at,
+                &l.text(),
+                Verdict::NotMapped,
+                "the location names no proxy_pass, fastcgi_pass or root to serve from",
+            );
+        }
+        return;
+    };
+    route.insert("upstream".into(), s(upstream));
+    if l.args == ["/"] {
+        *catch_all = Some(route);
+        plan.note(
+            at,
+            &l.text(),
+            Verdict::Mapped,
+            "the server's route for every other path",
+        );
+        return;
+    }
+    // Kept even when it only serves files as the server does: in
+    // nginx it takes its paths from every location after it (a
+    // later regex with `expires` does not apply to them).
+    let why = if !effective && route_keys(&linh, http) == route_keys(inh, http) {
+        "a route of its own, as the server's, so routes after it do not take its paths (nginx's first match)"
+    } else {
+        "a route (in nginx's order: exact, ^~, regex, then longest prefix)"
+    };
+    match (&prefix, &regex, &rewrite) {
+        (Some(p), _, Some(w)) => {
+            let base = p.trim_end_matches('/');
+            route.insert(
+                "path_regex".into(),
+                s(format!("^{}/?(.*)$", regex::escape(base))),
+            );
+            route.insert("rewrite".into(), s(w.replace("//", "/")));
+        }
+        (Some(p), _, None) => {
+            route.insert("path".into(), s(p.clone()));
+        }
+        (None, Some(re), _) => {
+            route.insert("path_regex".into(), s(re.clone()));
+        }
+        _ => {}
+    }
+    plan.note(at, &l.text(), Verdict::Mapped, why);
+    out.push(route);
+}
+
 fn server(
     plan: &mut Plan,
     sv: &[Directive],
@@ -1539,229 +1799,17 @@ fn server(
         }
     }
     let mut catch_all: Option<Map<String, Value>> = None;
+    let cx = ServerFacts {
+        inh: &inh,
+        root_inh: &root_inh,
+        http,
+        hosts: &hosts,
+        main: &main,
+        fallback: &fallback,
+        aliases: &aliases,
+    };
     for (rank, _, l) in &sorted {
-        let body = l.block.as_deref().unwrap_or(&[]);
-        let (_, prefix, regex) = location_match(&l.args);
-        let at = &l.at;
-        if *rank == 9 {
-            plan.note(
-                at,
-                &l.text(),
-                Verdict::NotMapped,
-                "named and nested locations have no baton equivalent",
-            );
-            continue;
-        }
-        if body.iter().any(|d| d.name == "fastcgi_pass")
-            && !body.iter().any(|d| d.name == "proxy_pass")
-        {
-            plan.note(at, &l.text(), Verdict::Mapped, "scripts: the FastCGI upstream runs what exists under the root with the script extension");
-            continue;
-        }
-        let mut linh = inh.clone();
-        // nginx: add_header in a location replaces the server's.
-        if body.iter().any(|d| d.name == "add_header") {
-            linh.headers.clear();
-        }
-        let mut target: Option<String> = None;
-        let mut rewrite: Option<String> = None;
-        let mut php = false;
-        let mut loc_returns = None;
-        let mut loc_rewrites = Vec::new();
-        let mut effective = false;
-        for d in body {
-            match d.name.as_str() {
-                "proxy_pass" | "grpc_pass" => {
-                    let (addr, tls, uri) = pass_target(d.arg(0));
-                    let grpc = d.name == "grpc_pass" || d.arg(0).starts_with("grpc");
-                    let addr = addr
-                        .trim_start_matches("grpc://")
-                        .trim_start_matches("grpcs://")
-                        .to_string();
-                    target = Some(proxy_upstream(plan, &addr, tls, &linh, grpc));
-                    effective = true;
-                    match (&uri, &prefix) {
-                        (Some(u), Some(p)) if u != p => {
-                            rewrite = Some(format!("{u}$1"));
-                            plan.note(&d.at, &d.text(), Verdict::Mapped, format!("route {p} to upstream {}, the prefix replaced by {u} (path_regex and rewrite)", target.as_deref().unwrap_or("")));
-                        }
-                        (Some(_), None) if regex.is_some() => {
-                            plan.note(&d.at, &d.text(), Verdict::Approximated, "the URI after the address is dropped: nginx forbids it in a regex location too");
-                        }
-                        _ => plan.note(
-                            &d.at,
-                            &d.text(),
-                            Verdict::Mapped,
-                            format!("route to upstream {}", target.as_deref().unwrap_or("")),
-                        ),
-                    }
-                }
-                "fastcgi_pass" => {
-                    php = true;
-                    effective = true;
-                    plan.note(
-                        &d.at,
-                        &d.text(),
-                        Verdict::Mapped,
-                        format!(
-                            "scripts under the root run on the FastCGI upstream {}",
-                            main.as_deref().unwrap_or("php")
-                        ),
-                    );
-                }
-                "alias" => {}
-                "return" => loc_returns = Some(d.clone()),
-                "rewrite" => loc_rewrites.push(d.clone()),
-                "location" => plan.note(
-                    &d.at,
-                    &d.text(),
-                    Verdict::NotMapped,
-                    "nested locations: write each as its own route",
-                ),
-                "access_log" | "log_not_found" => {
-                    let mut scratch = Inherited::default();
-                    common(plan, d, &mut scratch, http, "location");
-                }
-                "root" | "index" | "try_files" if l.args == ["/"] => {
-                    plan.note(&d.at, &d.text(), Verdict::Mapped, "of the files upstream");
-                }
-                "root" => {
-                    effective = true;
-                    let mut x = linh.clone();
-                    common(plan, d, &mut x, http, "location");
-                    linh.root = x.root;
-                }
-                _ => {
-                    effective = true;
-                    common(plan, d, &mut linh, http, "location");
-                }
-            }
-        }
-        // Hidden files: baton never serves them from a root.
-        if regex.as_deref().is_some_and(|r| r.contains("/\\."))
-            && linh.deny.iter().any(|d| d == "all")
-            && target.is_none()
-        {
-            plan.note(
-                at,
-                &l.text(),
-                Verdict::Mapped,
-                "baton never serves hidden files (.ht*, .git, .env) from a root: 403",
-            );
-            continue;
-        }
-        for r in &loc_rewrites {
-            let mut route = route_keys(&linh, http);
-            host_key(&mut route);
-            if rewrite_route(
-                plan,
-                r,
-                &mut route,
-                target.as_deref().or(fallback.as_deref()),
-                hosts.first().map(String::as_str),
-            ) {
-                out.push(route);
-            }
-        }
-        let mut route = route_keys(&linh, http);
-        host_key(&mut route);
-        if let Some(r) = &loc_returns {
-            if let Some(p) = &prefix {
-                route.insert("path".into(), s(p.clone()));
-            }
-            if let Some(re) = &regex {
-                route.insert("path_regex".into(), s(re.clone()));
-            }
-            if return_route(
-                plan,
-                r,
-                &mut route,
-                hosts.first().map(String::as_str),
-                fallback.as_deref(),
-            ) {
-                out.push(route);
-            }
-            continue;
-        }
-        if php && target.is_none() {
-            // `location ~ \.php$`: the FastCGI upstream decides per path.
-            continue;
-        }
-        let alias_dir = body
-            .iter()
-            .find(|d| d.name == "alias")
-            .and(prefix.as_ref())
-            .and_then(|p| {
-                aliases
-                    .get(p)
-                    .and_then(Value::as_str)
-                    .map(|d| (p.clone(), d.to_string()))
-            });
-        let upstream = match (&target, linh.root != root_inh.root && linh.root.is_some()) {
-            (Some(t), _) => Some(t.clone()),
-            (None, true) => files_upstream(plan, &linh, None, &Map::new()),
-            (None, false) if main.is_none() && alias_dir.is_some() => {
-                // A directory served beside a proxied app: a static
-                // upstream of its own.
-                let (p, d) = alias_dir.clone().unwrap_or_default();
-                let mut x = linh.clone();
-                x.root = Some(d.trim_end_matches('/').to_string());
-                let mut a = Map::new();
-                a.insert(p, s(d));
-                effective = true;
-                files_upstream(plan, &x, None, &a)
-            }
-            (None, false) => main.clone(),
-        };
-        let Some(upstream) = upstream else {
-            if effective {
-                plan.note(
-                    at,
-                    &l.text(),
-                    Verdict::NotMapped,
-                    "the location names no proxy_pass, fastcgi_pass or root to serve from",
-                );
-            }
-            continue;
-        };
-        route.insert("upstream".into(), s(upstream));
-        if l.args == ["/"] {
-            catch_all = Some(route);
-            plan.note(
-                at,
-                &l.text(),
-                Verdict::Mapped,
-                "the server's route for every other path",
-            );
-            continue;
-        }
-        // Kept even when it only serves files as the server does: in
-        // nginx it takes its paths from every location after it (a
-        // later regex with `expires` does not apply to them).
-        let why = if !effective && route_keys(&linh, http) == route_keys(&inh, http) {
-            "a route of its own, as the server's, so routes after it do not take its paths (nginx's first match)"
-        } else {
-            "a route (in nginx's order: exact, ^~, regex, then longest prefix)"
-        };
-        match (&prefix, &regex, &rewrite) {
-            (Some(p), _, Some(w)) => {
-                let base = p.trim_end_matches('/');
-                route.insert(
-                    "path_regex".into(),
-                    s(format!("^{}/?(.*)$", regex::escape(base))),
-                );
-                route.insert("rewrite".into(), s(w.replace("//", "/")));
-            }
-            (Some(p), _, None) => {
-                route.insert("path".into(), s(p.clone()));
-            }
-            (None, Some(re), _) => {
-                route.insert("path_regex".into(), s(re.clone()));
-            }
-            _ => {}
-        }
-        plan.note(at, &l.text(), Verdict::Mapped, why);
-        out.push(route);
+        location(plan, &cx, *rank, l, &mut out, &mut catch_all);
     }
     let catch_all = catch_all.or_else(|| {
         main.clone().map(|m| {
