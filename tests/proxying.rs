@@ -897,7 +897,7 @@ fn hpack_fields(b: &[u8]) -> Vec<Field> {
             _ => ("without indexing", 4),
         };
         let index = hpack_int(b, &mut at, bits);
-        if bits >= 5 && kind != "incremental indexing" {
+        if matches!(kind, "indexed" | "table size update") {
             fields.push((kind, None, None));
             continue;
         }
