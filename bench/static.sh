@@ -2,12 +2,17 @@
 # Static files: baton (a static upstream) vs nginx (root + try_files, with
 # sendfile on, its default on Debian) serving the same directory: a 4 KB
 # stylesheet (the usual asset), a 100 KB image and a 2 MB video, over
-# keep-alive connections. Prints requests/s and the ratio for each.
-# Usage: sh bench/static.sh [workers] [seconds]
+# keep-alive connections. Prints requests/s, each server's own CPU a
+# request (user + system, from /proc: steadier than req/s when wrk shares
+# the cores) and the ratios, the medians of ROUNDS rounds (each round both
+# servers in turn).
+# Usage: sh bench/static.sh [workers] [seconds] [rounds]
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 SECS=${2:-8}
+ROUNDS=${3:-1}
 for p in nginx wrk; do
     command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk; break; }
 done
@@ -51,11 +56,30 @@ for f in app.css photo.jpg clip.mp4; do
         [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$p/$f)" = 200 ] || { echo "port $p does not serve $f" >&2; exit 1; }
     done
 done
-rps() { wrk -t2 -c${3:-32} -d${SECS}s http://127.0.0.1:$1/$2 | sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p'; }
-echo "workers=$WORKERS duration=${SECS}s wrk -t2 -c32 (clip.mp4: -c8)"
+# rps PORT FILE CONNECTIONS PID: "REQ/S CPU-TICKS" of one wrk run.
+rps() {
+    _a=$(cpu_ticks $4)
+    _r=$(wrk -t2 -c$3 -d${SECS}s http://127.0.0.1:$1/$2 | sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p')
+    echo "$_r $(($(cpu_ticks $4) - _a))"
+}
+echo "workers=$WORKERS duration=${SECS}s rounds=$ROUNDS wrk -t2 -c32 (clip.mp4: -c8)"
 for f in app.css photo.jpg clip.mp4; do
     c=32; [ $f = clip.mp4 ] && c=8
     wrk -t2 -c$c -d2s http://127.0.0.1:18101/$f >/dev/null; wrk -t2 -c$c -d2s http://127.0.0.1:18102/$f >/dev/null
-    N=$(rps 18101 $f $c); B=$(rps 18102 $f $c)
-    python3 -c "print(f'{\"$f\":10} nginx {$N:>9.0f} req/s  baton {$B:>9.0f} req/s  baton/nginx {$B/$N:.2f}x')"
+    : > $T/rounds
+    for r in $(seq $ROUNDS); do
+        echo "$(rps 18101 $f $c $(cat $T/nginx.pid)) $(rps 18102 $f $c $(cat $T/baton.pid))" >> $T/rounds
+    done
+    python3 - $f $SECS $(getconf CLK_TCK) $T/rounds <<'PY'
+import statistics as st, sys
+f, secs, tck = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+rows = [list(map(float, l.split())) for l in open(sys.argv[4])]
+# CPU a request, in µs: ticks over the requests of the run.
+us = lambda rps, ticks: ticks / tck * 1e6 / (rps * secs)
+n, b = st.median(r[0] for r in rows), st.median(r[2] for r in rows)
+cn, cb = st.median(us(r[0], r[1]) for r in rows), st.median(us(r[2], r[3]) for r in rows)
+each = " ".join(f"{r[2] / r[0]:.2f}x" for r in rows)
+print(f"{f:10} nginx {n:>7.0f} req/s {cn:5.1f} us/req  baton {b:>7.0f} req/s {cb:5.1f} us/req  "
+      f"baton/nginx {b / n:.2f}x (rounds {each}), CPU a request {cb / cn:.2f}x")
+PY
 done

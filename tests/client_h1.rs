@@ -235,9 +235,9 @@ fn dechunk(mut b: &str) -> String {
 #[tokio::test]
 async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
     let dir = tempfile::tempdir().unwrap();
-    // 100 KB (kept in memory, written with the head) and 5 MB (not kept:
-    // sent with sendfile): distinct bytes everywhere, so a misplaced
-    // offset shows.
+    // 100 KB (kept in memory) and 5 MB (not kept), both sent with
+    // sendfile, whole and in ranges: distinct bytes everywhere, so a
+    // misplaced offset shows.
     let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 + i / 251) as u8).collect() };
     let small = pattern(100 * 1024);
     let large = pattern(5 * 1024 * 1024);
@@ -293,6 +293,62 @@ async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
         let body: Vec<u8> = buf.drain(..len).collect();
         assert!(body == want, "{path} {range:?}: the bytes differ");
     }
+}
+
+#[tokio::test]
+async fn a_file_sent_with_sendfile_leaves_with_its_head_in_one_segment() {
+    // 40 000 bytes: enough for sendfile, less than loopback's 64 KiB
+    // segment. The head goes with MSG_MORE, so the kernel holds it for the
+    // file instead of sending it alone (nginx's `tcp_nopush`).
+    let dir = tempfile::tempdir().unwrap();
+    let file: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("mid.jpg"), &file).unwrap();
+    let gw = Gw::start(&format!(
+        "[upstreams.site]\nprotocol = \"static\"\nroot = \"{}\"\n[[routes]]\nupstream = \"site\"\n",
+        dir.path().display()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // The first answer on a connection may be split while its window
+    // opens; the second is the steady case.
+    let mut segments = Vec::new();
+    for _ in 0..2 {
+        let before = data_segments_in(&s);
+        s.write_all(b"GET /mid.jpg HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let r = response(&mut s, &mut buf).await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(r.len() > file.len(), "{r}");
+        segments.push(data_segments_in(&s) - before);
+    }
+    assert_eq!(segments[1], 1, "data segments of each answer: {segments:?}");
+}
+
+/// Segments with data this socket has received (Linux `tcp_info`'s
+/// `tcpi_data_segs_in`, which the libc crate's struct stops short of).
+fn data_segments_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt TCP_INFO");
+    // struct tcp_info: tcpi_data_segs_in is the u32 at byte 152.
+    assert!(
+        len >= 156,
+        "a tcp_info without data segment counts ({len} bytes)"
+    );
+    u32::from_ne_bytes(info[152..156].try_into().unwrap())
 }
 
 /// The `content-length` a response head (baton writes names in lower case)

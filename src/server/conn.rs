@@ -448,6 +448,19 @@ impl Guarded {
         matches!(self.io, Stream::Plain(_))
     }
 
+    /// Writes `buf` with `MSG_MORE` (plain TCP only): the kernel holds a
+    /// short piece until the next write fills the segment, as nginx's
+    /// `tcp_nopush` does for a head before `sendfile` (without its two
+    /// `setsockopt` calls a response).
+    pub fn poll_write_more(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        // nix names no MSG_MORE; the flag is Linux's own.
+        let more = nix::sys::socket::MsgFlags::from_bits_retain(libc::MSG_MORE);
+        self.poll_plain(cx, |tcp| {
+            nix::sys::socket::send(tcp.as_raw_fd(), buf, more).map_err(io::Error::from)
+        })
+    }
+
     /// Sends the next piece of `f` with `sendfile`, under the same send
     /// deadline as a write. Plain TCP only ([`Guarded::can_sendfile`]).
     pub fn poll_sendfile(
@@ -455,11 +468,21 @@ impl Guarded {
         cx: &mut Context<'_>,
         f: &mut crate::upstream::files::FileBody,
     ) -> Poll<io::Result<usize>> {
+        self.poll_plain(cx, |tcp| f.sendfile(tcp))
+    }
+
+    /// A write by a system call tokio has no method for, on the plain
+    /// socket, polled and under the send deadline as any write.
+    fn poll_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
             let Stream::Plain(tcp) = &self.io else {
                 return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
             };
-            match tcp.try_io(tokio::io::Interest::WRITABLE, || f.sendfile(tcp)) {
+            match tcp.try_io(tokio::io::Interest::WRITABLE, || write(tcp)) {
                 Ok(n) => return self.wrote(cx, Poll::Ready(Ok(n))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),

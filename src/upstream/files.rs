@@ -367,11 +367,6 @@ impl FileBody {
         self.left == 0
     }
 
-    /// The bytes are kept in memory (a small file).
-    pub fn in_memory(&self) -> bool {
-        self.memory.is_some()
-    }
-
     /// The bytes still to send.
     pub fn remaining(&self) -> u64 {
         self.left
