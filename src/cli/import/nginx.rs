@@ -255,10 +255,13 @@ fn expand_includes(ds: &mut Vec<Directive>, from: &Path, depth: u32) -> Result<(
 /// The directives every context may hold that baton does on its own, or
 /// that only tune nginx itself.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("sendfile", "baton streams files itself"),
+    (
+        "sendfile",
+        "baton sends static files of 32 KiB or more with sendfile itself",
+    ),
     (
         "tcp_nopush",
-        "baton writes a response head and body together",
+        "baton sends a response head in the body's first segment itself",
     ),
     ("tcp_nodelay", "baton sets TCP_NODELAY on every connection"),
     ("types_hash_max_size", "nginx's own tuning"),
