@@ -243,11 +243,7 @@ async fn static_files_go_whole_and_in_range_from_memory_and_by_sendfile() {
     let large = pattern(5 * 1024 * 1024);
     std::fs::write(dir.path().join("photo.jpg"), &small).unwrap();
     std::fs::write(dir.path().join("clip.mp4"), &large).unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.site]\nprotocol = \"static\"\nroot = \"{}\"\n[[routes]]\nupstream = \"site\"\n",
-        dir.path().display()
-    ))
-    .await;
+    let gw = serving(dir.path()).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     for (path, want, range) in [
@@ -303,11 +299,7 @@ async fn a_file_sent_with_sendfile_leaves_with_its_head_in_one_segment() {
     let dir = tempfile::tempdir().unwrap();
     let file: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.path().join("mid.jpg"), &file).unwrap();
-    let gw = Gw::start(&format!(
-        "[upstreams.site]\nprotocol = \"static\"\nroot = \"{}\"\n[[routes]]\nupstream = \"site\"\n",
-        dir.path().display()
-    ))
-    .await;
+    let gw = serving(dir.path()).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     // The first answer on a connection may be split while its window
@@ -324,6 +316,15 @@ async fn a_file_sent_with_sendfile_leaves_with_its_head_in_one_segment() {
         segments.push(data_segments_in(&s) - before);
     }
     assert_eq!(segments[1], 1, "data segments of each answer: {segments:?}");
+}
+
+/// A gateway serving `root` as a static upstream, on every path.
+async fn serving(root: &std::path::Path) -> Gw {
+    Gw::start(&format!(
+        "[upstreams.site]\nprotocol = \"static\"\nroot = \"{}\"\n[[routes]]\nupstream = \"site\"\n",
+        root.display()
+    ))
+    .await
 }
 
 /// Segments with data this socket has received (Linux `tcp_info`'s
