@@ -5,6 +5,7 @@
 # Usage: sh bench/fastcgi.sh [workers] [rounds] [seconds] [connections] [fpm_children]
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 ROUNDS=${2:-3}
 SECS=${3:-10}
@@ -81,43 +82,51 @@ $BIN serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid
 sleep 1
 [ -n "${PERF:-}" ] && (perf record -g -o /tmp/w/perf.data -p $(cat $T/baton.pid) -- sleep 8 >/dev/null 2>&1 &)
 
-TARGETS="nginx:18090 nginx-keep:18091 baton:18093"
-bench() { # port -> "rps p50_ms p99_ms non2xx"
+# name:port:pid-file of each target.
+TARGETS="nginx:18090:nginx-plain nginx-keep:18091:nginx-keep baton:18093:baton"
+bench() { # port pid -> "rps p50_ms p99_ms non2xx cpu_ticks"
+    _a=$(cpu_ticks $2)
     wrk -t2 -c$CONNS -d${SECS}s --latency http://127.0.0.1:$1/hello.php > $T/wrk.out
-    python3 - "$T/wrk.out" <<'PY'
+    _ticks=$(($(cpu_ticks $2) - _a))
+    python3 - "$T/wrk.out" $_ticks <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
 def ms(v, u): return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[u]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", t); p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
 err = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(rps, ms(*p50.groups()), ms(*p99.groups()), err.group(1) if err else 0)
+print(rps, ms(*p50.groups()), ms(*p99.groups()), err.group(1) if err else 0, sys.argv[2])
 PY
 }
 for n in $TARGETS; do
-    wrk -t2 -c$CONNS -d3s http://127.0.0.1:${n#*:}/hello.php >/dev/null   # warm-up
+    port=${n#*:}
+    wrk -t2 -c$CONNS -d3s http://127.0.0.1:${port%%:*}/hello.php >/dev/null   # warm-up
 done
 : > $T/results
 r=1
 while [ $r -le $ROUNDS ]; do
     for n in $TARGETS; do
-        echo "${n%%:*} $(bench ${n#*:})" >> $T/results
+        port=${n#*:}
+        echo "${n%%:*} $(bench ${port%%:*} $(cat $T/${n##*:}.pid))" >> $T/results
     done
     r=$((r + 1))
 done
-cat $T/results; python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$CONNS" "$CHILDREN" <<'PY'
+cat $T/results; python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$CONNS" "$CHILDREN" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
+secs, tck = float(sys.argv[4]), float(sys.argv[7])
 by = {}
-for name, rps, p50, p99, errs in rows:
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs)))
+for name, rps, p50, p99, errs, ticks in rows:
+    # The proxy's own CPU a request, in µs (its processes, from /proc).
+    us = float(ticks) / tck * 1e6 / (float(rps) * secs)
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), us))
 def med(name, i): return st.median(v[i] for v in by[name])
 print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c{sys.argv[5]} php-fpm pm.max_children={sys.argv[6]}")
-print(f"{'proxy':<11} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+print(f"{'proxy':<11} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
 for n in ("nginx", "nginx-keep", "baton"):
     rs = [v[0] for v in by[n]]
     spread = (max(rs) - min(rs)) / st.median(rs) * 100
-    print(f"{n:<11} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8}")
+    print(f"{n:<11} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f}")
 for peer in ("nginx", "nginx-keep"):
-    print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x")
+    print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x, CPU a request {med('baton',4)/med(peer,4):.2f}x")
 PY
