@@ -23,7 +23,12 @@ fn demo_self_test_passes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    // stderr too: a demo that fails before its first step says why there.
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.matches("\nok   ").count(), 9, "{stdout}");
     // The dashboard's "reload config" works on the demo: it runs from a file.
     assert!(
