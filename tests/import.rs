@@ -296,10 +296,17 @@ async fn a_reverse_proxy_config_serves_the_same() {
             "access_log /var/log/nginx/shop.log timed;",
             &format!("access_log {}/shop.log timed;", dir.path().display()),
         )
-        .replace("127.0.0.1:3000", &a.addr.to_string())
-        .replace("127.0.0.1:3001", &c.addr.to_string())
-        .replace("127.0.0.1:3002", &refusing_addr().to_string())
-        .replace("127.0.0.1:4000", &api.addr.to_string())
+        // The fixture's addresses become marks first, then the real ones:
+        // a real port such as 40007 must not be matched by a later
+        // "127.0.0.1:4000" (a CI run made it 454137 that way).
+        .replace("127.0.0.1:3000", "@a@")
+        .replace("127.0.0.1:3001", "@c@")
+        .replace("127.0.0.1:3002", "@refused@")
+        .replace("127.0.0.1:4000", "@api@")
+        .replace("@a@", &a.addr.to_string())
+        .replace("@c@", &c.addr.to_string())
+        .replace("@refused@", &refusing_addr().to_string())
+        .replace("@api@", &api.addr.to_string())
         .replace("allow 127.0.0.1;", "")
         .replace("/srv/shop/static/", &format!("{}/", statics.display()));
     let site_file = dir.path().join("shop.conf");
