@@ -14,7 +14,9 @@
 //! - [`health`]: per-server state and the active probe; [`balance`]: which
 //!   usable server gets an attempt, the concurrency limit, retry budget;
 //! - [`files`]: static files from a FastCGI root; [`supervise`]: backend
-//!   processes baton runs; [`sockets`]: Unix socket findings.
+//!   processes baton runs; [`sockets`]: Unix socket findings;
+//! - [`workers`]: a FastCGI server's workers as baton counts and learns
+//!   them, and the hand-off of a finished connection to a waiting request.
 //!
 //! Must not: decide whether to retry (that is `proxy::retry`), or build
 //! responses for clients.
@@ -34,6 +36,7 @@ pub mod connect;
 pub mod pool;
 pub mod sockets;
 pub mod wire;
+pub mod workers;
 
 pub use body::{BodyError, TimedBody, UpIncoming};
 pub use classify::{

@@ -535,3 +535,73 @@ async fn static_files_are_not_the_upstreams_latency() {
     assert_eq!(latency.iter().sum::<u64>(), 1, "{latency:?}");
     assert!(latency[..=6].iter().all(|n| *n == 0), "{latency:?}");
 }
+
+/// The connections baton has opened to the upstream `php`.
+async fn connects(gw: &Gw) -> u64 {
+    let m = gw.metrics().await;
+    m.lines()
+        .find_map(|l| l.strip_prefix("baton_upstream_connections_opened_total{upstream=\"php\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_saturated_pool_hands_finished_connections_to_waiting_requests() {
+    // Two workers, sixteen requests at a time: each finished connection
+    // goes to a waiting request instead of being closed and reopened.
+    let fpm = php::start("pm = static\npm.max_children = 2\n").await;
+    let gw = Gw::start(&fpm.upstream("")).await;
+    // The first burst connects for all of them (the pool's size is not
+    // known yet) and teaches it.
+    let rs = burst(gw.addr, 16, "/pid.php?ms=20").await;
+    assert!(rs.iter().all(|r| r.status == 200));
+    let learned = connects(&gw).await;
+    for _ in 0..3 {
+        let rs = burst(gw.addr, 16, "/pid.php?ms=20").await;
+        assert_eq!(
+            rs.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![200; 16]
+        );
+    }
+    let after = connects(&gw).await;
+    println!(
+        "first burst opened {learned}, the next 48 requests {}",
+        after - learned
+    );
+    assert!(learned >= 2, "{learned}");
+    // At most one per worker: a connection the first burst closed last.
+    assert!(
+        after - learned <= 2,
+        "48 requests opened {}",
+        after - learned
+    );
+}
+
+#[tokio::test]
+async fn a_worker_another_client_frees_is_found_and_used() {
+    // Three workers; the test holds one with a request it never finishes
+    // (another client of the pool: a cron, a second proxy).
+    let fpm = php::start("pm = static\npm.max_children = 3\n").await;
+    let mut other = tokio::net::UnixStream::connect(&fpm.sock).await.unwrap();
+    let mut begin = Vec::new();
+    baton::upstream::fastcgi::push_begin(&mut begin, false);
+    tokio::io::AsyncWriteExt::write_all(&mut other, &begin)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let gw = Gw::start(&fpm.upstream("")).await;
+    let pids = |rs: &[Resp]| {
+        assert!(rs.iter().all(|r| r.status == 200));
+        rs.iter()
+            .map(|r| r.text())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let rs = burst(gw.addr, 12, "/pid.php?ms=20").await;
+    assert_eq!(pids(&rs), 2, "two workers are free");
+    // The other client lets go: baton's probe in the accept queue gets the
+    // worker's answer, and the next burst uses all three.
+    drop(other);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let rs = burst(gw.addr, 12, "/pid.php?ms=20").await;
+    assert_eq!(pids(&rs), 3, "the freed worker serves baton too");
+}

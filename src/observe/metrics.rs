@@ -120,6 +120,9 @@ pub struct Metrics {
     /// The adaptive concurrency limit of each upstream that has one.
     pub concurrency_limit: Family<UpstreamLabels, prometheus_client::metrics::gauge::Gauge>,
     pub connections_refused: Counter,
+    /// New connections opened to each upstream's servers (a reused or
+    /// handed-on connection opens none).
+    pub upstream_connects: Family<UpstreamLabels, Counter>,
     /// Idle HTTP/1.1 client connections parked without a task
     /// (server/park.rs).
     pub connections_parked: prometheus_client::metrics::gauge::Gauge,
@@ -166,6 +169,12 @@ impl Metrics {
         let health = Family::<HealthLabels, Counter>::default();
         let shed = Family::<ShedLabels, Counter>::default();
         let connections_refused = Counter::default();
+        let upstream_connects = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_connections_opened",
+            "New connections opened to an upstream's servers for requests (reused ones open none)",
+            upstream_connects.clone(),
+        );
         let connections_parked = prometheus_client::metrics::gauge::Gauge::default();
         let backend_state =
             Family::<BackendLabels, prometheus_client::metrics::gauge::Gauge>::default();
@@ -281,6 +290,7 @@ impl Metrics {
             concurrency_limit,
             dns_stale,
             connections_refused,
+            upstream_connects,
             connections_parked,
             tls_handshake_failures,
             certificate_expiry,

@@ -31,8 +31,9 @@ use crate::core::failure::Failure;
 use crate::gateway::Gateway;
 use crate::observe::metrics::{RetryLabels, UpstreamLabels};
 use crate::upstream::balance::{Shed, Slot, backoff};
-use crate::upstream::exchange::{self, Head, NoHead, Waiting};
+use crate::upstream::exchange::{self, Head, NoHead};
 use crate::upstream::supervise::Supervisor;
+use crate::upstream::workers::{Claim, Queued};
 use crate::upstream::{Conn, Server, TimedBody, UpBody, UpIncoming, Upstream, health};
 
 /// The loop's state across attempts.
@@ -321,7 +322,9 @@ fn exchange_failure(
     }
 }
 
-/// A pooled connection to `server`, or a new one.
+/// A pooled connection to `server`, or a new one. A FastCGI request
+/// waits for a connection of baton's to finish first when they hold every
+/// worker the server has (`upstream::workers`).
 async fn connection(
     ctx: &Ctx,
     l: &Attempts<'_>,
@@ -332,10 +335,28 @@ async fn connection(
     if !fresh_only && let Some(c) = server.checkout(l.cfg, dialer).await {
         return Ok(c);
     }
-    // A FastCGI request opening a connection (perhaps waiting out a full
-    // accept queue): finished connections are closed meanwhile.
-    let _waiting = l.cfg.fastcgi.is_some().then(|| Waiting::new(server));
-    server.connect(l.cfg, dialer).await
+    let fcgi = l.cfg.fastcgi.is_some();
+    if fcgi
+        && !fresh_only
+        && let Some(c) = server.wait_for_worker(l.cfg, dialer).await
+    {
+        return Ok(c);
+    }
+    // Connecting may mean waiting out a full accept queue: finished
+    // connections are closed meanwhile.
+    let claim = fcgi.then(|| (Claim::new(&server.workers), Queued::new(&server.workers)));
+    let mut conn = server.connect(l.cfg, dialer).await?;
+    ctx.gw
+        .metrics
+        .upstream_connects
+        .get_or_create(&UpstreamLabels {
+            upstream: l.cfg.name.clone(),
+        })
+        .inc();
+    if let (Some(crate::upstream::Link::Fcgi(w)), Some((claim, _queued))) = (&mut conn.tx, claim) {
+        w.claim = Some(claim);
+    }
+    Ok(conn)
 }
 
 /// The head wait: read_timeout, shortened by the route's per-try timeout

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -64,10 +63,6 @@ pub enum NoHead {
     Unsent(UpBody),
     Failed(Failure),
 }
-
-/// How long a FastCGI request on a new connection waits for its head
-/// before it counts as queued and closes the server's idle connections.
-const FASTCGI_POKE: Duration = Duration::from_millis(2);
 
 /// Sends `req` on `conn` and waits up to `head_wait` for the response head
 /// (the clock restarts while the request body is still being written).
@@ -179,21 +174,28 @@ pub fn exchange<'a>(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                // On a new connection, no head after 2 ms may mean this request
-                // sits in the accept queue behind workers that baton's own idle
-                // connections hold: from then on it counts as waiting (finished
-                // connections close instead of idling), and the idle ones close
-                // now.
+                // On a new connection, no head after a few of the server's
+                // usual answer times (2 ms while unknown) may mean this request
+                // sits in the accept queue behind workers that baton's own
+                // connections hold: from then on it counts as queued
+                // (finished connections close instead of idling or being
+                // handed on), and the idle ones close now.
+                let workers = &server.workers;
                 let poked = async {
                     if conn.reused.is_some() {
-                        return fut.await;
+                        let t = std::time::Instant::now();
+                        let r = fut.await;
+                        if matches!(r, fastcgi::Sent::Head(_)) {
+                            workers.note_answer(t.elapsed());
+                        }
+                        return r;
                     }
                     let mut fut = std::pin::pin!(fut);
                     tokio::select! {
                         r = &mut fut => return r,
-                        _ = tokio::time::sleep(FASTCGI_POKE) => {}
+                        _ = tokio::time::sleep(workers.poke_after()) => {}
                     }
-                    let _queued = Waiting::new(server);
+                    let _queued = crate::upstream::workers::Queued::new(workers);
                     server.clear();
                     fut.await
                 };
@@ -214,26 +216,6 @@ pub fn exchange<'a>(
                 "connection without a link",
             ))),
         }
-    }
-}
-
-/// Marks a FastCGI request as waiting for a server worker: connecting
-/// (perhaps waiting out a full accept queue), or on a new connection
-/// without a head after `FASTCGI_POKE`. While any is, `Server::checkin`
-/// closes finished connections instead of keeping them idle, since each
-/// holds a worker.
-pub struct Waiting(Arc<Server>);
-
-impl Waiting {
-    pub fn new(s: &Arc<Server>) -> Self {
-        s.awaiting_worker.fetch_add(1, Ordering::Relaxed);
-        Waiting(s.clone())
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.awaiting_worker.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

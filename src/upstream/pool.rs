@@ -10,6 +10,7 @@ use super::connect::{tls_client, tls_name};
 use super::*;
 use crate::config::{ServerAddr, UpstreamConfig};
 use crate::upstream::resolve::Resolver;
+use crate::upstream::workers::Turn;
 use rustls::pki_types::ServerName;
 
 struct Idle {
@@ -27,6 +28,11 @@ pub fn set_worker(id: usize) {
     WORKER.with(|w| w.set(id));
 }
 
+/// The worker thread this runs on.
+pub(crate) fn worker_id() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// One server of an upstream, with its connection pool.
 pub struct Server {
     pub addr: ServerAddr,
@@ -35,9 +41,8 @@ pub struct Server {
     pub health: crate::upstream::health::Health,
     /// Requests in flight on this server (for least_request).
     pub inflight: AtomicUsize,
-    /// FastCGI requests waiting for a worker of this server: connecting,
-    /// or queued on a new connection (see `proxy::Waiting`).
-    pub awaiting_worker: AtomicUsize,
+    /// A FastCGI server's workers: held, learned, waited for.
+    pub workers: Arc<crate::upstream::workers::Workers>,
     /// How the server appears in logs, metrics and `next-hop`.
     pub label: Arc<str>,
     /// One idle list per worker thread, so a request reuses connections
@@ -106,7 +111,7 @@ impl Upstream {
                     backup: spec.backup,
                     health: crate::upstream::health::Health::new(cfg.health.is_some()),
                     inflight: AtomicUsize::new(0),
-                    awaiting_worker: AtomicUsize::new(0),
+                    workers: Default::default(),
                     resolved: Mutex::new((0, Vec::new())),
                     idle: (0..workers.max(1))
                         .map(|_| Mutex::new(Vec::new()))
@@ -309,16 +314,60 @@ impl Server {
         None
     }
 
+    /// For a FastCGI server whose every known worker baton's connections
+    /// hold: waits (up to `connect_timeout`) for one of them to finish and
+    /// takes it over. `None`: open a new connection.
+    pub async fn wait_for_worker(&self, cfg: &UpstreamConfig, dialer: &Dialer) -> Option<Conn> {
+        let give_up = tokio::time::Instant::now() + cfg.connect_timeout;
+        let has_idle = || {
+            self.idle
+                .iter()
+                .any(|l| !l.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+        };
+        loop {
+            let h = match self.workers.turn(&self.addr, give_up, has_idle).await {
+                Turn::Connect => return None,
+                Turn::Pooled => match self.checkout(cfg, dialer).await {
+                    Some(c) => return Some(c),
+                    None => continue,
+                },
+                Turn::Handed(h) => h,
+            };
+            let tx = match h.tx {
+                Link::Fcgi(w) if h.worker != worker_id() => Link::Fcgi(Box::new(w.rebind().ok()?)),
+                tx => tx,
+            };
+            return Some(Conn {
+                tx: Some(tx),
+                info: h.info,
+                reused: Some(Duration::ZERO),
+                peer: self.label.clone(),
+            });
+        }
+    }
+
     /// Returns a connection whose response was read completely.
-    pub fn checkin(&self, cfg: &UpstreamConfig, mut tx: Link, info: Arc<ConnInfo>) {
+    pub fn checkin(&self, cfg: &UpstreamConfig, mut tx: Link, mut info: Arc<ConnInfo>) {
         if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
             return;
         }
-        // Requests are waiting for a worker of this FastCGI server: an idle
-        // connection would keep the worker they wait for. Close it instead.
-        if matches!(tx, Link::Fcgi(_)) && self.awaiting_worker.load(Ordering::Relaxed) > 0 {
-            info.retired.store(true, Ordering::Relaxed);
-            return;
+        if matches!(tx, Link::Fcgi(_)) {
+            // A request may be waiting in this FastCGI server's accept queue
+            // for the worker this connection holds: close it. Otherwise a
+            // request waiting in baton for a worker takes it as it is.
+            if self.workers.queued() {
+                info.retired.store(true, Ordering::Relaxed);
+                return;
+            }
+            let handed = crate::upstream::workers::Handed {
+                tx,
+                info,
+                worker: worker_id(),
+            };
+            match self.workers.hand_off(handed) {
+                Ok(()) => return,
+                Err(h) => (tx, info) = (h.tx, h.info),
+            }
         }
         let mut idle = self.my_idle().lock().unwrap_or_else(|e| e.into_inner());
         // An HTTP/2 connection is listed once, however many requests used it.
@@ -372,7 +421,7 @@ impl Server {
     }
 
     fn my_idle(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
+        &self.idle[worker_id() % self.idle.len()]
     }
 
     /// Drops every pooled connection (used on reload and shutdown).

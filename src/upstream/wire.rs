@@ -491,6 +491,8 @@ pub struct Wire {
     /// How much the next read may fill: doubles while reads fill it (a
     /// large body), up to `MAX_READ`, as hyper's adaptive reads do.
     read_size: usize,
+    /// A FastCGI connection's claim on one of the server's workers.
+    pub(crate) claim: Option<crate::upstream::workers::Claim>,
 }
 
 const MIN_READ: usize = 16 * 1024;
@@ -502,6 +504,7 @@ impl Wire {
             io,
             buf: BytesMut::with_capacity(MIN_READ),
             read_size: MIN_READ,
+            claim: None,
         }
     }
 

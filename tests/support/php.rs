@@ -37,6 +37,10 @@ echo json_encode($out);
         "<?php usleep((int)($_GET['ms'] ?? 3000) * 1000); echo 'slept';\n",
     ),
     (
+        "pid.php",
+        "<?php usleep((int)($_GET['ms'] ?? 20) * 1000); echo getmypid();\n",
+    ),
+    (
         "status.php",
         "<?php http_response_code(418); header('X-App: yes'); echo 'teapot';\n",
     ),

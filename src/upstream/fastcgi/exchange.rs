@@ -122,6 +122,9 @@ pub async fn exchange(
             Ok(r) => r,
             Err(e) => return Sent::Failed(classify_read(&e, !out.is_empty())),
         };
+        if let Some(c) = &mut wire.claim {
+            c.answered();
+        }
         match rec {
             Record::Stdout(b) => {
                 out.extend_from_slice(&b);
