@@ -551,9 +551,12 @@ async fn a_saturated_pool_hands_finished_connections_to_waiting_requests() {
     let fpm = php::start("pm = static\npm.max_children = 2\n").await;
     let gw = Gw::start(&fpm.upstream("")).await;
     // The first burst connects for all of them (the pool's size is not
-    // known yet) and teaches it.
-    let rs = burst(gw.addr, 16, "/pid.php?ms=20").await;
-    assert!(rs.iter().all(|r| r.status == 200));
+    // known yet) and teaches it; it may end holding fewer than two
+    // connections, which the second makes up.
+    for _ in 0..2 {
+        let rs = burst(gw.addr, 16, "/pid.php?ms=20").await;
+        assert!(rs.iter().all(|r| r.status == 200));
+    }
     let learned = connects(&gw).await;
     for _ in 0..3 {
         let rs = burst(gw.addr, 16, "/pid.php?ms=20").await;
@@ -564,16 +567,11 @@ async fn a_saturated_pool_hands_finished_connections_to_waiting_requests() {
     }
     let after = connects(&gw).await;
     println!(
-        "first burst opened {learned}, the next 48 requests {}",
+        "the first bursts opened {learned}, the next 48 requests {}",
         after - learned
     );
     assert!(learned >= 2, "{learned}");
-    // At most one per worker: a connection the first burst closed last.
-    assert!(
-        after - learned <= 2,
-        "48 requests opened {}",
-        after - learned
-    );
+    assert_eq!(after - learned, 0, "48 requests opened connections");
 }
 
 #[tokio::test]
