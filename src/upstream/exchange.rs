@@ -162,6 +162,7 @@ pub fn exchange<'a>(
                 }
             }
             Some(Link::Fcgi(wire)) => {
+                let expected = wire.claim.as_ref().is_some_and(|c| c.expected());
                 let tag = fastcgi::LogTag {
                     upstream: cfg.name.clone(),
                     server: conn.peer.clone(),
@@ -174,9 +175,9 @@ pub fn exchange<'a>(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                // On a new connection, no head after a few of the server's
-                // usual answer times (2 ms while unknown) may mean this request
-                // sits in the accept queue behind workers that baton's own
+                // On a new connection, no head after 2 ms (opened for a worker
+                // known to be free: a few of the server's usual answer times)
+                // may mean this request sits in the accept queue behind workers that baton's own
                 // connections hold: from then on it counts as queued
                 // (finished connections close instead of idling or being
                 // handed on), and the idle ones close now.
@@ -193,7 +194,7 @@ pub fn exchange<'a>(
                     let mut fut = std::pin::pin!(fut);
                     tokio::select! {
                         r = &mut fut => return r,
-                        _ = tokio::time::sleep(workers.poke_after()) => {}
+                        _ = tokio::time::sleep(workers.poke_after(expected)) => {}
                     }
                     let _queued = crate::upstream::workers::Queued::new(workers);
                     server.clear();

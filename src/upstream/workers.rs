@@ -52,10 +52,13 @@ const WINDOW_MS: u64 = 1000;
 /// gets its worker back after this.
 const PROBE_CAP: Duration = Duration::from_secs(60);
 
-/// The shortest wait for an answer on a new connection before the request
-/// counts as queued (and the wait while the server's answer time is not
-/// known yet).
+/// How long a request on a new connection opened without a known free
+/// worker waits for an answer before it counts as queued.
 const POKE_MIN: Duration = Duration::from_millis(2);
+
+/// The least a request on a new connection opened for a worker baton knew
+/// to be free waits before it counts as queued.
+const POKE_EXPECTED: Duration = Duration::from_millis(50);
 
 /// One FastCGI server's workers (one per `Server`; unused for HTTP).
 #[derive(Default)]
@@ -138,12 +141,16 @@ impl Workers {
     }
 
     /// How long a request on a new connection waits for an answer before
-    /// it counts as queued: four of the server's usual answer times, at
-    /// least `POKE_MIN`. A new connection opened while a worker was free
-    /// is answered in about one; one in the accept queue waits for a whole
-    /// request to end somewhere first.
-    pub fn poke_after(&self) -> Duration {
-        Duration::from_micros(4 * self.answer_us.load(Ordering::Relaxed)).max(POKE_MIN)
+    /// it counts as queued. Opened while baton knew of a free worker
+    /// (`expected`), it should be answered in about one of the server's
+    /// usual answer times: four of them, at least `POKE_EXPECTED` (a busy
+    /// machine is slow to schedule the worker, and a false alarm closes
+    /// connections). Otherwise it may well be queued: `POKE_MIN`.
+    pub fn poke_after(&self, expected: bool) -> Duration {
+        if !expected {
+            return POKE_MIN;
+        }
+        Duration::from_micros(4 * self.answer_us.load(Ordering::Relaxed)).max(POKE_EXPECTED)
     }
 
     /// Whether a request may sit in the server's accept queue.
@@ -233,10 +240,11 @@ impl Workers {
                 if !answered {
                     break;
                 }
-                // A worker no connection of baton's holds: one more.
+                // A worker none of baton's answered connections holds: one
+                // more than those (pending ones may be queued behind the
+                // probe, so they do not count).
                 let mut p = me.peak.lock().unwrap_or_else(|e| e.into_inner());
-                let free = me.held.load(Ordering::Relaxed) + me.pending.load(Ordering::Relaxed) + 1;
-                p.now = p.now.max(free);
+                p.now = p.now.max(me.held.load(Ordering::Relaxed) + 1);
                 drop(p);
                 me.wake_one();
             }
@@ -296,15 +304,23 @@ async fn values_answered(addr: &ServerAddr) -> bool {
 pub struct Claim {
     workers: Arc<Workers>,
     held: bool,
+    expected: bool,
 }
 
 impl Claim {
     pub fn new(workers: &Arc<Workers>) -> Self {
+        let expected = !workers.all_taken() && workers.known() > 0;
         workers.pending.fetch_add(1, Ordering::Relaxed);
         Claim {
             workers: workers.clone(),
             held: false,
+            expected,
         }
+    }
+
+    /// Opened while baton knew of a free worker for it.
+    pub fn expected(&self) -> bool {
+        self.expected
     }
 
     /// The server answered on this connection: a worker has it.
