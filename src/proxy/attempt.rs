@@ -33,7 +33,6 @@ use crate::observe::metrics::{RetryLabels, UpstreamLabels};
 use crate::upstream::balance::{Shed, Slot, backoff};
 use crate::upstream::exchange::{self, Head, NoHead};
 use crate::upstream::supervise::Supervisor;
-use crate::upstream::workers::{Claim, Queued};
 use crate::upstream::{Conn, Server, TimedBody, UpBody, UpIncoming, Upstream, health};
 
 /// The loop's state across attempts.
@@ -322,39 +321,22 @@ fn exchange_failure(
     }
 }
 
-/// A pooled connection to `server`, or a new one. A FastCGI request
-/// waits for a connection of baton's to finish first when they hold every
-/// worker the server has (`upstream::workers`).
+/// A connection for this attempt (`Server::acquire`), counted when new.
 async fn connection(
     ctx: &Ctx,
     l: &Attempts<'_>,
     server: &Arc<Server>,
     fresh_only: bool,
 ) -> Result<Conn, (Failure, Arc<str>)> {
-    let dialer = &ctx.rt.dialer;
-    if !fresh_only && let Some(c) = server.checkout(l.cfg, dialer).await {
-        return Ok(c);
-    }
-    let fcgi = l.cfg.fastcgi.is_some();
-    if fcgi
-        && !fresh_only
-        && let Some(c) = server.wait_for_worker(l.cfg, dialer).await
-    {
-        return Ok(c);
-    }
-    // Connecting may mean waiting out a full accept queue: finished
-    // connections are closed meanwhile.
-    let claim = fcgi.then(|| (Claim::new(&server.workers), Queued::new(&server.workers)));
-    let mut conn = server.connect(l.cfg, dialer).await?;
-    ctx.gw
-        .metrics
-        .upstream_connects
-        .get_or_create(&UpstreamLabels {
-            upstream: l.cfg.name.clone(),
-        })
-        .inc();
-    if let (Some(crate::upstream::Link::Fcgi(w)), Some((claim, _queued))) = (&mut conn.tx, claim) {
-        w.claim = Some(claim);
+    let conn = server.acquire(l.cfg, &ctx.rt.dialer, fresh_only).await?;
+    if conn.reused.is_none() {
+        ctx.gw
+            .metrics
+            .upstream_connects
+            .get_or_create(&UpstreamLabels {
+                upstream: l.cfg.name.clone(),
+            })
+            .inc();
     }
     Ok(conn)
 }

@@ -249,10 +249,14 @@ pub async fn probe(
 ) -> Result<(), (Option<Cause>, String)> {
     let no_answer = || (None, format!("no answer within {:?}", cfg.timeout));
     let work = async {
-        let mut conn = server
-            .connect(&up.cfg, dialer)
-            .await
-            .map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
+        // A FastCGI check asks a worker as a request would (a pooled or
+        // handed-on connection): a new connection would wait in the accept
+        // queue behind the workers baton's own connections hold.
+        let conn = match up.cfg.fastcgi {
+            Some(_) => server.acquire(&up.cfg, dialer, false).await,
+            None => server.connect(&up.cfg, dialer).await,
+        };
+        let mut conn = conn.map_err(|(f, _)| (Some(f.cause), f.details.unwrap_or_default()))?;
         let Some(path) = &cfg.path else { return Ok(()) };
         let host = server
             .label
@@ -289,8 +293,13 @@ pub async fn probe(
         {
             Ok(Head { response, .. }) => {
                 let status = response.status().as_u16();
-                let body = super::TimedBody::new(response.into_body(), cfg.timeout);
-                let _ = body.collect().await;
+                let mut body = super::TimedBody::new(response.into_body(), cfg.timeout);
+                while let Some(Ok(_)) = body.frame().await {}
+                if up.cfg.fastcgi.is_some()
+                    && let Some(link) = body.take_wire()
+                {
+                    server.checkin(&up.cfg, link, conn.info.clone());
+                }
                 status
             }
             Err(NoHead::Failed(f)) => return Err((Some(f.cause), f.details.unwrap_or_default())),

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use super::connect::{tls_client, tls_name};
 use super::*;
 use crate::config::{ServerAddr, UpstreamConfig};
+use crate::core::failure::Failure;
 use crate::upstream::resolve::Resolver;
-use crate::upstream::workers::Turn;
+use crate::upstream::workers::{Claim, Queued, Turn};
 use rustls::pki_types::ServerName;
 
 struct Idle {
@@ -312,6 +313,38 @@ impl Server {
             }
         }
         None
+    }
+
+    /// A pooled connection, or a new one (only a new one when
+    /// `fresh_only`). A FastCGI server's first waits for one of baton's
+    /// connections to finish while they hold every worker it has
+    /// (`upstream::workers`), and a new one carries its claim on a worker.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        cfg: &UpstreamConfig,
+        dialer: &Dialer,
+        fresh_only: bool,
+    ) -> Result<Conn, (Failure, Arc<str>)> {
+        if !fresh_only && let Some(c) = self.checkout(cfg, dialer).await {
+            return Ok(c);
+        }
+        if cfg.fastcgi.is_none() {
+            return self.connect(cfg, dialer).await;
+        }
+        if !fresh_only && let Some(c) = self.wait_for_worker(cfg, dialer).await {
+            return Ok(c);
+        }
+        // Without a worker known to be free, connecting may mean waiting
+        // out a full accept queue: finished connections are closed
+        // meanwhile. (With one, they must not be: a connect yields once,
+        // and a close then would start a churn of its own.)
+        let claim = Claim::new(&self.workers);
+        let _queued = (!claim.expected()).then(|| Queued::new(&self.workers));
+        let mut conn = self.connect(cfg, dialer).await?;
+        if let Some(Link::Fcgi(w)) = &mut conn.tx {
+            w.claim = Some(claim);
+        }
+        Ok(conn)
     }
 
     /// For a FastCGI server whose every known worker baton's connections
