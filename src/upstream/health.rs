@@ -150,6 +150,12 @@ impl Health {
             .up_since
             .load(Ordering::Relaxed)
             .max(self.ejected_until.load(Ordering::Relaxed));
+        // 0: up since the start, or never away (not a time: `now_ms` is
+        // counted from the process's first reading, so it is small for the
+        // first `slow_start` after baton starts).
+        if since == 0 {
+            return 1000;
+        }
         let elapsed = now.saturating_sub(since);
         (elapsed * 1000 / window).clamp(50, 1000)
     }

@@ -331,7 +331,12 @@ impl Server {
         if cfg.fastcgi.is_none() {
             return self.connect(cfg, dialer).await;
         }
-        if !fresh_only && let Some(c) = self.wait_for_worker(cfg, dialer).await {
+        // Pooling off (`max_idle_per_server = 0`): no connection is kept or
+        // handed on, so there is nothing to wait for.
+        if !fresh_only
+            && cfg.max_idle_per_server > 0
+            && let Some(c) = self.wait_for_worker(cfg, dialer).await
+        {
             return Ok(c);
         }
         // Without a worker known to be free, connecting may mean waiting
@@ -384,7 +389,7 @@ impl Server {
         if tx.is_closed() || info.retired.load(Ordering::Relaxed) {
             return;
         }
-        if matches!(tx, Link::Fcgi(_)) {
+        if matches!(tx, Link::Fcgi(_)) && cfg.max_idle_per_server > 0 {
             // A request may be waiting in this FastCGI server's accept queue
             // for the worker this connection holds: close it. Otherwise a
             // request waiting in baton for a worker takes it as it is.
