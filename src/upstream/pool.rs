@@ -363,7 +363,9 @@ impl Server {
                 .any(|l| !l.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
         };
         loop {
-            let h = match self.workers.turn(&self.addr, give_up, has_idle).await {
+            // The probe speaks plain FastCGI: not over TLS.
+            let probe = cfg.tls.is_none().then_some(&self.addr);
+            let h = match self.workers.turn(probe, give_up, has_idle).await {
                 Turn::Connect => return None,
                 Turn::Pooled => match self.checkout(cfg, dialer).await {
                     Some(c) => return Some(c),

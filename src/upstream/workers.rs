@@ -68,6 +68,8 @@ pub struct Workers {
     queued: AtomicUsize,
     peak: Mutex<Peak>,
     probing: AtomicBool,
+    /// No probe before this (ms, `clock::now_ms`): the last went unanswered.
+    probe_after_ms: AtomicU64,
     /// How long the server takes to answer on a connection a worker
     /// already has (µs, a moving average; 0: not seen yet).
     answer_us: AtomicU64,
@@ -119,7 +121,8 @@ impl Workers {
 
     /// Requests waiting here for a connection.
     pub fn waiting(&self) -> usize {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.iter().filter(|w| !w.is_closed()).count()
     }
 
     /// Every worker baton knows of is held or about to be: a new
@@ -189,10 +192,11 @@ impl Workers {
     /// Waits, while every known worker is taken, for one of baton's
     /// connections to finish, until `give_up`. `idle` says whether the
     /// pool has an idle connection (one may be checked in between the
-    /// caller's look and this wait).
+    /// caller's look and this wait). `probe`: where the probe may go (a
+    /// plain Unix or TCP address; none over TLS or to a name).
     pub async fn turn(
         self: &Arc<Self>,
-        addr: &ServerAddr,
+        probe: Option<&ServerAddr>,
         give_up: tokio::time::Instant,
         idle: impl Fn() -> bool,
     ) -> Turn {
@@ -212,7 +216,9 @@ impl Workers {
             if idle() {
                 return Turn::Pooled;
             }
-            self.probe(addr);
+            if let Some(addr) = probe {
+                self.probe(addr);
+            }
             match tokio::time::timeout_at(give_up, rx).await {
                 Ok(Ok(Some(h))) => return Turn::Handed(h),
                 // Woken to look again, or dropped with the upstream.
@@ -222,12 +228,16 @@ impl Workers {
         }
     }
 
-    /// Starts the probe unless one is out: `FCGI_GET_VALUES` on a new
-    /// connection, answered as soon as any worker is free. Only plain
-    /// Unix and TCP addresses (a FastCGI server almost always is one);
-    /// elsewhere the `connect_timeout` wait in `turn` is the fallback.
+    /// Starts the probe unless one is out (or one went unanswered within
+    /// the last second): `FCGI_GET_VALUES` on a new connection, answered
+    /// as soon as any worker is free. Elsewhere the `connect_timeout` wait
+    /// in `turn` is the fallback.
     fn probe(self: &Arc<Self>, addr: &ServerAddr) {
-        if matches!(addr, ServerAddr::Name { .. }) || self.probing.swap(true, Ordering::AcqRel) {
+        let now = crate::core::clock::now_ms();
+        if matches!(addr, ServerAddr::Name { .. })
+            || now < self.probe_after_ms.load(Ordering::Relaxed)
+            || self.probing.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let me = self.clone();
@@ -238,6 +248,9 @@ impl Workers {
                     .await
                     .unwrap_or(false);
                 if !answered {
+                    // Closed, refused or silent: not again for a second.
+                    let again = crate::core::clock::now_ms() + 1000;
+                    me.probe_after_ms.store(again, Ordering::Relaxed);
                     break;
                 }
                 // A worker none of baton's answered connections holds: one
@@ -415,7 +428,7 @@ mod tests {
         let waiter = tokio::spawn({
             let w = w.clone();
             let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
-            async move { matches!(w.turn(&addr, give_up, || false).await, Turn::Connect) }
+            async move { matches!(w.turn(Some(&addr), give_up, || false).await, Turn::Connect) }
         });
         while w.waiting() == 0 {
             tokio::task::yield_now().await;
