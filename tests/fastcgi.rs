@@ -603,3 +603,43 @@ async fn a_worker_another_client_frees_is_found_and_used() {
     let rs = burst(gw.addr, 12, "/pid.php?ms=20").await;
     assert_eq!(pids(&rs), 3, "the freed worker serves baton too");
 }
+
+#[tokio::test]
+async fn an_ondemand_pool_on_tcp_grows_to_its_size_and_keeps_its_connections() {
+    // `pm = ondemand` starts with no worker and forks one per connection
+    // waiting in its accept queue, up to three; over TCP, as in the many
+    // setups with PHP-FPM on 127.0.0.1:9000.
+    let (fpm, _) =
+        php::start_tcp("pm = ondemand\npm.max_children = 3\npm.process_idle_timeout = 60s\n").await;
+    let gw = Gw::start(&fpm.upstream("")).await;
+    let pids = |rs: &[Resp]| {
+        assert_eq!(
+            rs.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![200; rs.len()]
+        );
+        rs.iter()
+            .map(|r| r.text())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    // Whatever the first bursts learn while workers are being forked, the
+    // probe finds the rest: the pool ends up serving with all three.
+    for _ in 0..2 {
+        let n = pids(&burst(gw.addr, 12, "/pid.php?ms=20").await);
+        println!(
+            "burst: {n} workers, {} connections so far",
+            connects(&gw).await
+        );
+    }
+    let before = connects(&gw).await;
+    let rs = burst(gw.addr, 12, "/pid.php?ms=20").await;
+    assert_eq!(pids(&rs), 3, "every worker serves");
+    let rs = burst(gw.addr, 12, "/pid.php?ms=20").await;
+    assert_eq!(pids(&rs), 3, "every worker serves");
+    // Once grown, the connections are kept and handed on.
+    assert_eq!(
+        connects(&gw).await - before,
+        0,
+        "24 requests opened connections"
+    );
+}

@@ -65,6 +65,8 @@ const POKE_EXPECTED: Duration = Duration::from_millis(50);
 pub struct Workers {
     held: AtomicUsize,
     pending: AtomicUsize,
+    /// Of `pending`, those opened for a worker known to be free.
+    pending_expected: AtomicUsize,
     queued: AtomicUsize,
     peak: Mutex<Peak>,
     probing: AtomicBool,
@@ -253,13 +255,29 @@ impl Workers {
                     me.probe_after_ms.store(again, Ordering::Relaxed);
                     break;
                 }
-                // A worker none of baton's answered connections holds: one
-                // more than those (pending ones may be queued behind the
-                // probe, so they do not count).
-                let mut p = me.peak.lock().unwrap_or_else(|e| e.into_inner());
-                p.now = p.now.max(me.held.load(Ordering::Relaxed) + 1);
-                drop(p);
+                // A worker none of baton's connections holds: one more than
+                // those answered and those opened for a worker known free
+                // (the others may be queued behind the probe).
+                let known = me.known();
+                let seen = me.held.load(Ordering::Relaxed)
+                    + me.pending_expected.load(Ordering::Relaxed)
+                    + 1;
+                {
+                    let mut p = me.peak.lock().unwrap_or_else(|e| e.into_inner());
+                    p.now = p.now.max(seen);
+                }
                 me.wake_one();
+                if seen <= known {
+                    // A worker baton itself just freed (a connection closed):
+                    // its own requests take it. Probing again at once would
+                    // only be answered by it again.
+                    let again = crate::core::clock::now_ms() + 10;
+                    me.probe_after_ms.store(again, Ordering::Relaxed);
+                    break;
+                }
+                // The woken request connects meanwhile; then, if requests
+                // still wait, the next probe looks for one more worker.
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             me.probing.store(false, Ordering::Release);
         });
@@ -324,6 +342,9 @@ impl Claim {
     pub fn new(workers: &Arc<Workers>) -> Self {
         let expected = !workers.all_taken() && workers.known() > 0;
         workers.pending.fetch_add(1, Ordering::Relaxed);
+        if expected {
+            workers.pending_expected.fetch_add(1, Ordering::Relaxed);
+        }
         Claim {
             workers: workers.clone(),
             held: false,
@@ -345,6 +366,9 @@ impl Claim {
         let w = &self.workers;
         let held = w.held.fetch_add(1, Ordering::Relaxed) + 1;
         w.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.expected {
+            w.pending_expected.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut p = w.peak.lock().unwrap_or_else(|e| e.into_inner());
         p.roll(crate::core::clock::now_ms(), held);
         p.now = p.now.max(held);
@@ -353,13 +377,16 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let count = if self.held {
-            &self.workers.held
+        let w = &self.workers;
+        if self.held {
+            w.held.fetch_sub(1, Ordering::Relaxed);
         } else {
-            &self.workers.pending
-        };
-        count.fetch_sub(1, Ordering::Relaxed);
-        self.workers.wake_one();
+            w.pending.fetch_sub(1, Ordering::Relaxed);
+            if self.expected {
+                w.pending_expected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        w.wake_one();
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Fpm {
     pub root: PathBuf,
     pub sock: PathBuf,
     pub conf: PathBuf,
+    /// Where it listens when on TCP (`start_tcp`).
+    pub tcp: Option<std::net::SocketAddr>,
     child: Option<Child>,
 }
 
@@ -94,13 +96,36 @@ pub fn prepare(pool: &str) -> Fpm {
         root,
         sock,
         conf,
+        tcp: None,
         child: None,
     }
 }
 
 /// Prepares and starts PHP-FPM, waiting for its socket.
 pub async fn start(pool: &str) -> Fpm {
-    let mut f = prepare(pool);
+    let f = prepare(pool);
+    spawn(f).await
+}
+
+/// PHP-FPM listening on TCP (`127.0.0.1:9000` in many setups) instead of a
+/// Unix socket; the address is `Fpm::tcp`.
+pub async fn start_tcp(pool: &str) -> (Fpm, std::net::SocketAddr) {
+    let f = prepare(pool);
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let conf = std::fs::read_to_string(&f.conf).unwrap().replace(
+        &format!("listen = {}\n", f.sock.display()),
+        &format!("listen = {addr}\n"),
+    );
+    std::fs::write(&f.conf, conf).unwrap();
+    let mut f = f;
+    f.tcp = Some(addr);
+    (spawn(f).await, addr)
+}
+
+async fn spawn(mut f: Fpm) -> Fpm {
     let child = Command::new(FPM)
         .args(["-F", "-O", "-y"])
         .arg(&f.conf)
@@ -110,20 +135,31 @@ pub async fn start(pool: &str) -> Fpm {
         .expect("php-fpm8.2 runs (apt-get install php8.2-fpm)");
     f.child = Some(child);
     for _ in 0..200 {
-        if tokio::net::UnixStream::connect(&f.sock).await.is_ok() {
+        let up = match f.tcp {
+            Some(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            None => tokio::net::UnixStream::connect(&f.sock).await.is_ok(),
+        };
+        if up {
             return f;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("php-fpm did not create {}", f.sock.display());
+    panic!(
+        "php-fpm did not listen on {:?} / {}",
+        f.tcp,
+        f.sock.display()
+    );
 }
 
 impl Fpm {
     /// The upstream section for this pool.
     pub fn upstream(&self, extra: &str) -> String {
+        let server = match self.tcp {
+            Some(a) => a.to_string(),
+            None => format!("unix:{}", self.sock.display()),
+        };
         format!(
-            "[upstreams.php]\nservers = [\"unix:{}\"]\nprotocol = \"fastcgi\"\nroot = \"{}\"\nindex = \"index.php\"\n{extra}\n[[routes]]\nupstream = \"php\"\n",
-            self.sock.display(),
+            "[upstreams.php]\nservers = [\"{server}\"]\nprotocol = \"fastcgi\"\nroot = \"{}\"\nindex = \"index.php\"\n{extra}\n[[routes]]\nupstream = \"php\"\n",
             self.root.display()
         )
     }
