@@ -65,8 +65,6 @@ const POKE_EXPECTED: Duration = Duration::from_millis(50);
 pub struct Workers {
     held: AtomicUsize,
     pending: AtomicUsize,
-    /// Of `pending`, those opened for a worker known to be free.
-    pending_expected: AtomicUsize,
     queued: AtomicUsize,
     peak: Mutex<Peak>,
     probing: AtomicBool,
@@ -245,7 +243,13 @@ impl Workers {
         let me = self.clone();
         let addr = addr.clone();
         tokio::spawn(async move {
-            while me.waiting() > 0 && me.all_taken() {
+            while me.waiting() > 0 {
+                if !me.all_taken() {
+                    // A worker is free for a waiting request: it connects.
+                    me.wake_one();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 let answered = tokio::time::timeout(PROBE_CAP, values_answered(&addr))
                     .await
                     .unwrap_or(false);
@@ -255,29 +259,23 @@ impl Workers {
                     me.probe_after_ms.store(again, Ordering::Relaxed);
                     break;
                 }
-                // A worker none of baton's connections holds: one more than
-                // those answered and those opened for a worker known free
-                // (the others may be queued behind the probe).
+                // A worker none of baton's answered connections holds: one
+                // more than those. (Pending ones do not count: they may be
+                // queued behind the probe, for the worker that answered it.)
                 let known = me.known();
-                let seen = me.held.load(Ordering::Relaxed)
-                    + me.pending_expected.load(Ordering::Relaxed)
-                    + 1;
+                let seen = me.held.load(Ordering::Relaxed) + 1;
                 {
                     let mut p = me.peak.lock().unwrap_or_else(|e| e.into_inner());
                     p.now = p.now.max(seen);
                 }
                 me.wake_one();
-                if seen <= known {
-                    // A worker baton itself just freed (a connection closed):
-                    // its own requests take it. Probing again at once would
-                    // only be answered by it again.
-                    let again = crate::core::clock::now_ms() + 10;
-                    me.probe_after_ms.store(again, Ordering::Relaxed);
-                    break;
-                }
-                // The woken request connects meanwhile; then, if requests
-                // still wait, the next probe looks for one more worker.
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                // Then look again while requests wait: soon after a new
+                // worker, and after a pause when the answer showed none (a
+                // worker baton freed itself, or one a pending connection
+                // of baton's is about to be answered on), which would only
+                // answer again.
+                let pause = if seen > known { 1 } else { 10 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             me.probing.store(false, Ordering::Release);
         });
@@ -342,9 +340,7 @@ impl Claim {
     pub fn new(workers: &Arc<Workers>) -> Self {
         let expected = !workers.all_taken() && workers.known() > 0;
         workers.pending.fetch_add(1, Ordering::Relaxed);
-        if expected {
-            workers.pending_expected.fetch_add(1, Ordering::Relaxed);
-        }
+
         Claim {
             workers: workers.clone(),
             held: false,
@@ -366,9 +362,6 @@ impl Claim {
         let w = &self.workers;
         let held = w.held.fetch_add(1, Ordering::Relaxed) + 1;
         w.pending.fetch_sub(1, Ordering::Relaxed);
-        if self.expected {
-            w.pending_expected.fetch_sub(1, Ordering::Relaxed);
-        }
         let mut p = w.peak.lock().unwrap_or_else(|e| e.into_inner());
         p.roll(crate::core::clock::now_ms(), held);
         p.now = p.now.max(held);
@@ -382,9 +375,6 @@ impl Drop for Claim {
             w.held.fetch_sub(1, Ordering::Relaxed);
         } else {
             w.pending.fetch_sub(1, Ordering::Relaxed);
-            if self.expected {
-                w.pending_expected.fetch_sub(1, Ordering::Relaxed);
-            }
         }
         w.wake_one();
     }
