@@ -15,12 +15,13 @@
 //! every known worker is taken waits here instead of connecting, and the
 //! next connection to finish is handed to it (`hand_off`), never idled and
 //! never closed. Meanwhile one probe (`FCGI_GET_VALUES` on a connection of
-//! its own, which PHP-FPM, libfcgi, flup and Go's net/http/fcgi answer from
-//! any free worker at once) waits in the accept queue: its answer means a
-//! worker is free that baton does not hold (`pm = dynamic` or `ondemand`
-//! started one, or another client of the pool left), so one more
-//! connection is opened. A request that waited `connect_timeout` connects
-//! anyway, as it would have without this.
+//! its own: the FastCGI specification has every server answer it, and
+//! PHP-FPM does so from any free worker at once, then closes) waits in the
+//! accept queue: its answer means a worker is free that baton does not
+//! hold (`pm = dynamic` or `ondemand` started one, or another client of
+//! the pool left), so one more connection is opened, and the probe looks
+//! again while requests wait. A request that waited `connect_timeout`
+//! connects anyway, as it would have without this.
 //!
 //! `queued` counts requests that may sit in the accept queue after all
 //! (connecting, or a new connection unanswered after `poke_after`):
