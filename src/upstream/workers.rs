@@ -129,7 +129,11 @@ impl Workers {
     /// Every worker baton knows of is held or about to be: a new
     /// connection would only queue behind baton's own.
     fn all_taken(&self) -> bool {
-        let known = self.known();
+        self.taken(self.known())
+    }
+
+    /// Whether `known` workers are all held or about to be.
+    fn taken(&self, known: usize) -> bool {
         known > 0
             && self.held.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed) >= known
     }
@@ -339,7 +343,8 @@ pub struct Claim {
 
 impl Claim {
     pub fn new(workers: &Arc<Workers>) -> Self {
-        let expected = !workers.all_taken() && workers.known() > 0;
+        let known = workers.known();
+        let expected = known > 0 && !workers.taken(known);
         workers.pending.fetch_add(1, Ordering::Relaxed);
 
         Claim {
