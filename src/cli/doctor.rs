@@ -188,40 +188,8 @@ async fn read_body(body: UpIncoming, timeout: Duration) -> (Option<Bytes>, Optio
 
 /// Sends FCGI_GET_VALUES on a fresh connection and reads what comes back.
 async fn sniff(addr: &ServerAddr, timeout: Duration) -> Spoken {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut probe = Vec::new();
-    let mut pairs = Vec::new();
-    for k in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
-        crate::upstream::fastcgi::push_pair(&mut pairs, k.as_bytes(), b"");
-    }
-    crate::upstream::fastcgi::push_management(
-        &mut probe,
-        crate::upstream::fastcgi::kind::GET_VALUES,
-        &pairs,
-    );
     let mut buf = vec![0u8; 512];
-    let work = async {
-        let n = match addr {
-            ServerAddr::Unix(p) => {
-                let mut s = tokio::net::UnixStream::connect(p).await.ok()?;
-                s.write_all(&probe).await.ok()?;
-                s.read(&mut buf).await.ok()?
-            }
-            ServerAddr::Tcp(a) => {
-                let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
-                s.write_all(&probe).await.ok()?;
-                s.read(&mut buf).await.ok()?
-            }
-            ServerAddr::Name { host, port } => {
-                let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .ok()?;
-                s.write_all(&probe).await.ok()?;
-                s.read(&mut buf).await.ok()?
-            }
-        };
-        Some(n)
-    };
+    let work = crate::upstream::fastcgi::ask_values(addr, &mut buf);
     let n = match tokio::time::timeout(timeout, work).await {
         Err(_) => return Spoken::Silent,
         Ok(None) | Ok(Some(0)) => return Spoken::Closed,

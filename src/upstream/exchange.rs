@@ -175,12 +175,12 @@ pub fn exchange<'a>(
                     cfg.max_response_header_bytes,
                     &tag,
                 );
-                // On a new connection, no head after 2 ms (opened for a worker
-                // known to be free: a few of the server's usual answer times)
-                // may mean this request sits in the accept queue behind workers that baton's own
-                // connections hold: from then on it counts as queued
-                // (finished connections close instead of idling or being
-                // handed on), and the idle ones close now.
+                // On a new connection, no head after 2 ms (opened for a
+                // worker known to be free: a few of the server's usual answer
+                // times) may mean this request sits in the accept queue
+                // behind workers that baton's own connections hold: from then
+                // on it counts as queued (finished connections close instead
+                // of idling or being handed on), and the idle ones close now.
                 let workers = &server.workers;
                 let poked = async {
                     if conn.reused.is_some() {

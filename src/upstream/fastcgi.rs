@@ -34,6 +34,42 @@ pub use params::{RequestInfo, health_request, request_head};
 
 use bytes::BytesMut;
 
+/// Sends FCGI_GET_VALUES (for FCGI_MAX_CONNS, FCGI_MAX_REQS and
+/// FCGI_MPXS_CONNS) on a new connection and reads once into `buf`: how many
+/// bytes came back (0: the server closed), `None` when the connect, the
+/// write or the read failed. Used by `baton doctor` to see what a server
+/// speaks and by `workers`' probe for a free worker.
+pub async fn ask_values(addr: &crate::config::ServerAddr, buf: &mut [u8]) -> Option<usize> {
+    use crate::config::ServerAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pairs = Vec::new();
+    for k in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
+        push_pair(&mut pairs, k.as_bytes(), b"");
+    }
+    let mut req = Vec::new();
+    push_management(&mut req, kind::GET_VALUES, &pairs);
+    let n = match addr {
+        ServerAddr::Unix(p) => {
+            let mut s = tokio::net::UnixStream::connect(p).await.ok()?;
+            s.write_all(&req).await.ok()?;
+            s.read(buf).await.ok()?
+        }
+        ServerAddr::Tcp(a) => {
+            let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
+            s.write_all(&req).await.ok()?;
+            s.read(buf).await.ok()?
+        }
+        ServerAddr::Name { host, port } => {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .ok()?;
+            s.write_all(&req).await.ok()?;
+            s.read(buf).await.ok()?
+        }
+    };
+    Some(n)
+}
+
 /// Feeds arbitrary bytes to every decoder (the fuzz target in `fuzz/`
 /// and the in-suite fuzz test call this): record stream, name-value pairs,
 /// CGI head. Must never panic.

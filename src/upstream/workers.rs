@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 use crate::config::ServerAddr;
@@ -300,36 +299,11 @@ impl Peak {
     }
 }
 
-/// Sends FCGI_GET_VALUES on a new connection; true once any record comes
+/// Asks FCGI_GET_VALUES on a new connection; true once anything comes
 /// back (from a free worker), false when the server closes or fails.
 async fn values_answered(addr: &ServerAddr) -> bool {
-    let mut req = Vec::new();
-    let mut pairs = Vec::new();
-    crate::upstream::fastcgi::push_pair(&mut pairs, b"FCGI_MPXS_CONNS", b"");
-    crate::upstream::fastcgi::push_management(
-        &mut req,
-        crate::upstream::fastcgi::kind::GET_VALUES,
-        &pairs,
-    );
     let mut first = [0u8; 8];
-    let got = match addr {
-        ServerAddr::Unix(p) => match tokio::net::UnixStream::connect(p).await {
-            Ok(mut s) => match s.write_all(&req).await {
-                Ok(()) => s.read(&mut first).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        ServerAddr::Tcp(a) => match tokio::net::TcpStream::connect(a).await {
-            Ok(mut s) => match s.write_all(&req).await {
-                Ok(()) => s.read(&mut first).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
-        ServerAddr::Name { .. } => return false,
-    };
-    matches!(got, Ok(n) if n > 0)
+    matches!(crate::upstream::fastcgi::ask_values(addr, &mut first).await, Some(n) if n > 0)
 }
 
 /// A connection's claim on one of the server's workers, kept in its
