@@ -45,6 +45,8 @@ pub enum Sent {
 /// timeout around this future.
 pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head: usize) -> Sent {
     let out = encode(&req, &body);
+    // Sent with the worker's other requests of this turn (core/turn.rs).
+    crate::core::turn::gather().await;
     if let Err(e) = wire.io.write_all(&out).await {
         if crate::upstream::is_dead_peer(&e) {
             return Sent::Unsent(body);
