@@ -43,6 +43,11 @@ pub struct Request<'a> {
     pub upgrade: bool,
     /// Tags the FastCGI app's stderr lines in the log.
     pub request_id: &'a HeaderValue,
+    /// The request came alone on its client connection (HTTP/1.1): its
+    /// write to an HTTP/1.1 upstream waits for the worker's other ready
+    /// requests (core/turn.rs). An HTTP/2 connection's streams are woken
+    /// together already, and the extra pass measured a cost there.
+    pub gather: bool,
 }
 
 /// What one exchange came to: a response head, or why there is none.
@@ -109,7 +114,8 @@ pub fn exchange<'a>(
                     headers: req.headers,
                     added: req.added,
                 };
-                let fut = h1::exchange(wire, head, req.body, cfg.max_response_header_bytes);
+                let max = cfg.max_response_header_bytes;
+                let fut = h1::exchange(wire, head, req.body, max, req.gather);
                 match await_head(fut, info, head_wait).await {
                     None => Err(NoHead::TimedOut),
                     Some(h1::Sent::Head(resp)) => Ok(Head {
