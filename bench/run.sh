@@ -8,8 +8,12 @@
 # OBSERVED=1 adds "baton-obs": a second baton with [incidents] recording,
 # its admin address, and /api/state polled every 0.5 s (four open
 # dashboards' worth), to show what the observing costs the gateway.
-# BATON=PATH runs that binary instead of building this tree's (an A/B of
-# two builds on one machine: run the script once with each).
+# BATON=PATH runs that binary instead of building this tree's.
+# AB=PATH adds "baton-b": a second baton from that binary, in every round
+# beside the first, and prints baton-b/baton. Two builds compared this way
+# share each round's conditions; run separately, a sitting's drift (10-30%
+# here) hides a change of a few percent. AB set to the same binary as
+# BATON is the control: how far apart two identical gateways come out.
 # H2=1 adds HTTP/2 without TLS (prior knowledge, h2c) after the HTTP/1.1
 # rounds: `h2load -c16 -m16` against each proxy, same rounds, medians
 # (nginx and HAProxy on a second port each; baton serves both on one).
@@ -90,6 +94,13 @@ dir = \"$T/store\"" > $T/baton-obs.toml
     (while :; do curl -s -o /dev/null http://127.0.0.1:18085/api/state; sleep 0.5; done) & echo $! > $T/poll.pid
     TARGETS="$TARGETS baton-obs:18084"
 fi
+H2TARGETS="nginx:18091 haproxy:18092 baton:18083"
+if [ -n "${AB:-}" ]; then
+    baton_toml 18087 18080 $WORKERS "" "$BATON_LOG" > $T/baton-b.toml
+    "$AB" serve --config $T/baton-b.toml 2>$T/baton-b.err & echo $! > $T/baton-b.pid
+    TARGETS="$TARGETS baton-b:18087"
+    H2TARGETS="$H2TARGETS baton-b:18087"
+fi
 sleep 1
 
 bench() { # name port -> "rps p50_ms p99_ms"
@@ -125,7 +136,7 @@ if [ "${H2:-0}" = 1 ]; then
     : > $T/h2results
     r=1
     while [ $r -le $ROUNDS ]; do
-        for n in nginx:18091 haproxy:18092 baton:18083; do
+        for n in $H2TARGETS; do
             _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
             h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
             echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/h2results
@@ -165,6 +176,10 @@ if os.path.exists(h2):
         print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])} CPU {hmed(n, 2):.1f} us/req")
     for peer in ("nginx", "haproxy"):
         print(f"baton/{peer} h2c: req/s {hmed('baton', 0) / hmed(peer, 0):.2f}x, CPU a request {hmed('baton', 2) / hmed(peer, 2):.2f}x")
+if "baton-b" in by:
+    print(f"baton-b/baton: req/s {med('baton-b',0)/med('baton',0):.2f}x, p99 {med('baton-b',2)/med('baton',2):.2f}x, CPU a request {med('baton-b',4)/med('baton',4):.2f}x")
+    if os.path.exists(h2):
+        print(f"baton-b/baton h2c: req/s {hmed('baton-b', 0) / hmed('baton', 0):.2f}x, CPU a request {hmed('baton-b', 2) / hmed('baton', 2):.2f}x")
 if "baton-obs" in by:
     print(f"baton-obs/baton: req/s {med('baton-obs',0)/med('baton',0):.2f}x, p99 {med('baton-obs',2)/med('baton',2):.2f}x")
 PY
