@@ -45,8 +45,8 @@ pub struct Request<'a> {
     pub request_id: &'a HeaderValue,
     /// The request came alone on its client connection (HTTP/1.1): its
     /// write to an HTTP/1.1 upstream waits for the worker's other ready
-    /// requests (core/turn.rs). An HTTP/2 connection's streams are woken
-    /// together already, and the extra pass measured a cost there.
+    /// requests (core/turn.rs). Not over HTTP/2, whose connection wakes its
+    /// streams together already.
     pub gather: bool,
 }
 
