@@ -41,33 +41,34 @@ use bytes::BytesMut;
 /// speaks and by `workers`' probe for a free worker.
 pub async fn ask_values(addr: &crate::config::ServerAddr, buf: &mut [u8]) -> Option<usize> {
     use crate::config::ServerAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    /// One write, one read, whatever the socket.
+    async fn talk(
+        mut s: impl AsyncRead + AsyncWrite + Unpin,
+        req: &[u8],
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        s.write_all(req).await.ok()?;
+        s.read(buf).await.ok()
+    }
     let mut pairs = Vec::new();
     for k in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"] {
         push_pair(&mut pairs, k.as_bytes(), b"");
     }
     let mut req = Vec::new();
     push_management(&mut req, kind::GET_VALUES, &pairs);
-    let n = match addr {
+    match addr {
         ServerAddr::Unix(p) => {
-            let mut s = tokio::net::UnixStream::connect(p).await.ok()?;
-            s.write_all(&req).await.ok()?;
-            s.read(buf).await.ok()?
+            talk(tokio::net::UnixStream::connect(p).await.ok()?, &req, buf).await
         }
-        ServerAddr::Tcp(a) => {
-            let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
-            s.write_all(&req).await.ok()?;
-            s.read(buf).await.ok()?
-        }
+        ServerAddr::Tcp(a) => talk(tokio::net::TcpStream::connect(a).await.ok()?, &req, buf).await,
         ServerAddr::Name { host, port } => {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), *port))
+            let s = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
                 .ok()?;
-            s.write_all(&req).await.ok()?;
-            s.read(buf).await.ok()?
+            talk(s, &req, buf).await
         }
-    };
-    Some(n)
+    }
 }
 
 /// Feeds arbitrary bytes to every decoder (the fuzz target in `fuzz/`

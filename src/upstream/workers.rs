@@ -320,7 +320,6 @@ impl Claim {
         let known = workers.known();
         let expected = known > 0 && !workers.taken(known);
         workers.pending.fetch_add(1, Ordering::Relaxed);
-
         Claim {
             workers: workers.clone(),
             held: false,
