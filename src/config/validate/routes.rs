@@ -22,108 +22,10 @@ impl Validator<'_> {
         routes: &[Route],
     ) -> Option<Route> {
         let redirect = self.redirect(i, r);
-        let ui = match (&r.upstream, &redirect) {
-            (Some(u), None) => {
-                let up = u.get_ref();
-                let Some(&ui) = index.get(up) else {
-                    let names: Vec<&str> = index.keys().map(String::as_str).collect();
-                    let fix = match closest(up, &names) {
-                        Some(s) => format!("did you mean \"{s}\"?"),
-                        None if names.is_empty() => {
-                            "define it with an [upstreams.NAME] section".into()
-                        }
-                        None => format!("use one of: {}", names.join(", ")),
-                    };
-                    self.err(
-                        format!("routes[{i}].upstream"),
-                        u.span(),
-                        format!("unknown upstream {up:?}"),
-                        &fix,
-                    );
-                    return None;
-                };
-                Some(ui)
-            }
-            (None, Some(_)) => None,
-            (Some(u), Some(_)) => {
-                self.err(
-                    format!("routes[{i}].redirect"),
-                    u.span(),
-                    "a route either redirects or has an upstream",
-                    "remove upstream from the redirecting route, or make it two routes",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.err(
-                    format!("routes[{i}].upstream"),
-                    0..0,
-                    "the route names no upstream and no redirect",
-                    "add upstream = \"NAME\", or redirect = \"https://example.com{uri}\"",
-                );
-                return None;
-            }
-        };
-        let mut host = Vec::new();
-        if let Some(h) = &r.host {
-            for s in h.get_ref().items() {
-                let s = s.to_ascii_lowercase();
-                if s.split_whitespace().count() > 1 {
-                    // nginx's server_name habit: one string, many names.
-                    let list: Vec<String> =
-                        s.split_whitespace().map(|n| format!("{n:?}")).collect();
-                    self.err(
-                        format!("routes[{i}].host"),
-                        h.span(),
-                        format!("{s:?} is several names in one string: no request would match it"),
-                        &format!("write a list: host = [{}]", list.join(", ")),
-                    );
-                } else if let Some(rest) = s.strip_prefix("*.") {
-                    if rest.is_empty() || rest.contains('*') {
-                        self.err(
-                            format!("routes[{i}].host"),
-                            h.span(),
-                            format!("invalid wildcard {s:?}"),
-                            "write \"*.example.com\"",
-                        );
-                    }
-                    host.push(HostMatch::Suffix(format!(".{rest}")));
-                } else if s.is_empty() || s.contains('*') || s.contains('/') {
-                    self.err(
-                        format!("routes[{i}].host"),
-                        h.span(),
-                        format!("invalid host {s:?}"),
-                        "write \"example.com\" or \"*.example.com\" (no scheme, no path)",
-                    );
-                } else {
-                    host.push(HostMatch::Exact(s));
-                }
-            }
-        }
+        let ui = self.route_upstream(i, r, redirect.is_some(), index)?;
+        let host = self.route_hosts(i, r);
         let path_regex = self.path_regex(i, r);
-        let path = match &r.path {
-            Some(p) if path_regex.is_some() => {
-                self.err(
-                    format!("routes[{i}].path"),
-                    p.span(),
-                    "a route matches a path prefix or a path_regex, not both",
-                    "keep one: path = \"/blog/\" or path_regex = \"^/blog/(\\\\d+)$\"",
-                );
-                return None;
-            }
-            None if path_regex.is_some() => "/".to_string(),
-            None => "/".to_string(),
-            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
-            Some(p) => {
-                self.err(
-                    format!("routes[{i}].path"),
-                    p.span(),
-                    format!("path {:?} does not start with /", p.get_ref()),
-                    "write a path prefix such as \"/api\"",
-                );
-                return None;
-            }
-        };
+        let path = self.route_path(i, r, path_regex.is_some())?;
         let name = format!(
             "{}{}",
             host.first().map_or("*".to_string(), |h| h.to_string()),
@@ -352,6 +254,130 @@ impl Validator<'_> {
             maintenance,
             rate_limit,
         })
+    }
+
+    /// The route's upstream (its index), `Some(None)` for a redirecting
+    /// route, `None` when neither or both are given or the name is unknown.
+    fn route_upstream(
+        &mut self,
+        i: usize,
+        r: &raw::Route,
+        redirect: bool,
+        index: &HashMap<String, usize>,
+    ) -> Option<Option<usize>> {
+        let ui = match (&r.upstream, redirect) {
+            (Some(u), false) => {
+                let up = u.get_ref();
+                let Some(&ui) = index.get(up) else {
+                    let names: Vec<&str> = index.keys().map(String::as_str).collect();
+                    let fix = match closest(up, &names) {
+                        Some(s) => format!("did you mean \"{s}\"?"),
+                        None if names.is_empty() => {
+                            "define it with an [upstreams.NAME] section".into()
+                        }
+                        None => format!("use one of: {}", names.join(", ")),
+                    };
+                    self.err(
+                        format!("routes[{i}].upstream"),
+                        u.span(),
+                        format!("unknown upstream {up:?}"),
+                        &fix,
+                    );
+                    return None;
+                };
+                Some(ui)
+            }
+            (None, true) => None,
+            (Some(u), true) => {
+                self.err(
+                    format!("routes[{i}].redirect"),
+                    u.span(),
+                    "a route either redirects or has an upstream",
+                    "remove upstream from the redirecting route, or make it two routes",
+                );
+                return None;
+            }
+            (None, false) => {
+                self.err(
+                    format!("routes[{i}].upstream"),
+                    0..0,
+                    "the route names no upstream and no redirect",
+                    "add upstream = \"NAME\", or redirect = \"https://example.com{uri}\"",
+                );
+                return None;
+            }
+        };
+        Some(ui)
+    }
+
+    /// The route's `host` names, each checked; a bad one is reported and left out.
+    fn route_hosts(&mut self, i: usize, r: &raw::Route) -> Vec<HostMatch> {
+        let mut host = Vec::new();
+        if let Some(h) = &r.host {
+            for s in h.get_ref().items() {
+                let s = s.to_ascii_lowercase();
+                if s.split_whitespace().count() > 1 {
+                    // nginx's server_name habit: one string, many names.
+                    let list: Vec<String> =
+                        s.split_whitespace().map(|n| format!("{n:?}")).collect();
+                    self.err(
+                        format!("routes[{i}].host"),
+                        h.span(),
+                        format!("{s:?} is several names in one string: no request would match it"),
+                        &format!("write a list: host = [{}]", list.join(", ")),
+                    );
+                } else if let Some(rest) = s.strip_prefix("*.") {
+                    if rest.is_empty() || rest.contains('*') {
+                        self.err(
+                            format!("routes[{i}].host"),
+                            h.span(),
+                            format!("invalid wildcard {s:?}"),
+                            "write \"*.example.com\"",
+                        );
+                    }
+                    host.push(HostMatch::Suffix(format!(".{rest}")));
+                } else if s.is_empty() || s.contains('*') || s.contains('/') {
+                    self.err(
+                        format!("routes[{i}].host"),
+                        h.span(),
+                        format!("invalid host {s:?}"),
+                        "write \"example.com\" or \"*.example.com\" (no scheme, no path)",
+                    );
+                } else {
+                    host.push(HostMatch::Exact(s));
+                }
+            }
+        }
+        host
+    }
+
+    /// The route's path prefix (`/` when it has none, or a path_regex), or
+    /// `None` when it has both or the prefix does not start with `/`.
+    fn route_path(&mut self, i: usize, r: &raw::Route, regex: bool) -> Option<String> {
+        let path = match &r.path {
+            Some(p) if regex => {
+                self.err(
+                    format!("routes[{i}].path"),
+                    p.span(),
+                    "a route matches a path prefix or a path_regex, not both",
+                    "keep one: path = \"/blog/\" or path_regex = \"^/blog/(\\\\d+)$\"",
+                );
+                return None;
+            }
+            None if regex => "/".to_string(),
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                self.err(
+                    format!("routes[{i}].path"),
+                    p.span(),
+                    format!("path {:?} does not start with /", p.get_ref()),
+                    "write a path prefix such as \"/api\"",
+                );
+                return None;
+            }
+        };
+        Some(path)
     }
 
     /// `path_regex`: compiled, or the error with its position.
