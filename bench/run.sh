@@ -17,6 +17,12 @@
 # H2=1 adds HTTP/2 without TLS (prior knowledge, h2c) after the HTTP/1.1
 # rounds: `h2load -c16 -m16` against each proxy, same rounds, medians
 # (nginx and HAProxy on a second port each; baton serves both on one).
+# SAME=1 configures nginx and HAProxy to do what baton does by default on
+# every request: send the upstream X-Forwarded-For, -Proto and -Host, Via
+# and a request ID, and the client Via and the request ID. The backend then
+# parses the same request behind all three (by default nginx sends it only
+# Host, HAProxy only the client's headers), and each proxy does the same
+# work; how a site configured as nginx's and HAProxy's guides say compares.
 # Recipe: wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run.
 # Each row also gives the proxy's own CPU a request (user + system time of
@@ -47,6 +53,22 @@ access_format = \"combined\""
 else
     NGINX_LOG="access_log off;"; HAPROXY_LOG=""; BATON_LOG='access = "off"'
 fi
+if [ "${SAME:-0}" = 1 ]; then
+    NGINX_SAME='proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Via "1.1 nginx"; proxy_set_header X-Request-Id $request_id;
+      add_header Via "1.1 nginx"; add_header X-Request-Id $request_id;'
+    HAPROXY_SAME='option forwardfor
+  unique-id-format %[uuid]
+  unique-id-header X-Request-Id
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request add-header Via "1.1 haproxy"
+  http-response add-header Via "1.1 haproxy"
+  http-response set-header X-Request-Id %[unique-id]'
+else
+    NGINX_SAME=""; HAPROXY_SAME=""
+fi
 trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
 
 # Backend: one nginx worker answering "ok".
@@ -60,7 +82,8 @@ http { $NGINX_LOG
   upstream be { server 127.0.0.1:18080; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18091 http2 backlog=4096;
     keepalive_requests 1000000;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection "";
+      $NGINX_SAME } } }
 CONF
 nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
 
@@ -76,6 +99,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
+  $HAPROXY_SAME
   bind 127.0.0.1:18082
   bind 127.0.0.1:18092 proto h2
   default_backend be
@@ -145,7 +169,7 @@ if [ "${H2:-0}" = 1 ]; then
     done
 fi
 python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" <<'PY'
-import sys, statistics as st
+import os, sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 secs, tck = float(sys.argv[4]), float(sys.argv[6])
@@ -154,7 +178,7 @@ for name, rps, p50, p99, errs, ticks in rows:
     us = int(ticks) / tck * 1e6 / (float(rps) * secs)
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), us))
 def med(name, i): return st.median(v[i] for v in by[name])
-print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}")
+print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}" + (", peers forward what baton does (SAME=1)" if os.environ.get("SAME") == "1" else ""))
 print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
 for n in by:
     rs = [v[0] for v in by[n]]
