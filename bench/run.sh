@@ -22,7 +22,7 @@
 # and a request ID, and the client Via and the request ID. The backend then
 # parses the same request behind all three (by default nginx sends it only
 # Host, HAProxy only the client's headers), and each proxy does the same
-# work; how a site configured as nginx's and HAProxy's guides say compares.
+# work, as on a site set up the way nginx's and HAProxy's guides say.
 # Recipe: wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run.
 # Each row also gives the proxy's own CPU a request (user + system time of
