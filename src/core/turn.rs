@@ -20,11 +20,11 @@
 //! Measured under `wrk -t2 -c64`, one worker, an nginx upstream (`perf
 //! stat`): the upstream's context switches a request 0.19 -> 0.09, and
 //! baton's own CPU a request down by a tenth (docs/benchmarks.md, "Issue
-//! 19, eighth stop"). On a host twice as fast the same switch measured
-//! the other way at one worker (0.94x req/s, the upstream woken more
-//! often) and level at two ("Issue 19, ninth stop"): the pass costs an
-//! extra poll of each task a write, and what it saves is wake-ups, whose
-//! worth depends on the host. Kept until more sittings decide.
+//! 19, eighth stop"). In the ninth stop's sitting the same switch
+//! measured the other way at one worker, twice (0.94x req/s, the upstream
+//! woken more often), and level at two: the pass costs an extra poll of
+//! each task a write, and what it saves is wake-ups, whose worth differed
+//! between sittings. Kept until more sittings decide.
 
 /// Waits until the worker's other ready tasks have had their turn (and the
 /// sockets were polled once more), so that the write that follows leaves
