@@ -21,10 +21,10 @@
 //! stat`): the upstream's context switches a request 0.19 -> 0.09, and
 //! baton's own CPU a request down by a tenth (docs/benchmarks.md, "Issue
 //! 19, eighth stop"). In the ninth stop's sitting the same switch
-//! measured the other way at one worker, twice (0.94x req/s, the upstream
-//! woken more often), and level at two: the pass costs an extra poll of
-//! each task a write, and what it saves is wake-ups, whose worth differed
-//! between sittings. Kept until more sittings decide.
+//! measured the other way at one worker, twice (0.94x and 0.89x req/s,
+//! the upstream woken more often), and level at two: the pass costs an
+//! extra poll of each task a write, and what it saves is wake-ups, whose
+//! worth differed between sittings. Kept until more sittings decide.
 
 /// Waits until the worker's other ready tasks have had their turn (and the
 /// sockets were polled once more), so that the write that follows leaves
