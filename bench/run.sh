@@ -168,8 +168,8 @@ if [ "${H2:-0}" = 1 ]; then
         r=$((r + 1))
     done
 fi
-python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" <<'PY'
-import os, sys, statistics as st
+python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" "$([ "${SAME:-0}" = 1 ] && echo ", peers forward what baton does (SAME=1)")" <<'PY'
+import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 secs, tck = float(sys.argv[4]), float(sys.argv[6])
@@ -178,7 +178,7 @@ for name, rps, p50, p99, errs, ticks in rows:
     us = int(ticks) / tck * 1e6 / (float(rps) * secs)
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), us))
 def med(name, i): return st.median(v[i] for v in by[name])
-print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}" + (", peers forward what baton does (SAME=1)" if os.environ.get("SAME") == "1" else ""))
+print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}{sys.argv[7]}")
 print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
 for n in by:
     rs = [v[0] for v in by[n]]
