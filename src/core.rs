@@ -1,6 +1,6 @@
 //! The core types every layer shares, and nothing else: the closed table
 //! of failure causes, the one failure type, the client's request body,
-//! clocks, small text helpers, and the turn writes wait for.
+//! clocks and small text helpers.
 //!
 //! Must not: import any other module of baton (the bottom layer; see
 //! ARCHITECTURE.md, "Layers").
@@ -10,7 +10,6 @@ pub mod cause;
 pub mod clock;
 pub mod failure;
 pub mod text;
-pub mod turn;
 
 /// A seeded xorshift generator: the suite's deterministic random inputs
 /// (the fuzz entry points' in-suite runs).

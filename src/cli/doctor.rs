@@ -128,7 +128,6 @@ async fn fastcgi_ping(t: &Target, o: &Options) -> Step {
         body: UpBody::Empty,
         upgrade: false,
         request_id: &http::HeaderValue::from_static("doctor"),
-        gather: false,
     };
     match exchange::exchange(server, &up.cfg, &mut conn, req, o.timeout, 0).await {
         Err(NoHead::TimedOut) => step(
@@ -879,7 +878,6 @@ impl Walk<'_> {
             body: UpBody::Empty,
             upgrade: false,
             request_id: &http::HeaderValue::from_static("doctor"),
-            gather: false,
         };
         let outcome = exchange::exchange(server, &up.cfg, &mut conn, req, timeout, 0).await;
         let response = match outcome {

@@ -206,7 +206,6 @@ async fn attempt(ctx: &mut Ctx, l: &mut Attempts<'_>, req: &mut UpRequest) -> Op
             body: req.body.take(),
             upgrade: req.client_upgrade.is_some(),
             request_id: &ctx.id,
-            gather: ctx.version <= http::Version::HTTP_11,
         },
         head_wait,
         read_before,

@@ -266,9 +266,6 @@ fn exchange<'a>(
                 && n >= SENDFILE_MIN
                 && b.body_mut().file_mut().is_some_and(|f| f.remaining() == n);
         }
-        // Written with the worker's other responses of this turn
-        // (core/turn.rs).
-        crate::core::turn::gather().await;
         let written = poll_fn(|cx| {
             c.poll_feed(cx);
             c.poll_respond(cx, &mut out, &mut writing)

@@ -43,11 +43,6 @@ pub struct Request<'a> {
     pub upgrade: bool,
     /// Tags the FastCGI app's stderr lines in the log.
     pub request_id: &'a HeaderValue,
-    /// The request came alone on its client connection (HTTP/1.1): its
-    /// write to an HTTP/1.1 upstream waits for the worker's other ready
-    /// requests (core/turn.rs). Not over HTTP/2, whose connection wakes its
-    /// streams together already.
-    pub gather: bool,
 }
 
 /// What one exchange came to: a response head, or why there is none.
@@ -115,7 +110,7 @@ pub fn exchange<'a>(
                     added: req.added,
                 };
                 let max = cfg.max_response_header_bytes;
-                let fut = h1::exchange(wire, head, req.body, max, req.gather);
+                let fut = h1::exchange(wire, head, req.body, max);
                 match await_head(fut, info, head_wait).await {
                     None => Err(NoHead::TimedOut),
                     Some(h1::Sent::Head(resp)) => Ok(Head {

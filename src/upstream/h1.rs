@@ -42,19 +42,9 @@ pub enum Sent {
 
 /// Sends one request (head and body in one write) and reads its response
 /// head, skipping interim (1xx) responses. The caller applies the head
-/// timeout around this future. `gather`: the write waits for the worker's
-/// other ready requests, to leave with theirs (core/turn.rs).
-pub async fn exchange(
-    mut wire: Box<Wire>,
-    req: Head<'_>,
-    body: UpBody,
-    max_head: usize,
-    gather: bool,
-) -> Sent {
+/// timeout around this future.
+pub async fn exchange(mut wire: Box<Wire>, req: Head<'_>, body: UpBody, max_head: usize) -> Sent {
     let out = encode(&req, &body);
-    if gather {
-        crate::core::turn::gather().await;
-    }
     if let Err(e) = wire.io.write_all(&out).await {
         if crate::upstream::is_dead_peer(&e) {
             return Sent::Unsent(body);

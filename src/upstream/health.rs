@@ -293,7 +293,6 @@ pub async fn probe(
             body: UpBody::Empty,
             upgrade: false,
             request_id: &HeaderValue::from_static("health-check"),
-            gather: false,
         };
         let status = match exchange::exchange(&server, &up.cfg, &mut conn, req, cfg.timeout, 0)
             .await
