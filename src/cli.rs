@@ -195,13 +195,22 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
+/// Baton's own lines at `info` and above unless `BATON_LOG` says
+/// otherwise; rustls's only at `error`. Each of rustls's warnings on a
+/// server is about one connection and what its client chose to send (an
+/// IP address as SNI, as wrk and many scanners send it; a warning alert;
+/// an out-of-order message): at `warn` any client could have baton write
+/// a line for every connection it opens. Baton counts failed handshakes
+/// itself, by reason (`baton_tls_handshake_failures_total`).
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .event_format(crate::observe::log::OneShape)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .try_init();
 }

@@ -589,3 +589,61 @@ async fn the_ocsp_response_is_stapled_when_the_certificate_names_a_responder() {
     assert!(seen.contains("Cert Status: good"), "{seen}");
     gw.stop().await;
 }
+
+/// A client that sends an IP address as SNI (as wrk and many scanners
+/// do) is served, and writes nothing into baton's log: rustls warns of
+/// each such handshake, one line per connection a client chooses to open,
+/// and baton keeps rustls's lines to errors unless `BATON_LOG` asks.
+#[tokio::test]
+async fn an_ip_address_as_sni_is_served_without_a_log_line() {
+    let o = Origin::start(Script::Ok("hi".into())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    cert(dir.path(), "ip", &["127.0.0.1"]);
+    let tls: SocketAddr = format!("127.0.0.1:{}", refusing_addr().port())
+        .parse()
+        .unwrap();
+    let (_addr, mut child) = serve_child(
+        dir.path(),
+        &format!(
+            "listen_tls = [\"{tls}\"]\n[log]\naccess = \"off\"\n\n[[tls.certificates]]\ncert = \"{d}/ip.crt\"\nkey = \"{d}/ip.key\"\n\n{}",
+            one_route(o.addr),
+            d = dir.path().display()
+        ),
+        std::process::Stdio::piped(),
+    )
+    .await;
+    for _ in 0..3 {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "printf 'GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -connect {tls} -servername 127.0.0.1 -quiet 2>/dev/null"
+                ))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhi"), "{text}");
+    }
+    let mut c = child.take();
+    c.kill().unwrap();
+    let err = String::from_utf8_lossy(&c.wait_with_output().unwrap().stderr).to_string();
+    let targets: Vec<String> = err
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("{l}"));
+            format!("{} {}", v["level"], v["target"])
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "\"info\" \"baton::server\"",
+            "\"info\" \"baton::cli::serve\""
+        ],
+        "{err}"
+    );
+}
