@@ -2,10 +2,16 @@
 # Chaos benchmark: the same load against baton, nginx and HAProxy while their
 # three backends are killed (SIGKILL) and restarted on a schedule. Prints each
 # proxy's client-visible error rate and p99.
-# Usage: sh bench/chaos.sh [seconds-per-proxy]
+# Usage: sh bench/chaos.sh [seconds-per-proxy] [rounds]
+# Each round runs the three one after another, in an order that turns by
+# one each round (nginx first in round 1, HAProxy in round 2, baton in
+# round 3...): a sitting that drifts does not always land on the same
+# proxy. The report gives each proxy's median requests and p99 over the
+# rounds, its errors summed, and baton's ratios.
 set -eu
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
+ROUNDS=${2:-1}
 for p in nginx haproxy wrk; do
     command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
 done
@@ -78,13 +84,13 @@ fall = 1
 upstream = "be"
 CONF
 
-run() { # name port start-cmd
+run() { # name port start-cmd round
     for n in 1 2 3; do backend $n; done
     sleep 0.5
     $3 & echo $! > $T/$1.pid
     sleep 1
-    echo "chaos: $1" >&2
-    wrk -t2 -c32 -d${SECS}s --latency http://127.0.0.1:$2/ > $T/$1.wrk 2>&1 &
+    echo "chaos: $1, round $4" >&2
+    wrk -t2 -c32 -d${SECS}s --latency http://127.0.0.1:$2/ > $T/$1-$4.wrk 2>&1 &
     W=$!
     # Schedule: every SECS/8 seconds one backend dies, and comes back after
     # 1.5 s: each of the three dies twice or more during the run.
@@ -103,21 +109,39 @@ run() { # name port start-cmd
     for n in 1 2 3; do kill_backend $n; done
     sleep 1
 }
-run nginx 18181 "nginx -c $T/nginx.conf"
-run haproxy 18182 "haproxy -f $T/haproxy.cfg"
-run baton 18183 "$BIN serve --config $T/baton.toml"
+r=1
+while [ $r -le $ROUNDS ]; do
+    set -- "nginx 18181" "haproxy 18182" "baton 18183"
+    i=1
+    while [ $i -lt $(( (r - 1) % 3 + 1 )) ]; do set -- "$2" "$3" "$1"; i=$((i + 1)); done
+    for p in "$@"; do
+        case ${p% *} in
+            nginx) run nginx 18181 "nginx -c $T/nginx.conf" $r ;;
+            haproxy) run haproxy 18182 "haproxy -f $T/haproxy.cfg" $r ;;
+            baton) run baton 18183 "$BIN serve --config $T/baton.toml" $r ;;
+        esac
+    done
+    r=$((r + 1))
+done
 
-python3 - $T <<'PY'
-import re, sys
-t = sys.argv[1]
-print(f"{'proxy':<8} {'requests':>9} {'errors':>7} {'error %':>8} {'p99 ms':>8}")
-for n in ("nginx", "haproxy", "baton"):
-    s = open(f"{t}/{n}.wrk").read()
+python3 - $T $ROUNDS <<'PY'
+import re, sys, statistics as st
+t, rounds = sys.argv[1], int(sys.argv[2])
+def one(path):  # (requests, errors, p99 ms) of one wrk run
+    s = open(path).read()
     total = int(re.search(r"(\d+) requests in", s).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", s)) else 0
     sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", s.split("Socket errors:")[1].split("\n")[0])) if "Socket errors:" in s else 0
     p = re.search(r"99%\s+([\d.]+)(us|ms|s)", s)
-    p99 = float(p.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p.group(2)]
-    err = non2xx + sock
-    print(f"{n:<8} {total:>9} {err:>7} {100*err/max(total,1):>7.3f}% {p99:>8.2f}")
+    return total, non2xx + sock, float(p.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p.group(2)]
+by = {n: [one(f"{t}/{n}-{r}.wrk") for r in range(1, rounds + 1)] for n in ("nginx", "haproxy", "baton")}
+print(f"{rounds} round(s), order turned each round; medians of requests and p99, errors summed")
+print(f"{'proxy':<8} {'requests':>9} {'errors':>7} {'error %':>8} {'p99 ms':>8}  requests each round")
+med = {}
+for n, v in by.items():
+    total, err, p99 = st.median(x[0] for x in v), sum(x[1] for x in v), st.median(x[2] for x in v)
+    med[n] = total
+    print(f"{n:<8} {total:>9.0f} {err:>7} {100*err/max(sum(x[0] for x in v),1):>7.3f}% {p99:>8.2f}  {' '.join(str(x[0]) for x in v)}")
+for peer in ("nginx", "haproxy"):
+    print(f"baton/{peer}: requests served {med['baton']/med[peer]:.2f}x")
 PY
