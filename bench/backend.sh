@@ -52,3 +52,14 @@ cpu_ticks() {
     for p in $1 $(cat /proc/$1/task/*/children 2>/dev/null); do cat /proc/$p/stat; done |
         awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
 }
+
+# turned ROUND ITEM...: the items, turned left by ROUND - 1 (round 1 as
+# given, round 2 from the second item...): a script that runs each proxy
+# once a round puts a different one first each round, so that a sitting's
+# drift, or what the one before left behind (TIME_WAIT), does not always
+# fall on the same proxy.
+turned() {
+    _k=$(( ($1 - 1) % ($# - 1) )); shift
+    while [ $_k -gt 0 ]; do _f=$1; shift; set -- "$@" "$_f"; _k=$((_k - 1)); done
+    echo "$@"
+}

@@ -4,12 +4,12 @@
 # proxy's client-visible error rate and p99.
 # Usage: sh bench/chaos.sh [seconds-per-proxy] [rounds]
 # Each round runs the three one after another, in an order that turns by
-# one each round (nginx first in round 1, HAProxy in round 2, baton in
-# round 3...): a sitting that drifts does not always land on the same
-# proxy. The report gives each proxy's median requests and p99 over the
-# rounds, its errors summed, and baton's ratios.
+# one each round (`turned`, bench/backend.sh). The report gives each
+# proxy's median requests and p99 over the rounds, its errors summed, and
+# baton's ratios.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 SECS=${1:-20}
 ROUNDS=${2:-1}
 for p in nginx haproxy wrk; do
@@ -111,11 +111,8 @@ run() { # name port start-cmd round
 }
 r=1
 while [ $r -le $ROUNDS ]; do
-    set -- "nginx 18181" "haproxy 18182" "baton 18183"
-    i=1
-    while [ $i -lt $(( (r - 1) % 3 + 1 )) ]; do set -- "$2" "$3" "$1"; i=$((i + 1)); done
-    for p in "$@"; do
-        case ${p% *} in
+    for p in $(turned $r nginx haproxy baton); do
+        case $p in
             nginx) run nginx 18181 "nginx -c $T/nginx.conf" $r ;;
             haproxy) run haproxy 18182 "haproxy -f $T/haproxy.cfg" $r ;;
             baton) run baton 18183 "$BIN serve --config $T/baton.toml" $r ;;

@@ -21,11 +21,9 @@
 # `-sess_in`) are printed.
 # Usage: sh bench/tls.sh [workers] [seconds] [rounds]
 # Each round measures the three one after another, in an order that turns
-# by one each round (nginx first in round 1, HAProxy in round 2, baton in
-# round 3...): the handshake runs leave tens of thousands of connections
-# in TIME_WAIT, and a sitting drifts, so a fixed order would always hand
-# the same proxy the worst place. The report gives the medians over the
-# rounds.
+# by one each round (`turned`, bench/backend.sh): the handshake runs leave
+# tens of thousands of connections in TIME_WAIT. The report gives the
+# medians over the rounds.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -94,10 +92,7 @@ for n in $TARGETS; do
 done
 r=1
 while [ $r -le $ROUNDS ]; do
-    set -- $TARGETS
-    i=1
-    while [ $i -lt $(( (r - 1) % 3 + 1 )) ]; do set -- "$2" "$3" "$1"; i=$((i + 1)); done
-    for n in "$@"; do
+    for n in $(turned $r $TARGETS); do
         name=${n%%:*}; port=${n#*:}
         c0=$(cpu_ticks $(cat $T/$name.pid))
         wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
