@@ -114,6 +114,21 @@ async fn h2_get(s: Tls, path: &str, host: &str) -> (u16, serde_json::Value) {
     (status, serde_json::from_slice(&b).unwrap_or_default())
 }
 
+/// What `sh -c cmd` writes to stdout (run on a blocking thread): the
+/// tests' `openssl s_client` runs.
+async fn shell(cmd: String) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
     echo["headers"]
         .as_array()?
@@ -568,18 +583,10 @@ async fn the_ocsp_response_is_stapled_when_the_certificate_names_a_responder() {
     let tls = gw.tls_addr();
     let mut seen = String::new();
     for _ in 0..50 {
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "openssl s_client -connect {tls} -servername shop.test -status < /dev/null 2>&1"
-                ))
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        seen = String::from_utf8_lossy(&out.stdout).to_string();
+        seen = shell(format!(
+            "openssl s_client -connect {tls} -servername shop.test -status < /dev/null 2>&1"
+        ))
+        .await;
         if seen.contains("OCSP Response Status: successful") {
             break;
         }
@@ -613,18 +620,10 @@ async fn an_ip_address_as_sni_is_served_without_a_log_line() {
     )
     .await;
     for _ in 0..3 {
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "printf 'GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -connect {tls} -servername 127.0.0.1 -quiet 2>/dev/null"
-                ))
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = shell(format!(
+            "printf 'GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -connect {tls} -servername 127.0.0.1 -quiet 2>/dev/null"
+        ))
+        .await;
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\nhi"), "{text}");
     }
