@@ -33,6 +33,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -keyout $T/site.key -out $T/site.crt -subj /CN=bench.test 2>/dev/null
 cat $T/site.crt $T/site.key > $T/site.pem
 
+# nginx is given TLS 1.3 (`ssl_protocols`, its default since 1.23.4;
+# Debian's 1.22 offers TLS 1.2 only unless told), as baton and HAProxy
+# offer it: the HTTPS mode compares connections of one protocol.
 # HTTP/1.1 and HTTP/2 on separate ports for nginx 1.22 (its plain-text
 # HTTP/2 is prior knowledge only) and HAProxy; baton serves both on one.
 cat > $T/nginx.conf <<CONF
@@ -44,6 +47,7 @@ http { access_log off;
   server { listen 127.0.0.1:18081 backlog=4096; listen 127.0.0.1:18091 http2 backlog=4096;
     listen 127.0.0.1:18441 ssl backlog=4096;
     ssl_certificate $T/site.crt; ssl_certificate_key $T/site.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 
