@@ -23,6 +23,13 @@
 # parses the same request behind all three (by default nginx sends it only
 # Host, HAProxy only the client's headers), and each proxy does the same
 # work, as on a site set up the way nginx's and HAProxy's guides say.
+# PIN=1 (workers below the core count) gives each proxy cores of its own:
+# its processes and threads on CPUs 0..workers-1, the backend and the load
+# generator on the rest, as on a server where the proxy is not sharing
+# its cores with the load generator. Without it the scheduler shares both
+# cores between all of them, and a proxy that is not the bottleneck pays
+# for each time it blocks and is woken again (docs/benchmarks.md, "Where
+# p99 goes").
 # Recipe: wrk -t2 -c64, 3 s warm-up, targets
 # alternated within each round, median and spread, ratios from this run.
 # Each row also gives the proxy's own CPU a request (user + system time of
@@ -126,9 +133,25 @@ if [ -n "${AB:-}" ]; then
     H2TARGETS="$H2TARGETS baton-b:18087"
 fi
 sleep 1
+LOADGEN=""
+if [ "${PIN:-0}" = 1 ]; then
+    CORES=$(nproc)
+    [ "$WORKERS" -lt "$CORES" ] || { echo "PIN=1 needs fewer workers than the $CORES cores" >&2; exit 1; }
+    REST="$WORKERS-$((CORES - 1))"
+    # pin CPUS PID...: every thread of each process and of its children.
+    pin() {
+        _c=$1; shift
+        for _p in "$@" $(cat $(printf '/proc/%s/task/*/children ' "$@") 2>/dev/null); do
+            taskset -apc "$_c" "$_p" >/dev/null
+        done
+    }
+    for n in $TARGETS; do pin "0-$((WORKERS - 1))" $(cat $T/${n%%:*}.pid); done
+    pin "$REST" $(cat $T/backend.pid)
+    LOADGEN="taskset -c $REST"
+fi
 
 bench() { # name port -> "rps p50_ms p99_ms"
-    wrk -t2 -c64 -d${SECS}s --latency http://127.0.0.1:$2/ > $T/wrk.out
+    $LOADGEN wrk -t2 -c64 -d${SECS}s --latency http://127.0.0.1:$2/ > $T/wrk.out
     python3 - "$T/wrk.out" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
@@ -140,7 +163,7 @@ print(rps, ms(*p50.groups()), ms(*p99.groups()), err.group(1) if err else 0)
 PY
 }
 for n in $TARGETS; do
-    wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
+    $LOADGEN wrk -t2 -c64 -d3s http://127.0.0.1:${n#*:}/ >/dev/null   # warm-up
 done
 : > $T/results
 r=1
@@ -162,13 +185,13 @@ if [ "${H2:-0}" = 1 ]; then
     while [ $r -le $ROUNDS ]; do
         for n in $H2TARGETS; do
             _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
-            h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
+            $LOADGEN h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
             echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/h2results
         done
         r=$((r + 1))
     done
 fi
-python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" "$([ "${SAME:-0}" = 1 ] && echo ", peers forward what baton does (SAME=1)")" <<'PY'
+python3 - "$T/results" "$WORKERS" "$ROUNDS" "$SECS" "$([ "${LOGS:-0}" = 1 ] && echo on || echo off)" "$(getconf CLK_TCK)" "$([ "${SAME:-0}" = 1 ] && echo ", peers forward what baton does (SAME=1)")$([ "${PIN:-0}" = 1 ] && echo ", each proxy on cores of its own (PIN=1)")" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
