@@ -44,13 +44,18 @@ h2load_result() {
     echo "${_rps:-0} ${_ok:-0}"
 }
 
-# cpu_ticks PID: clock ticks of user + system time PID and its children
-# have used so far: a proxy's own CPU, apart from how the shared cores
-# were scheduled. (The fields after the command's name: it may hold a
-# space.)
-cpu_ticks() {
+# cpu_split PID: clock ticks of user and of system time ("USER SYSTEM")
+# PID and its children have used so far: a proxy's own CPU, apart from
+# how the shared cores were scheduled. (The fields after the command's
+# name: it may hold a space.)
+cpu_split() {
     for p in $1 $(cat /proc/$1/task/*/children 2>/dev/null); do cat /proc/$p/stat; done |
-        awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
+        awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u + 0, s + 0 }'
+}
+
+# cpu_ticks PID: the two together.
+cpu_ticks() {
+    cpu_split "$1" | awk '{ print $1 + $2 }'
 }
 
 # turned ROUND ITEM...: the items, turned left by ROUND - 1 (round 1 as

@@ -34,7 +34,9 @@
 # alternated within each round, median and spread, ratios from this run.
 # Each row also gives the proxy's own CPU a request (user + system time of
 # all its processes from /proc, over the requests of the round): steadier
-# than req/s when the load generator and the backend share the cores.
+# than req/s when the load generator and the backend share the cores. The
+# user and system columns split it: system time is the kernel's TCP work,
+# which every proxy does alike.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -169,9 +171,9 @@ done
 r=1
 while [ $r -le $ROUNDS ]; do
     for n in $TARGETS; do
-        _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
+        _a=$(cpu_split $(cat $T/${n%%:*}.pid))
         _b=$(bench ${n%%:*} ${n#*:})
-        echo "${n%%:*} $_b $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/results
+        echo "${n%%:*} $_b $_a $(cpu_split $(cat $T/${n%%:*}.pid))" >> $T/results
     done
     r=$((r + 1))
 done
@@ -196,17 +198,18 @@ import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 secs, tck = float(sys.argv[4]), float(sys.argv[6])
-for name, rps, p50, p99, errs, ticks in rows:
-    # The proxy's own CPU (user + system, all its processes) a request.
-    us = int(ticks) / tck * 1e6 / (float(rps) * secs)
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), us))
+for name, rps, p50, p99, errs, u0, s0, u1, s1 in rows:
+    # The proxy's own CPU (all its processes) a request: user, system.
+    per = lambda a, b: (int(b) - int(a)) / tck * 1e6 / (float(rps) * secs)
+    u, s = per(u0, u1), per(s0, s1)
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), u + s, u, s))
 def med(name, i): return st.median(v[i] for v in by[name])
 print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}{sys.argv[7]}")
-print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
+print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10} {'user':>6} {'system':>6}")
 for n in by:
     rs = [v[0] for v in by[n]]
     spread = (max(rs) - min(rs)) / st.median(rs) * 100
-    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f}")
+    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f} {med(n,5):>6.1f} {med(n,6):>6.1f}")
 for peer in ("nginx", "haproxy"):
     print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x, CPU a request {med('baton',4)/med(peer,4):.2f}x")
 import os
