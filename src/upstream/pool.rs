@@ -174,6 +174,15 @@ impl Upstream {
     }
 }
 
+/// The shortest idle close that is learned as an idle timeout. No server
+/// times out idleness sooner (nginx, Apache, Node, gunicorn and Go count
+/// in seconds); a connection that ends sooner after its last response
+/// ended for another reason: the upstream answered an upload before
+/// reading it and closed, restarted or reloaded, or hyper closed it
+/// itself. Learned, such a close would retire every pooled connection
+/// after a millisecond, for good: a new connection a request.
+const MIN_IDLE_CLOSE: Duration = Duration::from_millis(100);
+
 impl Server {
     /// Idle time after which a pooled connection is not reused: the
     /// configured keepalive_timeout, shortened to 3/4 of the upstream's
@@ -437,7 +446,10 @@ impl Server {
     }
 
     pub(super) fn learn_idle_close(&self, idle: Duration) {
-        let ms = (idle.as_millis() as u64).max(1);
+        if idle < MIN_IDLE_CLOSE {
+            return;
+        }
+        let ms = idle.as_millis() as u64;
         let _ =
             self.learned_idle_close_ms
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
