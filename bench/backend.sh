@@ -58,6 +58,24 @@ cpu_ticks() {
     cpu_split "$1" | awk '{ print $1 + $2 }'
 }
 
+# pinned WORKERS BACKEND_PID PROXY_PID...: each proxy on cores of its
+# own (every thread of each process and of its children on CPUs
+# 0..WORKERS-1), the backend on the rest; prints the prefix that runs the
+# load generator on the rest too. Fails when no core would be left.
+pinned() {
+    _w=$1; _cores=$(nproc); shift
+    [ "$_w" -lt "$_cores" ] || { echo "PIN=1 needs fewer workers than the $_cores cores" >&2; return 1; }
+    _rest="$_w-$((_cores - 1))"
+    _be=$1; shift
+    for _p in "$@" $(cat $(printf '/proc/%s/task/*/children ' "$@") 2>/dev/null); do
+        taskset -apc "0-$((_w - 1))" "$_p" >/dev/null
+    done
+    for _p in $_be $(cat /proc/$_be/task/*/children 2>/dev/null); do
+        taskset -apc "$_rest" "$_p" >/dev/null
+    done
+    echo "taskset -c $_rest"
+}
+
 # turned ROUND ITEM...: the items, turned left by ROUND - 1 (round 1 as
 # given, round 2 from the second item...): a script that runs each proxy
 # once a round puts a different one first each round, so that a sitting's

@@ -137,19 +137,7 @@ fi
 sleep 1
 LOADGEN=""
 if [ "${PIN:-0}" = 1 ]; then
-    CORES=$(nproc)
-    [ "$WORKERS" -lt "$CORES" ] || { echo "PIN=1 needs fewer workers than the $CORES cores" >&2; exit 1; }
-    REST="$WORKERS-$((CORES - 1))"
-    # pin CPUS PID...: every thread of each process and of its children.
-    pin() {
-        _c=$1; shift
-        for _p in "$@" $(cat $(printf '/proc/%s/task/*/children ' "$@") 2>/dev/null); do
-            taskset -apc "$_c" "$_p" >/dev/null
-        done
-    }
-    for n in $TARGETS; do pin "0-$((WORKERS - 1))" $(cat $T/${n%%:*}.pid); done
-    pin "$REST" $(cat $T/backend.pid)
-    LOADGEN="taskset -c $REST"
+    LOADGEN=$(pinned $WORKERS $(cat $T/backend.pid) $(for n in $TARGETS; do cat $T/${n%%:*}.pid; done)) || exit 1
 fi
 
 bench() { # name port -> "rps p50_ms p99_ms"
