@@ -13,6 +13,30 @@ CONF
     nginx -c "$1/backend.conf" & echo $! > "$1/backend.pid"
 }
 
+# haproxy_cfg WORKERS BACKEND_PORT FRONTEND_LINES [DEFAULTS_LINES]: an
+# HAProxy config as the benchmarks give it (threads as workers, HTTP mode,
+# connections to the backend reused), its frontend's binds and rules as
+# FRONTEND_LINES say.
+haproxy_cfg() {
+    cat <<CONF
+global
+  nbthread $1
+  maxconn 8192
+defaults
+  ${4:-}
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  $3
+  default_backend be
+backend be
+  server s1 127.0.0.1:$2
+CONF
+}
+
 # baton_toml PORT BACKEND_PORT WORKERS [SERVER_LINES] [LOG_LINES] [SECTIONS]:
 # a baton config proxying everything to the backend, errors off, the
 # access log as LOG_LINES say (off unless told).

@@ -47,22 +47,7 @@ http { access_log off; client_max_body_size 16m; client_body_temp_path $T/nginx-
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
-cat > $T/haproxy.cfg <<CONF
-global
-  nbthread $WORKERS
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:18122
-  default_backend be
-backend be
-  server s1 127.0.0.1:18120
-CONF
+haproxy_cfg $WORKERS 18120 "bind 127.0.0.1:18122" > $T/haproxy.cfg
 haproxy -f $T/haproxy.cfg > $T/haproxy.log 2>&1 & echo $! > $T/haproxy.pid
 baton_toml 18123 18120 $WORKERS > $T/baton.toml
 "$BIN" serve --config $T/baton.toml 2>$T/baton.err & echo $! > $T/baton.pid

@@ -96,25 +96,9 @@ http { $NGINX_LOG
 CONF
 nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
 
-cat > $T/haproxy.cfg <<CONF
-global
-  nbthread $WORKERS
-  maxconn 8192
-defaults
-  $HAPROXY_LOG
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  $HAPROXY_SAME
+haproxy_cfg $WORKERS 18080 "$HAPROXY_SAME
   bind 127.0.0.1:18082
-  bind 127.0.0.1:18092 proto h2
-  default_backend be
-backend be
-  server s1 127.0.0.1:18080
-CONF
+  bind 127.0.0.1:18092 proto h2" "$HAPROXY_LOG" > $T/haproxy.cfg
 haproxy -f $T/haproxy.cfg > $T/haproxy-access.log 2>&1 & echo $! > $T/haproxy.pid
 
 baton_toml 18083 18080 $WORKERS "" "$BATON_LOG" > $T/baton.toml

@@ -139,14 +139,12 @@ async fn a_connection_ended_after_an_early_answer_does_not_stop_pooling() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let port = refusing_addr().port();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\npid {d}/n.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  log_format conn '$connection $request_method';\n  access_log {d}/access.log conn;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  keepalive_timeout 75s;\n  server {{\n    listen 127.0.0.1:{port};\n    location = /upload {{ return 200 \"ok\\n\"; }}\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+    let conf = nginx_conf(
+        dir.path(),
+        &format!(
+            "  log_format conn '$connection $request_method';\n  access_log {d}/access.log conn;\n  keepalive_timeout 75s;\n  server {{\n    listen 127.0.0.1:{port};\n    location = /upload {{ return 200 \"ok\\n\"; }}\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n"
         ),
-    )
-    .unwrap();
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _nginx = real_proxy("nginx", &conf, addr, None).await;
     let gw = Gw::start(&one(&addr.to_string(), "")).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Gw, Origin, Reap, Script, real_proxy, refusing_addr};
+use crate::support::{Gw, Origin, Reap, Script, nginx_conf, real_proxy, refusing_addr};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs");
 
@@ -544,15 +544,19 @@ async fn real_nginx_logs_are_classified() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let port = refusing_addr().port();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\npid {d}/n.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  proxy_read_timeout 1s;\n  server {{\n    listen 127.0.0.1:{port};\n    location /refused {{ proxy_pass http://{}; }}\n    location /slow {{ proxy_pass http://{}; }}\n    location /closed {{ proxy_pass http://{}; }}\n    location /garbage {{ proxy_pass http://{}; }}\n    location /big {{ proxy_pass http://{}; }}\n    location /short {{ proxy_pass http://{}; }}\n    location /app500 {{ proxy_pass http://{}; }}\n    location /sock {{ proxy_pass http://unix:{d}/missing.sock:; }}\n    location /php {{ include /etc/nginx/fastcgi_params; fastcgi_pass unix:{d}/php-fpm.sock; }}\n  }}\n}}\n",
-            f.refused, f.stall.addr, f.closed.addr, f.garbage.addr, f.big.addr, f.short.addr, f.app500.addr
+    let conf = nginx_conf(
+        dir.path(),
+        &format!(
+            "  access_log {d}/access.log;\n  proxy_read_timeout 1s;\n  server {{\n    listen 127.0.0.1:{port};\n    location /refused {{ proxy_pass http://{}; }}\n    location /slow {{ proxy_pass http://{}; }}\n    location /closed {{ proxy_pass http://{}; }}\n    location /garbage {{ proxy_pass http://{}; }}\n    location /big {{ proxy_pass http://{}; }}\n    location /short {{ proxy_pass http://{}; }}\n    location /app500 {{ proxy_pass http://{}; }}\n    location /sock {{ proxy_pass http://unix:{d}/missing.sock:; }}\n    location /php {{ include /etc/nginx/fastcgi_params; fastcgi_pass unix:{d}/php-fpm.sock; }}\n  }}\n",
+            f.refused,
+            f.stall.addr,
+            f.closed.addr,
+            f.garbage.addr,
+            f.big.addr,
+            f.short.addr,
+            f.app500.addr
         ),
-    )
-    .unwrap();
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let _nginx = real_proxy("nginx", &conf, addr, None).await;
     let statuses = hit(

@@ -445,6 +445,22 @@ impl Drop for Reap {
     }
 }
 
+/// A real nginx's config, written to `dir/nginx.conf`: one process in the
+/// foreground, its pid, error log and temporary files in `dir`, and `http`
+/// inside its `http` block. Returns the config's path.
+pub fn nginx_conf(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\npid {d}/n.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{http}}}\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
 /// A real nginx, Apache or HAProxy in the foreground on `conf`, listening
 /// on `addr`; HAProxy's log (to stdout) goes to `stdout` when given.
 pub async fn real_proxy(
