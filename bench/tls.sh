@@ -56,22 +56,7 @@ http { access_log off;
 CONF
 nginx -c $T/nginx.conf & echo $! > $T/nginx.pid
 
-cat > $T/haproxy.cfg <<CONF
-global
-  nbthread $WORKERS
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:18442 ssl crt $T/site.pem alpn h2,http/1.1
-  default_backend be
-backend be
-  server s1 127.0.0.1:18080
-CONF
+haproxy_cfg $WORKERS 18080 "bind 127.0.0.1:18442 ssl crt $T/site.pem alpn h2,http/1.1" > $T/haproxy.cfg
 haproxy -f $T/haproxy.cfg > $T/haproxy.out 2>&1 & echo $! > $T/haproxy.pid
 
 baton_toml 18083 18080 $WORKERS "listen_tls = [\"127.0.0.1:18443\"]" 'access = "off"' "[[tls.certificates]]
