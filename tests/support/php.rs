@@ -193,50 +193,25 @@ pub fn set_mode(p: &Path, mode: u32) {
 /// (`fastcgi_pass` + Debian's fastcgi_params), for side-by-side tests.
 pub struct Nginx {
     pub addr: std::net::SocketAddr,
-    child: Child,
+    _nginx: super::Reap,
     _dir: tempfile::TempDir,
 }
 
 pub async fn nginx_for(fpm: &Fpm) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let port = baton::origin::refusing_addr().port();
-    let d = dir.path().display();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; fastcgi_temp_path {d}/fcgi; proxy_temp_path {d}/proxy; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n      fastcgi_pass unix:{sock};\n    }}\n  }}\n}}\n",
+    let conf = super::nginx_conf(
+        dir.path(),
+        &format!(
+            "  access_log off;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n      fastcgi_pass unix:{sock};\n    }}\n  }}\n",
             root = fpm.root.display(),
             sock = fpm.sock.display(),
         ),
-    )
-    .unwrap();
-    let mut child = Command::new("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx runs (apt-get install nginx)");
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Nginx {
-                addr,
-                child,
-                _dir: dir,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nginx did not start");
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    Nginx {
+        addr,
+        _nginx: super::real_proxy("nginx", &conf, addr, None).await,
+        _dir: dir,
     }
 }
