@@ -2,7 +2,7 @@
 # HTTPS: baton vs nginx vs HAProxy terminating TLS with the same
 # certificate (ECDSA P-256) and worker count, in front of the same nginx
 # backend, in one run.
-# Usage: sh bench/tls.sh [workers] [seconds]
+# Usage: sh bench/tls.sh [workers] [seconds] [rounds]
 # Measures, per proxy:
 #   handshakes/s  new TLS connections, one request each (wrk with
 #                 "Connection: close": a full handshake per request)
@@ -11,6 +11,8 @@
 #   us/handshake  the proxy's CPU (user + system, all its processes) per
 #                 handshake during the handshakes/s run: what a handshake
 #                 costs, apart from how the shared cores were scheduled
+#   us/h1, us/h2  the same per request of the h1 and h2 runs, user +
+#                 system (the kernel's share: TCP and the socket calls)
 # and prints baton's ratios to each peer.
 # nginx is given `ssl_protocols TLSv1.2 TLSv1.3`, its default since 1.23.4
 # (Debian's 1.22 offers no TLS 1.3 unless told): without it, wrk's
@@ -19,11 +21,12 @@
 # exchange (forward secrecy). Before the rounds, each proxy's protocol and
 # whether it resumes a session (`openssl s_client -sess_out`, then
 # `-sess_in`) are printed.
-# Usage: sh bench/tls.sh [workers] [seconds] [rounds]
 # Each round measures the three one after another, in an order that turns
 # by one each round (`turned`, bench/backend.sh): the handshake runs leave
 # tens of thousands of connections in TIME_WAIT. The report gives the
 # medians over the rounds.
+# PIN=1 (workers below the core count) gives each proxy cores of its own,
+# the backend and the load generators the rest, as bench/run.sh's PIN=1.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -66,11 +69,15 @@ key = \"$T/site.key\"" > $T/baton.toml
 sleep 1
 
 TARGETS="nginx:18441 haproxy:18442 baton:18443"
+LOADGEN=""
+if [ "${PIN:-0}" = 1 ]; then
+    LOADGEN=$(pinned $WORKERS $(cat $T/backend.pid) $(cat $T/nginx.pid $T/haproxy.pid $T/baton.pid)) || exit 1
+fi
 rps() { sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' "$1"; }
-hs_requests() { sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1"; }
+wrk_requests() { sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$1"; }
 : > $T/results
 for n in $TARGETS; do
-    wrk -t2 -c64 -d3s https://127.0.0.1:${n#*:}/ >/dev/null 2>&1   # warm-up
+    $LOADGEN wrk -t2 -c64 -d3s https://127.0.0.1:${n#*:}/ >/dev/null 2>&1   # warm-up
     sleep 0.5 | openssl s_client -connect 127.0.0.1:${n#*:} -sess_out $T/sess > $T/first.out 2>&1 || true
     sleep 0.5 | openssl s_client -connect 127.0.0.1:${n#*:} -sess_in $T/sess > $T/again.out 2>&1 || true
     echo "${n%%:*}: $(grep -m1 -o '^New, [^,]*' $T/first.out), reconnecting: $(grep -m1 -o '^\(New\|Reused\), [^,]*' $T/again.out)"
@@ -79,28 +86,43 @@ r=1
 while [ $r -le $ROUNDS ]; do
     for n in $(turned $r $TARGETS); do
         name=${n%%:*}; port=${n#*:}
-        c0=$(cpu_ticks $(cat $T/$name.pid))
-        wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
-        c1=$(cpu_ticks $(cat $T/$name.pid))
-        us=$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $(hs_requests $T/hs.out))")
-        wrk -t2 -c64 -d${SECS}s https://127.0.0.1:$port/ > $T/h1.out 2>&1
-        h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
-        echo "$name $(rps $T/hs.out) $(rps $T/h1.out) $(h2load_result $T/h2.out) $us" >> $T/results
+        pid=$(cat $T/$name.pid)
+        c0=$(cpu_split $pid)
+        $LOADGEN wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
+        c1=$(cpu_split $pid)
+        $LOADGEN wrk -t2 -c64 -d${SECS}s https://127.0.0.1:$port/ > $T/h1.out 2>&1
+        c2=$(cpu_split $pid)
+        $LOADGEN h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
+        c3=$(cpu_split $pid)
+        # name, handshakes/s, h1 req/s, h2 req/s, h2 2xx, handshakes, h1
+        # requests, then the user and system ticks at the four marks.
+        echo "$name $(rps $T/hs.out) $(rps $T/h1.out) $(h2load_result $T/h2.out) $(wrk_requests $T/hs.out) $(wrk_requests $T/h1.out) $c0 $c1 $c2 $c3" >> $T/results
     done
     r=$((r + 1))
 done
-python3 - "$T/results" "$WORKERS" "$SECS" "$ROUNDS" <<'PY'
+python3 - "$T/results" "$WORKERS" "$SECS" "$ROUNDS" "$(getconf CLK_TCK)" "$([ "${PIN:-0}" = 1 ] && echo ", each proxy on cores of its own (PIN=1)")" <<'PY'
 import sys, statistics as st
+tck = float(sys.argv[5])
 by = {}
 for l in open(sys.argv[1]):
-    by.setdefault(l.split()[0], []).append([float(x) for x in l.split()[1:]])
-rows = {n: [st.median(v[i] for v in runs) for i in range(5)] for n, runs in by.items()}
-print(f"workers={sys.argv[2]} duration={sys.argv[3]}s rounds={sys.argv[4]} (medians), ECDSA P-256, TLS 1.3")
-print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9} {'us/handshake':>13}")
-for n, (hs, h1, h2, ok, us) in rows.items():
-    print(f"{n:<9} {hs:>13.0f} {h1:>10.0f} {h2:>10.0f} {ok:>9.0f} {us:>13.0f}")
+    f = l.split()
+    hs, h1, h2, ok, n_hs, n_h1 = (float(x) for x in f[1:7])
+    t = [float(x) for x in f[7:15]]  # user, system at the four marks
+    us = lambda a, b, n: ((t[b] - t[a]) / tck * 1e6 / n if n else 0.0)
+    by.setdefault(f[0], []).append([
+        hs, h1, h2, ok,
+        us(0, 2, n_hs) + us(1, 3, n_hs),
+        us(2, 4, n_h1), us(3, 5, n_h1),
+        us(4, 6, ok), us(5, 7, ok),
+    ])
+rows = {n: [st.median(v[i] for v in runs) for i in range(9)] for n, runs in by.items()}
+print(f"workers={sys.argv[2]} duration={sys.argv[3]}s rounds={sys.argv[4]} (medians), ECDSA P-256, TLS 1.3{sys.argv[6]}")
+print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9} {'us/handshake':>13} {'us/h1 usr+sys':>14} {'us/h2 usr+sys':>14}")
+for n, r in rows.items():
+    print(f"{n:<9} {r[0]:>13.0f} {r[1]:>10.0f} {r[2]:>10.0f} {r[3]:>9.0f} {r[4]:>13.0f} {r[5]:>6.1f}+{r[6]:<7.1f} {r[7]:>6.1f}+{r[8]:<7.1f}")
 b = rows["baton"]
 for peer in ("nginx", "haproxy"):
     p = rows[peer]
-    print(f"baton/{peer}: handshakes {b[0]/p[0]:.2f}x, h1 {b[1]/p[1]:.2f}x, h2 {b[2]/p[2]:.2f}x, CPU a handshake {b[4]/p[4]:.2f}x")
+    print(f"baton/{peer}: handshakes {b[0]/p[0]:.2f}x, h1 {b[1]/p[1]:.2f}x, h2 {b[2]/p[2]:.2f}x, "
+          f"CPU a handshake {b[4]/p[4]:.2f}x, a h1 request {(b[5]+b[6])/(p[5]+p[6]):.2f}x, a h2 request {(b[7]+b[8])/(p[7]+p[8]):.2f}x")
 PY
