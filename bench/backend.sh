@@ -110,3 +110,18 @@ turned() {
     while [ $_k -gt 0 ]; do _f=$1; shift; set -- "$@" "$_f"; _k=$((_k - 1)); done
     echo "$@"
 }
+
+# cpu_times: the machine's CPU time so far, as /proc/stat's first line
+# gives it ("cpu user nice system idle iowait irq softirq steal ...").
+cpu_times() {
+    head -1 /proc/stat
+}
+
+# stolen BEFORE AFTER: the share of the machine's CPU time between two
+# `cpu_times` that the hypervisor gave to other guests (steal), in
+# percent. A shared virtual machine can lose a third of its cores for
+# seconds at a time, and differently from one round to the next: each
+# script prints it, so that a sitting's figures can be weighed.
+stolen() {
+    echo "$1 $2" | awk '{ t = 0; for (i = 2; i <= 9; i++) t += $(i + 11) - $i; printf "%.0f", t ? ($20 - $9) * 100 / t : 0 }'
+}

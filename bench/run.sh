@@ -37,6 +37,10 @@
 # than req/s when the load generator and the backend share the cores. The
 # user and system columns split it: system time is the kernel's TCP work,
 # which every proxy does alike.
+# The steal column is the median share of the machine's CPU that the
+# hypervisor gave to other guests during the proxy's rounds (`stolen`,
+# bench/backend.sh): when it is high or uneven, req/s says more about the
+# host than about the proxies, and CPU a request is the figure to read.
 set -eu
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -143,9 +147,10 @@ done
 r=1
 while [ $r -le $ROUNDS ]; do
     for n in $TARGETS; do
+        _m=$(cpu_times)
         _a=$(cpu_split $(cat $T/${n%%:*}.pid))
         _b=$(bench ${n%%:*} ${n#*:})
-        echo "${n%%:*} $_b $_a $(cpu_split $(cat $T/${n%%:*}.pid))" >> $T/results
+        echo "${n%%:*} $_b $_a $(cpu_split $(cat $T/${n%%:*}.pid)) $(stolen "$_m" "$(cpu_times)")" >> $T/results
     done
     r=$((r + 1))
 done
@@ -158,9 +163,10 @@ if [ "${H2:-0}" = 1 ]; then
     r=1
     while [ $r -le $ROUNDS ]; do
         for n in $H2TARGETS; do
+            _m=$(cpu_times)
             _a=$(cpu_ticks $(cat $T/${n%%:*}.pid))
             $LOADGEN h2load -c16 -m16 -t1 -D $SECS http://127.0.0.1:${n#*:}/ > $T/h2.out 2>&1
-            echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a))" >> $T/h2results
+            echo "${n%%:*} $(h2load_result $T/h2.out) $(($(cpu_ticks $(cat $T/${n%%:*}.pid)) - _a)) $(stolen "$_m" "$(cpu_times)")" >> $T/h2results
         done
         r=$((r + 1))
     done
@@ -170,32 +176,32 @@ import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 secs, tck = float(sys.argv[4]), float(sys.argv[6])
-for name, rps, p50, p99, errs, u0, s0, u1, s1 in rows:
+for name, rps, p50, p99, errs, u0, s0, u1, s1, steal in rows:
     # The proxy's own CPU (all its processes) a request: user, system.
     per = lambda a, b: (int(b) - int(a)) / tck * 1e6 / (float(rps) * secs)
     u, s = per(u0, u1), per(s0, s1)
-    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), u + s, u, s))
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errs), u + s, u, s, float(steal)))
 def med(name, i): return st.median(v[i] for v in by[name])
 print(f"workers={sys.argv[2]} rounds={sys.argv[3]} duration={sys.argv[4]}s wrk -t2 -c64 access logs {sys.argv[5]}{sys.argv[7]}")
-print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10} {'user':>6} {'system':>6}")
+print(f"{'proxy':<9} {'req/s':>10} {'spread':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10} {'user':>6} {'system':>6} {'steal':>6}")
 for n in by:
     rs = [v[0] for v in by[n]]
     spread = (max(rs) - min(rs)) / st.median(rs) * 100
-    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f} {med(n,5):>6.1f} {med(n,6):>6.1f}")
+    print(f"{n:<9} {med(n,0):>10.0f} {spread:>7.1f}% {med(n,1):>8.2f} {med(n,2):>8.2f} {sum(v[3] for v in by[n]):>8} {med(n,4):>10.1f} {med(n,5):>6.1f} {med(n,6):>6.1f} {med(n,7):>5.0f}%")
 for peer in ("nginx", "haproxy"):
     print(f"baton/{peer}: req/s {med('baton',0)/med(peer,0):.2f}x, p99 {med('baton',2)/med(peer,2):.2f}x, CPU a request {med('baton',4)/med(peer,4):.2f}x")
 import os
 h2 = sys.argv[1].replace("results", "h2results")
 if os.path.exists(h2):
     hb = {}
-    for name, rps, ok, ticks in (l.split() for l in open(h2)):
+    for name, rps, ok, ticks, steal in (l.split() for l in open(h2)):
         us = int(ticks) / tck * 1e6 / max(float(rps) * secs, 1)
-        hb.setdefault(name, []).append((float(rps), int(ok), us))
+        hb.setdefault(name, []).append((float(rps), int(ok), us, float(steal)))
     def hmed(n, i): return st.median(v[i] for v in hb[n])
     print(f"HTTP/2 (h2c) h2load -c16 -m16, {sys.argv[3]} rounds")
     for n in hb:
         rs = [v[0] for v in hb[n]]
-        print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])} CPU {hmed(n, 2):.1f} us/req")
+        print(f"{n:<9} {st.median(rs):>10.0f} {(max(rs) - min(rs)) / st.median(rs) * 100:>7.1f}% 2xx {sum(v[1] for v in hb[n])} CPU {hmed(n, 2):.1f} us/req, steal {hmed(n, 3):.0f}%")
     for peer in ("nginx", "haproxy"):
         print(f"baton/{peer} h2c: req/s {hmed('baton', 0) / hmed(peer, 0):.2f}x, CPU a request {hmed('baton', 2) / hmed(peer, 2):.2f}x")
 if "baton-b" in by:

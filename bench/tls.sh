@@ -13,6 +13,8 @@
 #                 costs, apart from how the shared cores were scheduled
 #   us/h1, us/h2  the same per request of the h1 and h2 runs, user +
 #                 system (the kernel's share: TCP and the socket calls)
+#   steal         the share of the machine's CPU the hypervisor gave to
+#                 other guests during the proxy's runs (`stolen`)
 # and prints baton's ratios to each peer.
 # nginx is given `ssl_protocols TLSv1.2 TLSv1.3`, its default since 1.23.4
 # (Debian's 1.22 offers no TLS 1.3 unless told): without it, wrk's
@@ -87,6 +89,7 @@ while [ $r -le $ROUNDS ]; do
     for n in $(turned $r $TARGETS); do
         name=${n%%:*}; port=${n#*:}
         pid=$(cat $T/$name.pid)
+        m0=$(cpu_times)
         c0=$(cpu_split $pid)
         $LOADGEN wrk -t2 -c32 -d${SECS}s -H "Connection: close" https://127.0.0.1:$port/ > $T/hs.out 2>&1
         c1=$(cpu_split $pid)
@@ -95,8 +98,9 @@ while [ $r -le $ROUNDS ]; do
         $LOADGEN h2load -c64 -m10 -t2 -D $SECS https://127.0.0.1:$port/ > $T/h2.out 2>&1
         c3=$(cpu_split $pid)
         # name, handshakes/s, h1 req/s, h2 req/s, h2 2xx, handshakes, h1
-        # requests, then the user and system ticks at the four marks.
-        echo "$name $(rps $T/hs.out) $(rps $T/h1.out) $(h2load_result $T/h2.out) $(wrk_requests $T/hs.out) $(wrk_requests $T/h1.out) $c0 $c1 $c2 $c3" >> $T/results
+        # requests, the user and system ticks at the four marks, and the
+        # share of the machine's CPU stolen meanwhile.
+        echo "$name $(rps $T/hs.out) $(rps $T/h1.out) $(h2load_result $T/h2.out) $(wrk_requests $T/hs.out) $(wrk_requests $T/h1.out) $c0 $c1 $c2 $c3 $(stolen "$m0" "$(cpu_times)")" >> $T/results
     done
     r=$((r + 1))
 done
@@ -108,18 +112,19 @@ for l in open(sys.argv[1]):
     f = l.split()
     hs, h1, h2, ok, n_hs, n_h1 = (float(x) for x in f[1:7])
     t = [float(x) for x in f[7:15]]  # user, system at the four marks
+    steal = float(f[15])
     us = lambda a, b, n: ((t[b] - t[a]) / tck * 1e6 / n if n else 0.0)
     by.setdefault(f[0], []).append([
         hs, h1, h2, ok,
         us(0, 2, n_hs) + us(1, 3, n_hs),
         us(2, 4, n_h1), us(3, 5, n_h1),
-        us(4, 6, ok), us(5, 7, ok),
+        us(4, 6, ok), us(5, 7, ok), steal,
     ])
-rows = {n: [st.median(v[i] for v in runs) for i in range(9)] for n, runs in by.items()}
+rows = {n: [st.median(v[i] for v in runs) for i in range(10)] for n, runs in by.items()}
 print(f"workers={sys.argv[2]} duration={sys.argv[3]}s rounds={sys.argv[4]} (medians), ECDSA P-256, TLS 1.3{sys.argv[6]}")
-print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9} {'us/handshake':>13} {'us/h1 usr+sys':>14} {'us/h2 usr+sys':>14}")
+print(f"{'proxy':<9} {'handshakes/s':>13} {'h1 req/s':>10} {'h2 req/s':>10} {'h2 2xx':>9} {'us/handshake':>13} {'us/h1 usr+sys':>14} {'us/h2 usr+sys':>14} {'steal':>6}")
 for n, r in rows.items():
-    print(f"{n:<9} {r[0]:>13.0f} {r[1]:>10.0f} {r[2]:>10.0f} {r[3]:>9.0f} {r[4]:>13.0f} {r[5]:>6.1f}+{r[6]:<7.1f} {r[7]:>6.1f}+{r[8]:<7.1f}")
+    print(f"{n:<9} {r[0]:>13.0f} {r[1]:>10.0f} {r[2]:>10.0f} {r[3]:>9.0f} {r[4]:>13.0f} {r[5]:>6.1f}+{r[6]:<7.1f} {r[7]:>6.1f}+{r[8]:<7.1f} {r[9]:>5.0f}%")
 b = rows["baton"]
 for peer in ("nginx", "haproxy"):
     p = rows[peer]
