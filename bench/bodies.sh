@@ -69,14 +69,16 @@ LOADGEN=""
 if [ "${PIN:-0}" = 1 ]; then
     LOADGEN=$(pinned $WORKERS $(cat $T/backend.pid) $(cat $T/nginx.pid $T/haproxy.pid $T/baton.pid)) || exit 1
 fi
-# one NAME PATH CONNECTIONS [WRK ARGS]: "NAME REQ/S NON2XX CPU-TICKS".
+# one NAME PATH CONNECTIONS [WRK ARGS]: "NAME REQ/S NON2XX CPU-TICKS
+# STEAL%" (`stolen`: the share of the machine's CPU the hypervisor took).
 one() {
     _p=$(cat $T/$1.pid)
+    _m=$(cpu_times)
     _a=$(cpu_ticks $_p)
     $LOADGEN wrk -t2 -c$3 -d${SECS}s $4 http://127.0.0.1:$(port $1)/$2 > $T/wrk.out
     _r=$(sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' $T/wrk.out)
     _e=$(sed -n 's/^ *Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' $T/wrk.out)
-    echo "$1 $_r ${_e:-0} $(($(cpu_ticks $_p) - _a))"
+    echo "$1 $_r ${_e:-0} $(($(cpu_ticks $_p) - _a)) $(stolen "$_m" "$(cpu_times)")"
 }
 port() { case $1 in nginx) echo 18121 ;; haproxy) echo 18122 ;; baton) echo 18123 ;; esac; }
 echo "workers=$WORKERS duration=${SECS}s rounds=$ROUNDS, each proxy's defaults, order turned each round$([ "${PIN:-0}" = 1 ] && echo ", each proxy on a core of its own (PIN=1)")"
@@ -91,13 +93,13 @@ for mode in "100k.bin 32" "1m.bin 8" "upload 8 -s$T/upload.lua"; do
 import statistics as st, sys
 what, secs, tck = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 by = {}
-for name, rps, errs, ticks in (l.split() for l in open(sys.argv[4])):
+for name, rps, errs, ticks, steal in (l.split() for l in open(sys.argv[4])):
     # CPU a request, in µs: ticks over the requests of the run.
-    by.setdefault(name, []).append((float(rps), int(errs), int(ticks) / tck * 1e6 / (float(rps) * secs)))
+    by.setdefault(name, []).append((float(rps), int(errs), int(ticks) / tck * 1e6 / (float(rps) * secs), float(steal)))
 med = lambda n, i: st.median(v[i] for v in by[n])
 print(what)
 for n in by:
-    print(f"  {n:<8} {med(n, 0):>8.0f} req/s  non-2xx {sum(v[1] for v in by[n])}  CPU {med(n, 2):6.1f} us/req")
+    print(f"  {n:<8} {med(n, 0):>8.0f} req/s  non-2xx {sum(v[1] for v in by[n])}  CPU {med(n, 2):6.1f} us/req  steal {med(n, 3):.0f}%")
 for peer in ("nginx", "haproxy"):
     each = " ".join(f"{b[0] / p[0]:.2f}x" for b, p in zip(by["baton"], by[peer]))
     print(f"  baton/{peer}: req/s {med('baton', 0) / med(peer, 0):.2f}x (rounds {each}), CPU a request {med('baton', 2) / med(peer, 2):.2f}x")

@@ -5,7 +5,8 @@
 # keep-alive connections. Prints requests/s, each server's own CPU a
 # request (user + system, from /proc: steadier than req/s when wrk shares
 # the cores) and the ratios, the medians of ROUNDS rounds (each round both
-# servers in turn).
+# servers in turn), and the median share of the machine's CPU stolen by
+# the hypervisor during each server's runs (nginx / baton).
 # Usage: sh bench/static.sh [workers] [seconds] [rounds]
 set -eu
 cd "$(dirname "$0")/.."
@@ -57,10 +58,13 @@ for f in app.css photo.jpg clip.mp4; do
     done
 done
 # rps PORT FILE CONNECTIONS PID: "REQ/S CPU-TICKS" of one wrk run.
+# rps PORT FILE CONNECTIONS PID: "REQ/S CPU-TICKS STEAL%" (`stolen`: the
+# share of the machine's CPU the hypervisor took meanwhile).
 rps() {
+    _m=$(cpu_times)
     _a=$(cpu_ticks $4)
     _r=$(wrk -t2 -c$3 -d${SECS}s http://127.0.0.1:$1/$2 | sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p')
-    echo "$_r $(($(cpu_ticks $4) - _a))"
+    echo "$_r $(($(cpu_ticks $4) - _a)) $(stolen "$_m" "$(cpu_times)")"
 }
 echo "workers=$WORKERS duration=${SECS}s rounds=$ROUNDS wrk -t2 -c32 (clip.mp4: -c8)"
 for f in app.css photo.jpg clip.mp4; do
@@ -76,10 +80,11 @@ f, secs, tck = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows = [list(map(float, l.split())) for l in open(sys.argv[4])]
 # CPU a request, in µs: ticks over the requests of the run.
 us = lambda rps, ticks: ticks / tck * 1e6 / (rps * secs)
-n, b = st.median(r[0] for r in rows), st.median(r[2] for r in rows)
-cn, cb = st.median(us(r[0], r[1]) for r in rows), st.median(us(r[2], r[3]) for r in rows)
-each = " ".join(f"{r[2] / r[0]:.2f}x" for r in rows)
+n, b = st.median(r[0] for r in rows), st.median(r[3] for r in rows)
+cn, cb = st.median(us(r[0], r[1]) for r in rows), st.median(us(r[3], r[4]) for r in rows)
+sn, sb = st.median(r[2] for r in rows), st.median(r[5] for r in rows)
+each = " ".join(f"{r[3] / r[0]:.2f}x" for r in rows)
 print(f"{f:10} nginx {n:>7.0f} req/s {cn:5.1f} us/req  baton {b:>7.0f} req/s {cb:5.1f} us/req  "
-      f"baton/nginx {b / n:.2f}x (rounds {each}), CPU a request {cb / cn:.2f}x")
+      f"baton/nginx {b / n:.2f}x (rounds {each}), CPU a request {cb / cn:.2f}x, steal {sn:.0f}% / {sb:.0f}%")
 PY
 done
