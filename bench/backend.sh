@@ -125,3 +125,29 @@ cpu_times() {
 stolen() {
     echo "$1 $2" | awk '{ t = 0; for (i = 2; i <= 9; i++) t += $(i + 11) - $i; printf "%.0f", t ? ($20 - $9) * 100 / t : 0 }'
 }
+
+# refuse_if_busy: exits when the 1-minute load average is above 1.0:
+# another job is running, and its figures would be the other job's too.
+refuse_if_busy() {
+    _load=$(cut -d' ' -f1 /proc/loadavg)
+    if [ "$(python3 -c "print(int($_load > 1.0))")" = "1" ]; then
+        echo "load average is $_load: another job is running; refusing to benchmark" >&2
+        exit 1
+    fi
+}
+
+# bench_setup "COMMAND..." "PACKAGE...": how every benchmark starts.
+# Installs the Debian packages when one of the commands is missing; sets
+# BIN, the baton measured ($BATON, else this tree's release build, built
+# now), and T, a scratch directory that the exit removes after killing
+# every process whose pid is in T/*.pid (KEEP=1 keeps it, to look at the
+# configs and logs).
+bench_setup() {
+    for _c in $1; do
+        command -v $_c >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $2; break; }
+    done
+    BIN=${BATON:-./target/release/baton}
+    [ -n "${BATON:-}" ] || cargo build --release -q
+    T=$(mktemp -d)
+    trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf $T' EXIT
+}

@@ -15,13 +15,7 @@ cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
 SECS=${2:-8}
 ROUNDS=${3:-5}
-for p in nginx haproxy wrk; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
-done
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+bench_setup "nginx haproxy wrk" "nginx haproxy wrk"
 mkdir -p $T/www
 head -c 102400 /dev/urandom > $T/www/100k.bin
 head -c 1048576 /dev/urandom > $T/www/1m.bin

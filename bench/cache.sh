@@ -6,15 +6,10 @@
 # Usage: sh bench/cache.sh [workers] [seconds]
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 SECS=${2:-8}
-for p in nginx wrk varnishd; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk varnish; break; }
-done
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+bench_setup "nginx wrk varnishd" "nginx wrk varnish"
 head -c 7500 /dev/urandom | base64 -w 100 > $T/page.html
 chmod 755 $T && chmod 644 $T/page.html
 cat > $T/backend.conf <<CONF

@@ -12,13 +12,7 @@ cd "$(dirname "$0")/.."
 . bench/backend.sh
 SECS=${1:-20}
 ROUNDS=${2:-1}
-for p in nginx haproxy wrk; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk; break; }
-done
-# BATON=PATH runs that binary instead of building this tree's.
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
+bench_setup "nginx haproxy wrk" "nginx haproxy wrk"
 cleanup() { for f in $T/*.pid; do [ -f "$f" ] && kill -9 $(cat "$f") 2>/dev/null || true; done; rm -rf $T; }
 trap cleanup EXIT
 

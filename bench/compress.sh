@@ -5,15 +5,10 @@
 # Usage: sh bench/compress.sh [workers] [seconds]
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 SECS=${2:-8}
-for p in nginx wrk; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk; break; }
-done
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+bench_setup "nginx wrk" "nginx wrk"
 # An article-like page: words drawn from a vocabulary (seeded), so it
 # compresses about as much as real HTML (to ~30 %), not to nothing.
 python3 - > $T/page.html <<'PY'

@@ -10,22 +10,16 @@
 # open-file limit of 20,000 (this machine kind) it cannot hold 10,000.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 N=${1:-9000}
-for p in nginx haproxy; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy; break; }
-done
+bench_setup "nginx haproxy" "nginx haproxy"
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -ge $((N + 1000)) ] || { echo "open-file limit $(ulimit -n) is below $N connections" >&2; exit 1; }
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
 LIMIT=$((N * 2 + 1000))
 HARD=$(ulimit -Hn)
 [ "$LIMIT" -le "$HARD" ] || LIMIT=$HARD
 HAPROXY_MAXCONN=$(((HARD - 1000) / 2))
 
-. bench/backend.sh
 # HAProxy keeps a server connection per idle client connection.
 ok_backend $T 18080 $((N + 1000))
 

@@ -11,20 +11,9 @@ ROUNDS=${2:-3}
 SECS=${3:-10}
 CONNS=${4:-64}
 CHILDREN=${5:-4}
-for p in nginx wrk php-fpm8.2; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk php8.2-fpm; break; }
-done
-load=$(cut -d' ' -f1 /proc/loadavg)
-if [ "$(python3 -c "print(int($load > 1.0))")" = "1" ]; then
-    echo "load average is $load: another job is running; refusing to benchmark" >&2
-    exit 1
-fi
-# BATON=PATH runs that binary instead of building this tree's.
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
+refuse_if_busy
+bench_setup "nginx wrk php-fpm8.2" "nginx wrk php8.2-fpm"
 chmod 755 $T
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.5; [ -n "${KEEP:-}" ] || rm -rf $T' EXIT
 mkdir $T/www
 echo '<?php echo "ok\n";' > $T/www/hello.php
 chmod -R a+rX $T/www

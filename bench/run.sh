@@ -43,20 +43,12 @@
 # host than about the proxies, and CPU a request is the figure to read.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 ROUNDS=${2:-3}
 SECS=${3:-10}
-for p in nginx haproxy wrk h2load; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk nghttp2-client; break; }
-done
-load=$(cut -d' ' -f1 /proc/loadavg)
-if [ "$(echo "$load > 1.0" | bc 2>/dev/null || python3 -c "print(int($load > 1.0))")" = "1" ]; then
-    echo "load average is $load: another job is running; refusing to benchmark" >&2
-    exit 1
-fi
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
+refuse_if_busy
+bench_setup "nginx haproxy wrk h2load" "nginx haproxy wrk nghttp2-client"
 if [ "${LOGS:-0}" = 1 ]; then
     NGINX_LOG="access_log $T/nginx-access.log combined buffer=64k;"
     HAPROXY_LOG="log stdout format raw local0
@@ -82,10 +74,8 @@ if [ "${SAME:-0}" = 1 ]; then
 else
     NGINX_SAME=""; HAPROXY_SAME=""
 fi
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
 
 # Backend: one nginx worker answering "ok".
-. bench/backend.sh
 ok_backend $T 18080
 
 cat > $T/nginx.conf <<CONF

@@ -14,13 +14,7 @@ cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
 SECS=${2:-8}
 ROUNDS=${3:-1}
-for p in nginx wrk; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk; break; }
-done
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
+bench_setup "nginx wrk" "nginx wrk"
 mkdir -p $T/www
 head -c 4096 /dev/urandom | base64 -w 100 | head -c 4096 > $T/www/app.css
 head -c 102400 /dev/urandom > $T/www/photo.jpg

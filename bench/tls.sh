@@ -31,17 +31,11 @@
 # the backend and the load generators the rest, as bench/run.sh's PIN=1.
 set -eu
 cd "$(dirname "$0")/.."
+. bench/backend.sh
 WORKERS=${1:-1}
 SECS=${2:-10}
 ROUNDS=${3:-1}
-for p in nginx haproxy wrk h2load; do
-    command -v $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk nghttp2-client; break; }
-done
-BIN=${BATON:-./target/release/baton}
-[ -n "${BATON:-}" ] || cargo build --release -q
-T=$(mktemp -d)
-trap 'kill $(cat $T/*.pid 2>/dev/null) 2>/dev/null; sleep 0.3; rm -rf $T' EXIT
-. bench/backend.sh
+bench_setup "nginx haproxy wrk h2load" "nginx haproxy wrk nghttp2-client"
 ok_backend $T 18080
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
