@@ -51,7 +51,6 @@ for f in app.css photo.jpg clip.mp4; do
         [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$p/$f)" = 200 ] || { echo "port $p does not serve $f" >&2; exit 1; }
     done
 done
-# rps PORT FILE CONNECTIONS PID: "REQ/S CPU-TICKS" of one wrk run.
 # rps PORT FILE CONNECTIONS PID: "REQ/S CPU-TICKS STEAL%" (`stolen`: the
 # share of the machine's CPU the hypervisor took meanwhile).
 rps() {
