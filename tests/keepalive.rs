@@ -136,18 +136,14 @@ async fn keep_alive_timeout_hint_is_honoured() {
 /// of about a millisecond and opened a connection for every request after).
 #[tokio::test]
 async fn a_connection_ended_after_an_early_answer_does_not_stop_pooling() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let port = refusing_addr().port();
-    let conf = nginx_conf(
-        dir.path(),
-        &format!(
+    let nginx = real_nginx(|dir, port| {
+        let d = dir.display();
+        format!(
             "  log_format conn '$connection $request_method';\n  access_log {d}/access.log conn;\n  keepalive_timeout 75s;\n  server {{\n    listen 127.0.0.1:{port};\n    location = /upload {{ return 200 \"ok\\n\"; }}\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n"
-        ),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _nginx = real_proxy("nginx", &conf, addr, None).await;
-    let gw = Gw::start(&one(&addr.to_string(), "")).await;
+        )
+    })
+    .await;
+    let gw = Gw::start(&one(&nginx.addr.to_string(), "")).await;
     // Whether the answer beats the end of the upload is a race; five
     // uploads make one that does near certain. (Baton closes a client
     // connection whose request body it did not read to the end: a new
@@ -168,7 +164,7 @@ async fn a_connection_ended_after_an_early_answer_does_not_stop_pooling() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    let log = std::fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
     let gets: Vec<&str> = log.lines().filter(|l| l.ends_with(" GET")).collect();
     assert_eq!(gets.len(), 10, "{log}");
     let mut conns: Vec<&str> = gets.iter().map(|l| l.split(' ').next().unwrap()).collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Gw, Origin, Reap, Script, nginx_conf, real_proxy, refusing_addr};
+use crate::support::{Gw, Origin, Reap, Script, real_nginx, real_proxy, refusing_addr};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/logs");
 
@@ -541,12 +541,9 @@ fn expect(v: &Value, want: &[(&str, Option<&str>, Option<u64>)]) {
 #[tokio::test]
 async fn real_nginx_logs_are_classified() {
     let f = faults().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let port = refusing_addr().port();
-    let conf = nginx_conf(
-        dir.path(),
-        &format!(
+    let nginx = real_nginx(|dir, port| {
+        let d = dir.display();
+        format!(
             "  access_log {d}/access.log;\n  proxy_read_timeout 1s;\n  server {{\n    listen 127.0.0.1:{port};\n    location /refused {{ proxy_pass http://{}; }}\n    location /slow {{ proxy_pass http://{}; }}\n    location /closed {{ proxy_pass http://{}; }}\n    location /garbage {{ proxy_pass http://{}; }}\n    location /big {{ proxy_pass http://{}; }}\n    location /short {{ proxy_pass http://{}; }}\n    location /app500 {{ proxy_pass http://{}; }}\n    location /sock {{ proxy_pass http://unix:{d}/missing.sock:; }}\n    location /php {{ include /etc/nginx/fastcgi_params; fastcgi_pass unix:{d}/php-fpm.sock; }}\n  }}\n",
             f.refused,
             f.stall.addr,
@@ -555,10 +552,10 @@ async fn real_nginx_logs_are_classified() {
             f.big.addr,
             f.short.addr,
             f.app500.addr
-        ),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _nginx = real_proxy("nginx", &conf, addr, None).await;
+        )
+    })
+    .await;
+    let addr = nginx.addr;
     let statuses = hit(
         addr,
         &[
@@ -574,14 +571,12 @@ async fn real_nginx_logs_are_classified() {
     // The short body: nginx already sent a 200 head.
     assert_eq!(hit(addr, &["/short"]).await["/short"], 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = nginx.dir.path().to_path_buf();
     let (code, v) = tokio::task::spawn_blocking(move || {
-        let d = dir.path().to_path_buf();
-        let r = logs(&[
+        logs(&[
             d.join("error.log").to_str().unwrap(),
             d.join("access.log").to_str().unwrap(),
-        ]);
-        drop(dir);
-        r
+        ])
     })
     .await
     .unwrap();

@@ -445,10 +445,33 @@ impl Drop for Reap {
     }
 }
 
+/// A real nginx on a free loopback port, for the tests that compare with
+/// it or read its logs. Dropped, it is stopped, then its directory (config,
+/// logs, temporary files) removed.
+pub struct RealNginx {
+    pub addr: SocketAddr,
+    _nginx: Reap,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a real nginx whose `http` block is what `http(dir, port)` gives
+/// (`dir` is its directory, `port` the one to listen on).
+pub async fn real_nginx(http: impl FnOnce(&std::path::Path, u16) -> String) -> RealNginx {
+    let dir = tempfile::tempdir().unwrap();
+    let port = refusing_addr().port();
+    let conf = nginx_conf(dir.path(), &http(dir.path(), port));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    RealNginx {
+        addr,
+        _nginx: real_proxy("nginx", &conf, addr, None).await,
+        dir,
+    }
+}
+
 /// A real nginx's config, written to `dir/nginx.conf`: one process in the
 /// foreground, its pid, error log and temporary files in `dir`, and `http`
 /// inside its `http` block. Returns the config's path.
-pub fn nginx_conf(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
+fn nginx_conf(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
     let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(

@@ -191,27 +191,13 @@ pub fn set_mode(p: &Path, mode: u32) {
 
 /// nginx in front of the same pool, configured as the usual PHP site
 /// (`fastcgi_pass` + Debian's fastcgi_params), for side-by-side tests.
-pub struct Nginx {
-    pub addr: std::net::SocketAddr,
-    _nginx: super::Reap,
-    _dir: tempfile::TempDir,
-}
-
-pub async fn nginx_for(fpm: &Fpm) -> Nginx {
-    let dir = tempfile::tempdir().unwrap();
-    let port = baton::origin::refusing_addr().port();
-    let conf = super::nginx_conf(
-        dir.path(),
-        &format!(
+pub async fn nginx_for(fpm: &Fpm) -> super::RealNginx {
+    super::real_nginx(|_, port| {
+        format!(
             "  access_log off;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    location ~ \\.php$ {{\n      include /etc/nginx/fastcgi_params;\n      fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;\n      fastcgi_pass unix:{sock};\n    }}\n  }}\n",
             root = fpm.root.display(),
             sock = fpm.sock.display(),
-        ),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    Nginx {
-        addr,
-        _nginx: super::real_proxy("nginx", &conf, addr, None).await,
-        _dir: dir,
-    }
+        )
+    })
+    .await
 }
